@@ -1,0 +1,108 @@
+"""The console scripts as a user runs them: real processes, real run folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, TINY
+
+BIN = Path(sys.executable).parent
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True):
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def only_run_dir(base: Path) -> Path:
+    runs = [p for p in base.glob("*/*") if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("cli")
+    run([str(BIN / "unet-train"), *TINY], cwd=work)
+    return only_run_dir(work / "outputs")
+
+
+def test_train_writes_a_complete_run_folder(trained_run):
+    assert (trained_run / ".hydra" / "config.yaml").is_file()
+    assert (trained_run / "train.log").read_text().count("epoch 2") == 1
+    assert {p.name for p in (trained_run / "checkpoints").iterdir()} == {"last.pt", "best.pt"}
+    assert list((trained_run / "tensorboard").glob("events.out.tfevents.*"))
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert 0 <= metrics["val/dice"] <= 1 and metrics["epochs"] == 2
+
+
+def test_eval_writes_metrics_and_predictions(trained_run, tmp_path):
+    result = run([str(BIN / "unet-eval"), f"ckpt={trained_run / 'checkpoints' / 'best.pt'}"], cwd=tmp_path)
+    assert "val/dice" in result.stdout and "val/pixel_error" in result.stdout
+    eval_dir = only_run_dir(tmp_path / "outputs" / "eval")
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    assert set(metrics) >= {"val/dice", "val/iou", "val/pixel_error"}
+    assert len(metrics["details"]["per_image"]) == 2
+    assert sorted(p.name for p in (eval_dir / "predictions").iterdir()) == ["val-000.png", "val-001.png"]
+    assert (eval_dir / "per_image.csv").read_text().startswith("name,dice,iou,pixel_error")
+
+
+def test_resume_continues_in_the_same_run_folder(trained_run, tmp_path):
+    run(
+        [str(BIN / "unet-train"), f"ckpt={trained_run / 'checkpoints' / 'last.pt'}", "trainer.max_epochs=3"],
+        cwd=tmp_path,
+    )
+    assert not (tmp_path / "outputs").exists()
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["epochs"] == 3 and metrics["steps"] == 6
+
+
+def test_bad_input_gets_one_clear_message(tmp_path):
+    result = run([str(BIN / "unet-train"), "model=nope"], cwd=tmp_path, check=False)
+    assert result.returncode != 0 and "Could not find 'model/nope'" in result.stderr
+    assert "Available options in 'model'" in result.stderr
+
+    result = run([str(BIN / "unet-train"), "data=isbi", f"data.root={tmp_path / 'missing'}"], cwd=tmp_path, check=False)
+    assert result.returncode == 2
+    assert f"train-volume.tif not found in {tmp_path / 'missing'}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    fake = tmp_path / "fake.pt"
+    fake.write_text("not a checkpoint")
+    result = run([str(BIN / "unet-eval"), f"ckpt={fake}"], cwd=tmp_path, check=False)
+    assert result.returncode == 2 and f"{fake} is not a readable checkpoint" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_console_scripts_from_an_installed_wheel(tmp_path):
+    """Build a wheel, install it into a folder of its own, and run the scripts from elsewhere."""
+    wheel_dir, site = tmp_path / "wheel", tmp_path / "site"
+    pytest.importorskip("hatchling", reason="the dev extra installs hatchling to build the wheel offline")
+    run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheel_dir), str(REPO)],
+        cwd=tmp_path,
+    )
+    wheel = next(wheel_dir.glob("unet_train-*.whl"))
+    run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site), str(wheel)], cwd=tmp_path)
+    assert (site / "unet_train" / "configs" / "train.yaml").is_file()
+
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code = "import unet_train.config as c; print(c.config_dir())"
+    assert run([sys.executable, "-c", code], cwd=elsewhere, env=env).stdout.strip() == str(
+        site / "unet_train" / "configs"
+    )
+    run([str(site / "bin" / "unet-train"), *TINY], cwd=elsewhere, env=env)
+    ckpt = only_run_dir(elsewhere / "outputs") / "checkpoints" / "best.pt"
+    result = run([str(site / "bin" / "unet-eval"), f"ckpt={ckpt}"], cwd=elsewhere, env=env)
+    assert "val/dice" in result.stdout

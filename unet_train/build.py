@@ -1,0 +1,66 @@
+"""Build the run's objects from its config: data, model, loss, optimizer, scheduler."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+
+from unet_train.data.base import SegmentationData
+from unet_train.errors import ConfigError, UserError
+from unet_train.losses import DeepSupervisionLoss
+
+
+def _instantiate(node: DictConfig, what: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that surfaces our own user errors and names the config group on others."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, UserError) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise ConfigError(f"Could not build {what} from its config: {exc}") from exc
+
+
+def build_data(cfg: DictConfig) -> SegmentationData:
+    """The data module of ``cfg.data``."""
+    data = _instantiate(cfg, "data")
+    if not isinstance(data, SegmentationData):
+        raise ConfigError(f"data._target_={cfg.get('_target_')} does not build a SegmentationData.")
+    return data
+
+
+def build_model(cfg: DictConfig) -> nn.Module:
+    """The model of ``cfg.model``."""
+    return _instantiate(cfg, "model")
+
+
+def build_loss(cfg: DictConfig) -> nn.Module:
+    """The loss of ``cfg.loss``, wrapped in DeepSupervisionLoss when the model is deeply supervised."""
+    loss = _instantiate(cfg.loss, "loss")
+    if cfg.model.get("deep_supervision", False):
+        loss = DeepSupervisionLoss(loss, cfg.get("deep_supervision_weights"))
+    return loss
+
+
+def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """``cfg.optim`` is a ``_partial_`` optimizer; no weight decay on norms and biases."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 else decay).append(param)
+    factory = _instantiate(cfg.optim, "optim")
+    weight_decay = cfg.optim.get("weight_decay", 0.0) or 0.0
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return factory(groups)
+
+
+def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
+    """``cfg.sched`` is a ``_partial_`` factory ``(optimizer, total_steps) -> LRScheduler``."""
+    return _instantiate(cfg.sched, "sched")(optimizer, total_steps=total_steps)

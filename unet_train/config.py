@@ -1,0 +1,89 @@
+"""Where the Hydra configs live, the structured schemas that check them, and custom resolvers.
+
+Import this module before composing a config: it registers the schemas in Hydra's ConfigStore
+and the ``unet.*`` resolvers used by the YAML files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+
+def config_dir() -> Path:
+    """Return the folder that holds ``train.yaml``.
+
+    An installed wheel carries the configs as ``unet_train/configs``; a source checkout
+    (``pip install -e .``) has them at the top of the repository as ``configs/``.
+    """
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "configs", here.parent / "configs"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"unet-train's configs were not found in {here / 'configs'} or {here.parent / 'configs'}; "
+        "reinstall the package (pip install unet-train) or run from a source checkout."
+    )
+
+
+@dataclass
+class TrainerConfig:
+    """Schema of ``configs/trainer/*``: how and for how long to train."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "32"  # 32 | bf16 | 16
+    channels_last: bool = True
+    compile: bool = False
+    cudnn_benchmark: bool = True
+    deterministic: bool = False
+    max_epochs: int = 50
+    max_time: float | None = None  # wall-clock budget in seconds
+    val_every: int = 1  # validate every N epochs (and always after the last one)
+    grad_clip: float | None = 1.0  # max global gradient norm; null disables clipping
+    log_every: int = 10  # optimizer steps between reads of the loss (each read syncs the device)
+    num_image_panels: int = 2  # validation images drawn to TensorBoard
+    early_stopping_patience: int | None = None  # validations without improvement before stopping
+    max_nonfinite_steps: int = 5  # consecutive NaN/inf losses before training stops
+    progress: str = "auto"  # auto (bars on a terminal) | always | never
+    strategy: str = "single"  # single | ddp
+    sync_batchnorm: bool = False
+
+
+@dataclass
+class PathsConfig:
+    """Schema of ``configs/paths/*``: where data and outputs go."""
+
+    root_dir: str = "."
+    data_dir: str = "data"
+    output_dir: str = "outputs"
+
+
+def _run_dir_for(ckpt: str | None, default: str) -> str:
+    """Resolve the run folder: a resumed run continues in the folder of its checkpoint."""
+    if ckpt:
+        path = Path(ckpt).expanduser().resolve()
+        if path.parent.name == "checkpoints":
+            return str(path.parent.parent)
+    return default
+
+
+def _logit_channels(num_classes: int) -> int:
+    """Binary problems use one logit channel (sigmoid); K > 2 classes use K (softmax)."""
+    return 1 if int(num_classes) <= 2 else int(num_classes)
+
+
+def register() -> None:
+    """Register schemas and resolvers (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
+    cs.store(group="paths", name="paths_schema", node=PathsConfig)
+    if not OmegaConf.has_resolver("unet.run_dir"):
+        OmegaConf.register_new_resolver("unet.run_dir", _run_dir_for)
+    if not OmegaConf.has_resolver("unet.logit_channels"):
+        OmegaConf.register_new_resolver("unet.logit_channels", _logit_channels)
+
+
+register()

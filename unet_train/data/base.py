@@ -1,0 +1,215 @@
+"""The data contract: decoded images in memory, a dataset of dicts, and loaders built from config.
+
+A data config (``configs/data/*.yaml``) instantiates a subclass of :class:`SegmentationData`.
+It loads and decodes its images once (``load_split``) and keeps them in memory; a
+:class:`SegmentationDataset` applies the albumentations pipeline per item and yields
+``{"image": float32 (C, H, W) in [0, 1], "mask": int64 (H, W), "name": str}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from unet_train.errors import ConfigError, DataError
+
+SPLITS = ("train", "val", "test", "all")
+
+
+@dataclass
+class Split:
+    """Decoded images of one split: uint8 ``(H, W, C)`` images, int ``(H, W)`` masks (or None), names."""
+
+    images: list[np.ndarray]
+    masks: list[np.ndarray] | None
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+class SegmentationDataset(Dataset):
+    """Items of one split, augmented by an albumentations pipeline (or none)."""
+
+    def __init__(self, split: Split, transform: Callable[..., dict[str, Any]] | None = None) -> None:
+        self.split = split
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    @property
+    def has_masks(self) -> bool:
+        return self.split.masks is not None
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image = self.split.images[index]
+        mask = self.split.masks[index] if self.split.masks is not None else None
+        if self.transform is not None:
+            if mask is None:
+                image = self.transform(image=image)["image"]
+            else:
+                out = self.transform(image=image, mask=mask)
+                image, mask = out["image"], out["mask"]
+        item: dict[str, Any] = {"image": image_to_tensor(image), "name": self.split.names[index]}
+        if mask is not None:
+            item["mask"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
+        return item
+
+
+def image_to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 ``(H, W)`` or ``(H, W, C)`` -> float32 ``(C, H, W)`` in [0, 1]."""
+    if image.ndim == 2:
+        image = image[..., None]
+    array = np.ascontiguousarray(image.transpose(2, 0, 1))
+    tensor = torch.from_numpy(array)
+    return tensor.float().div_(255.0) if tensor.dtype == torch.uint8 else tensor.float()
+
+
+class SegmentationData:
+    """Base of every data config: loader settings, transforms, and splits held in memory.
+
+    Subclasses implement :meth:`load_split`. Args common to all datasets:
+
+    Args:
+        in_channels: image channels the model gets (checked against the files).
+        num_classes: classes including background (2 for a binary problem).
+        patch_size: training crop side (used by the transforms through interpolation).
+        batch_size: training batch size (validation uses ``val_batch_size``).
+        num_workers: loader worker processes; 0 loads in the main process.
+        train_transform, val_transform: albumentations pipelines (or None).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        patch_size: int = 256,
+        batch_size: int = 4,
+        val_batch_size: int = 1,
+        num_workers: int = 2,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        samples_per_epoch: int | None = None,
+        train_transform: Callable[..., dict[str, Any]] | None = None,
+        val_transform: Callable[..., dict[str, Any]] | None = None,
+    ) -> None:
+        for name, value in (("in_channels", in_channels), ("patch_size", patch_size), ("batch_size", batch_size)):
+            if int(value) < 1:
+                raise ConfigError(f"data.{name}={value} must be a positive integer.")
+        if num_classes < 2:
+            raise ConfigError(f"data.num_classes={num_classes} must be at least 2 (background + one class).")
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers={num_workers} must be 0 or more.")
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.patch_size = patch_size
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.samples_per_epoch = samples_per_epoch
+        self.train_transform = train_transform
+        self.val_transform = val_transform
+        self._cache: dict[str, Split] = {}
+
+    # -- to implement -------------------------------------------------------------------------
+    def load_split(self, split: str) -> Split:
+        """Decode and return the images of ``split`` (train, val, test or all)."""
+        raise NotImplementedError
+
+    # -- shared -------------------------------------------------------------------------------
+    def split(self, name: str) -> Split:
+        """The decoded split, loaded once and cached in memory; shapes and labels are checked."""
+        if name not in SPLITS:
+            raise ConfigError(f"split={name!r} is not known; choose one of {', '.join(SPLITS)}.")
+        if name not in self._cache:
+            split = self.load_split(name)
+            if len(split) == 0:
+                raise DataError(
+                    f"The {name!r} split of {type(self).__name__} is empty; check data.root and the split settings."
+                )
+            self._check(split, name)
+            self._cache[name] = split
+        return self._cache[name]
+
+    def _check(self, split: Split, name: str) -> None:
+        for i, image in enumerate(split.images):
+            channels = 1 if image.ndim == 2 else image.shape[2]
+            if channels != self.in_channels:
+                raise DataError(
+                    f"{split.names[i]} has {channels} channel(s) but data.in_channels={self.in_channels}; "
+                    f"set data.in_channels={channels}."
+                )
+            if split.masks is None:
+                continue
+            mask = split.masks[i]
+            if mask.shape != image.shape[:2]:
+                raise DataError(f"{split.names[i]}: image is {image.shape[:2]} but its mask is {mask.shape}.")
+            top = int(mask.max()) if mask.size else 0
+            if top >= self.num_classes or int(mask.min()) < 0:
+                raise DataError(
+                    f"{split.names[i]}: mask value {top} is outside the classes 0..{self.num_classes - 1}; "
+                    f"set data.num_classes or fix the mask."
+                )
+        if name == "train":
+            smallest = min(min(im.shape[:2]) for im in split.images)
+            if self.train_transform is not None and self.patch_size > smallest:
+                raise ConfigError(
+                    f"data.patch_size={self.patch_size} is larger than the smallest training image "
+                    f"({smallest} px); choose data.patch_size<={smallest}."
+                )
+
+    def dataset(self, split: str, augment: bool | None = None) -> SegmentationDataset:
+        """The dataset of ``split``; training augmentation applies to ``train`` unless told otherwise."""
+        augment = split == "train" if augment is None else augment
+        return SegmentationDataset(self.split(split), self.train_transform if augment else self.val_transform)
+
+    def dataloader(
+        self, split: str, *, shuffle: bool | None = None, sampler: Sampler | None = None, pin_memory: bool = False
+    ) -> DataLoader:
+        """A DataLoader of ``split``: training shuffles, drops the last partial batch and samples crops.
+
+        ``samples_per_epoch`` draws that many random crops per epoch (with replacement over the
+        images); useful when a dataset has only a handful of large images, like ISBI's 25.
+        """
+        train = split == "train"
+        dataset = self.dataset(split)
+        if train and self.samples_per_epoch and sampler is None:
+            sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=self.samples_per_epoch)
+        workers = self.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.val_batch_size,
+            shuffle=(train if shuffle is None else shuffle) if sampler is None else False,
+            sampler=sampler,
+            num_workers=workers,
+            pin_memory=pin_memory and self.pin_memory,
+            persistent_workers=self.persistent_workers and workers > 0,
+            drop_last=train and len(dataset) >= self.batch_size,
+        )
+
+
+def parse_indices(spec: Sequence[int] | str, total: int, what: str) -> list[int]:
+    """Slice indices from a list (``[25, 26]``) or a range string (``"0-24"``, ``"0-4,10"``)."""
+    if isinstance(spec, str):
+        indices: list[int] = []
+        for part in spec.split(","):
+            part = part.strip()
+            if "-" in part:
+                start, stop = (int(p) for p in part.split("-", 1))
+                indices.extend(range(start, stop + 1))
+            elif part:
+                indices.append(int(part))
+    else:
+        indices = [int(i) for i in spec]
+    bad = [i for i in indices if not 0 <= i < total]
+    if bad:
+        raise ConfigError(f"{what} has indices {bad} outside 0..{total - 1}.")
+    return indices

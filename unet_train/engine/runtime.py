@@ -1,0 +1,142 @@
+"""Device, precision, seeding: the settings in ``configs/trainer`` turned into torch state."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from unet_train.errors import ConfigError
+
+PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; asking for CUDA without it is a config error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"trainer.device={name!r} is not a device; use auto, cpu, cuda or cuda:N.") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={name} but CUDA is not available here; use trainer.device=cpu (or auto).")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"trainer.device={name!r} is not supported; use auto, cpu, cuda or cuda:N.")
+    return device
+
+
+def resolve_precision(precision: str | int, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``trainer.precision`` (None for full float32)."""
+    key = str(precision)
+    if key not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={precision!r} is not known; choose 32, bf16 or 16.")
+    dtype = PRECISIONS[key]
+    if dtype is torch.float16 and device.type == "cpu":
+        raise ConfigError("trainer.precision=16 needs a CUDA device; on CPU use trainer.precision=bf16 or 32.")
+    if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("This GPU has no bfloat16 support; use trainer.precision=16 (with loss scaling) or 32.")
+    return dtype
+
+
+@dataclass
+class Runtime:
+    """Where and how tensors are computed."""
+
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    channels_last: bool
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed-precision context for forward passes (a no-op in float32)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """Loss scaling only for float16, where small gradients would underflow."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype is torch.float16)
+
+    def to_device(self, tensor: torch.Tensor, image: bool = False) -> torch.Tensor:
+        """Copy a batch tensor to the device; images go channels-last when asked."""
+        tensor = tensor.to(self.device, non_blocking=True)
+        if image and self.channels_last:
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        return tensor
+
+
+def make_runtime(
+    device: str = "auto",
+    precision: str | int = "32",
+    channels_last: bool = True,
+    cudnn_benchmark: bool = True,
+    deterministic: bool = False,
+) -> Runtime:
+    """Build the runtime and set the global backend flags it implies."""
+    dev = resolve_device(device)
+    dtype = resolve_precision(precision, dev)
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = cudnn_benchmark and not deterministic
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+    return Runtime(device=dev, autocast_dtype=dtype, channels_last=channels_last)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """RNG states as tensors and plain values, so a checkpoint loads with ``weights_only=True``."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` saved."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Put a model in eval mode with inference tensors; restore its mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)

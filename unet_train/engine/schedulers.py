@@ -1,0 +1,41 @@
+"""Learning-rate schedules stepped once per optimizer step.
+
+Each is a ``_partial_: true`` factory in ``configs/sched``: the training loop calls it with the
+optimizer and the planned number of steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+
+def _warmup(step: int, warmup_steps: int) -> float:
+    return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+
+
+def cosine(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.01) -> LambdaLR:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr`` at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        progress = min(1.0, max(0, step - warmup_steps) / max(1, total_steps - warmup_steps))
+        cos = 0.5 * (1 + math.cos(math.pi * progress))
+        return _warmup(step, warmup_steps) * (min_lr_ratio + (1 - min_lr_ratio) * cos)
+
+    return LambdaLR(optimizer, factor)
+
+
+def poly(optimizer: Optimizer, total_steps: int, power: float = 0.9, warmup_steps: int = 0) -> LambdaLR:
+    """Polynomial decay ``(1 - step / total_steps) ** power`` (nnU-Net's schedule), with optional warm-up."""
+
+    def factor(step: int) -> float:
+        return _warmup(step, warmup_steps) * max(0.0, 1 - step / max(1, total_steps)) ** power
+
+    return LambdaLR(optimizer, factor)
+
+
+def constant(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0) -> LambdaLR:
+    """A constant learning rate (after an optional warm-up)."""
+    return LambdaLR(optimizer, lambda step: _warmup(step, warmup_steps))

@@ -1,0 +1,55 @@
+"""TensorBoard helpers: image panels and hparams."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from unet_train.metrics import predict_labels
+
+
+def panel(image: torch.Tensor, mask: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
+    """One (3, H, 3W) panel: image | ground truth | prediction, grey in [0, 1]."""
+    grey = image.float()
+    grey = grey.mean(0) if grey.shape[0] != 1 else grey[0]
+    num_classes = max(logits.shape[0], 2)
+    pred = predict_labels(logits.unsqueeze(0))[0].float() / (num_classes - 1)
+    truth = mask.float() / (num_classes - 1) if mask is not None else torch.zeros_like(pred)
+    row = torch.cat([grey, truth, pred], dim=1)
+    return row.unsqueeze(0).expand(3, -1, -1)
+
+
+HPARAM_KEYS = (
+    "model._target_",
+    "model.encoder",
+    "model.skip",
+    "model.deep_supervision",
+    "model.base_channels",
+    "model.depth",
+    "data._target_",
+    "data.batch_size",
+    "data.patch_size",
+    "loss._target_",
+    "optim._target_",
+    "optim.lr",
+    "optim.weight_decay",
+    "sched._target_",
+    "trainer.max_epochs",
+    "trainer.precision",
+    "seed",
+)
+
+
+def hparams(cfg: DictConfig) -> dict[str, Any]:
+    """Flat scalars of the config that tell runs of a sweep apart (for TensorBoard's HParams tab)."""
+    out: dict[str, Any] = {}
+    for key in HPARAM_KEYS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None:
+            continue
+        if isinstance(value, str) and key.endswith("_target_"):
+            value = value.rsplit(".", 1)[-1]
+        out[key.replace("._target_", "")] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return out

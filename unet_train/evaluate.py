@@ -1,0 +1,130 @@
+"""``unet-eval``: score a checkpoint on a split and write metrics and predictions.
+
+The checkpoint carries its model and data config, so ``unet-eval ckpt=PATH`` needs nothing
+else. ``split=test|train|val|all`` picks the images; ``+data.root=DIR`` (or any ``+data.KEY``)
+changes the stored data settings; ``data=folder data.root=DIR`` evaluates on another dataset.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+from skimage import io as skio
+
+from unet_train.build import build_data, build_model
+from unet_train.cli import exit_on_user_error, run_dir
+from unet_train.config import config_dir
+from unet_train.engine.checkpoint import load_checkpoint
+from unet_train.engine.evaluate import evaluate
+from unet_train.engine.runtime import make_runtime
+from unet_train.errors import CheckpointError, ConfigError
+from unet_train.metrics import predict_labels
+
+log = logging.getLogger(__name__)
+
+
+def eval_data_config(cfg: DictConfig, stored: DictConfig) -> DictConfig:
+    """The data config to evaluate on: another dataset (``data=NAME``) or the stored one with ``+data.*`` overrides."""
+    if HydraConfig.get().runtime.choices.get("data"):
+        data = cfg.data
+    else:
+        data = OmegaConf.create(OmegaConf.to_container(stored.data, resolve=True))
+        given = cfg.get("data") or {}
+        with open_dict(data):
+            for key, value in given.items():
+                OmegaConf.update(data, key, value, merge=False)
+    for key in ("in_channels", "num_classes"):
+        if data.get(key) != stored.data.get(key):
+            raise ConfigError(
+                f"data.{key}={data.get(key)} does not match the checkpoint's model, trained with "
+                f"data.{key}={stored.data.get(key)}."
+            )
+    # Evaluation reads whole images; no worker processes are worth starting for a few images.
+    with open_dict(data):
+        data.persistent_workers = False
+    return data
+
+
+def save_prediction(folder: Path, name: str, logits: torch.Tensor) -> None:
+    """Write the label image of one prediction as PNG (binary: 0/255)."""
+    labels = predict_labels(logits.unsqueeze(0))[0].numpy()
+    image = (labels * 255).astype(np.uint8) if logits.shape[0] == 1 else labels.astype(np.uint8)
+    skio.imsave(folder / f"{name}.png", image, check_contrast=False)
+
+
+def format_table(rows: dict[str, float]) -> str:
+    width = max(len(k) for k in rows)
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
+    lines += [f"{k:<{width}}  {v:.4f}" for k, v in rows.items()]
+    return "\n".join(lines)
+
+
+@exit_on_user_error
+def run_eval(cfg: DictConfig) -> dict[str, float]:
+    """Evaluate ``cfg.ckpt`` on ``cfg.split``; returns the mean metrics (``<split>/<name>``)."""
+    checkpoint = load_checkpoint(cfg.ckpt)
+    stored = OmegaConf.create(checkpoint["config"])
+    data_cfg = eval_data_config(cfg, stored)
+    out = run_dir()
+
+    runtime = make_runtime(cfg.trainer.device, cfg.trainer.precision, cfg.trainer.channels_last, deterministic=False)
+    model = build_model(stored.model)
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{cfg.ckpt}: weights do not fit its own model config: {str(exc).splitlines()[0]}"
+        ) from exc
+    model = model.to(runtime.device)
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    data = build_data(data_cfg)
+    loader = data.dataloader(cfg.split, shuffle=False, pin_memory=runtime.device.type == "cuda")
+    pred_dir = out / "predictions"
+    if cfg.save_predictions:
+        pred_dir.mkdir(parents=True, exist_ok=True)
+
+    def on_batch(batch: dict[str, Any], logits: torch.Tensor) -> None:
+        if cfg.save_predictions:
+            for name, item in zip(batch["name"], logits):
+                save_prediction(pred_dir, name, item)
+
+    result = evaluate(model, loader, runtime, data.num_classes, on_batch=on_batch)
+    metrics = {f"{cfg.split}/{k}": v for k, v in result.metrics.items()}
+    summary = {
+        "ckpt": str(Path(cfg.ckpt).resolve()),
+        "split": cfg.split,
+        "images": len(loader.dataset),  # type: ignore[arg-type]
+        "metrics": metrics,
+        "per_image": result.per_image,
+    }
+    (out / "metrics.json").write_text(json.dumps({**metrics, "details": summary}, indent=2) + "\n")
+    if result.per_image:
+        with (out / "per_image.csv").open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(result.per_image[0]))
+            writer.writeheader()
+            writer.writerows(result.per_image)
+        print(format_table(metrics))
+    else:
+        print(f"The {cfg.split!r} split has no masks: wrote predictions only.")
+    print(f"Results in {out}")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")
+def main(cfg: DictConfig) -> None:
+    run_eval(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""Losses on logits for binary (one channel) and multi-class (K channels) segmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from torch import nn
+
+
+def _probabilities_and_onehot(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities and a one-hot target, both (N, C, H, W); binary uses the foreground channel."""
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits), target.unsqueeze(1).to(logits.dtype)
+    probs = torch.softmax(logits, dim=1)
+    onehot = F.one_hot(target.long(), logits.shape[1]).permute(0, 3, 1, 2).to(logits.dtype)
+    return probs, onehot
+
+
+class BCELoss(nn.Module):
+    """Binary cross-entropy on logits (``C == 1``), cross-entropy for ``C > 1``.
+
+    Args:
+        pos_weight: weight of the positive class in the binary case (ignored for ``C > 1``).
+    """
+
+    def __init__(self, pos_weight: float | None = None) -> None:
+        super().__init__()
+        self.pos_weight = pos_weight
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if logits.shape[1] == 1:
+            pos_weight = None if self.pos_weight is None else logits.new_tensor(self.pos_weight)
+            return F.binary_cross_entropy_with_logits(logits.squeeze(1), target.to(logits.dtype), pos_weight=pos_weight)
+        return F.cross_entropy(logits, target.long())
+
+
+class DiceLoss(nn.Module):
+    """Soft Dice loss, ``1 - (2 |P∩T| + s) / (|P| + |T| + s)`` per class over the whole batch.
+
+    Args:
+        smooth: ``s`` above; keeps the loss defined when a class is absent.
+        include_background: for ``C > 1``, whether class 0 counts (binary always scores the foreground).
+    """
+
+    def __init__(self, smooth: float = 1.0, include_background: bool = False) -> None:
+        super().__init__()
+        self.smooth = smooth
+        self.include_background = include_background
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        probs, onehot = _probabilities_and_onehot(logits.float(), target)
+        if logits.shape[1] > 1 and not self.include_background:
+            probs, onehot = probs[:, 1:], onehot[:, 1:]
+        dims = (0, 2, 3)
+        intersection = (probs * onehot).sum(dims)
+        denominator = probs.sum(dims) + onehot.sum(dims)
+        dice = (2 * intersection + self.smooth) / (denominator + self.smooth)
+        return 1 - dice.mean()
+
+
+class TverskyLoss(nn.Module):
+    """Tversky loss (Salehi et al. 2017): Dice with ``alpha`` weighting false positives and ``beta`` false negatives."""
+
+    def __init__(self, alpha: float = 0.3, beta: float = 0.7, smooth: float = 1.0) -> None:
+        super().__init__()
+        self.alpha, self.beta, self.smooth = alpha, beta, smooth
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        probs, onehot = _probabilities_and_onehot(logits.float(), target)
+        if logits.shape[1] > 1:
+            probs, onehot = probs[:, 1:], onehot[:, 1:]
+        dims = (0, 2, 3)
+        tp = (probs * onehot).sum(dims)
+        fp = (probs * (1 - onehot)).sum(dims)
+        fn = ((1 - probs) * onehot).sum(dims)
+        index = (tp + self.smooth) / (tp + self.alpha * fp + self.beta * fn + self.smooth)
+        return 1 - index.mean()
+
+
+class FocalLoss(nn.Module):
+    """Focal loss (Lin et al. 2017): cross-entropy scaled by ``(1 - p_t) ** gamma``.
+
+    Args:
+        gamma: focusing exponent; 0 gives plain cross-entropy.
+        alpha: weight of the positive class in the binary case (``None``: no weighting).
+    """
+
+    def __init__(self, gamma: float = 2.0, alpha: float | None = None) -> None:
+        super().__init__()
+        self.gamma, self.alpha = gamma, alpha
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        if logits.shape[1] == 1:
+            t = target.to(logits.dtype)
+            z = logits.squeeze(1)
+            ce = F.binary_cross_entropy_with_logits(z, t, reduction="none")
+            p_t = torch.exp(-ce)
+            loss = (1 - p_t) ** self.gamma * ce
+            if self.alpha is not None:
+                loss = loss * (self.alpha * t + (1 - self.alpha) * (1 - t))
+            return loss.mean()
+        ce = F.cross_entropy(logits, target.long(), reduction="none")
+        p_t = torch.exp(-ce)
+        return ((1 - p_t) ** self.gamma * ce).mean()
+
+
+class BCEDiceLoss(nn.Module):
+    """``bce_weight * BCE + dice_weight * Dice``: pixel-wise calibration plus overlap."""
+
+    def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0) -> None:
+        super().__init__()
+        self.bce, self.dice = BCELoss(), DiceLoss(smooth=smooth)
+        self.bce_weight, self.dice_weight = bce_weight, dice_weight
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.bce_weight * self.bce(logits, target) + self.dice_weight * self.dice(logits, target)
+
+
+def border_weight_map(mask: np.ndarray, w0: float = 10.0, sigma: float = 5.0) -> np.ndarray:
+    """The UNet paper's weight map (Ronneberger et al. 2015, eq. 2) for one binary mask.
+
+    ``w(x) = w_c(x) + w0 * exp(-(d1(x) + d2(x))**2 / (2 sigma**2))`` on background pixels, where
+    ``d1``/``d2`` are the distances to the nearest and second-nearest object (connected component
+    of the foreground) and ``w_c`` balances class frequencies. Foreground pixels get ``w_c``.
+    """
+    mask = np.asarray(mask) > 0
+    labels, n = ndimage.label(mask)
+    frequency = mask.mean()
+    class_weight = np.where(mask, 0.5 / max(frequency, 1e-6), 0.5 / max(1 - frequency, 1e-6))
+    class_weight = class_weight / class_weight.mean()
+    if n < 2:
+        return class_weight.astype(np.float32)
+    distances = np.stack([ndimage.distance_transform_edt(labels != i) for i in range(1, n + 1)])
+    distances.partition(1, axis=0)
+    d1, d2 = distances[0], distances[1]
+    border = w0 * np.exp(-((d1 + d2) ** 2) / (2 * sigma**2)) * (~mask)
+    return (class_weight + border).astype(np.float32)
+
+
+class WeightedBCELoss(nn.Module):
+    """BCE weighted per pixel by :func:`border_weight_map`, which pushes the model to separate touching objects.
+
+    The map is computed on the CPU from the target's objects (the class ``object_class``; for
+    ISBI membranes that is the cell interior, class 0 of the membrane target), so it costs one
+    distance transform per object per image.
+    """
+
+    def __init__(self, w0: float = 10.0, sigma: float = 5.0, object_class: int = 0) -> None:
+        super().__init__()
+        self.w0, self.sigma, self.object_class = w0, sigma, object_class
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        objects = (target == self.object_class).cpu().numpy()
+        weights = np.stack([border_weight_map(m, self.w0, self.sigma) for m in objects])
+        weight = torch.from_numpy(weights).to(logits.device)
+        if logits.shape[1] == 1:
+            loss = F.binary_cross_entropy_with_logits(logits.squeeze(1).float(), target.float(), reduction="none")
+        else:
+            loss = F.cross_entropy(logits.float(), target.long(), reduction="none")
+        return (loss * weight).mean()
