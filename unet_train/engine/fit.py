@@ -126,7 +126,8 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
         scaler.load_state_dict(checkpoint["scaler"])
         state = TrainState(**checkpoint["state"])
         set_rng_state(checkpoint["rng"])
-        log.info("Resumed from %s after epoch %d (step %d)", cfg.ckpt, state.epoch, state.step)
+        within = f", batch {state.batch} of the next epoch" if state.batch else ""
+        log.info("Resumed from %s after epoch %d (step %d%s)", cfg.ckpt, state.epoch, state.step, within)
 
     # torch.compile wraps the module; checkpoints always store the unwrapped one.
     train_model = torch.compile(model) if tcfg.compile else model
