@@ -453,3 +453,16 @@ def test_the_divergence_error_is_a_floating_point_error_too(tmp_path):
     with pytest.raises(FloatingPointError, match=r"2 consecutive steps \(last at step 0, epoch 1\).*none was saved"):
         fit(cfg, tmp_path)
     assert issubclass(TrainingDiverged, FloatingPointError)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="float16 loss scaling needs a CUDA device")
+def test_fp16_gradient_overflow_is_skipped_by_the_grad_scaler(tmp_path, caplog):
+    """A loss of 1e30 is finite, but its float16 gradients overflow: the scaler skips that step and halves
+    its scale; the non-finite-loss guard is not involved."""
+    cfg = compose_config([*TINY, *FAULTY_LOSS, "trainer=gpu_fp16", "trainer.progress=never", "+loss.huge_calls=[2]"])
+    metrics = fit(cfg, tmp_path)
+    scaler = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["scaler"]
+    assert scaler["scale"] <= 2.0**15  # 2**16 at the start, halved at least once
+    assert metrics["steps"] == 4  # the skipped optimizer step still counts as a step
+    assert "Non-finite loss" not in caplog.text
