@@ -64,18 +64,22 @@ def save_atomic(obj: Any, path: str | Path) -> None:
 
 def _load_failure(path: Path, exc: Exception) -> CheckpointError:
     """One message for why ``torch.load(weights_only=True)`` rejected ``path``."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    if "Weights only load failed" in str(exc):
+    text = str(exc)
+    named = re.search(r"GLOBAL ([\w.]+)", text)
+    if named:
         # weights_only refuses any pickled global that is not a tensor or plain container; the
         # refused object is never constructed, so no code in the file runs.
-        named = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        detail = f" (it refers to {named.group(1)})" if named else ""
         return CheckpointError(
-            f"Refused to load {path}: it holds pickled objects other than tensors and plain values{detail}, which "
-            "could run code when loaded; only load checkpoints written by unet-train."
+            f"Refused to load {path}: it holds pickled objects other than tensors and plain values (it refers to "
+            f"{named.group(1)}), which could run code when loaded; only load checkpoints written by unet-train."
         )
-    first = lines[0].split(". This is an internal")[0] if lines else type(exc).__name__
-    return CheckpointError(f"{path} is not a readable checkpoint (truncated, corrupted or not a torch file): {first}")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if "Weights only load failed" in text:  # not a torch file: a raw pickle, text, ...
+        detail = next((line for line in lines if "Unsupported operand" in line), "not a torch file")
+        detail = detail.replace("WeightsUnpickler error: ", "")
+    else:
+        detail = lines[0].split(". This is an internal")[0] if lines else type(exc).__name__
+    return CheckpointError(f"{path} is not a readable checkpoint (truncated, corrupted or not a torch file): {detail}")
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

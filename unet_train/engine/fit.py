@@ -273,9 +273,6 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                 )
             writer.flush()  # events up to this step are on disk before the checkpoint that resumes after them
             saved = save("last.pt")
-            if stop.requested:
-                writer.close()
-                raise interrupted(stop.signal, ckpt_dir / "last.pt", state.step, saved)
 
             patience = tcfg.early_stopping_patience
             if out_of_time:
@@ -284,6 +281,9 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
             if patience is not None and state.stale_validations >= patience:
                 stop_reason = f"early stopping ({patience} validations without improvement)"
                 break
+            if stop.requested and state.epoch < tcfg.max_epochs:  # after the last epoch, finish normally
+                writer.close()
+                raise interrupted(stop.signal, ckpt_dir / "last.pt", state.step, saved)
 
     elapsed = time.monotonic() - start
     metrics = {
