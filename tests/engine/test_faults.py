@@ -163,6 +163,7 @@ def test_ctrl_c_to_the_process_group_with_workers_stops_cleanly(tmp_path):
     assert f"Stopped by SIGINT after step {state['step']}; saved" in err
 
 
+@pytest.mark.slow
 def test_a_signal_in_the_last_epoch_lets_the_run_finish(tmp_path):
     """Nothing is lost by finishing: the last epoch's signal is honoured by ending normally."""
     metrics = fit(compose_config([*TINY, *FAULTY_LOSS, "+loss.signal_calls=[4]"]), tmp_path)  # 2 epochs x 2 steps
@@ -256,6 +257,7 @@ def test_a_pickle_that_runs_code_is_refused_and_never_runs(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_truncated_and_foreign_files_each_get_one_message(reference, tmp_path):
     whole = (reference / "checkpoints" / "last.pt").read_bytes()
     unreadable = "is not a readable checkpoint (truncated, corrupted or not a torch file)"
@@ -284,6 +286,7 @@ def test_truncated_and_foreign_files_each_get_one_message(reference, tmp_path):
     assert code == 2 and f"{tmp_path / 'half.pt'} {unreadable}" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_model_is_refused_in_one_message(reference, tmp_path):
     checkpoint = load_checkpoint(reference / "checkpoints" / "last.pt")
     wider = UNet(in_channels=1, out_channels=1, base_channels=8, depth=2)
@@ -433,6 +436,7 @@ def test_bad_data_stops_with_one_message_naming_the_file(tmp_path):
 # -- non-finite losses --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_nan_losses_stop_the_run_naming_the_step_and_keep_the_last_good_checkpoint(tmp_path):
     """Training calls 6, 7, 8 are NaN (2 steps per epoch): epoch 3 ends after one NaN, epoch 4 stops."""
     nan_loss = ["loss=bce", "loss._target_=tests.engine.faulty_loss.FaultyLoss", "+loss.nan_calls=[6,7,8]"]
@@ -450,6 +454,7 @@ def test_nan_losses_stop_the_run_naming_the_step_and_keep_the_last_good_checkpoi
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_an_isolated_nan_loss_is_skipped_and_training_goes_on(tmp_path):
     cfg = compose_config([*TINY, *FAULTY_LOSS, "+loss.nan_calls=[2]"])
     metrics = fit(cfg, tmp_path)
