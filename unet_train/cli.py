@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from unet_train.errors import ConfigError, UserError
+from unet_train.errors import ConfigError, RunInterrupted, UserError
 
 log = logging.getLogger("unet_train")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -31,6 +31,9 @@ def exit_on_user_error(func: F) -> F:
         except UserError as exc:
             log.error("%s", exc)
             sys.exit(2)
+        except RunInterrupted as exc:  # a stop signal: last.pt is saved, the message says how to resume
+            log.error("%s", exc)
+            sys.exit(exc.exit_code)
 
     return wrapper  # type: ignore[return-value]
 

@@ -17,3 +17,15 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A file that is not a usable unet-train checkpoint."""
+
+
+class TrainingDiverged(UserError, FloatingPointError):
+    """The loss stayed NaN/inf for too many consecutive steps; the last good checkpoint is kept."""
+
+
+class RunInterrupted(Exception):
+    """SIGINT or SIGTERM stopped training after ``last.pt`` was saved; exit with ``exit_code`` (128 + signal)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

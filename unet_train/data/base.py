@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from unet_train.data.sampling import EpochSampler, reseed_transform
 from unet_train.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test", "all")
@@ -47,7 +49,12 @@ class SegmentationDataset(Dataset):
     def has_masks(self) -> bool:
         return self.split.masks is not None
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
+        # An EpochSampler passes (index, item_seed): the augmentation of this item is then fixed
+        # by the seed alone, whichever worker process draws it.
+        if isinstance(index, tuple):
+            index, item_seed = index
+            reseed_transform(self.transform, item_seed)
         image = self.split.images[index]
         mask = self.split.masks[index] if self.split.masks is not None else None
         if self.transform is not None:
@@ -132,8 +139,10 @@ class SegmentationData:
         if name not in self._cache:
             split = self.load_split(name)
             if len(split) == 0:
+                where = f" in {Path(self.root).resolve()}" if hasattr(self, "root") else ""
                 raise DataError(
-                    f"The {name!r} split of {type(self).__name__} is empty; check data.root and the split settings."
+                    f"The {name!r} split of {type(self).__name__}{where} is empty; check data.root and the split "
+                    "settings (data.val_fraction, data.train_slices, data.val_slices)."
                 )
             self._check(split, name)
             self._cache[name] = split
@@ -172,24 +181,38 @@ class SegmentationData:
         return SegmentationDataset(self.split(split), self.train_transform if augment else self.val_transform)
 
     def dataloader(
-        self, split: str, *, shuffle: bool | None = None, sampler: Sampler | None = None, pin_memory: bool = False
+        self,
+        split: str,
+        *,
+        shuffle: bool | None = None,
+        sampler: Sampler | None = None,
+        pin_memory: bool = False,
+        seed: int = 0,
+        worker_init_fn: Callable[[int], None] | None = None,
     ) -> DataLoader:
         """A DataLoader of ``split``: training shuffles, drops the last partial batch and samples crops.
 
         ``samples_per_epoch`` draws that many random crops per epoch (with replacement over the
         images); useful when a dataset has only a handful of large images, like ISBI's 25.
+        Shuffled loaders use an :class:`EpochSampler` seeded with ``seed``: call
+        :func:`unet_train.data.sampling.set_loader_epoch` before each epoch.
         """
         train = split == "train"
         dataset = self.dataset(split)
-        if train and self.samples_per_epoch and sampler is None:
-            sampler = torch.utils.data.RandomSampler(dataset, replacement=True, num_samples=self.samples_per_epoch)
+        shuffle = train if shuffle is None else shuffle
+        if sampler is None and (shuffle or (train and self.samples_per_epoch)):
+            num_samples = self.samples_per_epoch if train else None
+            sampler = EpochSampler(len(dataset), seed, shuffle=True, num_samples=num_samples)
         workers = self.num_workers
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.val_batch_size,
-            shuffle=(train if shuffle is None else shuffle) if sampler is None else False,
             sampler=sampler,
             num_workers=workers,
+            worker_init_fn=worker_init_fn,
+            # Its own generator: creating the loader's iterator (which draws the workers' base
+            # seed) must not advance the global torch RNG that dropout draws from.
+            generator=torch.Generator().manual_seed(seed),
             pin_memory=pin_memory and self.pin_memory,
             persistent_workers=self.persistent_workers and workers > 0,
             drop_last=train and len(dataset) >= self.batch_size,

@@ -27,6 +27,8 @@ def read_image(path: Path) -> np.ndarray:
         array = array[..., :3]
     if array.ndim not in (2, 3):
         raise DataError(f"{path} has shape {array.shape}; expected a 2D grey or RGB image.")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise DataError(f"{path} has NaN or infinite pixels; fix or remove the file.")
     if array.dtype != np.uint8:
         if array.dtype == bool:
             array = array.astype(np.uint8) * 255

@@ -9,7 +9,9 @@ containers), so ``unet-eval`` and a resumed ``unet-train`` need nothing else.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,10 @@ def save_atomic(obj: Any, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates the file readable by its owner only; give it the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()
@@ -56,24 +62,75 @@ def save_atomic(obj: Any, path: str | Path) -> None:
         os.close(dir_fd)
 
 
+def _load_failure(path: Path, exc: Exception) -> CheckpointError:
+    """One message for why ``torch.load(weights_only=True)`` rejected ``path``."""
+    text = str(exc)
+    named = re.search(r"GLOBAL ([\w.]+)", text)
+    if named:
+        # weights_only refuses any pickled global that is not a tensor or plain container; the
+        # refused object is never constructed, so no code in the file runs.
+        return CheckpointError(
+            f"Refused to load {path}: it holds pickled objects other than tensors and plain values (it refers to "
+            f"{named.group(1)}), which could run code when loaded; only load checkpoints written by unet-train."
+        )
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if "Weights only load failed" in text:  # not a torch file: a raw pickle, text, ...
+        detail = next((line for line in lines if "Unsupported operand" in line), "not a torch file")
+        detail = detail.replace("WeightsUnpickler error: ", "")
+    else:
+        detail = lines[0].split(". This is an internal")[0] if lines else type(exc).__name__
+    return CheckpointError(f"{path} is not a readable checkpoint (truncated, corrupted or not a torch file): {detail}")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a unet-train checkpoint with ``weights_only=True``; explain any failure in one message."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist; pass ckpt=<run>/checkpoints/best.pt or last.pt.")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about foreign pickle protocols before failing on them
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types here; all mean "not a checkpoint we can load"
-        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
-        blocked = [line for line in str(exc).splitlines() if "GLOBAL" in line]
-        if blocked:
-            raise CheckpointError(
-                f"Refused to load {path}: it holds pickled objects other than tensors and plain values, which "
-                "could run code when loaded. Only load checkpoints written by unet-train. " + blocked[0].strip()
-            ) from exc
-        raise CheckpointError(
-            f"{path} is not a readable checkpoint (truncated, corrupted or not a torch file): {first_line}"
-        ) from exc
+        raise _load_failure(path, exc) from exc
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a torch file but not a unet-train checkpoint (no format={FORMAT!r} entry).")
     return checkpoint
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Load weights into ``model``, or say in one message how the checkpoint's model differs."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    resized = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or resized:
+        problems = []
+        if resized:
+            k = resized[0]
+            problems.append(
+                f"{len(resized)} tensor(s) differ in shape, e.g. {k} is {tuple(state[k].shape)} in the checkpoint "
+                f"but {tuple(own[k].shape)} in the model asked for"
+            )
+        if missing:
+            problems.append(f"{len(missing)} weight(s) missing from the checkpoint, e.g. {missing[0]}")
+        if unexpected:
+            problems.append(f"{len(unexpected)} weight(s) the model does not have, e.g. {unexpected[0]}")
+        raise CheckpointError(
+            f"{path} does not fit the model asked for: {'; '.join(problems)}. Keep the checkpoint's model "
+            "settings (model.*, data.in_channels, data.num_classes) or start a new run."
+        )
+    model.load_state_dict(state)
+
+
+def weights_finite(model: nn.Module) -> bool:
+    """Whether every parameter and buffer is finite (one reduction per tensor; done once per save)."""
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
+
+
+def discard_partial_writes(folder: Path) -> list[Path]:
+    """Delete the temporary files that a kill during :func:`save_atomic` left in ``folder``; returns them."""
+    leftovers = sorted(folder.glob(".*.pt.*.tmp")) if folder.is_dir() else []
+    for leftover in leftovers:
+        leftover.unlink(missing_ok=True)
+    return leftovers

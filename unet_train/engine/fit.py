@@ -18,11 +18,22 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from unet_train.build import build_data, build_loss, build_model, build_optimizer, build_scheduler
-from unet_train.engine.checkpoint import FORMAT, load_checkpoint, save_atomic, unwrap
+from unet_train.data.sampling import GLOBAL_STREAM, epoch_seed, set_loader_epoch
+from unet_train.engine.checkpoint import (
+    FORMAT,
+    discard_partial_writes,
+    load_checkpoint,
+    load_model_state,
+    save_atomic,
+    unwrap,
+    weights_finite,
+)
 from unet_train.engine.evaluate import evaluate
+from unet_train.engine.preflight import check_numbers
 from unet_train.engine.runtime import make_runtime, rng_state, seed_everything, set_rng_state
+from unet_train.engine.signals import GracefulStop, ignore_stop_signals, interrupted
 from unet_train.engine.tensorboard import hparams, panel
-from unet_train.errors import CheckpointError, ConfigError
+from unet_train.errors import ConfigError, TrainingDiverged
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +49,7 @@ class TrainState:
     best: float | None = None  # best monitored value so far
     best_epoch: int = 0
     stale_validations: int = 0  # validations since the monitored value last improved
+    batch: int = 0  # batches of epoch ``epoch + 1`` already trained on (> 0 only after a stop signal)
 
 
 def monitor_mode(monitor: str, mode: str = "auto") -> str:
@@ -64,6 +76,7 @@ def show_progress(setting: str) -> bool:
 def validate_config(cfg: DictConfig) -> None:
     """Catch config values that cannot work before any data is read or model built."""
     t = cfg.trainer
+    check_numbers(cfg)
     if t.max_epochs < 1:
         raise ConfigError(f"trainer.max_epochs={t.max_epochs} must be at least 1.")
     if t.max_time is not None and t.max_time <= 0:
@@ -91,8 +104,8 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
 
     data = build_data(cfg.data)
     pin = runtime.device.type == "cuda"
-    train_loader = data.dataloader("train", pin_memory=pin)
-    val_loader = data.dataloader("val", pin_memory=pin)
+    train_loader = data.dataloader("train", pin_memory=pin, seed=cfg.seed, worker_init_fn=ignore_stop_signals)
+    val_loader = data.dataloader("val", pin_memory=pin, worker_init_fn=ignore_stop_signals)
     model = build_model(cfg.model).to(runtime.device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -107,26 +120,28 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
 
     if cfg.get("ckpt"):
         checkpoint = load_checkpoint(cfg.ckpt, map_location=runtime.device)
-        try:
-            model.load_state_dict(checkpoint["model"])
-        except RuntimeError as exc:
-            raise CheckpointError(
-                f"{cfg.ckpt} does not fit the model of this config: {str(exc).splitlines()[0]}"
-            ) from exc
+        load_model_state(model, checkpoint["model"], cfg.ckpt)
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
         state = TrainState(**checkpoint["state"])
         set_rng_state(checkpoint["rng"])
-        log.info("Resumed from %s after epoch %d (step %d)", cfg.ckpt, state.epoch, state.step)
+        within = f", batch {state.batch} of the next epoch" if state.batch else ""
+        log.info("Resumed from %s after epoch %d (step %d%s)", cfg.ckpt, state.epoch, state.step, within)
 
     # torch.compile wraps the module; checkpoints always store the unwrapped one.
     train_model = torch.compile(model) if tcfg.compile else model
     ckpt_dir = run_dir / "checkpoints"
-    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=state.step if state.step else None)
+    for leftover in discard_partial_writes(ckpt_dir):
+        log.warning("Removed %s, a checkpoint write cut short by a kill", leftover.name)
+    # Events after the checkpoint's step come from the lost part of a killed run: drop them.
+    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=state.step + 1 if state.step else None)
     resolved = OmegaConf.to_container(cfg, resolve=True)
 
-    def save(name: str) -> None:
+    def save(name: str) -> bool:
+        if not weights_finite(model):  # keep the last good file rather than NaN weights
+            log.warning("Not writing %s: the weights are no longer finite", name)
+            return False
         save_atomic(
             {
                 "format": FORMAT,
@@ -141,6 +156,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
             },
             ckpt_dir / name,
         )
+        return True
 
     progress = show_progress(tcfg.progress)
     start = time.monotonic()
@@ -159,18 +175,27 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
         tcfg.precision,
     )
 
-    with logging_redirect_tqdm():
+    with logging_redirect_tqdm(), GracefulStop() as stop:
         epochs = tqdm(
             range(state.epoch, tcfg.max_epochs), desc="epochs", disable=not progress, initial=state.epoch,
             total=tcfg.max_epochs, dynamic_ncols=True,
         )  # fmt: skip
         for epoch in epochs:
+            # Each epoch's data order, augmentation and dropout come from (seed, epoch) alone, so a
+            # resumed run repeats them exactly; part-way through an epoch the restored RNG state holds.
+            if state.batch == 0:
+                seed_everything(epoch_seed(cfg.seed, epoch, GLOBAL_STREAM))
+            set_loader_epoch(train_loader, epoch, state.batch)
             train_model.train()
             loss_sum = torch.zeros((), device=runtime.device)  # summed on device: no per-step sync
             n_in_window = 0
             bar = tqdm(train_loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress, dynamic_ncols=True)
             out_of_time = False
             for batch in bar:
+                if stop.requested:  # the batch is not used: a resumed run starts from it
+                    writer.close()
+                    raise interrupted(stop.signal, ckpt_dir / "last.pt", state.step, save("last.pt"))
+                state.batch += 1
                 images = runtime.to_device(batch["image"], image=True)
                 masks = runtime.to_device(batch["mask"])
                 with runtime.autocast():
@@ -184,10 +209,13 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                     optimizer.zero_grad(set_to_none=True)
                     log.warning("Non-finite loss at step %d (%d in a row); step skipped", state.step, nonfinite)
                     if nonfinite >= tcfg.max_nonfinite_steps:
-                        raise FloatingPointError(
-                            f"The loss was NaN/inf for {nonfinite} consecutive steps (last at step {state.step}); "
-                            f"training stopped. The last good checkpoint is {ckpt_dir / 'last.pt'}. Lower optim.lr, "
-                            "use trainer.precision=32, or check the data for NaNs."
+                        writer.close()
+                        kept = ckpt_dir / "last.pt"
+                        kept_text = f"the last good checkpoint {kept} is kept" if kept.is_file() else "none was saved"
+                        raise TrainingDiverged(
+                            f"The loss was NaN/inf for {nonfinite} consecutive steps (last at step {state.step}, "
+                            f"epoch {epoch + 1}); training stopped and {kept_text}. Lower optim.lr, use "
+                            "trainer.precision=32, or check the data for NaNs."
                         )
                     continue
                 nonfinite = 0
@@ -219,7 +247,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                 train_loss = loss_sum.item() / n_in_window
                 writer.add_scalar("train/loss", train_loss, state.step)
                 writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], state.step)
-            state.epoch = epoch + 1
+            state.epoch, state.batch = epoch + 1, 0
 
             last_epoch = out_of_time or state.epoch == tcfg.max_epochs
             if state.epoch % tcfg.val_every == 0 or last_epoch:
@@ -243,8 +271,8 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                     train_loss,
                     "  ".join(f"{k} {v:.4f}" for k, v in last_metrics.items()),
                 )
-            save("last.pt")
-            writer.flush()
+            writer.flush()  # events up to this step are on disk before the checkpoint that resumes after them
+            saved = save("last.pt")
 
             patience = tcfg.early_stopping_patience
             if out_of_time:
@@ -253,6 +281,9 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
             if patience is not None and state.stale_validations >= patience:
                 stop_reason = f"early stopping ({patience} validations without improvement)"
                 break
+            if stop.requested and state.epoch < tcfg.max_epochs:  # after the last epoch, finish normally
+                writer.close()
+                raise interrupted(stop.signal, ckpt_dir / "last.pt", state.step, saved)
 
     elapsed = time.monotonic() - start
     metrics = {

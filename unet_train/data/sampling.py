@@ -1,0 +1,86 @@
+"""Reproducible data order and augmentation: every epoch is a pure function of ``(seed, epoch)``.
+
+A resumed run must see exactly the batches an uninterrupted run would have seen. Relying on
+RNG state that flows from one epoch to the next does not give that: DataLoader workers keep
+their own generators (and persistent workers keep them across epochs), and albumentations
+draws from its own generator, seeded from the OS unless told otherwise. So the training
+sampler derives the epoch's order *and* one augmentation seed per item from ``(seed, epoch)``,
+and yields ``(index, item_seed)`` pairs; the dataset reseeds its transform with ``item_seed``
+before augmenting. The result does not depend on history, on the number of workers or on
+which worker gets which item, and an epoch can restart part-way by skipping its first items.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+# Independent streams derived from the same (seed, epoch).
+SAMPLER_STREAM = 0
+GLOBAL_STREAM = 1
+
+
+def epoch_seed(seed: int, epoch: int, stream: int = SAMPLER_STREAM) -> int:
+    """A 63-bit seed for ``epoch`` of a run seeded with ``seed``; different streams are independent."""
+    words = np.random.SeedSequence([int(seed) % 2**64, int(epoch), int(stream)]).generate_state(2, np.uint32)
+    return (int(words[0]) << 31) ^ int(words[1])
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Yields ``(index, item_seed)`` for one epoch, drawn from ``(seed, epoch)`` only.
+
+    Args:
+        num_items: dataset length.
+        seed: the run's seed.
+        shuffle: random order (without replacement) or ``0..num_items-1``.
+        num_samples: draw this many items with replacement per epoch instead of one pass.
+    """
+
+    def __init__(self, num_items: int, seed: int = 0, shuffle: bool = True, num_samples: int | None = None) -> None:
+        self.num_items = num_items
+        self.seed = seed
+        self.shuffle = shuffle
+        self.num_samples = num_samples
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Choose the epoch that the next iteration yields, leaving out its first ``skip`` items."""
+        self.epoch, self.skip = epoch, skip
+
+    def _full_length(self) -> int:
+        return self.num_samples if self.num_samples else self.num_items
+
+    def __len__(self) -> int:
+        return max(0, self._full_length() - self.skip)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        if self.num_samples:
+            order = torch.randint(self.num_items, (self.num_samples,), generator=generator)
+        elif self.shuffle:
+            order = torch.randperm(self.num_items, generator=generator)
+        else:
+            order = torch.arange(self.num_items)
+        item_seeds = torch.randint(2**62, (len(order),), generator=generator)
+        yield from zip(order[self.skip :].tolist(), item_seeds[self.skip :].tolist())
+
+
+def reseed_transform(transform: Any, seed: int) -> None:
+    """Point an albumentations pipeline at fresh generators seeded with ``seed`` (one per item: cheap)."""
+    if hasattr(transform, "set_random_state"):
+        transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+
+
+def set_loader_epoch(loader: Any, epoch: int, skip_batches: int = 0) -> None:
+    """Tell the loader's sampler which epoch comes next and how many of its batches were already trained on."""
+    sampler = loader.sampler
+    if isinstance(sampler, EpochSampler):
+        sampler.set_epoch(epoch, skip_batches * (loader.batch_size or 1))
+    elif hasattr(sampler, "set_epoch"):  # e.g. DistributedSampler: no part-way restart
+        sampler.set_epoch(epoch)
