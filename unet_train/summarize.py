@@ -57,10 +57,6 @@ class Job:
     def finished(self) -> bool:
         return bool(self.metrics)
 
-    @property
-    def best(self) -> float:
-        return float(self.metrics.get(f"best/{self.monitor}", math.nan))
-
 
 def parse_overrides(lines: Sequence[str]) -> dict[str, str]:
     """``["model=attention", "seed=1"]`` -> ``{"model": "attention", "seed": "1"}`` (values as typed)."""
