@@ -12,7 +12,7 @@ from unet_train.build import build_data, build_loss, build_model, build_optimize
 from unet_train.config import config_dir
 from unet_train.data.base import SegmentationData
 
-from .conftest import TINY, compose_config
+from .conftest import ISBI_ROOT, TINY, compose_config
 
 GROUPS = sorted(p.name for p in config_dir().iterdir() if p.is_dir() and p.name not in ("hydra", "paths"))
 
@@ -43,6 +43,10 @@ def test_option_composes_and_instantiates(group, name, tmp_path):
     if group == "hparams_search":
         pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     cfg = compose_config(overrides)
+    if group == "experiment" and cfg.data._target_.endswith("ISBI2012"):
+        if not (ISBI_ROOT / "train-volume.tif").is_file():
+            pytest.skip(f"{name} reads ISBI 2012, not found in {ISBI_ROOT}")
+        cfg = compose_config([*overrides, f"data.root={ISBI_ROOT}"])
     OmegaConf.resolve(cfg)  # every interpolation resolves
 
     model = build_model(cfg.model)

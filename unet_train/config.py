@@ -75,6 +75,13 @@ def _logit_channels(num_classes: int) -> int:
     return 1 if int(num_classes) <= 2 else int(num_classes)
 
 
+def _monitor_direction(monitor: str, mode: str = "auto") -> str:
+    """Optuna's direction for ``monitor``: ``maximize`` for scores, ``minimize`` for losses and errors."""
+    from unet_train.engine.fit import monitor_mode  # imports torch: only when a sweeper config asks
+
+    return "minimize" if monitor_mode(str(monitor), str(mode)) == "min" else "maximize"
+
+
 def register() -> None:
     """Register schemas and resolvers (idempotent)."""
     cs = ConfigStore.instance()
@@ -84,6 +91,8 @@ def register() -> None:
         OmegaConf.register_new_resolver("unet.run_dir", _run_dir_for)
     if not OmegaConf.has_resolver("unet.logit_channels"):
         OmegaConf.register_new_resolver("unet.logit_channels", _logit_channels)
+    if not OmegaConf.has_resolver("unet.monitor_direction"):
+        OmegaConf.register_new_resolver("unet.monitor_direction", _monitor_direction)
 
 
 register()

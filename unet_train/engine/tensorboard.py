@@ -32,6 +32,8 @@ HPARAM_KEYS = (
     "data.batch_size",
     "data.patch_size",
     "loss._target_",
+    "loss.bce_weight",
+    "loss.dice_weight",
     "optim._target_",
     "optim.lr",
     "optim.weight_decay",
