@@ -11,9 +11,8 @@ from ..conftest import TINY, compose_config
 
 
 def one_epoch(num_workers: int, seed: int) -> list[torch.Tensor]:
-    torch.manual_seed(seed)  # what fit() does through seed_everything
     data = build_data(compose_config([*TINY, f"data.num_workers={num_workers}"]).data)
-    return [batch["image"] for batch in data.dataloader("train")]
+    return [batch["image"] for batch in data.dataloader("train", seed=seed)]  # fit() passes cfg.seed
 
 
 @pytest.mark.slow

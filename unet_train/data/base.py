@@ -45,11 +45,6 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def seed_transform(self, seed: int) -> None:
-        """Seed the augmentation pipeline: albumentations draws from its own generator, not numpy's or torch's."""
-        if hasattr(self.transform, "set_random_seed"):
-            self.transform.set_random_seed(seed % 2**32)
-
     @property
     def has_masks(self) -> bool:
         return self.split.masks is not None
@@ -209,9 +204,6 @@ class SegmentationData:
             num_samples = self.samples_per_epoch if train else None
             sampler = EpochSampler(len(dataset), seed, shuffle=True, num_samples=num_samples)
         workers = self.num_workers
-        # Augmentations follow the run's seed (torch.manual_seed): in this process from its initial
-        # seed, in each worker from torch's per-worker seed, so workers do not repeat each other's crops.
-        dataset.seed_transform(torch.initial_seed())
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.val_batch_size,
@@ -224,14 +216,7 @@ class SegmentationData:
             pin_memory=pin_memory and self.pin_memory,
             persistent_workers=self.persistent_workers and workers > 0,
             drop_last=train and len(dataset) >= self.batch_size,
-            worker_init_fn=_seed_worker_transform if workers > 0 else None,
         )
-
-
-def _seed_worker_transform(worker_id: int) -> None:
-    info = torch.utils.data.get_worker_info()
-    if info is not None and isinstance(info.dataset, SegmentationDataset):
-        info.dataset.seed_transform(info.seed)
 
 
 def parse_indices(spec: Sequence[int] | str, total: int, what: str) -> list[int]:
