@@ -14,6 +14,7 @@ place.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from collections.abc import Callable, Iterator
 
@@ -38,7 +39,7 @@ def tile_starts(length: int, tile: int, overlap: float, align: int = 1) -> list[
     last = math.ceil((length - tile) / align) * align
     count = math.ceil(last / stride) + 1
     # Spread the tiles evenly between 0 and the last start instead of leaving a thin last step.
-    return [int(round(i * last / (count - 1) / align)) * align for i in range(count)]
+    return [round(i * last / (count - 1) / align) * align for i in range(count)]
 
 
 def gaussian_weights(height: int, width: int, sigma_scale: float = 0.125) -> torch.Tensor:
@@ -73,7 +74,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         if not isinstance(module, nn.Sequential):
             continue
         names = list(module._modules)
-        for first, second in zip(names, names[1:]):
+        for first, second in itertools.pairwise(names):
             conv, norm = module._modules[first], module._modules[second]
             if (
                 isinstance(conv, nn.Conv2d)
