@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from unet_train.errors import ConfigError
 from unet_train.inference import TiledPredictor, TTALogits, gaussian_weights, predict_probabilities, tile_starts
 from unet_train.inference.tiling import fold_batchnorm, mirror_index
 from unet_train.models import UNet
@@ -129,3 +130,11 @@ def test_tta_averages_the_eight_flips_and_rotations():
         torch.testing.assert_close(tta, manual, atol=1e-6, rtol=0)
         assert (tta - predict_probabilities(model, image)).abs().max() > 1e-3  # TTA changed something
         torch.testing.assert_close(torch.sigmoid(TTALogits(model)(image)), manual, atol=1e-5, rtol=0)
+
+
+def test_bad_tiling_settings_get_clear_messages():
+    model = random_unet()
+    with pytest.raises(ConfigError, match="margin=64 must be smaller than tile_size=64"):
+        TiledPredictor(model, tile_size=64, margin=64)
+    with pytest.raises(ConfigError, match="need tile_size >= 1, 0 <= overlap < 1 and batch_size >= 1"):
+        TiledPredictor(model, tile_size=64, overlap=1.0)

@@ -134,13 +134,15 @@ class TiledPredictor:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         # Tile starts on the pooling grid keep every tile's features aligned with the whole image's.
-        self.align = 2 ** int(getattr(unwrap_depth(model), "depth", 0))
+        self.align = 2 ** int(getattr(model, "depth", 0))
         self.tile_size = tile_size
         self.overlap = overlap
         self.batch_size = batch_size
         if margin is None:
             margin = int(tile_size * overlap / 2) // self.align * self.align
         self.margin = max(int(margin), 0)
+        if self.margin >= tile_size:
+            raise ConfigError(f"margin={margin} must be smaller than tile_size={tile_size} (null picks one).")
         self.tta = tta
         self.autocast_dtype = autocast_dtype
         self.sigma_scale = sigma_scale
@@ -212,11 +214,6 @@ class TiledPredictor:
                 on_tiles(len(starts))
         assert out is not None
         return out.div_(weight_sum)
-
-
-def unwrap_depth(model: nn.Module) -> nn.Module:
-    """The module that carries ``depth`` (the UNet itself, inside a TTA or other wrapper)."""
-    return model.model if hasattr(model, "model") and not hasattr(model, "depth") else model
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
