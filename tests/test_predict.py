@@ -95,3 +95,10 @@ def test_eval_reports_challenge_metrics_overlays_and_tta(tiny_ckpt, tmp_path):
     assert [p.name for p in overlays] == ["val-000.png", "val-001.png"]
     assert skio.imread(overlays[0]).shape == (64, 256, 3)  # image | truth | prediction | errors
     assert list((eval_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_predict_config_composes_with_its_defaults():
+    cfg = compose_config(["ckpt=some.pt", "input=stack.tif", "output=pred", "tta=true"], config_name="predict")
+    assert (cfg.ckpt, cfg.input, cfg.output, cfg.tta) == ("some.pt", "stack.tif", "pred", True)
+    assert (cfg.tile_size, cfg.overlap, cfg.batch_size, cfg.margin) == (256, 0.25, 4, None)
+    assert cfg.trainer.device == "auto"
