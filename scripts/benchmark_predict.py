@@ -159,9 +159,7 @@ def main() -> None:
             "seconds": summarize(case_runs, "seconds"),
             "cpu_seconds": summarize(case_runs, "cpu_seconds"),
             "peak_rss_mib": summarize(case_runs, "peak_rss_mib"),
-            "added_rss_mib": summarize(
-                [{"v": r["peak_rss_mib"] - r["rss_before_mib"]} for r in case_runs], "v"
-            ),
+            "added_rss_mib": summarize([{"v": r["peak_rss_mib"] - r["rss_before_mib"]} for r in case_runs], "v"),
             "runs": case_runs,
         }
     ours, theirs = report["cases"]["ours"], report["cases"]["monai"]
