@@ -2,7 +2,10 @@
 
 The checkpoint carries its model and data config, so ``unet-eval ckpt=PATH`` needs nothing
 else. ``split=test|train|val|all`` picks the images; ``+data.root=DIR`` (or any ``+data.KEY``)
-changes the stored data settings; ``data=folder data.root=DIR`` evaluates on another dataset.
+changes the stored data settings; ``data=folder data.root=DIR`` evaluates on another dataset. ``tta=true`` averages the
+probabilities over the 8 flips and 90-degree rotations. Binary problems also get the ISBI
+challenge's V-Rand and V-Info (best threshold reported) and HD95; overlays of image, ground
+truth, prediction and errors go to ``overlays/`` and to TensorBoard under ``tensorboard/``.
 """
 
 from __future__ import annotations
@@ -19,14 +22,17 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 from skimage import io as skio
+from torch.utils.tensorboard import SummaryWriter
 
 from unet_train.build import build_data, build_model
 from unet_train.cli import exit_on_user_error, run_dir
 from unet_train.config import config_dir
 from unet_train.engine.checkpoint import load_checkpoint
 from unet_train.engine.evaluate import evaluate
+from unet_train.engine.report import EvalReport
 from unet_train.engine.runtime import make_runtime
 from unet_train.errors import CheckpointError, ConfigError
+from unet_train.inference import TTALogits
 from unet_train.metrics import predict_labels
 
 log = logging.getLogger(__name__)
@@ -87,6 +93,8 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     model = model.to(runtime.device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cfg.get("tta", False):
+        model = TTALogits(model)
 
     data = build_data(data_cfg)
     loader = data.dataloader(cfg.split, shuffle=False, pin_memory=runtime.device.type == "cuda")
@@ -94,12 +102,23 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     if cfg.save_predictions:
         pred_dir.mkdir(parents=True, exist_ok=True)
 
+    writer = SummaryWriter(str(out / "tensorboard"))
+    # The positive class is the cell border unless the data says its foreground is the cell (ISBI).
+    report = EvalReport(
+        data.num_classes,
+        boundary_positive=getattr(data, "foreground", "membrane") != "cell",
+        overlay_dir=out / "overlays" if cfg.save_predictions else None,
+        writer=writer,
+    )
+
     def on_batch(batch: dict[str, Any], logits: torch.Tensor) -> None:
         if cfg.save_predictions:
             for name, item in zip(batch["name"], logits):
                 save_prediction(pred_dir, name, item)
+        report.on_batch(batch, logits)
 
     result = evaluate(model, loader, runtime, data.num_classes, on_batch=on_batch)
+    report.finish(result)
     metrics = {f"{cfg.split}/{k}": v for k, v in result.metrics.items()}
     summary = {
         "ckpt": str(Path(cfg.ckpt).resolve()),
@@ -108,6 +127,9 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
         "metrics": metrics,
         "per_image": result.per_image,
     }
+    for key, value in metrics.items():
+        writer.add_scalar(key, value)
+    writer.close()
     (out / "metrics.json").write_text(json.dumps({**metrics, "details": summary}, indent=2) + "\n")
     if result.per_image:
         with (out / "per_image.csv").open("w", newline="") as handle:

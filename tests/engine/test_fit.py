@@ -73,6 +73,8 @@ def test_monitor_mode():
     assert monitor_mode("val/loss") == "min"
     assert monitor_mode("val/pixel_error") == "min"
     assert monitor_mode("val/dice") == "max"
+    assert monitor_mode("val/vinfo") == "max" and monitor_mode("val/vrand") == "max"
+    assert monitor_mode("val/hd95") == "min"
     assert monitor_mode("val/dice", "min") == "min"
 
 

@@ -37,7 +37,8 @@ from unet_train.errors import ConfigError, TrainingDiverged
 
 log = logging.getLogger(__name__)
 
-MINIMIZED = ("loss", "error", "vinfo", "hd95")
+# V-Rand and V-Info are F-scores (1.0 = perfect, see metrics/isbi.py), so they are maximised.
+MINIMIZED = ("loss", "error", "hd95")
 
 
 @dataclass

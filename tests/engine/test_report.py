@@ -1,0 +1,64 @@
+"""unet-eval's extras: overlay colours and the per-image challenge metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from unet_train.engine.evaluate import EvalResult
+from unet_train.engine.report import FN, FP, TP, EvalReport, overlay
+
+
+def test_overlay_colours_errors():
+    image = torch.full((1, 2, 2), 0.5)
+    truth = torch.tensor([[1, 1], [0, 0]])
+    pred = torch.tensor([[1, 0], [1, 0]])
+    panel = overlay(image, truth, pred, num_classes=2)
+    assert panel.shape == (2, 8, 3) and panel.dtype == np.uint8
+    assert (panel[:, :2] == 127).all()  # grey image
+    assert panel[0, 2:4].tolist() == [[255] * 3] * 2 and panel[1, 2:4].tolist() == [[0] * 3] * 2
+    errors = panel[:, 6:8]
+    assert errors[0, 0].tolist() == list(TP)  # predicted and true
+    assert errors[0, 1].tolist() == list(FN)  # missed
+    assert errors[1, 0].tolist() == list(FP)  # predicted, not true
+    assert errors[1, 1].tolist() == [0, 0, 0]
+
+
+def test_report_adds_vrand_vinfo_and_hd95_per_image(tmp_path):
+    # Membrane (positive class) is column 3; the prediction is perfect on image a, a merge on image b.
+    truth = torch.zeros(2, 3, 7, dtype=torch.long)
+    truth[:, :, 3] = 1
+    logits = torch.full((2, 1, 3, 7), -5.0)
+    logits[0, 0, :, 3] = 5.0
+    batch = {"image": torch.rand(2, 1, 3, 7), "mask": truth, "name": ["a", "b"]}
+    report = EvalReport(num_classes=2, overlay_dir=tmp_path / "overlays")
+    report.on_batch(batch, logits)
+    result = EvalResult(metrics={"dice": 0.5}, per_image=[{"name": "a"}, {"name": "b"}])
+    added = report.finish(result)
+    # Image b merges the two 9-pixel cells: V-Rand 0.64 and V-Info 0 (see tests/metrics/test_isbi.py).
+    assert result.per_image[0]["vrand"] == 1.0 and result.per_image[1]["vrand"] == pytest.approx(0.64)
+    assert added["vrand"] == pytest.approx((1 + 0.64) / 2) and added["vinfo"] == pytest.approx(0.5)
+    # Perfect image: HD95 0; empty prediction against a membrane: the image diagonal.
+    assert result.per_image[0]["hd95"] == 0.0
+    assert result.per_image[1]["hd95"] == pytest.approx(np.hypot(3, 7))
+    assert result.metrics["hd95"] == pytest.approx(np.hypot(3, 7) / 2)
+    assert sorted(p.name for p in (tmp_path / "overlays").iterdir()) == ["a.png", "b.png"]
+
+
+def test_cell_foreground_flips_the_border_class():
+    # Same images with the cell as the positive class: the border is the negative class.
+    truth = torch.ones(1, 3, 7, dtype=torch.long)
+    truth[:, :, 3] = 0
+    logits = torch.full((1, 1, 3, 7), 5.0)
+    logits[0, 0, :, 3] = -5.0
+    report = EvalReport(num_classes=2, boundary_positive=False)
+    report.on_batch({"image": torch.rand(1, 1, 3, 7), "mask": truth, "name": ["a"]}, logits)
+    assert report.finish(EvalResult(metrics={}, per_image=[{"name": "a"}]))["vrand"] == 1.0
+
+
+def test_multiclass_problems_get_no_challenge_metrics():
+    report = EvalReport(num_classes=3)
+    batch = {"image": torch.rand(1, 1, 4, 4), "mask": torch.zeros(1, 4, 4, dtype=torch.long), "name": ["a"]}
+    report.on_batch(batch, torch.randn(1, 3, 4, 4))
+    assert report.finish(EvalResult(metrics={}, per_image=[{"name": "a"}])) == {}

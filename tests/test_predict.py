@@ -1,0 +1,104 @@
+"""unet-predict and unet-eval's additions, run as a user runs them on a tiny trained checkpoint."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from skimage import io as skio
+
+from unet_train.engine.fit import fit
+from unet_train.errors import DataError
+from unet_train.inference import TiledPredictor
+from unet_train.predict import find_inputs, load_model, to_input
+
+from .conftest import TINY, compose_config
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("tiny")
+    fit(compose_config(TINY), run_dir)
+    return run_dir / "checkpoints" / "best.pt"
+
+
+def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_predict_writes_probabilities_and_masks_for_images_and_stacks(tiny_ckpt, tmp_path):
+    rng = np.random.default_rng(0)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    image = rng.integers(0, 256, (100, 77), dtype=np.uint8)  # not a multiple of 16
+    skio.imsave(inputs / "odd.png", image, check_contrast=False)
+    tifffile.imwrite(inputs / "stack.tif", rng.integers(0, 256, (4, 40, 52), dtype=np.uint8), photometric="minisblack")
+    out = tmp_path / "out"
+    args = [f"ckpt={tiny_ckpt}", f"input={inputs}", f"output={out}", "tile_size=32", "overlap=0.5", "batch_size=3"]
+    result = run([str(BIN / "unet-predict"), *args], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "odd.png",
+        "odd_prob.tif",
+        "stack_mask.tif",
+        "stack_prob.tif",
+    ]
+    prob = tifffile.imread(out / "odd_prob.tif")
+    assert prob.shape == (100, 77) and prob.dtype == np.float32
+    assert np.array_equal(skio.imread(out / "odd.png"), (prob > 0.5).astype(np.uint8) * 255)
+    # The CLI's probabilities are those of the tiler called in process with the same settings.
+    model, _ = load_model(tiny_ckpt)
+    expected = TiledPredictor(model, tile_size=32, overlap=0.5, batch_size=3).predict(to_input(image, 1, "odd"))
+    np.testing.assert_allclose(prob, expected[0].numpy(), atol=1e-5)
+    stack_prob, stack_mask = tifffile.imread(out / "stack_prob.tif"), tifffile.imread(out / "stack_mask.tif")
+    assert stack_prob.shape == stack_mask.shape == (4, 40, 52)
+    assert stack_prob.dtype == np.float32 and stack_mask.dtype == np.uint8
+    assert np.array_equal(stack_mask, (stack_prob > 0.5).astype(np.uint8) * 255)
+    # Logs go to the predict run folder, not into the current folder.
+    assert list((tmp_path / "outputs" / "predict").glob("*/*/predict.log"))
+
+
+def test_bad_inputs_get_one_clear_message(tiny_ckpt, tmp_path):
+    with pytest.raises(DataError, match=f"input={tmp_path / 'nope.tif'} does not exist"):
+        find_inputs(tmp_path / "nope.tif")
+    with pytest.raises(DataError, match="is a folder without images"):
+        find_inputs(tmp_path)
+    with pytest.raises(DataError, match="has 3 channel\\(s\\) but the model takes 1; convert the images to grey"):
+        to_input(np.zeros((8, 8, 3), dtype=np.uint8), 1, "rgb.png")
+    result = run([str(BIN / "unet-predict"), f"ckpt={tiny_ckpt}", f"input={tmp_path / 'nope.png'}"], cwd=tmp_path)
+    assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_eval_reports_challenge_metrics_overlays_and_tta(tiny_ckpt, tmp_path):
+    result = run([str(BIN / "unet-eval"), f"ckpt={tiny_ckpt}", "tta=true"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for key in ("val/dice", "val/iou", "val/pixel_error", "val/vrand", "val/vinfo", "val/hd95"):
+        assert key in result.stdout
+    eval_dir = next((tmp_path / "outputs" / "eval").glob("*/*"))
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    assert 0 <= metrics["val/vrand"] <= 1 and 0 <= metrics["val/vinfo"] <= 1
+    assert metrics["val/vrand_threshold"] in [round(0.1 * i, 1) for i in range(11)]
+    assert metrics["val/hd95"] >= 0
+    rows = metrics["details"]["per_image"]
+    assert set(rows[0]) >= {"name", "dice", "vrand", "vinfo", "hd95"}
+    assert (eval_dir / "per_image.csv").read_text().splitlines()[0].endswith("vrand,vinfo,hd95")
+    overlays = sorted((eval_dir / "overlays").iterdir())
+    assert [p.name for p in overlays] == ["val-000.png", "val-001.png"]
+    assert skio.imread(overlays[0]).shape == (64, 256, 3)  # image | truth | prediction | errors
+    assert list((eval_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_predict_config_composes_with_its_defaults():
+    cfg = compose_config(["ckpt=some.pt", "input=stack.tif", "output=pred", "tta=true"], config_name="predict")
+    assert (cfg.ckpt, cfg.input, cfg.output, cfg.tta) == ("some.pt", "stack.tif", "pred", True)
+    assert (cfg.tile_size, cfg.overlap, cfg.batch_size, cfg.margin) == (256, 0.25, 4, None)
+    assert cfg.trainer.device == "auto"
