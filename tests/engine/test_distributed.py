@@ -246,7 +246,9 @@ def test_torchrun_two_processes_write_one_run_folder_that_evaluates_in_one_proce
 def test_killed_ddp_run_resumes_with_another_number_of_processes(tmp_path):
     first = tmp_path / "first"
     first.mkdir()
-    proc = torchrun(2, ["-m", "unet_train.train", *DDP_TINY, "trainer.max_epochs=500"], cwd=first, background=True)
+    # samples_per_epoch=8: the distributed sampler that draws with replacement (4 items per rank).
+    args = ["-m", "unet_train.train", *DDP_TINY, "trainer.max_epochs=500", "data.samples_per_epoch=8"]
+    proc = torchrun(2, args, cwd=first, background=True)
     try:
         deadline = time.monotonic() + 240
         while not list(first.glob("outputs/*/*/checkpoints/last.pt")):

@@ -105,7 +105,8 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     optimizer = build_optimizer(cfg, model)
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
-        raise ConfigError(f"The training split has fewer images than data.batch_size={cfg.data.batch_size}.")
+        share = f" per process (the split is shared by {dist.world_size})" if dist.world_size > 1 else ""
+        raise ConfigError(f"The training split has fewer images{share} than data.batch_size={cfg.data.batch_size}.")
     scheduler = build_scheduler(cfg, optimizer, total_steps=steps_per_epoch * tcfg.max_epochs)
     scaler = runtime.grad_scaler()
     state = TrainState()
