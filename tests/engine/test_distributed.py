@@ -159,6 +159,7 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
         assert ctx.all_finite(torch.tensor(float("nan") if rank == 1 else 0.5)) is False
         assert ctx.mean(torch.tensor(float(rank))).item() == 0.5
         assert ctx.broadcast_object(f"from {rank}") == "from 0"
+        ctx.barrier()
     finally:
         distributed.cleanup()
 
