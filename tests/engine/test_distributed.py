@@ -34,7 +34,10 @@ from ..conftest import TINY, compose_config
 BIN = Path(sys.executable).parent
 # TINY with DDP on CPU processes instead of the smoke trainer.
 DDP_TINY = [o for o in TINY if not o.startswith("trainer=")] + ["trainer=ddp", "trainer.device=cpu"]
-DDP_TINY += ["trainer.progress=never", "trainer.num_image_panels=1"]
+DDP_TINY += ["trainer.progress=never", "trainer.num_image_panels=1", "data.val_batch_size=1"]
+# Scores compared across processes are computed alike: one image per batch, one thread (torchrun's default),
+# so no pixel's logit can round to the other side of the threshold.
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 # Gradient comparison: BCE (a mean over pixels, so rank means average to the global mean), 3 val images.
 GRAD_CASE = [*TINY, "loss=bce", "data.num_val=3", "data.val_batch_size=1", "trainer.channels_last=false"]
 
@@ -166,6 +169,15 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
 
 @pytest.mark.slow
 def test_two_process_gradients_and_validation_equal_one_process(tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers: the same arithmetic for the validation scores
+    try:
+        _compare_with_two_processes(tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _compare_with_two_processes(tmp_path: Path) -> None:
     cfg = compose_config(GRAD_CASE)
     torch.manual_seed(0)
     model = build_model(cfg.model).eval()
@@ -236,7 +248,7 @@ def test_torchrun_two_processes_write_one_run_folder_that_evaluates_in_one_proce
     evaluation.mkdir()
     subprocess.run(
         [str(BIN / "unet-eval"), f"ckpt={run / 'checkpoints' / 'best.pt'}", "save_predictions=false"],
-        cwd=evaluation, check=True, capture_output=True, timeout=300,
+        cwd=evaluation, check=True, capture_output=True, timeout=300, env=ONE_THREAD,
     )  # fmt: skip
     scored = json.loads(next((evaluation / "outputs" / "eval").glob("*/*/metrics.json")).read_text())
     assert scored["details"]["images"] == 3
