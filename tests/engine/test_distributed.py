@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import torch
 import torch.multiprocessing as mp
 from hydra import compose, initialize_config_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.distributed import TCPStore
 from torch.utils.tensorboard import SummaryWriter
 
 from unet_train.build import build_data, build_loss, build_model
@@ -120,16 +120,13 @@ def test_only_rank_zero_gets_a_run_folder(monkeypatch):
 
 
 # -- two processes in this test: gradients and validation against one process ---------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, folder: str) -> None:
+    # As torchrun sets them; the store is the test process's (as torchrun's agent hosts it), so it
+    # outlives both ranks: a rank-0 store that exits first can abort rank 1 during its shutdown.
     os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
-    )
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+        TORCHELASTIC_USE_AGENT_STORE="True",
+    )  # fmt: skip
     torch.set_num_threads(1)
     ctx = distributed.setup("ddp", "cpu")
     try:
@@ -196,7 +193,8 @@ def _compare_with_two_processes(tmp_path: Path) -> None:
         "val": val.metrics,
     }
     torch.save(reference, tmp_path / "reference.pt")
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)  # port 0: any free port
+    mp.spawn(_worker, args=(2, store.port, str(tmp_path)), nprocs=2, join=True)
 
 
 # -- torchrun, as a user runs it --------------------------------------------------------------------
