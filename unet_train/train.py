@@ -6,17 +6,21 @@ Examples::
     unet-train model=attention data=isbi data.root=/data/isbi2012
     unet-train ckpt=outputs/2026-11-25/10-00-00/checkpoints/last.pt   # resume
     unet-train -m model=vanilla,attention,dilated,dense seed=0,1,2      # sweep
+    torchrun --nproc_per_node=4 -m unet_train.train trainer=ddp         # DistributedDataParallel
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from unet_train.cli import apply_overrides, exit_on_user_error, run_dir, user_overrides
 from unet_train.config import config_dir
+from unet_train.engine import distributed
 from unet_train.engine.checkpoint import load_checkpoint
 from unet_train.engine.fit import fit
 
@@ -36,16 +40,27 @@ def train(cfg: DictConfig) -> float | None:
     """Train one run; returns the best monitored value (what Hydra sweepers optimise)."""
     if cfg.get("ckpt"):
         cfg = resume_config(cfg)
-    out = run_dir()
-    (out / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    metrics = fit(cfg, out)
+    dist = distributed.setup(cfg.trainer.strategy, cfg.trainer.device)
+    try:
+        out = Path(dist.broadcast_object(str(run_dir())))  # under DDP, rank 0's folder is the run's
+        if dist.is_main:
+            (out / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        metrics = fit(cfg, out)
+    finally:
+        distributed.cleanup()
     value = metrics.get(f"best/{cfg.monitor}")
     return None if value is None else float(value)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     return train(cfg)
+
+
+def main() -> None:
+    """The ``unet-train`` console script; under torchrun, ranks other than 0 create no run folder."""
+    sys.argv.extend(distributed.worker_hydra_overrides())
+    hydra_main()
 
 
 if __name__ == "__main__":

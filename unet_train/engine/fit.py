@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from unet_train.build import build_data, build_loss, build_model, build_optimizer, build_scheduler
+from unet_train.engine import distributed
 from unet_train.data.sampling import GLOBAL_STREAM, epoch_seed, set_loader_epoch
 from unet_train.engine.checkpoint import (
     FORMAT,
@@ -99,22 +100,31 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     validate_config(cfg)
     run_dir = Path(run_dir)
     tcfg = cfg.trainer
-    runtime = make_runtime(tcfg.device, tcfg.precision, tcfg.channels_last, tcfg.cudnn_benchmark, tcfg.deterministic)
-    seed_everything(cfg.seed)
+    dist = distributed.setup(tcfg.strategy, tcfg.device)  # one process unless trainer=ddp under torchrun
+    runtime = make_runtime(dist.device, tcfg.precision, tcfg.channels_last, tcfg.cudnn_benchmark, tcfg.deterministic)
+    # Each rank draws its own augmentations; DDP copies rank 0's initial weights to the others.
+    seed_everything(cfg.seed + dist.rank)
     mode = monitor_mode(cfg.monitor, cfg.get("monitor_mode", "auto"))
 
     data = build_data(cfg.data)
     pin = runtime.device.type == "cuda"
-    train_loader = data.dataloader("train", pin_memory=pin, seed=cfg.seed, worker_init_fn=ignore_stop_signals)
-    val_loader = data.dataloader("val", pin_memory=pin, worker_init_fn=ignore_stop_signals)
+    train_sampler = dist.train_sampler(len(data.dataset("train")), data.samples_per_epoch, cfg.seed)
+    val_sampler = dist.eval_sampler(len(data.dataset("val")))
+    # Without DDP the loader makes its own EpochSampler from the seed (exact, restartable epochs).
+    train_loader = data.dataloader(
+        "train", sampler=train_sampler, pin_memory=pin, seed=cfg.seed, worker_init_fn=ignore_stop_signals
+    )
+    val_loader = data.dataloader("val", sampler=val_sampler, pin_memory=pin, worker_init_fn=ignore_stop_signals)
     model = build_model(cfg.model).to(runtime.device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    model = dist.prepare_model(model, tcfg.sync_batchnorm)
     criterion = build_loss(cfg)
     optimizer = build_optimizer(cfg, model)
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
-        raise ConfigError(f"The training split has fewer images than data.batch_size={cfg.data.batch_size}.")
+        share = f" per process (the split is shared by {dist.world_size})" if dist.world_size > 1 else ""
+        raise ConfigError(f"The training split has fewer images{share} than data.batch_size={cfg.data.batch_size}.")
     scheduler = build_scheduler(cfg, optimizer, total_steps=steps_per_epoch * tcfg.max_epochs)
     scaler = runtime.grad_scaler()
     state = TrainState()
@@ -127,19 +137,25 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
         scaler.load_state_dict(checkpoint["scaler"])
         state = TrainState(**checkpoint["state"])
         set_rng_state(checkpoint["rng"])
+        if dist.rank:  # the checkpoint holds rank 0's RNG; keep the ranks' augmentations apart
+            seed_everything(cfg.seed + dist.rank + state.step)
         within = f", batch {state.batch} of the next epoch" if state.batch else ""
         log.info("Resumed from %s after epoch %d (step %d%s)", cfg.ckpt, state.epoch, state.step, within)
 
-    # torch.compile wraps the module; checkpoints always store the unwrapped one.
-    train_model = torch.compile(model) if tcfg.compile else model
+    # DDP and torch.compile wrap the module; checkpoints always store the unwrapped one.
+    train_model = torch.compile(dist.wrap(model)) if tcfg.compile else dist.wrap(model)
+    # DDP's forward expects every rank to run the same batches; each rank scores its shard alone.
+    eval_model = model if dist.enabled else train_model
     ckpt_dir = run_dir / "checkpoints"
-    for leftover in discard_partial_writes(ckpt_dir):
+    for leftover in discard_partial_writes(ckpt_dir) if dist.is_main else []:
         log.warning("Removed %s, a checkpoint write cut short by a kill", leftover.name)
     # Events after the checkpoint's step come from the lost part of a killed run: drop them.
-    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=state.step + 1 if state.step else None)
+    writer = dist.summary_writer(run_dir / "tensorboard", purge_step=state.step + 1 if state.step else None)
     resolved = OmegaConf.to_container(cfg, resolve=True)
 
     def save(name: str) -> bool:
+        if not dist.is_main:
+            return False
         if not weights_finite(model):  # keep the last good file rather than NaN weights
             log.warning("Not writing %s: the weights are no longer finite", name)
             return False
@@ -159,7 +175,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
         )
         return True
 
-    progress = show_progress(tcfg.progress)
+    progress = show_progress(tcfg.progress) and dist.is_main
     start = time.monotonic()
     last_metrics: dict[str, float] = {}
     train_loss = float("nan")
@@ -185,7 +201,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
             # Each epoch's data order, augmentation and dropout come from (seed, epoch) alone, so a
             # resumed run repeats them exactly; part-way through an epoch the restored RNG state holds.
             if state.batch == 0:
-                seed_everything(epoch_seed(cfg.seed, epoch, GLOBAL_STREAM))
+                seed_everything(epoch_seed(cfg.seed + dist.rank, epoch, GLOBAL_STREAM))
             set_loader_epoch(train_loader, epoch, state.batch)
             train_model.train()
             loss_sum = torch.zeros((), device=runtime.device)  # summed on device: no per-step sync
@@ -205,7 +221,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
 
                 # A non-finite loss would poison the weights: skip the step. This reads one value
                 # from the device every step (a sync point on GPU) — cheap next to a step.
-                if not torch.isfinite(loss):
+                if not dist.all_finite(loss):  # under DDP: all ranks skip together
                     nonfinite += 1
                     optimizer.zero_grad(set_to_none=True)
                     log.warning("Non-finite loss at step %d (%d in a row); step skipped", state.step, nonfinite)
@@ -234,26 +250,27 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                 n_in_window += 1
 
                 if state.step % tcfg.log_every == 0:
-                    train_loss = loss_sum.item() / n_in_window
+                    train_loss = dist.mean(loss_sum).item() / n_in_window
                     loss_sum.zero_()
                     n_in_window = 0
                     lr = optimizer.param_groups[0]["lr"]
                     writer.add_scalar("train/loss", train_loss, state.step)
                     writer.add_scalar("train/lr", lr, state.step)
                     bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}")
-                if tcfg.max_time is not None and time.monotonic() - start >= tcfg.max_time:
+                if tcfg.max_time is not None and dist.agree(time.monotonic() - start >= tcfg.max_time):
                     out_of_time = True
                     break
             if n_in_window:
-                train_loss = loss_sum.item() / n_in_window
+                train_loss = dist.mean(loss_sum).item() / n_in_window
                 writer.add_scalar("train/loss", train_loss, state.step)
                 writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], state.step)
             state.epoch, state.batch = epoch + 1, 0
 
             last_epoch = out_of_time or state.epoch == tcfg.max_epochs
             if state.epoch % tcfg.val_every == 0 or last_epoch:
+                dist.sync_buffers(model)
                 last_metrics = validate(
-                    cfg, train_model, val_loader, runtime, criterion, data.num_classes, writer, state
+                    cfg, eval_model, val_loader, runtime, criterion, data.num_classes, writer, state, dist
                 )
                 value = last_metrics.get(cfg.monitor)
                 if value is None:
@@ -279,7 +296,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
             if out_of_time:
                 stop_reason = f"max_time ({tcfg.max_time:g} s)"
                 break
-            if patience is not None and state.stale_validations >= patience:
+            if patience is not None and dist.agree(state.stale_validations >= patience):
                 stop_reason = f"early stopping ({patience} validations without improvement)"
                 break
             if stop.requested and state.epoch < tcfg.max_epochs:  # after the last epoch, finish normally
@@ -298,7 +315,8 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     }
     writer.add_hparams(hparams(cfg), {f"hparam/{k}": v for k, v in metrics.items() if "/" in k}, run_name=".")
     writer.close()
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if dist.is_main:
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log.info(
         "Stopped by %s after %d epochs (%.1f s). Best %s = %.4f at epoch %d. Checkpoints in %s",
         stop_reason, state.epoch, elapsed, cfg.monitor, metrics[f"best/{cfg.monitor}"], state.best_epoch, ckpt_dir,
@@ -315,6 +333,7 @@ def validate(
     num_classes: int,
     writer: SummaryWriter,
     state: TrainState,
+    dist: distributed.Distributed | None = None,
 ) -> dict[str, float]:
     """Score the validation split; log ``val/*`` scalars and image panels at the current step."""
     panels: list[torch.Tensor] = []
@@ -327,7 +346,8 @@ def validate(
                 panels.append(panel(batch["image"][i], mask, logits[i]))
 
     result = evaluate(model, loader, runtime, num_classes, loss_fn=criterion, on_batch=collect)
-    metrics = {f"val/{k}": v for k, v in result.metrics.items()}
+    merged = dist.gather_eval(result) if dist is not None else result.metrics  # over all ranks' shards
+    metrics = {f"val/{k}": v for k, v in merged.items()}
     for key, value in metrics.items():
         writer.add_scalar(key, value, state.step)
     for i, image in enumerate(panels):

@@ -1,0 +1,290 @@
+"""DistributedDataParallel on CPU with gloo: samplers, collectives, gradients, and torchrun runs end to end."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from hydra import compose, initialize_config_dir
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.distributed import TCPStore
+from torch.utils.tensorboard import SummaryWriter
+
+from unet_train.build import build_data, build_loss, build_model
+from unet_train.config import config_dir
+from unet_train.engine import distributed
+from unet_train.engine.checkpoint import load_checkpoint
+from unet_train.engine.distributed import Distributed, DistributedRandomSampler, ShardSampler
+from unet_train.engine.evaluate import evaluate
+from unet_train.engine.runtime import make_runtime
+from unet_train.errors import ConfigError
+
+from ..conftest import TINY, compose_config
+
+BIN = Path(sys.executable).parent
+# TINY with DDP on CPU processes instead of the smoke trainer.
+DDP_TINY = [o for o in TINY if not o.startswith("trainer=")] + ["trainer=ddp", "trainer.device=cpu"]
+DDP_TINY += ["trainer.progress=never", "trainer.num_image_panels=1", "data.val_batch_size=1"]
+# Scores compared across processes are computed alike: one image per batch, one thread (torchrun's default),
+# so no pixel's logit can round to the other side of the threshold.
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+# Gradient comparison: BCE (a mean over pixels, so rank means average to the global mean), 3 val images.
+GRAD_CASE = [*TINY, "loss=bce", "data.num_val=3", "data.val_batch_size=1", "trainer.channels_last=false"]
+
+
+# -- samplers and helpers, in one process ---------------------------------------------------------
+def test_distributed_sampler_shards_cover_the_dataset_and_reshuffle_per_epoch():
+    shards = [Distributed(r, r, 2, "cpu", "gloo").train_sampler(8, None, seed=3) for r in range(2)]
+    for sampler in shards:
+        sampler.set_epoch(0)
+    first = [list(s) for s in shards]
+    assert [len(s) for s in first] == [4, 4]
+    assert sorted(first[0] + first[1]) == list(range(8))
+    for sampler in shards:
+        sampler.set_epoch(1)
+    second = [list(s) for s in shards]
+    assert sorted(second[0] + second[1]) == list(range(8)) and second != first
+
+
+def test_random_sampler_draws_equal_counts_per_rank_from_a_per_epoch_seed():
+    ranks = [DistributedRandomSampler(5, num_samples=7, rank=r, world_size=2, seed=1) for r in range(2)]
+    assert [len(s) for s in ranks] == [4, 4]  # ceil(7 / 2) each
+    expected = torch.randint(5, (8,), generator=torch.Generator().manual_seed(1 + 0)).tolist()
+    assert list(ranks[0]) == expected[0::2] and list(ranks[1]) == expected[1::2]
+    ranks[0].set_epoch(4)
+    expected = torch.randint(5, (8,), generator=torch.Generator().manual_seed(1 + 4)).tolist()
+    assert list(ranks[0]) == expected[0::2]
+    sampler = Distributed(1, 1, 2, "cpu", "gloo").train_sampler(5, 7, seed=1)
+    assert isinstance(sampler, DistributedRandomSampler) and list(sampler) == list(ranks[1])
+
+
+def test_shards_have_no_padding_and_interleave_back_in_order():
+    shards = [list(ShardSampler(5, r, 2)) for r in range(2)]
+    assert shards == [[0, 2, 4], [1, 3]]
+    assert distributed._interleave(shards) == [0, 1, 2, 3, 4]
+    assert Distributed().eval_sampler(5) is None and Distributed().train_sampler(5, None, 0) is None
+
+
+def test_single_process_is_a_no_op(tmp_path):
+    one = Distributed()
+    model = torch.nn.Conv2d(1, 1, 1)
+    assert one.wrap(model) is model and one.prepare_model(model, sync_batchnorm=True) is model
+    assert one.agree(True) and not one.agree(False)
+    assert one.all_finite(torch.tensor(1.0)) and not one.all_finite(torch.tensor(float("nan")))
+    assert one.mean(torch.tensor(3.0)).item() == 3.0
+    assert one.broadcast_object("x") == "x"
+    writer = one.summary_writer(tmp_path)
+    assert isinstance(writer, SummaryWriter)
+    writer.close()
+    assert isinstance(Distributed(rank=1).summary_writer("unused"), distributed.NullWriter)
+
+
+def test_setup_refuses_mismatched_launches(monkeypatch, caplog):
+    for name in distributed.TORCHRUN_VARS:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match="trainer.strategy='horovod' is not known; choose single or ddp"):
+        distributed.setup("horovod")
+    with caplog.at_level(logging.WARNING):
+        ctx = distributed.setup("ddp", "cpu")
+    assert not ctx.enabled and ctx.device == "cpu" and "outside torchrun" in caplog.text
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="WORLD_SIZE=2 but trainer.strategy=single.*Add trainer=ddp"):
+        distributed.setup("single")
+    with pytest.raises(ConfigError, match="sync_batchnorm=true needs CUDA"):
+        Distributed(0, 0, 2, "cpu", "gloo").prepare_model(torch.nn.BatchNorm2d(2), sync_batchnorm=True)
+
+
+def test_only_rank_zero_gets_a_run_folder(monkeypatch):
+    for name, value in {"LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "x", "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("RANK", "0")
+    assert distributed.worker_hydra_overrides() == []
+    monkeypatch.setenv("RANK", "1")
+    overrides = distributed.worker_hydra_overrides()
+    assert {"hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout"} <= set(overrides)
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        cfg = compose("train", overrides=[*TINY, *overrides], return_hydra_config=True)
+    assert cfg.hydra.run.dir == "." and cfg.hydra.output_subdir is None
+    assert "file" not in cfg.hydra.job_logging.handlers  # no train.log of its own
+    assert cfg.hydra.job_logging.formatters.simple.format == "[rank 1] %(levelname)s %(name)s: %(message)s"
+
+
+# -- two processes in this test: gradients and validation against one process ---------------------
+def _worker(rank: int, world: int, port: int, folder: str) -> None:
+    # As torchrun sets them; the store is the test process's (as torchrun's agent hosts it), so it
+    # outlives both ranks: a rank-0 store that exits first can abort rank 1 during its shutdown.
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+        TORCHELASTIC_USE_AGENT_STORE="True",
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    ctx = distributed.setup("ddp", "cpu")
+    try:
+        assert (ctx.enabled, ctx.backend, ctx.device, ctx.world_size) == (True, "gloo", "cpu", 2)
+        reference = torch.load(Path(folder) / "reference.pt", weights_only=True)
+        cfg = compose_config(GRAD_CASE)
+        model = build_model(cfg.model)
+        model.load_state_dict(reference["init"])
+        model.eval()  # BatchNorm on running statistics: each sample's gradient does not depend on the batch
+        ddp = ctx.wrap(model)
+
+        sampler = ctx.train_sampler(4, None, seed=0)
+        sampler.set_epoch(0)
+        mine = list(sampler)  # this rank's 2 of the global batch of 4
+        loss = build_loss(cfg)(ddp(reference["images"][mine]), reference["masks"][mine])
+        loss.backward()
+        for name, param in model.named_parameters():
+            torch.testing.assert_close(param.grad, reference["grads"][name], atol=1e-5, rtol=0, msg=name)
+
+        data = build_data(cfg.data)
+        loader = data.dataloader("val", sampler=ctx.eval_sampler(3))
+        result = evaluate(model, loader, make_runtime("cpu", channels_last=False), 2, loss_fn=build_loss(cfg))
+        assert len(result.per_image) == (2 if rank == 0 else 1)
+        merged = ctx.gather_eval(result)
+        assert merged.keys() == reference["val"].keys()
+        for key, value in reference["val"].items():
+            assert merged[key] == pytest.approx(value, rel=1e-6, abs=1e-7), key
+
+        assert ctx.agree(rank == 0) is True  # rank 0 decides
+        assert ctx.all_finite(torch.tensor(float("nan") if rank == 1 else 0.5)) is False
+        assert ctx.mean(torch.tensor(float(rank))).item() == 0.5
+        assert ctx.broadcast_object(f"from {rank}") == "from 0"
+        ctx.barrier()
+    finally:
+        distributed.cleanup()
+
+
+@pytest.mark.slow
+def test_two_process_gradients_and_validation_equal_one_process(tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers: the same arithmetic for the validation scores
+    try:
+        _compare_with_two_processes(tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _compare_with_two_processes(tmp_path: Path) -> None:
+    cfg = compose_config(GRAD_CASE)
+    torch.manual_seed(0)
+    model = build_model(cfg.model).eval()
+    data = build_data(cfg.data)
+    items = [data.dataset("train", augment=False)[i] for i in range(4)]
+    images = torch.stack([item["image"] for item in items])
+    masks = torch.stack([item["mask"] for item in items])
+    build_loss(cfg)(model(images), masks).backward()
+    val = evaluate(model, data.dataloader("val"), make_runtime("cpu", channels_last=False), 2, build_loss(cfg))
+    assert len(val.per_image) == 3
+    reference = {
+        "init": model.state_dict(),
+        "images": images,
+        "masks": masks,
+        "grads": {name: p.grad.clone() for name, p in model.named_parameters()},
+        "val": val.metrics,
+    }
+    torch.save(reference, tmp_path / "reference.pt")
+    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)  # port 0: any free port
+    mp.spawn(_worker, args=(2, store.port, str(tmp_path)), nprocs=2, join=True)
+
+
+# -- torchrun, as a user runs it --------------------------------------------------------------------
+def torchrun(nproc: int, args: list[str], cwd: Path, background: bool = False) -> Any:
+    """Run ``torchrun`` to completion (checked), or start it and return its Popen."""
+    command = [str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={nproc}", *args]
+    if background:  # output to a file: a full pipe would block the workers
+        with (cwd / "torchrun.log").open("w") as log:
+            return subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def only_run_dir(cwd: Path) -> Path:
+    assert {p.name for p in cwd.iterdir()} == {"outputs"}  # nothing a rank wrote beside the run folder
+    runs = [p for p in (cwd / "outputs").glob("*/*")]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_write_one_run_folder_that_evaluates_in_one_process(tmp_path):
+    work = tmp_path / "train"
+    work.mkdir()
+    torchrun(2, ["-m", "unet_train.train", *DDP_TINY, "data.num_val=3"], cwd=work)
+    run = only_run_dir(work)
+
+    assert {p.name for p in run.iterdir()} == {
+        ".hydra", "train.log", "resolved_config.yaml", "checkpoints", "tensorboard", "metrics.json"
+    }  # fmt: skip
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {"last.pt", "best.pt"}
+    log = (run / "train.log").read_text()
+    assert "DDP: 2 processes, backend gloo" in log and log.count("epoch 2  train/loss") == 1  # rank 0 only
+    events = list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert len({path.name.split(".")[4] for path in events}) == 1  # written by one process (pid in the name)
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    assert len(acc.Scalars("train/loss")) == 2 and len(acc.Scalars("val/dice")) == 2
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["steps"] == 2  # 8 images / (2 ranks x batch 4): one step per epoch
+    ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert not any(key.startswith("module.") for key in ckpt["model"])
+    assert ckpt["config"]["trainer"]["strategy"] == "ddp"
+
+    # Validation was split 2 + 1 over the ranks; one process scoring best.pt finds the same Dice.
+    evaluation = tmp_path / "eval"
+    evaluation.mkdir()
+    subprocess.run(
+        [str(BIN / "unet-eval"), f"ckpt={run / 'checkpoints' / 'best.pt'}", "save_predictions=false"],
+        cwd=evaluation, check=True, capture_output=True, timeout=300, env=ONE_THREAD,
+    )  # fmt: skip
+    scored = json.loads(next((evaluation / "outputs" / "eval").glob("*/*/metrics.json")).read_text())
+    assert scored["details"]["images"] == 3
+    assert scored["val/dice"] == pytest.approx(metrics["best/val/dice"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_killed_ddp_run_resumes_with_another_number_of_processes(tmp_path):
+    first = tmp_path / "first"
+    first.mkdir()
+    # samples_per_epoch=8: the distributed sampler that draws with replacement (4 items per rank).
+    args = ["-m", "unet_train.train", *DDP_TINY, "trainer.max_epochs=500", "data.samples_per_epoch=8"]
+    proc = torchrun(2, args, cwd=first, background=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(first.glob("outputs/*/*/checkpoints/last.pt")):
+            assert proc.poll() is None, (first / "torchrun.log").read_text()
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.1)
+    finally:
+        # As scancel or Ctrl-C do: torchrun passes SIGTERM on to its workers (in sessions of their own),
+        # which die on the spot, mid-epoch, and waits for them.
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    (first / "torchrun.log").unlink()
+    run = only_run_dir(first)
+    assert not (run / "metrics.json").exists()
+    done = load_checkpoint(run / "checkpoints" / "last.pt")["state"]
+    assert 1 <= done["epoch"] < 500 and done["step"] == done["epoch"]  # one step per epoch on 2 ranks
+
+    second = tmp_path / "second"
+    second.mkdir()
+    target = done["epoch"] + 2
+    resume = [str(BIN / "unet-train"), f"ckpt={run / 'checkpoints' / 'last.pt'}", f"trainer.max_epochs={target}"]
+    torchrun(1, ["--no-python", *resume], cwd=second)
+    assert not list(second.iterdir())  # the resumed run continues in its own folder
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs"] == target
+    assert metrics["steps"] == done["step"] + 2 * 2  # one process: 8 images / batch 4 = 2 steps per epoch
+    log = (run / "train.log").read_text()
+    assert f"Resumed from {run / 'checkpoints' / 'last.pt'} after epoch {done['epoch']}" in log
