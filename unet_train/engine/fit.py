@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from unet_train.build import build_data, build_loss, build_model, build_optimizer, build_scheduler
-from unet_train.engine import distributed
 from unet_train.data.sampling import GLOBAL_STREAM, epoch_seed, set_loader_epoch
+from unet_train.engine import distributed
 from unet_train.engine.checkpoint import (
     FORMAT,
     discard_partial_writes,
