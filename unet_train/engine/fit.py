@@ -142,6 +142,9 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
             ckpt_dir / name,
         )
 
+    device_augment = getattr(data, "device_augment", None)
+    sync_free = runtime.device.type == "cuda"
+    nonfinite_window = torch.zeros((), dtype=torch.int64, device=runtime.device)
     progress = show_progress(tcfg.progress)
     start = time.monotonic()
     last_metrics: dict[str, float] = {}
@@ -173,13 +176,19 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
             for batch in bar:
                 images = runtime.to_device(batch["image"], image=True)
                 masks = runtime.to_device(batch["mask"])
+                if device_augment is not None:  # data.device_augment: batched augmentation on the device
+                    images, masks = device_augment(images, masks)
+                    images = runtime.to_device(images, image=True)  # back to channels-last when asked
                 with runtime.autocast():
                     outputs = train_model(images)
                 loss = criterion(outputs, masks)
 
-                # A non-finite loss would poison the weights: skip the step. This reads one value
-                # from the device every step (a sync point on GPU) — cheap next to a step.
-                if not torch.isfinite(loss):
+                # A non-finite loss would poison the weights: skip the step. Reading the flag on the
+                # host is free on CPU, but on CUDA it is a sync point that stalls the launch queue every
+                # step; there the flags are summed on the device and read with the loss at log points.
+                if sync_free:
+                    nonfinite_window += ~torch.isfinite(loss.detach())
+                elif not torch.isfinite(loss):
                     nonfinite += 1
                     optimizer.zero_grad(set_to_none=True)
                     log.warning("Non-finite loss at step %d (%d in a row); step skipped", state.step, nonfinite)
@@ -190,7 +199,8 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                             "use trainer.precision=32, or check the data for NaNs."
                         )
                     continue
-                nonfinite = 0
+                else:
+                    nonfinite = 0
 
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -205,6 +215,18 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                 n_in_window += 1
 
                 if state.step % tcfg.log_every == 0:
+                    if sync_free:  # CUDA: the steps since the last read were not skipped, only counted
+                        bad = int(nonfinite_window.item())
+                        nonfinite_window.zero_()
+                        nonfinite = nonfinite + bad if bad else 0
+                        if bad:
+                            log.warning("Non-finite loss in %d of the last %d steps", bad, n_in_window)
+                        if nonfinite >= tcfg.max_nonfinite_steps:
+                            raise FloatingPointError(
+                                f"The loss was NaN/inf for {nonfinite} steps up to step {state.step}; training "
+                                f"stopped. The last good checkpoint is {ckpt_dir / 'last.pt'}. Lower optim.lr, "
+                                "use trainer.precision=32, or check the data for NaNs."
+                            )
                     train_loss = loss_sum.item() / n_in_window
                     loss_sum.zero_()
                     n_in_window = 0
@@ -223,9 +245,9 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
 
             last_epoch = out_of_time or state.epoch == tcfg.max_epochs
             if state.epoch % tcfg.val_every == 0 or last_epoch:
-                last_metrics = validate(
-                    cfg, train_model, val_loader, runtime, criterion, data.num_classes, writer, state
-                )
+                # The eager model (same weights): a compiled one would recompile for eval mode and for
+                # every new validation image size, which costs more than it saves on a few images.
+                last_metrics = validate(cfg, model, val_loader, runtime, criterion, data.num_classes, writer, state)
                 value = last_metrics.get(cfg.monitor)
                 if value is None:
                     raise ConfigError(
