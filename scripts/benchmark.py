@@ -132,8 +132,12 @@ def trainer_name(device: torch.device) -> str:
     return "gpu" if device.type == "cuda" else "cpu"
 
 
-def count_flops(model: nn.Module, x: torch.Tensor, train: bool, loss_fn: Callable | None = None) -> float:
-    """FLOPs of one forward (and backward when ``train``) pass, per image."""
+def count_flops(model: nn.Module, x: torch.Tensor, train: bool, size: int) -> float:
+    """FLOPs of one forward (and backward when ``train``) pass of one ``size`` x ``size`` image.
+
+    Counted on the small input ``x`` and scaled by the pixel count: every convolution of these
+    fully convolutional networks costs FLOPs in proportion to its output pixels.
+    """
     was_training = model.training
     model.train(train)
     with FlopCounterMode(display=False) as counter:
@@ -146,7 +150,7 @@ def count_flops(model: nn.Module, x: torch.Tensor, train: bool, loss_fn: Callabl
                 model(x)
     model.zero_grad(set_to_none=True)
     model.train(was_training)
-    return counter.get_total_flops() / x.shape[0]
+    return counter.get_total_flops() / x.shape[0] * (size * size) / (x.shape[-2] * x.shape[-1])
 
 
 def project_case(
@@ -269,8 +273,13 @@ def batch(args: argparse.Namespace, device: torch.device) -> tuple[torch.Tensor,
     return images.to(device), masks.to(device)
 
 
-def model_variants(args: argparse.Namespace, device: torch.device) -> list[tuple[str, str, Callable]]:
-    """(name, description, builder(width)) of every model case, in the order they are interleaved."""
+def model_variants(
+    args: argparse.Namespace, device: torch.device, ablation: bool = True
+) -> list[tuple[str, str, Callable]]:
+    """(name, description, builder(width)) of every model case, in the order they are interleaved.
+
+    ``ablation`` adds the channels_last=false cases (the benchmark runs them at the largest width only).
+    """
     default_precision = "bf16" if device.type == "cuda" else "32"
     variants: list[tuple[str, str, Callable]] = [
         ("plain", "plain PyTorch (seed): NCHW fp32 eager, sigmoid + BCELoss", lambda w: plain_case(w, args, device)),
@@ -289,7 +298,7 @@ def model_variants(args: argparse.Namespace, device: torch.device) -> list[tuple
                 lambda w: project_case(w, other_precision, True, args, device),
             )
         )
-    if not args.no_ablation:
+    if ablation and not args.no_ablation:
         variants.append(
             (
                 "project-nchw",
@@ -401,14 +410,14 @@ def summary(samples: list[float]) -> dict[str, Any]:
 def build_model_cases(args: argparse.Namespace, device: torch.device) -> tuple[list[Case], dict[str, nn.Module]]:
     cases: list[Case] = []
     models: dict[str, nn.Module] = {}
-    images, _ = batch(args, device)
+    small = torch.rand(1, 1, 2**args.depth * 2, 2**args.depth * 2, device=device)  # for counting FLOPs
     for width in args.widths:
-        for name, description, builder in model_variants(args, device):
+        for name, description, builder in model_variants(args, device, width == max(args.widths)):
             model, train_step, infer_step, settings = builder(width)
             models[f"{name}/{width}"] = model
-            x = images.contiguous(memory_format=torch.channels_last) if settings.get("channels_last") else images
-            flops_train = count_flops(model, x, train=True)
-            flops_infer = count_flops(model, x, train=False)
+            x = small.contiguous(memory_format=torch.channels_last) if settings.get("channels_last") else small
+            flops_train = count_flops(model, x, train=True, size=args.size)
+            flops_infer = count_flops(model, x, train=False, size=args.size)
             for mode, fn, flops in (("train", train_step, flops_train), ("infer", infer_step, flops_infer)):
                 case = Case(f"{name}/{width}/{mode}", "model", description, args.batch, fn)
                 case.info = {
@@ -548,7 +557,7 @@ def measure_memory(args: argparse.Namespace, device: torch.device) -> dict[str, 
     first_train(), first_infer()
     del first_train, first_infer
     for width in args.widths:
-        for name, _, builder in model_variants(args, device):
+        for name, _, builder in model_variants(args, device, width == max(args.widths)):
             for mode in ("infer", "train"):
                 gc.collect()
                 if device.type == "cuda":
@@ -766,8 +775,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--size", type=int, default=None, help="crop side (default 256)")
-    p.add_argument("--steps", type=int, default=None, help="steps per timed sample (default 2)")
+    p.add_argument("--steps", type=int, default=None, help="steps per timed sample (default 1)")
     p.add_argument("--repeats", type=int, default=None, help="timed samples per case (default 5)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own choice)")
     p.add_argument("--compile", action="store_true", help="also time the defaults with trainer.compile=true")
     p.add_argument("--no-monai", action="store_true", help="skip MONAI even when installed")
     p.add_argument("--no-ablation", action="store_true", help="skip the channels_last=false cases")
@@ -784,7 +794,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.depth = min(args.depth, 4)
         args.batch = min(args.batch, 2)
     else:
-        defaults = {"widths": [16, 32], "size": 256, "steps": 2, "repeats": 5}
+        defaults = {"widths": [16, 32], "size": 256, "steps": 1, "repeats": 5}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -797,6 +807,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory_probe:
         print(json.dumps(measure_memory(args, device)))
         return {}
@@ -807,7 +819,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model_cases, _models = build_model_cases(args, device)
     conv = conv_cases(args, device)
     cases = model_cases + conv
-    warm_up(cases, device, steps=1 if args.quick else 2)
+    warm_up(cases, device, steps=1)
     print(f"Timing {len(cases)} cases x {args.repeats} repeats ...", file=sys.stderr, flush=True)
     run_interleaved(cases, args, device)
     del _models
