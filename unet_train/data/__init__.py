@@ -1,8 +1,17 @@
 """Datasets: ISBI 2012, a folder of images and masks, synthetic membranes."""
 
 from unet_train.data.base import SegmentationData, SegmentationDataset, Split
+from unet_train.data.device_augment import DeviceAugment
 from unet_train.data.folder import ImageFolder
 from unet_train.data.isbi import ISBI2012
 from unet_train.data.synthetic import SyntheticMembranes
 
-__all__ = ["ISBI2012", "ImageFolder", "SegmentationData", "SegmentationDataset", "Split", "SyntheticMembranes"]
+__all__ = [
+    "ISBI2012",
+    "DeviceAugment",
+    "ImageFolder",
+    "SegmentationData",
+    "SegmentationDataset",
+    "Split",
+    "SyntheticMembranes",
+]

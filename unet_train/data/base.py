@@ -90,6 +90,8 @@ class SegmentationData:
         batch_size: training batch size (validation uses ``val_batch_size``).
         num_workers: loader worker processes; 0 loads in the main process.
         train_transform, val_transform: albumentations pipelines (or None).
+        device_augment: a batched augmentation applied by the training loop after the batch
+            reaches the device (:class:`~unet_train.data.device_augment.DeviceAugment`), or None.
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class SegmentationData:
         samples_per_epoch: int | None = None,
         train_transform: Callable[..., dict[str, Any]] | None = None,
         val_transform: Callable[..., dict[str, Any]] | None = None,
+        device_augment: Callable[..., Any] | None = None,
     ) -> None:
         for name, value in (("in_channels", in_channels), ("patch_size", patch_size), ("batch_size", batch_size)):
             if int(value) < 1:
@@ -124,6 +127,7 @@ class SegmentationData:
         self.samples_per_epoch = samples_per_epoch
         self.train_transform = train_transform
         self.val_transform = val_transform
+        self.device_augment = device_augment
         self._cache: dict[str, Split] = {}
 
     # -- to implement -------------------------------------------------------------------------

@@ -144,8 +144,10 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
 
     # DDP and torch.compile wrap the module; checkpoints always store the unwrapped one.
     train_model = torch.compile(dist.wrap(model)) if tcfg.compile else dist.wrap(model)
-    # DDP's forward expects every rank to run the same batches; each rank scores its shard alone.
-    eval_model = model if dist.enabled else train_model
+    # Validation runs the plain module: DDP's forward expects every rank to run the same batches (each
+    # rank scores its own shard), and a compiled model would recompile for eval mode and for every new
+    # validation image size, which costs more than it saves on a few images.
+    eval_model = model
     ckpt_dir = run_dir / "checkpoints"
     for leftover in discard_partial_writes(ckpt_dir) if dist.is_main else []:
         log.warning("Removed %s, a checkpoint write cut short by a kill", leftover.name)
@@ -175,6 +177,11 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
         )
         return True
 
+    device_augment = getattr(data, "device_augment", None)
+    # On a single CUDA device the non-finite flags stay on the device between log points (see below);
+    # under DDP every step's flag is all-reduced anyway, so all ranks skip together.
+    sync_free = runtime.device.type == "cuda" and not dist.enabled
+    nonfinite_window = torch.zeros((), dtype=torch.int64, device=runtime.device)
     progress = show_progress(tcfg.progress) and dist.is_main
     start = time.monotonic()
     last_metrics: dict[str, float] = {}
@@ -215,13 +222,19 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                 state.batch += 1
                 images = runtime.to_device(batch["image"], image=True)
                 masks = runtime.to_device(batch["mask"])
+                if device_augment is not None:  # data.device_augment: batched augmentation on the device
+                    images, masks = device_augment(images, masks)
+                    images = runtime.to_device(images, image=True)  # back to channels-last when asked
                 with runtime.autocast():
                     outputs = train_model(images)
                 loss = criterion(outputs, masks)
 
-                # A non-finite loss would poison the weights: skip the step. This reads one value
-                # from the device every step (a sync point on GPU) — cheap next to a step.
-                if not dist.all_finite(loss):  # under DDP: all ranks skip together
+                # A non-finite loss would poison the weights: skip the step. Reading the flag on the
+                # host is free on CPU, but on CUDA it is a sync point that stalls the launch queue every
+                # step; there the flags are summed on the device and read with the loss at log points.
+                if sync_free:
+                    nonfinite_window += ~torch.isfinite(loss.detach())
+                elif not dist.all_finite(loss):  # under DDP: all ranks skip together
                     nonfinite += 1
                     optimizer.zero_grad(set_to_none=True)
                     log.warning("Non-finite loss at step %d (%d in a row); step skipped", state.step, nonfinite)
@@ -235,7 +248,8 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                             "trainer.precision=32, or check the data for NaNs."
                         )
                     continue
-                nonfinite = 0
+                else:
+                    nonfinite = 0
 
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -250,6 +264,18 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                 n_in_window += 1
 
                 if state.step % tcfg.log_every == 0:
+                    if sync_free:  # CUDA: the steps since the last read were not skipped, only counted
+                        bad = int(nonfinite_window.item())
+                        nonfinite_window.zero_()
+                        nonfinite = nonfinite + bad if bad else 0
+                        if bad:
+                            log.warning("Non-finite loss in %d of the last %d steps", bad, n_in_window)
+                        if nonfinite >= tcfg.max_nonfinite_steps:
+                            raise TrainingDiverged(
+                                f"The loss was NaN/inf for {nonfinite} steps up to step {state.step}; training "
+                                f"stopped. The last good checkpoint is {ckpt_dir / 'last.pt'}. Lower optim.lr, "
+                                "use trainer.precision=32, or check the data for NaNs."
+                            )
                     train_loss = dist.mean(loss_sum).item() / n_in_window
                     loss_sum.zero_()
                     n_in_window = 0

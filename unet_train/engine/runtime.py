@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 from collections.abc import Iterator
@@ -12,6 +13,8 @@ import numpy as np
 import torch
 
 from unet_train.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
 
@@ -41,7 +44,20 @@ def resolve_precision(precision: str | int, device: torch.device) -> torch.dtype
         raise ConfigError("trainer.precision=16 needs a CUDA device; on CPU use trainer.precision=bf16 or 32.")
     if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("This GPU has no bfloat16 support; use trainer.precision=16 (with loss scaling) or 32.")
+    if dtype is torch.bfloat16 and device.type == "cpu" and not cpu_has_fast_bf16():
+        log.warning(
+            "trainer.precision=bf16 on a CPU without AVX-512 BF16 or AMX: it runs, emulated, and is usually "
+            "slower than trainer.precision=32."
+        )
     return dtype
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 convolutions natively here (AVX-512 BF16 or AMX); bf16 autocast pays off then."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # private helpers (torch >= 2.1 on x86): assume no rather than fail
+        return False
 
 
 @dataclass

@@ -1,0 +1,59 @@
+"""scripts/benchmark.py --quick runs end to end and writes the JSON the README table comes from."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "benchmark.py"
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_every_section(tmp_path, isbi_root):
+    out = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--json", str(out), "--isbi-root", str(isbi_root)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "| target | value | goal | met |" in run.stdout
+    result = json.loads(out.read_text())
+    assert set(result) == {"machine", "settings", "conv_peak_gflop_per_s", "cases", "data", "targets"}
+    repeats = result["settings"]["repeats"]
+
+    cases = {row["case"]: row for row in result["cases"]}
+    expected = {f"{name}/4/{mode}" for name in ("plain", "project", "project-bf16") for mode in ("train", "infer")}
+    assert expected <= set(cases)
+    assert ("monai/4/train" in cases) == (result["machine"]["monai"] is not None)
+    for row in cases.values():
+        speed = row["images_per_s"]
+        assert len(speed["samples"]) == repeats
+        assert 0 < speed["min"] <= speed["median"] <= speed["max"]
+        assert row["gflop_per_s"] == pytest.approx(speed["median"] * row["gflop_per_image"])
+        assert row["fraction_of_conv_peak"] > 0
+        assert row["peak_memory_mib"] is None or row["peak_memory_mib"] >= 0
+    # The plain baseline is the same network: the same convolutions, so the same FLOPs.
+    for mode in ("train", "infer"):
+        assert cases[f"plain/4/{mode}"]["gflop_per_image"] == pytest.approx(
+            cases[f"project/4/{mode}"]["gflop_per_image"]
+        )
+    assert cases["plain/4/train"]["gflop_per_image"] == pytest.approx(
+        3 * cases["plain/4/infer"]["gflop_per_image"], rel=0.1
+    )
+    assert cases["plain/4/train"]["vs_plain"] == 1.0
+    assert cases["project/4/train"]["precision"] == "32" and cases["project/4/train"]["channels_last"] is True
+
+    assert set(result["conv_peak_gflop_per_s"]) == {
+        f"conv/{d}/{m}" for d in ("fp32", "bf16") for m in ("forward", "fwd+bwd")
+    }
+    data = result["data"]
+    assert data["num_workers"] == 2 and data["loader_images_per_s"]["median"] > 0
+    assert data["augment_in_process"]["device_augment_images_per_s"]["median"] > 0
+    names = [t["target"] for t in result["targets"]]
+    assert len(names) == 6 and all(t["met"] in (True, False, None) for t in result["targets"])
