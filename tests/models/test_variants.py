@@ -235,6 +235,10 @@ def test_deep_supervision_heads_are_finest_first_and_depth_bounded():
     outputs = model(torch.randn(1, 1, 64, 48))
     assert [tuple(o.shape[-2:]) for o in outputs] == [(64, 48), (32, 24), (16, 12), (8, 6)]
     assert len(UNet(base_channels=4, depth=2, deep_supervision=True, supervision_levels=3).aux_heads) == 1
+    with pytest.raises(ConfigError, match="model.deep_supervision=true needs .* model.depth=1"):
+        UNet(base_channels=4, depth=1, deep_supervision=True)
+    with pytest.raises(ConfigError, match="model.supervision_levels=0"):
+        UNet(base_channels=4, depth=3, deep_supervision=True, supervision_levels=0)
 
 
 def test_build_loss_wraps_the_loss_with_the_configured_weights():

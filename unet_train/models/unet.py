@@ -175,6 +175,12 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(channels[0], out_channels, kernel_size=1)
         # Auxiliary heads on the decoder levels just above full resolution, finest first.
         n_aux = min(supervision_levels, depth - 1) if deep_supervision else 0
+        if deep_supervision and n_aux < 1:
+            raise ConfigError(
+                f"model.deep_supervision=true needs a decoder level below full resolution and at least one head, "
+                f"but model.depth={depth} and model.supervision_levels={supervision_levels}: use depth >= 2 and "
+                "supervision_levels >= 1, or model.deep_supervision=false."
+            )
         self.aux_heads = nn.ModuleList(nn.Conv2d(channels[level], out_channels, 1) for level in range(1, n_aux + 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
