@@ -52,10 +52,13 @@ def model_stats(name: str, size: int = 512, overrides: list[str] | None = None) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("names", nargs="*", help="model configs (default: all of configs/model)")
+    parser.add_argument(
+        "items", nargs="*", help="model configs (default: all of configs/model) and Hydra overrides (key=value)"
+    )
     parser.add_argument("--size", type=int, default=512, help="side of the square input (default 512)")
-    args, overrides = parser.parse_known_args()
-    names = args.names or model_names()
+    args = parser.parse_args()
+    overrides = [item for item in args.items if "=" in item]
+    names = [item for item in args.items if "=" not in item] or model_names()
     unknown = [n for n in names if n not in model_names()]
     if unknown:
         parser.error(f"unknown model config(s) {unknown}; choose from {model_names()}")
