@@ -37,7 +37,8 @@ IDS = [f"{enc}-{skip}-{'ds' if ds else 'nods'}" for enc, skip, ds in COMBOS]
 
 
 def tiny_unet(encoder: str, skip: str, deep_supervision: bool, **kwargs) -> UNet:
-    return UNet(base_channels=4, depth=3, encoder=encoder, skip=skip, deep_supervision=deep_supervision, **kwargs)
+    options = {"encoder": encoder, "skip": skip, "deep_supervision": deep_supervision, "dense_growth": 4}
+    return UNet(base_channels=4, depth=3, **options, **kwargs)
 
 
 @pytest.mark.parametrize(("encoder", "skip", "deep_supervision"), COMBOS, ids=IDS)
