@@ -1,4 +1,10 @@
-"""Deep supervision as a stateless wrapper around any loss (multi-scale loss)."""
+"""Deep supervision as a stateless wrapper around any loss (multi-scale loss).
+
+Deep supervision adds losses on intermediate outputs (Lee et al. 2015, arXiv:1409.5185); for a
+UNet, 1x1 heads on the coarser decoder levels are scored against a downsampled target with
+weights that halve per level and are normalised, as nnU-Net does (Isensee et al. 2021,
+arXiv:1809.10486).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from unet_train.errors import ConfigError
 
 
 def halving_weights(n: int) -> list[float]:
@@ -37,17 +45,27 @@ class DeepSupervisionLoss(nn.Module):
         if isinstance(outputs, torch.Tensor):
             return self.loss(outputs, target)
         weights = self.weights if self.weights is not None else halving_weights(len(outputs))
-        if len(weights) < len(outputs):
-            raise ValueError(f"DeepSupervisionLoss got {len(outputs)} outputs but only {len(weights)} weights.")
+        if len(weights) != len(outputs):
+            raise ConfigError(
+                f"deep_supervision_weights={weights} has {len(weights)} entries but the model returns "
+                f"{len(outputs)} outputs (full resolution + model.supervision_levels): give {len(outputs)} "
+                "weights, full resolution first, or null for halving weights."
+            )
         total = outputs[0].new_zeros((), dtype=torch.float32)
-        for weight, logits in zip(weights, outputs):
+        for weight, logits in zip(weights, outputs, strict=True):
             total = total + weight * self.loss(logits, resize_target(target, logits.shape[-2:]))
         return total
 
 
 def resize_target(target: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Nearest-neighbour resize of an integer ``(N, H, W)`` target; values stay labels."""
+    """Nearest-neighbour resize of a ``(N, H, W)`` label map (or ``(N, C, H, W)`` target) to ``size``.
+
+    Nearest interpolation only copies values, so integer labels stay labels and a binary mask
+    stays binary; the dtype is kept.
+    """
     if tuple(target.shape[-2:]) == tuple(size):
         return target
-    resized = F.interpolate(target.unsqueeze(1).float(), size=tuple(size), mode="nearest")
-    return resized.squeeze(1).to(target.dtype)
+    # float32 holds every label exactly up to 2**24, far beyond any class count.
+    batched = target.unsqueeze(1) if target.ndim == 3 else target
+    resized = F.interpolate(batched.float(), size=tuple(size), mode="nearest").to(target.dtype)
+    return resized.squeeze(1) if target.ndim == 3 else resized

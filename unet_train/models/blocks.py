@@ -53,9 +53,11 @@ class DoubleConv(nn.Sequential):
 
 
 class DenseBlock(nn.Module):
-    """A DenseNet block (Huang et al. 2017): each layer sees the concatenation of all earlier outputs.
+    """A DenseNet block (Huang et al. 2017, arXiv:1608.06993): each layer sees the concatenation of
+    the block's input and all earlier layers' outputs, and adds ``growth_rate`` channels.
 
-    Output channels: ``in_channels + num_layers * growth_rate``.
+    Output channels: ``in_channels + num_layers * growth_rate``. Each layer is a ``conv3x3-norm-ReLU``
+    like the rest of this UNet (DenseNet orders it norm-ReLU-conv) and there is no 1x1 bottleneck.
     """
 
     def __init__(self, in_channels: int, num_layers: int = 4, growth_rate: int = 16, norm: str = "batch") -> None:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unet_train.errors import ConfigError
-from unet_train.models.blocks import DenseBlock, make_norm
+from unet_train.models.blocks import DenseBlock
 
 SKIPS = ("concat", "attention", "attention_gate", "dense")
 
@@ -30,7 +30,7 @@ class PlainSkip(nn.Module):
 
 
 class SpatialAttentionSkip(nn.Module):
-    """Spatial attention on the skip (the CBAM spatial branch, Woo et al. 2018).
+    """Spatial attention on the skip (the spatial branch of CBAM, Woo et al. 2018, arXiv:1807.06521).
 
     Mean and max over channels give a 2-channel map; a ``k x k`` convolution and a sigmoid turn
     it into one weight in (0, 1) per pixel, which multiplies the encoder features.
@@ -51,32 +51,53 @@ class SpatialAttentionSkip(nn.Module):
 
 
 class AttentionGateSkip(nn.Module):
-    """The additive attention gate of Attention U-Net (Oktay et al. 2018, arXiv:1804.03999).
+    """The additive attention gate of Attention U-Net (Oktay et al. 2018, arXiv:1804.03999, Fig. 2).
 
-    ``alpha = sigmoid(psi(ReLU(W_x x + up(W_g g))))`` with 1x1 convolutions; ``g`` is the coarser
-    decoder signal, projected at its own resolution and upsampled bilinearly to the skip's.
+    The coefficients are computed on the coarse grid of the gating signal ``g`` (the decoder map
+    one level down) and resampled to the skip's grid, as in the paper::
+
+        q = psi(ReLU(W_x(x) + W_g(g) + b_g)) + b_psi,   alpha = up(sigmoid(q)),   out = alpha * x
+
+    ``W_x`` is a 2x2 stride-2 convolution that brings ``x`` to the grid of ``g`` (the paper's
+    reference implementation does the same), ``W_g`` and ``psi`` are 1x1 convolutions, and ``up``
+    is bilinear resampling. As in the paper's equations, there is no normalisation inside the gate
+    and no output projection (the reference implementation adds a 1x1 conv + BN after the multiply).
+
+    Args:
+        channels: channels of the skip features ``x`` (kept unchanged at the output).
+        gate_channels: channels of the gating signal ``g``.
+        inter_channels: channels of the intermediate space ``F_int``; default ``channels // 2``.
     """
 
-    def __init__(self, channels: int, gate_channels: int, inter_channels: int | None = None, norm: str = "batch"):
+    def __init__(self, channels: int, gate_channels: int, inter_channels: int | None = None) -> None:
         super().__init__()
         inter = inter_channels or max(channels // 2, 1)
-        self.project_x = nn.Sequential(nn.Conv2d(channels, inter, 1, bias=False), make_norm(norm, inter))
-        self.project_g = nn.Sequential(nn.Conv2d(gate_channels, inter, 1, bias=False), make_norm(norm, inter))
-        self.psi = nn.Conv2d(inter, 1, 1)
+        self.project_x = nn.Conv2d(channels, inter, kernel_size=2, stride=2, bias=False)
+        self.project_g = nn.Conv2d(gate_channels, inter, kernel_size=1)
+        self.psi = nn.Conv2d(inter, 1, kernel_size=1)
         self.out_channels = channels
 
     def attention_map(self, features: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        """Return the (N, 1, H, W) gate coefficients in (0, 1)."""
-        g = F.interpolate(self.project_g(gate), size=features.shape[-2:], mode="bilinear", align_corners=False)
-        return torch.sigmoid(self.psi(F.relu(self.project_x(features) + g)))
+        """Return the (N, 1, H, W) gate coefficients in (0, 1) on the skip's grid."""
+        x = self.project_x(features)
+        g = self.project_g(gate)
+        if g.shape[-2:] != x.shape[-2:]:
+            # Only when the skip is not exactly twice the gate's size (the UNet pads, so never there).
+            g = F.interpolate(g, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        alpha = torch.sigmoid(self.psi(F.relu(x + g)))
+        return F.interpolate(alpha, size=features.shape[-2:], mode="bilinear", align_corners=False)
 
     def forward(self, features: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         return features * self.attention_map(features, gate)
 
 
 class DenseSkip(nn.Module):
-    """A DenseBlock (Huang et al. 2017) on the skip pathway before the concatenation, in the spirit of
-    UNet++'s dense skip pathways (Zhou et al. 2018)."""
+    """A DenseBlock (Huang et al. 2017, arXiv:1608.06993) on the skip pathway before the concatenation.
+
+    The skip grows from ``channels`` to ``channels + num_layers * growth_rate``; the decoder reads
+    ``out_channels`` to size its first convolution. Dense convolution blocks on the skip pathways
+    are also the idea of UNet++ (Zhou et al. 2018, arXiv:1807.10165).
+    """
 
     def __init__(self, channels: int, num_layers: int = 4, growth_rate: int = 16, norm: str = "batch") -> None:
         super().__init__()
@@ -103,7 +124,7 @@ def make_skip(
     if kind == "attention":
         return SpatialAttentionSkip(channels, attention_kernel)
     if kind == "attention_gate":
-        return AttentionGateSkip(channels, gate_channels, norm=norm)
+        return AttentionGateSkip(channels, gate_channels)
     if kind == "dense":
         return DenseSkip(channels, dense_layers, dense_growth, norm)
     raise ConfigError(f"model.skip={kind!r} is not known; choose one of {', '.join(SKIPS)}.")

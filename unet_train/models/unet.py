@@ -21,12 +21,22 @@ UPSAMPLES = ("transpose", "bilinear")
 
 
 def default_dilation_rates(depth: int) -> list[int]:
-    """Cross-scale rates: 1 at the shallow levels (detail), 3 and 5 at the two deepest (context)."""
-    return [1] * (depth - 1) + [3, 5]
+    """Cross-scale rates, one per level, shallow first: 1 at the shallow levels, 3 and 5 at the two deepest.
+
+    The first level always keeps rate 1 (it sees full-resolution detail), so ``depth=1`` gives ``[1, 3]``.
+    """
+    deep = [3, 5][:depth]
+    return [1] * (depth + 1 - len(deep)) + deep
 
 
 class Encoder(nn.Module):
     """The contracting path: ``depth + 1`` levels of DoubleConv, 2x2 max-pooling between them.
+
+    With per-level ``dilation_rates`` it is the cross-scale dilated encoder: both convolutions of a
+    level are dilated by its rate (dilated convolutions: Yu & Koltun 2016, arXiv:1511.07122). Small
+    rates at the shallow levels keep fine membrane detail; the co-prime rates 3 and 5 at the deep
+    levels widen the receptive field without the gridding holes of equal rates (Wang et al. 2018,
+    arXiv:1702.08502). The schedule 1, ..., 1, 3, 5 is the project's (issue 3), set in YAML.
 
     ``forward`` returns the feature map of every level, shallow first; ``out_channels`` lists
     their channels.
@@ -44,9 +54,12 @@ class Encoder(nn.Module):
         rates = list(dilation_rates) if dilation_rates is not None else [1] * (depth + 1)
         if len(rates) != depth + 1:
             raise ConfigError(
-                f"model.dilation_rates has {len(rates)} entries but model.depth={depth} needs {depth + 1} "
-                "(one per level, shallow first)."
+                f"model.dilation_rates={rates} has {len(rates)} entries but model.depth={depth} needs {depth + 1} "
+                f"(one per level, shallow first): set e.g. model.dilation_rates={default_dilation_rates(depth)} "
+                "or model.dilation_rates=null for the default schedule."
             )
+        if any(int(rate) < 1 for rate in rates):
+            raise ConfigError(f"model.dilation_rates={rates} must all be at least 1.")
         self.out_channels = [base_channels * 2**level for level in range(depth + 1)]
         channels_in = [in_channels, *self.out_channels[:-1]]
         self.levels = nn.ModuleList(
@@ -162,6 +175,12 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(channels[0], out_channels, kernel_size=1)
         # Auxiliary heads on the decoder levels just above full resolution, finest first.
         n_aux = min(supervision_levels, depth - 1) if deep_supervision else 0
+        if deep_supervision and n_aux < 1:
+            raise ConfigError(
+                f"model.deep_supervision=true needs a decoder level below full resolution and at least one head, "
+                f"but model.depth={depth} and model.supervision_levels={supervision_levels}: use depth >= 2 and "
+                "supervision_levels >= 1, or model.deep_supervision=false."
+            )
         self.aux_heads = nn.ModuleList(nn.Conv2d(channels[level], out_channels, 1) for level in range(1, n_aux + 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
