@@ -159,6 +159,7 @@ def project_case(
     """The project's model, loss, optimizer and step as ``fit`` runs them (trainer=cpu/gpu defaults)."""
     from unet_train.build import build_loss, build_model, build_optimizer
     from unet_train.engine.runtime import eval_mode, make_runtime
+    from unet_train.inference.tiling import fold_batchnorm
 
     cfg = compose(
         [
@@ -202,9 +203,16 @@ def project_case(
         scaler.update()
 
     def infer_step() -> None:
-        # What evaluation and prediction do: eval mode, inference tensors, autocast, probabilities.
-        with eval_mode(model), runtime.autocast():
-            torch.sigmoid(model(runtime.to_device(images, image=True)).float())
+        # What unet-eval and unet-predict do: batch norms folded into the convolutions (fold_batchnorm),
+        # eval mode, inference tensors, autocast, probabilities. The fold is redone for each call here
+        # so that it sees the trained weights; it costs well under 1 % of a batch.
+        folded = (
+            fold_batchnorm(model).to(memory_format=torch.channels_last)
+            if runtime.channels_last
+            else fold_batchnorm(model)
+        )
+        with eval_mode(folded), runtime.autocast():
+            torch.sigmoid(folded(runtime.to_device(images, image=True)).float())
 
     settings = {"precision": precision, "channels_last": channels_last, "compile": compiled, "loss": cfg.loss._target_}
     return model, train_step, infer_step, settings

@@ -33,6 +33,7 @@ from unet_train.engine.report import EvalReport
 from unet_train.engine.runtime import make_runtime
 from unet_train.errors import CheckpointError, ConfigError
 from unet_train.inference import TTALogits
+from unet_train.inference.tiling import fold_batchnorm
 from unet_train.metrics import predict_labels
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,8 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
         raise CheckpointError(
             f"{cfg.ckpt}: weights do not fit its own model config: {str(exc).splitlines()[0]}"
         ) from exc
-    model = model.to(runtime.device)
+    # Batch norms folded into their convolutions: the same results, one pass less per layer (as unet-predict).
+    model = fold_batchnorm(model.eval()).to(runtime.device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.get("tta", False):
