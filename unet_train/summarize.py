@@ -349,6 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.getLogger("tensorboard").setLevel(logging.WARNING)  # its event reader narrates every file at INFO
     try:
         markdown = summarize(args.sweep_dir, args.output, plot=not args.no_plot)
     except UserError as exc:
