@@ -102,3 +102,37 @@ def test_short_isbi_run_lowers_validation_loss(isbi_root, tmp_path):
     losses = scalars(tmp_path / "tensorboard")["val/loss"]
     assert len(losses) == 4
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("optim", ["adam", "adamw", "sgd"])
+def test_fused_optimizer_skips_a_step_on_a_device_flag(optim):
+    """fit() on one GPU builds the optimizer fused and skips a non-finite step through its ``found_inf``
+    flag, without reading the flag on the host. The same kernels exist on the CPU, so the skip is checked here:
+    NaN gradients with the flag set leave the weights and the optimizer state as they were."""
+    from unet_train.build import build_model, build_optimizer
+
+    cfg = compose_config([*TINY, f"optim={optim}"])
+    model = build_model(cfg.model)
+    optimizer = build_optimizer(cfg, model, fused=True)
+    assert optimizer.defaults["fused"] is True and optimizer._step_supports_amp_scaling
+    explicit = compose_config([*TINY, f"optim={optim}", "+optim.fused=false"])
+    assert not build_optimizer(explicit, model, fused=True).defaults["fused"]  # the config's own choice wins
+    assert not build_optimizer(cfg, model).defaults["fused"]
+
+    def step(found_inf: float, grad: float) -> None:
+        for p in model.parameters():
+            p.grad = torch.full_like(p, grad)
+        optimizer.found_inf = torch.tensor(found_inf)
+        optimizer.step()
+
+    step(0.0, 1.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state_before = {
+        id(p): {k: v.clone() for k, v in s.items() if torch.is_tensor(v)} for p, s in optimizer.state.items()
+    }
+    step(1.0, float("nan"))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    for p, s in optimizer.state.items():
+        assert all(torch.equal(state_before[id(p)][k], v) for k, v in s.items() if torch.is_tensor(v))
+    step(0.0, 1.0)  # a finite step with the flag clear does update
+    assert not all(torch.equal(before[k], v) for k, v in model.state_dict().items())

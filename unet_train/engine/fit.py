@@ -120,7 +120,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
         model = model.to(memory_format=torch.channels_last)
     model = dist.prepare_model(model, tcfg.sync_batchnorm)
     criterion = build_loss(cfg)
-    optimizer = build_optimizer(cfg, model)
+    optimizer = build_optimizer(cfg, model, fused=runtime.device.type == "cuda")
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         share = f" per process (the split is shared by {dist.world_size})" if dist.world_size > 1 else ""
@@ -178,9 +178,15 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
         return True
 
     device_augment = getattr(data, "device_augment", None)
-    # On a single CUDA device the non-finite flags stay on the device between log points (see below);
-    # under DDP every step's flag is all-reduced anyway, so all ranks skip together.
-    sync_free = runtime.device.type == "cuda" and not dist.enabled
+    # On a single CUDA device with a fused optimizer, a non-finite loss is skipped without a host sync:
+    # the flag goes to the optimizer as ``found_inf`` (the device-side skip GradScaler uses too), which
+    # leaves weights and moments untouched, and the flags are summed on the device and read at log
+    # points. Elsewhere the flag is read every step (under DDP it is all-reduced, so all ranks skip).
+    sync_free = (
+        runtime.device.type == "cuda"
+        and not dist.enabled
+        and bool(getattr(optimizer, "_step_supports_amp_scaling", False))
+    )
     nonfinite_window = torch.zeros((), dtype=torch.int64, device=runtime.device)
     progress = show_progress(tcfg.progress) and dist.is_main
     start = time.monotonic()
@@ -212,6 +218,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
             set_loader_epoch(train_loader, epoch, state.batch)
             train_model.train()
             loss_sum = torch.zeros((), device=runtime.device)  # summed on device: no per-step sync
+            loss_count = torch.zeros((), device=runtime.device)  # steps with a finite loss in loss_sum
             n_in_window = 0
             bar = tqdm(train_loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress, dynamic_ncols=True)
             out_of_time = False
@@ -233,7 +240,8 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                 # host is free on CPU, but on CUDA it is a sync point that stalls the launch queue every
                 # step; there the flags are summed on the device and read with the loss at log points.
                 if sync_free:
-                    nonfinite_window += ~torch.isfinite(loss.detach())
+                    bad = ~torch.isfinite(loss.detach())
+                    nonfinite_window += bad
                 elif not dist.all_finite(loss):  # under DDP: all ranks skip together
                     nonfinite += 1
                     optimizer.zero_grad(set_to_none=True)
@@ -256,28 +264,38 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                 if tcfg.grad_clip:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+                if sync_free and not scaler.is_enabled():  # (an enabled scaler sets its own found_inf)
+                    optimizer.found_inf = bad.float()  # type: ignore[attr-defined]
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()
                 state.step += 1
-                loss_sum += loss.detach()
+                if sync_free:
+                    loss_sum += torch.where(bad, 0.0, loss.detach())
+                    loss_count += ~bad
+                else:
+                    loss_sum += loss.detach()
+                    loss_count += 1
                 n_in_window += 1
 
                 if state.step % tcfg.log_every == 0:
-                    if sync_free:  # CUDA: the steps since the last read were not skipped, only counted
-                        bad = int(nonfinite_window.item())
+                    if sync_free:  # CUDA: the skipped steps since the last read, counted on the device
+                        n_bad = int(nonfinite_window.item())
                         nonfinite_window.zero_()
-                        nonfinite = nonfinite + bad if bad else 0
-                        if bad:
-                            log.warning("Non-finite loss in %d of the last %d steps", bad, n_in_window)
+                        nonfinite = nonfinite + n_bad if n_bad else 0
+                        if n_bad:
+                            log.warning(
+                                "Non-finite loss in %d of the last %d steps; those steps skipped", n_bad, n_in_window
+                            )
                         if nonfinite >= tcfg.max_nonfinite_steps:
                             raise TrainingDiverged(
                                 f"The loss was NaN/inf for {nonfinite} steps up to step {state.step}; training "
                                 f"stopped. The last good checkpoint is {ckpt_dir / 'last.pt'}. Lower optim.lr, "
                                 "use trainer.precision=32, or check the data for NaNs."
                             )
-                    train_loss = dist.mean(loss_sum).item() / n_in_window
+                    train_loss = (dist.mean(loss_sum) / loss_count).item()  # NaN if every step was skipped
                     loss_sum.zero_()
+                    loss_count.zero_()
                     n_in_window = 0
                     lr = optimizer.param_groups[0]["lr"]
                     writer.add_scalar("train/loss", train_loss, state.step)
@@ -287,7 +305,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                     out_of_time = True
                     break
             if n_in_window:
-                train_loss = dist.mean(loss_sum).item() / n_in_window
+                train_loss = (dist.mean(loss_sum) / loss_count).item()
                 writer.add_scalar("train/loss", train_loss, state.step)
                 writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], state.step)
             state.epoch, state.batch = epoch + 1, 0
