@@ -10,6 +10,7 @@
 #
 #   UNET_TRAIN_ISBI_ROOT=/path/to/isbi2012 OUT=gpu-check bash scripts/gpu_check.sh
 #   QUICK=1 bash scripts/gpu_check.sh      # a CPU dry run of the same commands, tiny sizes (a minute)
+# TESTS="-k tiled" and BENCH="--no-ablation" add pytest and benchmark arguments (a shorter rerun).
 set -u -o pipefail
 OUT=${OUT:-gpu-check}
 ISBI=${UNET_TRAIN_ISBI_ROOT:-../shared/data/isbi2012}
@@ -36,10 +37,10 @@ stage "machine"
 } 2>&1 | tee "$OUT/machine.txt"
 
 stage "tests marked gpu"
-timeout 200 "$PY" -m pytest -q -m gpu -p no:cacheprovider -o addopts="-ra" tests/test_cuda.py tests/engine/test_faults.py 2>&1 | tee "$OUT/tests.log"
+timeout 200 "$PY" -m pytest -q -m gpu -p no:cacheprovider -o addopts="-ra" ${TESTS:-} tests/test_cuda.py tests/engine/test_faults.py 2>&1 | tee "$OUT/tests.log"
 
 stage "benchmark"
-timeout 260 "$PY" scripts/benchmark.py "${bench[@]}" --isbi-root "$ISBI" --json "$OUT/benchmark.json" 2>&1 \
+timeout 260 "$PY" scripts/benchmark.py "${bench[@]}" ${BENCH:-} --isbi-root "$ISBI" --json "$OUT/benchmark.json" 2>&1 \
   | grep -v "repeat .* done" | tee "$OUT/benchmark.log"
 
 stage "ISBI 2012, experiment=isbi_paper for ${TRAIN_S}s"

@@ -48,7 +48,7 @@ def test_quickstart_learns_on_the_gpu_and_its_checkpoint_scores_the_same_on_the_
     model.load_state_dict(ckpt["model"])
     data = build_data(cfg.data)
     runtime = make_runtime("cpu", "32", channels_last=False)
-    scores = evaluate(model, data.dataloader("val", shuffle=False), runtime, data.num_classes)
+    scores = evaluate(model, data.dataloader("val", shuffle=False), runtime, data.num_classes).metrics
     assert scores["dice"] == pytest.approx(metrics["best/val/dice"], abs=0.01)
 
 
@@ -82,7 +82,7 @@ def test_an_isolated_nan_loss_is_skipped_without_a_per_step_sync(tmp_path, caplo
 
 def test_tiled_prediction_on_the_gpu_matches_the_cpu():
     torch.manual_seed(0)
-    model = UNet(in_channels=1, num_classes=2, base_channels=8, depth=3).eval()
+    model = UNet(in_channels=1, out_channels=2, base_channels=8, depth=3).eval()
     image = torch.rand(1, 300, 217)
     cpu = TiledPredictor(model, tile_size=128, overlap=0.25, device="cpu").predict(image)
     gpu32 = TiledPredictor(model, tile_size=128, overlap=0.25, device="cuda").predict(image)

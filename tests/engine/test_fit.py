@@ -136,3 +136,18 @@ def test_fused_optimizer_skips_a_step_on_a_device_flag(optim):
         assert all(torch.equal(state_before[id(p)][k], v) for k, v in s.items() if torch.is_tensor(v))
     step(0.0, 1.0)  # a finite step with the flag clear does update
     assert not all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_weight_maps_come_from_the_loader_workers(tmp_path):
+    """loss=weighted_bce: the training loader's items carry the loss's weight map of their augmented mask."""
+    from unet_train.build import build_data, build_loss
+
+    cfg = compose_config([*TINY, "loss=weighted_bce", "data.num_workers=1"])
+    loss = build_loss(cfg)
+    loader = build_data(cfg.data).dataloader("train", sample_weight=loss.sample_weight)
+    batch = next(iter(loader))
+    assert batch["weight"].shape == batch["mask"].shape and batch["weight"].dtype == torch.float32
+    for mask, weight in zip(batch["mask"], batch["weight"]):
+        assert torch.equal(weight, torch.from_numpy(loss.sample_weight(mask.numpy())))
+    metrics = fit(cfg, tmp_path)
+    assert metrics["steps"] == 4 and 0.0 <= metrics["val/dice"] <= 1.0

@@ -84,3 +84,20 @@ def test_weights_that_do_not_match_the_outputs_are_refused():
     message = r"deep_supervision_weights=\[0.5, 0.5\] has 2 entries but the model returns 3 outputs"
     with pytest.raises(ConfigError, match=message):
         DeepSupervisionLoss(BCELoss(), weights=[0.5, 0.5])(outputs, target)
+
+
+def test_pixel_weights_are_resized_with_the_target_for_each_head():
+    from unet_train.losses import WeightedBCELoss
+
+    torch.manual_seed(0)
+    target = (torch.rand(2, 16, 16) < 0.4).long()
+    weight = torch.rand(2, 16, 16) + 0.5
+    outputs = [torch.randn(2, 1, 16, 16), torch.randn(2, 1, 8, 8)]
+    inner = WeightedBCELoss()
+    got = DeepSupervisionLoss(inner, [0.75, 0.25])(outputs, target, weight=weight)
+    half_target, half_weight = target[:, ::2, ::2], weight[:, ::2, ::2]  # nearest: every other pixel
+    expected = 0.75 * inner(outputs[0], target, weight=weight) + 0.25 * inner(
+        outputs[1], half_target, weight=half_weight
+    )
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert DeepSupervisionLoss(inner).sample_weight == inner.sample_weight

@@ -71,3 +71,44 @@ def test_weighted_bce_is_finite_and_positive():
     target[0, :, 7:9] = 1  # a membrane between two cells
     loss = WeightedBCELoss()(torch.zeros(1, 1, 16, 16), target)
     assert math.isfinite(loss.item()) and loss.item() > 0
+
+
+def whole_image_weight_map(mask: np.ndarray, w0: float = 10.0, sigma: float = 5.0) -> np.ndarray:
+    """Eq. 2 of the UNet paper the direct way: one whole-image distance transform per object."""
+    from scipy import ndimage
+
+    mask = mask > 0
+    labels, n = ndimage.label(mask)
+    f = mask.mean()
+    class_weight = np.where(mask, 0.5 / f, 0.5 / (1 - f))
+    class_weight = class_weight / class_weight.mean()
+    d = np.sort(np.stack([ndimage.distance_transform_edt(labels != i) for i in range(1, n + 1)]), axis=0)
+    return class_weight + w0 * np.exp(-((d[0] + d[1]) ** 2) / (2 * sigma**2)) * (~mask)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_windowed_border_weight_map_equals_the_whole_image_computation(seed):
+    """Distance transforms restricted to each object's window change no weight by more than ``tol``."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((96, 80), dtype=bool)
+    for _ in range(12):  # rectangles of random size, touching or apart, some at the image border
+        y, x = rng.integers(0, 90), rng.integers(0, 74)
+        mask[y : y + rng.integers(2, 20), x : x + rng.integers(2, 20)] = True
+    mask[0, 0] = True  # a one-pixel object in the corner
+    w0, sigma = (10.0, 5.0) if seed % 2 == 0 else (5.0, 8.0)
+    expected = whole_image_weight_map(mask, w0, sigma)
+    assert np.abs(border_weight_map(mask, w0, sigma, tol=1e-4) - expected).max() <= 1e-4
+    assert np.abs(border_weight_map(mask, w0, sigma, tol=1e-9) - expected).max() <= 1e-5  # float32 rounding
+
+
+def test_weighted_bce_uses_given_weights_and_computes_the_same_ones_itself():
+    rng = np.random.default_rng(0)
+    target = torch.from_numpy(rng.random((2, 24, 24)) < 0.3).long()
+    logits = torch.randn(2, 1, 24, 24)
+    loss = WeightedBCELoss(w0=10, sigma=5, object_class=0)
+    weight = torch.from_numpy(np.stack([loss.sample_weight(m) for m in target.numpy()]))
+    assert torch.equal(weight[0], torch.from_numpy(border_weight_map(target[0].numpy() == 0, 10, 5)))
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits.squeeze(1), target.float(), reduction="none")
+    assert loss(logits, target, weight=weight).item() == pytest.approx((bce * weight).mean().item(), rel=1e-6)
+    assert loss(logits, target).item() == pytest.approx(loss(logits, target, weight=weight).item(), rel=1e-6)
+    assert loss(logits, target, weight=torch.ones(2, 24, 24)).item() == pytest.approx(bce.mean().item(), rel=1e-6)

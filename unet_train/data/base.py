@@ -38,9 +38,17 @@ class Split:
 class SegmentationDataset(Dataset):
     """Items of one split, augmented by an albumentations pipeline (or none)."""
 
-    def __init__(self, split: Split, transform: Callable[..., dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        split: Split,
+        transform: Callable[..., dict[str, Any]] | None = None,
+        sample_weight: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
         self.split = split
         self.transform = transform
+        # Per-pixel loss weights from the augmented mask (a weighted loss's ``sample_weight``),
+        # computed here so that the loader's workers do it in parallel; returned as ``weight``.
+        self.sample_weight = sample_weight
 
     def __len__(self) -> int:
         return len(self.split)
@@ -66,6 +74,8 @@ class SegmentationDataset(Dataset):
         item: dict[str, Any] = {"image": image_to_tensor(image), "name": self.split.names[index]}
         if mask is not None:
             item["mask"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
+            if self.sample_weight is not None:
+                item["weight"] = torch.from_numpy(np.ascontiguousarray(self.sample_weight(mask), dtype=np.float32))
         return item
 
 
@@ -193,16 +203,19 @@ class SegmentationData:
         pin_memory: bool = False,
         seed: int = 0,
         worker_init_fn: Callable[[int], None] | None = None,
+        sample_weight: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> DataLoader:
         """A DataLoader of ``split``: training shuffles, drops the last partial batch and samples crops.
 
         ``samples_per_epoch`` draws that many random crops per epoch (with replacement over the
         images); useful when a dataset has only a handful of large images, like ISBI's 25.
         Shuffled loaders use an :class:`EpochSampler` seeded with ``seed``: call
-        :func:`unet_train.data.sampling.set_loader_epoch` before each epoch.
+        :func:`unet_train.data.sampling.set_loader_epoch` before each epoch. ``sample_weight``
+        adds a per-pixel ``weight`` map to each item (see :class:`SegmentationDataset`).
         """
         train = split == "train"
         dataset = self.dataset(split)
+        dataset.sample_weight = sample_weight
         shuffle = train if shuffle is None else shuffle
         if sampler is None and (shuffle or (train and self.samples_per_epoch)):
             num_samples = self.samples_per_epoch if train else None

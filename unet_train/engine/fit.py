@@ -111,15 +111,24 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     train_sampler = dist.train_sampler(len(data.dataset("train")), data.samples_per_epoch, cfg.seed)
     val_sampler = dist.eval_sampler(len(data.dataset("val")))
     # Without DDP the loader makes its own EpochSampler from the seed (exact, restartable epochs).
+    criterion = build_loss(cfg)
+    # A loss with per-pixel weight maps (loss=weighted_bce) has them computed by the loader's workers
+    # from each augmented mask; augmentation on the device changes masks after the workers, so then
+    # the loss computes them itself.
+    sample_weight = getattr(criterion, "sample_weight", None) if data.device_augment is None else None
     train_loader = data.dataloader(
-        "train", sampler=train_sampler, pin_memory=pin, seed=cfg.seed, worker_init_fn=ignore_stop_signals
+        "train",
+        sampler=train_sampler,
+        pin_memory=pin,
+        seed=cfg.seed,
+        worker_init_fn=ignore_stop_signals,
+        sample_weight=sample_weight,
     )
     val_loader = data.dataloader("val", sampler=val_sampler, pin_memory=pin, worker_init_fn=ignore_stop_signals)
     model = build_model(cfg.model).to(runtime.device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = dist.prepare_model(model, tcfg.sync_batchnorm)
-    criterion = build_loss(cfg)
     optimizer = build_optimizer(cfg, model, fused=runtime.device.type == "cuda")
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
@@ -234,7 +243,10 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                     images = runtime.to_device(images, image=True)  # back to channels-last when asked
                 with runtime.autocast():
                     outputs = train_model(images)
-                loss = criterion(outputs, masks)
+                if "weight" in batch:
+                    loss = criterion(outputs, masks, weight=runtime.to_device(batch["weight"]))
+                else:
+                    loss = criterion(outputs, masks)
 
                 # A non-finite loss would poison the weights: skip the step. Reading the flag on the
                 # host is free on CPU, but on CUDA it is a sync point that stalls the launch queue every

@@ -8,8 +8,9 @@ arXiv:1809.10486).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,9 +42,26 @@ class DeepSupervisionLoss(nn.Module):
         self.loss = loss
         self.weights = None if weights is None else [float(w) for w in weights]
 
-    def forward(self, outputs: torch.Tensor | Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    @property
+    def sample_weight(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        """The wrapped loss's per-pixel weight maps, if it uses any (see ``WeightedBCELoss``)."""
+        return getattr(self.loss, "sample_weight", None)
+
+    def forward(
+        self,
+        outputs: torch.Tensor | Sequence[torch.Tensor],
+        target: torch.Tensor,
+        weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``weight``: per-pixel weights at full resolution, resized with the target for each head."""
+
+        def head_loss(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+            if weight is None:
+                return self.loss(logits, resize_target(target, size))
+            return self.loss(logits, resize_target(target, size), weight=resize_target(weight, size))
+
         if isinstance(outputs, torch.Tensor):
-            return self.loss(outputs, target)
+            return head_loss(outputs, outputs.shape[-2:])
         weights = self.weights if self.weights is not None else halving_weights(len(outputs))
         if len(weights) != len(outputs):
             raise ConfigError(
@@ -52,8 +70,8 @@ class DeepSupervisionLoss(nn.Module):
                 "weights, full resolution first, or null for halving weights."
             )
         total = outputs[0].new_zeros((), dtype=torch.float32)
-        for weight, logits in zip(weights, outputs, strict=True):
-            total = total + weight * self.loss(logits, resize_target(target, logits.shape[-2:]))
+        for scale, logits in zip(weights, outputs, strict=True):
+            total = total + scale * head_loss(logits, logits.shape[-2:])
         return total
 
 

@@ -119,23 +119,37 @@ class BCEDiceLoss(nn.Module):
         return self.bce_weight * self.bce(logits, target) + self.dice_weight * self.dice(logits, target)
 
 
-def border_weight_map(mask: np.ndarray, w0: float = 10.0, sigma: float = 5.0) -> np.ndarray:
+def border_weight_map(mask: np.ndarray, w0: float = 10.0, sigma: float = 5.0, tol: float = 1e-4) -> np.ndarray:
     """The UNet paper's weight map (Ronneberger et al. 2015, eq. 2) for one binary mask.
 
     ``w(x) = w_c(x) + w0 * exp(-(d1(x) + d2(x))**2 / (2 sigma**2))`` on background pixels, where
     ``d1``/``d2`` are the distances to the nearest and second-nearest object (connected component
     of the foreground) and ``w_c`` balances class frequencies. Foreground pixels get ``w_c``.
+
+    Each object's distance transform is computed only in its bounding box grown by the reach
+    beyond which the border term is below ``tol`` (``w0 * exp(-reach**2 / (2 sigma**2)) <= tol``):
+    inside that window the distances are exact, outside it the term is at most ``tol``. On ISBI
+    crops (about a hundred cells each) that is an order of magnitude less work than whole-image
+    transforms.
     """
     mask = np.asarray(mask) > 0
     labels, n = ndimage.label(mask)
     frequency = mask.mean()
     class_weight = np.where(mask, 0.5 / max(frequency, 1e-6), 0.5 / max(1 - frequency, 1e-6))
     class_weight = class_weight / class_weight.mean()
-    if n < 2:
+    if n < 2 or w0 <= 0:
         return class_weight.astype(np.float32)
-    distances = np.stack([ndimage.distance_transform_edt(labels != i) for i in range(1, n + 1)])
-    distances.partition(1, axis=0)
-    d1, d2 = distances[0], distances[1]
+    reach = int(np.ceil(sigma * np.sqrt(2 * np.log(max(w0 / tol, 1.0)))))
+    height, width = mask.shape
+    d1 = np.full(mask.shape, np.inf)
+    d2 = np.full(mask.shape, np.inf)
+    for label, (rows, cols) in enumerate(ndimage.find_objects(labels), start=1):
+        y0, y1 = max(rows.start - reach, 0), min(rows.stop + reach, height)
+        x0, x1 = max(cols.start - reach, 0), min(cols.stop + reach, width)
+        dist = ndimage.distance_transform_edt(labels[y0:y1, x0:x1] != label)
+        near, second = d1[y0:y1, x0:x1], d2[y0:y1, x0:x1]  # views: updated in place
+        np.minimum(second, np.maximum(near, dist), out=second)
+        np.minimum(near, dist, out=near)
     border = w0 * np.exp(-((d1 + d2) ** 2) / (2 * sigma**2)) * (~mask)
     return (class_weight + border).astype(np.float32)
 
@@ -143,19 +157,24 @@ def border_weight_map(mask: np.ndarray, w0: float = 10.0, sigma: float = 5.0) ->
 class WeightedBCELoss(nn.Module):
     """BCE weighted per pixel by :func:`border_weight_map`, which pushes the model to separate touching objects.
 
-    The map is computed on the CPU from the target's objects (the class ``object_class``; for
-    ISBI membranes that is the cell interior, class 0 of the membrane target), so it costs one
-    distance transform per object per image.
+    The objects are the connected components of class ``object_class`` (for ISBI membranes the
+    cell interiors, class 0 of the membrane target). The maps come with the batch when the loader
+    computed them (``weight``: ``fit`` has the training loader's workers call :meth:`sample_weight`
+    on each augmented mask); otherwise they are computed here, on the CPU.
     """
 
     def __init__(self, w0: float = 10.0, sigma: float = 5.0, object_class: int = 0) -> None:
         super().__init__()
         self.w0, self.sigma, self.object_class = w0, sigma, object_class
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        objects = (target == self.object_class).cpu().numpy()
-        weights = np.stack([border_weight_map(m, self.w0, self.sigma) for m in objects])
-        weight = torch.from_numpy(weights).to(logits.device)
+    def sample_weight(self, mask: np.ndarray) -> np.ndarray:
+        """The weight map of one ``(H, W)`` label mask, as the loss uses it."""
+        return border_weight_map(np.asarray(mask) == self.object_class, self.w0, self.sigma)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        if weight is None:
+            weight = torch.from_numpy(np.stack([self.sample_weight(m) for m in target.cpu().numpy()]))
+            weight = weight.to(logits.device)
         if logits.shape[1] == 1:
             loss = F.binary_cross_entropy_with_logits(logits.squeeze(1).float(), target.float(), reduction="none")
         else:
