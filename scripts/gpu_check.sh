@@ -10,7 +10,7 @@
 #
 #   UNET_TRAIN_ISBI_ROOT=/path/to/isbi2012 OUT=gpu-check bash scripts/gpu_check.sh
 #   QUICK=1 bash scripts/gpu_check.sh      # a CPU dry run of the same commands, tiny sizes (a minute)
-# TESTS="-k tiled" and BENCH="--no-ablation" add pytest and benchmark arguments (a shorter rerun).
+# TESTS="-k tiled", BENCH="--no-ablation" and COMPILE=0 make a shorter rerun.
 set -u -o pipefail
 OUT=${OUT:-gpu-check}
 ISBI=${UNET_TRAIN_ISBI_ROOT:-../shared/data/isbi2012}
@@ -23,7 +23,8 @@ if [[ ${QUICK:-0} == 1 ]]; then
   bench=(--device cpu --quick --compile --no-memory)
   train=(trainer=cpu model.base_channels=8 data.num_workers=2 trainer.max_epochs=1 data.samples_per_epoch=8)
 else
-  bench=(--device cuda --widths 64 --size 512 --batch 8 --steps 5 --repeats 3 --compile)
+  bench=(--device cuda --widths 64 --size 512 --batch 8 --steps 5 --repeats 3)
+  [[ ${COMPILE:-1} == 1 ]] && bench+=(--compile)
   train=(trainer.max_epochs=30)
 fi
 
