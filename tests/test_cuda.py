@@ -88,7 +88,7 @@ def test_tiled_prediction_on_the_gpu_matches_the_cpu():
     gpu32 = TiledPredictor(model, tile_size=128, overlap=0.25, device="cuda").predict(image)
     bf16 = TiledPredictor(model, tile_size=128, overlap=0.25, device="cuda", autocast_dtype=torch.bfloat16)
     gpu16 = bf16.predict(image)
-    assert gpu32.shape == cpu.shape == (1, 300, 217) and gpu32.device.type == "cpu"
+    assert gpu32.shape == cpu.shape == (2, 300, 217) and gpu32.device.type == "cpu"
     assert (gpu32 - cpu).abs().max() < 1e-3  # TF32 convolutions on the GPU
     assert (gpu16 - cpu).abs().max() < 5e-2 and (gpu16 - cpu).abs().mean() < 5e-3
 
