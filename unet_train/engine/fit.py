@@ -116,6 +116,12 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     # from each augmented mask; augmentation on the device changes masks after the workers, so then
     # the loss computes them itself.
     sample_weight = getattr(criterion, "sample_weight", None) if data.device_augment is None else None
+    if data.device_augment is not None and getattr(criterion, "sample_weight", None) is not None:
+        log.warning(
+            "%s computes its weight maps in the training process after data.device_augment, on the CPU; "
+            "with a data config that augments in the workers (data=isbi) the workers compute them in parallel.",
+            type(criterion).__name__,
+        )
     train_loader = data.dataloader(
         "train",
         sampler=train_sampler,
