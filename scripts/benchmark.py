@@ -158,7 +158,7 @@ def project_case(
 ) -> tuple[nn.Module, Callable[[], None], Callable[[], None], dict[str, Any]]:
     """The project's model, loss, optimizer and step as ``fit`` runs them (trainer=cpu/gpu defaults)."""
     from unet_train.build import build_loss, build_model, build_optimizer
-    from unet_train.engine.runtime import eval_mode, make_runtime
+    from unet_train.engine.runtime import eval_mode, make_runtime, to_channels_last
     from unet_train.inference.tiling import fold_batchnorm
 
     cfg = compose(
@@ -176,7 +176,7 @@ def project_case(
     runtime = make_runtime(t.device, t.precision, t.channels_last, t.cudnn_benchmark, t.deterministic)
     model = build_model(cfg.model).to(runtime.device)
     if runtime.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = to_channels_last(model)
     criterion = build_loss(cfg)
     optimizer = build_optimizer(cfg, model, fused=device.type == "cuda")
     scaler = runtime.grad_scaler()
@@ -203,7 +203,7 @@ def project_case(
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         if sync_free and not scaler.is_enabled():
-            optimizer.found_inf = bad.float()
+            optimizer.found_inf = bad.float()  # type: ignore[attr-defined]
         scaler.step(optimizer)
         scaler.update()
 
@@ -212,7 +212,7 @@ def project_case(
     # of the weights, so folding the untrained model is fair.)
     folded = fold_batchnorm(model)
     if runtime.channels_last:
-        folded = folded.to(memory_format=torch.channels_last)
+        folded = to_channels_last(folded)
 
     def infer_step() -> None:
         with eval_mode(folded), runtime.autocast():
@@ -360,6 +360,8 @@ def monai_version() -> str | None:
 # ----------------------------------------------------------------------------------------------
 def conv_cases(args: argparse.Namespace, device: torch.device) -> list[Case]:
     """A large 3x3 convolution, channels-last, in float32 and bfloat16; forward and forward + backward."""
+    from unet_train.engine.runtime import to_channels_last
+
     if args.quick:
         n, c, side = 2, 16, 32
     elif device.type == "cuda":
@@ -372,7 +374,7 @@ def conv_cases(args: argparse.Namespace, device: torch.device) -> list[Case]:
         if dtype is torch.bfloat16 and not bf16_available(device):
             continue
         conv = nn.Conv2d(c, c, 3, padding=1, bias=False).to(device=device, dtype=dtype)
-        conv = conv.to(memory_format=torch.channels_last)
+        conv = to_channels_last(conv)
         x = torch.randn(n, c, side, side, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
         x.requires_grad_(True)
         grad = torch.randn_like(x)
@@ -504,6 +506,7 @@ def data_section(args: argparse.Namespace, device: torch.device) -> dict[str, An
     album_set = data.dataset("train")
     crop_set = device_data.dataset("train")
     augment = device_data.device_augment
+    assert augment is not None, "configs/data/isbi_device.yaml sets device_augment"
     bs = data.batch_size
     album_samples, device_samples = [], []
     g = torch.Generator().manual_seed(0)
@@ -727,7 +730,7 @@ def report(
         if c.info["mode"] == "train" and c.info["name"].startswith("project")
     }
     if "loader_images_per_s" in data and consumption:
-        fastest = max(consumption, key=consumption.get)
+        fastest = max(consumption, key=consumption.__getitem__)
         loader = data["loader_images_per_s"]["median"]
         data["model_consumption_images_per_s"] = consumption
         data["loader_vs_fastest_consumer"] = {"consumer": fastest, "ratio": loader / consumption[fastest]}

@@ -45,6 +45,7 @@ def build_model(base_channels: int) -> torch.nn.Module:
     # Non-trivial batch-norm statistics, so folding them is not a no-op.
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
+            assert module.running_mean is not None and module.running_var is not None
             module.running_mean.uniform_(-0.2, 0.2)
             module.running_var.uniform_(0.5, 2.0)
     return model

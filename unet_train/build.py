@@ -58,7 +58,8 @@ def build_optimizer(cfg: DictConfig, model: nn.Module, fused: bool = False) -> t
     config sets ``fused`` itself. One launch per step instead of several per parameter group, and a
     fused optimizer can skip a step on a device-side flag (see ``fit``).
     """
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for param in model.parameters():
         if param.requires_grad:
             (no_decay if param.ndim <= 1 else decay).append(param)

@@ -63,9 +63,10 @@ def apply_overrides(base: DictConfig, overrides: list[str], skip: tuple[str, ...
             continue
         if key in FIXED_GROUPS:
             raise ConfigError(f"{override}: the checkpoint fixes the model; start a new run to train {key}={value}.")
-        if "." not in key and OmegaConf.select(cfg, key) is not None and isinstance(cfg[key], DictConfig):
+        if "." not in key and isinstance(OmegaConf.select(cfg, key), DictConfig):
             raise ConfigError(f"{override}: choosing another {key} group is not supported here; override its keys.")
         dotlist.append(f"{key}={value}")
     with open_dict(cfg):
         cfg.merge_with_dotlist(dotlist)
+    assert isinstance(cfg, DictConfig)
     return cfg

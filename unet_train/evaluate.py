@@ -30,7 +30,7 @@ from unet_train.config import config_dir
 from unet_train.engine.checkpoint import load_checkpoint
 from unet_train.engine.evaluate import evaluate
 from unet_train.engine.report import EvalReport
-from unet_train.engine.runtime import make_runtime
+from unet_train.engine.runtime import make_runtime, to_channels_last
 from unet_train.errors import CheckpointError, ConfigError
 from unet_train.inference import TTALogits
 from unet_train.inference.tiling import fold_batchnorm
@@ -94,7 +94,7 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     # Batch norms folded into their convolutions: the same results, one pass less per layer (as unet-predict).
     model = fold_batchnorm(model.eval()).to(runtime.device)
     if runtime.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = to_channels_last(model)
     if cfg.get("tta", False):
         model = TTALogits(model)
 
@@ -135,9 +135,9 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     (out / "metrics.json").write_text(json.dumps({**metrics, "details": summary}, indent=2) + "\n")
     if result.per_image:
         with (out / "per_image.csv").open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(result.per_image[0]))
-            writer.writeheader()
-            writer.writerows(result.per_image)
+            rows = csv.DictWriter(handle, fieldnames=list(result.per_image[0]))
+            rows.writeheader()
+            rows.writerows(result.per_image)
         print(format_table(metrics))
     else:
         print(f"The {cfg.split!r} split has no masks: wrote predictions only.")

@@ -88,7 +88,7 @@ def find_jobs(sweep_dir: str | Path) -> list[Job]:
         job = Job(
             path=path,
             overrides=overrides,
-            monitor=str(config.get("monitor", "val/dice")),
+            monitor=str(OmegaConf.select(config, "monitor", default="val/dice")),
             val_every=int(OmegaConf.select(config, "trainer.val_every", default=1) or 1),
         )
         metrics_file = path / "metrics.json"

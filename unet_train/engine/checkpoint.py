@@ -13,7 +13,7 @@ import re
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     """The plain module inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
     while True:
         if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
+            model = cast(nn.Module, model._orig_mod)
         elif isinstance(model, nn.parallel.DistributedDataParallel):
             model = model.module
         else:

@@ -9,10 +9,11 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -31,7 +32,7 @@ from unet_train.engine.checkpoint import (
 )
 from unet_train.engine.evaluate import evaluate
 from unet_train.engine.preflight import check_numbers
-from unet_train.engine.runtime import make_runtime, rng_state, seed_everything, set_rng_state
+from unet_train.engine.runtime import make_runtime, rng_state, seed_everything, set_rng_state, to_channels_last
 from unet_train.engine.signals import GracefulStop, ignore_stop_signals, interrupted
 from unet_train.engine.tensorboard import hparams, panel
 from unet_train.errors import ConfigError, TrainingDiverged
@@ -133,7 +134,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     val_loader = data.dataloader("val", sampler=val_sampler, pin_memory=pin, worker_init_fn=ignore_stop_signals)
     model = build_model(cfg.model).to(runtime.device)
     if runtime.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = to_channels_last(model)
     model = dist.prepare_model(model, tcfg.sync_batchnorm)
     optimizer = build_optimizer(cfg, model, fused=runtime.device.type == "cuda")
     steps_per_epoch = len(train_loader)
@@ -158,7 +159,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
         log.info("Resumed from %s after epoch %d (step %d%s)", cfg.ckpt, state.epoch, state.step, within)
 
     # DDP and torch.compile wrap the module; checkpoints always store the unwrapped one.
-    train_model = torch.compile(dist.wrap(model)) if tcfg.compile else dist.wrap(model)
+    train_model = cast(nn.Module, torch.compile(dist.wrap(model))) if tcfg.compile else dist.wrap(model)
     # Validation runs the plain module: DDP's forward expects every rank to run the same batches (each
     # rank scores its own shard), and a compiled model would recompile for eval mode and for every new
     # validation image size, which costs more than it saves on a few images.

@@ -8,6 +8,7 @@ import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -17,6 +18,13 @@ from unet_train.errors import ConfigError
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
+
+
+def to_channels_last(module: ModuleT) -> ModuleT:
+    """``module.to(memory_format=torch.channels_last)``: 4-D weights in NHWC order (torch's type stubs
+    leave ``memory_format`` out of ``Module.to``, hence this one typed place)."""
+    return module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -116,8 +124,8 @@ def seed_everything(seed: int) -> None:
 
 def rng_state() -> dict:
     """RNG states as tensors and plain values, so a checkpoint loads with ``weights_only=True``."""
-    np_state = np.random.get_state()
-    state = {
+    np_state: tuple[Any, ...] = np.random.get_state(legacy=True)  # type: ignore[assignment]
+    state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {
             "kind": np_state[0],

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from unet_train.engine.runtime import to_channels_last
 from unet_train.errors import ConfigError
 from unet_train.inference.tta import predict_probabilities
 
@@ -131,7 +132,7 @@ class TiledPredictor:
         model = model.to(self.device)
         self.channels_last = channels_last
         if channels_last:
-            model = model.to(memory_format=torch.channels_last)
+            model = to_channels_last(model)
         self.model = model
         # Tile starts on the pooling grid keep every tile's features aligned with the whole image's.
         self.align = 2 ** int(getattr(model, "depth", 0))
