@@ -36,6 +36,7 @@ def test_two_epochs_write_checkpoints_events_and_metrics(tmp_path):
     assert len(logged["train/loss"]) == 4  # 8 images / batch 4 = 2 steps per epoch, log_every=1
     assert len(logged["val/dice"]) == 2 and len(logged["val/loss"]) == 2
     assert {"val/iou", "val/pixel_error", "train/lr"} <= set(logged)
+    assert len(logged["train/images_per_s"]) == 2 and min(logged["train/images_per_s"]) > 0  # one per epoch
 
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["val/dice"] == pytest.approx(metrics["val/dice"])

@@ -233,6 +233,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                 seed_everything(epoch_seed(cfg.seed + dist.rank, epoch, GLOBAL_STREAM))
             set_loader_epoch(train_loader, epoch, state.batch)
             train_model.train()
+            epoch_start, steps_before = time.monotonic(), state.step
             loss_sum = torch.zeros((), device=runtime.device)  # summed on device: no per-step sync
             loss_count = torch.zeros((), device=runtime.device)  # steps with a finite loss in loss_sum
             n_in_window = 0
@@ -327,6 +328,10 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                 train_loss = (dist.mean(loss_sum) / loss_count).item()
                 writer.add_scalar("train/loss", train_loss, state.step)
                 writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], state.step)
+            # Training images per second of this epoch's loop (all processes), data loading included.
+            seen = (state.step - steps_before) * cfg.data.batch_size * dist.world_size
+            images_per_s = seen / max(time.monotonic() - epoch_start, 1e-9)
+            writer.add_scalar("train/images_per_s", images_per_s, state.step)
             state.epoch, state.batch = epoch + 1, 0
 
             last_epoch = out_of_time or state.epoch == tcfg.max_epochs
@@ -347,10 +352,11 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                     state.stale_validations += 1
                 epochs.set_postfix({cfg.monitor: f"{value:.4f}", "best": f"{state.best:.4f}"})
                 log.info(
-                    "epoch %d  train/loss %.4f  %s",
+                    "epoch %d  train/loss %.4f  %s  (%.1f images/s)",
                     state.epoch,
                     train_loss,
                     "  ".join(f"{k} {v:.4f}" for k, v in last_metrics.items()),
+                    images_per_s,
                 )
             writer.flush()  # events up to this step are on disk before the checkpoint that resumes after them
             saved = save("last.pt")
