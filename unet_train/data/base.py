@@ -189,10 +189,16 @@ class SegmentationData:
                     f"({smallest} px); choose data.patch_size<={smallest}."
                 )
 
-    def dataset(self, split: str, augment: bool | None = None) -> SegmentationDataset:
+    def dataset(
+        self,
+        split: str,
+        augment: bool | None = None,
+        sample_weight: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> SegmentationDataset:
         """The dataset of ``split``; training augmentation applies to ``train`` unless told otherwise."""
         augment = split == "train" if augment is None else augment
-        return SegmentationDataset(self.split(split), self.train_transform if augment else self.val_transform)
+        transform = self.train_transform if augment else self.val_transform
+        return SegmentationDataset(self.split(split), transform, sample_weight)
 
     def dataloader(
         self,
@@ -214,8 +220,7 @@ class SegmentationData:
         adds a per-pixel ``weight`` map to each item (see :class:`SegmentationDataset`).
         """
         train = split == "train"
-        dataset = self.dataset(split)
-        dataset.sample_weight = sample_weight
+        dataset = self.dataset(split, sample_weight=sample_weight)
         shuffle = train if shuffle is None else shuffle
         if sampler is None and (shuffle or (train and self.samples_per_epoch)):
             num_samples = self.samples_per_epoch if train else None

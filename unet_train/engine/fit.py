@@ -111,18 +111,20 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     pin = runtime.device.type == "cuda"
     train_sampler = dist.train_sampler(len(data.dataset("train")), data.samples_per_epoch, cfg.seed)
     val_sampler = dist.eval_sampler(len(data.dataset("val")))
-    # Without DDP the loader makes its own EpochSampler from the seed (exact, restartable epochs).
     criterion = build_loss(cfg)
+    device_augment = data.device_augment
     # A loss with per-pixel weight maps (loss=weighted_bce) has them computed by the loader's workers
     # from each augmented mask; augmentation on the device changes masks after the workers, so then
     # the loss computes them itself.
-    sample_weight = getattr(criterion, "sample_weight", None) if data.device_augment is None else None
-    if data.device_augment is not None and getattr(criterion, "sample_weight", None) is not None:
+    sample_weight = getattr(criterion, "sample_weight", None)
+    if sample_weight is not None and device_augment is not None:
         log.warning(
             "%s computes its weight maps in the training process after data.device_augment, on the CPU; "
             "with a data config that augments in the workers (data=isbi) the workers compute them in parallel.",
             type(criterion).__name__,
         )
+        sample_weight = None
+    # Without DDP the loader makes its own EpochSampler from the seed (exact, restartable epochs).
     train_loader = data.dataloader(
         "train",
         sampler=train_sampler,
@@ -193,7 +195,6 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
         )
         return True
 
-    device_augment = getattr(data, "device_augment", None)
     # On a single CUDA device with a fused optimizer, a non-finite loss is skipped without a host sync:
     # the flag goes to the optimizer as ``found_inf`` (the device-side skip GradScaler uses too), which
     # leaves weights and moments untouched, and the flags are summed on the device and read at log
