@@ -152,3 +152,35 @@ def test_weight_maps_come_from_the_loader_workers(tmp_path):
         assert torch.equal(weight, torch.from_numpy(loss.sample_weight(mask.numpy())))
     metrics = fit(cfg, tmp_path)
     assert metrics["steps"] == 4 and 0.0 <= metrics["val/dice"] <= 1.0
+
+
+def test_optimizer_state_resumes_across_foreach_and_fused():
+    """A checkpoint from a foreach optimizer (CPU run) resumes into a fused one (GPU run) and back; the
+    saved ``fused: False`` must not switch the new optimizer back, or its device-side skip would fail."""
+    from unet_train.build import build_model, build_optimizer
+    from unet_train.engine.checkpoint import load_optimizer_state
+
+    cfg = compose_config(TINY)
+    model = build_model(cfg.model)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    plain = build_optimizer(cfg, model)
+    plain.step()
+    saved = plain.state_dict()
+
+    fused = build_optimizer(cfg, model, fused=True)
+    load_optimizer_state(fused, saved)
+    assert all(group["fused"] for group in fused.param_groups)
+    for p in model.parameters():
+        assert torch.equal(fused.state[p]["exp_avg"], plain.state[p]["exp_avg"])
+        assert fused.state[p]["step"].dtype == torch.float32 and float(fused.state[p]["step"]) == 1.0
+    before = [p.detach().clone() for p in model.parameters()]
+    fused.found_inf = torch.tensor(1.0)
+    fused.step()  # skipped on the flag
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+    back = build_optimizer(cfg, model)
+    load_optimizer_state(back, fused.state_dict())
+    assert not any(group["fused"] for group in back.param_groups)
+    back.step()
+    assert not all(torch.equal(a, p) for a, p in zip(before, model.parameters()))

@@ -123,6 +123,24 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: str
     model.load_state_dict(state)
 
 
+# How an optimizer runs rather than what it has learnt: this run decides them, not the checkpoint.
+IMPLEMENTATION_FLAGS = ("fused", "foreach", "capturable")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)``, keeping this optimizer's implementation flags.
+
+    A checkpoint written by a foreach optimizer (on a CPU, say) can resume with a fused one (on a
+    GPU) and back: the saved groups take this run's ``fused``/``foreach``/``capturable`` before
+    loading, so that torch also places the ``step`` counters where that implementation wants them.
+    """
+    groups = [
+        {**saved, **{key: group[key] for key in IMPLEMENTATION_FLAGS if key in group}}
+        for saved, group in zip(state["param_groups"], optimizer.param_groups, strict=False)
+    ]
+    optimizer.load_state_dict({**state, "param_groups": groups})
+
+
 def weights_finite(model: nn.Module) -> bool:
     """Whether every parameter and buffer is finite (one reduction per tensor; done once per save)."""
     return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())

@@ -26,6 +26,7 @@ from unet_train.engine.checkpoint import (
     discard_partial_writes,
     load_checkpoint,
     load_model_state,
+    load_optimizer_state,
     save_atomic,
     unwrap,
     weights_finite,
@@ -150,7 +151,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     if cfg.get("ckpt"):
         checkpoint = load_checkpoint(cfg.ckpt, map_location=runtime.device)
         load_model_state(model, checkpoint["model"], cfg.ckpt)
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        load_optimizer_state(optimizer, checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
         state = TrainState(**checkpoint["state"])
