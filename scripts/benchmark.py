@@ -178,7 +178,7 @@ def project_case(
     if runtime.channels_last:
         model = to_channels_last(model)
     criterion = build_loss(cfg)
-    optimizer = build_optimizer(cfg, model, fused=device.type == "cuda")
+    optimizer = build_optimizer(cfg, model, fused=True)  # as fit() builds it
     scaler = runtime.grad_scaler()
     sync_free = device.type == "cuda" and bool(getattr(optimizer, "_step_supports_amp_scaling", False))
     train_model = torch.compile(model) if compiled else model

@@ -139,7 +139,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     if runtime.channels_last:
         model = to_channels_last(model)
     model = dist.prepare_model(model, tcfg.sync_batchnorm)
-    optimizer = build_optimizer(cfg, model, fused=runtime.device.type == "cuda")
+    optimizer = build_optimizer(cfg, model, fused=True)
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         share = f" per process (the split is shared by {dist.world_size})" if dist.world_size > 1 else ""
