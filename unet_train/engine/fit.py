@@ -77,12 +77,12 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                     break
                 if stop.interrupt_after_epoch(state):
                     raise stop.interrupted(checkpoints.last, state.step, saved)
-        return report(run, run_dir, writer, last_metrics, train_loss, stop_reason, stop.elapsed, checkpoints)
+        return finish_run(run, run_dir, writer, last_metrics, train_loss, stop_reason, stop.elapsed, checkpoints)
     finally:
         writer.close()  # also on errors: the events logged so far reach the disk
 
 
-def report(
+def finish_run(
     run: Run, run_dir: Path, writer: Any, last: dict[str, float], train_loss: float, stop_reason: str,
     elapsed: float, checkpoints: Checkpointer,
 ) -> dict[str, float]:  # fmt: skip
