@@ -77,7 +77,7 @@ def _logit_channels(num_classes: int) -> int:
 
 def _monitor_direction(monitor: str, mode: str = "auto") -> str:
     """Optuna's direction for ``monitor``: ``maximize`` for scores, ``minimize`` for losses and errors."""
-    from unet_train.engine.fit import monitor_mode  # imports torch: only when a sweeper config asks
+    from unet_train.engine.validation import monitor_mode  # imports torch: only when a sweeper config asks
 
     return "minimize" if monitor_mode(str(monitor), str(mode)) == "min" else "maximize"
 

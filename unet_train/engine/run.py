@@ -1,0 +1,169 @@
+"""The objects of one training run, built from the config in one place, and their resume from a checkpoint."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, cast
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from unet_train.build import build_data, build_loss, build_model, build_optimizer, build_scheduler
+from unet_train.data.sampling import GLOBAL_STREAM, epoch_seed, set_loader_epoch
+from unet_train.engine import distributed
+from unet_train.engine.checkpoint import load_checkpoint, load_model_state, load_optimizer_state
+from unet_train.engine.runtime import Runtime, make_runtime, seed_everything, set_rng_state, to_channels_last
+from unet_train.engine.signals import ignore_stop_signals
+from unet_train.engine.validation import monitor_mode
+from unet_train.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainState:
+    """Progress that a checkpoint carries besides the weights."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    best: float | None = None  # best monitored value so far
+    best_epoch: int = 0
+    stale_validations: int = 0  # validations since the monitored value last improved
+    batch: int = 0  # batches of epoch ``epoch + 1`` already trained on (> 0 only after a stop signal)
+
+
+@dataclass
+class Run:
+    """Everything a run trains with. ``model`` is the plain module (checkpoints, validation, clipping);
+    ``train_model`` is what the step calls (wrapped by DDP and/or ``torch.compile``)."""
+
+    cfg: DictConfig
+    dist: distributed.Distributed
+    runtime: Runtime
+    data: Any
+    criterion: nn.Module
+    train_loader: Any
+    val_loader: Any
+    model: nn.Module
+    train_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    state: TrainState
+    mode: str  # min or max: how the monitored value improves
+    resolved_config: Any  # the config as plain values, for checkpoints
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_loader)
+
+    def start_epoch(self, epoch: int) -> None:
+        """Seed and position the loader so epoch ``epoch`` draws what it drew in any earlier run of this seed."""
+        # Each epoch's data order, augmentation and dropout come from (seed, epoch) alone, so a resumed
+        # run repeats them exactly; part-way through an epoch the restored RNG state holds.
+        if self.state.batch == 0:
+            seed_everything(epoch_seed(self.cfg.seed + self.dist.rank, epoch, GLOBAL_STREAM))
+        set_loader_epoch(self.train_loader, epoch, self.state.batch)
+        self.train_model.train()
+
+    def inputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """A loader batch on the device: images, masks and the loss's extra per-pixel inputs (``weight``)."""
+        images = self.runtime.to_device(batch["image"], image=True)
+        masks = self.runtime.to_device(batch["mask"])
+        if self.data.device_augment is not None:  # data.device_augment: batched augmentation on the device
+            images, masks = self.data.device_augment(images, masks)
+            images = self.runtime.to_device(images, image=True)  # back to channels-last when asked
+        extra = {"weight": self.runtime.to_device(batch["weight"])} if "weight" in batch else {}
+        return images, masks, extra
+
+
+def build_run(cfg: DictConfig) -> Run:
+    """Build the run of ``cfg``: process group, device, data, model, optimizer, schedule; resumed if ``ckpt`` is set."""
+    tcfg = cfg.trainer
+    dist = distributed.setup(tcfg.strategy, tcfg.device)  # one process unless trainer=ddp under torchrun
+    runtime = make_runtime(dist.device, tcfg.precision, tcfg.channels_last, tcfg.cudnn_benchmark, tcfg.deterministic)
+    # Each rank draws its own augmentations; DDP copies rank 0's initial weights to the others.
+    seed_everything(cfg.seed + dist.rank)
+    mode = monitor_mode(cfg.monitor, cfg.get("monitor_mode", "auto"))
+
+    data = build_data(cfg.data)
+    pin = runtime.device.type == "cuda"
+    train_sampler = dist.train_sampler(len(data.dataset("train")), data.samples_per_epoch, cfg.seed)
+    val_sampler = dist.eval_sampler(len(data.dataset("val")))
+    criterion = build_loss(cfg)
+    # Without DDP the loader makes its own EpochSampler from the seed (exact, restartable epochs).
+    train_loader = data.dataloader(
+        "train",
+        sampler=train_sampler,
+        pin_memory=pin,
+        seed=cfg.seed,
+        worker_init_fn=ignore_stop_signals,
+        sample_weight=_worker_weight_maps(criterion, data),
+    )
+    val_loader = data.dataloader("val", sampler=val_sampler, pin_memory=pin, worker_init_fn=ignore_stop_signals)
+    model = build_model(cfg.model).to(runtime.device)
+    if runtime.channels_last:
+        model = to_channels_last(model)
+    model = dist.prepare_model(model, tcfg.sync_batchnorm)
+    optimizer = build_optimizer(cfg, model, fused=True)
+    if len(train_loader) == 0:
+        share = f" per process (the split is shared by {dist.world_size})" if dist.world_size > 1 else ""
+        raise ConfigError(f"The training split has fewer images{share} than data.batch_size={cfg.data.batch_size}.")
+    scheduler = build_scheduler(cfg, optimizer, total_steps=len(train_loader) * tcfg.max_epochs)
+    run = Run(
+        cfg=cfg,
+        dist=dist,
+        runtime=runtime,
+        data=data,
+        criterion=criterion,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        model=model,
+        train_model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=runtime.grad_scaler(),
+        state=TrainState(),
+        mode=mode,
+        resolved_config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    if cfg.get("ckpt"):
+        resume(run, cfg.ckpt)
+    # DDP and torch.compile wrap the module; checkpoints always store the unwrapped one.
+    wrapped = dist.wrap(model)
+    run.train_model = cast(nn.Module, torch.compile(wrapped)) if tcfg.compile else wrapped
+    return run
+
+
+def _worker_weight_maps(criterion: nn.Module, data: Any) -> Any:
+    """The per-pixel weight-map function the loader's workers should apply, or None."""
+    # A loss with per-pixel weight maps (loss=weighted_bce) has them computed by the loader's workers
+    # from each augmented mask; augmentation on the device changes masks after the workers, so then
+    # the loss computes them itself.
+    sample_weight = getattr(criterion, "sample_weight", None)
+    if sample_weight is not None and data.device_augment is not None:
+        log.warning(
+            "%s computes its weight maps in the training process after data.device_augment, on the CPU; "
+            "with a data config that augments in the workers (data=isbi) the workers compute them in parallel.",
+            type(criterion).__name__,
+        )
+        return None
+    return sample_weight
+
+
+def resume(run: Run, path: str) -> None:
+    """Load weights, optimizer, schedule, scaler, progress and RNG state of ``path`` into ``run``."""
+    checkpoint = load_checkpoint(path, map_location=run.runtime.device)
+    load_model_state(run.model, checkpoint["model"], path)
+    load_optimizer_state(run.optimizer, checkpoint["optimizer"])
+    run.scheduler.load_state_dict(checkpoint["scheduler"])
+    run.scaler.load_state_dict(checkpoint["scaler"])
+    run.state = TrainState(**checkpoint["state"])
+    set_rng_state(checkpoint["rng"])
+    if run.dist.rank:  # the checkpoint holds rank 0's RNG; keep the ranks' augmentations apart
+        seed_everything(run.cfg.seed + run.dist.rank + run.state.step)
+    state = run.state
+    within = f", batch {state.batch} of the next epoch" if state.batch else ""
+    log.info("Resumed from %s after epoch %d (step %d%s)", path, state.epoch, state.step, within)

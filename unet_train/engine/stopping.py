@@ -1,0 +1,56 @@
+"""When a run stops: after ``trainer.max_epochs``, at ``trainer.max_time``, by early stopping, or on a signal."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from unet_train.engine import distributed
+from unet_train.engine.signals import GracefulStop, interrupted
+from unet_train.errors import RunInterrupted
+
+
+class StopRules:
+    """The stopping rules of one run, asked at the two places a run may stop.
+
+    Per step, :meth:`out_of_time` (the time budget) and :attr:`signalled` (SIGINT/SIGTERM, by
+    ``signals``); per epoch, :meth:`after_epoch` gives the reason to stop normally, if any. Under DDP
+    the ranks agree on every decision (a collective), so they all stop at the same step.
+    """
+
+    def __init__(self, trainer: Any, signals: GracefulStop, dist: distributed.Distributed | None = None) -> None:
+        self.max_epochs: int = trainer.max_epochs
+        self.max_time: float | None = trainer.max_time
+        self.patience: int | None = trainer.early_stopping_patience
+        self.signals = signals
+        self.dist = dist or distributed.Distributed()
+        self.start = time.monotonic()
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    @property
+    def signalled(self) -> bool:
+        return self.signals.requested
+
+    def out_of_time(self) -> bool:
+        """Whether ``trainer.max_time`` has run out (asked after every step; a collective under DDP)."""
+        return self.max_time is not None and self.dist.agree(self.elapsed >= self.max_time)
+
+    def after_epoch(self, state: Any, out_of_time: bool) -> str | None:
+        """The reason to stop after this epoch (``state`` is the run's TrainState), or None to go on."""
+        if out_of_time:
+            return f"max_time ({self.max_time:g} s)"
+        if self.patience is not None and self.dist.agree(state.stale_validations >= self.patience):
+            return f"early stopping ({self.patience} validations without improvement)"
+        return None
+
+    def interrupt_after_epoch(self, state: Any) -> bool:
+        """Whether a signal ends the run after this epoch (after the last epoch the run finishes normally)."""
+        return self.signalled and state.epoch < self.max_epochs
+
+    def interrupted(self, checkpoint: Path, step: int, saved: bool) -> RunInterrupted:
+        """The error that ends a signalled run, with the command that resumes it."""
+        return interrupted(self.signals.signal, checkpoint, step, saved)

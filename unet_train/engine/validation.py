@@ -1,0 +1,103 @@
+"""Validation during training: score the validation split, log it, and track the best monitored value."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch.utils.tensorboard import SummaryWriter
+
+from unet_train.engine import distributed
+from unet_train.engine.evaluate import evaluate
+from unet_train.engine.tensorboard import panel
+from unet_train.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# V-Rand and V-Info are F-scores (1.0 = perfect, see metrics/isbi.py), so they are maximised.
+MINIMIZED = ("loss", "error", "hd95")
+
+
+def monitor_mode(monitor: str, mode: str = "auto") -> str:
+    """``min`` for losses and errors, ``max`` for scores, unless ``monitor_mode`` says otherwise."""
+    if mode in ("min", "max"):
+        return mode
+    if mode != "auto":
+        raise ConfigError(f"monitor_mode={mode!r} must be auto, min or max.")
+    return "min" if any(word in monitor for word in MINIMIZED) else "max"
+
+
+def improved(value: float, best: float | None, mode: str) -> bool:
+    if math.isnan(value):
+        return False
+    return best is None or (value < best if mode == "min" else value > best)
+
+
+def track_best(state: Any, monitor: str, metrics: dict[str, float], mode: str) -> bool:
+    """Update ``state`` (a TrainState) with this validation's ``metrics[monitor]``; returns whether it improved."""
+    value = metrics.get(monitor)
+    if value is None:
+        raise ConfigError(f"monitor={monitor!r} is not a validation metric; choose one of {', '.join(metrics)}.")
+    if improved(value, state.best, mode):
+        state.best, state.best_epoch, state.stale_validations = value, state.epoch, 0
+        return True
+    state.stale_validations += 1
+    return False
+
+
+def validate(
+    cfg: DictConfig,
+    model: torch.nn.Module,
+    loader: Any,
+    runtime: Any,
+    criterion: torch.nn.Module,
+    num_classes: int,
+    writer: SummaryWriter,
+    state: Any,
+    dist: distributed.Distributed | None = None,
+) -> dict[str, float]:
+    """Score the validation split; log ``val/*`` scalars and image panels at the current step."""
+    panels: list[torch.Tensor] = []
+    wanted = cfg.trainer.num_image_panels
+
+    def collect(batch: dict[str, Any], logits: torch.Tensor) -> None:
+        for i in range(len(batch["name"])):
+            if len(panels) < wanted:
+                mask = batch["mask"][i] if "mask" in batch else None
+                panels.append(panel(batch["image"][i], mask, logits[i]))
+
+    result = evaluate(model, loader, runtime, num_classes, loss_fn=criterion, on_batch=collect)
+    merged = dist.gather_eval(result) if dist is not None else result.metrics  # over all ranks' shards
+    metrics = {f"val/{k}": v for k, v in merged.items()}
+    for key, value in metrics.items():
+        writer.add_scalar(key, value, state.step)
+    for i, image in enumerate(panels):
+        writer.add_image(f"val/panel_{i}", image, state.step)
+    return metrics
+
+
+def validate_epoch(
+    run: Any, writer: Any, checkpoints: Any, epochs_bar: Any, train_loss: float, images_per_s: float
+) -> dict[str, float]:
+    """Validate ``run`` after its epoch, track the best value (``best.pt`` written on improvement), log the epoch."""
+    cfg, state = run.cfg, run.state
+    run.dist.sync_buffers(run.model)  # BatchNorm statistics drift apart per rank; all validate with rank 0's
+    # Validation runs the plain module: DDP's forward expects every rank to run the same batches (each
+    # rank scores its own shard), and a compiled model would recompile for eval mode and for every new
+    # validation image size, which costs more than it saves on a few images.
+    metrics = validate(cfg, run.model, run.val_loader, run.runtime, run.criterion, run.data.num_classes, writer,
+                       state, run.dist)  # fmt: skip
+    if track_best(state, cfg.monitor, metrics, run.mode):
+        checkpoints.save("best.pt")
+    epochs_bar.set_postfix({cfg.monitor: f"{metrics[cfg.monitor]:.4f}", "best": f"{state.best:.4f}"})
+    log.info(
+        "epoch %d  train/loss %.4f  %s  (%.1f images/s)",
+        state.epoch,
+        train_loss,
+        "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+        images_per_s,
+    )
+    return metrics
