@@ -149,7 +149,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     state = TrainState()
 
     if cfg.get("ckpt"):
-        checkpoint = load_checkpoint(cfg.ckpt, map_location=runtime.device)
+        checkpoint = load_checkpoint(cfg.ckpt, map_location=runtime.device, trust=cfg.get("trust_config", False))
         load_model_state(model, checkpoint["model"], cfg.ckpt)
         load_optimizer_state(optimizer, checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
