@@ -33,7 +33,8 @@ from unet_train.engine.checkpoint import (
 )
 from unet_train.engine.evaluate import evaluate
 from unet_train.engine.preflight import check_numbers
-from unet_train.engine.runtime import make_runtime, rng_state, seed_everything, set_rng_state, to_channels_last
+from unet_train.engine.resume import checkpoint_extras, restore_rng, resume_plan
+from unet_train.engine.runtime import make_runtime, seed_everything, to_channels_last
 from unet_train.engine.signals import GracefulStop, ignore_stop_signals, interrupted
 from unet_train.engine.tensorboard import hparams, panel
 from unet_train.errors import ConfigError, TrainingDiverged
@@ -145,19 +146,23 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
         share = f" per process (the split is shared by {dist.world_size})" if dist.world_size > 1 else ""
         raise ConfigError(f"The training split has fewer images{share} than data.batch_size={cfg.data.batch_size}.")
     scheduler = build_scheduler(cfg, optimizer, total_steps=steps_per_epoch * tcfg.max_epochs)
+    schedule_steps_per_epoch = steps_per_epoch  # what the schedule plans with (a resumed run keeps its own)
     scaler = runtime.grad_scaler()
     state = TrainState()
 
     if cfg.get("ckpt"):
         checkpoint = load_checkpoint(cfg.ckpt, map_location=runtime.device, trust=cfg.get("trust_config", False))
         load_model_state(model, checkpoint["model"], cfg.ckpt)
+        state = TrainState(**checkpoint["state"])
+        schedule_steps_per_epoch, state.batch = resume_plan(
+            checkpoint, dist, steps_per_epoch, state.step, state.epoch, state.batch, tcfg.max_epochs
+        )  # another number of processes: the schedule keeps the checkpoint's plan
+        if schedule_steps_per_epoch != steps_per_epoch:
+            scheduler = build_scheduler(cfg, optimizer, total_steps=schedule_steps_per_epoch * tcfg.max_epochs)
         load_optimizer_state(optimizer, checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
-        state = TrainState(**checkpoint["state"])
-        set_rng_state(checkpoint["rng"])
-        if dist.rank:  # the checkpoint holds rank 0's RNG; keep the ranks' augmentations apart
-            seed_everything(cfg.seed + dist.rank + state.step)
+        restore_rng(checkpoint, dist, cfg.seed, state.step)  # each rank its own state
         within = f", batch {state.batch} of the next epoch" if state.batch else ""
         log.info("Resumed from %s after epoch %d (step %d%s)", cfg.ckpt, state.epoch, state.step, within)
 
@@ -175,11 +180,13 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     resolved = OmegaConf.to_container(cfg, resolve=True)
 
     def save(name: str) -> bool:
+        # Every rank's RNG state goes into the checkpoint: a collective, so every rank calls save().
+        extras = checkpoint_extras(dist, schedule_steps_per_epoch, steps_per_epoch)
         if not dist.is_main:
-            return False
+            return dist.agree(False)  # rank 0's outcome
         if not weights_finite(model):  # keep the last good file rather than NaN weights
             log.warning("Not writing %s: the weights are no longer finite", name)
-            return False
+            return dist.agree(False)
         save_atomic(
             {
                 "format": FORMAT,
@@ -189,12 +196,12 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                 "scaler": scaler.state_dict(),
                 "state": asdict(state),
                 "monitor": cfg.monitor,
-                "rng": rng_state(),
+                **extras,
                 "config": resolved,
             },
             ckpt_dir / name,
         )
-        return True
+        return dist.agree(True)
 
     # On a single CUDA device with a fused optimizer, a non-finite loss is skipped without a host sync:
     # the flag goes to the optimizer as ``found_inf`` (the device-side skip GradScaler uses too), which
@@ -242,9 +249,10 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
             bar = tqdm(train_loader, desc=f"epoch {epoch + 1}", leave=False, disable=not progress, dynamic_ncols=True)
             out_of_time = False
             for batch in bar:
-                if stop.requested:  # the batch is not used: a resumed run starts from it
+                stop_signal = dist.max(stop.signal or 0)  # under DDP every rank stops at the same step
+                if stop_signal:  # the batch is not used: a resumed run starts from it
                     writer.close()
-                    raise interrupted(stop.signal, ckpt_dir / "last.pt", state.step, save("last.pt"))
+                    raise interrupted(stop_signal, ckpt_dir / "last.pt", state.step, save("last.pt"))
                 state.batch += 1
                 images = runtime.to_device(batch["image"], image=True)
                 masks = runtime.to_device(batch["mask"])
@@ -347,7 +355,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                     raise ConfigError(
                         f"monitor={cfg.monitor!r} is not a validation metric; choose one of {', '.join(last_metrics)}."
                     )
-                if improved(value, state.best, mode):
+                if dist.agree(improved(value, state.best, mode)):  # saving best.pt is a collective
                     state.best, state.best_epoch, state.stale_validations = value, state.epoch, 0
                     save("best.pt")
                 else:
@@ -370,9 +378,10 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
             if patience is not None and dist.agree(state.stale_validations >= patience):
                 stop_reason = f"early stopping ({patience} validations without improvement)"
                 break
-            if stop.requested and state.epoch < tcfg.max_epochs:  # after the last epoch, finish normally
+            stop_signal = dist.max(stop.signal or 0)
+            if stop_signal and state.epoch < tcfg.max_epochs:  # after the last epoch, finish normally
                 writer.close()
-                raise interrupted(stop.signal, ckpt_dir / "last.pt", state.step, saved)
+                raise interrupted(stop_signal, ckpt_dir / "last.pt", state.step, saved)
 
     elapsed = time.monotonic() - start
     metrics = {
