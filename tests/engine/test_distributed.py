@@ -21,7 +21,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.distributed import TCPStore
 from torch.utils.tensorboard import SummaryWriter
 
-from unet_train.build import build_data, build_loss, build_model
+from unet_train.build import build_data, build_loss, build_model, build_scheduler
 from unet_train.config import config_dir
 from unet_train.data.sampling import EpochSampler, epoch_seed, set_loader_epoch
 from unet_train.engine import distributed
@@ -304,6 +304,23 @@ def test_killed_ddp_run_resumes_with_another_number_of_processes(tmp_path):
     assert metrics["steps"] == done["step"] + 2 * 2  # one process: 8 images / batch 4 = 2 steps per epoch
     log = (run / "train.log").read_text()
     assert f"Resumed from {run / 'checkpoints' / 'last.pt'} after epoch {done['epoch']}" in log
+    # The schedule keeps the 2-process plan (1 step per epoch x target epochs), not 2 steps per epoch.
+    assert (
+        "Resumed with 1 process(es) instead of 2: an epoch now takes 2 optimizer steps instead of 1 (the global "
+        f"batch changed with the number of processes); the learning-rate schedule keeps its plan of {target} steps "
+        f"(1 per epoch x {target} epochs)." in log
+    )
+    assert f"This run ends at step {done['step'] + 4}, after the schedule's {target}" in log
+    final = load_checkpoint(run / "checkpoints" / "last.pt")
+    cfg = compose_config(DDP_TINY)
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.optim.lr)
+    kept = build_scheduler(cfg, probe, total_steps=target)
+    for _ in range(done["step"] + 4):
+        probe.step()
+        kept.step()
+    assert final["optimizer"]["param_groups"][0]["lr"] == pytest.approx(kept.get_last_lr()[0], rel=1e-9)
+    assert final["scheduler"]["last_epoch"] == done["step"] + 4
+    assert final["plan"] == {"world_size": 1, "steps_per_epoch": 2, "schedule_steps_per_epoch": 1}
 
 
 # Deterministic CPU runs with dropout (so each rank's RNG matters) and the test-only loss that sends
