@@ -78,7 +78,7 @@ def format_table(rows: dict[str, float]) -> str:
 @exit_on_user_error
 def run_eval(cfg: DictConfig) -> dict[str, float]:
     """Evaluate ``cfg.ckpt`` on ``cfg.split``; returns the mean metrics (``<split>/<name>``)."""
-    checkpoint = load_checkpoint(cfg.ckpt)
+    checkpoint = load_checkpoint(cfg.ckpt, trust=cfg.get("trust_config", False))
     stored = OmegaConf.create(checkpoint["config"])
     data_cfg = eval_data_config(cfg, stored)
     out = run_dir()

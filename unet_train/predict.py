@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import hydra
@@ -37,9 +37,9 @@ from unet_train.inference import TiledPredictor
 log = logging.getLogger(__name__)
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, DictConfig]:
+def load_model(path: str | Path, trust: bool | Sequence[str] = False) -> tuple[nn.Module, DictConfig]:
     """The model of a checkpoint with its weights (eval mode, CPU) and the checkpoint's run config."""
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint(path, trust=trust)
     stored = OmegaConf.create(checkpoint["config"])
     model = build_model(stored.model)
     try:
@@ -134,7 +134,7 @@ def show_progress(setting: str) -> bool:
 def run_predict(cfg: DictConfig) -> list[Path]:
     """Predict every input of ``cfg.input`` into ``cfg.output``; returns the files written."""
     files = find_inputs(cfg.input)
-    model, stored = load_model(cfg.ckpt)
+    model, stored = load_model(cfg.ckpt, trust=cfg.get("trust_config", False))
     in_channels = int(stored.data.in_channels)
     runtime = make_runtime(cfg.trainer.device, cfg.trainer.precision, cfg.trainer.channels_last, deterministic=False)
     predictor = TiledPredictor(

@@ -29,9 +29,11 @@ log = logging.getLogger(__name__)
 
 def resume_config(cfg: DictConfig) -> DictConfig:
     """On ``ckpt=...``, continue the checkpoint's own run: its config plus this command's overrides."""
-    stored = OmegaConf.create(load_checkpoint(cfg.ckpt)["config"])
+    trust = cfg.get("trust_config", False)
+    stored = OmegaConf.create(load_checkpoint(cfg.ckpt, trust=trust)["config"])
     merged = apply_overrides(stored, user_overrides())
     merged.ckpt = cfg.ckpt
+    merged.trust_config = trust  # this command's setting, never the one stored in the checkpoint
     return merged
 
 

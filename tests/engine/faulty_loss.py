@@ -2,7 +2,7 @@
 
 ``loss=bce loss._target_=tests.engine.faulty_loss.FaultyLoss +loss.nan_calls=[6,7]`` makes
 training calls 6 and 7 (1-based) return NaN; ``+loss.signal_calls=[6]`` sends SIGTERM to the
-process during call 6, i.e. in the middle of an optimizer step; ``+loss.huge_calls=[2]``
+process during call 6, i.e. in the middle of an optimizer step (under DDP to rank 0 only); ``+loss.huge_calls=[2]``
 multiplies call 2's loss by 1e30 (finite in float32, but its gradients overflow float16).
 """
 
@@ -36,7 +36,7 @@ class FaultyLoss(BCELoss):
         if not torch.is_grad_enabled():  # validation runs under inference mode: leave it alone
             return loss
         self.calls += 1
-        if self.calls in self.signal_calls:
+        if self.calls in self.signal_calls and os.environ.get("RANK", "0") == "0":
             os.kill(os.getpid(), signal.SIGTERM)
         if self.calls in self.huge_calls:
             return loss.float() * 1e30

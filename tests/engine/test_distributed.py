@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -20,11 +21,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.distributed import TCPStore
 from torch.utils.tensorboard import SummaryWriter
 
-from unet_train.build import build_data, build_loss, build_model
+from unet_train.build import build_data, build_loss, build_model, build_scheduler
 from unet_train.config import config_dir
+from unet_train.data.sampling import EpochSampler, epoch_seed, set_loader_epoch
 from unet_train.engine import distributed
 from unet_train.engine.checkpoint import load_checkpoint
-from unet_train.engine.distributed import Distributed, DistributedRandomSampler, ShardSampler
+from unet_train.engine.distributed import Distributed, ShardSampler
 from unet_train.engine.evaluate import evaluate
 from unet_train.engine.runtime import make_runtime
 from unet_train.errors import ConfigError
@@ -43,29 +45,37 @@ GRAD_CASE = [*TINY, "loss=bce", "data.num_val=3", "data.val_batch_size=1", "trai
 
 
 # -- samplers and helpers, in one process ---------------------------------------------------------
-def test_distributed_sampler_shards_cover_the_dataset_and_reshuffle_per_epoch():
-    shards = [Distributed(r, r, 2, "cpu", "gloo").train_sampler(8, None, seed=3) for r in range(2)]
+def test_train_shards_split_one_epoch_order_and_its_item_seeds_between_ranks():
+    one = EpochSampler(7, seed=3)  # what a single process draws
+    shards = [Distributed(r, r, 2, "cpu", "gloo").train_sampler(7, None, seed=3) for r in range(2)]
+    epochs = []
+    for epoch in (0, 1):
+        one.set_epoch(epoch)
+        for sampler in shards:
+            set_loader_epoch(SimpleNamespace(sampler=sampler, batch_size=2), epoch)
+        generator = torch.Generator().manual_seed(epoch_seed(3, epoch))
+        order = torch.randperm(7, generator=generator).tolist()
+        seeds = torch.randint(2**62, (8,), generator=generator).tolist()
+        assert [index for index, _ in one] == order  # the same order as one process
+        padded = list(zip(order + order[:1], seeds))  # 7 items padded to 8 by wrapping around
+        epochs.append([list(s) for s in shards])
+        assert epochs[-1] == [padded[0::2], padded[1::2]]
+        assert padded[7][0] == padded[0][0] and padded[7][1] != padded[0][1]  # the repeat augments differently
+    assert epochs[0] != epochs[1]  # reshuffled each epoch
+    # Part-way through an epoch: each rank leaves out its first batches.
     for sampler in shards:
-        sampler.set_epoch(0)
-    first = [list(s) for s in shards]
-    assert [len(s) for s in first] == [4, 4]
-    assert sorted(first[0] + first[1]) == list(range(8))
-    for sampler in shards:
-        sampler.set_epoch(1)
-    second = [list(s) for s in shards]
-    assert sorted(second[0] + second[1]) == list(range(8)) and second != first
+        set_loader_epoch(SimpleNamespace(sampler=sampler, batch_size=2), 1, skip_batches=1)
+    assert [list(s) for s in shards] == [epochs[1][0][2:], epochs[1][1][2:]] and len(shards[0]) == 2
 
 
-def test_random_sampler_draws_equal_counts_per_rank_from_a_per_epoch_seed():
-    ranks = [DistributedRandomSampler(5, num_samples=7, rank=r, world_size=2, seed=1) for r in range(2)]
+def test_random_draws_are_shared_out_between_ranks_from_a_per_epoch_seed():
+    ranks = [Distributed(r, r, 2, "cpu", "gloo").train_sampler(5, 7, seed=1) for r in range(2)]
     assert [len(s) for s in ranks] == [4, 4]  # ceil(7 / 2) each
-    expected = torch.randint(5, (8,), generator=torch.Generator().manual_seed(1 + 0)).tolist()
-    assert list(ranks[0]) == expected[0::2] and list(ranks[1]) == expected[1::2]
-    ranks[0].set_epoch(4)
-    expected = torch.randint(5, (8,), generator=torch.Generator().manual_seed(1 + 4)).tolist()
-    assert list(ranks[0]) == expected[0::2]
-    sampler = Distributed(1, 1, 2, "cpu", "gloo").train_sampler(5, 7, seed=1)
-    assert isinstance(sampler, DistributedRandomSampler) and list(sampler) == list(ranks[1])
+    generator = torch.Generator().manual_seed(epoch_seed(1, 0))
+    draws = torch.randint(5, (8,), generator=generator).tolist()
+    seeds = torch.randint(2**62, (8,), generator=generator).tolist()
+    assert list(ranks[0]) == list(zip(draws[0::2], seeds[0::2]))
+    assert list(ranks[1]) == list(zip(draws[1::2], seeds[1::2]))
 
 
 def test_shards_have_no_padding_and_interleave_back_in_order():
@@ -140,7 +150,7 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
 
         sampler = ctx.train_sampler(4, None, seed=0)
         sampler.set_epoch(0)
-        mine = list(sampler)  # this rank's 2 of the global batch of 4
+        mine = [index for index, _ in sampler]  # this rank's 2 of the global batch of 4
         loss = build_loss(cfg)(ddp(reference["images"][mine]), reference["masks"][mine])
         loss.backward()
         for name, param in model.named_parameters():
@@ -204,13 +214,13 @@ def _compare_with_two_processes(tmp_path: Path) -> None:
 
 
 # -- torchrun, as a user runs it --------------------------------------------------------------------
-def torchrun(nproc: int, args: list[str], cwd: Path, background: bool = False) -> Any:
+def torchrun(nproc: int, args: list[str], cwd: Path, background: bool = False, env: dict | None = None) -> Any:
     """Run ``torchrun`` to completion (checked), or start it and return its Popen."""
     command = [str(BIN / "torchrun"), "--standalone", f"--nproc_per_node={nproc}", *args]
     if background:  # output to a file: a full pipe would block the workers
         with (cwd / "torchrun.log").open("w") as log:
-            return subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+            return subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
     return result
 
@@ -294,3 +304,73 @@ def test_killed_ddp_run_resumes_with_another_number_of_processes(tmp_path):
     assert metrics["steps"] == done["step"] + 2 * 2  # one process: 8 images / batch 4 = 2 steps per epoch
     log = (run / "train.log").read_text()
     assert f"Resumed from {run / 'checkpoints' / 'last.pt'} after epoch {done['epoch']}" in log
+    # The schedule keeps the 2-process plan (1 step per epoch x target epochs), not 2 steps per epoch.
+    assert (
+        "Resumed with 1 process(es) instead of 2: an epoch now takes 2 optimizer steps instead of 1 (the global "
+        f"batch changed with the number of processes); the learning-rate schedule keeps its plan of {target} steps "
+        f"(1 per epoch x {target} epochs)." in log
+    )
+    assert f"This run ends at step {done['step'] + 4}, after the schedule's {target}" in log
+    final = load_checkpoint(run / "checkpoints" / "last.pt")
+    cfg = compose_config(DDP_TINY)
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.optim.lr)
+    kept = build_scheduler(cfg, probe, total_steps=target)
+    for _ in range(done["step"] + 4):
+        probe.step()
+        kept.step()
+    assert final["optimizer"]["param_groups"][0]["lr"] == pytest.approx(kept.get_last_lr()[0], rel=1e-9)
+    assert final["scheduler"]["last_epoch"] == done["step"] + 4
+    assert final["plan"] == {"world_size": 1, "steps_per_epoch": 2, "schedule_steps_per_epoch": 1}
+
+
+# Deterministic CPU runs with dropout (so each rank's RNG matters) and the test-only loss that sends
+# SIGTERM to rank 0 alone: 16 images / (2 ranks x batch 4) = 2 steps per epoch, 3 epochs.
+EXACT_DDP = [
+    *DDP_TINY,
+    "trainer.deterministic=true",
+    "trainer.max_epochs=3",
+    "data.num_train=16",
+    "model.dropout=0.2",
+    "loss=bce",
+    "loss._target_=tests.engine.faulty_loss.FaultyLoss",
+]
+TRUST_FAULTY = "trust_config=[tests.engine.faulty_loss]"
+WITH_REPO = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # the test-only loss
+
+
+def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+@pytest.mark.slow
+def test_ddp_run_stopped_by_sigterm_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_path):
+    reference, stopped = tmp_path / "reference", tmp_path / "stopped"
+    for folder in (reference, stopped):
+        folder.mkdir()
+    runs = [
+        torchrun(2, ["-m", "unet_train.train", *EXACT_DDP], cwd=reference, background=True, env=WITH_REPO),
+        torchrun(2, ["-m", "unet_train.train", *EXACT_DDP, "+loss.signal_calls=[3]"], stopped, True, WITH_REPO),
+    ]
+    codes = [proc.wait(timeout=300) for proc in runs]
+    assert codes[0] == 0, (reference / "torchrun.log").read_text()
+    assert codes[1] != 0, (stopped / "torchrun.log").read_text()
+    (stopped / "torchrun.log").unlink()  # torchrun reports the stopped workers as failed (exit 143)
+    run = only_run_dir(stopped)
+    last = run / "checkpoints" / "last.pt"
+    # SIGTERM reached rank 0 during step 3 (epoch 2, batch 1); both ranks stopped after that step.
+    saved = load_checkpoint(last, trust=["tests.engine.faulty_loss"])
+    assert (saved["state"]["epoch"], saved["state"]["step"], saved["state"]["batch"]) == (1, 3, 1)
+    assert len(saved["rng_per_rank"]) == 2 and saved["plan"]["world_size"] == 2
+    assert f"Stopped by SIGTERM after step 3; saved {last}" in (run / "train.log").read_text()
+
+    resume = [str(BIN / "unet-train"), f"ckpt={last}", "+loss.signal_calls=[]", TRUST_FAULTY]
+    torchrun(2, ["--no-python", *resume], cwd=stopped, env=WITH_REPO)
+    assert "after epoch 1 (step 3, batch 1 of the next epoch)" in (run / "train.log").read_text()
+    ref_run = next((reference / "outputs").glob("*/*"))
+    resumed = load_checkpoint(last, trust=True)
+    uninterrupted = load_checkpoint(ref_run / "checkpoints" / "last.pt", trust=True)
+    assert resumed["state"] == uninterrupted["state"]
+    difference = max_abs_diff(resumed["model"], uninterrupted["model"])
+    print(f"DDP resume: max abs weight difference {difference:.3g}")
+    assert difference <= 1e-6

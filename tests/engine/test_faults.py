@@ -35,7 +35,10 @@ from unet_train.models import UNet
 from ..conftest import REPO, TINY, compose_config
 
 BIN = Path(sys.executable).parent
-FAULTY_LOSS = ["loss=bce", "loss._target_=tests.engine.faulty_loss.FaultyLoss"]
+# The test-only loss is not a unet-train component: its checkpoints open only when trusted.
+TRUST = ["tests.engine.faulty_loss"]
+TRUST_ARG = "trust_config=[tests.engine.faulty_loss]"
+FAULTY_LOSS = ["loss=bce", "loss._target_=tests.engine.faulty_loss.FaultyLoss", TRUST_ARG]
 # Deterministic CPU run with dropout (so the global RNG matters), 3 epochs of 3 batches.
 EXACT = [
     *TINY,
@@ -79,7 +82,7 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt", trust=TRUST)["model"]
 
 
 def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
@@ -107,15 +110,16 @@ def test_sigkill_after_an_epoch_then_resume_gives_the_same_weights(reference, tm
     wait_for(run_dir / "checkpoints" / "last.pt", proc)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=60) == -signal.SIGKILL
-    killed_at = load_checkpoint(run_dir / "checkpoints" / "last.pt")["state"]
+    killed_at = load_checkpoint(run_dir / "checkpoints" / "last.pt", trust=TRUST)["state"]
     assert killed_at["epoch"] < 3
 
-    code, err = cli([str(BIN / "unet-train"), f"ckpt={run_dir / 'checkpoints' / 'last.pt'}"], tmp_path, "resume")
+    resume = [str(BIN / "unet-train"), f"ckpt={run_dir / 'checkpoints' / 'last.pt'}", TRUST_ARG]
+    code, err = cli(resume, tmp_path, "resume")
     assert code == 0, err
     assert f"after epoch {killed_at['epoch']}" in err
     assert max_abs_diff(weights(run_dir), weights(reference)) <= 1e-6
-    final = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    ref_final = load_checkpoint(reference / "checkpoints" / "last.pt")
+    final = load_checkpoint(run_dir / "checkpoints" / "last.pt", trust=TRUST)
+    ref_final = load_checkpoint(reference / "checkpoints" / "last.pt", trust=TRUST)
     assert final["state"] == ref_final["state"]  # step, best metric, early-stopping counter
     assert final["scheduler"] == ref_final["scheduler"]
 
@@ -131,11 +135,11 @@ def test_sigterm_mid_epoch_saves_last_and_its_resume_command_continues_exactly(r
     last = run_dir.resolve() / "checkpoints" / "last.pt"
     line = next(line for line in err.splitlines() if "[ERROR]" in line)
     assert line.endswith(f"Stopped by SIGTERM after step 5; saved {last}. Resume with: unet-train ckpt={last}")
-    stopped = load_checkpoint(last)["state"]
+    stopped = load_checkpoint(last, trust=TRUST)["state"]
     assert (stopped["epoch"], stopped["step"], stopped["batch"]) == (1, 5, 2)
 
     args = shlex.split(line.split("Resume with: ", 1)[1])
-    code, err = cli([str(BIN / args[0]), *args[1:], "+loss.signal_calls=[]"], tmp_path, "resume")
+    code, err = cli([str(BIN / args[0]), *args[1:], "+loss.signal_calls=[]", TRUST_ARG], tmp_path, "resume")
     assert code == 0, err
     assert "after epoch 1 (step 5, batch 2 of the next epoch)" in err
     assert max_abs_diff(weights(run_dir), weights(reference)) <= 1e-6
@@ -159,7 +163,7 @@ def test_ctrl_c_to_the_process_group_with_workers_stops_cleanly(tmp_path):
     code, err = finish(proc, tmp_path)
     assert code == 128 + signal.SIGINT, err
     assert "Traceback" not in err and "exited unexpectedly" not in err
-    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")["state"]
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt", trust=TRUST)["state"]
     assert f"Stopped by SIGINT after step {state['step']}; saved" in err
 
 
@@ -174,7 +178,7 @@ def test_a_signal_in_the_first_step_stops_after_it(tmp_path):
     with pytest.raises(RunInterrupted) as info:
         fit(compose_config([*TINY, *FAULTY_LOSS, "+loss.signal_calls=[1]"]), tmp_path)
     assert info.value.exit_code == 143
-    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["state"]
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt", trust=TRUST)["state"]
     assert (state["epoch"], state["step"], state["batch"]) == (0, 1, 1)
     assert not (tmp_path / "checkpoints" / "best.pt").exists()
 
@@ -288,7 +292,7 @@ def test_truncated_and_foreign_files_each_get_one_message(reference, tmp_path):
 
 @pytest.mark.slow
 def test_a_checkpoint_of_another_model_is_refused_in_one_message(reference, tmp_path):
-    checkpoint = load_checkpoint(reference / "checkpoints" / "last.pt")
+    checkpoint = load_checkpoint(reference / "checkpoints" / "last.pt", trust=TRUST)
     wider = UNet(in_channels=1, out_channels=1, base_channels=8, depth=2)
     with pytest.raises(CheckpointError) as info:
         load_model_state(wider, checkpoint["model"], "last.pt")
@@ -299,7 +303,7 @@ def test_a_checkpoint_of_another_model_is_refused_in_one_message(reference, tmp_
     copy = tmp_path / "run" / "checkpoints" / "last.pt"
     copy.parent.mkdir(parents=True)
     copy.write_bytes((reference / "checkpoints" / "last.pt").read_bytes())
-    code, err = cli([str(BIN / "unet-train"), f"ckpt={copy}", "model.base_channels=8"], tmp_path)
+    code, err = cli([str(BIN / "unet-train"), f"ckpt={copy}", "model.base_channels=8", TRUST_ARG], tmp_path)
     assert code == 2 and "Traceback" not in err
     assert f"{copy} does not fit the model asked for: " in err
     assert "Keep the checkpoint's model settings" in err
@@ -448,7 +452,7 @@ def test_nan_losses_stop_the_run_naming_the_step_and_keep_the_last_good_checkpoi
         "The loss was NaN/inf for 3 consecutive steps (last at step 5, epoch 4); training stopped and the last "
         f"good checkpoint {last} is kept." in err
     )
-    kept = load_checkpoint(last)
+    kept = load_checkpoint(last, trust=TRUST)
     assert kept["state"]["epoch"] == 3 and kept["state"]["step"] == 5
     assert all(torch.isfinite(t).all() for t in kept["model"].values() if t.is_floating_point())
     assert not (tmp_path / "run" / "metrics.json").exists()
@@ -478,7 +482,7 @@ def test_fp16_gradient_overflow_is_skipped_by_the_grad_scaler(tmp_path, caplog):
     its scale; the non-finite-loss guard is not involved."""
     cfg = compose_config([*TINY, *FAULTY_LOSS, "trainer=gpu_fp16", "trainer.progress=never", "+loss.huge_calls=[2]"])
     metrics = fit(cfg, tmp_path)
-    scaler = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["scaler"]
+    scaler = load_checkpoint(tmp_path / "checkpoints" / "last.pt", trust=TRUST)["scaler"]
     assert scaler["scale"] <= 2.0**15  # 2**16 at the start, halved at least once
     assert metrics["steps"] == 4  # the skipped optimizer step still counts as a step
     assert "Non-finite loss" not in caplog.text

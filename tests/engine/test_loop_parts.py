@@ -201,7 +201,10 @@ def fake_run(is_main: bool = True) -> SimpleNamespace:
         state=TrainState(epoch=3, step=12, best=0.5, best_epoch=2),
         cfg=OmegaConf.create({"monitor": "val/dice"}),
         resolved_config={"seed": 1},
-        dist=SimpleNamespace(is_main=is_main),
+        # rank 1 without a process group: the collectives are no-ops, only the rank differs
+        dist=Distributed(rank=0 if is_main else 1),
+        steps_per_epoch=4,
+        schedule_steps_per_epoch=4,
     )
 
 

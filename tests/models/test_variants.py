@@ -139,6 +139,30 @@ def test_named_variants_and_a_free_combination_compose_to_the_intended_parts():
     assert len(combo.aux_heads) == 2
 
 
+MODEL_OPTIONS = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("depth", [2, 3, 5])
+@pytest.mark.parametrize("option", MODEL_OPTIONS)
+def test_every_model_option_composes_and_builds_at_any_depth(option, depth):
+    """No variant file fixes a per-level setting: each follows model.depth (the dilated one its rates)."""
+    cfg = compose_config(["data=synthetic", f"model={option}", f"model.depth={depth}", "model.base_channels=2"])
+    model = build_model(cfg.model).eval()
+    assert len(model.encoder.levels) == depth + 1
+    if cfg.model.encoder == "dilated":
+        rates = [level[0][0].dilation[0] for level in model.encoder.levels]
+        assert rates == default_dilation_rates(depth) == [1] * (depth - 1) + [3, 5]
+    with torch.no_grad():
+        assert model(torch.rand(1, 1, 2**depth + 3, 2**depth)).shape == (1, 1, 2**depth + 3, 2**depth)
+
+
+def test_the_quickstart_composes_with_the_dilated_model_at_its_depth():
+    cfg = compose_config(["experiment=quickstart", "model=dilated"])
+    assert cfg.model.depth == 3
+    model = build_model(cfg.model)
+    assert [level[0][0].dilation[0] for level in model.encoder.levels] == [1, 1, 3, 5]
+
+
 def test_dilation_rates_per_level():
     assert default_dilation_rates(1) == [1, 3]
     assert default_dilation_rates(2) == [1, 3, 5]

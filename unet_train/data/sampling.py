@@ -12,6 +12,7 @@ which worker gets which item, and an epoch can restart part-way by skipping its 
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -34,41 +35,60 @@ def epoch_seed(seed: int, epoch: int, stream: int = SAMPLER_STREAM) -> int:
 class EpochSampler(Sampler[tuple[int, int]]):
     """Yields ``(index, item_seed)`` for one epoch, drawn from ``(seed, epoch)`` only.
 
+    Under DDP each rank takes every ``world_size``-th position of the same epoch order, from
+    ``rank`` (the order is padded by wrapping around so that every rank gets as many items), so
+    the item at a given position of the epoch gets the same index and seed whatever the number
+    of processes. With ``world_size=1`` the order is the single-process one.
+
     Args:
         num_items: dataset length.
-        seed: the run's seed.
+        seed: the run's seed (the same on every rank).
         shuffle: random order (without replacement) or ``0..num_items-1``.
-        num_samples: draw this many items with replacement per epoch instead of one pass.
+        num_samples: draw this many items with replacement per epoch (over all ranks) instead of one pass.
+        rank, world_size: this process's place under DDP.
     """
 
-    def __init__(self, num_items: int, seed: int = 0, shuffle: bool = True, num_samples: int | None = None) -> None:
+    def __init__(
+        self,
+        num_items: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        num_samples: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.num_items = num_items
         self.seed = seed
         self.shuffle = shuffle
         self.num_samples = num_samples
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.skip = 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        """Choose the epoch that the next iteration yields, leaving out its first ``skip`` items."""
+        """Choose the epoch that the next iteration yields, leaving out this rank's first ``skip`` items."""
         self.epoch, self.skip = epoch, skip
 
-    def _full_length(self) -> int:
-        return self.num_samples if self.num_samples else self.num_items
+    def _full_length(self) -> int:  # items per rank
+        return math.ceil((self.num_samples or self.num_items) / self.world_size)
 
     def __len__(self) -> int:
         return max(0, self._full_length() - self.skip)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         generator = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        padded = self._full_length() * self.world_size
         if self.num_samples:
-            order = torch.randint(self.num_items, (self.num_samples,), generator=generator)
+            order = torch.randint(self.num_items, (padded,), generator=generator)
         elif self.shuffle:
             order = torch.randperm(self.num_items, generator=generator)
         else:
             order = torch.arange(self.num_items)
-        item_seeds = torch.randint(2**62, (len(order),), generator=generator)
-        yield from zip(order[self.skip :].tolist(), item_seeds[self.skip :].tolist())
+        item_seeds = torch.randint(2**62, (padded,), generator=generator)
+        if len(order) < padded:  # one pass split over ranks: the first items again, with seeds of their own
+            order = order[torch.arange(padded) % len(order)]
+        mine = slice(self.rank + self.skip * self.world_size, padded, self.world_size)
+        yield from zip(order[mine].tolist(), item_seeds[mine].tolist())
 
 
 def reseed_transform(transform: Any, seed: int) -> None:
@@ -82,5 +102,5 @@ def set_loader_epoch(loader: Any, epoch: int, skip_batches: int = 0) -> None:
     sampler = loader.sampler
     if isinstance(sampler, EpochSampler):
         sampler.set_epoch(epoch, skip_batches * (loader.batch_size or 1))
-    elif hasattr(sampler, "set_epoch"):  # e.g. DistributedSampler: no part-way restart
+    elif hasattr(sampler, "set_epoch"):  # another sampler: no part-way restart
         sampler.set_epoch(epoch)

@@ -4,6 +4,9 @@ A checkpoint is a dict: ``format``, ``model`` (state dict of the unwrapped model
 ``optimizer``, ``scheduler``, ``scaler``, ``epoch`` (epochs completed), ``step``, ``best``
 (monitored value), ``monitor``, ``rng`` and ``config`` (the resolved run config as plain
 containers), so ``unet-eval`` and a resumed ``unet-train`` need nothing else.
+
+Loading keeps code out twice: ``weights_only=True`` refuses pickled objects, and the stored config's
+``_target_`` nodes must name unet-train components (:mod:`unet_train.trust`) before anyone builds them.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 import re
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,6 +23,7 @@ import torch
 from torch import nn
 
 from unet_train.errors import CheckpointError
+from unet_train.trust import check_config
 
 FORMAT = "unet-train/1"
 
@@ -82,19 +87,29 @@ def _load_failure(path: Path, exc: Exception) -> CheckpointError:
     return CheckpointError(f"{path} is not a readable checkpoint (truncated, corrupted or not a torch file): {detail}")
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a unet-train checkpoint with ``weights_only=True``; explain any failure in one message."""
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device | None = None, *, trust: bool | Sequence[str] = False
+) -> dict[str, Any]:
+    """Load a unet-train checkpoint with ``weights_only=True``; explain any failure in one message.
+
+    ``map_location``: where the tensors go (None: the CPU). The stored run config is checked by
+    :func:`unet_train.trust.check_config` before any caller can build from it; ``trust`` is the
+    user's ``trust_config`` setting (never the one stored in the checkpoint).
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist; pass ckpt=<run>/checkpoints/best.pt or last.pt.")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about foreign pickle protocols before failing on them
-            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+            checkpoint = torch.load(path, map_location=map_location or "cpu", weights_only=True)
     except Exception as exc:  # torch raises many types here; all mean "not a checkpoint we can load"
         raise _load_failure(path, exc) from exc
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a torch file but not a unet-train checkpoint (no format={FORMAT!r} entry).")
+    if "config" in checkpoint and not isinstance(checkpoint["config"], dict):
+        raise CheckpointError(f"{path} is not a usable unet-train checkpoint: its 'config' entry is not a mapping.")
+    check_config(checkpoint.get("config", {}), source=f"checkpoint {path}", trusted=trust)
     return checkpoint
 
 

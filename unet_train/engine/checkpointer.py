@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from unet_train.engine.checkpoint import FORMAT, discard_partial_writes, save_atomic, unwrap, weights_finite
-from unet_train.engine.runtime import rng_state
+from unet_train.engine.resume import checkpoint_extras
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,8 @@ class Checkpointer:
     def last(self) -> Path:
         return self.folder / "last.pt"
 
-    def contents(self) -> dict[str, Any]:
-        """What a checkpoint holds (see :mod:`unet_train.engine.checkpoint`), as of now."""
+    def contents(self, extras: dict[str, Any]) -> dict[str, Any]:
+        """What a checkpoint holds (see :mod:`unet_train.engine.checkpoint`), as of now; ``extras``: RNG and plan."""
         run = self.run
         return {
             "format": FORMAT,
@@ -43,17 +43,23 @@ class Checkpointer:
             "scaler": run.scaler.state_dict(),
             "state": asdict(run.state),
             "monitor": run.cfg.monitor,
-            "rng": rng_state(),
+            **extras,
             "config": run.resolved_config,
         }
 
     def save(self, name: str) -> bool:
-        """Write ``folder/name``; returns whether it was written (False on other ranks and for NaN weights)."""
+        """Write ``folder/name``; returns whether it was written (on every rank: rank 0's outcome).
+
+        Under DDP every rank's RNG state goes into the file, gathered here: a collective, so every
+        rank calls ``save`` at the same points.
+        """
+        run = self.run
+        extras = checkpoint_extras(run.dist, run.schedule_steps_per_epoch, run.steps_per_epoch)
         if not self.is_main:
-            return False
+            return run.dist.agree(False)
         # One reduction per tensor, each a host-device sync on CUDA: once per save, not per step.
-        if not weights_finite(self.run.model):
+        if not weights_finite(run.model):
             log.warning("Not writing %s: the weights are no longer finite", name)
-            return False
-        save_atomic(self.contents(), self.folder / name)
-        return True
+            return run.dist.agree(False)
+        save_atomic(self.contents(extras), self.folder / name)
+        return run.dist.agree(True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,9 +24,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DistributedSampler, Sampler
+from torch.utils.data import Sampler
 from torch.utils.tensorboard import SummaryWriter
 
+from unet_train.data.sampling import EpochSampler
 from unet_train.engine.evaluate import EvalResult
 from unet_train.errors import ConfigError
 
@@ -104,18 +104,16 @@ class Distributed:
         return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
     def train_sampler(self, dataset_size: int, samples_per_epoch: int | None, seed: int) -> Sampler | None:
-        """This rank's share of each epoch (None in a single process: the loader shuffles itself).
+        """This rank's share of each epoch (None in a single process: the loader makes its own).
 
-        Without ``samples_per_epoch``, a :class:`~torch.utils.data.DistributedSampler` (a new
-        permutation each epoch, padded so every rank gets as many items); with it, a
-        :class:`DistributedRandomSampler` drawing with replacement. Call ``set_epoch`` each epoch.
+        An :class:`~unet_train.data.sampling.EpochSampler` over this rank's positions of the
+        epoch's order: a new permutation each epoch (or ``samples_per_epoch`` draws with
+        replacement), and one augmentation seed per item, all from ``(seed, epoch)``, so a resumed
+        run repeats the epoch exactly, part-way too. Call ``set_loader_epoch`` each epoch.
         """
         if not self.enabled:
             return None
-        if samples_per_epoch:
-            return DistributedRandomSampler(dataset_size, samples_per_epoch, self.rank, self.world_size, seed)
-        indices: Any = range(dataset_size)  # the sampler only needs len() of its dataset
-        return DistributedSampler(indices, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=seed)
+        return EpochSampler(dataset_size, seed, True, samples_per_epoch, rank=self.rank, world_size=self.world_size)
 
     def eval_sampler(self, dataset_size: int) -> Sampler | None:
         """Every ``world_size``-th item from ``rank``, without padding: each image is scored once."""
@@ -151,6 +149,22 @@ class Distributed:
         flag = torch.tensor([int(decision)], device=self._collective_device())
         dist.broadcast(flag, src=0)
         return bool(flag.item())
+
+    def max(self, value: int) -> int:
+        """The largest ``value`` over ranks (a stop signal's number: one that reached any rank stops them all)."""
+        if not self.enabled:
+            return value
+        tensor = torch.tensor([value], dtype=torch.int64, device=self._collective_device())
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return int(tensor.item())
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj`` (any picklable value), in rank order, on every rank."""
+        if not self.enabled:
+            return [obj]
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
 
     def broadcast_object(self, obj: Any) -> Any:
         """Rank 0's ``obj`` (any picklable value), on every rank."""
@@ -268,37 +282,6 @@ def cleanup() -> None:
     """Leave the process group (if one is up)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-class DistributedRandomSampler(Sampler[int]):
-    """``RandomSampler(replacement=True, num_samples=N)`` shared out between ranks.
-
-    Each epoch, every rank draws the same ``ceil(N / world_size) * world_size`` indices from a
-    generator seeded with ``seed + epoch`` and keeps every ``world_size``-th one from ``rank``:
-    the ranks' draws never depend on each other's state, and each rank gets as many items.
-
-    Args:
-        dataset_size: number of items to draw from.
-        num_samples: draws per epoch over all ranks (``data.samples_per_epoch``).
-        rank, world_size: this process's place.
-        seed: base seed; call :meth:`set_epoch` before each epoch for a new draw.
-    """
-
-    def __init__(self, dataset_size: int, num_samples: int, rank: int, world_size: int, seed: int = 0) -> None:
-        self.dataset_size, self.rank, self.world_size, self.seed = dataset_size, rank, world_size, seed
-        self.num_samples = math.ceil(num_samples / world_size)  # per rank
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        draws = torch.randint(self.dataset_size, (self.num_samples * self.world_size,), generator=generator)
-        return iter(draws[self.rank :: self.world_size].tolist())
 
 
 class ShardSampler(Sampler[int]):

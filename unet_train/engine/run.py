@@ -14,7 +14,8 @@ from unet_train.build import build_data, build_loss, build_model, build_optimize
 from unet_train.data.sampling import GLOBAL_STREAM, epoch_seed, set_loader_epoch
 from unet_train.engine import distributed
 from unet_train.engine.checkpoint import load_checkpoint, load_model_state, load_optimizer_state
-from unet_train.engine.runtime import Runtime, make_runtime, seed_everything, set_rng_state, to_channels_last
+from unet_train.engine.resume import restore_rng, resume_plan
+from unet_train.engine.runtime import Runtime, make_runtime, seed_everything, to_channels_last
 from unet_train.engine.signals import ignore_stop_signals
 from unet_train.engine.validation import monitor_mode
 from unet_train.errors import ConfigError
@@ -54,6 +55,9 @@ class Run:
     state: TrainState
     mode: str  # min or max: how the monitored value improves
     resolved_config: Any  # the config as plain values, for checkpoints
+    # Steps per epoch the learning-rate schedule plans with: this run's, or a resumed run's original
+    # one when it resumes on another number of processes (engine/resume.py).
+    schedule_steps_per_epoch: int = 0
 
     @property
     def steps_per_epoch(self) -> int:
@@ -128,6 +132,7 @@ def build_run(cfg: DictConfig) -> Run:
         state=TrainState(),
         mode=mode,
         resolved_config=OmegaConf.to_container(cfg, resolve=True),
+        schedule_steps_per_epoch=len(train_loader),
     )
     if cfg.get("ckpt"):
         resume(run, cfg.ckpt)
@@ -155,15 +160,20 @@ def _worker_weight_maps(criterion: nn.Module, data: Any) -> Any:
 
 def resume(run: Run, path: str) -> None:
     """Load weights, optimizer, schedule, scaler, progress and RNG state of ``path`` into ``run``."""
-    checkpoint = load_checkpoint(path, map_location=run.runtime.device)
+    cfg = run.cfg
+    checkpoint = load_checkpoint(path, map_location=run.runtime.device, trust=cfg.get("trust_config", False))
     load_model_state(run.model, checkpoint["model"], path)
+    state = run.state = TrainState(**checkpoint["state"])
+    # Another number of processes than the checkpoint's: the schedule keeps the checkpoint's plan.
+    run.schedule_steps_per_epoch, state.batch = resume_plan(
+        checkpoint, run.dist, run.steps_per_epoch, state.step, state.epoch, state.batch, cfg.trainer.max_epochs
+    )
+    if run.schedule_steps_per_epoch != run.steps_per_epoch:
+        total = run.schedule_steps_per_epoch * cfg.trainer.max_epochs
+        run.scheduler = build_scheduler(cfg, run.optimizer, total_steps=total)
     load_optimizer_state(run.optimizer, checkpoint["optimizer"])
     run.scheduler.load_state_dict(checkpoint["scheduler"])
     run.scaler.load_state_dict(checkpoint["scaler"])
-    run.state = TrainState(**checkpoint["state"])
-    set_rng_state(checkpoint["rng"])
-    if run.dist.rank:  # the checkpoint holds rank 0's RNG; keep the ranks' augmentations apart
-        seed_everything(run.cfg.seed + run.dist.rank + run.state.step)
-    state = run.state
+    restore_rng(checkpoint, run.dist, cfg.seed, state.step)  # each rank its own saved state
     within = f", batch {state.batch} of the next epoch" if state.batch else ""
     log.info("Resumed from %s after epoch %d (step %d%s)", path, state.epoch, state.step, within)

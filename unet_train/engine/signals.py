@@ -62,7 +62,7 @@ def ignore_stop_signals(worker_id: int) -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
-def interrupted(signum: signal.Signals | None, checkpoint: Path, step: int, saved: bool) -> RunInterrupted:
+def interrupted(signum: int | None, checkpoint: Path, step: int, saved: bool) -> RunInterrupted:
     """The error that ends a run stopped by ``signum``: where it stopped and the command that resumes it."""
     sig = signal.Signals(signum or signal.SIGINT)
     if not saved:

@@ -26,6 +26,7 @@ class StopRules:
         self.signals = signals
         self.dist = dist or distributed.Distributed()
         self.start = time.monotonic()
+        self._signal = 0  # the stop signal agreed on at the last check
 
     @property
     def elapsed(self) -> float:
@@ -33,7 +34,9 @@ class StopRules:
 
     @property
     def signalled(self) -> bool:
-        return self.signals.requested
+        """Whether a stop signal reached any rank (a collective under DDP: every rank stops at the same step)."""
+        self._signal = self.dist.max(self.signals.signal or 0)
+        return bool(self._signal)
 
     def out_of_time(self) -> bool:
         """Whether ``trainer.max_time`` has run out (asked after every step; a collective under DDP)."""
@@ -53,4 +56,4 @@ class StopRules:
 
     def interrupted(self, checkpoint: Path, step: int, saved: bool) -> RunInterrupted:
         """The error that ends a signalled run, with the command that resumes it."""
-        return interrupted(self.signals.signal, checkpoint, step, saved)
+        return interrupted(self._signal or self.signals.signal, checkpoint, step, saved)

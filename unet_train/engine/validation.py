@@ -90,7 +90,7 @@ def validate_epoch(
     # validation image size, which costs more than it saves on a few images.
     metrics = validate(cfg, run.model, run.val_loader, run.runtime, run.criterion, run.data.num_classes, writer,
                        state, run.dist)  # fmt: skip
-    if track_best(state, cfg.monitor, metrics, run.mode):
+    if run.dist.agree(track_best(state, cfg.monitor, metrics, run.mode)):  # saving best.pt is a collective
         checkpoints.save("best.pt")
     epochs_bar.set_postfix({cfg.monitor: f"{metrics[cfg.monitor]:.4f}", "best": f"{state.best:.4f}"})
     log.info(
