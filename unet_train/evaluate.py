@@ -99,7 +99,9 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
         model = TTALogits(model)
 
     data = build_data(data_cfg)
-    loader = data.dataloader(cfg.split, shuffle=False, pin_memory=runtime.device.type == "cuda")
+    # Every split is scored as validation is: each image once, whole, without augmentation (a
+    # training loader would draw samples_per_epoch augmented crops and drop the last partial batch).
+    loader = data.dataloader(cfg.split, shuffle=False, training=False, pin_memory=runtime.device.type == "cuda")
     pred_dir = out / "predictions"
     if cfg.save_predictions:
         pred_dir.mkdir(parents=True, exist_ok=True)

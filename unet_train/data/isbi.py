@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from unet_train.data.base import SegmentationData, Split, parse_indices
+from unet_train.data.base import SegmentationData, Split, check_disjoint, parse_indices
 from unet_train.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -141,16 +141,22 @@ class ISBI2012(SegmentationData):
         return np.asarray(stack, dtype=np.uint8)
 
     def _indices(self, total: int) -> tuple[list[int], list[int]]:
+        """Training and validation slice indices; refused when they share a slice."""
         if self.fold is None:
-            return (
-                parse_indices(self.train_slices, total, "data.train_slices"),
-                parse_indices(self.val_slices, total, "data.val_slices"),
-            )
-        if not 0 <= self.fold < self.num_folds:
-            raise ConfigError(f"data.fold={self.fold} must be in 0..{self.num_folds - 1} (data.num_folds).")
-        blocks = np.array_split(np.arange(total), self.num_folds)
-        val = [int(i) for i in blocks[self.fold]]
-        return [i for i in range(total) if i not in val], val
+            train = parse_indices(self.train_slices, total, "data.train_slices")
+            val = parse_indices(self.val_slices, total, "data.val_slices")
+            where = f"data.train_slices={self.train_slices} and data.val_slices={self.val_slices}"
+        else:
+            if not 2 <= self.num_folds <= total:
+                raise ConfigError(f"data.num_folds={self.num_folds} must be in 2..{total} (the annotated slices).")
+            if not 0 <= self.fold < self.num_folds:
+                raise ConfigError(f"data.fold={self.fold} must be in 0..{self.num_folds - 1} (data.num_folds).")
+            blocks = np.array_split(np.arange(total), self.num_folds)
+            val = [int(i) for i in blocks[self.fold]]
+            train = [i for i in range(total) if i not in val]
+            where = f"data.fold={self.fold} of data.num_folds={self.num_folds}"
+        check_disjoint(train, val, where)
+        return train, val
 
     def load_split(self, split: str) -> Split:
         if split == "test":
