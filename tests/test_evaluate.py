@@ -38,3 +38,16 @@ def test_the_train_split_is_scored_image_by_image_whole_and_unaugmented(checkpoi
     assert [p.stem for p in predictions] == names
     assert skio.imread(predictions[0]).shape == (64, 64)
     assert metrics["train/dice"] == pytest.approx(sum(r["dice"] for r in metrics["details"]["per_image"]) / 8)
+
+
+@pytest.mark.slow
+def test_data_keys_override_the_stored_data_config_as_written(checkpoint, tmp_path):
+    """``data.num_val=1`` (no ``+``) changes the checkpoint's data config; a misspelt key is refused in one line."""
+    metrics, _ = evaluate(checkpoint, tmp_path, "data.num_val=1", "save_predictions=false")
+    assert [row["name"] for row in metrics["details"]["per_image"]] == ["val-000"]
+    result = run([str(BIN / "unet-eval"), f"ckpt={checkpoint}", "data.num_vall=1"], cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().endswith(
+        "data.num_vall=1: the checkpoint's config has no key data.num_vall; check the spelling, "
+        "or write +data.num_vall=1 to add it."
+    )

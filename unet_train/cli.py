@@ -54,23 +54,36 @@ def user_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
-# On a resume, the overrides meant for the checkpoint's config travel here rather than through Hydra,
-# which would check them against the default config (data=isbi has no data.num_val) and record them in
-# the job's .hydra/overrides.yaml; an environment variable reaches the job in any launcher's process.
+# Overrides meant for a checkpoint's stored config travel here rather than through Hydra, which would
+# check them against the default config (data=isbi has no data.num_val; unet-eval's data is null) and,
+# on a resume, record them in the job's .hydra/overrides.yaml. An environment variable reaches the
+# job in any launcher's process.
 RESUME_ENV = "UNET_TRAIN_RESUME_OVERRIDES"
+EVAL_DATA_ENV = "UNET_TRAIN_EVAL_DATA_OVERRIDES"
 
 
 def _is_override(arg: str) -> bool:
     return not arg.startswith("-") and "=" in arg
 
 
-def _is_hydra_override(arg: str) -> bool:
-    return arg.lstrip("+~").startswith(("hydra.", "hydra/"))
+def _key(arg: str) -> str:
+    return arg.lstrip("+~").partition("=")[0]
 
 
 def is_resume(args: Sequence[str]) -> bool:
     """Whether the command line resumes a checkpoint (``ckpt=PATH``)."""
     return any(arg.startswith("ckpt=") and arg[5:] not in ("", "null") for arg in args if _is_override(arg))
+
+
+def _hold(argv: list[str], env: str, held: Callable[[str], bool] | None) -> list[str]:
+    """Move the overrides of ``argv`` that ``held`` selects into ``env`` (JSON); None clears ``env``."""
+    if held is None:
+        os.environ.pop(env, None)
+        return argv
+    args = argv[1:]
+    taken = [arg for arg in args if _is_override(arg) and held(arg)]
+    os.environ[env] = json.dumps(taken)
+    return [argv[0], *(arg for arg in args if arg not in taken)]
 
 
 def hold_resume_overrides(argv: list[str]) -> list[str]:
@@ -81,18 +94,31 @@ def hold_resume_overrides(argv: list[str]) -> list[str]:
     needs to sweep. Without a resume, a value left by an earlier call in this process is cleared.
     """
     args = argv[1:]
-    if not is_resume(args) or any(arg in ("-m", "--multirun") for arg in args):
-        os.environ.pop(RESUME_ENV, None)
-        return argv
-    held = [arg for arg in args if _is_override(arg) and not arg.startswith("ckpt=") and not _is_hydra_override(arg)]
-    os.environ[RESUME_ENV] = json.dumps(held)
-    return [argv[0], *(arg for arg in args if arg not in held)]
+    resume = is_resume(args) and not any(arg in ("-m", "--multirun") for arg in args)
+    keep = ("ckpt", "hydra")
+    return _hold(argv, RESUME_ENV, (lambda arg: _key(arg).split(".")[0].split("/")[0] not in keep) if resume else None)
+
+
+def hold_eval_data_overrides(argv: list[str]) -> list[str]:
+    """For ``unet-eval`` on the checkpoint's own data (no ``data=NAME``), take the ``data.*`` overrides out.
+
+    They apply to the stored data config (:func:`eval_data_overrides`): ``data.root=DIR`` and
+    ``+data.root=DIR`` both work, and a key the stored config lacks is refused unless added with ``+``.
+    """
+    chosen = any(_is_override(arg) and _key(arg) == "data" for arg in argv[1:])
+    return _hold(argv, EVAL_DATA_ENV, None if chosen else (lambda arg: _key(arg).startswith("data.")))
 
 
 def resume_overrides() -> list[str]:
     """The overrides a resume applies to the checkpoint's config (held by :func:`hold_resume_overrides`)."""
     held = os.environ.get(RESUME_ENV)
     return list(json.loads(held)) if held is not None else user_overrides()
+
+
+def eval_data_overrides() -> list[str] | None:
+    """The ``data.*`` overrides held by :func:`hold_eval_data_overrides`, or None when none were held."""
+    held = os.environ.get(EVAL_DATA_ENV)
+    return list(json.loads(held)) if held is not None else None
 
 
 def _is_group(key: str) -> bool:
