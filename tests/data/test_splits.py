@@ -118,3 +118,12 @@ def test_a_split_read_for_scoring_gives_each_image_once_whole_and_unaugmented(sm
     assert first["image"].shape == (3, 1, 16, 16)
     assert first["mask"][0, :, :4].eq(1).all() and first["mask"][0, :, 4:].eq(0).all()  # not flipped
     assert float(first["image"][1].max()) == pytest.approx(1 / 255)  # slice 1 is filled with 1
+
+
+def test_slices_that_a_fold_would_ignore_are_refused(small_isbi):
+    with pytest.raises(ConfigError) as info:
+        ISBI2012(root=str(small_isbi), fold=1, val_slices="20-29", num_workers=0)
+    assert str(info.value) == (
+        "data.fold=1 chooses the slices itself, so data.train_slices=0-24 and data.val_slices=20-29 would be "
+        "ignored; set data.fold=null or leave the slices at their defaults (0-24, 25-29)."
+    )

@@ -25,6 +25,7 @@ from unet_train.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 FILES = ("train-volume.tif", "train-labels.tif", "test-volume.tif")
+TRAIN_SLICES, VAL_SLICES = "0-24", "25-29"  # the default split
 
 # SHA-256 of the decoded pixels (C-order uint8, 30x512x512): independent of the TIFF encoding.
 PIXEL_SHA256 = {
@@ -102,8 +103,8 @@ class ISBI2012(SegmentationData):
         root: str,
         download: bool = False,
         foreground: str = "membrane",
-        train_slices: Sequence[int] | str = "0-24",
-        val_slices: Sequence[int] | str = "25-29",
+        train_slices: Sequence[int] | str = TRAIN_SLICES,
+        val_slices: Sequence[int] | str = VAL_SLICES,
         fold: int | None = None,
         num_folds: int = 5,
         urls: Sequence[str] = DEFAULT_URLS,
@@ -114,6 +115,12 @@ class ISBI2012(SegmentationData):
             raise ConfigError(f"data.foreground={foreground!r} must be 'membrane' or 'cell'.")
         if self.num_classes != 2 or self.in_channels != 1:
             raise ConfigError("ISBI 2012 is binary and grey: use data.num_classes=2 and data.in_channels=1.")
+        if fold is not None and (str(train_slices), str(val_slices)) != (TRAIN_SLICES, VAL_SLICES):
+            raise ConfigError(
+                f"data.fold={fold} chooses the slices itself, so data.train_slices={train_slices} and "
+                f"data.val_slices={val_slices} would be ignored; set data.fold=null or leave the slices at "
+                f"their defaults ({TRAIN_SLICES}, {VAL_SLICES})."
+            )
         self.root = Path(root).expanduser()
         self.download = download
         self.foreground = foreground
