@@ -47,7 +47,7 @@ def test_overrides_apply_to_the_checkpoints_config(stored):
         ("+trainer.nope=1", "+trainer.nope=1: Key 'nope' not in 'TrainerConfig'"),
         ("data=isbi", "data=isbi: choosing another data option is not supported on a resume; override its keys."),
         ("model=attention", "model=attention: the checkpoint fixes the model; start a new run to train another model."),
-        ("seed=1,2", "seed=1,2: a sweep over values needs -m and cannot continue one checkpoint."),
+        ("seed=1,2", "seed=1,2: a sweep over values cannot apply to one checkpoint; give one value."),
         ("~data.nothing", "~data.nothing: the checkpoint's config has no data.nothing to delete."),
     ],
 )

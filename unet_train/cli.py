@@ -147,7 +147,7 @@ def apply_overrides(base: DictConfig, overrides: list[str], skip: tuple[str, ...
         if key in skip or key == "ckpt" or key.split(".")[0] == "hydra" or key.startswith("hydra/"):
             continue
         if override.is_sweep_override():
-            raise ConfigError(f"{line}: a sweep over values needs -m and cannot continue one checkpoint.")
+            raise ConfigError(f"{line}: a sweep over values cannot apply to one checkpoint; give one value.")
         if key in FIXED_GROUPS:
             raise ConfigError(f"{line}: the checkpoint fixes the model; start a new run to train another {key}.")
         if _is_group(key) or override.package:
