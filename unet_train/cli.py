@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
+from unet_train.config import PathsConfig, TrainerConfig, config_dir
 from unet_train.errors import ConfigError, RunInterrupted, UserError
 
 log = logging.getLogger("unet_train")
@@ -48,25 +54,130 @@ def user_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
-def apply_overrides(base: DictConfig, overrides: list[str], skip: tuple[str, ...] = ()) -> DictConfig:
-    """Apply ``key=value`` overrides from the command line onto a checkpoint's stored config.
+# Overrides meant for a checkpoint's stored config travel here rather than through Hydra, which would
+# check them against the default config (data=isbi has no data.num_val; unet-eval's data is null) and,
+# on a resume, record them in the job's .hydra/overrides.yaml. An environment variable reaches the
+# job in any launcher's process.
+RESUME_ENV = "UNET_TRAIN_RESUME_OVERRIDES"
+EVAL_DATA_ENV = "UNET_TRAIN_EVAL_DATA_OVERRIDES"
 
-    Values parse as YAML (``trainer.max_epochs=20``, ``data.root=/x``). Choosing another option of
-    a group the checkpoint fixes (``model=attention``) is refused; other group choices are
-    handled by the caller (``skip``).
+
+def _is_override(arg: str) -> bool:
+    return not arg.startswith("-") and "=" in arg
+
+
+def _key(arg: str) -> str:
+    return arg.lstrip("+~").partition("=")[0]
+
+
+def is_resume(args: Sequence[str]) -> bool:
+    """Whether the command line resumes a checkpoint (``ckpt=PATH``)."""
+    return any(arg.startswith("ckpt=") and arg[5:] not in ("", "null") for arg in args if _is_override(arg))
+
+
+def _hold(argv: list[str], env: str, held: Callable[[str], bool] | None) -> list[str]:
+    """Move the overrides of ``argv`` that ``held`` selects into ``env`` (JSON); None clears ``env``."""
+    if held is None:
+        os.environ.pop(env, None)
+        return argv
+    args = argv[1:]
+    taken = [arg for arg in args if _is_override(arg) and held(arg)]
+    os.environ[env] = json.dumps(taken)
+    return [argv[0], *(arg for arg in args if arg not in taken)]
+
+
+def hold_resume_overrides(argv: list[str]) -> list[str]:
+    """On a resume, take the overrides for the checkpoint's config out of ``argv``; returns the new argv.
+
+    ``ckpt=`` and ``hydra.*`` overrides stay with Hydra (they choose the run folder); the others go to
+    :data:`RESUME_ENV` for :func:`resume_overrides`. A multirun (``-m``) keeps its overrides, which Hydra
+    needs to sweep. Without a resume, a value left by an earlier call in this process is cleared.
+    """
+    args = argv[1:]
+    resume = is_resume(args) and not any(arg in ("-m", "--multirun") for arg in args)
+    keep = ("ckpt", "hydra", "trust_config")  # trust_config decides whether the checkpoint may be opened
+    return _hold(argv, RESUME_ENV, (lambda arg: _key(arg).split(".")[0].split("/")[0] not in keep) if resume else None)
+
+
+def hold_eval_data_overrides(argv: list[str]) -> list[str]:
+    """For ``unet-eval`` on the checkpoint's own data (no ``data=NAME``), take the ``data.*`` overrides out.
+
+    They apply to the stored data config (:func:`eval_data_overrides`): ``data.root=DIR`` and
+    ``+data.root=DIR`` both work, and a key the stored config lacks is refused unless added with ``+``.
+    """
+    chosen = any(_is_override(arg) and _key(arg) == "data" for arg in argv[1:])
+    return _hold(argv, EVAL_DATA_ENV, None if chosen else (lambda arg: _key(arg).startswith("data.")))
+
+
+def resume_overrides() -> list[str]:
+    """The overrides a resume applies to the checkpoint's config (held by :func:`hold_resume_overrides`)."""
+    held = os.environ.get(RESUME_ENV)
+    return list(json.loads(held)) if held is not None else user_overrides()
+
+
+def eval_data_overrides() -> list[str] | None:
+    """The ``data.*`` overrides held by :func:`hold_eval_data_overrides`, or None when none were held."""
+    held = os.environ.get(EVAL_DATA_ENV)
+    return list(json.loads(held)) if held is not None else None
+
+
+def _is_group(key: str) -> bool:
+    return "." not in key and (config_dir() / key).is_dir()
+
+
+def apply_overrides(base: DictConfig, overrides: list[str], skip: tuple[str, ...] = ()) -> DictConfig:
+    """Apply Hydra-style overrides from the command line onto a checkpoint's stored config.
+
+    They are checked against that config, as Hydra checks a new run's against the composed one:
+    ``key=value`` changes a key the checkpoint's config has (a misspelt key is refused),
+    ``+key=value`` adds one, ``++key=value`` sets one either way, ``~key`` deletes one; values
+    parse as Hydra parses them, and ``trainer.*`` / ``paths.*`` values are checked against their
+    schemas. Choosing another option of a config group (``model=attention``, ``data=folder``) is
+    refused; group choices named in ``skip`` are left to the caller.
     """
     cfg = OmegaConf.create(OmegaConf.to_container(base, resolve=False))
-    dotlist = []
-    for override in overrides:
-        key, _, value = override.lstrip("+~").partition("=")
-        if key in skip or key.split(".")[0] in ("hydra",) or key in ("ckpt",):
-            continue
-        if key in FIXED_GROUPS:
-            raise ConfigError(f"{override}: the checkpoint fixes the model; start a new run to train {key}={value}.")
-        if "." not in key and isinstance(OmegaConf.select(cfg, key), DictConfig):
-            raise ConfigError(f"{override}: choosing another {key} group is not supported here; override its keys.")
-        dotlist.append(f"{key}={value}")
-    with open_dict(cfg):
-        cfg.merge_with_dotlist(dotlist)
     assert isinstance(cfg, DictConfig)
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except OverrideParseException as exc:
+        raise ConfigError(f"Could not parse the overrides {' '.join(overrides)}: {exc}") from None
+    missing = object()
+    for override in parsed:
+        key, line = override.key_or_group, override.input_line or override.key_or_group
+        if key in skip or key == "ckpt" or key.split(".")[0] == "hydra" or key.startswith("hydra/"):
+            continue
+        if override.is_sweep_override():
+            raise ConfigError(f"{line}: a sweep over values cannot apply to one checkpoint; give one value.")
+        if key in FIXED_GROUPS:
+            raise ConfigError(f"{line}: the checkpoint fixes the model; start a new run to train another {key}.")
+        if _is_group(key) or override.package:
+            raise ConfigError(f"{line}: choosing another {key} option is not supported on a resume; override its keys.")
+        current = OmegaConf.select(cfg, key, default=missing, throw_on_missing=False)
+        if override.is_delete():
+            if current is missing:
+                raise ConfigError(f"{line}: the checkpoint's config has no {key} to delete.")
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            with open_dict(node):
+                del node[leaf]
+            continue
+        if current is missing and not (override.is_add() or override.is_force_add()):
+            raise ConfigError(
+                f"{line}: the checkpoint's config has no key {key}; check the spelling, or write +{line} to add it."
+            )
+        value = override.value()
+        _check_schema(key, value, line)
+        OmegaConf.update(cfg, key, value, merge=False, force_add=True)
     return cfg
+
+
+def _check_schema(key: str, value: Any, line: str) -> None:
+    """Check a ``trainer.*`` or ``paths.*`` value against its dataclass schema, as composing would."""
+    group, _, leaf = key.partition(".")
+    schema = {"trainer": TrainerConfig, "paths": PathsConfig}.get(group)
+    if schema is None or not leaf:
+        return
+    try:
+        OmegaConf.merge(OmegaConf.structured(schema), {leaf: value})
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{line}: {str(exc).splitlines()[0]}") from None

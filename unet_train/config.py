@@ -70,6 +70,15 @@ def _run_dir_for(ckpt: str | None, default: str) -> str:
     return default
 
 
+def _output_subdir_for(ckpt: str | None, output_dir: str) -> str | None:
+    """Where Hydra records the job (``.hydra``), or None to record nothing: a resume into a run folder that
+    already holds its record keeps it, so the job's overrides and config stay those it was started with
+    (``unet-summarize`` reads them); ``unet-train`` appends the resume to ``resume_log.yaml`` instead."""
+    if ckpt and (Path(output_dir) / ".hydra" / "config.yaml").is_file():
+        return None
+    return ".hydra"
+
+
 def _logit_channels(num_classes: int) -> int:
     """Binary problems use one logit channel (sigmoid); K > 2 classes use K (softmax)."""
     return 1 if int(num_classes) <= 2 else int(num_classes)
@@ -89,6 +98,8 @@ def register() -> None:
     cs.store(group="paths", name="paths_schema", node=PathsConfig)
     if not OmegaConf.has_resolver("unet.run_dir"):
         OmegaConf.register_new_resolver("unet.run_dir", _run_dir_for)
+    if not OmegaConf.has_resolver("unet.output_subdir"):
+        OmegaConf.register_new_resolver("unet.output_subdir", _output_subdir_for)
     if not OmegaConf.has_resolver("unet.logit_channels"):
         OmegaConf.register_new_resolver("unet.logit_channels", _logit_channels)
     if not OmegaConf.has_resolver("unet.monitor_direction"):

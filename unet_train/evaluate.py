@@ -1,7 +1,8 @@
 """``unet-eval``: score a checkpoint on a split and write metrics and predictions.
 
 The checkpoint carries its model and data config, so ``unet-eval ckpt=PATH`` needs nothing
-else. ``split=test|train|val|all`` picks the images; ``+data.root=DIR`` (or any ``+data.KEY``)
+else. ``split=test|train|val|all`` picks the images, each scored once, whole, without augmentation;
+``data.root=DIR`` (or any ``data.KEY``, checked against the stored data config; ``+data.KEY`` adds one)
 changes the stored data settings; ``data=folder data.root=DIR`` evaluates on another dataset. ``tta=true`` averages the
 probabilities over the 8 flips and 90-degree rotations. Binary problems also get the ISBI
 challenge's V-Rand and V-Info (best threshold reported) and HD95; overlays of image, ground
@@ -13,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from skimage import io as skio
 from torch.utils.tensorboard import SummaryWriter
 
 from unet_train.build import build_data, build_model
-from unet_train.cli import exit_on_user_error, run_dir
+from unet_train.cli import apply_overrides, eval_data_overrides, exit_on_user_error, hold_eval_data_overrides, run_dir
 from unet_train.config import config_dir
 from unet_train.engine.checkpoint import load_checkpoint
 from unet_train.engine.evaluate import evaluate
@@ -41,8 +43,11 @@ log = logging.getLogger(__name__)
 
 def eval_data_config(cfg: DictConfig, stored: DictConfig) -> DictConfig:
     """The data config to evaluate on: another dataset (``data=NAME``) or the stored one with ``+data.*`` overrides."""
+    held = eval_data_overrides()
     if HydraConfig.get().runtime.choices.get("data"):
         data = cfg.data
+    elif held is not None:  # from the console script: checked against the stored data config
+        data = apply_overrides(OmegaConf.create({"data": stored.data}), held).data
     else:
         data = OmegaConf.create(OmegaConf.to_container(stored.data, resolve=True))
         given = cfg.get("data") or {}
@@ -99,7 +104,9 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
         model = TTALogits(model)
 
     data = build_data(data_cfg)
-    loader = data.dataloader(cfg.split, shuffle=False, pin_memory=runtime.device.type == "cuda")
+    # Every split is scored as validation is: each image once, whole, without augmentation (a
+    # training loader would draw samples_per_epoch augmented crops and drop the last partial batch).
+    loader = data.dataloader(cfg.split, shuffle=False, training=False, pin_memory=runtime.device.type == "cuda")
     pred_dir = out / "predictions"
     if cfg.save_predictions:
         pred_dir.mkdir(parents=True, exist_ok=True)
@@ -139,15 +146,23 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
             rows.writeheader()
             rows.writerows(result.per_image)
         print(format_table(metrics))
-    else:
+    elif cfg.save_predictions:
         print(f"The {cfg.split!r} split has no masks: wrote predictions only.")
+    else:
+        print(f"The {cfg.split!r} split has no masks and save_predictions=false: nothing was scored or written.")
     print(f"Results in {out}")
     return metrics
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     run_eval(cfg)
+
+
+def main() -> None:
+    """The ``unet-eval`` console script."""
+    sys.argv[:] = hold_eval_data_overrides(sys.argv)
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ A sweep (``unet-train -m ...``) leaves one folder per job, ``multirun/<date>/<ti
 with ``.hydra/overrides.yaml`` (what the job changed) and ``metrics.json`` (what it reached). This
 module reads them back and writes, into the sweep folder:
 
-- ``summary.csv``: one row per job: its overrides, best epoch, best monitored value and final metrics;
+- ``summary.csv``: one row per job: its overrides, best epoch, best monitored value and final metrics
+  (and, when a job was resumed with ``unet-train ckpt=...``, a ``resumed`` column with what each resume
+  changed, read from the job's ``resume_log.yaml``: the job keeps its original overrides and group);
 - ``summary_grouped.csv``: one row per setting of the non-seed overrides, mean and sample standard
   deviation (``ddof=1``, what ``numpy.std(ddof=1)`` gives) of every metric over the seeds;
 - ``summary.md``: both tables in Markdown (also printed on stdout by the CLI);
@@ -35,6 +37,7 @@ from unet_train.errors import DataError, UserError
 log = logging.getLogger(__name__)
 
 SEED_KEY = "seed"
+RESUMED = "resumed"
 # Bookkeeping values of metrics.json shown after the metrics proper, in this order.
 TRAILING = ("train/loss", "epochs", "steps", "time_s")
 
@@ -48,6 +51,14 @@ class Job:
     monitor: str
     val_every: int = 1
     metrics: dict[str, float] = field(default_factory=dict)
+    resumes: list[list[str]] = field(default_factory=list)  # the overrides of each resume, oldest first
+
+    @property
+    def resumed(self) -> str | None:
+        """What the resumes changed (``; `` between resumes), None if never resumed."""
+        if not self.resumes:
+            return None
+        return "; ".join(" ".join(overrides) or "(no overrides)" for overrides in self.resumes)
 
     @property
     def name(self) -> str:
@@ -83,13 +94,17 @@ def find_jobs(sweep_dir: str | Path) -> list[Job]:
     for overrides_file in root.rglob(".hydra/overrides.yaml"):
         path = overrides_file.parent.parent
         overrides = parse_overrides(OmegaConf.load(overrides_file))  # type: ignore[arg-type]
-        config_file = path / ".hydra" / "config.yaml"
-        config = OmegaConf.load(config_file) if config_file.is_file() else OmegaConf.create()
+        # The config the job last ran with: a resume may change the monitor; .hydra/ keeps the first.
+        config_file = next(
+            (f for f in (path / "resolved_config.yaml", path / ".hydra" / "config.yaml") if f.is_file()), None
+        )
+        config = OmegaConf.load(config_file) if config_file is not None else OmegaConf.create()
         job = Job(
             path=path,
             overrides=overrides,
             monitor=str(OmegaConf.select(config, "monitor", default="val/dice")),
             val_every=int(OmegaConf.select(config, "trainer.val_every", default=1) or 1),
+            resumes=read_resumes(path),
         )
         metrics_file = path / "metrics.json"
         if metrics_file.is_file():
@@ -106,6 +121,22 @@ def find_jobs(sweep_dir: str | Path) -> list[Job]:
             "(unet-train -m ...), such as multirun/<date>/<time>."
         )
     return sorted(jobs, key=lambda job: _job_number(job.path))
+
+
+def read_resumes(path: Path) -> list[list[str]]:
+    """The overrides of each resume of the job in ``path`` (its ``resume_log.yaml``; none without one)."""
+    log_file = path / "resume_log.yaml"
+    if not log_file.is_file():
+        return []
+    try:
+        entries = OmegaConf.to_container(OmegaConf.load(log_file))
+    except Exception as exc:  # a hand-edited or cut-short log must not hide the job's results
+        log.warning("Could not read %s (%s); the job is listed without its resumes", log_file, exc)
+        return []
+    if not isinstance(entries, list):
+        log.warning("%s is not a list of resumes; the job is listed without them", log_file)
+        return []
+    return [[str(o) for o in (entry or {}).get("overrides") or []] for entry in entries if isinstance(entry, dict)]
 
 
 def varying_keys(jobs: Sequence[Job]) -> list[str]:
@@ -139,13 +170,16 @@ def job_rows(jobs: Sequence[Job]) -> tuple[list[str], list[dict[str, Any]]]:
     for job in jobs:
         override_cols += [key for key in job.overrides if key not in override_cols]
     metrics = metric_keys(jobs)
+    resumed = [RESUMED] if any(job.resumes for job in jobs) else []
     rows = []
     for job in jobs:
         row: dict[str, Any] = {"job": job.name}
         row.update({key: job.overrides.get(key) for key in override_cols})
+        if resumed:
+            row[RESUMED] = job.resumed
         row.update({key: job.metrics.get(key) for key in metrics})
         rows.append(row)
-    return ["job", *override_cols, *metrics], rows
+    return ["job", *override_cols, *resumed, *metrics], rows
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -200,7 +234,8 @@ def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def jobs_markdown(jobs: Sequence[Job]) -> str:
     """The per-job table in Markdown; only the overrides that differ between jobs get a column."""
     _, rows = job_rows(jobs)
-    columns = ["job", *varying_keys(jobs), *metric_keys(jobs)]
+    resumed = [RESUMED] if any(job.resumes for job in jobs) else []
+    columns = ["job", *varying_keys(jobs), *resumed, *metric_keys(jobs)]
     return _markdown(columns, [[_fmt(row.get(col)) for col in columns] for row in rows])
 
 

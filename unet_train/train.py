@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from unet_train.cli import apply_overrides, exit_on_user_error, run_dir, user_overrides
+from unet_train.cli import apply_overrides, exit_on_user_error, hold_resume_overrides, resume_overrides, run_dir
 from unet_train.config import config_dir
 from unet_train.engine import distributed
 from unet_train.engine.checkpoint import load_checkpoint
@@ -27,25 +28,46 @@ from unet_train.engine.fit import fit
 log = logging.getLogger(__name__)
 
 
-def resume_config(cfg: DictConfig) -> DictConfig:
+RESUME_LOG = "resume_log.yaml"
+
+
+def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """On ``ckpt=...``, continue the checkpoint's own run: its config plus this command's overrides."""
     trust = cfg.get("trust_config", False)
     stored = OmegaConf.create(load_checkpoint(cfg.ckpt, trust=trust)["config"])
-    merged = apply_overrides(stored, user_overrides())
+    merged = apply_overrides(stored, overrides)
     merged.ckpt = cfg.ckpt
     merged.trust_config = trust  # this command's setting, never the one stored in the checkpoint
     return merged
 
 
+def log_resume(out: Path, ckpt: str, overrides: list[str]) -> None:
+    """Append one resume (when, from which checkpoint, with which overrides) to ``<run>/resume_log.yaml``.
+
+    The job's ``.hydra/`` keeps the overrides and config it was started with; this log is the
+    record of what each later ``unet-train ckpt=...`` changed (a YAML list, one entry per resume).
+    """
+    entry = {
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "ckpt": str(Path(ckpt).expanduser().resolve()),
+        "overrides": overrides,
+    }
+    with (out / RESUME_LOG).open("a") as handle:
+        handle.write(OmegaConf.to_yaml(OmegaConf.create([entry])))
+
+
 @exit_on_user_error
 def train(cfg: DictConfig) -> float | None:
     """Train one run; returns the best monitored value (what Hydra sweepers optimise)."""
+    overrides = resume_overrides() if cfg.get("ckpt") else []
     if cfg.get("ckpt"):
-        cfg = resume_config(cfg)
+        cfg = resume_config(cfg, overrides)
     dist = distributed.setup(cfg.trainer.strategy, cfg.trainer.device)
     try:
         out = Path(dist.broadcast_object(str(run_dir())))  # under DDP, rank 0's folder is the run's
         if dist.is_main:
+            if cfg.get("ckpt"):
+                log_resume(out, cfg.ckpt, overrides)
             (out / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         metrics = fit(cfg, out)
     finally:
@@ -61,6 +83,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """The ``unet-train`` console script; under torchrun, ranks other than 0 create no run folder."""
+    sys.argv[:] = hold_resume_overrides(sys.argv)
     sys.argv.extend(distributed.worker_hydra_overrides())
     hydra_main()
 

@@ -116,7 +116,7 @@ def test_fused_optimizer_skips_a_step_on_a_device_flag(optim):
     model = build_model(cfg.model)
     optimizer = build_optimizer(cfg, model, fused=True)
     assert optimizer.defaults["fused"] is True and optimizer._step_supports_amp_scaling
-    explicit = compose_config([*TINY, f"optim={optim}", "+optim.fused=false"])
+    explicit = compose_config([*TINY, f"optim={optim}", "optim.fused=false"])
     assert not build_optimizer(explicit, model, fused=True).defaults["fused"]  # the config's own choice wins
     assert not build_optimizer(cfg, model).defaults["fused"]
 

@@ -44,3 +44,20 @@ def test_empty_masks_have_defined_values():
     assert hd95(empty, empty) == 0.0
     assert hd95(empty, some) == pytest.approx(50.0) == pytest.approx(math.hypot(30, 40))
     assert hd95(some, empty) == pytest.approx(50.0)
+
+
+def test_a_full_mask_is_not_an_empty_one():
+    """A mask covering the image has no contour inside it; it must not score as 'both empty' (0.0)."""
+    empty = np.zeros((30, 40), dtype=bool)
+    full = ~empty
+    assert hd95(full, empty) == pytest.approx(50.0)  # exactly one mask empty: the image diagonal
+    assert hd95(empty, full) == pytest.approx(50.0)
+    assert hd95(full, full) == 0.0
+    # Full against all but the centre pixel of a 5x5 image: the full mask's contour is the image frame.
+    # Hole contour -> frame: 1 for each of its 4 pixels. Frame -> hole contour: 1 (4 edge middles),
+    # sqrt(2) (8 pixels next to the corners), sqrt(5) (4 corners); the 95th percentile of those 16
+    # (rank 0.95 * 15 = 14.25) lies between two sqrt(5).
+    holed = np.ones((5, 5), dtype=bool)
+    holed[2, 2] = False
+    assert hd95(np.ones((5, 5), dtype=bool), holed) == pytest.approx(math.sqrt(5))
+    assert hd95(holed, np.ones((5, 5), dtype=bool)) == pytest.approx(math.sqrt(5))

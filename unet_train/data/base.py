@@ -8,6 +8,8 @@ It loads and decodes its images once (``load_split``) and keeps them in memory; 
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from unet_train.data.sampling import EpochSampler, reseed_transform
 from unet_train.errors import ConfigError, DataError
 
+log = logging.getLogger(__name__)
+
 SPLITS = ("train", "val", "test", "all")
+# Splits that must not share images: validating or testing on training images scores too well.
+DISJOINT = ("train", "val", "test")
 
 
 @dataclass
@@ -159,8 +165,37 @@ class SegmentationData:
                     "settings (data.val_fraction, data.train_slices, data.val_slices)."
                 )
             self._check(split, name)
+            self._check_disjoint(split, name)
             self._cache[name] = split
         return self._cache[name]
+
+    def _check_disjoint(self, split: Split, name: str) -> None:
+        """Refuse train and val splits that share image names; warn about identical images across splits.
+
+        Datasets split by configuration (slices, folds, fractions) check their own settings with a
+        message naming them; this is the backstop for every dataset, run when a second split loads.
+        """
+        if name not in DISJOINT:
+            return
+        for other_name in DISJOINT:
+            other = self._cache.get(other_name)
+            if other is None or other_name == name:
+                continue
+            if {name, other_name} == {"train", "val"}:
+                shared = sorted(set(split.names) & set(other.names))
+                if shared:
+                    raise ConfigError(
+                        f"The train and val splits of {type(self).__name__} share {len(shared)} image(s) "
+                        f"({', '.join(shared[:10])}); change the split settings so that no image is in both."
+                    )
+            digests = {_digest(image): n for image, n in zip(split.images, split.names)}
+            same = [(digests[d], n) for image, n in zip(other.images, other.names) if (d := _digest(image)) in digests]
+            if same:
+                pairs = ", ".join(f"{a} = {b}" for a, b in same[:5]) + (", ..." if len(same) > 5 else "")
+                log.warning(
+                    "The %s and %s splits hold %d identical image(s) (%s): their scores are not independent.",
+                    name, other_name, len(same), pairs,
+                )  # fmt: skip
 
     def _check(self, split: Split, name: str) -> None:
         for i, image in enumerate(split.images):
@@ -210,8 +245,14 @@ class SegmentationData:
         seed: int = 0,
         worker_init_fn: Callable[[int], None] | None = None,
         sample_weight: Callable[[np.ndarray], np.ndarray] | None = None,
+        training: bool | None = None,
     ) -> DataLoader:
         """A DataLoader of ``split``: training shuffles, drops the last partial batch and samples crops.
+
+        ``training`` (default: ``split == "train"``) picks how the split is read: for training
+        (augmented, ``batch_size``, ``samples_per_epoch`` draws, last partial batch dropped) or for
+        scoring (each image once, whole, with ``val_transform`` and ``val_batch_size``), which is
+        how validation and ``unet-eval`` read any split, the training split included.
 
         ``samples_per_epoch`` draws that many random crops per epoch (with replacement over the
         images); useful when a dataset has only a handful of large images, like ISBI's 25.
@@ -219,8 +260,8 @@ class SegmentationData:
         :func:`unet_train.data.sampling.set_loader_epoch` before each epoch. ``sample_weight``
         adds a per-pixel ``weight`` map to each item (see :class:`SegmentationDataset`).
         """
-        train = split == "train"
-        dataset = self.dataset(split, sample_weight=sample_weight)
+        train = split == "train" if training is None else training
+        dataset = self.dataset(split, augment=train, sample_weight=sample_weight)
         shuffle = train if shuffle is None else shuffle
         if sampler is None and (shuffle or (train and self.samples_per_epoch)):
             num_samples = self.samples_per_epoch if train else None
@@ -257,4 +298,37 @@ def parse_indices(spec: Sequence[int] | str, total: int, what: str) -> list[int]
     bad = [i for i in indices if not 0 <= i < total]
     if bad:
         raise ConfigError(f"{what} has indices {bad} outside 0..{total - 1}.")
+    repeated = sorted({i for i in indices if indices.count(i) > 1})
+    if repeated:
+        raise ConfigError(f"{what}={spec} lists slice(s) {format_indices(repeated)} more than once; list each once.")
     return indices
+
+
+def format_indices(indices: Sequence[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2,5"`` (sorted, runs as ranges): the form ``parse_indices`` reads."""
+    parts: list[str] = []
+    ordered = sorted(set(indices))
+    start = 0
+    for i in range(1, len(ordered) + 1):
+        if i == len(ordered) or ordered[i] != ordered[i - 1] + 1:
+            run = ordered[start:i]
+            parts.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
+            start = i
+    return ",".join(parts)
+
+
+def check_disjoint(train: Sequence[int], val: Sequence[int], where: str) -> None:
+    """Refuse training and validation indices that share an element; ``where`` names the settings."""
+    shared = sorted(set(train) & set(val))
+    if shared:
+        raise ConfigError(
+            f"{where} share slice(s) {format_indices(shared)}: a model validated on its training slices scores "
+            "too well; make the two disjoint."
+        )
+
+
+def _digest(image: np.ndarray) -> bytes:
+    """A hash of an image's pixels, shape and dtype: equal images, equal digests."""
+    h = hashlib.blake2b(f"{image.shape}{image.dtype}".encode(), digest_size=16)
+    h.update(np.ascontiguousarray(image).tobytes())
+    return h.digest()

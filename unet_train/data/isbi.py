@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from unet_train.data.base import SegmentationData, Split, parse_indices
+from unet_train.data.base import SegmentationData, Split, check_disjoint, parse_indices
 from unet_train.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 FILES = ("train-volume.tif", "train-labels.tif", "test-volume.tif")
+TRAIN_SLICES, VAL_SLICES = "0-24", "25-29"  # the default split
 
 # SHA-256 of the decoded pixels (C-order uint8, 30x512x512): independent of the TIFF encoding.
 PIXEL_SHA256 = {
@@ -102,8 +103,8 @@ class ISBI2012(SegmentationData):
         root: str,
         download: bool = False,
         foreground: str = "membrane",
-        train_slices: Sequence[int] | str = "0-24",
-        val_slices: Sequence[int] | str = "25-29",
+        train_slices: Sequence[int] | str = TRAIN_SLICES,
+        val_slices: Sequence[int] | str = VAL_SLICES,
         fold: int | None = None,
         num_folds: int = 5,
         urls: Sequence[str] = DEFAULT_URLS,
@@ -114,6 +115,12 @@ class ISBI2012(SegmentationData):
             raise ConfigError(f"data.foreground={foreground!r} must be 'membrane' or 'cell'.")
         if self.num_classes != 2 or self.in_channels != 1:
             raise ConfigError("ISBI 2012 is binary and grey: use data.num_classes=2 and data.in_channels=1.")
+        if fold is not None and (str(train_slices), str(val_slices)) != (TRAIN_SLICES, VAL_SLICES):
+            raise ConfigError(
+                f"data.fold={fold} chooses the slices itself, so data.train_slices={train_slices} and "
+                f"data.val_slices={val_slices} would be ignored; set data.fold=null or leave the slices at "
+                f"their defaults ({TRAIN_SLICES}, {VAL_SLICES})."
+            )
         self.root = Path(root).expanduser()
         self.download = download
         self.foreground = foreground
@@ -141,16 +148,22 @@ class ISBI2012(SegmentationData):
         return np.asarray(stack, dtype=np.uint8)
 
     def _indices(self, total: int) -> tuple[list[int], list[int]]:
+        """Training and validation slice indices; refused when they share a slice."""
         if self.fold is None:
-            return (
-                parse_indices(self.train_slices, total, "data.train_slices"),
-                parse_indices(self.val_slices, total, "data.val_slices"),
-            )
-        if not 0 <= self.fold < self.num_folds:
-            raise ConfigError(f"data.fold={self.fold} must be in 0..{self.num_folds - 1} (data.num_folds).")
-        blocks = np.array_split(np.arange(total), self.num_folds)
-        val = [int(i) for i in blocks[self.fold]]
-        return [i for i in range(total) if i not in val], val
+            train = parse_indices(self.train_slices, total, "data.train_slices")
+            val = parse_indices(self.val_slices, total, "data.val_slices")
+            where = f"data.train_slices={self.train_slices} and data.val_slices={self.val_slices}"
+        else:
+            if not 2 <= self.num_folds <= total:
+                raise ConfigError(f"data.num_folds={self.num_folds} must be in 2..{total} (the annotated slices).")
+            if not 0 <= self.fold < self.num_folds:
+                raise ConfigError(f"data.fold={self.fold} must be in 0..{self.num_folds - 1} (data.num_folds).")
+            blocks = np.array_split(np.arange(total), self.num_folds)
+            val = [int(i) for i in blocks[self.fold]]
+            train = [i for i in range(total) if i not in val]
+            where = f"data.fold={self.fold} of data.num_folds={self.num_folds}"
+        check_disjoint(train, val, where)
+        return train, val
 
     def load_split(self, split: str) -> Split:
         if split == "test":

@@ -14,19 +14,34 @@ def contour(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndi.binary_erosion(mask, structure=FOUR_CONNECTED, border_value=1)
 
 
+def frame(shape: tuple[int, ...]) -> np.ndarray:
+    """The one-pixel ring along the image edge."""
+    ring = np.ones(shape, dtype=bool)
+    ring[1:-1, 1:-1] = False
+    return ring
+
+
 def hd95(pred: np.ndarray, truth: np.ndarray) -> float:
     """95th-percentile symmetric Hausdorff distance between the contours of two boolean masks ``(H, W)``.
 
     Each contour pixel's Euclidean distance to the other mask's contour is taken from a distance
     transform; the figure is the larger of the two directed 95th percentiles (MONAI's convention).
     Both masks empty gives 0.0; exactly one empty gives the image diagonal, the largest distance
-    possible in the image, so the value stays finite and ranks such a failure worst.
+    possible in the image, so the value stays finite and ranks such a failure worst. A mask that
+    covers the whole image has no contour inside it: both full gives 0.0, and a full mask against
+    a partial one takes the image frame as its contour (as MONAI, which counts the edge as outside).
     """
-    a, b = contour(pred), contour(truth)
-    if not a.any() and not b.any():
+    pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+    # Emptiness is a property of the masks, not of their contours: a full mask has no contour either.
+    if not pred.any() and not truth.any():
         return 0.0
-    if not a.any() or not b.any():
-        return float(np.hypot(*a.shape))
+    if not pred.any() or not truth.any():
+        return float(np.hypot(*pred.shape))
+    a, b = contour(pred), contour(truth)
+    if not a.any() and not b.any():  # both full
+        return 0.0
+    a = a if a.any() else frame(pred.shape)
+    b = b if b.any() else frame(truth.shape)
     # distance_transform_edt measures the distance to the nearest zero: zeros on the other contour.
     to_b = ndi.distance_transform_edt(~b)[a]
     to_a = ndi.distance_transform_edt(~a)[b]
