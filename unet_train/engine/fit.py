@@ -31,6 +31,7 @@ from unet_train.engine.checkpoint import (
     unwrap,
     weights_finite,
 )
+from unet_train.engine.eta import RunClock
 from unet_train.engine.evaluate import evaluate
 from unet_train.engine.preflight import check_numbers
 from unet_train.engine.runtime import make_runtime, rng_state, seed_everything, set_rng_state, to_channels_last
@@ -208,6 +209,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     nonfinite_window = torch.zeros((), dtype=torch.int64, device=runtime.device)
     progress = show_progress(tcfg.progress) and dist.is_main
     start = time.monotonic()
+    clock = RunClock(cfg, runtime.device.type == "cpu", start, state.epoch)  # the estimated time to the end
     last_metrics: dict[str, float] = {}
     train_loss = float("nan")
     stop_reason = "max_epochs"
@@ -292,6 +294,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                 scaler.update()
                 scheduler.step()
                 state.step += 1
+                clock.step_done()
                 if sync_free:
                     loss_sum += torch.where(bad, 0.0, loss.detach())
                     loss_count += ~bad
@@ -362,6 +365,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                 )
             writer.flush()  # events up to this step are on disk before the checkpoint that resumes after them
             saved = save("last.pt")
+            clock.epoch_done(state.epoch, epochs)
 
             patience = tcfg.early_stopping_patience
             if out_of_time:
