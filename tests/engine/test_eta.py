@@ -89,9 +89,9 @@ def test_clock_logs_once_and_suggests_shorter_runs_on_a_long_cpu_run(caplog, mon
         clock.epoch_done(2, bar, now=2000.0)
     assert [r.getMessage() for r in caplog.records] == [
         "Estimated time to the end of the run: 6 h 48 min (49 more epochs at 8 min 20 s each)",
-        "A CPU run of 6 h 57 min; to shorten it: experiment=isbi_cpu data.root=... (the 10-minute CPU recipe); "
-        "trainer.max_time=1800 (stop after 30 min, best checkpoint kept); trainer=cpu_bf16 (this CPU has native "
-        "bf16); model.base_channels=32 (now 64; about 4x fewer operations)",
+        "This CPU run takes about 6 h 57 min in all; to shorten it: experiment=isbi_cpu data.root=... (the "
+        "10-minute CPU recipe); trainer.max_time=1800 (stop after 30 min, best checkpoint kept); "
+        "trainer=cpu_bf16 (this CPU has native bf16); model.base_channels=32 (now 64; about 4x fewer operations)",
     ]
     assert bar.descriptions == ["epochs (6 h 48 min left)", "epochs (6 h 40 min left)"]
 
@@ -106,7 +106,8 @@ def test_clock_suggests_only_what_applies(caplog, monkeypatch):
     assert messages == [
         "Estimated time to the end of the run: 1 h 50 min, stopped by trainer.max_time=7200 s before the 49 "
         "epochs left (at 10 min 00 s each) are done",
-        "A CPU run of 2 h 00 min; to shorten it: trainer.max_time=1800 (stop after 30 min, best checkpoint kept)",
+        "This CPU run takes about 2 h 00 min in all; to shorten it: trainer.max_time=1800 (stop after 30 min, best "
+        "checkpoint kept)",
         "Estimated time to the end of the run: 8 h 10 min (49 more epochs at 10 min 00 s each)",
         "Estimated time to the end of the run: 49 min 00 s (49 more epochs at 1 min 00 s each)",
     ]

@@ -132,5 +132,9 @@ class RunClock:
             log.info("%s", est.describe(t.max_time))
             if self.on_cpu and est.total_s > LONG_RUN_S:
                 hints = shorter_run_hints(self.cfg, cpu_has_fast_bf16())
-                log.info("A CPU run of %s; to shorten it: %s", format_duration(est.total_s), "; ".join(hints))
+                log.info(
+                    "This CPU run takes about %s in all; to shorten it: %s",
+                    format_duration(est.total_s),
+                    "; ".join(hints),
+                )
         return est
