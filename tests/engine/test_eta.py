@@ -113,6 +113,20 @@ def test_clock_suggests_only_what_applies(caplog, monkeypatch):
     ]
 
 
+def parse_duration(text: str) -> float:
+    """The inverse of format_duration (to its precision)."""
+    if match := re.fullmatch(r"(\d+) h (\d+) min", text):
+        return int(match[1]) * 3600 + int(match[2]) * 60
+    if match := re.fullmatch(r"(\d+) min (\d+) s", text):
+        return int(match[1]) * 60 + int(match[2])
+    return float(text.removesuffix(" s"))
+
+
+@pytest.mark.parametrize("seconds", [4.2, 75, 7500])
+def test_parse_duration_inverts_format_duration(seconds):
+    assert parse_duration(format_duration(seconds)) == seconds
+
+
 def log_time(line: str) -> float:
     return datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
@@ -133,9 +147,9 @@ def test_train_log_states_the_remaining_time_within_a_factor_of_two(tmp_path):
     at = next(i for i, line in enumerate(lines) if "Estimated time to the end of the run" in line)
     assert "] - epoch 1 " in lines[at - 1]  # right after the first epoch's line
     assert sum("Estimated time" in line for line in lines) == 1
-    match = re.search(r"run: (\d+\.\d) s \(5 more epochs at (\d+\.\d) s each\)", lines[at])
+    match = re.search(r"run: (.+) \(5 more epochs at (.+) each\)$", lines[at])
     assert match, lines[at]
-    estimated = float(match.group(1))
+    estimated = parse_duration(match[1])
     end = next(line for line in lines if "Stopped by max_epochs after 6 epochs" in line)
     real = log_time(end) - log_time(lines[at])
     assert real / 2 <= estimated <= real * 2, (estimated, real)

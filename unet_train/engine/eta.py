@@ -33,7 +33,7 @@ class Estimate:
 
     remaining_s: float
     total_s: float  # elapsed + remaining
-    epoch_s: float  # mean wall time of an epoch so far (validation and checkpoints included)
+    epoch_s: float  # the wall time taken for each epoch left (validation and checkpoints included)
     epochs_left: int
     by_max_time: bool  # trainer.max_time ends the run before trainer.max_epochs
 
