@@ -68,6 +68,7 @@ def test_usage_names_the_command_under_python_m_and_the_newest_checkpoint(tmp_pa
 def test_missing_keys_reads_the_unresolved_tree():
     cfg = OmegaConf.create({"input": "???", "out": "${hydra:runtime.output_dir}", "data": {"root": "???", "n": 1}})
     assert missing_keys(cfg) == ["input", "data.root"]
+    assert missing_keys(OmegaConf.create({"ckpt": "a.pt", "hydra": {"job": {"id": "???"}}})) == []
 
 
 def test_a_mandatory_value_read_at_run_time_gets_the_same_usage(monkeypatch, capsys):

@@ -74,7 +74,10 @@ def missing_keys(cfg: DictConfig) -> list[str]:
         return found
 
     order = list(MANDATORY)
-    found = walk(OmegaConf.to_container(cfg, resolve=False), "")
+    tree = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(tree, dict)
+    tree.pop("hydra", None)  # a config composed with return_hydra_config: Hydra's own fields are not the user's
+    found = walk(tree, "")
     return sorted(found, key=lambda key: (order.index(key) if key in order else len(order), key))
 
 
