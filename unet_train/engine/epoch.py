@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from unet_train.engine import distributed
 from unet_train.engine.checkpointer import Checkpointer
+from unet_train.engine.eta import RunClock
 from unet_train.engine.guard import NonFiniteGuard
 from unet_train.engine.step import TrainStep
 from unet_train.engine.stopping import StopRules
@@ -58,6 +59,7 @@ def train_epoch(
     checkpoints: Checkpointer,
     writer: Any,
     progress: bool,
+    clock: RunClock | None = None,
 ) -> EpochResult:
     """Train ``run`` (a :class:`~unet_train.engine.run.Run`) for epoch ``epoch`` (0-based), or what is left of it.
 
@@ -80,6 +82,8 @@ def train_epoch(
         if taken is None:  # skipped by the guard (host-side): not a step
             continue
         state.step += 1
+        if clock is not None:
+            clock.step_done()
         window.add(*guard.kept(taken))
         if state.step % log_every == 0:
             guard.at_log_point(window.steps)

@@ -22,6 +22,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from unet_train.engine.checkpointer import Checkpointer
 from unet_train.engine.epoch import train_epoch
+from unet_train.engine.eta import RunClock
 from unet_train.engine.guard import NonFiniteGuard
 from unet_train.engine.preflight import check_numbers
 from unet_train.engine.run import Run, TrainState, build_run
@@ -59,18 +60,20 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     try:
         with logging_redirect_tqdm(), GracefulStop() as signals:
             stop = StopRules(tcfg, signals, run.dist)
+            clock = RunClock(cfg, run.runtime.device.type == "cpu", stop.start, state.epoch)  # time to the end
             epochs = tqdm(
                 range(state.epoch, tcfg.max_epochs), desc="epochs", disable=not progress, initial=state.epoch,
                 total=tcfg.max_epochs, dynamic_ncols=True,
             )  # fmt: skip
             for epoch in epochs:
-                result = train_epoch(run, epoch, step, guard, stop, checkpoints, writer, progress)
+                result = train_epoch(run, epoch, step, guard, stop, checkpoints, writer, progress, clock)
                 train_loss = train_loss if result.loss is None else result.loss
                 last_epoch = result.out_of_time or state.epoch == tcfg.max_epochs
                 if state.epoch % tcfg.val_every == 0 or last_epoch:
                     last_metrics = validate_epoch(run, writer, checkpoints, epochs, train_loss, result.images_per_s)
                 writer.flush()  # events up to this step are on disk before the checkpoint that resumes after them
                 saved = checkpoints.save("last.pt")
+                clock.epoch_done(state.epoch, epochs)
                 reason = stop.after_epoch(state, result.out_of_time)
                 if reason is not None:
                     stop_reason = reason

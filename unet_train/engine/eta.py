@@ -1,0 +1,140 @@
+"""How long a run will take: an estimate after the first epoch, and on a CPU, ways to make a long run shorter."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig
+
+from unet_train.engine.runtime import cpu_has_fast_bf16
+
+log = logging.getLogger(__name__)
+
+LONG_RUN_S = 3600.0  # a CPU run estimated past this gets one line of ways to shorten it
+
+
+def format_duration(seconds: float) -> str:
+    """``"2 h 05 min"``, ``"7 min 30 s"``, ``"4.2 s"``: coarse enough to read, fine enough to compare."""
+    if round(seconds, 1) < 60:
+        return f"{seconds:.1f} s"
+    if round(seconds) < 3600:
+        minutes, rest = divmod(round(seconds), 60)
+        return f"{minutes} min {rest:02d} s"
+    hours, rest = divmod(round(seconds / 60), 60)
+    return f"{hours} h {rest:02d} min"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The time left to the end of a run, and what ends it."""
+
+    remaining_s: float
+    total_s: float  # elapsed + remaining
+    epoch_s: float  # the wall time taken for each epoch left (validation and checkpoints included)
+    epochs_left: int
+    by_max_time: bool  # trainer.max_time ends the run before trainer.max_epochs
+
+    def describe(self, max_time: float | None) -> str:
+        each = f"at {format_duration(self.epoch_s)} each"
+        if self.by_max_time:
+            return (
+                f"Estimated time to the end of the run: {format_duration(self.remaining_s)}, stopped by "
+                f"trainer.max_time={max_time:g} s before the {self.epochs_left} epochs left ({each}) are done"
+            )
+        left = format_duration(self.remaining_s)
+        return f"Estimated time to the end of the run: {left} ({self.epochs_left} more epochs {each})"
+
+
+def estimate(
+    epochs_done: int, first_epoch: int, max_epochs: int, elapsed_s: float, max_time: float | None, epoch_s: float
+) -> Estimate | None:
+    """The time to the end of the run if each epoch left takes ``epoch_s``; None when nothing is left.
+
+    ``elapsed_s`` counts from the clock that ``trainer.max_time`` uses.
+    """
+    epochs_left = max_epochs - epochs_done
+    if epochs_done <= first_epoch or epochs_left < 1:
+        return None
+    remaining = epochs_left * epoch_s
+    by_max_time = max_time is not None and max_time - elapsed_s < remaining
+    if by_max_time:
+        assert max_time is not None
+        remaining = max(max_time - elapsed_s, 0.0)
+    if remaining <= 0:
+        return None
+    return Estimate(remaining, elapsed_s + remaining, epoch_s, epochs_left, by_max_time)
+
+
+def steady_epoch_s(epoch_start: float, step_ends: list[float], epoch_end: float) -> float:
+    """One epoch's wall time without the one-off costs of its first step (kernel set-up, first batch).
+
+    The first step of a process often takes many times the others; the epoch is re-timed as its later
+    steps' mean pace for every step, plus what followed the last step (validation, checkpoints).
+    """
+    if len(step_ends) < 2:
+        return epoch_end - epoch_start
+    pace = (step_ends[-1] - step_ends[0]) / (len(step_ends) - 1)
+    return pace * len(step_ends) + (epoch_end - step_ends[-1])
+
+
+def shorter_run_hints(cfg: DictConfig, fast_bf16: bool) -> list[str]:
+    """Overrides that shorten a CPU run of ``cfg``, each with what it does."""
+    hints = []
+    if "ISBI2012" in str(cfg.data.get("_target_", "")) and cfg.trainer.max_time is None:
+        hints.append("experiment=isbi_cpu data.root=... (the 10-minute CPU recipe)")
+    hints.append("trainer.max_time=1800 (stop after 30 min, best checkpoint kept)")
+    if fast_bf16 and str(cfg.trainer.precision) != "bf16":
+        hints.append("trainer=cpu_bf16 (this CPU has native bf16)")
+    width = cfg.model.get("base_channels")
+    if isinstance(width, int) and width > 16:
+        hints.append(f"model.base_channels={width // 2} (now {width}; about 4x fewer operations)")
+    return hints
+
+
+class RunClock:
+    """Logs the estimated time to the end of the run after this process's first epoch, shows it on the epoch bar.
+
+    On a CPU, a run estimated past an hour also gets one line of :func:`shorter_run_hints`.
+    """
+
+    def __init__(self, cfg: DictConfig, on_cpu: bool, start: float, first_epoch: int) -> None:
+        self.cfg, self.on_cpu, self.start, self.first_epoch = cfg, on_cpu, start, first_epoch
+        self.epoch_start = start  # after the first epoch: where the later epochs' mean starts
+        self.timing_steps = True  # during the first epoch: its optimizer steps' end times
+        self.step_ends: list[float] = []
+
+    def step_done(self, now: float | None = None) -> None:
+        """Call after each optimizer step (only the first epoch's steps are timed)."""
+        if self.timing_steps:
+            self.step_ends.append(time.monotonic() if now is None else now)
+
+    def epoch_done(self, epochs_done: int, bar: Any = None, now: float | None = None) -> Estimate | None:
+        """Call after each epoch (with its validation and checkpoints); logs after this process's first one."""
+        t = self.cfg.trainer
+        now = time.monotonic() if now is None else now
+        elapsed = now - self.start
+        first = epochs_done == self.first_epoch + 1
+        if first:
+            epoch_s = steady_epoch_s(self.start, self.step_ends, now)
+        else:  # the mean of the later epochs: the first one's set-up costs are not repeated
+            epoch_s = (now - self.epoch_start) / max(epochs_done - self.first_epoch - 1, 1)
+        if first:
+            self.epoch_start, self.step_ends, self.timing_steps = now, [], False
+        est = estimate(epochs_done, self.first_epoch, t.max_epochs, elapsed, t.max_time, epoch_s)
+        if est is None:
+            return None
+        if bar is not None:
+            bar.set_description(f"epochs ({format_duration(est.remaining_s)} left)", refresh=False)
+        if first:
+            log.info("%s", est.describe(t.max_time))
+            if self.on_cpu and est.total_s > LONG_RUN_S:
+                hints = shorter_run_hints(self.cfg, cpu_has_fast_bf16())
+                log.info(
+                    "This CPU run takes about %s in all; to shorten it: %s",
+                    format_duration(est.total_s),
+                    "; ".join(hints),
+                )
+        return est
