@@ -47,6 +47,8 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     run_dir, tcfg = Path(run_dir), cfg.trainer
     run = build_run(cfg)  # resumed from cfg.ckpt when given
     state = run.state
+    if state.epoch >= tcfg.max_epochs:
+        return already_complete(run, run_dir)
     checkpoints = Checkpointer(run_dir / "checkpoints", run)
     # Events after the checkpoint's step come from the lost part of a killed run: drop them.
     writer = run.dist.summary_writer(run_dir / "tensorboard", purge_step=state.step + 1 if state.step else None)
@@ -112,6 +114,30 @@ def finish_run(
     return metrics
 
 
+def already_complete(run: Run, run_dir: Path) -> dict[str, float]:
+    """A resume of a run that has done its ``trainer.max_epochs``: nothing trains, nothing is overwritten.
+
+    Returns the run's ``metrics.json`` (from ``run_dir`` or the checkpoint's run folder; copied into
+    ``run_dir`` when only the latter has it), or, without one, the best value the checkpoint holds.
+    """
+    cfg, state = run.cfg, run.state
+    log.info(
+        "Nothing to train: %s has done %d epochs and trainer.max_epochs=%d (raise it to train on); "
+        "the run's files are kept as they are",
+        cfg.ckpt, state.epoch, cfg.trainer.max_epochs,
+    )  # fmt: skip
+    target = run_dir / "metrics.json"
+    origin = Path(cfg.ckpt).expanduser().resolve().parent.parent / "metrics.json"
+    for source in (target, origin):
+        if source.is_file():
+            metrics = json.loads(source.read_text())
+            if source != target and run.dist.is_main:
+                target.write_text(source.read_text())
+            return metrics
+    best = state.best if state.best is not None else math.nan
+    return {f"best/{cfg.monitor}": best, "best_epoch": state.best_epoch, "epochs": state.epoch, "steps": state.step}
+
+
 def log_start(run: Run) -> None:
     log.info(
         "Training %s on %s (%d train / %d val images), %d steps per epoch, device %s, precision %s",
@@ -141,6 +167,12 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.max_time={t.max_time} must be a positive number of seconds (or null).")
     if t.val_every < 1:
         raise ConfigError(f"trainer.val_every={t.val_every} must be at least 1.")
+    patience = t.get("early_stopping_patience")
+    if patience is not None and patience < 1:
+        raise ConfigError(
+            f"trainer.early_stopping_patience={patience} must be at least 1 (validations without improvement "
+            "before stopping), or null to never stop early."
+        )
     if t.log_every < 1:
         raise ConfigError(f"trainer.log_every={t.log_every} must be at least 1.")
     batch_size = cfg.data.get("batch_size", 1)

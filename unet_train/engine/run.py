@@ -16,8 +16,9 @@ from unet_train.engine import distributed
 from unet_train.engine.checkpoint import load_checkpoint, load_model_state, load_optimizer_state
 from unet_train.engine.resume import restore_rng, resume_plan
 from unet_train.engine.runtime import Runtime, make_runtime, seed_everything, to_channels_last
+from unet_train.engine.schedulers import continue_schedule
 from unet_train.engine.signals import ignore_stop_signals
-from unet_train.engine.validation import monitor_mode
+from unet_train.engine.validation import check_monitor, monitor_mode
 from unet_train.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class TrainState:
     best_epoch: int = 0
     stale_validations: int = 0  # validations since the monitored value last improved
     batch: int = 0  # batches of epoch ``epoch + 1`` already trained on (> 0 only after a stop signal)
+    planned_steps: int = 0  # the steps the learning-rate schedule was planned over (0: not recorded)
 
 
 @dataclass
@@ -93,6 +95,7 @@ def build_run(cfg: DictConfig) -> Run:
     mode = monitor_mode(cfg.monitor, cfg.get("monitor_mode", "auto"))
 
     data = build_data(cfg.data)
+    check_monitor(cfg.monitor, data.num_classes)
     pin = runtime.device.type == "cuda"
     train_sampler = dist.train_sampler(len(data.dataset("train")), data.samples_per_epoch, cfg.seed)
     val_sampler = dist.eval_sampler(len(data.dataset("val")))
@@ -115,7 +118,8 @@ def build_run(cfg: DictConfig) -> Run:
     if len(train_loader) == 0:
         share = f" per process (the split is shared by {dist.world_size})" if dist.world_size > 1 else ""
         raise ConfigError(f"The training split has fewer images{share} than data.batch_size={cfg.data.batch_size}.")
-    scheduler = build_scheduler(cfg, optimizer, total_steps=len(train_loader) * tcfg.max_epochs)
+    planned_steps = len(train_loader) * tcfg.max_epochs
+    scheduler = build_scheduler(cfg, optimizer, total_steps=planned_steps)
     run = Run(
         cfg=cfg,
         dist=dist,
@@ -129,7 +133,7 @@ def build_run(cfg: DictConfig) -> Run:
         optimizer=optimizer,
         scheduler=scheduler,
         scaler=runtime.grad_scaler(),
-        state=TrainState(),
+        state=TrainState(planned_steps=planned_steps),
         mode=mode,
         resolved_config=OmegaConf.to_container(cfg, resolve=True),
         schedule_steps_per_epoch=len(train_loader),
@@ -175,5 +179,37 @@ def resume(run: Run, path: str) -> None:
     run.scheduler.load_state_dict(checkpoint["scheduler"])
     run.scaler.load_state_dict(checkpoint["scaler"])
     restore_rng(checkpoint, run.dist, cfg.seed, state.step)  # each rank its own saved state
+    replan_schedule(run, checkpoint)
+    previous = checkpoint.get("monitor")
+    if previous != cfg.monitor:
+        log.info(
+            "monitor=%s differs from the checkpoint's monitor=%s: the best value starts afresh "
+            "(best.pt is replaced at the next validation)",
+            cfg.monitor, previous,
+        )  # fmt: skip
+        state.best, state.best_epoch, state.stale_validations = None, 0, 0
     within = f", batch {state.batch} of the next epoch" if state.batch else ""
     log.info("Resumed from %s after epoch %d (step %d%s)", path, state.epoch, state.step, within)
+
+
+def replan_schedule(run: Run, checkpoint: dict[str, Any]) -> None:
+    """A resume with another ``trainer.max_epochs``: stretch the rest of the schedule, so the rate never jumps.
+
+    The plan is counted in the schedule's own steps per epoch (``run.schedule_steps_per_epoch``), which
+    a resume on another number of processes keeps, so only a change of ``max_epochs`` re-plans.
+    """
+    state, per_epoch = run.state, run.schedule_steps_per_epoch
+    planned_now = per_epoch * run.cfg.trainer.max_epochs
+    # Checkpoints from before planned_steps was recorded: the plan their own max_epochs implied.
+    planned_before = state.planned_steps or per_epoch * checkpoint["config"]["trainer"]["max_epochs"]
+    if planned_before != planned_now:
+        # The old plan's factors, built on a stand-in optimizer (building a schedule sets its learning rates).
+        groups = [{"params": [torch.zeros(1, requires_grad=True)]} for _ in run.optimizer.param_groups]
+        old_plan = build_scheduler(run.cfg, torch.optim.SGD(groups, lr=1.0), total_steps=planned_before)
+        continue_schedule(run.scheduler, old_plan.lr_lambdas, state.step, planned_before, planned_now)
+        log.info(
+            "The learning-rate schedule was planned over %d steps, now %d: its remaining part is stretched "
+            "over the remaining steps from step %d (no jump in the learning rate)",
+            planned_before, planned_now, state.step,
+        )  # fmt: skip
+    state.planned_steps = planned_now

@@ -7,6 +7,7 @@ optimizer and the planned number of steps.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -41,3 +42,22 @@ def poly(optimizer: Optimizer, total_steps: int, power: float = 0.9, warmup_step
 def constant(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0) -> LambdaLR:
     """A constant learning rate (after an optional warm-up)."""
     return LambdaLR(optimizer, lambda step: _warmup(step, warmup_steps))
+
+
+def continue_schedule(scheduler: Any, old_factors: list, done: int, planned_before: int, planned_now: int) -> None:
+    """Re-plan a resumed schedule from ``planned_before`` to ``planned_now`` steps without a jump.
+
+    ``old_factors`` are the ``lr_lambdas`` of the schedule as planned before. The part of the old
+    plan still ahead (steps ``done`` to ``planned_before``) is stretched or squeezed over the steps
+    now ahead (``done`` to ``planned_now``): the learning rate goes on from its value at ``done`` and
+    reaches the old plan's end value at ``planned_now``. A run resumed after its plan had ended keeps
+    the end value. Schedules that are not step-indexed factors are left alone.
+    """
+    if planned_before == planned_now or not isinstance(scheduler, LambdaLR):
+        return
+    scale = max(0, planned_before - done) / max(1, planned_now - done)
+
+    def stretched(factor: Any) -> Any:
+        return lambda step: factor(done + (step - done) * scale if step >= done else step)
+
+    scheduler.lr_lambdas = [stretched(factor) for factor in old_factors]

@@ -12,6 +12,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from unet_train.engine import distributed
 from unet_train.engine.evaluate import evaluate
+from unet_train.engine.report import EvalReport
 from unet_train.engine.tensorboard import panel
 from unet_train.errors import ConfigError
 
@@ -19,6 +20,26 @@ log = logging.getLogger(__name__)
 
 # V-Rand and V-Info are F-scores (1.0 = perfect, see metrics/isbi.py), so they are maximised.
 MINIMIZED = ("loss", "error", "hd95")
+# What unet-eval's EvalReport adds (binary tasks): a threshold sweep per image and distance transforms,
+# seconds per image on a CPU, so validation computes them only when one of them is monitored.
+CHALLENGE_KEYS = ("vrand", "vrand_threshold", "vinfo", "vinfo_threshold", "hd95")
+
+
+def validation_keys(num_classes: int) -> list[str]:
+    """The ``val/*`` keys a validation can report for a task of ``num_classes`` classes."""
+    keys = ["loss", "dice", "iou", "pixel_error"]
+    if num_classes > 2:
+        keys += [f"{name}_{k}" for k in range(1, num_classes) for name in ("dice", "iou")]
+    else:
+        keys += list(CHALLENGE_KEYS)
+    return [f"val/{key}" for key in keys]
+
+
+def check_monitor(monitor: str, num_classes: int) -> None:
+    """Refuse, before any training, a ``monitor`` that validation cannot report."""
+    keys = validation_keys(num_classes)
+    if monitor not in keys:
+        raise ConfigError(f"monitor={monitor!r} is not a validation metric; choose one of {', '.join(keys)}.")
 
 
 def monitor_mode(monitor: str, mode: str = "auto") -> str:
@@ -62,14 +83,21 @@ def validate(
     """Score the validation split; log ``val/*`` scalars and image panels at the current step."""
     panels: list[torch.Tensor] = []
     wanted = cfg.trainer.num_image_panels
+    extras = None
+    if cfg.monitor.removeprefix("val/") in CHALLENGE_KEYS:
+        extras = EvalReport(num_classes, boundary_positive=cfg.data.get("foreground", "membrane") != "cell")
 
     def collect(batch: dict[str, Any], logits: torch.Tensor) -> None:
         for i in range(len(batch["name"])):
             if len(panels) < wanted:
                 mask = batch["mask"][i] if "mask" in batch else None
                 panels.append(panel(batch["image"][i], mask, logits[i]))
+        if extras is not None:
+            extras.on_batch(batch, logits)
 
     result = evaluate(model, loader, runtime, num_classes, loss_fn=criterion, on_batch=collect)
+    if extras is not None:
+        extras.finish(result)  # adds per-image rows too, so DDP's gather averages them like the others
     merged = dist.gather_eval(result) if dist is not None else result.metrics  # over all ranks' shards
     metrics = {f"val/{k}": v for k, v in merged.items()}
     for key, value in metrics.items():
@@ -92,7 +120,8 @@ def validate_epoch(
                        state, run.dist)  # fmt: skip
     if run.dist.agree(track_best(state, cfg.monitor, metrics, run.mode)):  # saving best.pt is a collective
         checkpoints.save("best.pt")
-    epochs_bar.set_postfix({cfg.monitor: f"{metrics[cfg.monitor]:.4f}", "best": f"{state.best:.4f}"})
+    best = math.nan if state.best is None else state.best  # None while every value so far was NaN
+    epochs_bar.set_postfix({cfg.monitor: f"{metrics[cfg.monitor]:.4f}", "best": f"{best:.4f}"})
     log.info(
         "epoch %d  train/loss %.4f  %s  (%.1f images/s)",
         state.epoch,
