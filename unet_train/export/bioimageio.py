@@ -27,8 +27,9 @@ from unet_train.export.readme import package_readme
 
 log = logging.getLogger(__name__)
 
-# Written as 0.5.9 with plain-string documentation and covers: bioimageio.spec 0.5.9 (ilastik's pin)
-# reads that as it is, and newer readers (0.5.12 in bioimageio.core 0.11) convert it on loading.
+# The description is built as 0.5.9 (plain-string documentation and covers, as bioimageio.spec 0.5.9,
+# ilastik's pin, reads them); bioimageio.spec converts it on loading and the saved rdf.yaml has the
+# format version of the installed spec (0.5.12 with bioimageio.core 0.11).
 FORMAT_VERSION = "0.5.9"
 UNET_CITATION = {
     "text": "Ronneberger, Fischer and Brox. U-Net: Convolutional Networks for Biomedical Image Segmentation. MICCAI 2015.",
@@ -171,7 +172,8 @@ def build_package(
                     {"type": "space", "id": "x", "size": size},
                 ],
                 "test_tensor": {"source": "test_input.npy"},
-                "data": {"type": str(raw.dtype)},
+                # bioimage.io's `data` is the tensor after preprocessing, the model's float32 input.
+                "data": {"type": "float32"},
                 "preprocessing": preprocessing_ops(normalize, str(raw.dtype), channels),
             }
         ],
