@@ -33,8 +33,10 @@ def export(ckpt: Path, out: Path, *overrides: str) -> dict:
 def test_multiclass_package_validates_and_passes_the_model_test_for_every_weight_format(tmp_path):
     from bioimageio.spec import InvalidDescr, load_description
 
-    overrides = ["model=dense", "model.dense_layers=2", "model.dense_growth=4", "model.deep_supervision=true",
-                 "model.supervision_levels=1", "model.base_channels=4", "model.depth=2", "data.num_classes=3"]  # fmt: skip
+    overrides = [
+        *("model=dense", "model.dense_layers=2", "model.dense_growth=4", "model.deep_supervision=true"),
+        *("model.supervision_levels=1", "model.base_channels=4", "model.depth=2", "data.num_classes=3"),
+    ]
     ckpt = make_checkpoint(tmp_path / "ckpt" / "best.pt", overrides)
     image = tmp_path / "test.png"  # the synthetic data is binary, so the test image comes from a file
     skio.imsave(image, np.random.default_rng(0).integers(0, 256, (42, 50)).astype(np.uint8), check_contrast=False)
@@ -47,7 +49,7 @@ def test_multiclass_package_validates_and_passes_the_model_test_for_every_weight
     assert not isinstance(descr, InvalidDescr), descr.validation_summary.format()
     assert set(descr.weights.available_formats) == {"pytorch_state_dict", "torchscript", "onnx"}
     assert descr.weights.torchscript.parent == descr.weights.onnx.parent == "pytorch_state_dict"
-    assert [p.id for p in descr.outputs[0].postprocessing][0] == "softmax"
+    assert [p.id for p in descr.outputs[0].postprocessing] == ["softmax", "ensure_dtype"]
     assert descr.outputs[0].axes[1].channel_names == ["bg", "membrane", "cell"]
     assert [str(a.id) for a in descr.inputs[0].axes] == ["batch", "channel", "y", "x"]
     assert descr.inputs[0].axes[2].size.min == descr.inputs[0].axes[2].size.step == 4
@@ -71,7 +73,7 @@ def test_multiclass_package_validates_and_passes_the_model_test_for_every_weight
     assert imported <= {"__future__", "torch", "collections"}, imported
     # bioimage.io's loading: the architecture file's callable, then torch.load(weights_only=True)
     namespace: dict = {}
-    exec(compile(source, "unet_arch.py", "exec"), namespace)  # noqa: S102 - our own generated file
+    exec(compile(source, "unet_arch.py", "exec"), namespace)  # our own generated file
     model = namespace["UNet"](**descr.weights.pytorch_state_dict.architecture.kwargs)
     model.load_state_dict(torch.load(tmp_path / "weights.pt", weights_only=True))
     assert model.eval()(torch.rand(1, 1, 20, 24)).shape == (1, 3, 20, 24)
@@ -81,8 +83,7 @@ def test_multiclass_package_validates_and_passes_the_model_test_for_every_weight
 def test_binary_package_readme_reports_unet_eval_numbers(tmp_path):
     ckpt = make_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt", ["model.base_channels=4", "model.depth=2"])
     evaluated = subprocess.run(
-        [str(BIN / "unet-eval"), f"ckpt={ckpt}", f"paths.output_dir={tmp_path}", "save_predictions=false",
-         "trainer.device=cpu"],  # fmt: skip
+        [str(BIN / "unet-eval"), f"ckpt={ckpt}", f"paths.output_dir={tmp_path}", "save_predictions=false"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]

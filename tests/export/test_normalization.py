@@ -84,7 +84,9 @@ SPECS = [
 
 
 CASES = [
-    pytest.param(spec, raw, id=f"{'legacy' if spec is None else spec['scheme'] + '-' + spec.get('per', '')}-{raw.dtype}")
+    pytest.param(
+        spec, raw, id=f"{'legacy' if spec is None else spec['scheme'] + '-' + spec.get('per', '')}-{raw.dtype}"
+    )
     for spec in SPECS
     for raw in ([RAW8] if spec is None else [RAW8, RAW16])  # the legacy case is uint8 / 255
 ]

@@ -32,17 +32,22 @@ log = logging.getLogger(__name__)
 # format version of the installed spec (0.5.12 with bioimageio.core 0.11).
 FORMAT_VERSION = "0.5.9"
 UNET_CITATION = {
-    "text": "Ronneberger, Fischer and Brox. U-Net: Convolutional Networks for Biomedical Image Segmentation. MICCAI 2015.",
+    "text": "Ronneberger, Fischer and Brox. U-Net: Convolutional Networks for Biomedical Image Segmentation. "
+    "MICCAI 2015.",
     "doi": "10.1007/978-3-319-24574-4_28",
 }
 # DOIs only: a URL would make the validator send a request, which fails offline.
 VARIANT_CITATIONS = {
     "attention": ("Woo et al. CBAM: Convolutional Block Attention Module. ECCV 2018.", "10.1007/978-3-030-01234-2_1"),
-    "attention_gate": ("Oktay et al. Attention U-Net: Learning Where to Look for the Pancreas. MIDL 2018.",
-                       "10.48550/arXiv.1804.03999"),
+    "attention_gate": (
+        "Oktay et al. Attention U-Net: Learning Where to Look for the Pancreas. MIDL 2018.",
+        "10.48550/arXiv.1804.03999",
+    ),
     "dense": ("Huang et al. Densely Connected Convolutional Networks. CVPR 2017.", "10.1109/CVPR.2017.243"),
-    "dilated": ("Yu and Koltun. Multi-Scale Context Aggregation by Dilated Convolutions. ICLR 2016.",
-                "10.48550/arXiv.1511.07122"),
+    "dilated": (
+        "Yu and Koltun. Multi-Scale Context Aggregation by Dilated Convolutions. ICLR 2016.",
+        "10.48550/arXiv.1511.07122",
+    ),
 }
 
 
@@ -62,8 +67,9 @@ class PackageInfo:
 def citations(kwargs: dict[str, Any]) -> list[dict[str, str]]:
     """The UNet paper and the papers of the variant's parts."""
     parts = [kwargs.get("skip"), kwargs.get("encoder")]
-    return [UNET_CITATION] + [{"text": VARIANT_CITATIONS[p][0], "doi": VARIANT_CITATIONS[p][1]} for p in parts
-                              if p in VARIANT_CITATIONS]
+    return [UNET_CITATION] + [
+        {"text": VARIANT_CITATIONS[p][0], "doi": VARIANT_CITATIONS[p][1]} for p in parts if p in VARIANT_CITATIONS
+    ]
 
 
 def probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -79,6 +85,7 @@ def raw_to_nchw(raw: np.ndarray) -> np.ndarray:
 
 def write_cover(path: Path, raw: np.ndarray, prob: np.ndarray) -> Path:
     """A 2:1 cover: the input (first channel, stretched) beside the probability of the first class."""
+
     def panel(a: np.ndarray) -> np.ndarray:
         a = a.astype(np.float64)
         lo, hi = float(a.min()), float(a.max())
@@ -126,7 +133,9 @@ def build_package(
     (folder / "README.md").write_text(package_readme(exported, info.name, metrics))
 
     out_channels = exported.out_channels
-    class_names = info.class_names or (["foreground"] if out_channels == 1 else [f"class{k}" for k in range(out_channels)])
+    class_names = info.class_names or (
+        ["foreground"] if out_channels == 1 else [f"class{k}" for k in range(out_channels)]
+    )
     if len(class_names) != out_channels:
         raise ConfigError(f"bioimageio.class_names={class_names} needs {out_channels} names (the model's outputs).")
     channel_names = info.channel_names or ([f"channel{c}" for c in range(channels)] if channels > 1 else ["raw"])
@@ -143,12 +152,18 @@ def build_package(
     }
     if "torchscript" in weights:
         weight_entries["torchscript"] = {
-            "source": weights["torchscript"].name, "parent": "pytorch_state_dict", "pytorch_version": torch_version,
+            "source": weights["torchscript"].name,
+            "parent": "pytorch_state_dict",
+            "pytorch_version": torch_version,
         }
     if "onnx" in weights:
         from unet_train.export.onnx import OPSET
 
-        weight_entries["onnx"] = {"source": weights["onnx"].name, "parent": "pytorch_state_dict", "opset_version": OPSET}
+        weight_entries["onnx"] = {
+            "source": weights["onnx"].name,
+            "parent": "pytorch_state_dict",
+            "opset_version": OPSET,
+        }
     postprocessing = [{"id": "sigmoid"}] if out_channels == 1 else [{"id": "softmax", "kwargs": {"axis": "channel"}}]
     return {
         "type": "model",

@@ -59,6 +59,7 @@ def test_image(exported: ExportModel, settings: DictConfig) -> np.ndarray:
             raise DataError(f"bioimageio.test_image={path} does not exist; pass an image file.")
         return raw_to_nchw(read_image(path))
     data_cfg = OmegaConf.create(OmegaConf.to_container(exported.config.data, resolve=True))
+    assert isinstance(data_cfg, DictConfig)
     if settings.data_root:
         with open_dict(data_cfg):
             data_cfg.root = str(settings.data_root)

@@ -65,7 +65,9 @@ def load_export_model(path: str | Path) -> ExportModel:
     state = {k: v.float() for k, v in checkpoint["model"].items() if not k.startswith("aux_heads.")}
     load_model_state(model, state, path)
     model.eval()
-    kwargs = {k: v for k, v in OmegaConf.to_container(model_cfg, resolve=True).items() if k != "_target_"}  # type: ignore[union-attr]
+    arguments = OmegaConf.to_container(model_cfg, resolve=True)
+    assert isinstance(arguments, dict)
+    kwargs = {str(k): v for k, v in arguments.items() if k != "_target_"}
     with torch.no_grad():
         folded = fold_batchnorm(model)
     return ExportModel(model, folded, kwargs, config, checkpoint, path)

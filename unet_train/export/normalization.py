@@ -85,9 +85,9 @@ def preprocessing_ops(normalize: Mapping[str, Any] | None, dtype: str, channels:
         )
     elif scheme == "percentile":
         low, high = _broadcast(_values(spec, "min_value", channels), _values(spec, "max_value", channels))
-        gain = [1.0 / (h - lo) if h > lo else 1.0 for lo, h in zip(low, high)]
-        offset = [-lo * g for lo, g in zip(low, gain)]
-        ops.append(_along_channels("scale_linear", {}, {"gain": gain, "offset": offset}))
+        gains = [1.0 / (h - lo) if h > lo else 1.0 for lo, h in zip(low, high)]
+        offsets = [-lo * g for lo, g in zip(low, gains)]
+        ops.append(_along_channels("scale_linear", {}, {"gain": gains, "offset": offsets}))
     elif scheme == "zscore" and per == "image":
         ops.append({"id": "zero_mean_unit_variance", "kwargs": {"axes": SPATIAL}})
     elif scheme == "zscore":

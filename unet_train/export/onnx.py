@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,7 @@ def export_onnx(model: nn.Module, path: str | Path, in_channels: int, opset: int
     return path
 
 
-def onnx_runner(path: str | Path):  # noqa: ANN201 - a callable numpy/tensor -> numpy
+def onnx_runner(path: str | Path) -> Callable[[torch.Tensor], np.ndarray]:
     """A function that runs the ONNX file with onnxruntime on the CPU."""
     import onnxruntime
 
@@ -61,8 +62,8 @@ def onnx_runner(path: str | Path):  # noqa: ANN201 - a callable numpy/tensor -> 
     options.log_severity_level = 3
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-    def run(x: torch.Tensor | np.ndarray) -> np.ndarray:
-        array = x.numpy() if isinstance(x, torch.Tensor) else x
+    def run(x: torch.Tensor) -> np.ndarray:
+        array = x.numpy()
         return session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(array, dtype=np.float32)})[0]
 
     return run

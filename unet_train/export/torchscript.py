@@ -1,9 +1,10 @@
-"""TorchScript by ``torch.jit.trace`` (deprecated since torch 2.13, but what deepImageJ, QuPath/DJL and ilastik load)."""
+"""TorchScript by ``torch.jit.trace``: deprecated since torch 2.13, but what deepImageJ, QuPath/DJL and ilastik load."""
 
 from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -33,7 +34,7 @@ def trace_torchscript(model: nn.Module, path: str | Path, in_channels: int) -> P
     return path
 
 
-def torchscript_runner(path: str | Path):  # noqa: ANN201 - a callable tensor -> tensor
+def torchscript_runner(path: str | Path) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function that runs the saved TorchScript module on the CPU."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
