@@ -26,6 +26,7 @@ def run_cfg(*overrides: str):
     return run_export(compose_config(list(overrides), config_name="export"))
 
 
+@pytest.mark.slow
 def test_console_script_exports_a_verified_torchscript(tmp_path):
     ckpt = make_checkpoint(tmp_path / "best.pt", ["model.base_channels=4", "model.depth=2"])
     out = tmp_path / "exported"
@@ -85,3 +86,11 @@ def test_a_checkpoint_refused_by_the_trust_rules_is_refused_by_export(tmp_path, 
     assert stop.value.code == 2
     assert "os.system" in caplog.messages[-1]
     assert not (tmp_path / "out" / "model.pt").exists()
+
+
+def test_export_config_composes_with_its_defaults():
+    cfg = compose_config(["ckpt=some.pt", "output=out"], config_name="export")
+    assert cfg.format == "all" and cfg.trust_config is False
+    assert cfg.verify.batch_sizes == [1, 2]
+    assert any(side % 16 for size in cfg.verify.sizes for side in size)  # a size the model must pad
+    assert not any("github_user" in author for author in cfg.bioimageio.authors)  # offline validation
