@@ -63,6 +63,11 @@ def test_multiclass_package_validates_and_passes_the_model_test_for_every_weight
         assert {"rdf.yaml", "README.md", "cover.png", "unet_arch.py", "weights.pt", "model.onnx", "model.pt",
                 "test_input.npy", "test_output.npy"} <= names  # fmt: skip
         source = archive.read("unet_arch.py").decode()
+        rdf_text = archive.read("rdf.yaml").decode()
+    # the form bioimageio.spec 0.5.9 (ilastik) reads; bioimageio.core 0.11 loaded and tested it above
+    assert "format_version: 0.5.9" in rdf_text and "documentation: README.md" in rdf_text
+    assert "covers:\n- cover.png" in rdf_text
+    with zipfile.ZipFile(package) as archive:
         archive.extract("weights.pt", tmp_path)
     imported = {
         (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]

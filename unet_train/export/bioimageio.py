@@ -28,8 +28,8 @@ from unet_train.export.readme import package_readme
 log = logging.getLogger(__name__)
 
 # The description is built as 0.5.9 (plain-string documentation and covers, as bioimageio.spec 0.5.9,
-# ilastik's pin, reads them); bioimageio.spec converts it on loading and the saved rdf.yaml has the
-# format version of the installed spec (0.5.12 with bioimageio.core 0.11).
+# ilastik's pin, reads them); bioimageio.spec converts it on loading and saves 0.5.12, which
+# package.write_for_older_readers turns back into this form inside the zip.
 FORMAT_VERSION = "0.5.9"
 UNET_CITATION = {
     "text": "Ronneberger, Fischer and Brox. U-Net: Convolutional Networks for Biomedical Image Segmentation. "
