@@ -55,7 +55,7 @@ def write_for_older_readers(zip_path: Path) -> None:
         rdf["documentation"] = rdf["documentation"]["source"]
     text, dumper = io.StringIO(), YAML(typ="safe", pure=True)
     dumper.default_flow_style = False
-    dumper.sort_base_mapping_type_on_output = False  # keep the order bioimageio.spec wrote
+    dumper.sort_base_mapping_type_on_output = False  # type: ignore[assignment]  # keep the order written
     dumper.dump(rdf, text)
     tmp = zip_path.with_name(f".{zip_path.name}.tmp")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
