@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from unet_train.errors import ConfigError
@@ -205,10 +204,18 @@ class UNet(nn.Module):
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad the bottom and right of ``x`` to a multiple of ``multiple`` (reflection where it fits)."""
-    height, width = x.shape[-2:]
-    pad_h, pad_w = -height % multiple, -width % multiple
-    if pad_h == 0 and pad_w == 0:
-        return x
-    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+    """Pad the bottom and right of ``x`` to a multiple of ``multiple`` (reflection where it fits).
+
+    Reflection (without repeating the edge pixel) is used on both axes when the padding is shorter
+    than the image on both; otherwise the edge pixels are repeated on both. The padding is a gather
+    by index with no Python branch on the sizes, so ``torch.export`` (ONNX) and ``torch.jit.trace``
+    keep it for every input size instead of freezing the pad amounts of the example input.
+    """
+    height, width = x.shape[-2], x.shape[-1]
+    rows = torch.arange(height + (-height % multiple), device=x.device)
+    cols = torch.arange(width + (-width % multiple), device=x.device)
+    mirrored_rows, mirrored_cols = 2 * (height - 1) - rows, 2 * (width - 1) - cols
+    fits = (mirrored_rows.min() >= 0) & (mirrored_cols.min() >= 0)
+    rows = torch.where(rows < height, rows, torch.where(fits, mirrored_rows, height - 1))
+    cols = torch.where(cols < width, cols, torch.where(fits, mirrored_cols, width - 1))
+    return x.index_select(-2, rows).index_select(-1, cols)

@@ -1,0 +1,211 @@
+"""A bioimage.io model package (spec 0.5): ``rdf.yaml``, weights in three formats, test tensors, README, cover.
+
+``pytorch_state_dict`` (the architecture file from :mod:`.architecture` and the bare state dict) is the
+parent entry; the ``torchscript`` and ``onnx`` entries name it as their parent. The inputs are raw
+images (their own dtype) and the preprocessing states the checkpoint's normalisation as bioimage.io
+operations; the weights return logits and the postprocessing turns them into probabilities
+(``sigmoid`` for one logit channel, ``softmax`` over channels otherwise).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from skimage import io as skio
+from skimage.transform import resize
+
+from unet_train.errors import ConfigError
+from unet_train.export.architecture import write_architecture
+from unet_train.export.model import ExportModel
+from unet_train.export.normalization import normalize_image, preprocessing_ops
+from unet_train.export.readme import package_readme
+
+log = logging.getLogger(__name__)
+
+# The description is built as 0.5.9 (plain-string documentation and covers, as bioimageio.spec 0.5.9,
+# ilastik's pin, reads them); bioimageio.spec converts it on loading and saves 0.5.12, which
+# package.write_for_older_readers turns back into this form inside the zip.
+FORMAT_VERSION = "0.5.9"
+UNET_CITATION = {
+    "text": "Ronneberger, Fischer and Brox. U-Net: Convolutional Networks for Biomedical Image Segmentation. "
+    "MICCAI 2015.",
+    "doi": "10.1007/978-3-319-24574-4_28",
+}
+# DOIs only: a URL would make the validator send a request, which fails offline.
+VARIANT_CITATIONS = {
+    "attention": ("Woo et al. CBAM: Convolutional Block Attention Module. ECCV 2018.", "10.1007/978-3-030-01234-2_1"),
+    "attention_gate": (
+        "Oktay et al. Attention U-Net: Learning Where to Look for the Pancreas. MIDL 2018.",
+        "10.48550/arXiv.1804.03999",
+    ),
+    "dense": ("Huang et al. Densely Connected Convolutional Networks. CVPR 2017.", "10.1109/CVPR.2017.243"),
+    "dilated": (
+        "Yu and Koltun. Multi-Scale Context Aggregation by Dilated Convolutions. ICLR 2016.",
+        "10.48550/arXiv.1511.07122",
+    ),
+}
+
+
+@dataclass
+class PackageInfo:
+    """The package's metadata (``bioimageio.*`` in ``configs/export.yaml``)."""
+
+    name: str
+    description: str
+    authors: list[dict[str, Any]]
+    license: str = "MIT"
+    tags: list[str] = field(default_factory=list)
+    channel_names: list[str] | None = None
+    class_names: list[str] | None = None
+
+
+def citations(kwargs: dict[str, Any]) -> list[dict[str, str]]:
+    """The UNet paper and the papers of the variant's parts."""
+    parts = [kwargs.get("skip"), kwargs.get("encoder")]
+    return [UNET_CITATION] + [
+        {"text": VARIANT_CITATIONS[p][0], "doi": VARIANT_CITATIONS[p][1]} for p in parts if p in VARIANT_CITATIONS
+    ]
+
+
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """The package's postprocessing: sigmoid for one logit channel, softmax over channels otherwise."""
+    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+
+
+def raw_to_nchw(raw: np.ndarray) -> np.ndarray:
+    """A raw ``(H, W)`` or ``(H, W, C)`` image as ``(1, C, H, W)`` in its own dtype."""
+    array = raw[..., None] if raw.ndim == 2 else raw
+    return np.ascontiguousarray(array.transpose(2, 0, 1)[None])
+
+
+def write_cover(path: Path, raw: np.ndarray, prob: np.ndarray) -> Path:
+    """A 2:1 cover: the input (first channel, stretched) beside the probability of the first class."""
+
+    def panel(a: np.ndarray) -> np.ndarray:
+        a = a.astype(np.float64)
+        lo, hi = float(a.min()), float(a.max())
+        a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+        return resize(a, (256, 256), order=1, anti_aliasing=True)
+
+    positive = prob[0, 0] if prob.shape[1] == 1 else prob[0].argmax(0) / max(prob.shape[1] - 1, 1)
+    cover = np.concatenate([panel(raw[0, 0]), panel(positive)], axis=1)
+    skio.imsave(path, (cover * 255).round().astype(np.uint8), check_contrast=False)
+    return path
+
+
+def build_package(
+    exported: ExportModel,
+    raw: np.ndarray,
+    folder: Path,
+    info: PackageInfo,
+    weights: dict[str, Path],
+    metrics: dict[str, float] | None,
+) -> dict[str, Any]:
+    """Write the package's files into ``folder`` and return the ``rdf.yaml`` content (relative paths).
+
+    ``weights`` maps ``onnx`` / ``torchscript`` to files already exported into ``folder``.
+    """
+    if exported.multiple > min(raw.shape[-2:]):
+        raise ConfigError(
+            f"The test image is {raw.shape[-2]}x{raw.shape[-1]} but the package's smallest input is "
+            f"{exported.multiple}x{exported.multiple} (2**model.depth); pass a larger test_image."
+        )
+    stored = exported.config
+    normalize = stored.data.get("normalize")
+    normalize = None if normalize is None else dict(normalize)
+    channels = exported.in_channels
+    # The test input is cropped to the package's size grid (a multiple of 2**depth).
+    height, width = (s - s % exported.multiple for s in raw.shape[-2:])
+    raw = raw[..., :height, :width]
+    x = torch.from_numpy(normalize_image(raw, normalize))
+    with torch.inference_mode():
+        prob = probabilities(exported.model(x)).numpy().astype(np.float32)
+    np.save(folder / "test_input.npy", raw)
+    np.save(folder / "test_output.npy", prob)
+    torch.save(exported.model.state_dict(), folder / "weights.pt")
+    write_architecture(folder / "unet_arch.py")
+    write_cover(folder / "cover.png", raw, prob)
+    (folder / "README.md").write_text(package_readme(exported, info.name, metrics))
+
+    out_channels = exported.out_channels
+    class_names = info.class_names or (
+        ["foreground"] if out_channels == 1 else [f"class{k}" for k in range(out_channels)]
+    )
+    if len(class_names) != out_channels:
+        raise ConfigError(f"bioimageio.class_names={class_names} needs {out_channels} names (the model's outputs).")
+    channel_names = info.channel_names or ([f"channel{c}" for c in range(channels)] if channels > 1 else ["raw"])
+    if len(channel_names) != channels:
+        raise ConfigError(f"bioimageio.channel_names={channel_names} needs {channels} names (data.in_channels).")
+    size = {"min": exported.multiple, "step": exported.multiple}
+    torch_version = torch.__version__.split("+")[0]
+    weight_entries: dict[str, Any] = {
+        "pytorch_state_dict": {
+            "source": "weights.pt",
+            "architecture": {"source": "unet_arch.py", "callable": "UNet", "kwargs": exported.kwargs},
+            "pytorch_version": torch_version,
+        }
+    }
+    if "torchscript" in weights:
+        weight_entries["torchscript"] = {
+            "source": weights["torchscript"].name,
+            "parent": "pytorch_state_dict",
+            "pytorch_version": torch_version,
+        }
+    if "onnx" in weights:
+        from unet_train.export.onnx import OPSET
+
+        weight_entries["onnx"] = {
+            "source": weights["onnx"].name,
+            "parent": "pytorch_state_dict",
+            "opset_version": OPSET,
+        }
+    postprocessing = [{"id": "sigmoid"}] if out_channels == 1 else [{"id": "softmax", "kwargs": {"axis": "channel"}}]
+    return {
+        "type": "model",
+        "format_version": FORMAT_VERSION,
+        "name": info.name,
+        "description": info.description,
+        "authors": info.authors,
+        "cite": citations(exported.kwargs),
+        "license": info.license,
+        "tags": list(dict.fromkeys([*info.tags, "unet", "segmentation", "2d", "pytorch", "onnx", "torchscript"])),
+        "documentation": "README.md",
+        "covers": ["cover.png"],
+        "inputs": [
+            {
+                "id": "raw",
+                "description": "raw image in its own dtype; the preprocessing normalises it as in training",
+                "axes": [
+                    {"type": "batch"},
+                    {"type": "channel", "channel_names": channel_names},
+                    {"type": "space", "id": "y", "size": size},
+                    {"type": "space", "id": "x", "size": size},
+                ],
+                "test_tensor": {"source": "test_input.npy"},
+                # bioimage.io's `data` is the tensor after preprocessing, the model's float32 input.
+                "data": {"type": "float32"},
+                "preprocessing": preprocessing_ops(normalize, str(raw.dtype), channels),
+            }
+        ],
+        "outputs": [
+            {
+                "id": "probabilities",
+                "description": "sigmoid of the logit" if out_channels == 1 else "softmax over the classes",
+                "axes": [
+                    {"type": "batch"},
+                    {"type": "channel", "channel_names": class_names},
+                    {"type": "space", "id": "y", "size": {"tensor_id": "raw", "axis_id": "y"}},
+                    {"type": "space", "id": "x", "size": {"tensor_id": "raw", "axis_id": "x"}},
+                ],
+                "test_tensor": {"source": "test_output.npy"},
+                "data": {"type": "float32", "range": [0.0, 1.0]},
+                "postprocessing": postprocessing,
+            }
+        ],
+        "weights": weight_entries,
+    }

@@ -1,0 +1,101 @@
+"""The model to export: a checkpoint's UNet in eval mode, deep supervision heads dropped."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from unet_train.build import build_model
+from unet_train.engine.checkpoint import load_checkpoint, load_model_state
+from unet_train.errors import CheckpointError
+from unet_train.inference.tiling import fold_batchnorm
+from unet_train.models import UNet
+
+
+class VerificationError(RuntimeError):
+    """An exported model does not reproduce the PyTorch model (a bug, not a user error)."""
+
+
+@dataclass
+class ExportModel:
+    """What every exporter needs from a checkpoint.
+
+    ``model`` is the checkpoint's UNet without the deep supervision heads (eval mode), whose state dict
+    is the bioimage.io ``pytorch_state_dict``; ``folded`` is the same model with batch norms folded
+    into the convolutions, as ``unet-predict`` runs it, which the ONNX and TorchScript graphs hold.
+    """
+
+    model: nn.Module
+    folded: nn.Module
+    kwargs: dict[str, Any]  # UNet's constructor arguments (the architecture's kwargs)
+    config: DictConfig  # the checkpoint's resolved run config
+    checkpoint: dict[str, Any]
+    path: Path
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.kwargs.get("in_channels", 1))
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.kwargs.get("out_channels", 1))
+
+    @property
+    def multiple(self) -> int:
+        """The side multiple on which the model pads nothing (``2**depth``)."""
+        return 2 ** int(self.kwargs.get("depth", 4))
+
+
+def load_export_model(path: str | Path) -> ExportModel:
+    """Rebuild a checkpoint's model for export (CPU, float32, eval mode, no auxiliary heads)."""
+    path = Path(path).expanduser()
+    checkpoint = load_checkpoint(path)
+    config = OmegaConf.create(checkpoint["config"])
+    model_cfg = copy.deepcopy(config.model)
+    model_cfg.deep_supervision = False  # the heads only serve the training loss
+    model = build_model(model_cfg)
+    if not isinstance(model, UNet):
+        raise CheckpointError(f"{path}: model._target_ builds {type(model).__name__}, not the UNet that export knows.")
+    state = {k: v.float() for k, v in checkpoint["model"].items() if not k.startswith("aux_heads.")}
+    load_model_state(model, state, path)
+    model.eval()
+    arguments = OmegaConf.to_container(model_cfg, resolve=True)
+    assert isinstance(arguments, dict)
+    kwargs = {str(k): v for k, v in arguments.items() if k != "_target_"}
+    with torch.no_grad():
+        folded = fold_batchnorm(model)
+    return ExportModel(model, folded, kwargs, config, checkpoint, path)
+
+
+def verification_inputs(
+    in_channels: int, sizes: list[list[int]], batch_sizes: list[int], seed: int = 0
+) -> list[torch.Tensor]:
+    """Random normalised inputs for every (batch size, size) pair, fixed by ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        torch.rand(batch, in_channels, int(height), int(width), generator=generator)
+        for height, width in sizes
+        for batch in batch_sizes
+    ]
+
+
+def max_abs_difference(reference: nn.Module, run: Any, inputs: list[torch.Tensor]) -> float:
+    """Largest ``|reference(x) - run(x)|`` over ``inputs``; ``run`` takes and returns numpy or torch."""
+    worst = 0.0
+    with torch.inference_mode():
+        for x in inputs:
+            expected = reference(x)
+            got = torch.as_tensor(run(x))
+            if tuple(got.shape) != tuple(expected.shape):
+                raise VerificationError(
+                    f"exported model returned shape {tuple(got.shape)} for input {tuple(x.shape)}, "
+                    f"expected {tuple(expected.shape)}"
+                )
+            worst = max(worst, float((got - expected).abs().max()))
+    return worst

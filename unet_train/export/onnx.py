@@ -1,0 +1,69 @@
+"""ONNX export with ``torch.onnx.export(dynamo=True)``: dynamic batch, height and width, one file."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+OPSET = 18
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+# ONNX keeps weights inside the .onnx file up to protobuf's 2 GB limit.
+EXTERNAL_DATA_BYTES = 2 * 1024**3 - 64 * 1024**2
+
+
+def export_onnx(model: nn.Module, path: str | Path, in_channels: int, opset: int = OPSET) -> Path:
+    """Write ``model`` (eval mode, float32, NCHW logits) to ``path`` with dynamic N, H and W.
+
+    ``torch.export`` traces the model symbolically: the example sizes fix nothing, because the UNet's
+    pad-to-a-multiple step has no Python branch on the sizes. The example batch is 2, since export
+    specialises a dimension that is 1 in the example to the constant 1.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.rand(2, in_channels, 45, 37)  # sizes that are not multiples of anything
+    dynamic = torch.export.Dim.DYNAMIC
+    weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    external = weight_bytes > EXTERNAL_DATA_BYTES
+    # The exporter and its optimiser log every rewrite at INFO and warn about torchvision ops.
+    for name in ("torch.onnx", "onnxscript", "onnx_ir"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={"x": {0: dynamic, 2: dynamic, 3: dynamic}},
+            opset_version=opset,
+            external_data=external,
+            verbose=False,
+        )
+    assert program is not None
+    program.save(str(path), external_data=external)
+    log.info("Wrote %s (opset %d%s)", path, opset, ", weights in an external file" if external else "")
+    return path
+
+
+def onnx_runner(path: str | Path) -> Callable[[torch.Tensor], np.ndarray]:
+    """A function that runs the ONNX file with onnxruntime on the CPU."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(x: torch.Tensor) -> np.ndarray:
+        array = x.numpy()
+        return session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(array, dtype=np.float32)})[0]
+
+    return run
