@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import subprocess
@@ -12,7 +11,6 @@ from pathlib import Path
 import pytest
 
 import unet_train.export as export_pkg
-from unet_train.engine.checkpoint import load_checkpoint
 
 from ..conftest import compose_config
 from .conftest import make_checkpoint
@@ -70,10 +68,6 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, caplog, override, message
     assert caplog.messages[-1].startswith(message) and "\n" not in caplog.messages[-1]
 
 
-@pytest.mark.skipif(
-    "trust" not in inspect.signature(load_checkpoint).parameters,
-    reason="the checkpoint trust rules (load_checkpoint(..., trust=)) are not merged yet",
-)
 def test_a_checkpoint_refused_by_the_trust_rules_is_refused_by_export(tmp_path, caplog):
     import torch
 

@@ -125,7 +125,7 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     """Export ``cfg.ckpt`` in ``cfg.format`` into ``cfg.output``; returns what was written and measured."""
     formats = chosen_formats(cfg.format)
     require_extra(formats)
-    exported = load_export_model(cfg.ckpt)
+    exported = load_export_model(cfg.ckpt, trust=cfg.get("trust_config", False))
     out = Path(cfg.output).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"ckpt": str(Path(cfg.ckpt).resolve()), "max_abs_diff": {}}

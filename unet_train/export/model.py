@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,10 +53,13 @@ class ExportModel:
         return 2 ** int(self.kwargs.get("depth", 4))
 
 
-def load_export_model(path: str | Path) -> ExportModel:
-    """Rebuild a checkpoint's model for export (CPU, float32, eval mode, no auxiliary heads)."""
+def load_export_model(path: str | Path, trust: bool | Sequence[str] = False) -> ExportModel:
+    """Rebuild a checkpoint's model for export (CPU, float32, eval mode, no auxiliary heads).
+
+    ``trust`` is ``trust_config``: the checkpoint's config builds only unet-train components unless it says more.
+    """
     path = Path(path).expanduser()
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint(path, trust=trust)
     config = OmegaConf.create(checkpoint["config"])
     model_cfg = copy.deepcopy(config.model)
     model_cfg.deep_supervision = False  # the heads only serve the training loss
