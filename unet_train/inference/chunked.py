@@ -116,8 +116,17 @@ class ChunkedPredictor:
                 for tile in tiles:
                     users[tile] = users.get(tile, 0) + 1
             cache: dict[Tile, torch.Tensor] = {}
-            for chunk in block:
+            size = self.predictor.batch_size
+            for i, chunk in enumerate(block):
                 missing = [t for t in needs[chunk] if t not in cache]
+                # Fill the last batch with tiles the next chunks need (forward passes have a fixed size).
+                ahead = iter(t for later in block[i + 1 :] for t in needs[later])
+                while missing and len(missing) % size:
+                    tile = next(ahead, None)
+                    if tile is None:
+                        break
+                    if tile not in cache and tile not in missing:
+                        missing.append(tile)
                 if missing:
                     cache.update(self._compute(missing, read))
                     if on_tiles is not None:

@@ -200,9 +200,9 @@ class TiledPredictor:
                 with precision:
                     prob = predict_probabilities(model, batch, self.tta).float()
                 total = prob if total is None else total.add_(prob)
-        assert total is not None
-        if len(self.models) > 1:
-            total.div_(len(self.models))
+            assert total is not None
+            if len(self.models) > 1:
+                total.div_(len(self.models))
         return total[:count].cpu()
 
     def predict(self, image: torch.Tensor, on_tiles: Callable[[int], None] | None = None) -> torch.Tensor:
