@@ -66,10 +66,31 @@ def make_input(path: Path, size: int, chunk: int = 1024) -> None:
             array[y : y + h, x : x + w] = synthetic_block(y, x, h, w, i * 1000 + j)
 
 
-def child(args: list[str], report: Path) -> None:
-    """Run the unet-predict console script in this process, then write its peak RSS and wall time."""
+def child(args: list[str], report: Path, blocks: int | None) -> None:
+    """Run the unet-predict console script in this process, then write its peak RSS and wall time.
+
+    With ``blocks``, only the first ``blocks`` blocks of chunks are predicted: the others are reported
+    as done by the store (the resume path skips them), so a huge input is planned, created and written
+    at full size while only part of it is computed.
+    """
+    from unet_train.inference import large
     from unet_train.predict import main
 
+    if blocks is not None:
+        done_of_store = large.ZarrPrediction.done
+
+        def done(self: large.ZarrPrediction) -> np.ndarray:
+            marks = done_of_store(self)
+            per = large.BLOCK_PIXELS // self.chunk
+            skip = np.ones_like(marks)
+            nx = -(-marks.shape[2] // per)
+            for b in range(blocks):
+                by, bx = divmod(b, nx)
+                skip[:, by * per : (by + 1) * per, bx * per : (bx + 1) * per] = False
+            return marks | skip
+
+        large.ZarrPrediction.done = done  # type: ignore[method-assign]
+    before = int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
     sys.argv = ["unet-predict", *args]
     start = time.perf_counter()
     try:
@@ -79,19 +100,29 @@ def child(args: list[str], report: Path) -> None:
             raise
     wall = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    report.write_text(json.dumps({"peak_rss_mib": round(peak, 1), "wall_s": round(wall, 1)}))
+    report.write_text(
+        json.dumps({"peak_rss_mib": round(peak, 1), "rss_before_mib": round(before, 1), "wall_s": round(wall, 1)})
+    )
 
 
-def measure(args: list[str], work: Path) -> dict:
+def measure(args: list[str], work: Path, blocks: int | None = None) -> dict:
     report = work / "report.json"
-    cmd = [sys.executable, __file__, "--child", str(report), "--", *args]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        str(report),
+        *(["--blocks", str(blocks)] if blocks else []),
+        "--",
+        *args,
+    ]
     subprocess.run(cmd, check=True, cwd=work)
     return json.loads(report.read_text())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[2048, 8192])
     parser.add_argument("--whole", type=int, nargs="*", default=[], help="sizes to run through the in-memory path")
     parser.add_argument("--base-channels", type=int, default=4)
     parser.add_argument("--depth", type=int, default=2)
@@ -100,11 +131,13 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=512)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--partial", type=int, nargs="*", default=[], help="sizes of which only --blocks are computed")
+    parser.add_argument("--blocks", type=int, default=2, help="blocks of chunks computed for the --partial sizes")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.child is not None:
-        child(opts.rest, opts.child)
+        child(opts.rest, opts.child, opts.blocks if "--blocks" in sys.argv else None)
         return
     work = Path(tempfile.mkdtemp(prefix="unet-large-", dir=opts.workdir))
     results = []
@@ -117,12 +150,14 @@ def main() -> None:
             "progress=never",
             f"hydra.run.dir={work / 'logs'}",
         ]
-        for size in opts.sizes:
+        runs = [(size, None) for size in opts.sizes] + [(size, opts.blocks) for size in opts.partial]
+        for size, blocks in runs:
             source = work / f"in_{size}.zarr"
             make_input(source, size)
             out = work / f"out_{size}.zarr"
-            row = measure([*common, f"input={source}", f"output={out}", f"chunk_size={opts.chunk_size}"], work)
-            row.update(path="zarr", size=size)
+            args = [*common, f"input={source}", f"output={out}", f"chunk_size={opts.chunk_size}"]
+            row = measure(args, work, blocks)
+            row.update(path="zarr", size=size, blocks_computed=blocks or "all")
             print(json.dumps(row), flush=True)
             results.append(row)
             shutil.rmtree(source)

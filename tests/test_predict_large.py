@@ -103,14 +103,18 @@ def test_ome_zarr_in_and_out_equals_whole_image_prediction(tiny_ckpt, image, exp
     assert 0 < done < 77 and "for the whole input" in first
 
 
-def test_ome_zarr_reader_opens_the_store(tiny_ckpt, image, tmp_path):
+def test_ome_zarr_readers_open_and_validate_the_store(tiny_ckpt, image, tmp_path):
     ome_zarr = pytest.importorskip("ome_zarr.reader")
     from ome_zarr.io import parse_url
 
     out = tmp_path / "out.zarr"
-    predict(tiny_ckpt, ome_zarr_input(tmp_path / "in.zarr", image, [1.0, 1.0]), out)
-    nodes = list(ome_zarr.Reader(parse_url(str(out)))())
-    assert nodes and tuple(nodes[0].data[0].shape) == SHAPE
+    predict(tiny_ckpt, ome_zarr_input(tmp_path / "in.zarr", image, [1.0, 1.0]), out, "instances=true")
+    nodes = {str(node.zarr.path).rstrip("/").split("/")[-1]: node for node in ome_zarr.Reader(parse_url(str(out)))()}
+    assert tuple(nodes["out.zarr"].data[0].shape) == SHAPE
+    assert {"mask", "instances"} <= set(nodes)
+    assert [type(spec).__name__ for spec in nodes["instances"].specs] == ["Label", "Multiscales"]
+    models = pytest.importorskip("ome_zarr_models.v05.image")
+    assert models.Image.from_zarr(zarr.open_group(str(out), mode="r")).attributes.ome.version == "0.5"
 
 
 @pytest.mark.parametrize(("dtype", "tolerance"), [("float16", 1e-3), ("uint8", 0.5 / 255 + 1e-6)])

@@ -122,11 +122,11 @@ class ChunkedPredictor:
                 # Fill the last batch with tiles the next chunks need (forward passes have a fixed size).
                 ahead = iter(t for later in block[i + 1 :] for t in needs[later])
                 while missing and len(missing) % size:
-                    tile = next(ahead, None)
-                    if tile is None:
+                    extra = next(ahead, None)
+                    if extra is None:
                         break
-                    if tile not in cache and tile not in missing:
-                        missing.append(tile)
+                    if extra not in cache and extra not in missing:
+                        missing.append(extra)
                 if missing:
                     cache.update(self._compute(missing, read))
                     if on_tiles is not None:

@@ -177,8 +177,8 @@ def _open_zarr(path: Path, key: str | None, axes: str | None, in_channels: int) 
         except KeyError as exc:
             raise DataError(f"input_key={key} is not in Zarr group {path}; it holds {arrays}.") from exc
         if axes is None:
-            names = array.metadata.dimension_names if hasattr(array.metadata, "dimension_names") else None
-            axes = "".join(names) if names and all(n and n in "tczyx" for n in names) else None
+            dims = getattr(array.metadata, "dimension_names", None)
+            axes = "".join(dims) if dims and all(d and d in "tczyx" for d in dims) else None
         name = f"{path}/{key}"
     else:
         array, name = node, str(path)
