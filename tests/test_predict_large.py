@@ -76,6 +76,7 @@ def predict(ckpt: Path | str, source: Path, output: Path, *extra: str) -> None:
     run_predict(cfg)
 
 
+@pytest.mark.slow
 def test_ome_zarr_in_and_out_equals_whole_image_prediction(tiny_ckpt, image, expected, tmp_path, caplog):
     source = ome_zarr_input(tmp_path / "in.ome.zarr", image, [0.5, 0.25])
     out = tmp_path / "out.zarr"
@@ -103,6 +104,7 @@ def test_ome_zarr_in_and_out_equals_whole_image_prediction(tiny_ckpt, image, exp
     assert 0 < done < 77 and "for the whole input" in first
 
 
+@pytest.mark.slow
 def test_ome_zarr_readers_open_and_validate_the_store(tiny_ckpt, image, tmp_path):
     ome_zarr = pytest.importorskip("ome_zarr.reader")
     from ome_zarr.io import parse_url
@@ -117,6 +119,7 @@ def test_ome_zarr_readers_open_and_validate_the_store(tiny_ckpt, image, tmp_path
     assert models.Image.from_zarr(zarr.open_group(str(out), mode="r")).attributes.ome.version == "0.5"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("dtype", "tolerance"), [("float16", 1e-3), ("uint8", 0.5 / 255 + 1e-6)])
 def test_quantised_probabilities(tiny_ckpt, image, expected, tmp_path, dtype, tolerance):
     source = tmp_path / "in.zarr"
@@ -128,6 +131,7 @@ def test_quantised_probabilities(tiny_ckpt, image, expected, tmp_path, dtype, to
     assert np.abs(values - expected).max() <= tolerance
 
 
+@pytest.mark.slow
 def test_hdf5_and_bigtiff_inputs_read_window_by_window(tiny_ckpt, image, expected, tmp_path):
     with h5py.File(tmp_path / "in.h5", "w") as f:
         f.create_dataset("raw/data", data=np.stack([image, image[::-1]]), chunks=(1, 64, 64))
@@ -147,6 +151,7 @@ def test_hdf5_and_bigtiff_inputs_read_window_by_window(tiny_ckpt, image, expecte
     np.testing.assert_allclose(zarr.open_group(str(tmp_path / "tif.zarr"), mode="r")["0"][...], expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_gives_identical_output(tiny_ckpt, image, tmp_path, monkeypatch, caplog):
     source = tmp_path / "in.zarr"
     zarr.create_array(str(source), shape=SHAPE, chunks=(64, 64), dtype="uint8")[...] = image
@@ -222,6 +227,7 @@ def test_chunked_components_equal_whole_image_components(tmp_path):
     assert pairs.shape[1] == truth.max() + 1  # one-to-one: the same segments under other numbers
 
 
+@pytest.mark.slow
 def test_instances_in_memory_match_the_probabilities(tiny_ckpt, image, tmp_path):
     tifffile.imwrite(tmp_path / "img.tif", image)
     predict(tiny_ckpt, tmp_path / "img.tif", tmp_path / "out", "instances=true", "instance_method=components")
@@ -232,6 +238,7 @@ def test_instances_in_memory_match_the_probabilities(tiny_ckpt, image, tmp_path)
     assert labels.dtype == np.uint32 and np.array_equal(labels, label(prob > 0.5, connectivity=1))
 
 
+@pytest.mark.slow
 def test_ensemble_of_two_checkpoints_is_the_mean_of_their_probabilities(tiny_ckpt, image, tmp_path):
     other = torch.load(tiny_ckpt, weights_only=True)
     other["model"] = {k: v * 1.2 if k.endswith("head.bias") else v for k, v in other["model"].items()}
@@ -277,9 +284,9 @@ def run(source, output):
         cfg = compose(config_name="predict", overrides=[f"ckpt={ckpt}", f"input={source}", f"output={output}",
             "tile_size=128", "batch_size=2", "chunk_size=256", "progress=never"])
     run_predict(cfg)
-small = zarr.create_array(str(work / "small.zarr"), shape=(64, 64), chunks=(64, 64), dtype="uint8")
+small = zarr.create_array(str(work / f"small_{mode}.zarr"), shape=(64, 64), chunks=(64, 64), dtype="uint8")
 small[...] = 7
-run(work / "small.zarr", work / ("warm.zarr" if mode == "zarr" else "warm"))  # imports, arenas, model
+run(work / f"small_{mode}.zarr", work / ("warm.zarr" if mode == "zarr" else "warm"))  # imports, arenas, model
 before = int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
 source = work / "big.zarr"
 output = work / ("big_out.zarr" if mode == "zarr" else "big_out")
