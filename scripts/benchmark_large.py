@@ -3,7 +3,7 @@
 For each ``--sizes`` N, a synthetic N x N uint8 Zarr image (EM-like stripes plus noise, 1024-pixel
 chunks, written chunk by chunk) is predicted into an OME-Zarr store with a tiny checkpoint (the
 quickstart recipe trained for one epoch at ``--base-channels``, depth ``--depth``). Each prediction
-runs in a fresh subprocess, which reports its own peak RSS (``ru_maxrss``) and wall time; so does
+runs in a fresh subprocess, which reports its own peak RSS (``VmHWM``) and wall time; so does
 ``--whole`` for the in-memory path (TIFF in, TIFF out) on the sizes given there, for comparison.
 
     python scripts/benchmark_large.py --sizes 2048 8192 32768 --whole 2048 8192 --out large.json
@@ -99,9 +99,19 @@ def child(args: list[str], report: Path, blocks: int | None) -> None:
         if exc.code not in (0, None):
             raise
     wall = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    # VmHWM is this process's own peak; ru_maxrss may carry the RSS of the parent it was forked from.
+    status = Path("/proc/self/status").read_text().splitlines()
+    peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     report.write_text(
-        json.dumps({"peak_rss_mib": round(peak, 1), "rss_before_mib": round(before, 1), "wall_s": round(wall, 1)})
+        json.dumps(
+            {
+                "peak_rss_mib": round(peak, 1),
+                "ru_maxrss_mib": round(maxrss, 1),
+                "rss_before_mib": round(before, 1),
+                "wall_s": round(wall, 1),
+            }
+        )
     )
 
 
