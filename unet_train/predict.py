@@ -1,10 +1,14 @@
-"""``unet-predict``: apply a checkpoint to images of any size, tile by tile.
+"""``unet-predict``: apply a checkpoint (or an ensemble of them) to images of any size, tile by tile.
 
 ``unet-predict ckpt=PATH input=FILE|DIR|STACK.tif output=DIR`` writes, per input,
 ``<name>_prob.tif`` (float32 probabilities: ``(H, W)`` of the positive class for a binary
 model, ``(K, H, W)`` otherwise) and ``<name>.png`` (the mask: 0/255 for a binary model, class
 indices otherwise). A multi-page TIFF stack gives ``<name>_prob.tif`` ``(N, H, W)`` and
 ``<name>_mask.tif`` ``(N, H, W)`` uint8, written slice by slice.
+
+Zarr and HDF5 inputs, and any input with ``output=NAME.zarr``, are predicted chunk by chunk into
+an OME-Zarr store in bounded memory (:mod:`unet_train.inference.large`); under ``torchrun`` the
+chunks are shared between the processes. ``ckpt=[a.pt,b.pt]`` averages the models' probabilities.
 """
 
 from __future__ import annotations
@@ -12,14 +16,15 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import hydra
 import numpy as np
 import tifffile
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from skimage import io as skio
 from torch import nn
 from tqdm.auto import tqdm
@@ -27,12 +32,23 @@ from tqdm.auto import tqdm
 from unet_train.build import build_model
 from unet_train.cli import exit_on_user_error
 from unet_train.config import config_dir
-from unet_train.data.base import image_to_tensor
 from unet_train.data.folder import IMAGE_SUFFIXES, read_image
+from unet_train.engine import distributed
 from unet_train.engine.checkpoint import load_checkpoint
 from unet_train.engine.runtime import make_runtime
 from unet_train.errors import CheckpointError, ConfigError, DataError
 from unet_train.inference import TiledPredictor
+from unet_train.inference.instances import instance_labels, label_chunks, resolve_method
+from unet_train.inference.large import Throughput, predict_to_zarr
+from unet_train.inference.sources import (
+    HDF5_SUFFIXES,
+    TIFF_SUFFIXES,
+    InputScaling,
+    Volume,
+    is_chunked_input,
+    is_zarr_path,
+    open_volume,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,67 +65,59 @@ def load_model(path: str | Path, trust: bool | Sequence[str] = False) -> tuple[n
     return model.eval(), stored
 
 
+def checkpoint_paths(spec: Any) -> list[str]:
+    """``ckpt`` as a list: one path, or ``[a.pt,b.pt,...]`` for an ensemble."""
+    paths = [str(p) for p in spec] if isinstance(spec, ListConfig | list | tuple) else [str(spec)]
+    if not paths:
+        raise ConfigError("ckpt=[] names no checkpoint; pass ckpt=PATH or ckpt=[a.pt,b.pt].")
+    return paths
+
+
+def load_models(spec: Any, trust: bool | Sequence[str] = False) -> tuple[list[nn.Module], DictConfig]:
+    """The models of one or several checkpoints and the first one's run config; they must agree on their data."""
+    paths = checkpoint_paths(spec)
+    loaded = [load_model(path, trust=trust) for path in paths]
+    first = loaded[0][1]
+    for path, (_, stored) in zip(paths[1:], loaded[1:]):
+        for key in ("in_channels", "num_classes"):
+            if stored.data.get(key) != first.data.get(key):
+                raise CheckpointError(
+                    f"ckpt ensemble: {path} has data.{key}={stored.data.get(key)} but {paths[0]} has "
+                    f"{first.data.get(key)}; an ensemble needs models of the same inputs and classes."
+                )
+    return [model for model, _ in loaded], first
+
+
 def find_inputs(spec: str | Path) -> list[Path]:
-    """The image files named by ``input``: one file, or the images of a folder (sorted by name)."""
+    """The inputs named by ``input``: one file or store, or the images of a folder (sorted by name)."""
     path = Path(spec).expanduser()
-    if path.is_dir():
+    if path.is_dir() and not is_zarr_path(path):
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise DataError(f"input={path} is a folder without images ({', '.join(IMAGE_SUFFIXES)}).")
         return files
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"input={path} does not exist; pass an image, a TIFF stack or a folder of images.")
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise DataError(f"input={path} is not an image this tool reads ({', '.join(IMAGE_SUFFIXES)}).")
+    known = (*IMAGE_SUFFIXES, *TIFF_SUFFIXES, *HDF5_SUFFIXES)
+    if not is_zarr_path(path) and path.suffix.lower() not in known:
+        raise DataError(f"input={path} is not an image this tool reads ({', '.join(known)}, or a Zarr store).")
     return [path]
 
 
-def _as_uint8(array: np.ndarray) -> np.ndarray:
-    """Other dtypes are stretched to uint8 by their own min and max, as the folder dataset reads them."""
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == bool:
-        return array.astype(np.uint8) * 255
-    low, high = float(array.min()), float(array.max())
-    scale = 255.0 / (high - low) if high > low else 0.0
-    return ((array - low) * scale).astype(np.uint8)
+def to_input(array: np.ndarray, in_channels: int, where: str, scaling: InputScaling | None = None) -> torch.Tensor:
+    """An image ``(H, W)`` or ``(H, W, C)`` -> float ``(C, H, W)`` model input, checked against the model's channels.
 
-
-def stack_pages(path: Path) -> int:
-    """Number of slices of a TIFF (0 for a single image, including a one-page RGB TIFF); 0 for other formats."""
-    if path.suffix.lower() not in (".tif", ".tiff"):
-        return 0
-    try:
-        with tifffile.TiffFile(path) as tif:
-            pages = len(tif.pages)
-    except Exception as exc:
-        raise DataError(f"Could not read TIFF {path}: {exc}") from exc
-    return pages if pages > 1 else 0
-
-
-def read_slices(path: Path, pages: int) -> Iterator[np.ndarray]:
-    """The slices of a stack one at a time (only one slice in memory), as uint8 ``(H, W)`` or ``(H, W, C)``."""
-    for index in range(pages):
-        try:
-            array = np.asarray(tifffile.imread(path, key=index))
-        except Exception as exc:
-            raise DataError(f"Could not read slice {index} of {path}: {exc}") from exc
-        if array.ndim == 3 and array.shape[2] == 4:
-            array = array[..., :3]
-        if array.ndim not in (2, 3):
-            raise DataError(f"Slice {index} of {path} has shape {array.shape}; expected a 2D grey or RGB image.")
-        yield _as_uint8(array)
-
-
-def to_input(array: np.ndarray, in_channels: int, where: str) -> torch.Tensor:
-    """uint8 image -> float ``(C, H, W)`` in [0, 1], checked against the model's input channels."""
-    tensor = image_to_tensor(array)
-    if tensor.shape[0] != in_channels:
+    The intensities go through :class:`InputScaling` (for the image's own statistics unless given).
+    """
+    raw = array if array.ndim == 3 else array[..., None]
+    if raw.shape[2] != in_channels:
         raise DataError(
-            f"{where} has {tensor.shape[0]} channel(s) but the model takes {in_channels}; "
+            f"{where} has {raw.shape[2]} channel(s) but the model takes {in_channels}; "
             f"convert the images to {'grey' if in_channels == 1 else f'{in_channels} channels'} first."
         )
-    return tensor
+    if scaling is None:
+        scaling = InputScaling.for_volume(Volume(raw, "yxc", where))
+    return scaling(raw)
 
 
 def mask_of(prob: torch.Tensor, threshold: float) -> np.ndarray:
@@ -130,15 +138,41 @@ def show_progress(setting: str) -> bool:
     return setting == "always" or (setting == "auto" and sys.stderr.isatty())
 
 
+def open_input(path: Path, cfg: DictConfig, in_channels: int) -> Volume:
+    """A TIFF, Zarr or HDF5 input as a :class:`Volume`; other images are read whole."""
+    if path.suffix.lower() in TIFF_SUFFIXES or is_chunked_input(path):
+        volume = open_volume(path, cfg.get("input_key"), cfg.get("input_axes"), in_channels)
+    else:
+        array = read_image(path)
+        volume = Volume(array, "yx" if array.ndim == 2 else "yxc", str(path))
+    if volume.shape[3] != in_channels:
+        volume.close()
+        raise DataError(
+            f"{path} has {volume.shape[3]} channel(s) (axes {volume.axes}, shape {tuple(volume.array.shape)}) but the "
+            f"model takes {in_channels}; set input_axes, or convert the images first."
+        )
+    return volume
+
+
 @exit_on_user_error
 def run_predict(cfg: DictConfig) -> list[Path]:
-    """Predict every input of ``cfg.input`` into ``cfg.output``; returns the files written."""
+    """Predict every input of ``cfg.input`` into ``cfg.output``; returns the files written (by this rank)."""
     files = find_inputs(cfg.input)
-    model, stored = load_model(cfg.ckpt, trust=cfg.get("trust_config", False))
+    models, stored = load_models(cfg.ckpt, trust=cfg.get("trust_config", False))
     in_channels = int(stored.data.in_channels)
-    runtime = make_runtime(cfg.trainer.device, cfg.trainer.precision, cfg.trainer.channels_last, deterministic=False)
+    dist = distributed.setup("ddp" if distributed.launched_by_torchrun() else "single", cfg.trainer.device)
+    try:
+        return _predict_all(cfg, files, models, stored, in_channels, dist)
+    finally:
+        distributed.cleanup()
+
+
+def _predict_all(
+    cfg: DictConfig, files: list[Path], models: list[nn.Module], stored: DictConfig, in_channels: int, dist: Any
+) -> list[Path]:
+    runtime = make_runtime(dist.device, cfg.trainer.precision, cfg.trainer.channels_last, deterministic=False)
     predictor = TiledPredictor(
-        model,
+        models,
         tile_size=int(cfg.tile_size),
         overlap=float(cfg.overlap),
         batch_size=int(cfg.batch_size),
@@ -150,49 +184,143 @@ def run_predict(cfg: DictConfig) -> list[Path]:
         fold_bn=bool(cfg.fold_bn),
     )
     out = Path(cfg.output).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
-    progress = show_progress(cfg.progress)
-    pages = {path: stack_pages(path) for path in files}
-    images = sum(max(n, 1) for n in pages.values())
+    to_zarr = out.name.lower().endswith(".zarr")
+    if to_zarr and len(files) > 1:
+        raise ConfigError(
+            f"output={out} is one Zarr store but input={cfg.input} holds {len(files)} images; "
+            "pass output=FOLDER (each Zarr/HDF5 input gets FOLDER/<name>.zarr)."
+        )
+    classes = int(stored.data.num_classes)
+    classes = 1 if classes <= 2 else classes
+    method = resolve_method(str(cfg.instance_method), stored.data) if cfg.instances else None
     written: list[Path] = []
     start = time.monotonic()
-    # One bar over images when there are several; over the tiles of the image when there is one.
-    with tqdm(total=images, unit="image", disable=not progress or images == 1, dynamic_ncols=True) as bar:
-        for path in files:
-            if pages[path]:
-                written += predict_stack(predictor, path, pages[path], in_channels, out, cfg.threshold, bar)
-            else:
-                tensor = to_input(read_image(path), in_channels, str(path))
-                tiles = predictor.num_tiles(*tensor.shape[1:])
-                with tqdm(total=tiles, unit="tile", disable=not progress or images > 1, dynamic_ncols=True) as tbar:
-                    prob = predictor.predict(tensor, on_tiles=tbar.update)
-                written += [out / f"{path.stem}_prob.tif", out / f"{path.stem}.png"]
-                tifffile.imwrite(written[-2], probability_array(prob))
-                skio.imsave(written[-1], mask_of(prob, cfg.threshold), check_contrast=False)
-                bar.update(1)
-    log.info("Predicted %d image(s) in %.1f s into %s", images, time.monotonic() - start, out)
-    print(f"Wrote {len(written)} file(s) to {out}")
+    volumes: list[tuple[Path, Volume]] = [(path, open_input(path, cfg, in_channels)) for path in files]
+    try:
+        in_memory = [(p, v) for p, v in volumes if not (to_zarr or is_chunked_input(p))][dist.rank :: dist.world_size]
+        tiles = sum(predictor.num_tiles(*v.shape[1:3]) * v.depth for _, v in in_memory)
+        report = Throughput(tiles, "predict")
+        progress = show_progress(cfg.progress)
+        with tqdm(total=tiles, unit="tile", disable=not progress or not tiles, dynamic_ncols=True) as bar:
+
+            def on_tiles(n: int) -> None:
+                bar.update(n)
+                report(n)
+
+            for path, volume in volumes:
+                if to_zarr or is_chunked_input(path):
+                    store = out if to_zarr else out / f"{path.name.split('.')[0]}.zarr"
+                    written.append(predict_store(cfg, predictor, volume, store, classes, stored, method, dist))
+                elif (path, volume) in in_memory:
+                    out.mkdir(parents=True, exist_ok=True)
+                    written += predict_in_memory(cfg, predictor, path, volume, out, method, on_tiles)
+    finally:
+        for _, volume in volumes:
+            volume.close()
+    log.info("Predicted %d input(s) in %.1f s into %s", len(files), time.monotonic() - start, out)
+    if dist.is_main:
+        print(f"Wrote {len(written)} file(s) to {out}")
     return written
 
 
-def predict_stack(
-    predictor: TiledPredictor, path: Path, pages: int, in_channels: int, out: Path, threshold: float, bar: tqdm
+def predict_store(
+    cfg: DictConfig,
+    predictor: TiledPredictor,
+    volume: Volume,
+    store: Path,
+    classes: int,
+    stored: DictConfig,
+    method: str | None,
+    dist: Any,
+) -> Path:
+    """One input into an OME-Zarr store, chunk by chunk (resumes a store of the same settings)."""
+    store.parent.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "ckpt": [str(Path(p).expanduser().resolve()) for p in checkpoint_paths(cfg.ckpt)],
+        "input": volume.name,
+        "input_shape": list(volume.shape),
+        "tile_size": predictor.tile_size,
+        "overlap": predictor.overlap,
+        "margin": predictor.margin,
+        "batch_size": predictor.batch_size,
+        "tta": predictor.tta,
+        "threshold": float(cfg.threshold),
+        "instances": method,
+    }
+    scaling = InputScaling.for_volume(volume, stored.data)
+    result = predict_to_zarr(
+        predictor,
+        volume,
+        scaling,
+        store,
+        classes,
+        int(cfg.chunk_size),
+        str(cfg.prob_dtype),
+        float(cfg.threshold),
+        settings,
+        dist,
+    )
+    if method is not None:
+        label_chunks(result, method, float(cfg.threshold), int(cfg.min_distance), int(cfg.instance_halo), dist)
+    return store
+
+
+def predict_in_memory(
+    cfg: DictConfig,
+    predictor: TiledPredictor,
+    path: Path,
+    volume: Volume,
+    out: Path,
+    method: str | None,
+    on_tiles: Any,
 ) -> list[Path]:
-    """Predict a TIFF stack slice by slice, appending each slice to the output stacks as it is done."""
-    prob_path, mask_path = out / f"{path.stem}_prob.tif", out / f"{path.stem}_mask.tif"
-    with tifffile.TiffWriter(prob_path) as prob_tif, tifffile.TiffWriter(mask_path) as mask_tif:
-        for index, array in enumerate(read_slices(path, pages)):
-            prob = predictor.predict(to_input(array, in_channels, f"slice {index} of {path}"))
-            # contiguous=True appends to one series, so the file reads back as (N, H, W).
-            prob_tif.write(probability_array(prob), contiguous=True)
-            mask_tif.write(mask_of(prob, threshold), contiguous=True)
-            bar.update(1)
-    return [prob_path, mask_path]
+    """An image or a TIFF stack with whole-plane outputs: TIFF probabilities, PNG/TIFF masks (and labels)."""
+    scaling = InputScaling.for_volume(volume)
+    _, height, width, _ = volume.shape
+    threshold = float(cfg.threshold)
+
+    def planes() -> Any:
+        for z in range(volume.depth):
+            prob = predictor.predict(
+                to_input(volume.read(z, 0, height, 0, width), volume.shape[3], path.name, scaling), on_tiles=on_tiles
+            )
+            labels = instance_labels(prob.numpy(), method, threshold, int(cfg.min_distance)) if method else None
+            yield prob, labels
+
+    if not volume.has_z:
+        prob, labels = next(planes())
+        files = [out / f"{path.stem}_prob.tif", out / f"{path.stem}.png"]
+        tifffile.imwrite(files[0], probability_array(prob))
+        skio.imsave(files[1], mask_of(prob, threshold), check_contrast=False)
+        if labels is not None:
+            files.append(out / f"{path.stem}_labels.tif")
+            tifffile.imwrite(files[-1], labels)
+        return files
+    # A stack: appended slice by slice (contiguous=True keeps one series, so files read back as (N, H, W)).
+    names = ["_prob.tif", "_mask.tif", *(["_labels.tif"] if method else [])]
+    files = [out / f"{path.stem}{suffix}" for suffix in names]
+    writers = [tifffile.TiffWriter(f) for f in files]
+    try:
+        for prob, labels in planes():
+            writers[0].write(probability_array(prob), contiguous=True)
+            writers[1].write(mask_of(prob, threshold), contiguous=True)
+            if labels is not None:
+                writers[2].write(labels, contiguous=True)
+    finally:
+        for writer in writers:
+            writer.close()
+    return files
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     run_predict(cfg)
+
+
+def main() -> None:
+    """The ``unet-predict`` console script; under torchrun, ranks other than 0 create no run folder."""
+    sys.argv.extend(distributed.worker_hydra_overrides())
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -13,10 +13,11 @@ place.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -92,7 +93,9 @@ class TiledPredictor:
     """Predict class probabilities of a whole image tile by tile.
 
     Args:
-        model: a model returning logits; put into eval mode (a folded copy when ``fold_bn``).
+        model: a model returning logits, or several (an ensemble, e.g. the folds of a
+            cross-validation) whose probabilities are averaged; put into eval mode (folded copies
+            when ``fold_bn``).
         tile_size: side of the square tiles; shrunk to the padded image where that is smaller.
         overlap: fraction of a tile shared with its neighbour (0 <= overlap < 1).
         batch_size: tiles per forward pass; with the tile size this bounds the memory.
@@ -108,7 +111,7 @@ class TiledPredictor:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | Sequence[nn.Module],
         tile_size: int = 256,
         overlap: float = 0.25,
         batch_size: int = 4,
@@ -126,16 +129,13 @@ class TiledPredictor:
                 "0 <= overlap < 1 and batch_size >= 1."
             )
         self.device = torch.device(device)
-        model = model.eval()
-        if fold_bn:
-            model = fold_batchnorm(model)
-        model = model.to(self.device)
         self.channels_last = channels_last
-        if channels_last:
-            model = to_channels_last(model)
-        self.model = model
+        self.models = [self._prepare(m, fold_bn) for m in ([model] if isinstance(model, nn.Module) else model)]
+        if not self.models:
+            raise ConfigError("TiledPredictor needs at least one model.")
+        self.model = self.models[0]
         # Tile starts on the pooling grid keep every tile's features aligned with the whole image's.
-        self.align = 2 ** int(getattr(model, "depth", 0))
+        self.align = max(2 ** int(getattr(m, "depth", 0)) for m in self.models)
         self.tile_size = tile_size
         self.overlap = overlap
         self.batch_size = batch_size
@@ -148,6 +148,13 @@ class TiledPredictor:
         self.autocast_dtype = autocast_dtype
         self.sigma_scale = sigma_scale
         self._weights: dict[tuple[int, int], torch.Tensor] = {}
+
+    def _prepare(self, model: nn.Module, fold_bn: bool) -> nn.Module:
+        model = model.eval()
+        if fold_bn:
+            model = fold_batchnorm(model)
+        model = model.to(self.device)
+        return to_channels_last(model) if self.channels_last else model
 
     def _weight(self, height: int, width: int) -> torch.Tensor:
         # Computed once per tile shape and reused by every tile and image.
@@ -168,17 +175,35 @@ class TiledPredictor:
         _, _, ys, xs = self.grid(height, width)
         return len(ys) * len(xs)
 
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+    def forward_tiles(self, batch: torch.Tensor, pad: bool = False) -> torch.Tensor:
+        """Probabilities ``(N, K, h, w)`` float32 on the CPU of a batch of tiles ``(N, C, h, w)``.
+
+        With ``pad``, a batch smaller than ``batch_size`` is padded to it (with copies of its last tile), so every
+        forward pass has the same shape: a tile's probabilities then do not depend on which tiles
+        share its batch (kernel choices can depend on the batch size), and chunked, resumed and
+        multi-process predictions agree bit for bit. The ensemble's probabilities are averaged.
+        """
+        count = batch.shape[0]
+        if pad and count < self.batch_size:
+            batch = torch.cat([batch, batch[-1:].expand(self.batch_size - count, *batch.shape[1:])])
         batch = batch.to(self.device, non_blocking=True)
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
+        total: torch.Tensor | None = None
         with torch.inference_mode():
-            if self.autocast_dtype is not None:
-                with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-                    prob = predict_probabilities(self.model, batch, self.tta)
-            else:
-                prob = predict_probabilities(self.model, batch, self.tta)
-        return prob.float().cpu()
+            for model in self.models:
+                precision = (
+                    torch.autocast(self.device.type, dtype=self.autocast_dtype)
+                    if self.autocast_dtype is not None
+                    else contextlib.nullcontext()
+                )
+                with precision:
+                    prob = predict_probabilities(model, batch, self.tta).float()
+                total = prob if total is None else total.add_(prob)
+            assert total is not None
+            if len(self.models) > 1:
+                total.div_(len(self.models))
+        return total[:count].cpu()
 
     def predict(self, image: torch.Tensor, on_tiles: Callable[[int], None] | None = None) -> torch.Tensor:
         """Probabilities ``(K, H, W)`` float32 on the CPU for one image ``(C, H, W)``.
@@ -200,7 +225,7 @@ class TiledPredictor:
         for starts in _batches([(y, x) for y in ys for x in xs], self.batch_size):
             for i, (y, x) in enumerate(starts):
                 buffer[i] = _gather(image, rows, cols, m, y - m, x - m, tile_h, tile_w)
-            prob = self._forward(buffer[: len(starts)])
+            prob = self.forward_tiles(buffer[: len(starts)])
             if out is None:
                 out = torch.zeros(prob.shape[1], height, width)
             for i, (y, x) in enumerate(starts):

@@ -1,0 +1,322 @@
+"""Images that need not fit in memory: Zarr / OME-Zarr, HDF5 and (Big)TIFF read window by window.
+
+A :class:`Volume` presents any of them as ``(Z, Y, X, C)`` and reads one window of one z plane
+at a time (:meth:`Volume.read`), in the file's own dtype. The conversion from those raw pixels to
+the model's input lives in one place, :class:`InputScaling`.
+
+zarr and h5py are optional (``pip install "unet-train[bigdata]"``); :func:`require` names the
+extra when one is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import tifffile
+import torch
+
+from unet_train.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+ZARR_SUFFIXES = (".zarr", ".ome.zarr", ".n5")
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
+AXES = "zyxc"  # the order Volume presents
+
+
+def require(module: str) -> ModuleType:
+    """Import an optional dependency of the large-image path, or say which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigError(
+            f'{module} is needed for Zarr/OME-Zarr/HDF5 files; install it with pip install "unet-train[bigdata]".'
+        ) from exc
+
+
+def is_zarr_path(path: Path) -> bool:
+    return path.name.lower().endswith(ZARR_SUFFIXES) or (path / "zarr.json").is_file() or (path / ".zgroup").is_file()
+
+
+def is_chunked_input(path: Path) -> bool:
+    """Inputs that are read window by window (Zarr and HDF5); images and TIFFs may also be read whole."""
+    return is_zarr_path(path) or path.suffix.lower() in HDF5_SUFFIXES
+
+
+@dataclass
+class Volume:
+    """An image or stack as ``(Z, Y, X, C)``, read window by window in its own dtype.
+
+    ``array`` is anything indexable like a NumPy array (a zarr array, an h5py dataset, a memmap);
+    ``axes`` names its dimensions with letters of ``tczyx`` (``t`` must have length 1).
+    ``scale`` holds the physical pixel size per axis of ``zyx`` where the file states one.
+    """
+
+    array: Any
+    axes: str
+    name: str
+    scale: dict[str, float] = field(default_factory=dict)
+    units: dict[str, str] = field(default_factory=dict)
+    handle: Any = None  # an open file to close (h5py.File, tifffile.TiffFile)
+
+    def __post_init__(self) -> None:
+        if (
+            sorted(self.axes) != sorted(set(self.axes))
+            or set(self.axes) - set("tczyx")
+            or len(self.axes) != len(self.array.shape)
+        ):
+            raise DataError(
+                f"{self.name}: axes {self.axes!r} do not fit its shape {tuple(self.array.shape)}; "
+                "set input_axes to letters of tczyx, one per dimension (e.g. zyx, cyx, yxc)."
+            )
+        if "y" not in self.axes or "x" not in self.axes:
+            raise DataError(f"{self.name}: axes {self.axes!r} have no y and x; set input_axes (e.g. input_axes=zyx).")
+        if "t" in self.axes and self.array.shape[self.axes.index("t")] != 1:
+            raise DataError(
+                f"{self.name}: a time series ({self.axes}, {tuple(self.array.shape)}); predict one time point."
+            )
+        size = dict(zip(self.axes, self.array.shape))
+        self.shape = (size.get("z", 1), size["y"], size["x"], size.get("c", 1))
+        self.dtype = np.dtype(self.array.dtype)
+
+    @property
+    def depth(self) -> int:
+        return self.shape[0]
+
+    @property
+    def has_z(self) -> bool:
+        return "z" in self.axes
+
+    def read(self, z: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Pixels ``[y0:y1, x0:x1]`` of plane ``z`` as ``(h, w, C)`` in the file's dtype."""
+        index: list[Any] = []
+        for axis in self.axes:
+            index.append({"t": 0, "z": z, "y": slice(y0, y1), "x": slice(x0, x1), "c": slice(None)}[axis])
+        window = np.asarray(self.array[tuple(index)])
+        kept = [a for a in self.axes if a in "yxc"]
+        window = window.transpose([kept.index(a) for a in "yx" + ("c" if "c" in kept else "")])
+        return window if window.ndim == 3 else window[..., None]
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+
+def guess_axes(shape: tuple[int, ...], in_channels: int) -> str:
+    """Axes of an array without metadata: ``yx``; ``cyx``/``yxc`` when a side equals the channels; else ``zyx``."""
+    if len(shape) == 2:
+        return "yx"
+    if len(shape) == 3:
+        if in_channels > 1 and shape[-1] == in_channels:
+            return "yxc"
+        if in_channels > 1 and shape[0] == in_channels:
+            return "cyx"
+        return "zyx"
+    if len(shape) == 4:
+        return "zyxc" if in_channels > 1 and shape[-1] == in_channels else "czyx"
+    raise DataError(f"An array of shape {shape} is not a 2D image or stack; set input_axes (letters of tczyx).")
+
+
+def open_volume(spec: str | Path, key: str | int | None, axes: str | None, in_channels: int) -> Volume:
+    """Open ``input`` (+ ``input_key``, ``input_axes``) as a :class:`Volume` without reading its pixels."""
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise DataError(f"input={path} does not exist; pass an image, a TIFF stack, a Zarr store or an HDF5 file.")
+    key = None if key is None else str(key)
+    if is_zarr_path(path):
+        return _open_zarr(path, key, axes, in_channels)
+    if path.suffix.lower() in HDF5_SUFFIXES:
+        return _open_hdf5(path, key, axes, in_channels)
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        return _open_tiff(path, axes, in_channels)
+    raise DataError(f"input={path}: not a Zarr store, HDF5 file or TIFF; those are what large inputs may be.")
+
+
+def _open_zarr(path: Path, key: str | None, axes: str | None, in_channels: int) -> Volume:
+    zarr = require("zarr")
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as exc:
+        raise DataError(f"Could not open Zarr store {path}: {exc}") from exc
+    scale: dict[str, float] = {}
+    units: dict[str, str] = {}
+    if isinstance(node, zarr.Group):
+        attrs = node.attrs.asdict()
+        multiscales = attrs.get("ome", attrs).get("multiscales")
+        if multiscales:  # OME-Zarr image: key picks a level (its path, or its index)
+            image = multiscales[0]
+            levels = [d["path"] for d in image["datasets"]]
+            chosen = levels[0] if key is None else key
+            if chosen not in levels and chosen.isdigit() and int(chosen) < len(levels):
+                chosen = levels[int(chosen)]
+            if chosen not in levels:
+                raise DataError(f"input_key={key} is not a level of OME-Zarr {path}; its levels are {levels}.")
+            names = [a["name"] if isinstance(a, dict) else a for a in image.get("axes", [])]
+            axes = axes or "".join(names) or None
+            level = image["datasets"][levels.index(chosen)]
+            units = {a["name"]: a["unit"] for a in image.get("axes", []) if isinstance(a, dict) and a.get("unit")}
+            for transform in level.get("coordinateTransformations", []):
+                if transform.get("type") == "scale" and names:
+                    scale = {n: float(s) for n, s in zip(names, transform["scale"]) if n in "zyx"}
+            key = chosen
+        arrays = sorted(name for name, _ in node.arrays())
+        if key is None:
+            if len(arrays) != 1:
+                raise DataError(f"Zarr group {path} holds arrays {arrays}; choose one with input_key=NAME.")
+            key = arrays[0]
+        try:
+            array = node[key]
+        except KeyError as exc:
+            raise DataError(f"input_key={key} is not in Zarr group {path}; it holds {arrays}.") from exc
+        if axes is None:
+            dims = getattr(array.metadata, "dimension_names", None)
+            axes = "".join(dims) if dims and all(d and d in "tczyx" for d in dims) else None
+        name = f"{path}/{key}"
+    else:
+        array, name = node, str(path)
+        if key is not None:
+            raise DataError(f"input={path} is a Zarr array, not a group; drop input_key={key}.")
+    axes = axes or guess_axes(tuple(array.shape), in_channels)
+    return Volume(array, axes, name, scale, units)
+
+
+def _open_hdf5(path: Path, key: str | None, axes: str | None, in_channels: int) -> Volume:
+    h5py = require("h5py")
+    try:
+        handle = h5py.File(path, "r")
+    except Exception as exc:
+        raise DataError(f"Could not open HDF5 file {path}: {exc}") from exc
+    datasets: list[str] = []
+    handle.visititems(lambda name, obj: datasets.append(name) if isinstance(obj, h5py.Dataset) else None)
+    if key is None:
+        if len(datasets) != 1:
+            handle.close()
+            raise DataError(f"HDF5 file {path} holds datasets {datasets}; choose one with input_key=NAME.")
+        key = datasets[0]
+    if key not in datasets:
+        handle.close()
+        raise DataError(f"input_key={key} is not a dataset of {path}; it holds {datasets}.")
+    array = handle[key]
+    scale = {}
+    if "element_size_um" in array.attrs:  # the convention of ilastik and Fiji's HDF5 plugins (z, y, x)
+        sizes = [float(s) for s in array.attrs["element_size_um"]][-3:]
+        scale = dict(zip("zyx"[3 - len(sizes) :], sizes))
+    axes = axes or guess_axes(tuple(array.shape), in_channels)
+    return Volume(array, axes, f"{path}:{key}", scale, dict.fromkeys(scale, "micrometer"), handle=handle)
+
+
+def _open_tiff(path: Path, axes: str | None, in_channels: int) -> Volume:
+    """A TIFF read by tiles or strips through tifffile's Zarr view when zarr is there, else page by page."""
+    try:
+        tif = tifffile.TiffFile(path)
+        series = tif.series[0]
+    except Exception as exc:
+        raise DataError(f"Could not read TIFF {path}: {exc}") from exc
+    tiff_axes = series.axes.lower().replace("q", "z").replace("i", "z").replace("s", "c")
+    if axes is None:
+        axes = tiff_axes if set(tiff_axes) <= set("tczyx") and len(set(tiff_axes)) == len(tiff_axes) else None
+        axes = axes or guess_axes(tuple(series.shape), in_channels)
+    try:
+        zarr = importlib.import_module("zarr")
+        array: Any = zarr.open(series.aszarr(), mode="r")
+    except ImportError:
+        array = _TiffPages(tif, series)
+    return Volume(array, axes, str(path), handle=tif)
+
+
+class _TiffPages:
+    """Page-by-page access to a TIFF series without zarr: one page (z plane) decoded at a time."""
+
+    def __init__(self, tif: tifffile.TiffFile, series: Any) -> None:
+        self.pages, self.shape, self.dtype = series.pages, tuple(series.shape), series.dtype
+        self.page_shape = tuple(series.pages[0].shape)
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def __getitem__(self, index: tuple[Any, ...]) -> np.ndarray:
+        lead = len(self.shape) - len(self.page_shape)
+        flat = 0
+        for dim, i in zip(self.shape[:lead], index[:lead]):
+            if not isinstance(i, int):
+                raise DataError("Without zarr, a TIFF is read one plane at a time; install unet-train[bigdata].")
+            flat = flat * dim + i
+        if self._cached is None or self._cached[0] != flat:
+            self._cached = (flat, self.pages[flat].asarray())
+        return self._cached[1][index[lead:]]
+
+
+@dataclass
+class InputScaling:
+    """Raw pixels -> the model's input: the one place of the predict path that converts intensities.
+
+    Today's rule (the one training applies to its images): uint8 is divided by 255; bool is 0/1;
+    any other dtype is stretched by the image's min and max to uint8 and then divided by 255.
+    For a volume, min and max come from :func:`sample_statistics`, exact for images that fit a
+    subsample budget and estimated on a regular subsample otherwise. A normalisation stored in the
+    checkpoint (percentiles, z-score) plugs in here, with its statistics from the same subsample.
+    """
+
+    dtype: np.dtype
+    low: float = 0.0
+    high: float = 255.0
+
+    @classmethod
+    def for_volume(cls, volume: Volume, stored_data: Any = None, max_pixels: int = 4_000_000) -> InputScaling:
+        """The scaling for ``volume``; ``stored_data`` is the checkpoint's data config (for a stored scheme)."""
+        if volume.dtype in (np.uint8, np.bool_):
+            return cls(volume.dtype)
+        low, high = sample_statistics(volume, max_pixels)
+        return cls(volume.dtype, low, high)
+
+    def __call__(self, raw: np.ndarray) -> torch.Tensor:
+        """``(h, w, C)`` raw pixels -> float32 ``(C, h, w)``."""
+        if raw.dtype == np.bool_:
+            array = raw.astype(np.float32)
+        elif raw.dtype == np.uint8:
+            array = raw.astype(np.float32) / np.float32(255.0)
+        else:
+            scale = 255.0 / (self.high - self.low) if self.high > self.low else 0.0
+            stretched = np.clip((raw.astype(np.float64) - self.low) * scale, 0, 255).astype(np.uint8)
+            array = stretched.astype(np.float32) / np.float32(255.0)
+        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+
+def sample_statistics(volume: Volume, max_pixels: int) -> tuple[float, float]:
+    """Min and max of a volume: over all pixels where there are at most ``max_pixels`` per plane, else over
+    a regular grid of windows (64x64 px, up to ``max_pixels`` per plane, on up to 8 planes)."""
+    _, height, width, _ = volume.shape
+    planes = np.unique(np.linspace(0, volume.depth - 1, min(volume.depth, 8)).round().astype(int))
+    lows, highs = [], []
+    for z in planes:
+        if height * width <= max_pixels:
+            windows = [volume.read(int(z), 0, height, 0, width)]
+        else:
+            side, per_axis = 64, max(1, int(np.sqrt(max_pixels / 64**2)))
+            ys = np.linspace(0, max(height - side, 0), per_axis).astype(int)
+            xs = np.linspace(0, max(width - side, 0), per_axis).astype(int)
+            windows = [volume.read(int(z), y, y + side, x, x + side) for y in ys for x in xs]
+        for window in windows:
+            if window.dtype.kind == "f" and not np.isfinite(window).all():
+                raise DataError(f"{volume.name} has NaN or infinite pixels; fix the file first.")
+            lows.append(float(window.min()))
+            highs.append(float(window.max()))
+    return min(lows), max(highs)
+
+
+def ngff_axes(volume_has_z: bool, channels: bool, units: dict[str, str]) -> list[dict[str, str]]:
+    """OME-NGFF ``axes`` entries for an output of ``[c,] [z,] y, x``."""
+    names = (["c"] if channels else []) + (["z"] if volume_has_z else []) + ["y", "x"]
+    out = []
+    for name in names:
+        entry = {"name": name, "type": "channel" if name == "c" else "space"}
+        if name in units:
+            entry["unit"] = units[name]
+        out.append(entry)
+    return out

@@ -1,0 +1,172 @@
+"""A prediction written chunk by chunk into an OME-Zarr (NGFF 0.5, Zarr v3) store, resumable after a kill.
+
+Layout of ``output=NAME.zarr``:
+
+``0``
+    probabilities: ``([z,] y, x)`` of the positive class for a binary model, ``(c, [z,] y, x)``
+    otherwise; float16, or uint8 (``round(255 p)``, ``prob_dtype=uint8``); the image of the
+    group's ``ome.multiscales`` (one level, the input's pixel size as its scale).
+``labels/mask/0``
+    the mask ``([z,] y, x)`` uint8: class indices (0/1 for a binary model), an NGFF label image.
+``labels/instances/0``
+    with ``instances=true``: uint32 instance labels (0 = background), an NGFF label image.
+``done``
+    one uint8 per (z, chunk row, chunk column), set to 1 after that chunk's probabilities and mask
+    are written. A restarted prediction skips the chunks marked done; a chunk being written when
+    the process was killed is not marked and is written again. The settings that produced the
+    store are kept in its ``unet_predict`` attribute; a restart with other settings is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from unet_train.errors import ConfigError
+from unet_train.inference.sources import Volume, ngff_axes, require
+
+log = logging.getLogger(__name__)
+
+NGFF_VERSION = "0.5"
+PROB_DTYPES = ("float16", "uint8", "float32")
+
+
+def _multiscales(name: str, axes: list[dict[str, str]], scale: list[float]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": name,
+            "axes": axes,
+            "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
+        }
+    ]
+
+
+class ZarrPrediction:
+    """Probabilities, mask and done-markers of one prediction in an OME-Zarr store (see the module docstring).
+
+    Use :meth:`create` on one process (rank 0), then :meth:`open` everywhere.
+    """
+
+    def __init__(self, path: Path, threshold: float) -> None:
+        zarr = require("zarr")
+        self.path = path
+        self.group = zarr.open_group(str(path), mode="r+")
+        settings = self.group.attrs["unet_predict"]
+        self.chunk = int(settings["chunk_size"])
+        self.binary = bool(settings["binary"])
+        self.has_z = bool(settings["has_z"])
+        self.prob = self.group["0"]
+        self.mask = self.group["labels/mask/0"]
+        self.done_array = self.group["done"]
+        self.threshold = threshold
+        self.prob_dtype = np.dtype(self.prob.dtype)
+
+    @staticmethod
+    def create(path: Path, volume: Volume, classes: int, chunk: int, prob_dtype: str, settings: dict[str, Any]) -> None:
+        """Create the store, or check that an existing one was made with the same ``settings`` (to resume it)."""
+        zarr = require("zarr")
+        if prob_dtype not in PROB_DTYPES:
+            raise ConfigError(f"prob_dtype={prob_dtype!r} must be one of {', '.join(PROB_DTYPES)}.")
+        depth, height, width, _ = volume.shape
+        binary = classes == 1
+        settings = {**settings, "chunk_size": chunk, "binary": binary, "has_z": volume.has_z, "prob_dtype": prob_dtype}
+        if path.exists():
+            try:
+                group = zarr.open_group(str(path), mode="r")
+                stored = group.attrs["unet_predict"]
+            except Exception as exc:
+                raise ConfigError(
+                    f"output={path} exists and is not a unet-predict store; choose another output or delete it."
+                ) from exc
+            changed = [k for k in settings if stored.get(k) != settings[k]]
+            if changed:
+                k = changed[0]
+                raise ConfigError(
+                    f"output={path} holds a prediction made with {k}={stored.get(k)!r}, not {settings[k]!r}; "
+                    "rerun with the same settings to resume, or choose another output."
+                )
+            return
+        plane = (depth,) if volume.has_z else ()
+        spatial = (*plane, height, width)
+        spatial_chunks = (*((1,) if volume.has_z else ()), chunk, chunk)
+        names = (*(("z",) if volume.has_z else ()), "y", "x")
+        scale = [volume.scale.get(a, 1.0) for a in names]
+        group = zarr.open_group(str(path), mode="w")
+        prob_shape = spatial if binary else (classes, *spatial)
+        group.create_array(
+            "0",
+            shape=prob_shape,
+            chunks=spatial_chunks if binary else (classes, *spatial_chunks),
+            dtype=prob_dtype,
+            fill_value=0,
+            dimension_names=names if binary else ("c", *names),
+        )
+        labels = group.require_group("labels")
+        kinds = ["mask", *(["instances"] if settings.get("instances") else [])]
+        for kind in kinds:
+            label = labels.require_group(kind)
+            label.create_array(
+                "0",
+                shape=spatial,
+                chunks=spatial_chunks,
+                dtype="uint8" if kind == "mask" else "uint32",
+                fill_value=0,
+                dimension_names=names,
+            )
+            label.attrs["ome"] = {
+                "version": NGFF_VERSION,
+                "image-label": {"source": {"image": "../../"}},
+                "multiscales": _multiscales(kind, ngff_axes(volume.has_z, False, volume.units), scale),
+            }
+        labels.attrs["ome"] = {"version": NGFF_VERSION, "labels": kinds}
+        ny, nx = -(-height // chunk), -(-width // chunk)
+        group.create_array("done", shape=(depth, ny, nx), chunks=(1, 1, 1), dtype="uint8", fill_value=0)
+        prob_scale = scale if binary else [1.0, *scale]
+        group.attrs.update(
+            {
+                "ome": {
+                    "version": NGFF_VERSION,
+                    "multiscales": _multiscales(
+                        "probabilities", ngff_axes(volume.has_z, not binary, volume.units), prob_scale
+                    ),
+                },
+                "unet_predict": settings,
+            }
+        )
+
+    def done(self) -> np.ndarray:
+        """``(Z, chunk rows, chunk columns)`` bool: the chunks already written."""
+        return np.asarray(self.done_array[...]).astype(bool)
+
+    def _where(self, z: int, y0: int, y1: int, x0: int, x1: int) -> tuple[Any, ...]:
+        return (*((z,) if self.has_z else ()), slice(y0, y1), slice(x0, x1))
+
+    def write_chunk(
+        self, z: int, chunk: tuple[int, int], bounds: tuple[int, int, int, int], prob: torch.Tensor
+    ) -> None:
+        """Write one chunk's probabilities ``(K, h, w)`` and mask, then mark it done."""
+        where = self._where(z, *bounds)
+        values = prob.numpy()
+        if self.prob_dtype == np.uint8:
+            stored = np.round(values * 255.0).astype(np.uint8)
+        else:
+            stored = values.astype(self.prob_dtype)
+        self.prob[where if self.binary else (slice(None), *where)] = stored[0] if self.binary else stored
+        mask = (values[0] > self.threshold) if self.binary else values.argmax(0)
+        self.mask[where] = mask.astype(np.uint8)
+        self.done_array[z, chunk[0], chunk[1]] = 1
+
+    def finish(self) -> None:
+        self.group.attrs["unet_predict"] = {**self.group.attrs["unet_predict"], "complete": True}
+
+
+def read_scale_of(path: Path) -> list[float]:
+    """The scale of level 0 of an OME-Zarr image (for the tests and tools)."""
+    zarr = require("zarr")
+    group = zarr.open_group(str(path), mode="r")
+    ome = group.attrs["ome"]
+    return list(ome["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"])
