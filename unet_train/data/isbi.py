@@ -90,9 +90,8 @@ class ISBI2012(SegmentationData):
         root: folder holding the three TIFF stacks.
         download: fetch missing stacks from ``urls`` and verify them.
         foreground: ``membrane`` (label 0 is the positive class) or ``cell`` (label 255).
-        train_slices, val_slices: slice indices (``"0-24"`` or a list) of the annotated stack.
-        fold, num_folds: when ``fold`` is set, use contiguous k-fold splits instead
-            (validation = the ``fold``-th of ``num_folds`` blocks of slices).
+        train_slices, val_slices: slice indices (``"0-24"`` or a list) of the annotated stack;
+            unused when ``fold`` is set (k-fold over the 30 slices in order, see ``SegmentationData``).
         urls: download mirrors, each with ``{name}`` for the file name.
         **kwargs: loader and transform settings of :class:`SegmentationData`.
     """
@@ -104,8 +103,6 @@ class ISBI2012(SegmentationData):
         foreground: str = "membrane",
         train_slices: Sequence[int] | str = "0-24",
         val_slices: Sequence[int] | str = "25-29",
-        fold: int | None = None,
-        num_folds: int = 5,
         urls: Sequence[str] = DEFAULT_URLS,
         **kwargs: Any,
     ) -> None:
@@ -118,7 +115,6 @@ class ISBI2012(SegmentationData):
         self.download = download
         self.foreground = foreground
         self.train_slices, self.val_slices = train_slices, val_slices
-        self.fold, self.num_folds = fold, num_folds
         self.urls = list(urls)
 
     def _read(self, name: str) -> np.ndarray:
@@ -140,18 +136,6 @@ class ISBI2012(SegmentationData):
             raise DataError(f"{path} has shape {stack.shape}; expected a stack of 2D slices (N, H, W).")
         return np.asarray(stack, dtype=np.uint8)
 
-    def _indices(self, total: int) -> tuple[list[int], list[int]]:
-        if self.fold is None:
-            return (
-                parse_indices(self.train_slices, total, "data.train_slices"),
-                parse_indices(self.val_slices, total, "data.val_slices"),
-            )
-        if not 0 <= self.fold < self.num_folds:
-            raise ConfigError(f"data.fold={self.fold} must be in 0..{self.num_folds - 1} (data.num_folds).")
-        blocks = np.array_split(np.arange(total), self.num_folds)
-        val = [int(i) for i in blocks[self.fold]]
-        return [i for i in range(total) if i not in val], val
-
     def load_split(self, split: str) -> Split:
         if split == "test":
             volume = self._read("test-volume.tif")
@@ -163,6 +147,9 @@ class ISBI2012(SegmentationData):
             )
         positive = labels == 0 if self.foreground == "membrane" else labels > 0
         masks = positive.astype(np.uint8)
-        train, val = self._indices(len(volume))
-        indices = {"train": train, "val": val, "all": list(range(len(volume)))}[split]
+        if split == "all":
+            indices = list(range(len(volume)))
+        else:
+            what = f"data.{split}_slices"
+            indices = parse_indices(self.train_slices if split == "train" else self.val_slices, len(volume), what)
         return Split([volume[i] for i in indices], [masks[i] for i in indices], [f"train-{i:02d}" for i in indices])

@@ -8,21 +8,29 @@ from scipy import ndimage as ndi
 FOUR_CONNECTED = ndi.generate_binary_structure(2, 1)
 
 
-def contour(mask: np.ndarray) -> np.ndarray:
-    """Pixels of a boolean mask with a 4-neighbour outside it (the image edge does not count as outside)."""
+def contour(mask: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """Pixels of a boolean mask with a 4-neighbour outside it (the image edge does not count as outside).
+
+    Pixels outside ``valid`` (unlabelled) do not count as outside either: an ignored region draws no contour.
+    """
     mask = np.asarray(mask, dtype=bool)
-    return mask & ~ndi.binary_erosion(mask, structure=FOUR_CONNECTED, border_value=1)
+    inside = mask if valid is None else mask | ~np.asarray(valid, dtype=bool)
+    return mask & ~ndi.binary_erosion(inside, structure=FOUR_CONNECTED, border_value=1)
 
 
-def hd95(pred: np.ndarray, truth: np.ndarray) -> float:
+def hd95(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None) -> float:
     """95th-percentile symmetric Hausdorff distance between the contours of two boolean masks ``(H, W)``.
 
     Each contour pixel's Euclidean distance to the other mask's contour is taken from a distance
     transform; the figure is the larger of the two directed 95th percentiles (MONAI's convention).
     Both masks empty gives 0.0; exactly one empty gives the image diagonal, the largest distance
-    possible in the image, so the value stays finite and ranks such a failure worst.
+    possible in the image, so the value stays finite and ranks such a failure worst. ``valid``
+    (boolean, ``(H, W)``) restricts both masks and their contours to the labelled pixels.
     """
-    a, b = contour(pred), contour(truth)
+    if valid is not None:  # unlabelled pixels belong to neither mask and bound no contour
+        valid = np.asarray(valid, dtype=bool)
+        pred, truth = np.asarray(pred, dtype=bool) & valid, np.asarray(truth, dtype=bool) & valid
+    a, b = contour(pred, valid), contour(truth, valid)
     if not a.any() and not b.any():
         return 0.0
     if not a.any() or not b.any():
