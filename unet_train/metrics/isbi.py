@@ -12,8 +12,9 @@ doi:10.3389/fnana.2015.00142):
    borders are thinned to 1-pixel lines. Every pixel left on a line becomes a segment of
    its own (a single-pixel segment).
 3. Foreground restriction: only pixels inside ground-truth cells (label > 0) are scored.
-   Unlabelled pixels (an ignore region) are no cell: they are never scored, and a cell that
-   an ignore region cuts in two counts as two segments.
+   Unlabelled pixels (an ignore region) are no cell, neither in the ground truth nor in the
+   prediction (before step 2), so they are never scored and the prediction there cannot
+   join or split segments: a cell that an ignore region cuts in two is two segments on both sides.
 4. V-Rand is the Rand F-score, ``1 - adapted_rand_error`` of scikit-image on those pixels
    (alpha = 0.5: the harmonic mean of Rand split and Rand merge). V-Info is the
    information-theoretic F-score ``2 I(S;T) / (H(S) + H(T))`` (the harmonic mean of
@@ -126,11 +127,11 @@ def slice_scores(
         thresholds: a pixel is predicted cell where ``boundary_prob <= threshold``.
         valid: ``(H, W)`` boolean map of the labelled pixels (None: all); the others are not scored.
     """
-    cells = np.asarray(truth_cells, dtype=bool)
-    truth = ground_truth_segments(cells if valid is None else cells & np.asarray(valid, dtype=bool))
+    labelled = np.ones(np.shape(truth_cells), dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+    truth = ground_truth_segments(np.asarray(truth_cells, dtype=bool) & labelled)
     out = np.empty((len(thresholds), 2), dtype=np.float64)
     for i, threshold in enumerate(thresholds):
-        out[i] = rand_info_scores(truth, thinned_segments(boundary_prob <= threshold))
+        out[i] = rand_info_scores(truth, thinned_segments((boundary_prob <= threshold) & labelled))
     return out
 
 
