@@ -5,10 +5,12 @@ from unet_train.data.device_augment import DeviceAugment
 from unet_train.data.folder import ImageFolder
 from unet_train.data.isbi import ISBI2012
 from unet_train.data.synthetic import SyntheticMembranes
+from unet_train.data.transforms import ForegroundCrop
 
 __all__ = [
     "ISBI2012",
     "DeviceAugment",
+    "ForegroundCrop",
     "ImageFolder",
     "SegmentationData",
     "SegmentationDataset",

@@ -4,6 +4,10 @@ A data config (``configs/data/*.yaml``) instantiates a subclass of :class:`Segme
 It loads and decodes its images once (``load_split``) and keeps them in memory; a
 :class:`SegmentationDataset` applies the albumentations pipeline per item and yields
 ``{"image": float32 (C, H, W) in [0, 1], "mask": int64 (H, W), "name": str}``.
+
+Unlabelled pixels hold :data:`~unet_train.labels.IGNORE_INDEX` (255) in the mask from loading
+on; the losses and metrics leave them out. With ``fold`` set, the train and val splits are the
+k-fold split of the ``all`` split, the same way for every dataset (:func:`kfold_indices`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from unet_train.data.sampling import EpochSampler, reseed_transform
 from unet_train.errors import ConfigError, DataError
+from unet_train.labels import IGNORE_INDEX, MAX_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +36,10 @@ DISJOINT = ("train", "val", "test")
 
 @dataclass
 class Split:
-    """Decoded images of one split: uint8 ``(H, W, C)`` images, int ``(H, W)`` masks (or None), names."""
+    """Decoded images of one split: uint8 ``(H, W, C)`` images, int ``(H, W)`` masks (or None), names.
+
+    Mask values are classes ``0..num_classes-1``, or ``IGNORE_INDEX`` where a pixel is unlabelled.
+    """
 
     images: list[np.ndarray]
     masks: list[np.ndarray] | None
@@ -108,6 +116,10 @@ class SegmentationData:
         train_transform, val_transform: albumentations pipelines (or None).
         device_augment: a batched augmentation applied by the training loop after the batch
             reaches the device (:class:`~unet_train.data.device_augment.DeviceAugment`), or None.
+        fold, num_folds: with ``fold`` set (0..num_folds-1), train and val are the k-fold split
+            of the ``all`` split (see :func:`kfold_indices`) instead of the dataset's own split.
+        foreground_oversample: share of training crops centred on a foreground pixel; the
+            crop transform reads it (``unet_train.data.transforms.ForegroundCrop``).
     """
 
     def __init__(
@@ -124,12 +136,29 @@ class SegmentationData:
         train_transform: Callable[..., dict[str, Any]] | None = None,
         val_transform: Callable[..., dict[str, Any]] | None = None,
         device_augment: Callable[..., Any] | None = None,
+        fold: int | None = None,
+        num_folds: int = 5,
+        foreground_oversample: float = 0.0,
     ) -> None:
         for name, value in (("in_channels", in_channels), ("patch_size", patch_size), ("batch_size", batch_size)):
             if int(value) < 1:
                 raise ConfigError(f"data.{name}={value} must be a positive integer.")
         if num_classes < 2:
             raise ConfigError(f"data.num_classes={num_classes} must be at least 2 (background + one class).")
+        if num_classes > MAX_CLASSES:
+            raise ConfigError(
+                f"data.num_classes={num_classes} is more than {MAX_CLASSES}: mask value {IGNORE_INDEX} marks "
+                f"unlabelled pixels, so classes are 0..{MAX_CLASSES - 1}."
+            )
+        if num_folds < 2:
+            raise ConfigError(f"data.num_folds={num_folds} must be at least 2.")
+        if fold is not None and not 0 <= fold < num_folds:
+            raise ConfigError(
+                f"data.fold={fold} is out of range for data.num_folds={num_folds}; choose a fold in "
+                f"0..{num_folds - 1}, or data.fold=null for the dataset's own train/val split."
+            )
+        if not 0.0 <= foreground_oversample <= 1.0:
+            raise ConfigError(f"data.foreground_oversample={foreground_oversample} must be a share in [0, 1].")
         if num_workers < 0:
             raise ConfigError(f"data.num_workers={num_workers} must be 0 or more.")
         self.in_channels = in_channels
@@ -144,6 +173,8 @@ class SegmentationData:
         self.train_transform = train_transform
         self.val_transform = val_transform
         self.device_augment = device_augment
+        self.fold, self.num_folds = fold, num_folds
+        self.foreground_oversample = foreground_oversample
         self._cache: dict[str, Split] = {}
 
     # -- to implement -------------------------------------------------------------------------
@@ -157,7 +188,8 @@ class SegmentationData:
         if name not in SPLITS:
             raise ConfigError(f"split={name!r} is not known; choose one of {', '.join(SPLITS)}.")
         if name not in self._cache:
-            split = self.load_split(name)
+            folded = self.fold is not None and name in ("train", "val")
+            split = self._fold_split(name) if folded else self.load_split(name)
             if len(split) == 0:
                 where = f" in {Path(self.root).resolve()}" if hasattr(self, "root") else ""
                 raise DataError(
@@ -197,6 +229,23 @@ class SegmentationData:
                     name, other_name, len(same), pairs,
                 )  # fmt: skip
 
+    def _fold_split(self, name: str) -> Split:
+        """Fold ``self.fold``'s train or val part of the ``all`` split (the images are shared, not copied)."""
+        pool = self.split("all")
+        if len(pool) < self.num_folds:
+            raise ConfigError(
+                f"data.num_folds={self.num_folds} is more than the {len(pool)} labelled images of "
+                f"{type(self).__name__}; choose data.num_folds<={len(pool)}."
+            )
+        train, val = kfold_indices(len(pool), self.fold or 0, self.num_folds)
+        chosen = train if name == "train" else val
+        masks = pool.masks
+        return Split(
+            [pool.images[i] for i in chosen],
+            None if masks is None else [masks[i] for i in chosen],
+            [pool.names[i] for i in chosen],
+        )
+
     def _check(self, split: Split, name: str) -> None:
         for i, image in enumerate(split.images):
             channels = 1 if image.ndim == 2 else image.shape[2]
@@ -210,8 +259,9 @@ class SegmentationData:
             mask = split.masks[i]
             if mask.shape != image.shape[:2]:
                 raise DataError(f"{split.names[i]}: image is {image.shape[:2]} but its mask is {mask.shape}.")
-            top = int(mask.max()) if mask.size else 0
-            if top >= self.num_classes or int(mask.min()) < 0:
+            labelled = mask[mask != IGNORE_INDEX]
+            top = int(labelled.max()) if labelled.size else 0
+            if top >= self.num_classes or (labelled.size and int(labelled.min()) < 0):
                 raise DataError(
                     f"{split.names[i]}: mask value {top} is outside the classes 0..{self.num_classes - 1}; "
                     f"set data.num_classes or fix the mask."
@@ -280,6 +330,25 @@ class SegmentationData:
             persistent_workers=self.persistent_workers and workers > 0,
             drop_last=train and len(dataset) >= self.batch_size,
         )
+
+
+def kfold_indices(total: int, fold: int, num_folds: int) -> tuple[list[int], list[int]]:
+    """Train and val indices of fold ``fold`` of ``num_folds`` over ``0..total-1``.
+
+    The items are cut, in their order, into ``num_folds`` contiguous blocks whose sizes differ by
+    at most one (``numpy.array_split``); fold ``k`` validates on block ``k`` and trains on the rest.
+    Contiguous blocks keep neighbours together (adjacent slices of a stack, files named alike),
+    so that near-duplicates fall on one side. The val parts of the folds are disjoint and cover
+    every item once.
+    """
+    if not 0 <= fold < num_folds:
+        raise ConfigError(f"data.fold={fold} must be in 0..{num_folds - 1} (data.num_folds={num_folds}).")
+    if num_folds > total:
+        raise ConfigError(f"data.num_folds={num_folds} is more than the {total} items; choose data.num_folds<={total}.")
+    blocks = np.array_split(np.arange(total), num_folds)
+    val = [int(i) for i in blocks[fold]]
+    taken = set(val)
+    return [i for i in range(total) if i not in taken], val
 
 
 def parse_indices(spec: Sequence[int] | str, total: int, what: str) -> list[int]:

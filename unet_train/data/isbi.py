@@ -91,9 +91,8 @@ class ISBI2012(SegmentationData):
         root: folder holding the three TIFF stacks.
         download: fetch missing stacks from ``urls`` and verify them.
         foreground: ``membrane`` (label 0 is the positive class) or ``cell`` (label 255).
-        train_slices, val_slices: slice indices (``"0-24"`` or a list) of the annotated stack.
-        fold, num_folds: when ``fold`` is set, use contiguous k-fold splits instead
-            (validation = the ``fold``-th of ``num_folds`` blocks of slices).
+        train_slices, val_slices: slice indices (``"0-24"`` or a list) of the annotated stack;
+            unused when ``fold`` is set (k-fold over the 30 slices in order, see ``SegmentationData``).
         urls: download mirrors, each with ``{name}`` for the file name.
         **kwargs: loader and transform settings of :class:`SegmentationData`.
     """
@@ -105,8 +104,6 @@ class ISBI2012(SegmentationData):
         foreground: str = "membrane",
         train_slices: Sequence[int] | str = TRAIN_SLICES,
         val_slices: Sequence[int] | str = VAL_SLICES,
-        fold: int | None = None,
-        num_folds: int = 5,
         urls: Sequence[str] = DEFAULT_URLS,
         **kwargs: Any,
     ) -> None:
@@ -115,9 +112,9 @@ class ISBI2012(SegmentationData):
             raise ConfigError(f"data.foreground={foreground!r} must be 'membrane' or 'cell'.")
         if self.num_classes != 2 or self.in_channels != 1:
             raise ConfigError("ISBI 2012 is binary and grey: use data.num_classes=2 and data.in_channels=1.")
-        if fold is not None and (str(train_slices), str(val_slices)) != (TRAIN_SLICES, VAL_SLICES):
+        if self.fold is not None and (str(train_slices), str(val_slices)) != (TRAIN_SLICES, VAL_SLICES):
             raise ConfigError(
-                f"data.fold={fold} chooses the slices itself, so data.train_slices={train_slices} and "
+                f"data.fold={self.fold} chooses the slices itself, so data.train_slices={train_slices} and "
                 f"data.val_slices={val_slices} would be ignored; set data.fold=null or leave the slices at "
                 f"their defaults ({TRAIN_SLICES}, {VAL_SLICES})."
             )
@@ -125,7 +122,6 @@ class ISBI2012(SegmentationData):
         self.download = download
         self.foreground = foreground
         self.train_slices, self.val_slices = train_slices, val_slices
-        self.fold, self.num_folds = fold, num_folds
         self.urls = list(urls)
 
     def _read(self, name: str) -> np.ndarray:
@@ -147,23 +143,12 @@ class ISBI2012(SegmentationData):
             raise DataError(f"{path} has shape {stack.shape}; expected a stack of 2D slices (N, H, W).")
         return np.asarray(stack, dtype=np.uint8)
 
-    def _indices(self, total: int) -> tuple[list[int], list[int]]:
-        """Training and validation slice indices; refused when they share a slice."""
-        if self.fold is None:
-            train = parse_indices(self.train_slices, total, "data.train_slices")
-            val = parse_indices(self.val_slices, total, "data.val_slices")
-            where = f"data.train_slices={self.train_slices} and data.val_slices={self.val_slices}"
-        else:
-            if not 2 <= self.num_folds <= total:
-                raise ConfigError(f"data.num_folds={self.num_folds} must be in 2..{total} (the annotated slices).")
-            if not 0 <= self.fold < self.num_folds:
-                raise ConfigError(f"data.fold={self.fold} must be in 0..{self.num_folds - 1} (data.num_folds).")
-            blocks = np.array_split(np.arange(total), self.num_folds)
-            val = [int(i) for i in blocks[self.fold]]
-            train = [i for i in range(total) if i not in val]
-            where = f"data.fold={self.fold} of data.num_folds={self.num_folds}"
-        check_disjoint(train, val, where)
-        return train, val
+    def _slices(self, split: str, total: int) -> list[int]:
+        """The slice indices of ``split`` (train or val); refused when the two share a slice."""
+        train = parse_indices(self.train_slices, total, "data.train_slices")
+        val = parse_indices(self.val_slices, total, "data.val_slices")
+        check_disjoint(train, val, f"data.train_slices={self.train_slices} and data.val_slices={self.val_slices}")
+        return train if split == "train" else val
 
     def load_split(self, split: str) -> Split:
         if split == "test":
@@ -176,6 +161,5 @@ class ISBI2012(SegmentationData):
             )
         positive = labels == 0 if self.foreground == "membrane" else labels > 0
         masks = positive.astype(np.uint8)
-        train, val = self._indices(len(volume))
-        indices = {"train": train, "val": val, "all": list(range(len(volume)))}[split]
+        indices = list(range(len(volume))) if split == "all" else self._slices(split, len(volume))
         return Split([volume[i] for i in indices], [masks[i] for i in indices], [f"train-{i:02d}" for i in indices])

@@ -15,22 +15,26 @@ from skimage import io as skio
 from torch.utils.tensorboard import SummaryWriter
 
 from unet_train.engine.evaluate import EvalResult, probabilities
+from unet_train.labels import valid_pixels
 from unet_train.metrics import RandInfoSweep, hd95, predict_labels
 
-# Error colours of the overlay: true positive white, false positive red, false negative blue.
-TP, FP, FN = (255, 255, 255), (255, 0, 0), (0, 0, 255)
+# Error colours of the overlay: true positive white, false positive red, false negative blue;
+# unlabelled (ignored) pixels grey.
+TP, FP, FN, IGNORED = (255, 255, 255), (255, 0, 0), (0, 0, 255), (96, 96, 96)
 
 
 def overlay(image: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor, num_classes: int) -> np.ndarray:
     """One uint8 RGB panel ``(H, 4W, 3)``: image | ground truth | prediction | errors.
 
     Errors: for a binary problem false positives red and false negatives blue (true positives white);
-    with more classes every wrong pixel is red.
+    with more classes every wrong pixel is red. Unlabelled pixels are mid-grey in the ground truth
+    and grey in the errors.
     """
     grey_t = image.float().mean(0) if image.shape[0] != 1 else image[0].float()
     grey = (grey_t.clamp(0, 1) * 255).to(torch.uint8).numpy()
     scale = 255 // max(num_classes - 1, 1)
     truth_np, pred_np = truth.numpy().astype(np.int64), pred.numpy().astype(np.int64)
+    valid = valid_pixels(truth).numpy()
     errors = np.zeros((*truth_np.shape, 3), dtype=np.uint8)
     if num_classes <= 2:
         errors[(pred_np == 1) & (truth_np == 1)] = TP
@@ -38,7 +42,9 @@ def overlay(image: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor, num_cl
         errors[(pred_np == 0) & (truth_np == 1)] = FN
     else:
         errors[pred_np != truth_np] = FP
-    panels = [np.repeat(a[..., None], 3, axis=2) for a in (grey, (truth_np * scale), (pred_np * scale))]
+    errors[~valid] = IGNORED
+    truth_shown = np.where(valid, truth_np * scale, 128)
+    panels = [np.repeat(a[..., None], 3, axis=2) for a in (grey, truth_shown, (pred_np * scale))]
     return np.concatenate([p.astype(np.uint8) for p in panels] + [errors], axis=1)
 
 
@@ -80,11 +86,12 @@ class EvalReport:
             truth = batch["mask"][i].cpu()
             if self.binary:
                 positive = prob[i, 0].numpy()
-                truth_np = truth.numpy().astype(bool)
+                valid = valid_pixels(truth).numpy()  # unlabelled pixels count in neither figure
+                truth_np = (truth == 1).numpy()
                 boundary = positive if self.boundary_positive else 1.0 - positive
                 cells = ~truth_np if self.boundary_positive else truth_np
-                self.sweep.add(boundary, cells)
-                self.hd95.append(hd95(labels[i].numpy().astype(bool), truth_np))
+                self.sweep.add(boundary, cells, valid)
+                self.hd95.append(hd95(labels[i].numpy().astype(bool), truth_np, valid))
             if self.overlay_dir is not None or self.writer is not None:
                 panel = overlay(batch["image"][i], truth, labels[i], max(self.num_classes, 2))
                 if self.overlay_dir is not None:

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from unet_train.labels import valid_pixels
 from unet_train.metrics import predict_labels
 
 
@@ -16,7 +17,10 @@ def panel(image: torch.Tensor, mask: torch.Tensor | None, logits: torch.Tensor) 
     grey = grey.mean(0) if grey.shape[0] != 1 else grey[0]
     num_classes = max(logits.shape[0], 2)
     pred = predict_labels(logits.unsqueeze(0))[0].float() / (num_classes - 1)
-    truth = mask.float() / (num_classes - 1) if mask is not None else torch.zeros_like(pred)
+    if mask is None:
+        truth = torch.zeros_like(pred)
+    else:  # unlabelled pixels mid-grey
+        truth = torch.where(valid_pixels(mask), mask.float() / (num_classes - 1), torch.full_like(pred, 0.5))
     row = torch.cat([grey, truth, pred], dim=1)
     return row.unsqueeze(0).expand(3, -1, -1)
 

@@ -1,4 +1,9 @@
-"""Losses on logits for binary (one channel) and multi-class (K channels) segmentation."""
+"""Losses on logits for binary (one channel) and multi-class (K channels) segmentation.
+
+Pixels whose target is :data:`~unet_train.labels.IGNORE_INDEX` (unlabelled) count in no term:
+each loss averages over the labelled pixels only, and a batch with none gives 0. Without
+ignored pixels every loss computes exactly the same numbers as a plain mean.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,37 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
+from unet_train.labels import IGNORE_INDEX, labelled_target, valid_pixels
+
+
+def _valid_share_inverse(valid: torch.Tensor) -> torch.Tensor:
+    """``pixels / labelled pixels``: turns a mean over all pixels into a mean over the labelled ones.
+
+    It is exactly 1.0 when nothing is ignored, so ``(x * valid).mean() * this`` is then bit for bit
+    ``x.mean()``: data without ignored pixels trains exactly as before ignore regions existed.
+    """
+    return valid.numel() / valid.sum().clamp_min(1)
+
+
+def _masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of per-pixel ``values`` over the pixels where ``valid`` (0 when there is none)."""
+    return (values * valid).mean() * _valid_share_inverse(valid)
+
 
 def _probabilities_and_onehot(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class probabilities and a one-hot target, both (N, C, H, W); binary uses the foreground channel."""
+    """Class probabilities and a one-hot target, both (N, C, H, W) and zero at ignored pixels.
+
+    Binary problems use the foreground channel. Zeroing both at unlabelled pixels leaves them out
+    of every sum a region loss (Dice, Tversky) takes.
+    """
+    valid = valid_pixels(target)
+    target = labelled_target(target, valid)
+    keep = valid.unsqueeze(1).to(logits.dtype)
     if logits.shape[1] == 1:
-        return torch.sigmoid(logits), target.unsqueeze(1).to(logits.dtype)
+        return torch.sigmoid(logits) * keep, target.unsqueeze(1).to(logits.dtype) * keep
     probs = torch.softmax(logits, dim=1)
     onehot = F.one_hot(target.long(), logits.shape[1]).permute(0, 3, 1, 2).to(logits.dtype)
-    return probs, onehot
+    return probs * keep, onehot * keep
 
 
 class BCELoss(nn.Module):
@@ -30,10 +58,21 @@ class BCELoss(nn.Module):
         self.pos_weight = pos_weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        valid = valid_pixels(target)
         if logits.shape[1] == 1:
             pos_weight = None if self.pos_weight is None else logits.new_tensor(self.pos_weight)
-            return F.binary_cross_entropy_with_logits(logits.squeeze(1), target.to(logits.dtype), pos_weight=pos_weight)
-        return F.cross_entropy(logits, target.long())
+            # Ignored pixels get weight 0; the mean is then rescaled to the labelled pixels.
+            loss = F.binary_cross_entropy_with_logits(
+                logits.squeeze(1),
+                labelled_target(target, valid).to(logits.dtype),
+                weight=valid.to(logits.dtype),
+                pos_weight=pos_weight,
+            )
+            return loss * _valid_share_inverse(valid)
+        # A sum over the labelled pixels divided by their number: what the mean reduction computes,
+        # but 0 rather than NaN for a crop without any labelled pixel.
+        loss = F.cross_entropy(logits, target.long(), ignore_index=IGNORE_INDEX, reduction="sum")
+        return loss / valid.sum().clamp_min(1)
 
 
 class DiceLoss(nn.Module):
@@ -93,6 +132,8 @@ class FocalLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
+        valid = valid_pixels(target)
+        target = labelled_target(target, valid)
         if logits.shape[1] == 1:
             t = target.to(logits.dtype)
             z = logits.squeeze(1)
@@ -101,10 +142,10 @@ class FocalLoss(nn.Module):
             loss = (1 - p_t) ** self.gamma * ce
             if self.alpha is not None:
                 loss = loss * (self.alpha * t + (1 - self.alpha) * (1 - t))
-            return loss.mean()
+            return _masked_mean(loss, valid)
         ce = F.cross_entropy(logits, target.long(), reduction="none")
         p_t = torch.exp(-ce)
-        return ((1 - p_t) ** self.gamma * ce).mean()
+        return _masked_mean((1 - p_t) ** self.gamma * ce, valid)
 
 
 class BCEDiceLoss(nn.Module):
@@ -175,8 +216,10 @@ class WeightedBCELoss(nn.Module):
         if weight is None:
             weight = torch.from_numpy(np.stack([self.sample_weight(m) for m in target.cpu().numpy()]))
             weight = weight.to(logits.device)
+        valid = valid_pixels(target)
+        target = labelled_target(target, valid)
         if logits.shape[1] == 1:
             loss = F.binary_cross_entropy_with_logits(logits.squeeze(1).float(), target.float(), reduction="none")
         else:
             loss = F.cross_entropy(logits.float(), target.long(), reduction="none")
-        return (loss * weight).mean()
+        return _masked_mean(loss * weight, valid)

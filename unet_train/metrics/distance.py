@@ -8,10 +8,14 @@ from scipy import ndimage as ndi
 FOUR_CONNECTED = ndi.generate_binary_structure(2, 1)
 
 
-def contour(mask: np.ndarray) -> np.ndarray:
-    """Pixels of a boolean mask with a 4-neighbour outside it (the image edge does not count as outside)."""
+def contour(mask: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """Pixels of a boolean mask with a 4-neighbour outside it (the image edge does not count as outside).
+
+    Pixels outside ``valid`` (unlabelled) do not count as outside either: an ignored region draws no contour.
+    """
     mask = np.asarray(mask, dtype=bool)
-    return mask & ~ndi.binary_erosion(mask, structure=FOUR_CONNECTED, border_value=1)
+    inside = mask if valid is None else mask | ~np.asarray(valid, dtype=bool)
+    return mask & ~ndi.binary_erosion(inside, structure=FOUR_CONNECTED, border_value=1)
 
 
 def frame(shape: tuple[int, ...]) -> np.ndarray:
@@ -21,7 +25,7 @@ def frame(shape: tuple[int, ...]) -> np.ndarray:
     return ring
 
 
-def hd95(pred: np.ndarray, truth: np.ndarray) -> float:
+def hd95(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None) -> float:
     """95th-percentile symmetric Hausdorff distance between the contours of two boolean masks ``(H, W)``.
 
     Each contour pixel's Euclidean distance to the other mask's contour is taken from a distance
@@ -30,14 +34,18 @@ def hd95(pred: np.ndarray, truth: np.ndarray) -> float:
     possible in the image, so the value stays finite and ranks such a failure worst. A mask that
     covers the whole image has no contour inside it: both full gives 0.0, and a full mask against
     a partial one takes the image frame as its contour (as MONAI, which counts the edge as outside).
+    ``valid`` (boolean, ``(H, W)``) restricts both masks and their contours to the labelled pixels.
     """
     pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+    if valid is not None:  # unlabelled pixels belong to neither mask and bound no contour
+        valid = np.asarray(valid, dtype=bool)
+        pred, truth = pred & valid, truth & valid
     # Emptiness is a property of the masks, not of their contours: a full mask has no contour either.
     if not pred.any() and not truth.any():
         return 0.0
     if not pred.any() or not truth.any():
         return float(np.hypot(*pred.shape))
-    a, b = contour(pred), contour(truth)
+    a, b = contour(pred, valid), contour(truth, valid)
     if not a.any() and not b.any():  # both full
         return 0.0
     a = a if a.any() else frame(pred.shape)

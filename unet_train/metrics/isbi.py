@@ -12,6 +12,9 @@ doi:10.3389/fnana.2015.00142):
    borders are thinned to 1-pixel lines. Every pixel left on a line becomes a segment of
    its own (a single-pixel segment).
 3. Foreground restriction: only pixels inside ground-truth cells (label > 0) are scored.
+   Unlabelled pixels (an ignore region) are no cell, neither in the ground truth nor in the
+   prediction (before step 2), so they are never scored and the prediction there cannot
+   join or split segments: a cell that an ignore region cuts in two is two segments on both sides.
 4. V-Rand is the Rand F-score, ``1 - adapted_rand_error`` of scikit-image on those pixels
    (alpha = 0.5: the harmonic mean of Rand split and Rand merge). V-Info is the
    information-theoretic F-score ``2 I(S;T) / (H(S) + H(T))`` (the harmonic mean of
@@ -111,7 +114,10 @@ def rand_info_scores(truth: np.ndarray, pred: np.ndarray) -> tuple[float, float]
 
 
 def slice_scores(
-    boundary_prob: np.ndarray, truth_cells: np.ndarray, thresholds: Sequence[float] = THRESHOLDS
+    boundary_prob: np.ndarray,
+    truth_cells: np.ndarray,
+    thresholds: Sequence[float] = THRESHOLDS,
+    valid: np.ndarray | None = None,
 ) -> np.ndarray:
     """Scores of one slice at every threshold: array ``(len(thresholds), 2)`` of (V-Rand, V-Info).
 
@@ -119,11 +125,13 @@ def slice_scores(
         boundary_prob: ``(H, W)`` predicted probability of the border (membrane) class.
         truth_cells: ``(H, W)`` boolean ground-truth cell mask (True = cell, False = membrane).
         thresholds: a pixel is predicted cell where ``boundary_prob <= threshold``.
+        valid: ``(H, W)`` boolean map of the labelled pixels (None: all); the others are not scored.
     """
-    truth = ground_truth_segments(truth_cells)
+    labelled = np.ones(np.shape(truth_cells), dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+    truth = ground_truth_segments(np.asarray(truth_cells, dtype=bool) & labelled)
     out = np.empty((len(thresholds), 2), dtype=np.float64)
     for i, threshold in enumerate(thresholds):
-        out[i] = rand_info_scores(truth, thinned_segments(boundary_prob <= threshold))
+        out[i] = rand_info_scores(truth, thinned_segments((boundary_prob <= threshold) & labelled))
     return out
 
 
@@ -138,8 +146,8 @@ class RandInfoSweep:
     thresholds: Sequence[float] = THRESHOLDS
     scores: list[np.ndarray] = field(default_factory=list)
 
-    def add(self, boundary_prob: np.ndarray, truth_cells: np.ndarray) -> None:
-        self.scores.append(slice_scores(boundary_prob, truth_cells, self.thresholds))
+    def add(self, boundary_prob: np.ndarray, truth_cells: np.ndarray, valid: np.ndarray | None = None) -> None:
+        self.scores.append(slice_scores(boundary_prob, truth_cells, self.thresholds, valid))
 
     def _best_index(self) -> tuple[int, int]:
         mean = np.mean(self.scores, axis=0)  # (T, 2)

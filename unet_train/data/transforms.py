@@ -1,0 +1,101 @@
+"""Albumentations transforms of our own, used from the data configs like any other.
+
+:class:`ForegroundCrop` replaces ``albumentations.RandomCrop`` in the training pipelines: a
+share of its crops (``data.foreground_oversample``) is centred on a foreground pixel, as
+nnU-Net samples a third of its patches, so sparse targets are not drowned in background crops.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import albumentations as A
+import cv2
+import numpy as np
+from pydantic import Field
+
+from unet_train.labels import IGNORE_INDEX
+
+
+class ForegroundCrop(A.RandomCrop):
+    """A ``RandomCrop`` that centres a share ``foreground_p`` of its crops on a foreground pixel.
+
+    For such a crop, a class is drawn uniformly among the foreground classes present in the mask
+    (values ``>= 1``; unlabelled pixels are no class), then a pixel uniformly among that class's
+    pixels; the crop is centred on it and shifted inside the image where the image edge is
+    nearer than half a crop, so the pixel always lies in the crop. The other crops, and every
+    crop of a mask without foreground, are ``RandomCrop``'s uniform ones.
+
+    Every draw comes from the transform's own generators, which the dataset reseeds from each
+    item's seed (:func:`unet_train.data.sampling.reseed_transform`): a crop is a function of the
+    seed, whichever worker makes it, so resumed runs see the same crops. With
+    ``foreground_p=0`` nothing extra is drawn and the crops are exactly ``RandomCrop``'s.
+
+    Args:
+        height, width: crop size.
+        foreground_p: share of crops centred on a foreground pixel, in [0, 1].
+        pad_if_needed, pad_position, border_mode, fill, fill_mask, p: as ``RandomCrop``.
+    """
+
+    class InitSchema(A.RandomCrop.InitSchema):
+        foreground_p: float = Field(ge=0, le=1)
+
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        foreground_p: float = 0.0,
+        pad_if_needed: bool = False,
+        pad_position: Literal["center", "top_left", "top_right", "bottom_left", "bottom_right", "random"] = "center",
+        border_mode: int = cv2.BORDER_CONSTANT,
+        fill: tuple[float, ...] | float = 0.0,
+        fill_mask: tuple[float, ...] | float = 0.0,
+        p: float = 1.0,
+    ) -> None:
+        super().__init__(
+            height=height,
+            width=width,
+            pad_if_needed=pad_if_needed,
+            pad_position=pad_position,
+            border_mode=border_mode,
+            fill=fill,
+            fill_mask=fill_mask,
+            p=p,
+        )
+        self.foreground_p = foreground_p
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        # The coin is drawn only when oversampling is on: at 0 the random stream is RandomCrop's.
+        if self.foreground_p > 0 and self.py_random.random() < self.foreground_p and data.get("mask") is not None:
+            height, width = params["shape"][:2]
+            fits = self.pad_if_needed or (self.height <= height and self.width <= width)
+            pixel = self._foreground_pixel(np.asarray(data["mask"])) if fits else None
+            if pixel is not None:
+                return self._crop_around(pixel, (height, width))
+        return super().get_params_dependent_on_data(params, data)
+
+    def _foreground_pixel(self, mask: np.ndarray) -> tuple[int, int] | None:
+        """``(row, col)`` of a pixel of a foreground class drawn uniformly among those present; None if none is."""
+        if mask.ndim == 3:  # (H, W, 1)
+            mask = mask[..., 0]
+        flat = mask.reshape(-1)
+        counts = np.bincount(flat.astype(np.intp, copy=False))
+        present = [c for c in range(1, len(counts)) if counts[c] and c != IGNORE_INDEX]
+        if not present:
+            return None
+        cls = present[self.py_random.randrange(len(present))]
+        index = int(np.flatnonzero(flat == cls)[self.py_random.randrange(int(counts[cls]))])
+        return divmod(index, mask.shape[1])
+
+    def _crop_around(self, pixel: tuple[int, int], shape: tuple[int, int]) -> dict[str, Any]:
+        """Crop coordinates (and RandomCrop's padding, if any) of the crop centred on ``pixel``."""
+        pad_params = self._get_pad_params(shape, (self.height, self.width))
+        row, col = pixel
+        height, width = shape
+        if pad_params is not None:
+            row, col = row + pad_params["pad_top"], col + pad_params["pad_left"]
+            height += pad_params["pad_top"] + pad_params["pad_bottom"]
+            width += pad_params["pad_left"] + pad_params["pad_right"]
+        top = min(max(row - self.height // 2, 0), height - self.height)
+        left = min(max(col - self.width // 2, 0), width - self.width)
+        return {"crop_coords": (left, top, left + self.width, top + self.height), "pad_params": pad_params}
