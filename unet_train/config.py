@@ -70,8 +70,10 @@ def _run_dir_for(ckpt: str | None, default: str) -> str:
     return default
 
 
-def _logit_channels(num_classes: int) -> int:
+def _logit_channels(num_classes: int | str) -> int:
     """Binary problems use one logit channel (sigmoid); K > 2 classes use K (softmax)."""
+    if num_classes == "auto":
+        raise ValueError("data.num_classes=auto is read from the masks when training starts; set a number here")
     return 1 if int(num_classes) <= 2 else int(num_classes)
 
 

@@ -43,6 +43,12 @@ def eval_data_config(cfg: DictConfig, stored: DictConfig) -> DictConfig:
     """The data config to evaluate on: another dataset (``data=NAME``) or the stored one with ``+data.*`` overrides."""
     if HydraConfig.get().runtime.choices.get("data"):
         data = cfg.data
+        with open_dict(data):
+            for key in ("in_channels", "num_classes"):
+                if data.get(key) == "auto":  # the model fixes them
+                    data[key] = stored.data.get(key)
+            # The model takes inputs normalised as in training: the checkpoint's scheme and statistics.
+            data.normalize = stored.data.get("normalize")
     else:
         data = OmegaConf.create(OmegaConf.to_container(stored.data, resolve=True))
         given = cfg.get("data") or {}

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import hydra
 import numpy as np
@@ -27,8 +28,8 @@ from tqdm.auto import tqdm
 from unet_train.build import build_model
 from unet_train.cli import exit_on_user_error
 from unet_train.config import config_dir
-from unet_train.data.base import image_to_tensor
 from unet_train.data.folder import IMAGE_SUFFIXES, read_image
+from unet_train.data.normalize import prepare_input
 from unet_train.engine.checkpoint import load_checkpoint
 from unet_train.engine.runtime import make_runtime
 from unet_train.errors import CheckpointError, ConfigError, DataError
@@ -64,17 +65,6 @@ def find_inputs(spec: str | Path) -> list[Path]:
     return [path]
 
 
-def _as_uint8(array: np.ndarray) -> np.ndarray:
-    """Other dtypes are stretched to uint8 by their own min and max, as the folder dataset reads them."""
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype == bool:
-        return array.astype(np.uint8) * 255
-    low, high = float(array.min()), float(array.max())
-    scale = 255.0 / (high - low) if high > low else 0.0
-    return ((array - low) * scale).astype(np.uint8)
-
-
 def stack_pages(path: Path) -> int:
     """Number of slices of a TIFF (0 for a single image, including a one-page RGB TIFF); 0 for other formats."""
     if path.suffix.lower() not in (".tif", ".tiff"):
@@ -88,7 +78,7 @@ def stack_pages(path: Path) -> int:
 
 
 def read_slices(path: Path, pages: int) -> Iterator[np.ndarray]:
-    """The slices of a stack one at a time (only one slice in memory), as uint8 ``(H, W)`` or ``(H, W, C)``."""
+    """The slices of a stack one at a time (only one slice in memory), ``(H, W)`` or ``(H, W, C)`` in their dtype."""
     for index in range(pages):
         try:
             array = np.asarray(tifffile.imread(path, key=index))
@@ -98,18 +88,14 @@ def read_slices(path: Path, pages: int) -> Iterator[np.ndarray]:
             array = array[..., :3]
         if array.ndim not in (2, 3):
             raise DataError(f"Slice {index} of {path} has shape {array.shape}; expected a 2D grey or RGB image.")
-        yield _as_uint8(array)
+        yield array
 
 
-def to_input(array: np.ndarray, in_channels: int, where: str) -> torch.Tensor:
-    """uint8 image -> float ``(C, H, W)`` in [0, 1], checked against the model's input channels."""
-    tensor = image_to_tensor(array)
-    if tensor.shape[0] != in_channels:
-        raise DataError(
-            f"{where} has {tensor.shape[0]} channel(s) but the model takes {in_channels}; "
-            f"convert the images to {'grey' if in_channels == 1 else f'{in_channels} channels'} first."
-        )
-    return tensor
+def to_input(
+    array: np.ndarray, in_channels: int, where: str, normalize: Mapping[str, Any] | None = None
+) -> torch.Tensor:
+    """Raw pixels -> float ``(C, H, W)`` as in training: channels matched, then the checkpoint's ``data.normalize``."""
+    return torch.from_numpy(prepare_input(array, in_channels, normalize, where))
 
 
 def mask_of(prob: torch.Tensor, threshold: float) -> np.ndarray:
@@ -136,6 +122,7 @@ def run_predict(cfg: DictConfig) -> list[Path]:
     files = find_inputs(cfg.input)
     model, stored = load_model(cfg.ckpt)
     in_channels = int(stored.data.in_channels)
+    normalize = stored.data.get("normalize")  # None in checkpoints from before data.normalize: uint8 / 255
     runtime = make_runtime(cfg.trainer.device, cfg.trainer.precision, cfg.trainer.channels_last, deterministic=False)
     predictor = TiledPredictor(
         model,
@@ -160,9 +147,9 @@ def run_predict(cfg: DictConfig) -> list[Path]:
     with tqdm(total=images, unit="image", disable=not progress or images == 1, dynamic_ncols=True) as bar:
         for path in files:
             if pages[path]:
-                written += predict_stack(predictor, path, pages[path], in_channels, out, cfg.threshold, bar)
+                written += predict_stack(predictor, path, pages[path], in_channels, out, cfg.threshold, bar, normalize)
             else:
-                tensor = to_input(read_image(path), in_channels, str(path))
+                tensor = to_input(read_image(path), in_channels, str(path), normalize)
                 tiles = predictor.num_tiles(*tensor.shape[1:])
                 with tqdm(total=tiles, unit="tile", disable=not progress or images > 1, dynamic_ncols=True) as tbar:
                     prob = predictor.predict(tensor, on_tiles=tbar.update)
@@ -176,13 +163,20 @@ def run_predict(cfg: DictConfig) -> list[Path]:
 
 
 def predict_stack(
-    predictor: TiledPredictor, path: Path, pages: int, in_channels: int, out: Path, threshold: float, bar: tqdm
+    predictor: TiledPredictor,
+    path: Path,
+    pages: int,
+    in_channels: int,
+    out: Path,
+    threshold: float,
+    bar: tqdm,
+    normalize: Mapping[str, Any] | None = None,
 ) -> list[Path]:
     """Predict a TIFF stack slice by slice, appending each slice to the output stacks as it is done."""
     prob_path, mask_path = out / f"{path.stem}_prob.tif", out / f"{path.stem}_mask.tif"
     with tifffile.TiffWriter(prob_path) as prob_tif, tifffile.TiffWriter(mask_path) as mask_tif:
         for index, array in enumerate(read_slices(path, pages)):
-            prob = predictor.predict(to_input(array, in_channels, f"slice {index} of {path}"))
+            prob = predictor.predict(to_input(array, in_channels, f"slice {index} of {path}", normalize))
             # contiguous=True appends to one series, so the file reads back as (N, H, W).
             prob_tif.write(probability_array(prob), contiguous=True)
             mask_tif.write(mask_of(prob, threshold), contiguous=True)

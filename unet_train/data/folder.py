@@ -2,54 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tifffile
-from skimage import io as skio
 
 from unet_train.data.base import SegmentationData, Split
+from unet_train.data.reading import IMAGE_SUFFIXES, channels_of, match_channels, probe_channels, read_image, read_mask
 from unet_train.errors import ConfigError, DataError
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+__all__ = ["IMAGE_SUFFIXES", "ImageFolder", "encode_mask", "infer_num_classes", "read_image", "read_mask"]
+
+log = logging.getLogger(__name__)
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Read a 2D image as uint8 ``(H, W)`` or ``(H, W, C)``; names the file on failure."""
-    try:
-        array = tifffile.imread(path) if path.suffix.lower() in (".tif", ".tiff") else skio.imread(path)
-    except Exception as exc:
-        raise DataError(f"Could not read image {path}: {exc}") from exc
-    array = np.asarray(array)
-    if array.ndim == 3 and array.shape[2] == 4:  # RGBA: drop alpha
-        array = array[..., :3]
-    if array.ndim not in (2, 3):
-        raise DataError(f"{path} has shape {array.shape}; expected a 2D grey or RGB image.")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise DataError(f"{path} has NaN or infinite pixels; fix or remove the file.")
-    if array.dtype != np.uint8:
-        if array.dtype == bool:
-            array = array.astype(np.uint8) * 255
-        else:
-            low, high = float(array.min()), float(array.max())
-            scale = 255.0 / (high - low) if high > low else 0.0
-            array = ((array - low) * scale).astype(np.uint8)
-    return array
-
-
-def read_mask(path: Path, num_classes: int) -> np.ndarray:
-    """Read a mask as class indices: binary {0,255} or {0,1}, or indexed values 0..K-1."""
-    try:
-        mask = tifffile.imread(path) if path.suffix.lower() in (".tif", ".tiff") else skio.imread(path)
-    except Exception as exc:
-        raise DataError(f"Could not read mask {path}: {exc}") from exc
-    mask = np.asarray(mask)
-    if mask.ndim == 3:
-        if not (mask[..., :1] == mask[..., : min(mask.shape[2], 3)]).all():
-            raise DataError(f"Mask {path} is a colour image; save masks as single-channel class indices.")
-        mask = mask[..., 0]
+def encode_mask(mask: np.ndarray, num_classes: int, path: Path) -> np.ndarray:
+    """Stored mask values -> class indices: binary {0,255} or {0,1}, or indexed values 0..K-1."""
     values = np.unique(mask)
     if num_classes == 2 and set(values.tolist()) <= {0, 255}:
         return (mask == 255).astype(np.uint8)
@@ -61,6 +32,24 @@ def read_mask(path: Path, num_classes: int) -> np.ndarray:
     return mask.astype(np.uint8 if num_classes <= 256 else np.int64)
 
 
+def infer_num_classes(values: set[int], where: str) -> int:
+    """``num_classes: auto``: 2 for binary {0,255} or {0,1} masks, else the largest index + 1."""
+    if values <= {0, 255}:
+        return 2
+    if min(values) < 0:
+        raise DataError(f"Masks in {where} hold negative values {sorted(v for v in values if v < 0)[:5]}.")
+    classes = max(2, max(values) + 1)
+    absent = sorted(set(range(classes)) - values)
+    if classes > 8 and len(absent) > classes / 2:
+        raise DataError(
+            f"Masks in {where} hold the values {sorted(values)[:10]}, which look like grey levels rather than "
+            f"class indices 0..K-1; map them to indices or set data.num_classes."
+        )
+    if absent:
+        log.warning("data.num_classes=auto: %d classes, but class(es) %s never appear in the masks", classes, absent)
+    return classes
+
+
 def _files(folder: Path) -> dict[str, Path]:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     return {p.stem: p for p in files}
@@ -69,7 +58,10 @@ def _files(folder: Path) -> dict[str, Path]:
 class ImageFolder(SegmentationData):
     """Images and masks in ``root/images`` and ``root/masks`` with matching stems.
 
-    ``a.png`` pairs with ``masks/a.png`` (or ``a.tif``...). A deterministic ``val_fraction`` of
+    ``a.png`` pairs with ``masks/a.png`` (or ``a.tif``...). Images are read in their own dtype
+    (:mod:`unet_train.data.reading`); grey and RGB images are converted to ``in_channels`` (grey
+    copied to 3 channels, RGB to grey by luminance); ``in_channels`` and ``num_classes`` may be
+    ``auto`` (see :meth:`resolve_auto`). A deterministic ``val_fraction`` of
     the stems (shuffled with ``split_seed``) is held out for validation. An optional
     ``root/test/images`` folder (masks in ``root/test/masks`` optional) is the test split.
 
@@ -96,6 +88,35 @@ class ImageFolder(SegmentationData):
         self.root = Path(root).expanduser()
         self.val_fraction, self.split_seed = val_fraction, split_seed
         self.images_dir, self.masks_dir = images_dir, masks_dir
+        self._raw_masks: dict[Path, np.ndarray] = {}  # read while inferring num_classes, used once by _load
+
+    def resolve_auto(self) -> None:
+        """``auto`` channels and classes from the training and validation files (not the test split).
+
+        Channels: the most any image has, so a folder of grey and RGB images gives 3 (grey copied
+        to 3 channels). Classes: 2 for binary {0,255} or {0,1} masks, else the largest index + 1.
+        """
+        images, masks = self._pairs(self.root, masks_required=True)
+        where = str(self.root.resolve())
+        if self._in_channels is None:
+            counts = Counter(probe_channels(p) for p in images)
+            found = sorted(counts)
+            if len(found) > 1 and found != [1, 3]:
+                raise DataError(
+                    f"Images in {where} have {' and '.join(map(str, found))} channels; only grey and RGB mix "
+                    "(grey becomes 3 channels): set data.in_channels or convert the files."
+                )
+            self._in_channels = found[-1]
+            mixed = f" ({counts[3]} RGB, {counts[1]} grey copied to 3 channels)" if found == [1, 3] else ""
+            log.info("data.in_channels=auto: %d%s", self._in_channels, mixed)
+        if self._num_classes is None:
+            values: set[int] = set()
+            for path in masks or []:
+                raw = read_mask(path)
+                self._raw_masks[path] = raw
+                values.update(np.unique(raw).tolist())
+            self._num_classes = infer_num_classes(values, where)
+            log.info("data.num_classes=auto: %d (mask values %s)", self._num_classes, sorted(values)[:10])
 
     def _pairs(self, base: Path, masks_required: bool) -> tuple[list[Path], list[Path] | None]:
         image_dir, mask_dir = base / self.images_dir, base / self.masks_dir
@@ -132,9 +153,20 @@ class ImageFolder(SegmentationData):
         return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
 
     def _load(self, image_paths: Sequence[Path], mask_paths: Sequence[Path] | None) -> Split:
+        in_channels, num_classes = self.in_channels, self.num_classes  # resolves auto first
         images = [read_image(p) for p in image_paths]
-        masks = None if mask_paths is None else [read_mask(p, self.num_classes) for p in mask_paths]
-        if masks is not None:
+        converted = Counter(channels_of(im) for im in images if channels_of(im) != in_channels)
+        if converted:
+            how = {1: "grey copied to 3 channels", 3: "RGB to grey (ITU-R BT.601 luminance)"}
+            log.info(
+                "data.in_channels=%d: %s", in_channels,
+                ", ".join(f"{n} image(s) {how.get(c, f'with {c} channels')}" for c, n in sorted(converted.items())),
+            )  # fmt: skip
+        images = [match_channels(im, in_channels, str(p)) for im, p in zip(images, image_paths)]
+        masks = None
+        if mask_paths is not None:
+            raw = [self._raw_masks.pop(p) if p in self._raw_masks else read_mask(p) for p in mask_paths]
+            masks = [encode_mask(m, num_classes, p) for m, p in zip(raw, mask_paths)]
             for image, mask, path in zip(images, masks, mask_paths or []):
                 if image.shape[:2] != mask.shape:
                     raise DataError(f"Mask {path} is {mask.shape} but its image is {image.shape[:2]}.")

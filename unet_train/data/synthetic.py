@@ -71,6 +71,10 @@ class SyntheticMembranes(SegmentationData):
         self.counts = {"train": num_train, "val": num_val, "test": num_test}
         self.cells_per_image, self.membrane_width, self.seed = cells_per_image, membrane_width, seed
 
+    def resolve_auto(self) -> None:
+        self._in_channels = self._in_channels or 1
+        self._num_classes = self._num_classes or 2
+
     def load_split(self, split: str) -> Split:
         if split == "all":
             parts = [self.load_split(s) for s in ("train", "val")]

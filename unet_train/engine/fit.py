@@ -18,7 +18,14 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from unet_train.build import build_data, build_loss, build_model, build_optimizer, build_scheduler
+from unet_train.build import (
+    build_data,
+    build_loss,
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    resolve_data_config,
+)
 from unet_train.data.sampling import GLOBAL_STREAM, epoch_seed, set_loader_epoch
 from unet_train.engine import distributed
 from unet_train.engine.checkpoint import (
@@ -109,6 +116,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     mode = monitor_mode(cfg.monitor, cfg.get("monitor_mode", "auto"))
 
     data = build_data(cfg.data)
+    resolve_data_config(cfg, data)  # data.in_channels/num_classes=auto and dataset statistics, before the model
     pin = runtime.device.type == "cuda"
     train_sampler = dist.train_sampler(len(data.dataset("train")), data.samples_per_epoch, cfg.seed)
     val_sampler = dist.eval_sampler(len(data.dataset("val")))
