@@ -83,7 +83,8 @@ def test_dataset_statistics_equal_numpy_over_the_concatenated_split():
     u16 = [RNG.integers(800, 5000, shape, dtype=np.uint16) for shape in ((20, 30), (17, 9), (40, 40))]
     flat = np.concatenate([im.ravel() for im in u16])
     for q in (0.0, 1.0, 37.3, 99.8, 100.0):  # exact through the histogram, as np.percentile's linear method
-        assert dataset_percentiles([im.ravel() for im in u16], [q])[0] == pytest.approx(np.percentile(flat, q), abs=1e-9)
+        got = dataset_percentiles([im.ravel() for im in u16], [q])[0]
+        assert got == pytest.approx(np.percentile(flat, q), abs=1e-9)
     floats = [im.astype(np.float32) / 7 for im in u16]
     assert dataset_percentiles([f.ravel() for f in floats], [2.0, 98.0]) == pytest.approx(
         np.percentile(np.concatenate([f.ravel() for f in floats]), [2.0, 98.0]), rel=1e-6
