@@ -55,8 +55,9 @@ def resolve_spec(spec: Mapping[str, Any] | None) -> dict[str, Any]:
     """
     if spec is None:
         return {"scheme": "scale_linear", **DEFAULTS["scale_linear"]}
-    given = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
-    assert isinstance(given, dict)
+    raw = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
+    assert isinstance(raw, dict)
+    given: dict[str, Any] = {str(key): value for key, value in raw.items()}
     scheme = given.pop("scheme", None)
     if scheme not in DEFAULTS:
         raise ConfigError(
@@ -130,7 +131,9 @@ def _check(spec: dict[str, Any]) -> None:
 def needs_dataset_stats(spec: Mapping[str, Any]) -> bool:
     """Whether ``spec`` asks for training-split statistics it does not hold yet."""
     fields = DATASET_STATS.get(spec["scheme"])
-    return bool(fields) and spec["per"] == "dataset" and spec[fields[0]] is None
+    if fields is None:
+        return False
+    return spec["per"] == "dataset" and spec[fields[0]] is None
 
 
 def keeps_uint8(spec: Mapping[str, Any], dtype: np.dtype) -> bool:

@@ -68,7 +68,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, bool]:
         array, axes = series.asarray(), series.axes
         page = series.pages[0] if series.pages else None
         rgb = page is not None and getattr(page, "photometric", None) == tifffile.PHOTOMETRIC.RGB
-        has_alpha = bool(rgb and page is not None and page.extrasamples)
+        has_alpha = bool(rgb and getattr(page, "extrasamples", None))
     return tiff_yxc(np.asarray(array), axes, str(path)), has_alpha
 
 
@@ -90,14 +90,15 @@ def _read_pillow(path: Path, *, mask: bool) -> np.ndarray:
         if array is None:
             raise ValueError("OpenCV could not decode it")
         return array[..., 2::-1] if array.shape[2] == 4 else array[..., ::-1]  # BGR(A) -> RGB
-    with Image.open(path) as image:
-        mode = image.mode
+    with Image.open(path) as opened:
+        mode = opened.mode
+        image: Image.Image = opened
         if mode == "P" and not mask:  # a palette image: its colours
-            image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+            image = opened.convert("RGBA" if "transparency" in opened.info else "RGB")
         elif mode == "PA":
-            image = image.convert("RGBA") if not mask else image.getchannel(0)
+            image = opened.convert("RGBA") if not mask else opened.getchannel(0)
         elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-            image = image.convert("RGB")
+            image = opened.convert("RGB")
         array = np.asarray(image)
     if mode == "1":
         array = array.astype(np.uint8) * (1 if mask else 255)
@@ -187,8 +188,8 @@ def probe_channels(path: str | Path) -> int:
     path = Path(path)
     if not is_tiff(path):
         try:
-            with Image.open(path) as image:
-                mode = image.mode
+            with Image.open(path) as opened:
+                mode = opened.mode
         except Exception as exc:
             raise DataError(f"Could not read image {path}: {exc}") from exc
         if mode in ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
