@@ -245,3 +245,15 @@ def test_every_normalize_option_composes_into_every_data_config(tmp_path):
             cfg = compose_config([f"data={data}", f"data/normalize={option}", *root])
             assert resolve_spec(cfg.data.normalize)["scheme"] == option
     assert compose_config(["data=isbi"]).data.normalize.scheme == "scale_linear"
+
+
+def test_panels_show_normalised_inputs_in_the_display_range():
+    from unet_train.engine.tensorboard import display_grey
+
+    unit = torch.rand(1, 8, 8)
+    assert torch.equal(display_grey(unit), unit[0])  # [0, 1] inputs are shown as they are
+    z = torch.randn(3, 8, 8) * 3
+    shown = display_grey(z)
+    mean = z.mean(0)
+    assert shown.min() == 0 and shown.max() == 1
+    torch.testing.assert_close(shown, (mean - mean.min()) / (mean.max() - mean.min()))
