@@ -12,6 +12,7 @@ from PIL import Image
 
 from unet_train.data.reading import match_channels, probe_channels, read_image, read_mask, read_stack, tiff_yxc
 from unet_train.errors import DataError
+from unet_train.predict import to_input
 
 USGRA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "usgra-seg"
 if not USGRA.is_dir():
@@ -69,6 +70,8 @@ def test_tiff_axes_singleton_planar_and_ambiguous(tmp_path):
     assert image.shape == (70, 90, 3)
     np.testing.assert_array_equal(image, planar.transpose(1, 2, 0))
     assert probe_channels(tmp_path / "planar.tif") == 3
+    # unet-predict's conversion of that file: 3 channels (it used to report 90 channels).
+    assert to_input(read_image(tmp_path / "planar.tif"), 3, "planar.tif").shape == (3, 70, 90)
     rgba = RNG.integers(0, 256, (4, 70, 90), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "rgba.tif", rgba, photometric="rgb", planarconfig="separate", extrasamples=[2])
     np.testing.assert_array_equal(read_image(tmp_path / "rgba.tif"), rgba[:3].transpose(1, 2, 0))  # alpha dropped
