@@ -259,7 +259,7 @@ class SegmentationData:
                 if padded is None or min(padded) < self.patch_size:
                     raise ConfigError(
                         f"data.patch_size={self.patch_size} is larger than the smallest training image "
-                        f"({smallest} px); choose data.patch_size<={smallest}, or pad the images first "
+                        f"({smallest} px); choose data.patch_size<={smallest}. Or pad the images first "
                         "(albumentations.PadIfNeeded with min_height/min_width >= data.patch_size before the crop)."
                     )
                 small = sum(min(im.shape[:2]) < self.patch_size for im in split.images)
