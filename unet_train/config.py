@@ -70,10 +70,14 @@ def _run_dir_for(ckpt: str | None, default: str) -> str:
     return default
 
 
-def _logit_channels(num_classes: int | str) -> int:
-    """Binary problems use one logit channel (sigmoid); K > 2 classes use K (softmax)."""
+def _logit_channels(num_classes: int | str) -> int | str:
+    """Binary problems use one logit channel (sigmoid); K > 2 classes use K (softmax).
+
+    ``auto`` stays ``auto`` (e.g. in ``resolved_config.yaml``, written before the data is read);
+    ``fit`` resolves ``data.num_classes`` from the masks before it builds the model.
+    """
     if num_classes == "auto":
-        raise ValueError("data.num_classes=auto is read from the masks when training starts; set a number here")
+        return "auto"
     return 1 if int(num_classes) <= 2 else int(num_classes)
 
 
