@@ -71,8 +71,8 @@ def test_bad_inputs_get_one_clear_message(tiny_ckpt, tmp_path):
         find_inputs(tmp_path / "nope.tif")
     with pytest.raises(DataError, match="is a folder without images"):
         find_inputs(tmp_path)
-    with pytest.raises(DataError, match="has 3 channel\\(s\\) but the model takes 1; convert the images to grey"):
-        to_input(np.zeros((8, 8, 3), dtype=np.uint8), 1, "rgb.png")
+    with pytest.raises(DataError, match="has 2 channel\\(s\\) but the model takes 1; convert the images to grey"):
+        to_input(np.zeros((8, 8, 2), dtype=np.uint8), 1, "two.tif")  # (grey and RGB convert into each other)
     result = run([str(BIN / "unet-predict"), f"ckpt={tiny_ckpt}", f"input={tmp_path / 'nope.png'}"], cwd=tmp_path)
     assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from torch import nn
 
 from unet_train.data.base import SegmentationData
@@ -36,6 +36,21 @@ def build_data(cfg: DictConfig) -> SegmentationData:
     if not isinstance(data, SegmentationData):
         raise ConfigError(f"data._target_={cfg.get('_target_')} does not build a SegmentationData.")
     return data
+
+
+def resolve_data_config(cfg: DictConfig, data: SegmentationData) -> None:
+    """Write what the data decided into ``cfg.data``, before the model is built from it.
+
+    ``in_channels``/``num_classes`` given as ``auto`` become numbers, and ``data.normalize``
+    becomes the full spec with its ``per: dataset`` statistics (computed on the training split):
+    the checkpoint's resolved config then carries them, so unet-eval and unet-predict apply
+    exactly the same. Loads the training split (it is cached).
+    """
+    data.split("train")
+    with open_dict(cfg):
+        cfg.data.in_channels = data.in_channels
+        cfg.data.num_classes = data.num_classes
+        cfg.data.normalize = dict(data.normalize)
 
 
 def build_model(cfg: DictConfig) -> nn.Module:

@@ -79,8 +79,14 @@ def _output_subdir_for(ckpt: str | None, output_dir: str) -> str | None:
     return ".hydra"
 
 
-def _logit_channels(num_classes: int) -> int:
-    """Binary problems use one logit channel (sigmoid); K > 2 classes use K (softmax)."""
+def _logit_channels(num_classes: int | str) -> int | str:
+    """Binary problems use one logit channel (sigmoid); K > 2 classes use K (softmax).
+
+    ``auto`` stays ``auto`` (e.g. in ``resolved_config.yaml``, written before the data is read);
+    ``fit`` resolves ``data.num_classes`` from the masks before it builds the model.
+    """
+    if num_classes == "auto":
+        return "auto"
     return 1 if int(num_classes) <= 2 else int(num_classes)
 
 

@@ -46,6 +46,12 @@ def eval_data_config(cfg: DictConfig, stored: DictConfig) -> DictConfig:
     held = eval_data_overrides()
     if HydraConfig.get().runtime.choices.get("data"):
         data = cfg.data
+        with open_dict(data):
+            for key in ("in_channels", "num_classes"):
+                if data.get(key) == "auto":  # the model fixes them
+                    data[key] = stored.data.get(key)
+            # The model takes inputs normalised as in training: the checkpoint's scheme and statistics.
+            data.normalize = stored.data.get("normalize")
     elif held is not None:  # from the console script: checked against the stored data config
         data = apply_overrides(OmegaConf.create({"data": stored.data}), held).data
     else:

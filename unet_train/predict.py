@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from unet_train.build import build_model
 from unet_train.cli import exit_on_user_error
 from unet_train.config import config_dir
 from unet_train.data.folder import IMAGE_SUFFIXES, read_image
+from unet_train.data.normalize import prepare_input
 from unet_train.engine import distributed
 from unet_train.engine.checkpoint import load_checkpoint
 from unet_train.engine.runtime import make_runtime
@@ -104,20 +105,14 @@ def find_inputs(spec: str | Path) -> list[Path]:
     return [path]
 
 
-def to_input(array: np.ndarray, in_channels: int, where: str, scaling: InputScaling | None = None) -> torch.Tensor:
-    """An image ``(H, W)`` or ``(H, W, C)`` -> float ``(C, H, W)`` model input, checked against the model's channels.
+def to_input(
+    array: np.ndarray, in_channels: int, where: str, normalize: Mapping[str, Any] | None = None
+) -> torch.Tensor:
+    """Raw pixels -> float ``(C, H, W)`` as in training: channels matched, then the checkpoint's ``data.normalize``.
 
-    The intensities go through :class:`InputScaling` (for the image's own statistics unless given).
+    Per-image statistics (``per: image``) are this image's own, as training computed them for each image.
     """
-    raw = array if array.ndim == 3 else array[..., None]
-    if raw.shape[2] != in_channels:
-        raise DataError(
-            f"{where} has {raw.shape[2]} channel(s) but the model takes {in_channels}; "
-            f"convert the images to {'grey' if in_channels == 1 else f'{in_channels} channels'} first."
-        )
-    if scaling is None:
-        scaling = InputScaling.for_volume(Volume(raw, "yxc", where))
-    return scaling(raw)
+    return torch.from_numpy(prepare_input(array, in_channels, normalize, where))
 
 
 def mask_of(prob: torch.Tensor, threshold: float) -> np.ndarray:
@@ -145,7 +140,7 @@ def open_input(path: Path, cfg: DictConfig, in_channels: int) -> Volume:
     else:
         array = read_image(path)
         volume = Volume(array, "yx" if array.ndim == 2 else "yxc", str(path))
-    if volume.shape[3] != in_channels:
+    if volume.shape[3] != in_channels and {volume.shape[3], in_channels} != {1, 3}:  # grey and RGB convert
         volume.close()
         raise DataError(
             f"{path} has {volume.shape[3]} channel(s) (axes {volume.axes}, shape {tuple(volume.array.shape)}) but the "
@@ -213,7 +208,7 @@ def _predict_all(
                     written.append(predict_store(cfg, predictor, volume, store, classes, stored, method, dist))
                 elif (path, volume) in in_memory:
                     out.mkdir(parents=True, exist_ok=True)
-                    written += predict_in_memory(cfg, predictor, path, volume, out, method, on_tiles)
+                    written += predict_in_memory(cfg, predictor, path, volume, out, method, on_tiles, stored.data)
     finally:
         for _, volume in volumes:
             volume.close()
@@ -273,16 +268,21 @@ def predict_in_memory(
     out: Path,
     method: str | None,
     on_tiles: Any,
+    stored_data: DictConfig,
 ) -> list[Path]:
-    """An image or a TIFF stack with whole-plane outputs: TIFF probabilities, PNG/TIFF masks (and labels)."""
-    scaling = InputScaling.for_volume(volume)
+    """An image or a TIFF stack with whole-plane outputs: TIFF probabilities, PNG/TIFF masks (and labels).
+
+    Each plane is normalised on its own, as training normalised each image (``per: image`` statistics
+    of that plane); :class:`InputScaling` serves the chunked path, where no plane is read whole.
+    """
+    in_channels, normalize = int(stored_data.in_channels), stored_data.get("normalize")
     _, height, width, _ = volume.shape
     threshold = float(cfg.threshold)
 
     def planes() -> Any:
         for z in range(volume.depth):
             prob = predictor.predict(
-                to_input(volume.read(z, 0, height, 0, width), volume.shape[3], path.name, scaling), on_tiles=on_tiles
+                to_input(volume.read(z, 0, height, 0, width), in_channels, path.name, normalize), on_tiles=on_tiles
             )
             labels = instance_labels(prob.numpy(), method, threshold, int(cfg.min_distance)) if method else None
             yield prob, labels

@@ -138,8 +138,16 @@ def test_folder_missing_root_and_channel_mismatch(tmp_path):
     with pytest.raises(DataError, match="images does not exist"):
         ImageFolder(root=str(tmp_path / "nowhere"), num_workers=0).split("train")
     write_folder(tmp_path, n=3, rgb=True)
-    with pytest.raises(DataError, match="has 3 channel.*set data.in_channels=3"):
-        ImageFolder(root=str(tmp_path), num_workers=0).split("all")
+    # RGB with data.in_channels=1 becomes grey by luminance; 2-channel images convert to nothing.
+    grey = ImageFolder(root=str(tmp_path), in_channels=1, num_workers=0).split("all").images[0]
+    rgb = skio.imread(tmp_path / "images" / "img0.png").astype(np.float64)
+    assert grey.dtype == np.uint8  # kept as uint8: scale_linear divides by 255 when it becomes a tensor
+    np.testing.assert_array_equal(grey, np.round(rgb @ [0.299, 0.587, 0.114]))
+    tifffile.imwrite(tmp_path / "images" / "img1.tif", np.zeros((40, 48, 2), np.uint16), photometric="minisblack",
+                     planarconfig="contig")  # fmt: skip
+    (tmp_path / "images" / "img1.png").unlink()
+    with pytest.raises(DataError, match=r"img1.tif has 2 channel\(s\) but data.in_channels=3; only grey \(1\) and RGB"):
+        ImageFolder(root=str(tmp_path), in_channels=3, num_workers=0).split("all")
 
 
 def test_patch_larger_than_images_is_a_config_error(tmp_path):

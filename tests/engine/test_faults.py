@@ -345,7 +345,10 @@ def bad_data_cases(tmp: Path) -> dict[str, tuple[list[str], str]]:
     masks = good_masks()
     masks["s3"] = masks["s3"] * 7
     root = write_folder(tmp / "values", masks)
-    cases["mask values"] = ([f"data.root={root}"], f"Mask {root / 'masks' / 's3.tif'} has values [0, 7]; expected")
+    cases["mask values"] = (
+        [f"data.root={root}", "data.num_classes=2"],
+        f"Mask {root / 'masks' / 's3.tif'} has values [0, 7]; expected",
+    )
 
     root = tmp / "empty"
     (root / "images").mkdir(parents=True)

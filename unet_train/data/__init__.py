@@ -5,13 +5,14 @@ from unet_train.data.device_augment import DeviceAugment
 from unet_train.data.folder import ImageFolder
 from unet_train.data.isbi import ISBI2012
 from unet_train.data.synthetic import SyntheticMembranes
-from unet_train.data.transforms import ForegroundCrop
+from unet_train.data.transforms import ForegroundCrop, RandomBrightnessContrast
 
 __all__ = [
     "ISBI2012",
     "DeviceAugment",
     "ForegroundCrop",
     "ImageFolder",
+    "RandomBrightnessContrast",
     "SegmentationData",
     "SegmentationDataset",
     "Split",

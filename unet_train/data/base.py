@@ -1,9 +1,10 @@
 """The data contract: decoded images in memory, a dataset of dicts, and loaders built from config.
 
 A data config (``configs/data/*.yaml``) instantiates a subclass of :class:`SegmentationData`.
-It loads and decodes its images once (``load_split``) and keeps them in memory; a
+It loads and decodes its images once (``load_split``, in their own dtype), normalises each image
+once by ``data.normalize`` (:mod:`unet_train.data.normalize`) and keeps them in memory; a
 :class:`SegmentationDataset` applies the albumentations pipeline per item and yields
-``{"image": float32 (C, H, W) in [0, 1], "mask": int64 (H, W), "name": str}``.
+``{"image": float32 (C, H, W), "mask": int64 (H, W), "name": str}``.
 
 Unlabelled pixels hold :data:`~unet_train.labels.IGNORE_INDEX` (255) in the mask from loading
 on; the losses and metrics leave them out. With ``fold`` set, the train and val splits are the
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from unet_train.data.normalize import (
+    describe,
+    fill_dataset_stats,
+    keeps_uint8,
+    needs_dataset_stats,
+    normalize_image,
+    resolve_spec,
+)
 from unet_train.data.sampling import EpochSampler, reseed_transform
+from unet_train.data.transforms import padded_size
 from unet_train.errors import ConfigError, DataError
 from unet_train.labels import IGNORE_INDEX, MAX_CLASSES
 
@@ -36,9 +46,12 @@ DISJOINT = ("train", "val", "test")
 
 @dataclass
 class Split:
-    """Decoded images of one split: uint8 ``(H, W, C)`` images, int ``(H, W)`` masks (or None), names.
+    """Images of one split ``(H, W)`` or ``(H, W, C)``, int ``(H, W)`` masks (or None), names.
 
-    Mask values are classes ``0..num_classes-1``, or ``IGNORE_INDEX`` where a pixel is unlabelled.
+    ``load_split`` returns the images as stored (any dtype); :meth:`SegmentationData.split` returns
+    them normalised: float32, or uint8 where the scheme is plain division by 255 (done in
+    :func:`image_to_tensor`, after augmentation). Mask values are classes ``0..num_classes-1``, or
+    ``IGNORE_INDEX`` where a pixel is unlabelled.
     """
 
     images: list[np.ndarray]
@@ -94,7 +107,7 @@ class SegmentationDataset(Dataset):
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
-    """uint8 ``(H, W)`` or ``(H, W, C)`` -> float32 ``(C, H, W)`` in [0, 1]."""
+    """``(H, W)`` or ``(H, W, C)`` -> float32 ``(C, H, W)``; uint8 is divided by 255, float is kept as it is."""
     if image.ndim == 2:
         image = image[..., None]
     array = np.ascontiguousarray(image.transpose(2, 0, 1))
@@ -108,8 +121,11 @@ class SegmentationData:
     Subclasses implement :meth:`load_split`. Args common to all datasets:
 
     Args:
-        in_channels: image channels the model gets (checked against the files).
-        num_classes: classes including background (2 for a binary problem).
+        in_channels: image channels the model gets (checked against the files); ``auto``: from
+            the files, where the dataset supports it (:meth:`resolve_auto`).
+        num_classes: classes including background (2 for a binary problem); ``auto`` as above.
+        normalize: the intensity normalisation spec (:mod:`unet_train.data.normalize`); None is
+            ``scale_linear`` with ``gain: null`` (uint8 / 255).
         patch_size: training crop side (used by the transforms through interpolation).
         batch_size: training batch size (validation uses ``val_batch_size``).
         num_workers: loader worker processes; 0 loads in the main process.
@@ -124,8 +140,8 @@ class SegmentationData:
 
     def __init__(
         self,
-        in_channels: int = 1,
-        num_classes: int = 2,
+        in_channels: int | str = 1,
+        num_classes: int | str = 2,
         patch_size: int = 256,
         batch_size: int = 4,
         val_batch_size: int = 1,
@@ -136,20 +152,14 @@ class SegmentationData:
         train_transform: Callable[..., dict[str, Any]] | None = None,
         val_transform: Callable[..., dict[str, Any]] | None = None,
         device_augment: Callable[..., Any] | None = None,
+        normalize: Mapping[str, Any] | None = None,
         fold: int | None = None,
         num_folds: int = 5,
         foreground_oversample: float = 0.0,
     ) -> None:
-        for name, value in (("in_channels", in_channels), ("patch_size", patch_size), ("batch_size", batch_size)):
+        for name, value in (("patch_size", patch_size), ("batch_size", batch_size)):
             if int(value) < 1:
                 raise ConfigError(f"data.{name}={value} must be a positive integer.")
-        if num_classes < 2:
-            raise ConfigError(f"data.num_classes={num_classes} must be at least 2 (background + one class).")
-        if num_classes > MAX_CLASSES:
-            raise ConfigError(
-                f"data.num_classes={num_classes} is more than {MAX_CLASSES}: mask value {IGNORE_INDEX} marks "
-                f"unlabelled pixels, so classes are 0..{MAX_CLASSES - 1}."
-            )
         if num_folds < 2:
             raise ConfigError(f"data.num_folds={num_folds} must be at least 2.")
         if fold is not None and not 0 <= fold < num_folds:
@@ -161,8 +171,9 @@ class SegmentationData:
             raise ConfigError(f"data.foreground_oversample={foreground_oversample} must be a share in [0, 1].")
         if num_workers < 0:
             raise ConfigError(f"data.num_workers={num_workers} must be 0 or more.")
-        self.in_channels = in_channels
-        self.num_classes = num_classes
+        self._in_channels = _count_or_auto(in_channels, "in_channels", 1)
+        self._num_classes = _count_or_auto(num_classes, "num_classes", 2)
+        self.normalize = resolve_spec(normalize)
         self.patch_size = patch_size
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size
@@ -176,11 +187,44 @@ class SegmentationData:
         self.fold, self.num_folds = fold, num_folds
         self.foreground_oversample = foreground_oversample
         self._cache: dict[str, Split] = {}
+        self._raw_all: Split | None = None  # the all split as stored, when folds cut it
 
     # -- to implement -------------------------------------------------------------------------
     def load_split(self, split: str) -> Split:
-        """Decode and return the images of ``split`` (train, val, test or all)."""
+        """Decode and return the images of ``split`` (train, val, test or all), as stored (any dtype)."""
         raise NotImplementedError
+
+    def resolve_auto(self) -> None:
+        """Set ``in_channels`` / ``num_classes`` given as ``auto`` from the data (subclasses that can)."""
+        raise ConfigError(f"{type(self).__name__} cannot infer data.in_channels/num_classes: set them to numbers.")
+
+    # -- channels and classes, possibly inferred ------------------------------------------------
+    @property
+    def in_channels(self) -> int:
+        if self._in_channels is None:
+            self.resolve_auto()
+            assert self._in_channels is not None
+        return self._in_channels
+
+    @in_channels.setter
+    def in_channels(self, value: int) -> None:
+        self._in_channels = value
+
+    @property
+    def num_classes(self) -> int:
+        if self._num_classes is None:
+            self.resolve_auto()
+            assert self._num_classes is not None
+        if self._num_classes > MAX_CLASSES:
+            raise ConfigError(
+                f"data.num_classes={self._num_classes} is more than {MAX_CLASSES}: mask value {IGNORE_INDEX} marks "
+                f"unlabelled pixels, so classes are 0..{MAX_CLASSES - 1}."
+            )
+        return self._num_classes
+
+    @num_classes.setter
+    def num_classes(self, value: int) -> None:
+        self._num_classes = value
 
     # -- shared -------------------------------------------------------------------------------
     def split(self, name: str) -> Split:
@@ -188,6 +232,8 @@ class SegmentationData:
         if name not in SPLITS:
             raise ConfigError(f"split={name!r} is not known; choose one of {', '.join(SPLITS)}.")
         if name not in self._cache:
+            if name != "train" and needs_dataset_stats(self.normalize):
+                self.split("train")  # fills the dataset statistics every split is normalised with
             folded = self.fold is not None and name in ("train", "val")
             split = self._fold_split(name) if folded else self.load_split(name)
             if len(split) == 0:
@@ -197,6 +243,9 @@ class SegmentationData:
                     "settings (data.val_fraction, data.train_slices, data.val_slices)."
                 )
             self._check(split, name)
+            if needs_dataset_stats(self.normalize):  # only the training split gets here
+                self.normalize = fill_dataset_stats(self.normalize, split.images)
+            split = self._normalized(split, name)
             self._check_disjoint(split, name)
             self._cache[name] = split
         return self._cache[name]
@@ -231,7 +280,9 @@ class SegmentationData:
 
     def _fold_split(self, name: str) -> Split:
         """Fold ``self.fold``'s train or val part of the ``all`` split (the images are shared, not copied)."""
-        pool = self.split("all")
+        if self._raw_all is None:  # as stored: each fold is normalised like any split (dataset stats from its train)
+            self._raw_all = self.load_split("all")
+        pool = self._raw_all
         if len(pool) < self.num_folds:
             raise ConfigError(
                 f"data.num_folds={self.num_folds} is more than the {len(pool)} labelled images of "
@@ -245,6 +296,25 @@ class SegmentationData:
             None if masks is None else [masks[i] for i in chosen],
             [pool.names[i] for i in chosen],
         )
+
+    def _normalized(self, split: Split, name: str) -> Split:
+        """Each image normalised once; uint8 images under plain division by 255 stay uint8 (see keeps_uint8)."""
+        spec = self.normalize
+        images = [im if keeps_uint8(spec, im.dtype) else normalize_image(im, spec) for im in split.images]
+        megabytes = sum(im.nbytes for im in images) / 2**20
+        dtypes = sorted({str(im.dtype) for im in split.images})
+        log.info("%s split: %d %s image(s), %s (%.0f MB in memory)", name, len(images), "/".join(dtypes),
+                 describe(spec), megabytes)  # fmt: skip
+        if name == "train" and spec["scheme"] == "scale_linear" and spec["gain"] is None:
+            for dtype in {im.dtype for im in split.images if im.dtype.kind in "ui" and im.dtype.itemsize > 1}:
+                top = max(int(im.max()) for im in split.images if im.dtype == dtype)
+                if top < np.iinfo(dtype).max // 8:
+                    log.warning(
+                        "The %s training images reach only %d of %d: scale_linear with gain null maps them into "
+                        "[0, %.3f]; data/normalize=percentile (or a gain) spreads them over [0, 1].",
+                        dtype, top, np.iinfo(dtype).max, top / np.iinfo(dtype).max,
+                    )  # fmt: skip
+        return Split(images, split.masks, split.names)
 
     def _check(self, split: Split, name: str) -> None:
         for i, image in enumerate(split.images):
@@ -269,10 +339,18 @@ class SegmentationData:
         if name == "train":
             smallest = min(min(im.shape[:2]) for im in split.images)
             if self.train_transform is not None and self.patch_size > smallest:
-                raise ConfigError(
-                    f"data.patch_size={self.patch_size} is larger than the smallest training image "
-                    f"({smallest} px); choose data.patch_size<={smallest}."
-                )
+                padded = padded_size(self.train_transform)
+                if padded is None or min(padded) < self.patch_size:
+                    raise ConfigError(
+                        f"data.patch_size={self.patch_size} is larger than the smallest training image "
+                        f"({smallest} px); choose data.patch_size<={smallest}. Or pad the images first "
+                        "(albumentations.PadIfNeeded with min_height/min_width >= data.patch_size before the crop)."
+                    )
+                small = sum(min(im.shape[:2]) < self.patch_size for im in split.images)
+                log.info(
+                    "%d training image(s) smaller than data.patch_size=%d are padded to at least %dx%d by PadIfNeeded",
+                    small, self.patch_size, *padded,
+                )  # fmt: skip
 
     def dataset(
         self,
@@ -349,6 +427,16 @@ def kfold_indices(total: int, fold: int, num_folds: int) -> tuple[list[int], lis
     val = [int(i) for i in blocks[fold]]
     taken = set(val)
     return [i for i in range(total) if i not in taken], val
+
+
+def _count_or_auto(value: int | str, key: str, smallest: int) -> int | None:
+    """A count setting: an integer >= ``smallest``, or ``auto`` (None: inferred from the data)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < smallest:
+        what = "at least 2 (background + one class)" if key == "num_classes" else "a positive integer"
+        raise ConfigError(f"data.{key}={value!r} must be {what}, or auto.")
+    return value
 
 
 def parse_indices(spec: Sequence[int] | str, total: int, what: str) -> list[int]:

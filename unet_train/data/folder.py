@@ -2,59 +2,30 @@
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tifffile
-from skimage import io as skio
 
 from unet_train.data.base import SegmentationData, Split
+from unet_train.data.reading import IMAGE_SUFFIXES, channels_of, match_channels, probe_channels, read_image, read_mask
 from unet_train.errors import ConfigError, DataError
 from unet_train.labels import IGNORE_INDEX
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+__all__ = ["IMAGE_SUFFIXES", "ImageFolder", "encode_mask", "infer_num_classes", "read_image", "read_mask", "read_valid"]
+
+log = logging.getLogger(__name__)
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Read a 2D image as uint8 ``(H, W)`` or ``(H, W, C)``; names the file on failure."""
-    try:
-        array = tifffile.imread(path) if path.suffix.lower() in (".tif", ".tiff") else skio.imread(path)
-    except Exception as exc:
-        raise DataError(f"Could not read image {path}: {exc}") from exc
-    array = np.asarray(array)
-    if array.ndim == 3 and array.shape[2] == 4:  # RGBA: drop alpha
-        array = array[..., :3]
-    if array.ndim not in (2, 3):
-        raise DataError(f"{path} has shape {array.shape}; expected a 2D grey or RGB image.")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise DataError(f"{path} has NaN or infinite pixels; fix or remove the file.")
-    if array.dtype != np.uint8:
-        if array.dtype == bool:
-            array = array.astype(np.uint8) * 255
-        else:
-            low, high = float(array.min()), float(array.max())
-            scale = 255.0 / (high - low) if high > low else 0.0
-            array = ((array - low) * scale).astype(np.uint8)
-    return array
-
-
-def read_mask(path: Path, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
-    """Read a mask as class indices: binary {0,255} or {0,1}, or indexed values 0..K-1.
+def encode_mask(mask: np.ndarray, num_classes: int, path: Path, ignore_index: int | None = None) -> np.ndarray:
+    """Stored mask values -> class indices: binary {0,255} or {0,1}, or indexed values 0..K-1.
 
     Pixels equal to ``ignore_index`` (a value that is no class) are unlabelled: they become
     ``IGNORE_INDEX`` and the other values are read as without them.
     """
-    try:
-        mask = tifffile.imread(path) if path.suffix.lower() in (".tif", ".tiff") else skio.imread(path)
-    except Exception as exc:
-        raise DataError(f"Could not read mask {path}: {exc}") from exc
-    mask = np.asarray(mask)
-    if mask.ndim == 3:
-        if not (mask[..., :1] == mask[..., : min(mask.shape[2], 3)]).all():
-            raise DataError(f"Mask {path} is a colour image; save masks as single-channel class indices.")
-        mask = mask[..., 0]
     values = np.unique(mask)
     ignored = None
     if ignore_index is not None:
@@ -69,7 +40,7 @@ def read_mask(path: Path, num_classes: int, ignore_index: int | None = None) -> 
             f"problem, or class indices 0..{num_classes - 1} (data.num_classes={num_classes}){unlabelled}."
         )
     else:
-        labels = mask.astype(np.uint8 if num_classes <= 256 else np.int64)
+        labels = mask.astype(np.uint8)  # num_classes <= MAX_CLASSES, so every class and IGNORE_INDEX fit
     if ignored is not None:
         labels[ignored] = IGNORE_INDEX
     return labels
@@ -77,18 +48,26 @@ def read_mask(path: Path, num_classes: int, ignore_index: int | None = None) -> 
 
 def read_valid(path: Path) -> np.ndarray:
     """Read a valid-pixel mask (e.g. a field of view) as booleans: non-zero = labelled."""
-    try:
-        array = tifffile.imread(path) if path.suffix.lower() in (".tif", ".tiff") else skio.imread(path)
-    except Exception as exc:
-        raise DataError(f"Could not read valid-pixel mask {path}: {exc}") from exc
-    array = np.asarray(array)
-    if array.ndim == 3 and array.shape[2] in (2, 4):  # grey or RGB with alpha: drop alpha
-        array = array[..., :-1]
-    if array.ndim == 3:
-        array = array.any(axis=2)
-    if array.ndim != 2:
-        raise DataError(f"Valid-pixel mask {path} has shape {array.shape}; expected a 2D image (non-zero = labelled).")
-    return array != 0
+    array = read_image(path)  # alpha dropped
+    return np.asarray(array.any(axis=2) if array.ndim == 3 else array != 0)
+
+
+def infer_num_classes(values: set[int], where: str) -> int:
+    """``num_classes: auto``: 2 for binary {0,255} or {0,1} masks, else the largest index + 1."""
+    if values <= {0, 255}:
+        return 2
+    if min(values) < 0:
+        raise DataError(f"Masks in {where} hold negative values {sorted(v for v in values if v < 0)[:5]}.")
+    classes = max(2, max(values) + 1)
+    absent = sorted(set(range(classes)) - values)
+    if classes > 8 and len(absent) > classes / 2:
+        raise DataError(
+            f"Masks in {where} hold the values {sorted(values)[:10]}, which look like grey levels rather than "
+            f"class indices 0..K-1; map them to indices or set data.num_classes."
+        )
+    if absent:
+        log.warning("data.num_classes=auto: %d classes, but class(es) %s never appear in the masks", classes, absent)
+    return classes
 
 
 def _files(folder: Path) -> dict[str, Path]:
@@ -99,7 +78,10 @@ def _files(folder: Path) -> dict[str, Path]:
 class ImageFolder(SegmentationData):
     """Images and masks in ``root/images`` and ``root/masks`` with matching stems.
 
-    ``a.png`` pairs with ``masks/a.png`` (or ``a.tif``...). A deterministic ``val_fraction`` of
+    ``a.png`` pairs with ``masks/a.png`` (or ``a.tif``...). Images are read in their own dtype
+    (:mod:`unet_train.data.reading`); grey and RGB images are converted to ``in_channels`` (grey
+    copied to 3 channels, RGB to grey by luminance); ``in_channels`` and ``num_classes`` may be
+    ``auto`` (see :meth:`resolve_auto`). A deterministic ``val_fraction`` of
     the stems (shuffled with ``split_seed``) is held out for validation. An optional
     ``root/test/images`` folder (masks in ``root/test/masks`` optional) is the test split.
 
@@ -131,15 +113,51 @@ class ImageFolder(SegmentationData):
         super().__init__(**kwargs)
         if not 0.0 <= val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction={val_fraction} must be in [0, 1).")
-        if ignore_index is not None and not self.num_classes <= ignore_index <= 65535:
-            raise ConfigError(
-                f"data.ignore_index={ignore_index} must be a mask value that is no class: at least "
-                f"data.num_classes={self.num_classes} (255 is common), or null."
-            )
+        self.ignore_index, self.valid_dir = ignore_index, valid_dir
+        if self._num_classes is not None:  # with num_classes=auto, checked once the classes are known
+            self._check_ignore_index(self._num_classes)
         self.root = Path(root).expanduser()
         self.val_fraction, self.split_seed = val_fraction, split_seed
         self.images_dir, self.masks_dir = images_dir, masks_dir
-        self.ignore_index, self.valid_dir = ignore_index, valid_dir
+        self._raw_masks: dict[Path, np.ndarray] = {}  # read while inferring num_classes, used once by _load
+
+    def _check_ignore_index(self, num_classes: int) -> None:
+        if self.ignore_index is not None and not num_classes <= self.ignore_index <= 65535:
+            raise ConfigError(
+                f"data.ignore_index={self.ignore_index} must be a mask value that is no class: at least "
+                f"data.num_classes={num_classes} (255 is common), or null."
+            )
+
+    def resolve_auto(self) -> None:
+        """``auto`` channels and classes from the training and validation files (not the test split).
+
+        Channels: the most any image has, so a folder of grey and RGB images gives 3 (grey copied
+        to 3 channels). Classes: 2 for binary {0,255} or {0,1} masks, else the largest index + 1.
+        """
+        images, masks = self._pairs(self.root, masks_required=True)
+        where = str(self.root.resolve())
+        if self._in_channels is None:
+            counts = Counter(probe_channels(p) for p in images)
+            found = sorted(counts)
+            if len(found) > 1 and found != [1, 3]:
+                raise DataError(
+                    f"Images in {where} have {' and '.join(map(str, found))} channels; only grey and RGB mix "
+                    "(grey becomes 3 channels): set data.in_channels or convert the files."
+                )
+            self._in_channels = found[-1]
+            mixed = f" ({counts[3]} RGB, {counts[1]} grey copied to 3 channels)" if found == [1, 3] else ""
+            log.info("data.in_channels=auto: %d%s", self._in_channels, mixed)
+        if self._num_classes is None:
+            values: set[int] = set()
+            for path in masks or []:
+                raw = read_mask(path)
+                self._raw_masks[path] = raw
+                values.update(np.unique(raw).tolist())
+            if self.ignore_index is not None:  # unlabelled, not a class
+                values.discard(self.ignore_index)
+            self._num_classes = infer_num_classes(values, where)
+            self._check_ignore_index(self._num_classes)
+            log.info("data.num_classes=auto: %d (mask values %s)", self._num_classes, sorted(values)[:10])
 
     def _pairs(self, base: Path, masks_required: bool) -> tuple[list[Path], list[Path] | None]:
         image_dir, mask_dir = base / self.images_dir, base / self.masks_dir
@@ -190,11 +208,22 @@ class ImageFolder(SegmentationData):
         return files
 
     def _load(self, image_paths: Sequence[Path], mask_paths: Sequence[Path] | None, base: Path) -> Split:
+        in_channels, num_classes = self.in_channels, self.num_classes  # resolves auto first
         images = [read_image(p) for p in image_paths]
-        masks = None if mask_paths is None else [read_mask(p, self.num_classes, self.ignore_index) for p in mask_paths]
-        if masks is not None:
+        converted = Counter(channels_of(im) for im in images if channels_of(im) != in_channels)
+        if converted:
+            how = {1: "grey copied to 3 channels", 3: "RGB to grey (ITU-R BT.601 luminance)"}
+            log.info(
+                "data.in_channels=%d: %s", in_channels,
+                ", ".join(f"{n} image(s) {how.get(c, f'with {c} channels')}" for c, n in sorted(converted.items())),
+            )  # fmt: skip
+        images = [match_channels(im, in_channels, str(p)) for im, p in zip(images, image_paths)]
+        masks = None
+        if mask_paths is not None:
+            raw = [self._raw_masks.pop(p) if p in self._raw_masks else read_mask(p) for p in mask_paths]
+            masks = [encode_mask(m, num_classes, p, self.ignore_index) for m, p in zip(raw, mask_paths)]
             valid_files = self._valid_files(base)
-            for image, mask, path, image_path in zip(images, masks, mask_paths or [], image_paths):
+            for image, mask, path, image_path in zip(images, masks, mask_paths, image_paths):
                 if image.shape[:2] != mask.shape:
                     raise DataError(f"Mask {path} is {mask.shape} but its image is {image.shape[:2]}.")
                 valid_path = valid_files.get(image_path.stem)

@@ -20,6 +20,7 @@ import numpy as np
 import tifffile
 
 from unet_train.data.base import SegmentationData, Split, check_disjoint, parse_indices
+from unet_train.data.reading import read_stack
 from unet_train.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -135,13 +136,14 @@ class ISBI2012(SegmentationData):
                     f"train-labels.tif and test-volume.tif there and set data.root=<that folder>, "
                     f"or add data.download=true to fetch and verify them."
                 )
-        try:
-            stack = tifffile.imread(path)
-        except Exception as exc:
-            raise DataError(f"Could not read {path} as a TIFF stack: {exc}") from exc
+        stack = read_stack(path)  # in its own dtype (uint8 for the challenge's files)
         if stack.ndim != 3:
-            raise DataError(f"{path} has shape {stack.shape}; expected a stack of 2D slices (N, H, W).")
-        return np.asarray(stack, dtype=np.uint8)
+            raise DataError(f"{path} has shape {stack.shape}; expected a stack of 2D grey slices (N, H, W).")
+        return stack
+
+    def resolve_auto(self) -> None:
+        self._in_channels = self._in_channels or 1
+        self._num_classes = self._num_classes or 2
 
     def _slices(self, split: str, total: int) -> list[int]:
         """The slice indices of ``split`` (train or val); refused when the two share a slice."""

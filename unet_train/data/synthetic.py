@@ -1,4 +1,4 @@
-"""Synthetic EM-like membrane images with exact masks, generated from a seed.
+"""Synthetic EM-like membrane images with exact masks, generated from a seed (and 16-bit fluorescence-like ones).
 
 Each image is a Voronoi tessellation of "cells" whose borders are dark membranes a few pixels
 thick, with textured interiors, a few dark organelle blobs, blur and noise. The mask marks the
@@ -42,6 +42,40 @@ def make_membrane_image(
     return (np.clip(image, 0, 1) * 255).astype(np.uint8), membrane.astype(np.uint8)
 
 
+def make_fluorescence_image(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    num_objects: int = 8,
+    background: float = 1000.0,
+    contrast: tuple[float, float] = (30.0, 60.0),
+    radius: tuple[float, float] = (5.0, 10.0),
+    noise: float = 8.0,
+    saturated: int = 5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A uint16 image in the style of fluorescence microscopy and its object mask (uint8 in {0, 1}).
+
+    Round objects a few tens of counts (``contrast``) above a background of about ``background``
+    counts, with a gentle illumination gradient, Gaussian noise and ``saturated`` hot pixels at
+    65535, which stretch the range so that reading the image into uint8 by its min and max erases
+    the objects.
+    """
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
+    image = background + 20.0 * (cols / max(width - 1, 1) - 0.5) + 10.0 * (rows / max(height - 1, 1) - 0.5)
+    mask = np.zeros((height, width), dtype=bool)
+    for _ in range(num_objects):
+        r = rng.uniform(*radius)
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        disc = (rows - cy) ** 2 + (cols - cx) ** 2 <= r * r
+        image[disc & ~mask] += rng.uniform(*contrast)
+        mask |= disc
+    image += rng.normal(0.0, noise, (height, width))
+    image = np.clip(np.round(image), 0, 65535).astype(np.uint16)
+    hot = rng.integers(0, height * width, saturated)
+    image.flat[hot] = 65535
+    return image, mask.astype(np.uint8)
+
+
 class SyntheticMembranes(SegmentationData):
     """A reproducible synthetic dataset: ``num_train``/``num_val``/``num_test`` images of ``image_size``.
 
@@ -70,6 +104,10 @@ class SyntheticMembranes(SegmentationData):
         self.image_size = image_size
         self.counts = {"train": num_train, "val": num_val, "test": num_test}
         self.cells_per_image, self.membrane_width, self.seed = cells_per_image, membrane_width, seed
+
+    def resolve_auto(self) -> None:
+        self._in_channels = self._in_channels or 1
+        self._num_classes = self._num_classes or 2
 
     def load_split(self, split: str) -> Split:
         if split == "all":

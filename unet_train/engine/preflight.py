@@ -35,6 +35,10 @@ NUMBERS: tuple[tuple[str, type, float, bool], ...] = (
 )
 
 
+# Settings that may be ``auto`` (inferred from the files by the data config).
+AUTO = ("data.in_channels", "data.num_classes")
+
+
 def _is_number(value: Any, kind: type) -> bool:
     if isinstance(value, bool):
         return False
@@ -57,7 +61,7 @@ def check_numbers(cfg: DictConfig) -> None:
     """Each numeric setting present in ``cfg`` has the right type and range (``None`` means "not set")."""
     for key, kind, low, inclusive in NUMBERS:
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
-        if value is None:
+        if value is None or (key in AUTO and value == "auto"):
             continue
         if not _is_number(value, kind) or value < low or (value == low and not inclusive):
             raise ConfigError(f"{key}={value!r} must be {_describe(kind, low, inclusive)}.")

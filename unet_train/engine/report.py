@@ -15,6 +15,7 @@ from skimage import io as skio
 from torch.utils.tensorboard import SummaryWriter
 
 from unet_train.engine.evaluate import EvalResult, probabilities
+from unet_train.engine.tensorboard import display_grey
 from unet_train.labels import valid_pixels
 from unet_train.metrics import RandInfoSweep, hd95, predict_labels
 
@@ -30,8 +31,7 @@ def overlay(image: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor, num_cl
     with more classes every wrong pixel is red. Unlabelled pixels are mid-grey in the ground truth
     and grey in the errors.
     """
-    grey_t = image.float().mean(0) if image.shape[0] != 1 else image[0].float()
-    grey = (grey_t.clamp(0, 1) * 255).to(torch.uint8).numpy()
+    grey = (display_grey(image) * 255).to(torch.uint8).numpy()
     scale = 255 // max(num_classes - 1, 1)
     truth_np, pred_np = truth.numpy().astype(np.int64), pred.numpy().astype(np.int64)
     valid = valid_pixels(truth).numpy()

@@ -10,7 +10,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from unet_train.build import build_data, build_loss, build_model, build_optimizer, build_scheduler
+from unet_train.build import (
+    build_data,
+    build_loss,
+    build_model,
+    build_optimizer,
+    build_scheduler,
+    resolve_data_config,
+)
 from unet_train.data.sampling import GLOBAL_STREAM, epoch_seed, set_loader_epoch
 from unet_train.engine import distributed
 from unet_train.engine.checkpoint import load_checkpoint, load_model_state, load_optimizer_state
@@ -95,6 +102,7 @@ def build_run(cfg: DictConfig) -> Run:
     mode = monitor_mode(cfg.monitor, cfg.get("monitor_mode", "auto"))
 
     data = build_data(cfg.data)
+    resolve_data_config(cfg, data)  # data.in_channels/num_classes=auto and dataset statistics, before the model
     check_monitor(cfg.monitor, data.num_classes)
     pin = runtime.device.type == "cuda"
     train_sampler = dist.train_sampler(len(data.dataset("train")), data.samples_per_epoch, cfg.seed)

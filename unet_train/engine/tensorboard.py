@@ -11,10 +11,23 @@ from unet_train.labels import valid_pixels
 from unet_train.metrics import predict_labels
 
 
-def panel(image: torch.Tensor, mask: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
-    """One (3, H, 3W) panel: image | ground truth | prediction, grey in [0, 1]."""
+def display_grey(image: torch.Tensor) -> torch.Tensor:
+    """A ``(C, H, W)`` model input as one grey ``(H, W)`` picture in [0, 1] (for panels, not for numbers).
+
+    Inputs already in [0, 1] are shown as they are; others (z-scores, unclipped percentiles) are
+    stretched by their own min and max.
+    """
     grey = image.float()
     grey = grey.mean(0) if grey.shape[0] != 1 else grey[0]
+    low, high = float(grey.min()), float(grey.max())
+    if low < 0.0 or high > 1.0:
+        grey = (grey - low) / max(high - low, 1e-12)
+    return grey
+
+
+def panel(image: torch.Tensor, mask: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
+    """One (3, H, 3W) panel: image | ground truth | prediction, grey in [0, 1]."""
+    grey = display_grey(image)
     num_classes = max(logits.shape[0], 2)
     pred = predict_labels(logits.unsqueeze(0))[0].float() / (num_classes - 1)
     if mask is None:

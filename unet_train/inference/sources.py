@@ -21,6 +21,8 @@ import numpy as np
 import tifffile
 import torch
 
+from unet_train.data.normalize import normalize_image, resolve_spec
+from unet_train.data.reading import match_channels
 from unet_train.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -252,48 +254,51 @@ class _TiffPages:
         return self._cached[1][index[lead:]]
 
 
-@dataclass
+@dataclass(frozen=True)
 class InputScaling:
-    """Raw pixels -> the model's input: the one place of the predict path that converts intensities.
+    """Raw pixels -> the model's input on the chunked path: the checkpoint's ``data.normalize`` with fixed statistics.
 
-    Today's rule (the one training applies to its images): uint8 is divided by 255; bool is 0/1;
-    any other dtype is stretched by the image's min and max to uint8 and then divided by 255.
-    For a volume, min and max come from :func:`sample_statistics`, exact for images that fit a
-    subsample budget and estimated on a regular subsample otherwise. A normalisation stored in the
-    checkpoint (percentiles, z-score) plugs in here, with its statistics from the same subsample.
+    Training normalises each image by ``data.normalize`` (:mod:`unet_train.data.normalize`). A chunked
+    volume is read window by window, never whole, so a scheme with per-image statistics (``percentile``
+    or ``zscore`` with ``per: image``) takes them once for the whole volume from :func:`sample_pixels`:
+    exact for a plane that fits ``max_pixels``, estimated on a regular subsample of larger ones (and over
+    up to 8 planes of a stack). Grey and RGB inputs convert into each other as in training.
     """
 
-    dtype: np.dtype
-    low: float = 0.0
-    high: float = 255.0
+    spec: dict[str, Any]
+    in_channels: int
 
     @classmethod
     def for_volume(cls, volume: Volume, stored_data: Any = None, max_pixels: int = 4_000_000) -> InputScaling:
-        """The scaling for ``volume``; ``stored_data`` is the checkpoint's data config (for a stored scheme)."""
-        if volume.dtype in (np.uint8, np.bool_):
-            return cls(volume.dtype)
-        low, high = sample_statistics(volume, max_pixels)
-        return cls(volume.dtype, low, high)
+        """The scaling for ``volume``; ``stored_data`` is the checkpoint's data config (None: uint8 / 255)."""
+        normalize = None if stored_data is None else stored_data.get("normalize")
+        spec = resolve_spec(normalize)
+        in_channels = volume.shape[3] if stored_data is None else int(stored_data.in_channels)
+        if spec["scheme"] in ("percentile", "zscore") and spec["per"] == "image":
+            pixels = sample_pixels(volume, max_pixels)  # (N, C) in the volume's channels
+            pixels = match_channels(pixels[:, None, :], in_channels, volume.name).reshape(-1, in_channels)
+            pixels = pixels.astype(np.float64)
+            if spec["scheme"] == "percentile":
+                low, high = np.percentile(pixels, [spec["low"], spec["high"]], axis=0)
+                spec = {**spec, "per": "dataset", "min_value": low.tolist(), "max_value": high.tolist()}
+            else:
+                spec = {**spec, "per": "dataset", "mean": pixels.mean(0).tolist(), "std": pixels.std(0).tolist()}
+        return cls(spec, in_channels)
 
     def __call__(self, raw: np.ndarray) -> torch.Tensor:
-        """``(h, w, C)`` raw pixels -> float32 ``(C, h, w)``."""
-        if raw.dtype == np.bool_:
-            array = raw.astype(np.float32)
-        elif raw.dtype == np.uint8:
-            array = raw.astype(np.float32) / np.float32(255.0)
-        else:
-            scale = 255.0 / (self.high - self.low) if self.high > self.low else 0.0
-            stretched = np.clip((raw.astype(np.float64) - self.low) * scale, 0, 255).astype(np.uint8)
-            array = stretched.astype(np.float32) / np.float32(255.0)
-        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+        """``(h, w, C)`` raw pixels -> float32 ``(in_channels, h, w)``."""
+        image = match_channels(raw[..., 0] if raw.shape[2] == 1 else raw, self.in_channels, "input")
+        out = normalize_image(image, self.spec)
+        out = out[..., None] if out.ndim == 2 else out
+        return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
 
 
-def sample_statistics(volume: Volume, max_pixels: int) -> tuple[float, float]:
-    """Min and max of a volume: over all pixels where there are at most ``max_pixels`` per plane, else over
-    a regular grid of windows (64x64 px, up to ``max_pixels`` per plane, on up to 8 planes)."""
+def sample_pixels(volume: Volume, max_pixels: int) -> np.ndarray:
+    """Pixels ``(N, C)`` of a volume: all of each plane with at most ``max_pixels``, else a regular grid of
+    64x64 windows (up to ``max_pixels`` per plane); on up to 8 planes spread over the stack."""
     _, height, width, _ = volume.shape
     planes = np.unique(np.linspace(0, volume.depth - 1, min(volume.depth, 8)).round().astype(int))
-    lows, highs = [], []
+    samples = []
     for z in planes:
         if height * width <= max_pixels:
             windows = [volume.read(int(z), 0, height, 0, width)]
@@ -305,9 +310,8 @@ def sample_statistics(volume: Volume, max_pixels: int) -> tuple[float, float]:
         for window in windows:
             if window.dtype.kind == "f" and not np.isfinite(window).all():
                 raise DataError(f"{volume.name} has NaN or infinite pixels; fix the file first.")
-            lows.append(float(window.min()))
-            highs.append(float(window.max()))
-    return min(lows), max(highs)
+            samples.append(window.reshape(-1, window.shape[-1]))
+    return np.concatenate(samples)
 
 
 def ngff_axes(volume_has_z: bool, channels: bool, units: dict[str, str]) -> list[dict[str, str]]:
