@@ -13,6 +13,7 @@ from torch import nn
 from unet_train.build import build_data, build_loss, build_model, build_optimizer, build_scheduler
 from unet_train.data.sampling import GLOBAL_STREAM, epoch_seed, set_loader_epoch
 from unet_train.engine import distributed
+from unet_train.engine.budget import TimeBudget
 from unet_train.engine.checkpoint import load_checkpoint, load_model_state, load_optimizer_state
 from unet_train.engine.resume import restore_rng, resume_plan
 from unet_train.engine.runtime import Runtime, make_runtime, seed_everything, to_channels_last
@@ -33,6 +34,7 @@ class TrainState:
     best_epoch: int = 0
     stale_validations: int = 0  # validations since the monitored value last improved
     batch: int = 0  # batches of epoch ``epoch + 1`` already trained on (> 0 only after a stop signal)
+    elapsed: float = 0.0  # training time of the run so far in seconds (a time-based schedule's clock)
 
 
 @dataclass
@@ -58,6 +60,11 @@ class Run:
     # Steps per epoch the learning-rate schedule plans with: this run's, or a resumed run's original
     # one when it resumes on another number of processes (engine/resume.py).
     schedule_steps_per_epoch: int = 0
+    budget: TimeBudget | None = None  # trainer.max_time: the clock of the schedule and of the stop
+
+    def schedule_progress(self) -> Any:
+        """The time-based schedule's progress function when ``trainer.max_time`` is set, else None (step-based)."""
+        return self.budget.fraction if self.budget is not None and self.budget.max_time is not None else None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -115,7 +122,11 @@ def build_run(cfg: DictConfig) -> Run:
     if len(train_loader) == 0:
         share = f" per process (the split is shared by {dist.world_size})" if dist.world_size > 1 else ""
         raise ConfigError(f"The training split has fewer images{share} than data.batch_size={cfg.data.batch_size}.")
-    scheduler = build_scheduler(cfg, optimizer, total_steps=len(train_loader) * tcfg.max_epochs)
+    budget = TimeBudget(tcfg.max_time)
+    budget.pixels_per_step = int(cfg.data.batch_size) * int(cfg.data.get("patch_size", 256)) ** 2
+    budget.val_pixels = sum(int(im.shape[0]) * int(im.shape[1]) for im in data.split("val").images)
+    progress = budget.fraction if tcfg.max_time is not None else None
+    scheduler = build_scheduler(cfg, optimizer, total_steps=len(train_loader) * tcfg.max_epochs, progress=progress)
     run = Run(
         cfg=cfg,
         dist=dist,
@@ -133,6 +144,7 @@ def build_run(cfg: DictConfig) -> Run:
         mode=mode,
         resolved_config=OmegaConf.to_container(cfg, resolve=True),
         schedule_steps_per_epoch=len(train_loader),
+        budget=budget,
     )
     if cfg.get("ckpt"):
         resume(run, cfg.ckpt)
@@ -170,10 +182,12 @@ def resume(run: Run, path: str) -> None:
     )
     if run.schedule_steps_per_epoch != run.steps_per_epoch:
         total = run.schedule_steps_per_epoch * cfg.trainer.max_epochs
-        run.scheduler = build_scheduler(cfg, run.optimizer, total_steps=total)
+        run.scheduler = build_scheduler(cfg, run.optimizer, total_steps=total, progress=run.schedule_progress())
     load_optimizer_state(run.optimizer, checkpoint["optimizer"])
     run.scheduler.load_state_dict(checkpoint["scheduler"])
     run.scaler.load_state_dict(checkpoint["scaler"])
+    if run.budget is not None:
+        run.budget.start(state.elapsed)  # the time-based schedule continues from the stored training time
     restore_rng(checkpoint, run.dist, cfg.seed, state.step)  # each rank its own saved state
     within = f", batch {state.batch} of the next epoch" if state.batch else ""
     log.info("Resumed from %s after epoch %d (step %d%s)", path, state.epoch, state.step, within)
