@@ -104,14 +104,15 @@ def derive_plan(fingerprint: dict, device: DeviceFacts, budget_s: float) -> list
     val_s = val_images * pixels / (batch * patch * patch) * step_s * FORWARD_SHARE
     validations = int(max(1, min(20, VAL_SHARE * budget_s / max(val_s, 1e-9))))
     steps = max(1, int((budget_s - validations * val_s) / step_s))
+    validations = min(validations, steps)
     epoch_steps = max(1, steps // validations)
     add("data.samples_per_epoch", epoch_steps * batch,
-        f"{epoch_steps} steps per epoch: ~{validations} validations (~{val_s:.0f} s each) cost "
+        f"{epoch_steps} steps per epoch: ~{validations} validations (~{val_s:.1f} s each) cost "
         f"~{validations * val_s / budget_s:.0%} of the budget")  # fmt: skip
     add("trainer.val_every", 1, "the epoch length above already spaces the validations")
     add("trainer.max_time", float(budget_s), f"the budget ({budget_s:g} s): the schedule anneals over it")
     add("trainer.max_epochs", 1_000_000, "the time budget ends the run, not an epoch count")
-    add("sched.warmup_steps", min(200, max(10, steps // 50)), f"about 2% of the ~{steps} steps")
+    add("sched.warmup_steps", min(200, steps // 50), f"about 2% of the ~{steps} steps (at most 200)")
 
     loss_kind = "BCE" if fp["num_classes"] == 2 else "cross-entropy"
     add("loss", {"_target_": "unet_train.losses.BCEDiceLoss", "bce_weight": 1.0, "dice_weight": 1.0, "smooth": 1.0},
@@ -137,7 +138,8 @@ def _normalize(fp: dict) -> tuple[dict, str]:
 
 
 def _value(value: Any) -> str:
-    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False).strip().removesuffix("...").strip()
+    text = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10**6)  # one line, never wrapped
+    return text.strip().removesuffix("...").strip()
 
 
 def plan_yaml(choices: list[Choice], header: list[str], unsupported: frozenset[str] = frozenset()) -> str:

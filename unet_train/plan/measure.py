@@ -15,7 +15,7 @@ WIDTHS = {"cpu": (8, 16, 32), "cuda": (16, 32, 64)}
 
 
 def measure_device(
-    device: torch.device, in_channels: int, num_classes: int, patch: int, depth: int, batch: int, steps: int = 3
+    device: torch.device, in_channels: int, num_classes: int, patch: int, depth: int, batch: int, steps: int = 2
 ) -> DeviceFacts:
     """Seconds per Adam step of the vanilla UNet at each width of ``WIDTHS`` (after one warm-up step)."""
     from unet_train.losses import BCEDiceLoss
