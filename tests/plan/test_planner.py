@@ -69,6 +69,11 @@ def test_unet_plan_writes_fingerprint_and_a_loadable_plan(folder):
     assert merged.data.patch_size == 48 and merged.trainer.max_time == 120.0
     assert merged.model.base_channels == 8  # the command line wins over the plan
     assert merged.loss._target_ == "unet_train.losses.BCEDiceLoss"
+    # The same file as a Hydra experiment, from a search path added on the command line.
+    composed = compose_config(
+        ["data=folder", f"data.root={folder}", f"hydra.searchpath=[file://{folder}/unet_plan]", "experiment=plan"]
+    )
+    assert composed.data.patch_size == 48 and composed.trainer.max_time == 120.0 and composed.model.depth == 2
 
 
 def test_a_plan_naming_foreign_code_is_refused(tmp_path):
