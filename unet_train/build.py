@@ -77,9 +77,7 @@ def build_optimizer(cfg: DictConfig, model: nn.Module, fused: bool = False) -> t
     return factory(groups)
 
 
-def build_scheduler(
-    cfg: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int, progress: Any = None
-) -> Any:
+def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int, progress: Any = None) -> Any:
     """``cfg.sched`` is a ``_partial_`` factory ``(optimizer, total_steps[, progress]) -> LRScheduler``.
 
     ``progress`` (the time budget's share spent, see ``configs/sched``) goes to a factory that takes it.

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from unet_train.plan.derive import DeviceFacts
+from unet_train.plan.derive import MIN_STEPS, DeviceFacts
 
 log = logging.getLogger(__name__)
 
@@ -15,9 +15,19 @@ WIDTHS = {"cpu": (8, 16, 32), "cuda": (16, 32, 64)}
 
 
 def measure_device(
-    device: torch.device, in_channels: int, num_classes: int, patch: int, depth: int, batch: int, steps: int = 2
+    device: torch.device,
+    in_channels: int,
+    num_classes: int,
+    patch: int,
+    depth: int,
+    batch: int,
+    steps: int = 2,
+    budget_s: float | None = None,
 ) -> DeviceFacts:
-    """Seconds per Adam step of the vanilla UNet at each width of ``WIDTHS`` (after one warm-up step)."""
+    """Seconds per Adam step of the vanilla UNet at each width of ``WIDTHS`` (after one warm-up step).
+
+    Wider widths are not timed once a narrower one is already too slow for ``MIN_STEPS`` steps in ``budget_s``.
+    """
     from unet_train.losses import BCEDiceLoss
     from unet_train.models import UNet
 
@@ -45,4 +55,6 @@ def measure_device(
             torch.cuda.synchronize(device)
         timed[width] = (time.perf_counter() - start) / steps
         log.info("width %d: %.0f ms per step (%d x %d px crops)", width, timed[width] * 1000, batch, patch)
+        if budget_s is not None and timed[width] * MIN_STEPS > budget_s:
+            break  # a wider one would be slower still
     return DeviceFacts(kind=kind, name=name, step_seconds=timed)

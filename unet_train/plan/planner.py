@@ -63,7 +63,9 @@ def make_plan(data_cfg: DictConfig, budget_s: float, device_name: str, output: P
     kind = "cuda" if device.type == "cuda" else "cpu"
     patch, depth, batch = geometry(fingerprint, kind)
     facts = (
-        measure_device(device, max(fingerprint["channels"]), fingerprint["num_classes"], patch, depth, batch)
+        measure_device(
+            device, max(fingerprint["channels"]), fingerprint["num_classes"], patch, depth, batch, budget_s=budget_s
+        )
         if measure
         else DeviceFacts(kind=kind, name="not measured")
     )
