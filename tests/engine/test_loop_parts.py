@@ -218,7 +218,15 @@ def test_checkpointer_writes_a_loadable_checkpoint_and_clears_leftovers(tmp_path
     assert not (folder / ".last.pt.abc.tmp").exists() and "cut short by a kill" in caplog.text
     assert checkpoints.save("last.pt") and checkpoints.last == folder / "last.pt"
     ckpt = load_checkpoint(folder / "last.pt")
-    assert ckpt["state"] == {"epoch": 3, "step": 12, "best": 0.5, "best_epoch": 2, "stale_validations": 0, "batch": 0}
+    assert ckpt["state"] == {
+        "epoch": 3,
+        "step": 12,
+        "best": 0.5,
+        "best_epoch": 2,
+        "stale_validations": 0,
+        "batch": 0,
+        "elapsed": 0.0,
+    }
     assert ckpt["monitor"] == "val/dice" and ckpt["config"] == {"seed": 1}
     assert torch.equal(ckpt["model"]["weight"], run.model.weight.detach())
 
