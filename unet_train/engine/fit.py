@@ -107,7 +107,6 @@ def finish_run(
         "epochs": state.epoch,
         "steps": state.step,
         "time_s": elapsed,
-        "train_time_s": run.budget.elapsed if run.budget is not None else elapsed,
     }
     hparam_metrics = {f"hparam/{k}": v for k, v in metrics.items() if "/" in k}
     writer.add_hparams(hparams(cfg), hparam_metrics, run_name=".")
