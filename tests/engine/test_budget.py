@@ -88,7 +88,7 @@ def test_time_based_schedule_resumes_exactly():
 @pytest.mark.slow
 def test_a_budgeted_run_ends_within_its_budget_with_its_final_validation(tmp_path):
     # Validating 16 images costs several TINY steps: the run must stop training early enough for it.
-    budget = 10.0
+    budget = 20.0
     cfg = compose_config([
         *TINY, "trainer.max_epochs=100000", f"trainer.max_time={budget}", "data.num_val=16",
         "data.num_workers=0",
