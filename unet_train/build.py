@@ -93,6 +93,17 @@ def build_optimizer(cfg: DictConfig, model: nn.Module, fused: bool = False) -> t
     return factory(groups)
 
 
-def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
-    """``cfg.sched`` is a ``_partial_`` factory ``(optimizer, total_steps) -> LRScheduler``."""
-    return _instantiate(cfg.sched, "sched")(optimizer, total_steps=total_steps)
+def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int, progress: Any = None) -> Any:
+    """``cfg.sched`` is a ``_partial_`` factory ``(optimizer, total_steps[, progress]) -> LRScheduler``.
+
+    ``progress`` (the time budget's share spent, see ``configs/sched``) goes to a factory that takes it.
+    """
+    factory = _instantiate(cfg.sched, "sched")
+    target = getattr(factory, "func", factory)
+    try:
+        takes_progress = "progress" in inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        takes_progress = False
+    if progress is not None and takes_progress:
+        return factory(optimizer, total_steps=total_steps, progress=progress)
+    return factory(optimizer, total_steps=total_steps)

@@ -5,6 +5,7 @@ Examples::
     unet-train experiment=quickstart
     unet-train model=attention data=isbi data.root=/data/isbi2012
     unet-train ckpt=outputs/2026-11-25/10-00-00/checkpoints/last.pt   # resume
+    unet-train data=folder data.root=my_data plan=auto                  # plan (unet-plan), then train
     unet-train -m model=vanilla,attention,dilated,dense seed=0,1,2      # sweep
     torchrun --nproc_per_node=4 -m unet_train.train trainer=ddp         # DistributedDataParallel
 """
@@ -19,7 +20,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from unet_train.cli import apply_overrides, exit_on_user_error, hold_resume_overrides, resume_overrides, run_dir
+from unet_train.cli import (
+    apply_overrides,
+    exit_on_user_error,
+    hold_resume_overrides,
+    resume_overrides,
+    run_dir,
+    user_overrides,
+)
 from unet_train.config import config_dir
 from unet_train.engine import distributed
 from unet_train.engine.checkpoint import load_checkpoint
@@ -29,6 +37,20 @@ log = logging.getLogger(__name__)
 
 
 RESUME_LOG = "resume_log.yaml"
+
+
+def planned_config(cfg: DictConfig) -> DictConfig:
+    """On ``plan=PATH`` (or ``plan=auto``: plan ``cfg.data`` first), the plan merged under this command's overrides."""
+    from unet_train.plan.planner import apply_plan, auto_plan_budget, default_plan_path, load_plan, make_plan
+
+    path = cfg.plan
+    if path == "auto":
+        path = default_plan_path(cfg.data, run_dir())
+        make_plan(cfg.data, auto_plan_budget(cfg), cfg.trainer.device, path)
+        log.info("plan=auto: wrote %s", path)
+    merged = apply_plan(cfg, load_plan(path, trusted=cfg.get("trust_config", False)), user_overrides())
+    merged.plan = str(path)
+    return merged
 
 
 def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
@@ -62,6 +84,8 @@ def train(cfg: DictConfig) -> float | None:
     overrides = resume_overrides() if cfg.get("ckpt") else []
     if cfg.get("ckpt"):
         cfg = resume_config(cfg, overrides)
+    elif cfg.get("plan"):
+        cfg = planned_config(cfg)
     dist = distributed.setup(cfg.trainer.strategy, cfg.trainer.device)
     try:
         out = Path(dist.broadcast_object(str(run_dir())))  # under DDP, rank 0's folder is the run's
@@ -85,6 +109,8 @@ def main() -> None:
     """The ``unet-train`` console script; under torchrun, ranks other than 0 create no run folder."""
     sys.argv[:] = hold_resume_overrides(sys.argv)
     sys.argv.extend(distributed.worker_hydra_overrides())
+    # train.yaml has a plan key (plan=auto); +plan=PATH, as an experiment-style override, means the same.
+    sys.argv[1:] = [arg.removeprefix("+") if arg.startswith("+plan=") else arg for arg in sys.argv[1:]]
     hydra_main()
 
 

@@ -35,6 +35,8 @@ class Checkpointer:
     def contents(self, extras: dict[str, Any]) -> dict[str, Any]:
         """What a checkpoint holds (see :mod:`unet_train.engine.checkpoint`), as of now; ``extras``: RNG and plan."""
         run = self.run
+        if getattr(run, "budget", None) is not None:
+            run.state.elapsed = run.budget.elapsed  # a resumed time-based schedule continues from here
         return {
             "format": FORMAT,
             "model": unwrap(run.model).state_dict(),

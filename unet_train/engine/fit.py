@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,9 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
 
     try:
         with logging_redirect_tqdm(), GracefulStop() as signals:
-            stop = StopRules(tcfg, signals, run.dist)
+            assert run.budget is not None
+            run.budget.start()  # the training clock (from the checkpoint's elapsed time on resume)
+            stop = StopRules(tcfg, signals, run.dist, run.budget)
             clock = RunClock(cfg, run.runtime.device.type == "cpu", stop.start, state.epoch)  # time to the end
             epochs = tqdm(
                 range(state.epoch, tcfg.max_epochs), desc="epochs", disable=not progress, initial=state.epoch,
@@ -71,10 +74,18 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                 result = train_epoch(run, epoch, step, guard, stop, checkpoints, writer, progress, clock)
                 train_loss = train_loss if result.loss is None else result.loss
                 last_epoch = result.out_of_time or state.epoch == tcfg.max_epochs
-                if state.epoch % tcfg.val_every == 0 or last_epoch:
+                # A validation that would leave no room for the final one in trainer.max_time is skipped.
+                due = state.epoch % tcfg.val_every == 0 and run.dist.agree(run.budget.allows_validation())
+                if due or last_epoch:
+                    started = time.monotonic()
                     last_metrics = validate_epoch(run, writer, checkpoints, epochs, train_loss, result.images_per_s)
+                    run.budget.record_validation(time.monotonic() - started)
+                elif state.epoch % tcfg.val_every == 0:
+                    log.info("epoch %d: validation skipped, the final one must fit in trainer.max_time", state.epoch)
                 writer.flush()  # events up to this step are on disk before the checkpoint that resumes after them
+                started = time.monotonic()
                 saved = checkpoints.save("last.pt")
+                run.budget.record_checkpoint(time.monotonic() - started)
                 clock.epoch_done(state.epoch, epochs)
                 reason = stop.after_epoch(state, result.out_of_time)
                 if reason is not None:

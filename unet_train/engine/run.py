@@ -20,6 +20,7 @@ from unet_train.build import (
 )
 from unet_train.data.sampling import GLOBAL_STREAM, epoch_seed, set_loader_epoch
 from unet_train.engine import distributed
+from unet_train.engine.budget import TimeBudget
 from unet_train.engine.checkpoint import load_checkpoint, load_model_state, load_optimizer_state
 from unet_train.engine.resume import restore_rng, resume_plan
 from unet_train.engine.runtime import Runtime, make_runtime, seed_everything, to_channels_last
@@ -42,6 +43,7 @@ class TrainState:
     stale_validations: int = 0  # validations since the monitored value last improved
     batch: int = 0  # batches of epoch ``epoch + 1`` already trained on (> 0 only after a stop signal)
     planned_steps: int = 0  # the steps the learning-rate schedule was planned over (0: not recorded)
+    elapsed: float = 0.0  # training time of the run so far in seconds (a time-based schedule's clock)
 
 
 @dataclass
@@ -67,6 +69,11 @@ class Run:
     # Steps per epoch the learning-rate schedule plans with: this run's, or a resumed run's original
     # one when it resumes on another number of processes (engine/resume.py).
     schedule_steps_per_epoch: int = 0
+    budget: TimeBudget | None = None  # trainer.max_time: the clock of the schedule and of the stop
+
+    def schedule_progress(self) -> Any:
+        """The time-based schedule's progress function when ``trainer.max_time`` is set, else None (step-based)."""
+        return self.budget.fraction if self.budget is not None and self.budget.max_time is not None else None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -127,7 +134,11 @@ def build_run(cfg: DictConfig) -> Run:
         share = f" per process (the split is shared by {dist.world_size})" if dist.world_size > 1 else ""
         raise ConfigError(f"The training split has fewer images{share} than data.batch_size={cfg.data.batch_size}.")
     planned_steps = len(train_loader) * tcfg.max_epochs
-    scheduler = build_scheduler(cfg, optimizer, total_steps=planned_steps)
+    budget = TimeBudget(tcfg.max_time)
+    budget.pixels_per_step = int(cfg.data.batch_size) * int(cfg.data.get("patch_size", 256)) ** 2
+    budget.val_pixels = sum(int(im.shape[0]) * int(im.shape[1]) for im in data.split("val").images)
+    progress = budget.fraction if tcfg.max_time is not None else None
+    scheduler = build_scheduler(cfg, optimizer, total_steps=planned_steps, progress=progress)
     run = Run(
         cfg=cfg,
         dist=dist,
@@ -145,6 +156,7 @@ def build_run(cfg: DictConfig) -> Run:
         mode=mode,
         resolved_config=OmegaConf.to_container(cfg, resolve=True),
         schedule_steps_per_epoch=len(train_loader),
+        budget=budget,
     )
     if cfg.get("ckpt"):
         resume(run, cfg.ckpt)
@@ -182,10 +194,12 @@ def resume(run: Run, path: str) -> None:
     )
     if run.schedule_steps_per_epoch != run.steps_per_epoch:
         total = run.schedule_steps_per_epoch * cfg.trainer.max_epochs
-        run.scheduler = build_scheduler(cfg, run.optimizer, total_steps=total)
+        run.scheduler = build_scheduler(cfg, run.optimizer, total_steps=total, progress=run.schedule_progress())
     load_optimizer_state(run.optimizer, checkpoint["optimizer"])
     run.scheduler.load_state_dict(checkpoint["scheduler"])
     run.scaler.load_state_dict(checkpoint["scaler"])
+    if run.budget is not None:
+        run.budget.start(state.elapsed)  # the time-based schedule continues from the stored training time
     restore_rng(checkpoint, run.dist, cfg.seed, state.step)  # each rank its own saved state
     replan_schedule(run, checkpoint)
     previous = checkpoint.get("monitor")
@@ -208,6 +222,9 @@ def replan_schedule(run: Run, checkpoint: dict[str, Any]) -> None:
     """
     state, per_epoch = run.state, run.schedule_steps_per_epoch
     planned_now = per_epoch * run.cfg.trainer.max_epochs
+    if run.schedule_progress() is not None:  # trainer.max_time: the schedule runs over the budget, not the steps
+        state.planned_steps = planned_now
+        return
     # Checkpoints from before planned_steps was recorded: the plan their own max_epochs implied.
     planned_before = state.planned_steps or per_epoch * checkpoint["config"]["trainer"]["max_epochs"]
     if planned_before != planned_now:

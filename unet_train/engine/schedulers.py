@@ -1,12 +1,16 @@
 """Learning-rate schedules stepped once per optimizer step.
 
 Each is a ``_partial_: true`` factory in ``configs/sched``: the training loop calls it with the
-optimizer and the planned number of steps.
+optimizer and the planned number of steps. With ``trainer.max_time`` set it also passes
+``progress``, the share of the time budget spent (:meth:`~unet_train.engine.budget.TimeBudget.fraction`):
+the decay then runs over the budget instead of the steps, and the rate reaches its floor as the
+clock runs out. Warm-up is counted in steps either way.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from torch.optim import Optimizer
@@ -19,27 +23,45 @@ def _warmup(step: int, warmup_steps: int) -> float:
     return min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
 
 
-def cosine(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.01) -> LambdaLR:
-    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr`` at ``total_steps``."""
+Progress = Callable[[], float]
+
+
+def _progress(step: int, total_steps: int, warmup_steps: int, progress: Progress | None) -> float:
+    """Share of the decay done: of the time budget when ``progress`` is given, else of the steps after warm-up."""
+    if progress is not None:
+        return min(1.0, max(0.0, progress()))
+    return min(1.0, max(0, step - warmup_steps) / max(1, total_steps - warmup_steps))
+
+
+def cosine(
+    optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, min_lr_ratio: float = 0.01,
+    progress: Progress | None = None,
+) -> LambdaLR:  # fmt: skip
+    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr`` at ``total_steps`` (or at the end of the budget)."""
 
     def factor(step: int) -> float:
-        progress = min(1.0, max(0, step - warmup_steps) / max(1, total_steps - warmup_steps))
-        cos = 0.5 * (1 + math.cos(math.pi * progress))
+        done = _progress(step, total_steps, warmup_steps, progress)
+        cos = 0.5 * (1 + math.cos(math.pi * done))
         return _warmup(step, warmup_steps) * (min_lr_ratio + (1 - min_lr_ratio) * cos)
 
     return LambdaLR(optimizer, factor)
 
 
-def poly(optimizer: Optimizer, total_steps: int, power: float = 0.9, warmup_steps: int = 0) -> LambdaLR:
-    """Polynomial decay ``(1 - step / total_steps) ** power`` (nnU-Net's schedule), with optional warm-up."""
+def poly(
+    optimizer: Optimizer, total_steps: int, power: float = 0.9, warmup_steps: int = 0, progress: Progress | None = None
+) -> LambdaLR:
+    """Polynomial decay ``(1 - step / total_steps) ** power`` (nnU-Net's; or of the budget spent), with warm-up."""
 
     def factor(step: int) -> float:
-        return _warmup(step, warmup_steps) * max(0.0, 1 - step / max(1, total_steps)) ** power
+        done = min(1.0, progress()) if progress is not None else step / max(1, total_steps)
+        return _warmup(step, warmup_steps) * max(0.0, 1 - done) ** power
 
     return LambdaLR(optimizer, factor)
 
 
-def constant(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0) -> LambdaLR:
+def constant(
+    optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, progress: Progress | None = None
+) -> LambdaLR:
     """A constant learning rate (after an optional warm-up)."""
     return LambdaLR(optimizer, lambda step: _warmup(step, warmup_steps))
 

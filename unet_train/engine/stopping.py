@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from unet_train.engine import distributed
+from unet_train.engine.budget import TimeBudget
 from unet_train.engine.signals import GracefulStop, interrupted
 from unet_train.errors import RunInterrupted
 
@@ -19,9 +20,14 @@ class StopRules:
     the ranks agree on every decision (a collective), so they all stop at the same step.
     """
 
-    def __init__(self, trainer: Any, signals: GracefulStop, dist: distributed.Distributed | None = None) -> None:
+    def __init__(
+        self, trainer: Any, signals: GracefulStop, dist: distributed.Distributed | None = None,
+        budget: TimeBudget | None = None,
+    ) -> None:  # fmt: skip
         self.max_epochs: int = trainer.max_epochs
         self.max_time: float | None = trainer.max_time
+        # The budget counts the run's training time over resumes and holds back the final validation's cost.
+        self.budget = budget if budget is not None else TimeBudget(self.max_time)
         self.patience: int | None = trainer.early_stopping_patience
         self.signals = signals
         self.dist = dist or distributed.Distributed()
@@ -39,8 +45,10 @@ class StopRules:
         return bool(self._signal)
 
     def out_of_time(self) -> bool:
-        """Whether ``trainer.max_time`` has run out (asked after every step; a collective under DDP)."""
-        return self.max_time is not None and self.dist.agree(self.elapsed >= self.max_time)
+        """Whether ``trainer.max_time``, less the final validation's reserve, has run out (after every step; a
+        collective under DDP)."""
+        self.budget.steps += 1
+        return self.max_time is not None and self.dist.agree(self.budget.out_of_time())
 
     def after_epoch(self, state: Any, out_of_time: bool) -> str | None:
         """The reason to stop after this epoch (``state`` is the run's TrainState), or None to go on."""

@@ -1,0 +1,140 @@
+"""A page of plain PyTorch to compare unet-train against (issue 19): what the product must beat.
+
+A seed-style UNet (width 16, depth 4, batch norm), BCE + soft Dice (cross-entropy + Dice for more
+classes), Adam with a cosine over the time budget, random 256 px crops with flips and 90-degree
+rotations, images read with per-image 1-99.8 percentile scaling (grey repeated to 3 channels).
+Scores ``<root>/test`` (Dice and IoU per foreground class, pooled over the test images, averaged
+over the classes) and prints one JSON line.
+
+    python scripts/baseline_plain.py --root /work/shared/data/usgra-seg --budget 180
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+
+def read(path: Path, mask: bool = False) -> np.ndarray:
+    array = np.asarray(tifffile.imread(path) if path.suffix.lower() in (".tif", ".tiff") else Image.open(path))
+    if mask:
+        array = array[..., 0] if array.ndim == 3 else array
+        return (array == 255).astype(np.int64) if set(np.unique(array).tolist()) <= {0, 255} else array.astype(np.int64)
+    array = array[..., :3] if array.ndim == 3 else np.repeat(array[..., None], 3, axis=2)  # grey to 3 channels
+    low, high = np.percentile(array, (1, 99.8))
+    return np.clip((array - low) / max(high - low, 1e-6), 0, 1).astype(np.float32).transpose(2, 0, 1)
+
+
+def load(folder: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    names = sorted(p for p in (folder / "images").iterdir() if not p.name.startswith("."))
+    masks = {p.stem: p for p in (folder / "masks").iterdir()}
+    return [read(p) for p in names], [read(masks[p.stem], mask=True) for p in names]
+
+
+def block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))  # fmt: skip
+
+
+class UNet(nn.Module):
+    def __init__(self, cin: int, cout: int, width: int = 16, depth: int = 4) -> None:
+        super().__init__()
+        chans = [width * 2**i for i in range(depth + 1)]
+        self.down = nn.ModuleList([block(cin, chans[0])] + [block(chans[i], chans[i + 1]) for i in range(depth)])
+        self.up = nn.ModuleList([nn.ConvTranspose2d(chans[i + 1], chans[i], 2, stride=2) for i in range(depth)])
+        self.dec = nn.ModuleList([block(2 * chans[i], chans[i]) for i in range(depth)])
+        self.head = nn.Conv2d(chans[0], cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        m = 2 ** len(self.up)
+        x = F.pad(x, (0, -w % m, 0, -h % m), mode="reflect")
+        skips = []
+        for i, down in enumerate(self.down):
+            x = down(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        for i in reversed(range(len(self.up))):
+            x = self.dec[i](torch.cat([skips[i], self.up[i](x)], 1))
+        return self.head(x)[..., :h, :w]
+
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if logits.shape[1] == 1:
+        probs, onehot = torch.sigmoid(logits), target[:, None].float()
+        ce = F.binary_cross_entropy_with_logits(logits, onehot)
+    else:
+        probs, onehot = logits.softmax(1), F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()
+        ce = F.cross_entropy(logits, target)
+    dice = (2 * (probs * onehot).sum((0, 2, 3)) + 1) / (probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3)) + 1)
+    return ce + 1 - dice.mean()
+
+
+def crops(images: list, masks: list, rng: np.random.Generator, size: int, batch: int) -> tuple:
+    xs, ys = [], []
+    for _ in range(batch):
+        i = rng.integers(len(images))
+        image, mask = images[i], masks[i]
+        s = min(size, *mask.shape)
+        y, x = rng.integers(0, mask.shape[0] - s + 1), rng.integers(0, mask.shape[1] - s + 1)
+        im, ma = image[:, y : y + s, x : x + s], mask[y : y + s, x : x + s]
+        k = int(rng.integers(4))
+        im, ma = np.rot90(im, k, (1, 2)), np.rot90(ma, k)
+        if rng.random() < 0.5:
+            im, ma = im[:, :, ::-1], ma[:, ::-1]
+        xs.append(np.ascontiguousarray(im))
+        ys.append(np.ascontiguousarray(ma))
+    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--budget", type=float, default=600.0, help="training seconds")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    images, masks = load(args.root)
+    classes = max(2, max(int(m.max()) for m in masks) + 1)
+    model = UNet(3, 1 if classes == 2 else classes)
+    optim = torch.optim.Adam(model.parameters(), lr=1e-3)
+    start, steps = time.monotonic(), 0
+    while (elapsed := time.monotonic() - start) < args.budget:
+        for group in optim.param_groups:  # cosine over the budget
+            group["lr"] = 1e-3 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * elapsed / args.budget)))
+        x, y = crops(images, masks, rng, 256, 4)
+        optim.zero_grad()
+        loss_fn(model(x), y).backward()
+        optim.step()
+        steps += 1
+    train_s = time.monotonic() - start
+    model.eval()
+    inter = np.zeros(classes)
+    union = np.zeros(classes)
+    total = np.zeros(classes)
+    with torch.no_grad():
+        for image, mask in zip(*load(args.root / "test")):
+            logits = model(torch.from_numpy(image)[None])
+            pred = (logits[0, 0] > 0).long() if classes == 2 else logits[0].argmax(0)
+            pred, truth = pred.numpy(), mask
+            for c in range(1, classes):
+                inter[c] += np.sum((pred == c) & (truth == c))
+                union[c] += np.sum((pred == c) | (truth == c))
+                total[c] += np.sum(pred == c) + np.sum(truth == c)
+    dice = float(np.mean(2 * inter[1:] / np.maximum(total[1:], 1)))
+    iou = float(np.mean(inter[1:] / np.maximum(union[1:], 1)))
+    print(json.dumps({"method": "baseline_plain", "steps": steps, "train_s": round(train_s, 1),
+                      "test/dice": round(dice, 4), "test/iou": round(iou, 4)}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

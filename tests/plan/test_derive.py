@@ -1,0 +1,102 @@
+"""Plans derived from hand-written fingerprints: tiny, huge, sparse, RGB, 16-bit and many-class data."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from unet_train.plan.derive import DeviceFacts, derive_plan, plan_yaml
+
+CPU = DeviceFacts(kind="cpu", name="test CPU", step_seconds={8: 0.1, 16: 0.5, 32: 2.0})
+GPU = DeviceFacts(kind="cuda", name="test GPU", step_seconds={16: 0.02, 32: 0.04, 64: 0.1})
+
+
+def fingerprint(side=512, channels=(1,), dtypes=("u1",), bits=8, classes=None, foreground=0.3, n=20, val=5):
+    classes = classes or {"0": 1 - foreground, "1": foreground}
+    top = 255.0 if bits == 8 else 4000.0
+    return {
+        "num_images": n, "num_val_images": val,
+        "height": {"min": side, "median": side, "max": side}, "width": {"min": side, "median": side, "max": side},
+        "channels": list(channels), "dtypes": list(dtypes), "bit_depth": bits,
+        "intensity": [{"min": 0.0, "max": top, "percentiles": {"99.8": top * 0.9}} for _ in range(max(channels))],
+        "classes": classes, "num_classes": max(int(k) for k in classes) + 1 if len(classes) > 1 else 2,
+        "foreground_share": {"min": foreground, "median": foreground, "max": foreground, "mean": foreground},
+    }  # fmt: skip
+
+
+def values(fp, device=CPU, budget=600.0):
+    return {c.key: c.value for c in derive_plan(fp, device, budget)}
+
+
+def test_tiny_images_get_a_shallow_net_and_more_crops_per_step():
+    got = values(fingerprint(side=40))
+    # 40 px: depth 2 leaves 40 // 4 = 10 px (>= 8); the crop is the largest multiple of 4 that fits.
+    assert (got["data.patch_size"], got["model.depth"]) == (40, 2)
+    assert got["data.batch_size"] == 64  # 4 * (256 // 40) ** 2 = 144 crops, capped at 64
+
+
+def test_huge_images_are_cropped_to_the_device_cap_with_a_deep_net():
+    cpu = values(fingerprint(side=4000))
+    assert (cpu["data.patch_size"], cpu["model.depth"], cpu["data.batch_size"]) == (256, 5, 4)
+    gpu = values(fingerprint(side=4000), GPU)
+    assert (gpu["data.patch_size"], gpu["model.depth"], gpu["data.batch_size"]) == (512, 5, 16)
+
+
+def test_width_is_the_widest_that_buys_enough_steps():
+    # 540 s of training: width 8 gives 5400 steps, 16 gives 1080, 32 only 270 (< 600).
+    assert values(fingerprint())["model.base_channels"] == 16
+    assert values(fingerprint(), budget=3600.0)["model.base_channels"] == 32
+    assert values(fingerprint(), budget=30.0)["model.base_channels"] == 8  # none reaches 600: the narrowest
+    assert values(fingerprint(), GPU)["model.base_channels"] == 64
+
+
+def test_sparse_foreground_is_oversampled_and_dense_is_not():
+    assert values(fingerprint(foreground=0.02))["data.foreground_oversample"] == 0.33
+    assert values(fingerprint(foreground=0.3))["data.foreground_oversample"] == 0.0
+
+
+def test_rgb_and_mixed_grey_images_get_three_channels():
+    assert values(fingerprint(channels=(3,)))["data.in_channels"] == 3
+    reasons = {c.key: c.reason for c in derive_plan(fingerprint(channels=(1, 3)), CPU, 600)}
+    assert "grey images are repeated to 3 channels" in reasons["data.in_channels"]
+
+
+def test_sixteen_bit_gets_percentile_scaling_and_eight_bit_scale_linear():
+    assert values(fingerprint(dtypes=("u2",), bits=16))["data.normalize"] == {
+        "scheme": "percentile", "low": 1.0, "high": 99.8, "per": "image", "min_value": None, "max_value": None,
+        "clip": False,
+    }  # fmt: skip
+    assert values(fingerprint(dtypes=("f4",), bits="float"))["data.normalize"]["scheme"] == "percentile"
+    assert values(fingerprint())["data.normalize"] == {"scheme": "scale_linear", "gain": None, "offset": 0.0}
+
+
+def test_many_classes_and_the_budget_and_validation_share():
+    classes = {str(k): 0.1 for k in range(10)}
+    got = values(fingerprint(classes=classes))
+    assert got["data.num_classes"] == 10
+    assert got["loss"]["_target_"] == "unet_train.losses.BCEDiceLoss"
+    assert got["trainer.max_time"] == 600.0
+    # Validation of 5 images of 512 px at 4 crops of 256 px per 0.5 s step, forward share 0.35: 0.875 s each;
+    # 20 validations (the most) cost 17.5 s; the other 582.5 s are 1165 steps, 58 per epoch.
+    assert got["data.samples_per_epoch"] == 58 * 4
+
+
+def test_plan_yaml_reads_back_with_a_reason_per_choice_and_unsupported_keys_commented():
+    choices = derive_plan(fingerprint(side=64), CPU, 120.0)
+    text = plan_yaml(choices, ["header line"], frozenset({"data.normalize"}))
+    assert text.startswith("# @package _global_\n# header line\n")
+    loaded = yaml.safe_load(text)
+    assert loaded["data"]["patch_size"] == 64 and loaded["model"]["depth"] == 3
+    assert "normalize" not in loaded["data"] and "  # normalize: {scheme: scale_linear" in text
+    assert loaded["loss"]["dice_weight"] == 1.0
+    lines = text.splitlines()
+    for choice in choices:  # every value line follows its reason
+        name = choice.key.split(".", 1)[-1]
+        index = next(i for i, line in enumerate(lines) if line.lstrip("# ").startswith(f"{name}:"))
+        assert lines[index - 1].strip() == f"# {choice.reason}"
+
+
+@pytest.mark.parametrize("budget", [60.0, 600.0, 3600.0])
+def test_validation_share_stays_small(budget):
+    got = values(fingerprint(n=200, val=50), budget=budget)
+    assert got["trainer.max_time"] == budget and got["data.samples_per_epoch"] >= got["data.batch_size"]

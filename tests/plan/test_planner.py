@@ -1,0 +1,114 @@
+"""unet-plan end to end on a small folder: the files it writes, loading a plan, the trust rule, plan=auto."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import yaml
+from PIL import Image
+
+from tests.conftest import compose_config
+from unet_train.errors import ConfigError
+from unet_train.plan.planner import apply_plan, load_plan, make_plan, parse_budget
+from unet_train.trust import UntrustedConfigError
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """Six 16-bit 48x64 images with a sparse square of class 1 (2% of the pixels)."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(6):
+        image = rng.integers(1000, 1040, (48, 64)).astype(np.uint16)
+        mask = np.zeros((48, 64), np.uint8)
+        mask[10:18, 20:28] = 255
+        image[mask > 0] += 50
+        tifffile.imwrite(root / "images" / f"{i}.tif", image)
+        Image.fromarray(mask).save(root / "masks" / f"{i}.png")
+    return root
+
+
+def test_parse_budget():
+    assert [parse_budget(v) for v in (600, "90s", "10m", "1.5h")] == [600.0, 90.0, 600.0, 5400.0]
+    with pytest.raises(ConfigError, match=r"budget='ten' must be a positive time such as 600, 90s, 10m or 1.5h\."):
+        parse_budget("ten")
+
+
+def test_unet_plan_writes_fingerprint_and_a_loadable_plan(folder):
+    result = subprocess.run(
+        [str(BIN / "unet-plan"), f"data.root={folder}", "budget=2m", "measure=false",
+         f"paths.output_dir={folder.parent}"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    plan_path = folder / "unet_plan" / "experiment" / "plan.yaml"
+    fingerprint = json.loads((folder / "unet_plan" / "fingerprint.json").read_text())
+    assert fingerprint["num_images"] == 5 and fingerprint["num_val_images"] == 1  # val_fraction 0.2 of 6
+    assert fingerprint["bit_depth"] == 16 and fingerprint["sizes"] == {"48x64": 5}
+    assert fingerprint["classes"]["1"] == pytest.approx(64 / (48 * 64))
+    text = plan_path.read_text()
+    assert text.startswith("# @package _global_") and text in result.stdout
+    plan = yaml.safe_load(text)
+    assert plan["data"]["num_classes"] == 2 and plan["data"]["patch_size"] == 48 and plan["model"]["depth"] == 2
+    assert plan["trainer"]["max_time"] == 120.0
+    assert plan["data"]["normalize"]["scheme"] == "percentile" and plan["data"]["foreground_oversample"] == 0.33
+
+    cfg = compose_config(["data=folder", f"data.root={folder}", "model.base_channels=8"])
+    merged = apply_plan(cfg, load_plan(plan_path), ["data.root=x", "model.base_channels=8", "data=folder"])
+    assert merged.data.patch_size == 48 and merged.trainer.max_time == 120.0
+    assert merged.model.base_channels == 8  # the command line wins over the plan
+    assert merged.loss._target_ == "unet_train.losses.BCEDiceLoss"
+    # The same file as a Hydra experiment, from a search path added on the command line.
+    composed = compose_config(
+        ["data=folder", f"data.root={folder}", f"hydra.searchpath=[file://{folder}/unet_plan]", "experiment=plan"]
+    )
+    assert composed.data.patch_size == 48 and composed.trainer.max_time == 120.0 and composed.model.depth == 2
+    assert composed.data.normalize.scheme == "percentile" and merged.data.normalize.scheme == "percentile"
+
+
+def test_a_plan_naming_foreign_code_is_refused(tmp_path):
+    path = tmp_path / "plan.yaml"
+    path.write_text("# @package _global_\nloss:\n  _target_: os.system\n  command: echo hi\n")
+    with pytest.raises(
+        UntrustedConfigError, match=r"config\.loss\._target_='os\.system' is not a unet-train component"
+    ):
+        load_plan(path)
+    assert load_plan(path, trusted=True).loss._target_ == "os.system"
+    with pytest.raises(ConfigError, match=r"plan=.*missing\.yaml: no such file; write one with unet-plan"):
+        load_plan(tmp_path / "missing.yaml")
+
+
+def test_make_plan_times_the_device(folder, tmp_path):
+    cfg = compose_config(["data=folder", f"data.root={folder}"])
+    out = tmp_path / "plan" / "experiment" / "plan.yaml"
+    make_plan(cfg.data, 60.0, "cpu", out)
+    text = out.read_text()
+    assert "ms" in text and "base_channels: " in text  # the width's reason quotes the measured step times
+    assert yaml.safe_load(text)["model"]["base_channels"] in (8, 16, 32)
+
+
+@pytest.mark.slow
+def test_plan_auto_plans_and_trains(folder, tmp_path):
+    result = subprocess.run(
+        [str(BIN / "unet-train"), "data=folder", f"data.root={folder}", "plan=auto", "trainer=cpu",
+         "trainer.max_time=6", "data.num_workers=0", "trainer.progress=never", f"paths.output_dir={tmp_path}"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    plan = yaml.safe_load((folder / "unet_plan" / "experiment" / "plan.yaml").read_text())
+    (metrics_file,) = tmp_path.glob("outputs/*/*/metrics.json")
+    resolved = yaml.safe_load((metrics_file.parent / "resolved_config.yaml").read_text())
+    assert resolved["data"]["patch_size"] == plan["data"]["patch_size"] == 48
+    assert resolved["model"]["base_channels"] == plan["model"]["base_channels"]
+    assert resolved["trainer"]["max_time"] == 6.0
+    assert json.loads(metrics_file.read_text())["steps"] >= 1

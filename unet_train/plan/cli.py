@@ -1,0 +1,46 @@
+"""``unet-plan``: fingerprint a dataset and write a training plan (``configs/plan.yaml``).
+
+Examples::
+
+    unet-plan data=folder data.root=my_data   # writes my_data/unet_plan/{fingerprint.json,experiment/plan.yaml}
+    unet-plan data=folder data.root=my_data budget=30m output=plans/mine.yaml
+    unet-train data=folder data.root=my_data +plan=my_data/unet_plan/experiment/plan.yaml
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from unet_train.cli import exit_on_user_error, run_dir
+from unet_train.config import config_dir
+from unet_train.plan.planner import default_plan_path, make_plan, parse_budget
+
+log = logging.getLogger(__name__)
+
+
+@exit_on_user_error
+def plan(cfg: DictConfig) -> Path:
+    """Write the fingerprint and the plan of ``cfg.data``; print both (stdout); returns the plan's path."""
+    budget = parse_budget(cfg.budget)
+    output = Path(cfg.output).expanduser() if cfg.get("output") else default_plan_path(cfg.data, run_dir())
+    fingerprint = make_plan(cfg.data, budget, cfg.device, output, measure=cfg.measure)
+    summary = {k: v for k, v in fingerprint.items() if k != "foreground_share_per_image"}
+    sys.stdout.write(json.dumps(summary, indent=2) + "\n\n" + output.read_text())
+    log.info("Fingerprint: %s", output.parent.parent / "fingerprint.json")
+    log.info("Plan: %s  (train with: unet-train ... +plan=%s)", output, output)
+    return output
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="plan")
+def main(cfg: DictConfig) -> None:
+    plan(cfg)
+
+
+if __name__ == "__main__":
+    main()

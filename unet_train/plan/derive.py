@@ -1,0 +1,166 @@
+"""From a fingerprint, the device and a time budget to a training plan: a pure function, so it is tested fast.
+
+Every choice is a :class:`Choice` (a dotted config key, its value and a one-line reason), written by
+:func:`plan_yaml` as a ``# @package _global_`` experiment with the reasons as comments.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+MIN_BOTTLENECK = 8  # pixels of context the deepest level keeps per side
+MAX_DEPTH = 5
+PATCH_CAP = {"cpu": 256, "cuda": 512}  # crop sides a step of the device handles in a useful time
+BATCH = {"cpu": 4, "cuda": 16}
+MIN_STEPS = 600  # optimizer steps a budget should buy; the widest measured width that reaches them wins
+VAL_SHARE = 0.1  # validation's share of the budget
+SPARSE_FOREGROUND = 0.1  # mean foreground share below which crops are centred on foreground
+FOREGROUND_OVERSAMPLE = 0.33  # nnU-Net's share of foreground-centred crops
+FORWARD_SHARE = 0.35  # a forward pass's share of a training step's cost (backward and update are the rest)
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What :mod:`unet_train.plan.measure` found: seconds per training step at each base width.
+
+    ``step_seconds`` holds the time of one step at the plan's batch size and patch size
+    (:func:`geometry`), so the plan can trade width for steps.
+    """
+
+    kind: str  # cpu | cuda
+    name: str
+    step_seconds: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Choice:
+    key: str  # dotted config key (data.patch_size)
+    value: Any
+    reason: str
+
+
+def geometry(fingerprint: dict, kind: str) -> tuple[int, int, int]:
+    """``(patch_size, depth, batch_size)`` from the image sizes and the kind of device."""
+    smallest = int(min(fingerprint["height"]["min"], fingerprint["width"]["min"]))
+    cap = PATCH_CAP.get(kind, PATCH_CAP["cpu"])
+    side = min(cap, smallest)
+    depth = max(1, min(MAX_DEPTH, int(math.log2(max(side, 2) / MIN_BOTTLENECK)))) if side >= 2 * MIN_BOTTLENECK else 1
+    patch = max(2**depth, side // 2**depth * 2**depth)
+    batch = BATCH.get(kind, BATCH["cpu"])
+    # Small crops: more of them per step keeps the pixels per step (and the gradient noise) about the same.
+    batch = int(min(64, batch * max(1, (cap // max(patch, 1)) ** 2)))
+    return patch, depth, batch
+
+
+def choose_width(device: DeviceFacts, train_seconds: float) -> tuple[int, float, str]:
+    """The widest measured width that still buys ``MIN_STEPS`` steps in ``train_seconds`` (else the narrowest)."""
+    if not device.step_seconds:
+        return 16, math.nan, "no step was timed; width 16 is a safe middle"
+    widths = sorted(device.step_seconds)
+    fitting = [w for w in widths if train_seconds / device.step_seconds[w] >= MIN_STEPS]
+    width = fitting[-1] if fitting else widths[0]
+    seconds = device.step_seconds[width]
+    steps = int(train_seconds / seconds)
+    timed = ", ".join(f"{w}: {device.step_seconds[w] * 1000:.0f} ms" for w in widths)
+    why = "the widest" if fitting else f"none reaches {MIN_STEPS} steps; the narrowest"
+    return width, seconds, f"{why} measured width with ~{steps} steps in the budget (per step {timed}, {device.name})"
+
+
+def derive_plan(fingerprint: dict, device: DeviceFacts, budget_s: float) -> list[Choice]:
+    """The training plan for ``fingerprint`` on ``device`` within ``budget_s`` seconds."""
+    fp, choices = fingerprint, []
+
+    def add(key: str, value: Any, reason: str) -> None:
+        choices.append(Choice(key, value, reason))
+
+    channels = max(fp["channels"])
+    mixed = len(fp["channels"]) > 1
+    add("data.in_channels", channels, f"{fp['channels']} channels found" + (
+        f"; grey images are repeated to {channels} channels" if mixed else ""))  # fmt: skip
+    present = [int(k) for k in fp["classes"]]
+    add("data.num_classes", fp["num_classes"], f"mask values {present} (0 = background)")
+    add("data.normalize", *_normalize(fp))
+
+    patch, depth, batch = geometry(fp, device.kind)
+    smallest = int(min(fp["height"]["min"], fp["width"]["min"]))
+    add("data.patch_size", patch, f"smallest image side {smallest} px, capped at {PATCH_CAP.get(device.kind, 256)} "
+        f"on {device.kind}, a multiple of 2**depth")  # fmt: skip
+    add("data.batch_size", batch, f"{batch} crops of {patch} px per step on {device.kind}")
+    add("model.depth", depth, f"{depth} poolings leave a {patch // 2**depth} px bottleneck (at least {MIN_BOTTLENECK})")
+
+    # Validation: whole images, forward only, at about FORWARD_SHARE of a training step per crop's pixels.
+    # Without the split's size, data.val_fraction 0.2 holds out a quarter of the training count.
+    val_images = fp.get("num_val_images", round(fp["num_images"] * 0.25))
+    pixels = fp["height"]["median"] * fp["width"]["median"]
+    train_guess = budget_s * (1 - VAL_SHARE)
+    width, step_s, width_reason = choose_width(device, train_guess)
+    add("model.base_channels", width, width_reason)
+    if math.isnan(step_s):
+        step_s = 0.5
+    val_s = val_images * pixels / (batch * patch * patch) * step_s * FORWARD_SHARE
+    validations = int(max(1, min(20, VAL_SHARE * budget_s / max(val_s, 1e-9))))
+    steps = max(1, int((budget_s - validations * val_s) / step_s))
+    validations = min(validations, steps)
+    epoch_steps = max(1, steps // validations)
+    add("data.samples_per_epoch", epoch_steps * batch,
+        f"{epoch_steps} steps per epoch: ~{validations} validations (~{val_s:.1f} s each) cost "
+        f"~{validations * val_s / budget_s:.0%} of the budget")  # fmt: skip
+    add("trainer.val_every", 1, "the epoch length above already spaces the validations")
+    add("trainer.max_time", float(budget_s), f"the budget ({budget_s:g} s): the schedule anneals over it")
+    add("trainer.max_epochs", 1_000_000, "the time budget ends the run, not an epoch count")
+    add("sched.warmup_steps", min(200, steps // 50), f"about 2% of the ~{steps} steps (at most 200)")
+
+    loss_kind = "BCE" if fp["num_classes"] == 2 else "cross-entropy"
+    add("loss", {"_target_": "unet_train.losses.BCEDiceLoss", "bce_weight": 1.0, "dice_weight": 1.0, "smooth": 1.0},
+        f"soft Dice + {loss_kind}: overlap and calibrated pixels")  # fmt: skip
+    share = fp["foreground_share"]["mean"]
+    if share < SPARSE_FOREGROUND:
+        add("data.foreground_oversample", FOREGROUND_OVERSAMPLE,
+            f"foreground is {share:.1%} of the pixels: a third of the crops centred on it")  # fmt: skip
+    else:
+        add("data.foreground_oversample", 0.0, f"foreground is {share:.0%} of the pixels: random crops see it")
+    return choices
+
+
+def _normalize(fp: dict) -> tuple[dict, str]:
+    if fp["bit_depth"] == 8 and fp["dtypes"] == ["u1"]:
+        return {"scheme": "scale_linear", "gain": None, "offset": 0.0}, "8-bit images: divide by 255"
+    kind = "float" if fp["bit_depth"] == "float" else f"{fp['bit_depth']}-bit"
+    top = max(c["max"] for c in fp["intensity"])
+    high = max(c["percentiles"]["99.8"] for c in fp["intensity"])
+    scheme = {"scheme": "percentile", "low": 1.0, "high": 99.8, "per": "image", "min_value": None, "max_value": None,
+              "clip": False}  # fmt: skip
+    return scheme, f"{kind} images (99.8th percentile {high:g}, max {top:g}): per-image 1-99.8 percentile scaling"
+
+
+def _value(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10**6)  # one line, never wrapped
+    return text.strip().removesuffix("...").strip()
+
+
+def plan_yaml(choices: list[Choice], header: list[str], unsupported: frozenset[str] = frozenset()) -> str:
+    """The plan as a ``# @package _global_`` experiment YAML, one reason comment per choice.
+
+    Keys in ``unsupported`` (data options this version's data config does not take) are written
+    commented out, so the file loads now and the lead's later versions can switch them on.
+    """
+    lines = ["# @package _global_", *(f"# {line}" for line in header)]
+    groups: dict[str, list[Choice]] = {}
+    for choice in choices:
+        groups.setdefault(choice.key.split(".")[0], []).append(choice)
+    for group, members in groups.items():
+        if len(members) == 1 and "." not in members[0].key:
+            lines += [f"# {members[0].reason}", f"{group}: {_value(members[0].value)}"]
+            continue
+        lines.append(f"{group}:")
+        for choice in members:
+            name = choice.key.split(".", 1)[1]
+            line = f"  {name}: {_value(choice.value)}"
+            if choice.key in unsupported:
+                line = f"  # {name}: {_value(choice.value)}  (not a key of this version's data config)"
+            lines += [f"  # {choice.reason}", line]
+    return "\n".join(lines) + "\n"

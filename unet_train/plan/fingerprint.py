@@ -1,0 +1,117 @@
+"""A dataset fingerprint: what ``unet-plan`` knows about the training split before it plans.
+
+:func:`training_split` is the one place that reads the files. ``data=folder`` is read from the files
+with the data module's own readers (:mod:`unet_train.data.reading`: each image in its own dtype,
+TIFF axes resolved, palette masks as their indices), before any normalisation or channel matching;
+other data configs give their decoded split. :func:`compute_fingerprint` is a pure function of the arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from unet_train.data.reading import read_image, read_mask
+from unet_train.errors import DataError
+
+PERCENTILES = (0.5, 1.0, 50.0, 99.0, 99.8, 99.9)
+
+
+def mask_indices(mask: np.ndarray, name: str) -> np.ndarray:
+    """Class indices of a raw mask: {0, 255} is binary, grey copies in RGB are one channel."""
+    if mask.ndim == 3:
+        if not (mask == mask[..., :1]).all():
+            raise DataError(f"Mask {name} is a colour image; save masks as single-channel class indices.")
+        mask = mask[..., 0]
+    if mask.dtype == bool:
+        return mask.astype(np.uint8)
+    if set(np.unique(mask).tolist()) <= {0, 255}:
+        return (mask == 255).astype(np.uint8)
+    if mask.dtype.kind == "f" or mask.min(initial=0) < 0:
+        raise DataError(f"Mask {name} holds {mask.dtype} values down to {mask.min()}; masks are class indices >= 0.")
+    return mask
+
+
+def training_split(data: Any) -> tuple[list[np.ndarray], list[np.ndarray], list[str], int]:
+    """The training split's images (raw values), masks (class indices) and names, and the validation split's size."""
+    from unet_train.data.folder import ImageFolder
+
+    if isinstance(data, ImageFolder):
+        image_paths, mask_paths = data._pairs(data.root, masks_required=True)
+        assert mask_paths is not None
+        train, val = data._split_stems(len(image_paths))
+        images = [read_image(image_paths[i]) for i in train]
+        masks = [mask_indices(read_mask(mask_paths[i]), str(mask_paths[i])) for i in train]
+        return images, masks, [image_paths[i].stem for i in train], len(val)
+    split = data.split("train")
+    if split.masks is None:
+        raise DataError(f"The training split of {type(data).__name__} has no masks; unet-plan needs labelled data.")
+    return list(split.images), list(split.masks), list(split.names), len(data.split("val"))
+
+
+def _stats(values: Sequence[float]) -> dict[str, float]:
+    array = np.asarray(values, dtype=np.float64)
+    return {"min": float(array.min()), "median": float(np.median(array)), "max": float(array.max())}
+
+
+def compute_fingerprint(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], names: Sequence[str]) -> dict:
+    """The fingerprint of a training split: sizes, channels, dtype, intensities, classes and foreground.
+
+    Intensity percentiles are over all pixels of all images, per channel, on the raw values; class
+    shares are over all pixels; foreground is every class but 0.
+    """
+    if not images:
+        raise DataError("The training split is empty; unet-plan needs at least one image.")
+    for image, mask, name in zip(images, masks, names):
+        if image.shape[:2] != mask.shape:
+            raise DataError(f"{name}: image is {image.shape[:2]} but its mask is {mask.shape}.")
+    channels = sorted({1 if im.ndim == 2 else int(im.shape[2]) for im in images})
+    dtypes = sorted({im.dtype.str.lstrip("<>|=") for im in images})
+    top_channels = max(channels)
+    per_channel: list[list[np.ndarray]] = [[] for _ in range(top_channels)]
+    for image in images:
+        planes = image[..., None] if image.ndim == 2 else image
+        for c in range(top_channels):  # a grey image among RGB ones counts its grey plane in every channel
+            per_channel[c].append(planes[..., min(c, planes.shape[2] - 1)].ravel())
+    intensities = []
+    for values in per_channel:
+        flat = np.concatenate(values).astype(np.float64)
+        pct = np.percentile(flat, PERCENTILES)
+        intensities.append({
+            "min": float(flat.min()), "max": float(flat.max()), "mean": float(flat.mean()), "std": float(flat.std()),
+            "percentiles": {f"{p:g}": float(v) for p, v in zip(PERCENTILES, pct)},
+        })  # fmt: skip
+    counts: dict[int, int] = {}
+    for mask in masks:
+        found, number = np.unique(mask, return_counts=True)
+        for v, n in zip(found.tolist(), number.tolist()):
+            counts[int(v)] = counts.get(int(v), 0) + int(n)
+    total = sum(counts.values())
+    foreground = [float((m > 0).mean()) for m in masks]
+    heights, widths = [im.shape[0] for im in images], [im.shape[1] for im in images]
+    sizes: dict[str, int] = {}
+    for h, w in zip(heights, widths):
+        sizes[f"{h}x{w}"] = sizes.get(f"{h}x{w}", 0) + 1
+    return {
+        "num_images": len(images),
+        "sizes": dict(sorted(sizes.items(), key=lambda kv: -kv[1])),  # "HxW": number of images
+        "height": _stats(heights),
+        "width": _stats(widths),
+        "channels": channels,  # the channel counts found (more than one: mixed grey and colour)
+        "dtypes": dtypes,
+        "bit_depth": _bit_depth(dtypes),
+        "intensity": intensities,
+        "classes": {str(k): counts[k] / total for k in sorted(counts)},  # class index: share of all pixels
+        "num_classes": max(2, max(counts) + 1),
+        "foreground_share": {**_stats(foreground), "mean": float(np.mean(foreground))},
+        "foreground_share_per_image": dict(zip(names, foreground)),
+    }
+
+
+def _bit_depth(dtypes: Sequence[str]) -> int | str:
+    """Bits of the stored integer type (8, 16, 32), or ``float``."""
+    if any(d.startswith("f") for d in dtypes):
+        return "float"
+    return max(np.dtype(d).itemsize * 8 if d != "b1" else 1 for d in dtypes)

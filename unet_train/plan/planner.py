@@ -1,0 +1,136 @@
+"""Plan a data config: fingerprint it, measure the device, derive the plan and write both files; load a plan."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from unet_train.build import build_data
+from unet_train.engine.runtime import resolve_device
+from unet_train.errors import ConfigError
+from unet_train.plan.derive import DeviceFacts, derive_plan, geometry, plan_yaml
+from unet_train.plan.fingerprint import compute_fingerprint, training_split
+from unet_train.plan.measure import measure_device
+from unet_train.trust import check_config
+
+log = logging.getLogger(__name__)
+
+PLAN_FOLDER = "unet_plan"  # under data.root: experiment/plan.yaml and fingerprint.json
+
+
+def parse_budget(value: Any) -> float:
+    """Seconds from ``600``, ``"90s"``, ``"10m"`` or ``"1.5h"``."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(value))
+    if match is None or float(match.group(1)) <= 0:
+        raise ConfigError(f"budget={value!r} must be a positive time such as 600, 90s, 10m or 1.5h.")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def default_plan_path(data_cfg: DictConfig, run_dir: Path) -> Path:
+    """``<data.root>/unet_plan/experiment/plan.yaml``, or the run folder for data without a root."""
+    root = data_cfg.get("root")
+    base = Path(str(root)).expanduser() / PLAN_FOLDER if root else run_dir
+    return base / "experiment" / "plan.yaml"
+
+
+def data_keys(data_cfg: DictConfig) -> set[str]:
+    """The keyword arguments the data config's class takes (its own and its base classes')."""
+    cls = get_class(data_cfg._target_)
+    keys: set[str] = set()
+    for klass in cls.__mro__:
+        init = vars(klass).get("__init__")
+        if init is not None:
+            keys |= {p for p in inspect.signature(init).parameters if p not in ("self", "args", "kwargs")}
+    return keys
+
+
+def make_plan(data_cfg: DictConfig, budget_s: float, device_name: str, output: Path, measure: bool = True) -> dict:
+    """Fingerprint ``data_cfg``'s training split, time the device, write the plan to ``output``; returns the
+    fingerprint."""
+    data = build_data(data_cfg)
+    images, masks, names, num_val = training_split(data)
+    fingerprint = compute_fingerprint(images, masks, names)
+    fingerprint["num_val_images"] = num_val
+    device = resolve_device(device_name)
+    kind = "cuda" if device.type == "cuda" else "cpu"
+    patch, depth, batch = geometry(fingerprint, kind)
+    facts = (
+        measure_device(
+            device, max(fingerprint["channels"]), fingerprint["num_classes"], patch, depth, batch, budget_s=budget_s
+        )
+        if measure
+        else DeviceFacts(kind=kind, name="not measured")
+    )
+    choices = derive_plan(fingerprint, facts, budget_s)
+    accepted = data_keys(data_cfg)
+    unsupported = frozenset(c.key for c in choices if c.key.startswith("data.") and c.key[5:] not in accepted)
+    root = data_cfg.get("root")
+    header = [
+        f"unet-plan for {data_cfg._target_}{f' at {root}' if root else ''}, budget {budget_s:g} s on {facts.name}.",
+        f"Train with: unet-train {_data_choice(data_cfg)} +plan={output}",
+        "Edit any value; the command line still overrides it.",
+    ]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(plan_yaml(choices, header, unsupported))
+    (output.parent.parent / "fingerprint.json").write_text(json.dumps(fingerprint, indent=2) + "\n")
+    for key in sorted(unsupported):
+        log.warning("%s is planned but not a key of %s in this version: written commented out", key, data_cfg._target_)
+    return fingerprint
+
+
+def _data_choice(data_cfg: DictConfig) -> str:
+    target = str(data_cfg._target_)
+    name = {"ImageFolder": "folder", "ISBI2012": "isbi", "SyntheticMembranes": "synthetic"}.get(target.rsplit(".")[-1])
+    root = data_cfg.get("root")
+    return " ".join(x for x in (f"data={name}" if name else "", f"data.root={root}" if root else "") if x)
+
+
+def load_plan(path: str | Path, trusted: Any = False) -> DictConfig:
+    """A plan file as a config, refused if it names anything but unet-train components (the trust rule)."""
+    path = Path(path).expanduser()
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"plan={path}: no such file; write one with unet-plan or use plan=auto.") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"plan={path} is not a readable YAML file: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"plan={path} must hold a mapping of config keys (a # @package _global_ experiment).")
+    raw.pop("defaults", None)
+    check_config(raw, source=f"plan {path}", trusted=trusted)
+    return OmegaConf.create(raw)
+
+
+def apply_plan(cfg: DictConfig, plan: DictConfig, overrides: list[str]) -> DictConfig:
+    """``cfg`` with ``plan`` merged on top and then the command line's own ``key=value`` overrides again.
+
+    A planned ``loss`` replaces the whole loss node; other groups are merged key by key.
+    """
+    from unet_train.cli import apply_overrides
+
+    merged = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    with open_dict(merged):
+        for key in plan:
+            if key == "loss":
+                merged.loss = plan.loss
+            else:
+                merged = OmegaConf.merge(merged, {key: plan[key]})
+    typed = [o for o in overrides if "=" in o and "." in o.split("=", 1)[0]]
+    assert isinstance(merged, DictConfig)
+    return apply_overrides(merged, typed)
+
+
+def auto_plan_budget(cfg: DictConfig) -> float:
+    """The budget of ``plan=auto``: ``trainer.max_time`` when set, else 10 minutes."""
+    return float(cfg.trainer.max_time) if cfg.trainer.get("max_time") else 600.0
+
+
+__all__ = ["apply_plan", "auto_plan_budget", "load_plan", "make_plan", "parse_budget"]
