@@ -20,11 +20,12 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from unet_train.engine.background_save import SaveEvery
 from unet_train.engine.checkpointer import Checkpointer
 from unet_train.engine.epoch import train_epoch
 from unet_train.engine.guard import NonFiniteGuard
 from unet_train.engine.preflight import check_numbers
-from unet_train.engine.run import Run, TrainState, build_run
+from unet_train.engine.run import COMPILE_MODES, Run, TrainState, build_run
 from unet_train.engine.signals import GracefulStop
 from unet_train.engine.step import TrainStep
 from unet_train.engine.stopping import StopRules
@@ -70,15 +71,18 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                 if state.epoch % tcfg.val_every == 0 or last_epoch:
                     last_metrics = validate_epoch(run, writer, checkpoints, epochs, train_loss, result.images_per_s)
                 writer.flush()  # events up to this step are on disk before the checkpoint that resumes after them
-                saved = checkpoints.save("last.pt")
                 reason = stop.after_epoch(state, result.out_of_time)
+                interrupt = stop.interrupt_after_epoch(state)
+                # The run's last last.pt is written synchronously; the others follow trainer.save_every.
+                saved = checkpoints.save_last(final=reason is not None or interrupt or last_epoch)
                 if reason is not None:
                     stop_reason = reason
                     break
-                if stop.interrupt_after_epoch(state):
+                if interrupt:
                     raise stop.interrupted(checkpoints.last, state.step, saved)
         return finish_run(run, run_dir, writer, last_metrics, train_loss, stop_reason, stop.elapsed, checkpoints)
     finally:
+        checkpoints.wait()  # a background write in flight lands, also on errors
         writer.close()  # also on errors: the events logged so far reach the disk
 
 
@@ -118,7 +122,7 @@ def log_start(run: Run) -> None:
         len(run.val_loader.dataset),
         run.steps_per_epoch,
         run.runtime.device,
-        run.cfg.trainer.precision,
+        run.runtime.precision,
     )
 
 
@@ -138,6 +142,10 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.max_time={t.max_time} must be a positive number of seconds (or null).")
     if t.val_every < 1:
         raise ConfigError(f"trainer.val_every={t.val_every} must be at least 1.")
+    SaveEvery.parse(t.get("save_every", 1))
+    if t.get("compile_mode", "default") not in COMPILE_MODES:
+        modes = ", ".join(COMPILE_MODES)
+        raise ConfigError(f"trainer.compile_mode={t.compile_mode!r} is not known; choose {modes}.")
     if t.log_every < 1:
         raise ConfigError(f"trainer.log_every={t.log_every} must be at least 1.")
     batch_size = cfg.data.get("batch_size", 1)
