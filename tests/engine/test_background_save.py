@@ -37,7 +37,7 @@ def test_a_bad_save_every_is_one_config_error(value):
     with pytest.raises(ConfigError) as info:
         SaveEvery.parse(value)
     assert str(info.value) == (
-        f"trainer.save_every={value!r} must be a number of epochs (1, 2, ...) or of seconds with an s (e.g. \"300s\")."
+        f'trainer.save_every={value!r} must be a number of epochs (1, 2, ...) or of seconds with an s (e.g. "300s").'
     )
 
 
