@@ -139,7 +139,7 @@ def instrument(timer: PartTimer, args: argparse.Namespace) -> None:
         built.train_loader = loader
         return built
 
-    fit.build_run = tiny_run  # type: ignore[assignment]
+    fit.build_run = tiny_run
     timer.wrap(fit, "train_epoch", "other")
     timer.wrap(fit, "validate_epoch", "validation")
     timer.wrap(run.Run, "inputs", "transfers")
