@@ -33,10 +33,11 @@ def config_dir() -> Path:
 class TrainerConfig:
     """Schema of ``configs/trainer/*``: how and for how long to train."""
 
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "32"  # 32 | bf16 | 16
+    device: str = "auto"  # auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps
+    precision: str = "32"  # auto (bf16 where the device runs it natively, else 32) | 32 | bf16 | 16
     channels_last: bool = True
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
     cudnn_benchmark: bool = True
     deterministic: bool = False
     max_epochs: int = 50
@@ -45,6 +46,8 @@ class TrainerConfig:
     grad_clip: float | None = 1.0  # max global gradient norm; null disables clipping
     log_every: int = 10  # optimizer steps between reads of the loss (each read syncs the device)
     num_image_panels: int = 2  # validation images drawn to TensorBoard
+    save_every: str = "1"  # last.pt every N epochs ("2"), or after the epoch that ends N s after the last ("300s")
+    background_save: bool = True  # write last.pt in a thread (state copied to host memory first)
     early_stopping_patience: int | None = None  # validations without improvement before stopping
     max_nonfinite_steps: int = 5  # consecutive NaN/inf losses before training stops
     progress: str = "auto"  # auto (bars on a terminal) | always | never

@@ -378,7 +378,7 @@ BAD_CONFIGS: dict[str, tuple[list[str], str]] = {
     "batch size zero": (["data.batch_size=0"], "data.batch_size=0 must be a positive integer."),
     "batch size text": (["data.batch_size=four"], "data.batch_size='four' must be a positive integer."),
     "lr negative": (["optim.lr=-0.1"], "optim.lr=-0.1 must be a positive number."),
-    "precision": (["trainer.precision=8"], "trainer.precision='8' is not known; choose 32, bf16 or 16."),
+    "precision": (["trainer.precision=8"], "trainer.precision='8' is not known; choose auto, 32, bf16 or 16."),
     "crop too large": (
         ["data.patch_size=100"],
         "data.patch_size=100 is larger than the smallest training image (64 px); choose data.patch_size<=64.",

@@ -21,12 +21,13 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from unet_train.engine.background_save import SaveEvery
 from unet_train.engine.checkpointer import Checkpointer
 from unet_train.engine.epoch import train_epoch
 from unet_train.engine.eta import RunClock
 from unet_train.engine.guard import NonFiniteGuard
 from unet_train.engine.preflight import check_numbers
-from unet_train.engine.run import Run, TrainState, build_run
+from unet_train.engine.run import COMPILE_MODES, Run, TrainState, build_run
 from unet_train.engine.signals import GracefulStop
 from unet_train.engine.step import TrainStep
 from unet_train.engine.stopping import StopRules
@@ -83,18 +84,21 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                 elif state.epoch % tcfg.val_every == 0:
                     log.info("epoch %d: validation skipped, the final one must fit in trainer.max_time", state.epoch)
                 writer.flush()  # events up to this step are on disk before the checkpoint that resumes after them
+                reason = stop.after_epoch(state, result.out_of_time)
+                interrupt = stop.interrupt_after_epoch(state)
+                # The run's last last.pt is written synchronously; the others follow trainer.save_every.
                 started = time.monotonic()
-                saved = checkpoints.save("last.pt")
+                saved = checkpoints.save_last(final=reason is not None or interrupt or last_epoch)
                 run.budget.record_checkpoint(time.monotonic() - started)
                 clock.epoch_done(state.epoch, epochs)
-                reason = stop.after_epoch(state, result.out_of_time)
                 if reason is not None:
                     stop_reason = reason
                     break
-                if stop.interrupt_after_epoch(state):
+                if interrupt:
                     raise stop.interrupted(checkpoints.last, state.step, saved)
         return finish_run(run, run_dir, writer, last_metrics, train_loss, stop_reason, stop.elapsed, checkpoints)
     finally:
+        checkpoints.wait()  # a background write in flight lands, also on errors
         writer.close()  # also on errors: the events logged so far reach the disk
 
 
@@ -158,7 +162,7 @@ def log_start(run: Run) -> None:
         len(run.val_loader.dataset),
         run.steps_per_epoch,
         run.runtime.device,
-        run.cfg.trainer.precision,
+        run.runtime.precision,
     )
 
 
@@ -184,6 +188,10 @@ def validate_config(cfg: DictConfig) -> None:
             f"trainer.early_stopping_patience={patience} must be at least 1 (validations without improvement "
             "before stopping), or null to never stop early."
         )
+    SaveEvery.parse(t.get("save_every", 1))
+    if t.get("compile_mode", "default") not in COMPILE_MODES:
+        modes = ", ".join(COMPILE_MODES)
+        raise ConfigError(f"trainer.compile_mode={t.compile_mode!r} is not known; choose {modes}.")
     if t.log_every < 1:
         raise ConfigError(f"trainer.log_every={t.log_every} must be at least 1.")
     batch_size = cfg.data.get("batch_size", 1)

@@ -31,6 +31,9 @@ from unet_train.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+# trainer.compile_mode: torch.compile's modes ("reduce-overhead" captures CUDA graphs: fewer launches per step).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
 
 @dataclass
 class TrainState:
@@ -162,7 +165,8 @@ def build_run(cfg: DictConfig) -> Run:
         resume(run, cfg.ckpt)
     # DDP and torch.compile wrap the module; checkpoints always store the unwrapped one.
     wrapped = dist.wrap(model)
-    run.train_model = cast(nn.Module, torch.compile(wrapped)) if tcfg.compile else wrapped
+    compile_mode = tcfg.get("compile_mode", "default")
+    run.train_model = cast(nn.Module, torch.compile(wrapped, mode=compile_mode)) if tcfg.compile else wrapped
     return run
 
 

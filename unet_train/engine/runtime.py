@@ -27,31 +27,65 @@ def to_channels_last(module: ModuleT) -> ModuleT:
     return module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
+def mps_available() -> bool:
+    """Whether an Apple GPU (Metal Performance Shaders) is usable by this torch."""
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; asking for CUDA without it is a config error."""
+    """``auto`` picks CUDA, then an Apple GPU (MPS), then the CPU; asking for an absent device is a config error."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if mps_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise ConfigError(f"trainer.device={name!r} is not a device; use auto, cpu, cuda or cuda:N.") from exc
+        raise ConfigError(f"trainer.device={name!r} is not a device; use auto, cpu, cuda, cuda:N or mps.") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"trainer.device={name} but CUDA is not available here; use trainer.device=cpu (or auto).")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"trainer.device={name!r} is not supported; use auto, cpu, cuda or cuda:N.")
+    if device.type == "mps" and not mps_available():
+        raise ConfigError(
+            f"trainer.device={name} but no Apple GPU (MPS) is available here (it needs macOS 12.3+ on Apple silicon "
+            "or an AMD GPU, and a torch built with MPS); use trainer.device=cpu (or auto)."
+        )
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"trainer.device={name!r} is not supported; use auto, cpu, cuda, cuda:N or mps.")
     return device
 
 
+def auto_precision(device: torch.device) -> str:
+    """What ``trainer.precision=auto`` means on ``device``: bf16 where the hardware runs it natively, else 32.
+
+    CUDA: bf16 on GPUs that support it (Ampere and newer). CPU: bf16 where oneDNN has AVX-512 BF16 or
+    AMX (:func:`cpu_has_fast_bf16`; ``scripts/compare_precision.py`` is the quality check behind this).
+    MPS: 32 (bf16 there is untested by this project).
+    """
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "32"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_fast_bf16() else "32"
+    return "32"
+
+
 def resolve_precision(precision: str | int, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``trainer.precision`` (None for full float32)."""
+    """The autocast dtype for ``trainer.precision`` (None for full float32); ``auto`` is :func:`auto_precision`."""
     key = str(precision)
+    if key == "auto":
+        key = auto_precision(device)
+        log.info("trainer.precision=auto: %s on %s", "bfloat16 autocast" if key == "bf16" else "float32", device)
     if key not in PRECISIONS:
-        raise ConfigError(f"trainer.precision={precision!r} is not known; choose 32, bf16 or 16.")
+        raise ConfigError(f"trainer.precision={precision!r} is not known; choose auto, 32, bf16 or 16.")
     dtype = PRECISIONS[key]
     if dtype is torch.float16 and device.type == "cpu":
-        raise ConfigError("trainer.precision=16 needs a CUDA device; on CPU use trainer.precision=bf16 or 32.")
+        raise ConfigError("trainer.precision=16 needs a CUDA or MPS device; on CPU use trainer.precision=bf16 or 32.")
     if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("This GPU has no bfloat16 support; use trainer.precision=16 (with loss scaling) or 32.")
+    if dtype is torch.bfloat16 and device.type == "mps" and not torch.backends.mps.is_macos_or_newer(14, 0):
+        raise ConfigError(
+            "trainer.precision=bf16 on an Apple GPU needs macOS 14 or newer; use trainer.precision=16 or 32."
+        )
     if dtype is torch.bfloat16 and device.type == "cpu" and not cpu_has_fast_bf16():
         log.warning(
             "trainer.precision=bf16 on a CPU without AVX-512 BF16 or AMX: it runs, emulated, and is usually "
@@ -76,6 +110,11 @@ class Runtime:
     autocast_dtype: torch.dtype | None
     channels_last: bool
 
+    @property
+    def precision(self) -> str:
+        """The precision in ``trainer.precision``'s words (``auto`` resolved): 32, bf16 or 16."""
+        return next(key for key, dtype in PRECISIONS.items() if dtype is self.autocast_dtype)
+
     def autocast(self) -> contextlib.AbstractContextManager:
         """Mixed-precision context for forward passes (a no-op in float32)."""
         if self.autocast_dtype is None:
@@ -88,6 +127,7 @@ class Runtime:
 
     def to_device(self, tensor: torch.Tensor, image: bool = False) -> torch.Tensor:
         """Copy a batch tensor to the device; images go channels-last when asked."""
+        # Asynchronous from pinned memory (CUDA); a plain copy on the CPU and from unpinned memory (MPS).
         tensor = tensor.to(self.device, non_blocking=True)
         if image and self.channels_last:
             tensor = tensor.contiguous(memory_format=torch.channels_last)

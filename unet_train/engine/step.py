@@ -30,6 +30,7 @@ class TrainStep:
         runtime: Runtime,
         guard: NonFiniteGuard,
         grad_clip: float | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         self.model = model
         self.params = params
@@ -40,16 +41,23 @@ class TrainStep:
         self.runtime = runtime
         self.guard = guard
         self.grad_clip = grad_clip
+        self.cuda_graphs = cuda_graphs  # trainer.compile_mode=reduce-overhead: the model replays CUDA graphs
 
     @classmethod
     def for_run(cls, run: Any, guard: NonFiniteGuard) -> TrainStep:
         """The step of ``run`` (a :class:`~unet_train.engine.run.Run`)."""
+        tcfg = run.cfg.trainer
+        cuda_graphs = bool(tcfg.compile) and tcfg.get("compile_mode") == "reduce-overhead"
         return cls(
             run.train_model, run.model, run.criterion, run.optimizer, run.scaler, run.scheduler, run.runtime, guard,
-            run.cfg.trainer.grad_clip,
+            tcfg.grad_clip, cuda_graphs,
         )  # fmt: skip
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor, **loss_inputs: torch.Tensor) -> torch.Tensor | None:
+        if self.cuda_graphs:
+            # A new iteration: the previous step's graph outputs may be overwritten (the loss kept for logging
+            # was computed outside the graph, so it stays valid).
+            torch.compiler.cudagraph_mark_step_begin()
         with self.runtime.autocast():
             outputs = self.model(images)
         loss = self.criterion(outputs, masks, **loss_inputs)  # outside autocast, as the losses are written
