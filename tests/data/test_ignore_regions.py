@@ -142,3 +142,19 @@ def test_other_labels_under_the_unlabelled_pixels_give_identical_loss_and_metric
     assert torch.equal(mask_one, mask_two) and (mask_one == IGNORE_INDEX).any()
     assert one.metrics == two.metrics and one.per_image == two.per_image
     assert {"loss", "dice", "pixel_error"} <= set(one.metrics)
+
+
+def test_auto_classes_refuse_an_ignore_index_that_takes_the_binary_foreground(tmp_path):
+    # Binary {0, 255} masks with data.ignore_index=255: every foreground pixel would become
+    # unlabelled and num_classes=auto would train background only; refused with the fix.
+    write_pairs(tmp_path, {"a": binary_mask(1), "b": binary_mask(2)})
+    data = ImageFolder(root=str(tmp_path), ignore_index=255, num_classes="auto", num_workers=0)
+    with pytest.raises(DataError, match=r"hold only 0 and data.ignore_index=255.*set data.ignore_index=null"):
+        data.split("all")
+    # A real ignore value next to the classes is still left out of them.
+    masks = {"a": binary_mask(1) // 255, "b": binary_mask(2) // 255}
+    masks["a"][:4] = 255
+    write_pairs(tmp_path / "indexed", masks)
+    data = ImageFolder(root=str(tmp_path / "indexed"), ignore_index=255, num_classes="auto", num_workers=0)
+    assert data.num_classes == 2
+    np.testing.assert_array_equal(data.split("all").masks[0][:4], IGNORE_INDEX)

@@ -153,8 +153,14 @@ class ImageFolder(SegmentationData):
                 raw = read_mask(path)
                 self._raw_masks[path] = raw
                 values.update(np.unique(raw).tolist())
-            if self.ignore_index is not None:  # unlabelled, not a class
+            if self.ignore_index is not None and self.ignore_index in values:  # unlabelled, not a class
                 values.discard(self.ignore_index)
+                if values <= {0}:
+                    raise DataError(
+                        f"Masks in {where} hold only 0 and data.ignore_index={self.ignore_index}: no pixel would be "
+                        "of a foreground class. Binary {0, 255} masks mark the foreground with 255: set "
+                        "data.ignore_index=null (or to the value that marks unlabelled pixels)."
+                    )
             self._num_classes = infer_num_classes(values, where)
             self._check_ignore_index(self._num_classes)
             log.info("data.num_classes=auto: %d (mask values %s)", self._num_classes, sorted(values)[:10])
