@@ -158,3 +158,10 @@ def test_auto_classes_refuse_an_ignore_index_that_takes_the_binary_foreground(tm
     data = ImageFolder(root=str(tmp_path / "indexed"), ignore_index=255, num_classes="auto", num_workers=0)
     assert data.num_classes == 2
     np.testing.assert_array_equal(data.split("all").masks[0][:4], IGNORE_INDEX)
+
+
+def test_two_files_of_one_stem_are_refused_not_one_silently_dropped(tmp_path):
+    write_pairs(tmp_path, {"a": binary_mask(1), "b": binary_mask(2)})
+    skio.imsave(tmp_path / "images" / "a.tif", np.zeros(SIZE, np.uint16), check_contrast=False)
+    with pytest.raises(DataError, match=r"images holds a.png and a.tif, two files of one stem; keep one"):
+        ImageFolder(root=str(tmp_path), num_workers=0).split("all")

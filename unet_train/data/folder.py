@@ -72,7 +72,15 @@ def infer_num_classes(values: set[int], where: str) -> int:
 
 def _files(folder: Path) -> dict[str, Path]:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-    return {p.stem: p for p in files}
+    by_stem: dict[str, Path] = {}
+    for path in files:
+        if path.stem in by_stem:  # a.png and a.tif: which one is meant?
+            raise DataError(
+                f"{folder.resolve()} holds {by_stem[path.stem].name} and {path.name}, two files of one stem; "
+                "keep one of them (files pair with their mask by stem)."
+            )
+        by_stem[path.stem] = path
+    return by_stem
 
 
 class ImageFolder(SegmentationData):
