@@ -165,3 +165,15 @@ def test_two_files_of_one_stem_are_refused_not_one_silently_dropped(tmp_path):
     skio.imsave(tmp_path / "images" / "a.tif", np.zeros(SIZE, np.uint16), check_contrast=False)
     with pytest.raises(DataError, match=r"images holds a.png and a.tif, two files of one stem; keep one"):
         ImageFolder(root=str(tmp_path), num_workers=0).split("all")
+
+
+def test_auto_classes_of_voc_style_masks_name_ignore_index(tmp_path):
+    # Classes 0..2 and a 255 border (Pascal VOC's void): the message points at data.ignore_index.
+    masks = {"a": binary_mask(1) // 255 * 2, "b": binary_mask(2) // 255}
+    masks["a"][:2] = 255
+    write_pairs(tmp_path, masks)
+    data = ImageFolder(root=str(tmp_path), num_classes="auto", num_workers=0)
+    with pytest.raises(DataError, match=r"look like grey levels.*\(or data.ignore_index=255 if 255 marks unlabelled"):
+        data.split("all")
+    data = ImageFolder(root=str(tmp_path), num_classes="auto", ignore_index=255, num_workers=0)
+    assert data.num_classes == 3

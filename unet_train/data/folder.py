@@ -61,9 +61,12 @@ def infer_num_classes(values: set[int], where: str) -> int:
     classes = max(2, max(values) + 1)
     absent = sorted(set(range(classes)) - values)
     if classes > 8 and len(absent) > classes / 2:
+        void = ""
+        if IGNORE_INDEX in values:
+            void = f" (or data.ignore_index={IGNORE_INDEX} if {IGNORE_INDEX} marks unlabelled pixels)"
         raise DataError(
             f"Masks in {where} hold the values {sorted(values)[:10]}, which look like grey levels rather than "
-            f"class indices 0..K-1; map them to indices or set data.num_classes."
+            f"class indices 0..K-1; map them to indices or set data.num_classes{void}."
         )
     if absent:
         log.warning("data.num_classes=auto: %d classes, but class(es) %s never appear in the masks", classes, absent)
