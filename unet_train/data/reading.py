@@ -83,12 +83,14 @@ def _png_depth(path: Path) -> tuple[int, int]:
 
 def _read_pillow(path: Path, *, mask: bool) -> np.ndarray:
     depth, colour_type = _png_depth(path) if path.suffix.lower() == ".png" else (0, 0)
-    if depth == 16 and colour_type in (2, 6):  # 16-bit RGB(A): Pillow would keep only 8 bits
+    if depth == 16 and colour_type in (2, 4, 6):  # 16-bit RGB(A), grey + alpha: Pillow would keep only 8 bits
         import cv2  # albumentations' dependency
 
         array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if array is None:
             raise ValueError("OpenCV could not decode it")
+        if colour_type == 4:  # OpenCV gives grey + alpha as BGRA with B = G = R
+            return array[..., 0]
         return array[..., 2::-1] if array.shape[2] == 4 else array[..., ::-1]  # BGR(A) -> RGB
     with Image.open(path) as opened:
         mode = opened.mode
@@ -186,7 +188,8 @@ def read_stack(path: str | Path) -> np.ndarray:
 def probe_channels(path: str | Path) -> int:
     """The channels :func:`read_image` will return for ``path``, from the header where possible."""
     path = Path(path)
-    if not is_tiff(path):
+    sixteen_bit_png = path.suffix.lower() == ".png" and _png_depth(path)[0] == 16  # Pillow's mode is not the layout
+    if not is_tiff(path) and not sixteen_bit_png:
         try:
             with Image.open(path) as opened:
                 mode = opened.mode
