@@ -62,6 +62,19 @@ def test_16_bit_grey_alpha_png_keeps_16_bits_and_one_channel(tmp_path):
     np.testing.assert_array_equal(read_mask(tmp_path / "ga16.png"), grey)
 
 
+def test_grey_alpha_tiff_is_grey(tmp_path):
+    # A minisblack TIFF with an alpha extra sample is one grey channel, as a grey + alpha PNG is.
+    pixels = np.stack([RNG.integers(0, 65536, (5, 7), dtype=np.uint16), np.full((5, 7), 65535, np.uint16)], -1)
+    tifffile.imwrite(tmp_path / "ga.tif", pixels, photometric="minisblack", extrasamples=[2], planarconfig="contig")
+    image = read_image(tmp_path / "ga.tif")
+    np.testing.assert_array_equal(image, pixels[..., 0])
+    assert probe_channels(tmp_path / "ga.tif") == 1
+    np.testing.assert_array_equal(read_mask(tmp_path / "ga.tif"), pixels[..., 0])  # the mask's alpha is no class
+    # Two channels without an alpha mark stay two channels.
+    tifffile.imwrite(tmp_path / "two.tif", pixels, photometric="minisblack", planarconfig="contig")
+    assert read_image(tmp_path / "two.tif").shape == (5, 7, 2)
+
+
 def test_alpha_is_dropped_and_palette_images_give_their_colours(tmp_path):
     grey = RNG.integers(0, 256, (10, 12), dtype=np.uint8)
     Image.fromarray(np.stack([grey, np.full_like(grey, 200)], -1), mode="LA").save(tmp_path / "la.png")
