@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from PIL import Image
 from skimage import io as skio
 
 from unet_train.data import DeviceAugment, ImageFolder
@@ -177,3 +178,16 @@ def test_auto_classes_of_voc_style_masks_name_ignore_index(tmp_path):
         data.split("all")
     data = ImageFolder(root=str(tmp_path), num_classes="auto", ignore_index=255, num_workers=0)
     assert data.num_classes == 3
+
+
+def test_a_palette_valid_mask_is_read_by_its_indices_not_its_colours(tmp_path):
+    masks = {"a": binary_mask(1), "b": binary_mask(2)}
+    write_pairs(tmp_path, masks)
+    (tmp_path / "valid").mkdir()
+    inside = field_of_view() > 0
+    valid = Image.fromarray(inside.astype(np.uint8), mode="P")
+    valid.putpalette([255, 255, 255, 0, 0, 0])  # index 0 (unlabelled) drawn white, index 1 black
+    valid.save(tmp_path / "valid" / "a.png")
+    a = ImageFolder(root=str(tmp_path), num_workers=0).split("all").masks[0]
+    np.testing.assert_array_equal(a[~inside], IGNORE_INDEX)
+    np.testing.assert_array_equal(a[inside], masks["a"][inside] // 255)

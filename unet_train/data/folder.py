@@ -9,9 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from unet_train.data.base import SegmentationData, Split
-from unet_train.data.reading import IMAGE_SUFFIXES, channels_of, match_channels, probe_channels, read_image, read_mask
+from unet_train.data.reading import (
+    IMAGE_SUFFIXES,
+    channels_of,
+    is_tiff,
+    match_channels,
+    probe_channels,
+    read_image,
+    read_mask,
+)
 from unet_train.errors import ConfigError, DataError
 from unet_train.labels import IGNORE_INDEX
 
@@ -47,7 +56,18 @@ def encode_mask(mask: np.ndarray, num_classes: int, path: Path, ignore_index: in
 
 
 def read_valid(path: Path) -> np.ndarray:
-    """Read a valid-pixel mask (e.g. a field of view) as booleans: non-zero = labelled."""
+    """Read a valid-pixel mask (e.g. a field of view) as booleans: non-zero = labelled.
+
+    A palette PNG's values are its indices (as for masks), not its colours; other files their pixels.
+    """
+    if not is_tiff(path):
+        try:
+            with Image.open(path) as opened:
+                palette = opened.mode in ("P", "PA")
+        except Exception as exc:
+            raise DataError(f"Could not read valid-pixel mask {path}: {exc}") from exc
+        if palette:
+            return np.asarray(read_mask(path) != 0)
     array = read_image(path)  # alpha dropped
     return np.asarray(array.any(axis=2) if array.ndim == 3 else array != 0)
 
