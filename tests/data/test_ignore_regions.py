@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
+from PIL import Image
 from skimage import io as skio
 
 from unet_train.data import DeviceAugment, ImageFolder
@@ -142,3 +143,51 @@ def test_other_labels_under_the_unlabelled_pixels_give_identical_loss_and_metric
     assert torch.equal(mask_one, mask_two) and (mask_one == IGNORE_INDEX).any()
     assert one.metrics == two.metrics and one.per_image == two.per_image
     assert {"loss", "dice", "pixel_error"} <= set(one.metrics)
+
+
+def test_auto_classes_refuse_an_ignore_index_that_takes_the_binary_foreground(tmp_path):
+    # Binary {0, 255} masks with data.ignore_index=255: every foreground pixel would become
+    # unlabelled and num_classes=auto would train background only; refused with the fix.
+    write_pairs(tmp_path, {"a": binary_mask(1), "b": binary_mask(2)})
+    data = ImageFolder(root=str(tmp_path), ignore_index=255, num_classes="auto", num_workers=0)
+    with pytest.raises(DataError, match=r"hold only 0 and data.ignore_index=255.*set data.ignore_index=null"):
+        data.split("all")
+    # A real ignore value next to the classes is still left out of them.
+    masks = {"a": binary_mask(1) // 255, "b": binary_mask(2) // 255}
+    masks["a"][:4] = 255
+    write_pairs(tmp_path / "indexed", masks)
+    data = ImageFolder(root=str(tmp_path / "indexed"), ignore_index=255, num_classes="auto", num_workers=0)
+    assert data.num_classes == 2
+    np.testing.assert_array_equal(data.split("all").masks[0][:4], IGNORE_INDEX)
+
+
+def test_two_files_of_one_stem_are_refused_not_one_silently_dropped(tmp_path):
+    write_pairs(tmp_path, {"a": binary_mask(1), "b": binary_mask(2)})
+    skio.imsave(tmp_path / "images" / "a.tif", np.zeros(SIZE, np.uint16), check_contrast=False)
+    with pytest.raises(DataError, match=r"images holds a.png and a.tif, two files of one stem; keep one"):
+        ImageFolder(root=str(tmp_path), num_workers=0).split("all")
+
+
+def test_auto_classes_of_voc_style_masks_name_ignore_index(tmp_path):
+    # Classes 0..2 and a 255 border (Pascal VOC's void): the message points at data.ignore_index.
+    masks = {"a": binary_mask(1) // 255 * 2, "b": binary_mask(2) // 255}
+    masks["a"][:2] = 255
+    write_pairs(tmp_path, masks)
+    data = ImageFolder(root=str(tmp_path), num_classes="auto", num_workers=0)
+    with pytest.raises(DataError, match=r"look like grey levels.*\(or data.ignore_index=255 if 255 marks unlabelled"):
+        data.split("all")
+    data = ImageFolder(root=str(tmp_path), num_classes="auto", ignore_index=255, num_workers=0)
+    assert data.num_classes == 3
+
+
+def test_a_palette_valid_mask_is_read_by_its_indices_not_its_colours(tmp_path):
+    masks = {"a": binary_mask(1), "b": binary_mask(2)}
+    write_pairs(tmp_path, masks)
+    (tmp_path / "valid").mkdir()
+    inside = field_of_view() > 0
+    valid = Image.fromarray(inside.astype(np.uint8), mode="P")
+    valid.putpalette([255, 255, 255, 0, 0, 0])  # index 0 (unlabelled) drawn white, index 1 black
+    valid.save(tmp_path / "valid" / "a.png")
+    a = ImageFolder(root=str(tmp_path), num_workers=0).split("all").masks[0]
+    np.testing.assert_array_equal(a[~inside], IGNORE_INDEX)
+    np.testing.assert_array_equal(a[inside], masks["a"][inside] // 255)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -33,6 +35,44 @@ def test_png_images_keep_their_dtype_and_16_bit_colour(tmp_path):
         assert image.dtype == expected.dtype, name
         np.testing.assert_array_equal(image, expected)
         assert probe_channels(tmp_path / name) == (1 if expected.ndim == 2 else 3)
+
+
+def write_grey_alpha_16(path: Path, grey: np.ndarray) -> None:
+    """A 16-bit grey + alpha PNG (colour type 4), which neither Pillow nor OpenCV writes, from its chunks."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    pixels = np.stack([grey, np.full_like(grey, 65535)], axis=-1).astype(">u2")
+    rows = b"".join(b"\x00" + row.tobytes() for row in pixels)
+    header = struct.pack(">IIBBBBB", grey.shape[1], grey.shape[0], 16, 4, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    )
+
+
+def test_16_bit_grey_alpha_png_keeps_16_bits_and_one_channel(tmp_path):
+    # Pillow reads it as 8-bit RGBA (40000 -> 156): the image and the mask come from OpenCV instead.
+    grey = RNG.integers(0, 65536, (5, 7), dtype=np.uint16)
+    write_grey_alpha_16(tmp_path / "ga16.png", grey)
+    image = read_image(tmp_path / "ga16.png")
+    assert image.dtype == np.uint16
+    np.testing.assert_array_equal(image, grey)
+    assert probe_channels(tmp_path / "ga16.png") == 1
+    np.testing.assert_array_equal(read_mask(tmp_path / "ga16.png"), grey)
+
+
+def test_grey_alpha_tiff_is_grey(tmp_path):
+    # A minisblack TIFF with an alpha extra sample is one grey channel, as a grey + alpha PNG is.
+    pixels = np.stack([RNG.integers(0, 65536, (5, 7), dtype=np.uint16), np.full((5, 7), 65535, np.uint16)], -1)
+    tifffile.imwrite(tmp_path / "ga.tif", pixels, photometric="minisblack", extrasamples=[2], planarconfig="contig")
+    image = read_image(tmp_path / "ga.tif")
+    np.testing.assert_array_equal(image, pixels[..., 0])
+    assert probe_channels(tmp_path / "ga.tif") == 1
+    np.testing.assert_array_equal(read_mask(tmp_path / "ga.tif"), pixels[..., 0])  # the mask's alpha is no class
+    # Two channels without an alpha mark stay two channels.
+    tifffile.imwrite(tmp_path / "two.tif", pixels, photometric="minisblack", planarconfig="contig")
+    assert read_image(tmp_path / "two.tif").shape == (5, 7, 2)
 
 
 def test_alpha_is_dropped_and_palette_images_give_their_colours(tmp_path):

@@ -9,9 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from unet_train.data.base import SegmentationData, Split
-from unet_train.data.reading import IMAGE_SUFFIXES, channels_of, match_channels, probe_channels, read_image, read_mask
+from unet_train.data.reading import (
+    IMAGE_SUFFIXES,
+    channels_of,
+    is_tiff,
+    match_channels,
+    probe_channels,
+    read_image,
+    read_mask,
+)
 from unet_train.errors import ConfigError, DataError
 from unet_train.labels import IGNORE_INDEX
 
@@ -47,7 +56,18 @@ def encode_mask(mask: np.ndarray, num_classes: int, path: Path, ignore_index: in
 
 
 def read_valid(path: Path) -> np.ndarray:
-    """Read a valid-pixel mask (e.g. a field of view) as booleans: non-zero = labelled."""
+    """Read a valid-pixel mask (e.g. a field of view) as booleans: non-zero = labelled.
+
+    A palette PNG's values are its indices (as for masks), not its colours; other files their pixels.
+    """
+    if not is_tiff(path):
+        try:
+            with Image.open(path) as opened:
+                palette = opened.mode in ("P", "PA")
+        except Exception as exc:
+            raise DataError(f"Could not read valid-pixel mask {path}: {exc}") from exc
+        if palette:
+            return np.asarray(read_mask(path) != 0)
     array = read_image(path)  # alpha dropped
     return np.asarray(array.any(axis=2) if array.ndim == 3 else array != 0)
 
@@ -61,9 +81,12 @@ def infer_num_classes(values: set[int], where: str) -> int:
     classes = max(2, max(values) + 1)
     absent = sorted(set(range(classes)) - values)
     if classes > 8 and len(absent) > classes / 2:
+        void = ""
+        if IGNORE_INDEX in values:
+            void = f" (or data.ignore_index={IGNORE_INDEX} if {IGNORE_INDEX} marks unlabelled pixels)"
         raise DataError(
             f"Masks in {where} hold the values {sorted(values)[:10]}, which look like grey levels rather than "
-            f"class indices 0..K-1; map them to indices or set data.num_classes."
+            f"class indices 0..K-1; map them to indices or set data.num_classes{void}."
         )
     if absent:
         log.warning("data.num_classes=auto: %d classes, but class(es) %s never appear in the masks", classes, absent)
@@ -72,7 +95,15 @@ def infer_num_classes(values: set[int], where: str) -> int:
 
 def _files(folder: Path) -> dict[str, Path]:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-    return {p.stem: p for p in files}
+    by_stem: dict[str, Path] = {}
+    for path in files:
+        if path.stem in by_stem:  # a.png and a.tif: which one is meant?
+            raise DataError(
+                f"{folder.resolve()} holds {by_stem[path.stem].name} and {path.name}, two files of one stem; "
+                "keep one of them (files pair with their mask by stem)."
+            )
+        by_stem[path.stem] = path
+    return by_stem
 
 
 class ImageFolder(SegmentationData):
@@ -153,8 +184,14 @@ class ImageFolder(SegmentationData):
                 raw = read_mask(path)
                 self._raw_masks[path] = raw
                 values.update(np.unique(raw).tolist())
-            if self.ignore_index is not None:  # unlabelled, not a class
+            if self.ignore_index is not None and self.ignore_index in values:  # unlabelled, not a class
                 values.discard(self.ignore_index)
+                if values <= {0}:
+                    raise DataError(
+                        f"Masks in {where} hold only 0 and data.ignore_index={self.ignore_index}: no pixel would be "
+                        "of a foreground class. Binary {0, 255} masks mark the foreground with 255: set "
+                        "data.ignore_index=null (or to the value that marks unlabelled pixels)."
+                    )
             self._num_classes = infer_num_classes(values, where)
             self._check_ignore_index(self._num_classes)
             log.info("data.num_classes=auto: %d (mask values %s)", self._num_classes, sorted(values)[:10])

@@ -10,6 +10,7 @@ indices they store: palette ("P" mode) PNGs as their indices, not their colours.
   singleton axes are dropped, a sample or channel axis (``S``, ``C``) becomes the last axis, so
   ``(1, H, W)`` is grey and planar ``(3, H, W)`` RGB is ``(H, W, 3)``. Several pages of an unnamed
   axis (``Q``, ``I``, ``Z``, ``T``...) could be slices or channels: refused with a message.
+  An alpha sample is dropped (RGB + extra sample, or grey + an alpha-marked extra sample).
 """
 
 from __future__ import annotations
@@ -68,7 +69,13 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, bool]:
         array, axes = series.asarray(), series.axes
         page = series.pages[0] if series.pages else None
         rgb = page is not None and getattr(page, "photometric", None) == tifffile.PHOTOMETRIC.RGB
-        has_alpha = bool(rgb and getattr(page, "extrasamples", None))
+        extras = tuple(getattr(page, "extrasamples", None) or ())
+        grey = page is not None and getattr(page, "photometric", None) in (
+            tifffile.PHOTOMETRIC.MINISBLACK,
+            tifffile.PHOTOMETRIC.MINISWHITE,
+        )
+        # RGB + any extra sample, or grey + an alpha sample (1 associated, 2 unassociated): alpha
+        has_alpha = bool((rgb and extras) or (grey and extras and extras[-1] in (1, 2)))
     return tiff_yxc(np.asarray(array), axes, str(path)), has_alpha
 
 
@@ -83,12 +90,14 @@ def _png_depth(path: Path) -> tuple[int, int]:
 
 def _read_pillow(path: Path, *, mask: bool) -> np.ndarray:
     depth, colour_type = _png_depth(path) if path.suffix.lower() == ".png" else (0, 0)
-    if depth == 16 and colour_type in (2, 6):  # 16-bit RGB(A): Pillow would keep only 8 bits
+    if depth == 16 and colour_type in (2, 4, 6):  # 16-bit RGB(A), grey + alpha: Pillow would keep only 8 bits
         import cv2  # albumentations' dependency
 
         array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if array is None:
             raise ValueError("OpenCV could not decode it")
+        if colour_type == 4:  # OpenCV gives grey + alpha as BGRA with B = G = R
+            return array[..., 0]
         return array[..., 2::-1] if array.shape[2] == 4 else array[..., ::-1]  # BGR(A) -> RGB
     with Image.open(path) as opened:
         mode = opened.mode
@@ -113,8 +122,8 @@ def read_image(path: str | Path) -> np.ndarray:
     try:
         if is_tiff(path):
             array, has_alpha = _read_tiff(path)
-            if has_alpha and array.ndim == 3 and array.shape[2] == 4:
-                array = array[..., :3]
+            if has_alpha and array.ndim == 3 and array.shape[2] in (2, 4):  # grey + alpha, RGBA
+                array = array[..., :-1] if array.shape[2] == 4 else array[..., 0]
         else:
             array = _read_pillow(path, mask=False)
     except DataError:
@@ -141,7 +150,12 @@ def read_mask(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     try:
-        mask = _read_tiff(path)[0] if is_tiff(path) else _read_pillow(path, mask=True)
+        if is_tiff(path):
+            mask, has_alpha = _read_tiff(path)
+            if has_alpha and mask.ndim == 3 and mask.shape[2] in (2, 4):  # alpha is no class
+                mask = mask[..., :-1]
+        else:
+            mask = _read_pillow(path, mask=True)
     except DataError:
         raise
     except Exception as exc:
@@ -186,7 +200,8 @@ def read_stack(path: str | Path) -> np.ndarray:
 def probe_channels(path: str | Path) -> int:
     """The channels :func:`read_image` will return for ``path``, from the header where possible."""
     path = Path(path)
-    if not is_tiff(path):
+    sixteen_bit_png = path.suffix.lower() == ".png" and _png_depth(path)[0] == 16  # Pillow's mode is not the layout
+    if not is_tiff(path) and not sixteen_bit_png:
         try:
             with Image.open(path) as opened:
                 mode = opened.mode
