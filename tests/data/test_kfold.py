@@ -8,7 +8,7 @@ from skimage import io as skio
 
 from unet_train.build import build_data
 from unet_train.data import ISBI2012, ImageFolder, SyntheticMembranes
-from unet_train.data.base import kfold_indices
+from unet_train.data.splits import kfold_indices
 from unet_train.errors import ConfigError
 
 from ..conftest import compose_config

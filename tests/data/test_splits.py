@@ -10,7 +10,8 @@ import pytest
 import tifffile
 
 from unet_train.data import ISBI2012
-from unet_train.data.base import SegmentationData, Split, format_indices, parse_indices
+from unet_train.data.base import SegmentationData, Split
+from unet_train.data.splits import format_indices, parse_indices
 from unet_train.errors import ConfigError
 
 

@@ -13,9 +13,8 @@ k-fold split of the ``all`` split, the same way for every dataset (:func:`kfold_
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from unet_train.data.normalize import (
     resolve_spec,
 )
 from unet_train.data.sampling import EpochSampler, reseed_transform
+from unet_train.data.splits import check_shared_images, kfold_indices
 from unet_train.data.transforms import padded_size
 from unet_train.errors import ConfigError, DataError
 from unet_train.labels import IGNORE_INDEX, MAX_CLASSES
@@ -40,8 +40,6 @@ from unet_train.labels import IGNORE_INDEX, MAX_CLASSES
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test", "all")
-# Splits that must not share images: validating or testing on training images scores too well.
-DISJOINT = ("train", "val", "test")
 
 
 @dataclass
@@ -246,37 +244,9 @@ class SegmentationData:
             if needs_dataset_stats(self.normalize):  # only the training split gets here
                 self.normalize = fill_dataset_stats(self.normalize, split.images)
             split = self._normalized(split, name)
-            self._check_disjoint(split, name)
+            check_shared_images(type(self).__name__, name, split, self._cache)
             self._cache[name] = split
         return self._cache[name]
-
-    def _check_disjoint(self, split: Split, name: str) -> None:
-        """Refuse train and val splits that share image names; warn about identical images across splits.
-
-        Datasets split by configuration (slices, folds, fractions) check their own settings with a
-        message naming them; this is the backstop for every dataset, run when a second split loads.
-        """
-        if name not in DISJOINT:
-            return
-        for other_name in DISJOINT:
-            other = self._cache.get(other_name)
-            if other is None or other_name == name:
-                continue
-            if {name, other_name} == {"train", "val"}:
-                shared = sorted(set(split.names) & set(other.names))
-                if shared:
-                    raise ConfigError(
-                        f"The train and val splits of {type(self).__name__} share {len(shared)} image(s) "
-                        f"({', '.join(shared[:10])}); change the split settings so that no image is in both."
-                    )
-            digests = {_digest(image): n for image, n in zip(split.images, split.names)}
-            same = [(digests[d], n) for image, n in zip(other.images, other.names) if (d := _digest(image)) in digests]
-            if same:
-                pairs = ", ".join(f"{a} = {b}" for a, b in same[:5]) + (", ..." if len(same) > 5 else "")
-                log.warning(
-                    "The %s and %s splits hold %d identical image(s) (%s): their scores are not independent.",
-                    name, other_name, len(same), pairs,
-                )  # fmt: skip
 
     def _fold_split(self, name: str) -> Split:
         """Fold ``self.fold``'s train or val part of the ``all`` split (the images are shared, not copied)."""
@@ -410,25 +380,6 @@ class SegmentationData:
         )
 
 
-def kfold_indices(total: int, fold: int, num_folds: int) -> tuple[list[int], list[int]]:
-    """Train and val indices of fold ``fold`` of ``num_folds`` over ``0..total-1``.
-
-    The items are cut, in their order, into ``num_folds`` contiguous blocks whose sizes differ by
-    at most one (``numpy.array_split``); fold ``k`` validates on block ``k`` and trains on the rest.
-    Contiguous blocks keep neighbours together (adjacent slices of a stack, files named alike),
-    so that near-duplicates fall on one side. The val parts of the folds are disjoint and cover
-    every item once.
-    """
-    if not 0 <= fold < num_folds:
-        raise ConfigError(f"data.fold={fold} must be in 0..{num_folds - 1} (data.num_folds={num_folds}).")
-    if num_folds > total:
-        raise ConfigError(f"data.num_folds={num_folds} is more than the {total} items; choose data.num_folds<={total}.")
-    blocks = np.array_split(np.arange(total), num_folds)
-    val = [int(i) for i in blocks[fold]]
-    taken = set(val)
-    return [i for i in range(total) if i not in taken], val
-
-
 def _count_or_auto(value: int | str, key: str, smallest: int) -> int | None:
     """A count setting: an integer >= ``smallest``, or ``auto`` (None: inferred from the data)."""
     if isinstance(value, str) and value.strip().lower() == "auto":
@@ -437,55 +388,3 @@ def _count_or_auto(value: int | str, key: str, smallest: int) -> int | None:
         what = "at least 2 (background + one class)" if key == "num_classes" else "a positive integer"
         raise ConfigError(f"data.{key}={value!r} must be {what}, or auto.")
     return value
-
-
-def parse_indices(spec: Sequence[int] | str, total: int, what: str) -> list[int]:
-    """Slice indices from a list (``[25, 26]``) or a range string (``"0-24"``, ``"0-4,10"``)."""
-    if isinstance(spec, str):
-        indices: list[int] = []
-        for part in spec.split(","):
-            part = part.strip()
-            if "-" in part:
-                start, stop = (int(p) for p in part.split("-", 1))
-                indices.extend(range(start, stop + 1))
-            elif part:
-                indices.append(int(part))
-    else:
-        indices = [int(i) for i in spec]
-    bad = [i for i in indices if not 0 <= i < total]
-    if bad:
-        raise ConfigError(f"{what} has indices {bad} outside 0..{total - 1}.")
-    repeated = sorted({i for i in indices if indices.count(i) > 1})
-    if repeated:
-        raise ConfigError(f"{what}={spec} lists slice(s) {format_indices(repeated)} more than once; list each once.")
-    return indices
-
-
-def format_indices(indices: Sequence[int]) -> str:
-    """``[0, 1, 2, 5]`` -> ``"0-2,5"`` (sorted, runs as ranges): the form ``parse_indices`` reads."""
-    parts: list[str] = []
-    ordered = sorted(set(indices))
-    start = 0
-    for i in range(1, len(ordered) + 1):
-        if i == len(ordered) or ordered[i] != ordered[i - 1] + 1:
-            run = ordered[start:i]
-            parts.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
-            start = i
-    return ",".join(parts)
-
-
-def check_disjoint(train: Sequence[int], val: Sequence[int], where: str) -> None:
-    """Refuse training and validation indices that share an element; ``where`` names the settings."""
-    shared = sorted(set(train) & set(val))
-    if shared:
-        raise ConfigError(
-            f"{where} share slice(s) {format_indices(shared)}: a model validated on its training slices scores "
-            "too well; make the two disjoint."
-        )
-
-
-def _digest(image: np.ndarray) -> bytes:
-    """A hash of an image's pixels, shape and dtype: equal images, equal digests."""
-    h = hashlib.blake2b(f"{image.shape}{image.dtype}".encode(), digest_size=16)
-    h.update(np.ascontiguousarray(image).tobytes())
-    return h.digest()

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from unet_train.data.base import SegmentationData, Split, check_disjoint, parse_indices
+from unet_train.data.base import SegmentationData, Split
 from unet_train.data.reading import read_stack
+from unet_train.data.splits import check_disjoint, parse_indices
 from unet_train.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
