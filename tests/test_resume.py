@@ -101,3 +101,15 @@ def test_resuming_a_sweep_job_keeps_its_record_and_its_place_in_the_summary(tmp_
     with (sweep / "summary_grouped.csv").open() as handle:
         (group,) = csv.DictReader(handle)  # one group over both seeds, not one per job
     assert (group["n"], group["seeds"]) == ("2", "0 1")
+
+
+def test_a_deletion_on_a_resume_is_held_back_from_hydra_too(monkeypatch):
+    # ``~key`` has no "=": Hydra got it and refused it against the default config (exit 1, its own message).
+    monkeypatch.setenv(RESUME_ENV, "[]")
+    argv = ["unet-train", "ckpt=run/checkpoints/last.pt", "~data.num_test", "~x", "trainer.max_epochs=3"]
+    assert hold_resume_overrides(argv) == ["unet-train", "ckpt=run/checkpoints/last.pt"]
+    assert yaml.safe_load(os.environ[RESUME_ENV]) == ["~data.num_test", "~x", "trainer.max_epochs=3"]
+    stored = compose_config(TINY)
+    assert "num_test" not in apply_overrides(stored, ["~data.num_test"]).data
+    with pytest.raises(ConfigError, match=r"^~x: the checkpoint's config has no x to delete\.$"):
+        apply_overrides(stored, ["~x"])
