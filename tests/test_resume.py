@@ -101,3 +101,28 @@ def test_resuming_a_sweep_job_keeps_its_record_and_its_place_in_the_summary(tmp_
     with (sweep / "summary_grouped.csv").open() as handle:
         (group,) = csv.DictReader(handle)  # one group over both seeds, not one per job
     assert (group["n"], group["seeds"]) == ("2", "0 1")
+
+
+def test_a_deletion_on_a_resume_is_held_back_from_hydra_too(monkeypatch):
+    # ``~key`` has no "=": Hydra got it and refused it against the default config (exit 1, its own message).
+    monkeypatch.setenv(RESUME_ENV, "[]")
+    argv = ["unet-train", "ckpt=run/checkpoints/last.pt", "~data.num_test", "~x", "trainer.max_epochs=3"]
+    assert hold_resume_overrides(argv) == ["unet-train", "ckpt=run/checkpoints/last.pt"]
+    assert yaml.safe_load(os.environ[RESUME_ENV]) == ["~data.num_test", "~x", "trainer.max_epochs=3"]
+    stored = compose_config(TINY)
+    assert "num_test" not in apply_overrides(stored, ["~data.num_test"]).data
+    with pytest.raises(ConfigError, match=r"^~x: the checkpoint's config has no x to delete\.$"):
+        apply_overrides(stored, ["~x"])
+
+
+@pytest.mark.slow
+def test_resuming_a_finished_run_with_overrides_leaves_its_config_and_record_alone(tmp_path):
+    # resolved_config.yaml (what unet-summarize reads) said data.num_val=5 for metrics of 2 images.
+    run([str(BIN / "unet-train"), *TINY, "trainer.max_epochs=1", "hydra.run.dir=job"], cwd=tmp_path)
+    job = tmp_path / "job"
+    before = {name: (job / name).read_bytes() for name in ("resolved_config.yaml", "metrics.json")}
+    ckpt = job / "checkpoints" / "last.pt"
+    run([str(BIN / "unet-train"), f"ckpt={ckpt}", "data.num_val=5"], cwd=tmp_path)
+    assert {name: (job / name).read_bytes() for name in before} == before
+    assert not (job / "resume_log.yaml").exists()
+    assert "Nothing to train" in (job / "train.log").read_text()

@@ -136,7 +136,7 @@ EVAL_DATA_ENV = "UNET_TRAIN_EVAL_DATA_OVERRIDES"
 
 
 def _is_override(arg: str) -> bool:
-    return not arg.startswith("-") and "=" in arg
+    return not arg.startswith("-") and ("=" in arg or arg.startswith("~"))  # ``~key`` deletes without a value
 
 
 def _key(arg: str) -> str:

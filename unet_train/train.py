@@ -53,14 +53,17 @@ def planned_config(cfg: DictConfig) -> DictConfig:
     return merged
 
 
-def resume_config(cfg: DictConfig, overrides: list[str]) -> DictConfig:
-    """On ``ckpt=...``, continue the checkpoint's own run: its config plus this command's overrides."""
+def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, int]:
+    """On ``ckpt=...``, continue the checkpoint's own run: its config plus this command's overrides.
+
+    Returns that config and the number of epochs the checkpoint has done.
+    """
     trust = cfg.get("trust_config", False)
-    stored = OmegaConf.create(load_checkpoint(cfg.ckpt, trust=trust)["config"])
-    merged = apply_overrides(stored, overrides)
+    checkpoint = load_checkpoint(cfg.ckpt, trust=trust)
+    merged = apply_overrides(OmegaConf.create(checkpoint["config"]), overrides)
     merged.ckpt = cfg.ckpt
     merged.trust_config = trust  # this command's setting, never the one stored in the checkpoint
-    return merged
+    return merged, int(checkpoint["state"]["epoch"])
 
 
 def log_resume(out: Path, ckpt: str, overrides: list[str]) -> None:
@@ -82,14 +85,16 @@ def log_resume(out: Path, ckpt: str, overrides: list[str]) -> None:
 def train(cfg: DictConfig) -> float | None:
     """Train one run; returns the best monitored value (what Hydra sweepers optimise)."""
     overrides = resume_overrides() if cfg.get("ckpt") else []
+    done = 0
     if cfg.get("ckpt"):
-        cfg = resume_config(cfg, overrides)
+        cfg, done = resume_config(cfg, overrides)
     elif cfg.get("plan"):
         cfg = planned_config(cfg)
     dist = distributed.setup(cfg.trainer.strategy, cfg.trainer.device)
     try:
         out = Path(dist.broadcast_object(str(run_dir())))  # under DDP, rank 0's folder is the run's
-        if dist.is_main:
+        # A resume of a finished run trains nothing: its folder keeps the config its metrics came from.
+        if dist.is_main and done < cfg.trainer.max_epochs:
             if cfg.get("ckpt"):
                 log_resume(out, cfg.ckpt, overrides)
             (out / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -153,3 +153,14 @@ def test_train_log_states_the_remaining_time_within_a_factor_of_two(tmp_path):
     end = next(line for line in lines if "Stopped by max_epochs after 6 epochs" in line)
     real = log_time(end) - log_time(lines[at])
     assert real / 2 <= estimated <= real * 2, (estimated, real)
+
+
+def test_a_resume_part_way_through_an_epoch_times_a_whole_epoch():
+    # Resumed after batch 8 of 10: the first epoch of this process takes its last 2 steps only (the first
+    # after 1 s of set-up, the next 1 s later) and 0.5 s of validation; a whole epoch takes 10 steps.
+    clock = RunClock(cfg_for(), on_cpu=False, start=0.0, first_epoch=4, steps_per_epoch=10)
+    for t in (1.0, 2.0):
+        clock.step_done(now=t)
+    est = clock.epoch_done(5, now=2.5)
+    assert est is not None and est.epoch_s == 10 * 1.0 + 0.5 and est.remaining_s == 45 * 10.5
+    assert steady_epoch_s(0.0, [3.0], 4.0, steps_per_epoch=4) == 4 * 3.0 + 1.0  # one step left: its own time

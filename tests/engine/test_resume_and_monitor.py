@@ -100,3 +100,27 @@ def test_continue_schedule_stretches_the_rest_and_leaves_an_unchanged_plan_alone
     assert factor(4) == pytest.approx(old(4))  # goes on from where the old plan was
     assert factor(10) == pytest.approx(old(7))  # half-way through the rest: 6 of 12 steps, 3 of the old 6
     assert factor(16) == pytest.approx(0.1) and factor(30) == pytest.approx(0.1)
+
+
+@pytest.mark.slow
+def test_a_resume_of_a_stretched_schedule_keeps_the_stretch(tmp_path):
+    # A: a 4-epoch plan (8 steps) stopped by max_time after one step; B: resumed with 8 epochs (the rest
+    # stretched over 16 steps) and stopped again; C: B resumed with the same 8 epochs must go on along the
+    # stretched schedule, as D (A resumed once with 8 epochs, uninterrupted) does, not restart a fresh plan.
+    fit(compose_config([*TINY, "trainer.max_epochs=4", "trainer.max_time=1e-9"]), tmp_path / "a")
+    a = tmp_path / "a" / "checkpoints" / "last.pt"
+    fit(compose_config([*TINY, f"ckpt={a}", "trainer.max_epochs=8", "trainer.max_time=1e-9"]), tmp_path / "b")
+    b = tmp_path / "b" / "checkpoints" / "last.pt"
+    assert load_checkpoint(b)["state"]["step"] == 2
+    fit(compose_config([*TINY, f"ckpt={b}", "trainer.max_epochs=8"]), tmp_path / "c")
+    fit(compose_config([*TINY, f"ckpt={a}", "trainer.max_epochs=8"]), tmp_path / "d")
+    resumed_twice = lr_by_step(tmp_path / "c" / "tensorboard")
+    resumed_once = lr_by_step(tmp_path / "d" / "tensorboard")
+    assert list(resumed_twice) == list(range(3, 15)) and list(resumed_once) == list(range(2, 16))
+    assert [resumed_twice[s] for s in range(3, 15)] == pytest.approx([resumed_once[s] for s in range(3, 15)])
+
+
+def lr_by_step(folder) -> dict[int, float]:
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    return {e.step: e.value for e in acc.Scalars("train/lr")}

@@ -68,16 +68,25 @@ def estimate(
     return Estimate(remaining, elapsed_s + remaining, epoch_s, epochs_left, by_max_time)
 
 
-def steady_epoch_s(epoch_start: float, step_ends: list[float], epoch_end: float) -> float:
+def steady_epoch_s(
+    epoch_start: float, step_ends: list[float], epoch_end: float, steps_per_epoch: int | None = None
+) -> float:
     """One epoch's wall time without the one-off costs of its first step (kernel set-up, first batch).
 
     The first step of a process often takes many times the others; the epoch is re-timed as its later
-    steps' mean pace for every step, plus what followed the last step (validation, checkpoints).
+    steps' mean pace for every step, plus what followed the last step (validation, checkpoints). With
+    ``steps_per_epoch``, the pace counts for a whole epoch's steps: a run resumed part-way through an
+    epoch takes only that epoch's rest first.
     """
-    if len(step_ends) < 2:
+    steps = steps_per_epoch or len(step_ends)
+    tail = epoch_end - step_ends[-1] if step_ends else 0.0
+    if len(step_ends) >= 2:
+        pace = (step_ends[-1] - step_ends[0]) / (len(step_ends) - 1)
+    elif step_ends and steps_per_epoch:
+        pace = step_ends[0] - epoch_start  # one step left: its own time, set-up included
+    else:
         return epoch_end - epoch_start
-    pace = (step_ends[-1] - step_ends[0]) / (len(step_ends) - 1)
-    return pace * len(step_ends) + (epoch_end - step_ends[-1])
+    return pace * steps + tail
 
 
 def shorter_run_hints(cfg: DictConfig, fast_bf16: bool) -> list[str]:
@@ -100,8 +109,11 @@ class RunClock:
     On a CPU, a run estimated past an hour also gets one line of :func:`shorter_run_hints`.
     """
 
-    def __init__(self, cfg: DictConfig, on_cpu: bool, start: float, first_epoch: int) -> None:
+    def __init__(
+        self, cfg: DictConfig, on_cpu: bool, start: float, first_epoch: int, steps_per_epoch: int | None = None
+    ) -> None:
         self.cfg, self.on_cpu, self.start, self.first_epoch = cfg, on_cpu, start, first_epoch
+        self.steps_per_epoch = steps_per_epoch  # a whole epoch's steps (a resume may start part-way through one)
         self.epoch_start = start  # after the first epoch: where the later epochs' mean starts
         self.timing_steps = True  # during the first epoch: its optimizer steps' end times
         self.step_ends: list[float] = []
@@ -118,7 +130,7 @@ class RunClock:
         elapsed = now - self.start
         first = epochs_done == self.first_epoch + 1
         if first:
-            epoch_s = steady_epoch_s(self.start, self.step_ends, now)
+            epoch_s = steady_epoch_s(self.start, self.step_ends, now, self.steps_per_epoch)
         else:  # the mean of the later epochs: the first one's set-up costs are not repeated
             epoch_s = (now - self.epoch_start) / max(epochs_done - self.first_epoch - 1, 1)
         if first:

@@ -66,7 +66,8 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
             assert run.budget is not None
             run.budget.start()  # the training clock (from the checkpoint's elapsed time on resume)
             stop = StopRules(tcfg, signals, run.dist, run.budget)
-            clock = RunClock(cfg, run.runtime.device.type == "cpu", stop.start, state.epoch)  # time to the end
+            on_cpu = run.runtime.device.type == "cpu"
+            clock = RunClock(cfg, on_cpu, stop.start, state.epoch, run.steps_per_epoch)  # time to the end
             epochs = tqdm(
                 range(state.epoch, tcfg.max_epochs), desc="epochs", disable=not progress, initial=state.epoch,
                 total=tcfg.max_epochs, dynamic_ncols=True,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 
 from unet_train.build import (
     build_data,
@@ -47,6 +48,8 @@ class TrainState:
     batch: int = 0  # batches of epoch ``epoch + 1`` already trained on (> 0 only after a stop signal)
     planned_steps: int = 0  # the steps the learning-rate schedule was planned over (0: not recorded)
     elapsed: float = 0.0  # training time of the run so far in seconds (a time-based schedule's clock)
+    # Each earlier re-plan of the schedule as [step, steps planned before, steps planned after], oldest first.
+    replans: list[list[int]] = field(default_factory=list)
 
 
 @dataclass
@@ -222,7 +225,9 @@ def replan_schedule(run: Run, checkpoint: dict[str, Any]) -> None:
     """A resume with another ``trainer.max_epochs``: stretch the rest of the schedule, so the rate never jumps.
 
     The plan is counted in the schedule's own steps per epoch (``run.schedule_steps_per_epoch``), which
-    a resume on another number of processes keeps, so only a change of ``max_epochs`` re-plans.
+    a resume on another number of processes keeps, so only a change of ``max_epochs`` re-plans. The
+    re-plans of earlier resumes (``state.replans``) are applied again first: a stretched run resumed
+    again goes on along its stretched schedule.
     """
     state, per_epoch = run.state, run.schedule_steps_per_epoch
     planned_now = per_epoch * run.cfg.trainer.max_epochs
@@ -232,13 +237,19 @@ def replan_schedule(run: Run, checkpoint: dict[str, Any]) -> None:
     # Checkpoints from before planned_steps was recorded: the plan their own max_epochs implied.
     planned_before = state.planned_steps or per_epoch * checkpoint["config"]["trainer"]["max_epochs"]
     if planned_before != planned_now:
-        # The old plan's factors, built on a stand-in optimizer (building a schedule sets its learning rates).
-        groups = [{"params": [torch.zeros(1, requires_grad=True)]} for _ in run.optimizer.param_groups]
-        old_plan = build_scheduler(run.cfg, torch.optim.SGD(groups, lr=1.0), total_steps=planned_before)
-        continue_schedule(run.scheduler, old_plan.lr_lambdas, state.step, planned_before, planned_now)
+        state.replans = [*state.replans, [state.step, planned_before, planned_now]]
         log.info(
             "The learning-rate schedule was planned over %d steps, now %d: its remaining part is stretched "
             "over the remaining steps from step %d (no jump in the learning rate)",
             planned_before, planned_now, state.step,
         )  # fmt: skip
+    if state.replans:
+        # The first plan's factors, built on a stand-in optimizer (building a schedule sets its learning
+        # rates), then each re-plan in turn.
+        groups = [{"params": [torch.zeros(1, requires_grad=True)]} for _ in run.optimizer.param_groups]
+        plan = build_scheduler(run.cfg, torch.optim.SGD(groups, lr=1.0), total_steps=state.replans[0][1])
+        for done, before, after in state.replans:
+            continue_schedule(plan, plan.lr_lambdas, done, before, after)
+        if isinstance(run.scheduler, LambdaLR):  # schedules that are not step-indexed factors are left alone
+            run.scheduler.lr_lambdas = plan.lr_lambdas
     state.planned_steps = planned_now
