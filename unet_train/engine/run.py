@@ -231,9 +231,6 @@ def replan_schedule(run: Run, checkpoint: dict[str, Any]) -> None:
     """
     state, per_epoch = run.state, run.schedule_steps_per_epoch
     planned_now = per_epoch * run.cfg.trainer.max_epochs
-    if run.schedule_progress() is not None:  # trainer.max_time: the schedule runs over the budget, not the steps
-        state.planned_steps = planned_now
-        return
     # Checkpoints from before planned_steps was recorded: the plan their own max_epochs implied.
     planned_before = state.planned_steps or per_epoch * checkpoint["config"]["trainer"]["max_epochs"]
     if planned_before != planned_now:
@@ -243,7 +240,9 @@ def replan_schedule(run: Run, checkpoint: dict[str, Any]) -> None:
             "over the remaining steps from step %d (no jump in the learning rate)",
             planned_before, planned_now, state.step,
         )  # fmt: skip
-    if state.replans:
+    # With trainer.max_time the schedule runs over the budget, not the steps: the re-plans are only recorded,
+    # for a later resume without a budget.
+    if state.replans and run.schedule_progress() is None:
         # The first plan's factors, built on a stand-in optimizer (building a schedule sets its learning
         # rates), then each re-plan in turn.
         groups = [{"params": [torch.zeros(1, requires_grad=True)]} for _ in run.optimizer.param_groups]
