@@ -139,7 +139,8 @@ def apply_bioimageio(ops: list[dict], x: np.ndarray) -> np.ndarray:
         elif op["id"] == "zero_mean_unit_variance":
             x = (x - x.mean((0, 1))) / (x.std((0, 1)) + kw["eps"])
         elif op["id"] == "fixed_zero_mean_unit_variance":
-            x = (x - np.asarray(kw["mean"])) / (np.asarray(kw["std"]) + kw["eps"])
+            assert "eps" not in kw  # not a kwarg of this operation in bioimage.io (spec 0.5)
+            x = (x - np.asarray(kw["mean"])) / np.asarray(kw["std"])
         elif op["id"] == "clip":
             x = np.clip(x, kw["min"], kw["max"])
         else:

@@ -106,3 +106,29 @@ def test_binary_package_readme_reports_unet_eval_numbers(tmp_path):
     assert (tmp_path / "out" / "model.onnx").is_file() and (tmp_path / "out" / "model.pt").is_file()
     saved = json.loads((tmp_path / "out" / "export.json").read_text())
     assert saved["max_abs_diff"]["onnx"] < 1e-4 and saved["max_abs_diff"]["torchscript"] < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("name", "abc", "bioimageio.name='abc' is refused by bioimage.io: "),
+        ("license", "my-own-licence", "bioimageio.license='my-own-licence' is refused by bioimage.io: "),
+    ],
+)
+def test_metadata_bioimageio_refuses_is_a_config_error_naming_the_key(tmp_path, field, value, message):
+    from unet_train.errors import ConfigError
+    from unet_train.export.bioimageio import PackageInfo, build_package, raw_to_nchw
+    from unet_train.export.model import load_export_model
+    from unet_train.export.package import save_package
+
+    exported = load_export_model(make_checkpoint(tmp_path / "best.pt"))
+    info = PackageInfo(**{"name": "tiny model", "description": "a test", "authors": [{"name": "t"}], field: value})
+    folder = tmp_path / "pkg"
+    folder.mkdir()
+    rdf = build_package(exported, raw_to_nchw(np.zeros((16, 16), np.uint8)), folder, info, {}, None)
+    with pytest.raises(ConfigError) as raised:
+        save_package(rdf, folder, tmp_path / "t.zip")
+    assert str(raised.value).startswith(message) and str(raised.value).endswith(
+        "change bioimageio." + field + " (configs/export.yaml)."
+    )
+    assert "\n" not in str(raised.value)

@@ -58,6 +58,7 @@ def test_missing_extra_names_it_and_exits_2(tmp_path, monkeypatch, caplog):
     [
         ("format=tflite", "format=tflite is not known; choose onnx, torchscript, bioimageio or all."),
         ("ckpt=/nowhere/best.pt", "Checkpoint /nowhere/best.pt does not exist"),
+        ("output=/dev/null", "output=/dev/null is a file; pass a folder (it is created if missing)."),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(tmp_path, caplog, override, message):

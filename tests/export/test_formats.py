@@ -73,3 +73,23 @@ def test_onnx_matches_pytorch_with_dynamic_batch_and_sizes(name, tmp_path):
     print(f"onnx {name}: {diff:.2e}")
     assert diff <= ATOL
     assert max_abs_difference(exported.model, onnx_runner(path), inputs) <= ATOL  # also the unfolded model
+
+
+def test_onnx_export_keeps_the_missing_torchvision_lines_out_of_the_users_stderr(tmp_path):
+    """torch's exporter warns once per torchvision op ("torchvision is not installed. Skipping ...")."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("onnxscript", reason='needs pip install "unet-train[export]"')
+    code = (
+        "import logging, torch; logging.basicConfig(level=logging.INFO)\n"
+        "from unet_train.export.onnx import export_onnx\n"
+        "class Net(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        return x * 2\n"
+        f"export_onnx(Net().eval(), {str(tmp_path / 'm.onnx')!r}, 1)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "m.onnx").is_file() and "Wrote" in done.stderr
+    assert "torchvision" not in done.stderr, done.stderr[-2000:]

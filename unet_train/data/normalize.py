@@ -317,11 +317,10 @@ def bioimageio_preprocessing(spec: Mapping[str, Any], dtype: np.dtype | str = "u
     if scheme == "zscore":
         if spec["per"] == "image":
             return [{"id": "zero_mean_unit_variance", "kwargs": {"axes": ["y", "x"], "eps": EPS}}]
+        # bioimage.io's fixed_zero_mean_unit_variance takes no eps: it goes into std, as training adds it
+        std = [s + EPS for s in spec["std"]]
         return [
-            {
-                "id": "fixed_zero_mean_unit_variance",
-                "kwargs": {"mean": spec["mean"], "std": spec["std"], "axis": "channel", "eps": EPS},
-            }
+            {"id": "fixed_zero_mean_unit_variance", "kwargs": {"mean": spec["mean"], "std": std, "axis": "channel"}}
         ]
     if spec["per"] == "image":
         ops = [

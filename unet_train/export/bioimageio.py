@@ -19,10 +19,11 @@ import torch
 from skimage import io as skio
 from skimage.transform import resize
 
+from unet_train.data.normalize import bioimageio_preprocessing, prepare_input
+from unet_train.data.reading import match_channels
 from unet_train.errors import ConfigError
 from unet_train.export.architecture import write_architecture
 from unet_train.export.model import ExportModel
-from unet_train.export.normalization import normalize_image, preprocessing_ops
 from unet_train.export.readme import package_readme
 
 log = logging.getLogger(__name__)
@@ -116,13 +117,16 @@ def build_package(
             f"{exported.multiple}x{exported.multiple} (2**model.depth); pass a larger test_image."
         )
     stored = exported.config
-    normalize = stored.data.get("normalize")
-    normalize = None if normalize is None else dict(normalize)
+    normalize = stored.data.get("normalize")  # a DictConfig (or None); resolve_spec reads either
     channels = exported.in_channels
-    # The test input is cropped to the package's size grid (a multiple of 2**depth).
+    # The test input is cropped to the package's size grid (a multiple of 2**depth) and given the
+    # model's channels as unet-predict does (grey copied to 3, RGB turned grey).
     height, width = (s - s % exported.multiple for s in raw.shape[-2:])
-    raw = raw[..., :height, :width]
-    x = torch.from_numpy(normalize_image(raw, normalize))
+    image = np.moveaxis(raw[0, :, :height, :width], 0, -1)
+    image = match_channels(image[..., 0] if image.shape[-1] == 1 else image, channels, "the test image")
+    raw = raw_to_nchw(image)
+    # The test output is what unet-predict computes: the training normaliser, then the model.
+    x = torch.from_numpy(prepare_input(image, channels, normalize, "the test image")[None])
     with torch.inference_mode():
         prob = probabilities(exported.model(x)).numpy().astype(np.float32)
     np.save(folder / "test_input.npy", raw)
@@ -189,7 +193,11 @@ def build_package(
                 "test_tensor": {"source": "test_input.npy"},
                 # bioimage.io's `data` is the tensor after preprocessing, the model's float32 input.
                 "data": {"type": "float32"},
-                "preprocessing": preprocessing_ops(normalize, str(raw.dtype), channels),
+                # A cast to the model's float32, then data.normalize as bioimage.io operations.
+                "preprocessing": [
+                    {"id": "ensure_dtype", "kwargs": {"dtype": "float32"}},
+                    *bioimageio_preprocessing(normalize, raw.dtype),
+                ],
             }
         ],
         "outputs": [

@@ -127,6 +127,8 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     require_extra(formats)
     exported = load_export_model(cfg.ckpt, trust=cfg.get("trust_config", False))
     out = Path(cfg.output).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output={out} is a file; pass a folder (it is created if missing).")
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"ckpt": str(Path(cfg.ckpt).resolve()), "max_abs_diff": {}}
     weights: dict[str, Path] = {}

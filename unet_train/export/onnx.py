@@ -35,6 +35,8 @@ def export_onnx(model: nn.Module, path: str | Path, in_channels: int, opset: int
     # The exporter and its optimiser log every rewrite at INFO and warn about torchvision ops.
     for name in ("torch.onnx", "onnxscript", "onnx_ir"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # "torchvision is not installed. Skipping torchvision::nms" and the like, one line per op, are WARNINGs.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(

@@ -9,7 +9,11 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from unet_train.errors import ConfigError
+
 log = logging.getLogger(__name__)
+# rdf.yaml fields taken from the user's bioimageio.* settings as they are.
+USER_KEYS = ("name", "description", "authors", "license", "tags")
 
 
 class PackageInvalid(RuntimeError):
@@ -24,6 +28,12 @@ def save_package(rdf: dict[str, Any], folder: Path, zip_path: Path) -> Path:
         descr = build_description(rdf)
     if isinstance(descr, InvalidDescr):
         errors = descr.validation_summary.errors
+        key = str(errors[0].loc[0]) if errors and errors[0].loc else ""
+        if key in USER_KEYS:  # metadata the user gave in bioimageio.*: a config error, not an exporter bug
+            raise ConfigError(
+                f"bioimageio.{key}={rdf.get(key)!r} is refused by bioimage.io: {errors[0].msg}; "
+                f"change bioimageio.{key} (configs/export.yaml)."
+            )
         first = errors[0] if errors else "no details"
         raise PackageInvalid(f"the bioimage.io description does not validate: {first}")
     zip_path.parent.mkdir(parents=True, exist_ok=True)
