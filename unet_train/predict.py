@@ -52,6 +52,8 @@ from unet_train.inference.sources import (
 )
 
 log = logging.getLogger(__name__)
+# What an image or stack predicted in memory writes: <name><suffix> (see predict_in_memory).
+OUTPUT_SUFFIXES = ("_prob.tif", ".png", "_labels.tif", "_mask.tif")
 
 
 def load_model(path: str | Path, trust: bool | Sequence[str] = False) -> tuple[nn.Module, DictConfig]:
@@ -111,6 +113,25 @@ def find_inputs(spec: str | Path) -> list[Path]:
     if not is_zarr_path(path) and path.suffix.lower() not in known:
         raise DataError(f"input={path} is not an image this tool reads ({', '.join(known)}, or a Zarr store).")
     return [path]
+
+
+def check_output_names(files: list[Path], out: Path, to_zarr: bool) -> None:
+    """Refuse inputs whose outputs would overwrite each other (``a.png`` and ``a.tif``) or an input itself."""
+    if to_zarr:
+        return
+    seen: dict[str, Path] = {}
+    inputs = {p.resolve() for p in files}
+    for path in files:
+        name = path.name.split(".")[0] if is_chunked_input(path) else path.stem
+        if name in seen:
+            raise ConfigError(
+                f"{seen[name]} and {path} would both write {out / name}*; rename one, or predict them separately."
+            )
+        seen[name] = path
+        outputs = [f"{name}.zarr"] if is_chunked_input(path) else [f"{name}{s}" for s in OUTPUT_SUFFIXES]
+        clash = [out / o for o in outputs if (out / o).resolve() in inputs]
+        if clash:
+            raise ConfigError(f"output={out} would overwrite the input {clash[0]}; choose another output folder.")
 
 
 def to_input(
@@ -194,6 +215,7 @@ def _predict_all(
             f"output={out} is one Zarr store but input={cfg.input} holds {len(files)} images; "
             "pass output=FOLDER (each Zarr/HDF5 input gets FOLDER/<name>.zarr)."
         )
+    check_output_names(files, out, to_zarr)
     classes = int(stored.data.num_classes)
     classes = 1 if classes <= 2 else classes
     method = resolve_method(str(cfg.instance_method), stored.data) if cfg.instances else None
