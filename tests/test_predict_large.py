@@ -354,3 +354,22 @@ def test_ensemble_gives_each_model_its_own_normalisation(tiny_ckpt, tmp_path):
     np.testing.assert_allclose(tifffile.imread(tmp_path / "both" / "im_prob.tif"), mean, atol=1e-5)
     predict(f"[{tiny_ckpt},{other}]", source, tmp_path / "both.zarr", "prob_dtype=float32")
     np.testing.assert_allclose(np.asarray(zarr.open_group(str(tmp_path / "both.zarr"), mode="r")["0"]), mean, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_stack_planes_get_their_own_per_image_statistics(tiny_ckpt, tmp_path):
+    """A stack into a store: each slice is normalised by its own percentiles, as in memory (and in training)."""
+    checkpoint = torch.load(tiny_ckpt, weights_only=True)
+    checkpoint["config"]["data"]["normalize"] = {"scheme": "percentile", "low": 1.0, "high": 99.8, "per": "image"}
+    ckpt = tmp_path / "percentile.pt"
+    torch.save(checkpoint, ckpt)
+    rng = np.random.default_rng(0)
+    stack = np.stack([rng.integers(0, 1000, (40, 50)) * k for k in (1, 3, 10)]).astype(np.uint16)
+    source = tmp_path / "stack.tif"
+    tifffile.imwrite(source, stack, photometric="minisblack")
+    predict(ckpt, source, tmp_path / "mem", "prob_dtype=float32")
+    predict(ckpt, source, tmp_path / "stack.zarr", "prob_dtype=float32")
+    in_memory = tifffile.imread(tmp_path / "mem" / "stack_prob.tif")
+    assert in_memory.shape == (3, 40, 50)
+    chunked = np.asarray(zarr.open_group(str(tmp_path / "stack.zarr"), mode="r")["0"])
+    np.testing.assert_allclose(chunked, in_memory, atol=1e-5)

@@ -44,7 +44,7 @@ from unet_train.inference.large import Throughput, predict_to_zarr
 from unet_train.inference.sources import (
     HDF5_SUFFIXES,
     TIFF_SUFFIXES,
-    InputScaling,
+    PlaneScaling,
     Volume,
     is_chunked_input,
     is_zarr_path,
@@ -273,10 +273,10 @@ def predict_store(
         "threshold": float(cfg.threshold),
         "instances": method,
     }
-    scalings = [InputScaling.for_volume(volume, data) for data in inputs]
+    scalings = [PlaneScaling(volume, data) for data in inputs]
 
-    def scaling(raw: np.ndarray) -> torch.Tensor:
-        return scalings[0](raw) if len(scalings) == 1 else torch.cat([s(raw) for s in scalings])
+    def scaling(raw: np.ndarray, z: int) -> torch.Tensor:
+        return scalings[0](z)(raw) if len(scalings) == 1 else torch.cat([s(z)(raw) for s in scalings])
 
     result = predict_to_zarr(
         predictor,
@@ -308,7 +308,7 @@ def predict_in_memory(
     """An image or a TIFF stack with whole-plane outputs: TIFF probabilities, PNG/TIFF masks (and labels).
 
     Each plane is normalised on its own, as training normalised each image (``per: image`` statistics
-    of that plane); :class:`InputScaling` serves the chunked path, where no plane is read whole.
+    of that plane), as the chunked path does (:class:`~unet_train.inference.sources.PlaneScaling`).
     """
     in_channels = int(inputs[0].in_channels)
 

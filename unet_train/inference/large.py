@@ -68,7 +68,7 @@ def format_seconds(seconds: float) -> str:
 def predict_to_zarr(
     predictor: TiledPredictor,
     volume: Volume,
-    scaling: Callable[[Any], Any],
+    scaling: Callable[[Any, int], Any],
     path: Path,
     classes: int,
     chunk: int,
@@ -80,8 +80,8 @@ def predict_to_zarr(
 ) -> ZarrPrediction:
     """Predict ``volume`` into the store at ``path`` (created by rank 0, or resumed); returns the store.
 
-    ``scaling`` turns raw pixels ``(h, w, C)`` into the model input (an :class:`InputScaling`, or several
-    concatenated for an ensemble of models normalised differently).
+    ``scaling(raw, z)`` turns raw pixels ``(h, w, C)`` of plane ``z`` into the model input (that plane's
+    :class:`InputScaling`, or several concatenated for an ensemble of models normalised differently).
     """
     if dist.is_main:
         ZarrPrediction.create(path, volume, classes, chunk, prob_dtype, settings)
@@ -103,7 +103,7 @@ def predict_to_zarr(
     for z, block in mine:
 
         def read(y0: int, y1: int, x0: int, x1: int, z: int = z) -> Any:
-            return scaling(volume.read(z, y0, y1, x0, x1))
+            return scaling(volume.read(z, y0, y1, x0, x1), z)
 
         def write(c: tuple[int, int], prob: Any, z: int = z) -> None:
             store.write_chunk(z, c, planner.grid.bounds(c), prob)
