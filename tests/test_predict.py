@@ -102,3 +102,23 @@ def test_predict_config_composes_with_its_defaults():
     assert (cfg.ckpt, cfg.input, cfg.output, cfg.tta) == ("some.pt", "stack.tif", "pred", True)
     assert (cfg.tile_size, cfg.overlap, cfg.batch_size, cfg.margin) == (256, 0.25, 4, None)
     assert cfg.trainer.device == "auto"
+
+
+def test_inputs_whose_outputs_collide_are_refused(tiny_ckpt, tmp_path):
+    """a.png and a.tif in one folder would both write a_prob.tif and a.png; nor may an output overwrite an input."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    image = np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)
+    skio.imsave(folder / "a.png", image, check_contrast=False)
+    tifffile.imwrite(folder / "a.tif", image)
+    done = run(
+        [str(BIN / "unet-predict"), f"ckpt={tiny_ckpt}", f"input={folder}", f"output={tmp_path / 'out'}"], tmp_path
+    )
+    assert done.returncode == 2
+    assert f"{folder / 'a.png'} and {folder / 'a.tif'} would both write {tmp_path / 'out' / 'a'}*" in done.stderr
+    assert not (tmp_path / "out").exists()
+    (folder / "a.tif").unlink()
+    done = run([str(BIN / "unet-predict"), f"ckpt={tiny_ckpt}", f"input={folder}", f"output={folder}"], tmp_path)
+    assert done.returncode == 2
+    assert f"output={folder} would overwrite the input {folder / 'a.png'}" in done.stderr
+    np.testing.assert_array_equal(skio.imread(folder / "a.png"), image)  # untouched

@@ -333,3 +333,43 @@ def test_memory_is_bounded_by_the_chunks_not_the_image(tiny_ckpt, tmp_path):
     # The chunked path holds a few chunks and tiles; the whole-image path at least its three arrays.
     assert grown["zarr"] < 24, figures_of
     assert grown["tiff"] > 48, figures_of
+
+
+@pytest.mark.slow
+def test_ensemble_gives_each_model_its_own_normalisation(tiny_ckpt, tmp_path):
+    """Folds normalised differently (e.g. their own dataset statistics): each model sees its own input."""
+    checkpoint = torch.load(tiny_ckpt, weights_only=True)
+    checkpoint["config"]["data"]["normalize"] = {"scheme": "zscore", "per": "dataset", "mean": [500.0], "std": [300.0]}
+    other = tmp_path / "zscore.pt"
+    torch.save(checkpoint, other)
+    source = tmp_path / "im.tif"
+    tifffile.imwrite(source, np.random.default_rng(3).integers(0, 4000, (70, 90), dtype=np.uint16))
+    singles = []
+    for name, ckpt in (("a", tiny_ckpt), ("b", other)):
+        predict(ckpt, source, tmp_path / name, "prob_dtype=float32")
+        singles.append(tifffile.imread(tmp_path / name / "im_prob.tif"))
+    mean = (singles[0] + singles[1]) / 2
+    assert np.abs(singles[0] - singles[1]).max() > 1e-3  # the two inputs differ
+    predict(f"[{tiny_ckpt},{other}]", source, tmp_path / "both", "prob_dtype=float32")
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "both" / "im_prob.tif"), mean, atol=1e-5)
+    predict(f"[{tiny_ckpt},{other}]", source, tmp_path / "both.zarr", "prob_dtype=float32")
+    np.testing.assert_allclose(np.asarray(zarr.open_group(str(tmp_path / "both.zarr"), mode="r")["0"]), mean, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_stack_planes_get_their_own_per_image_statistics(tiny_ckpt, tmp_path):
+    """A stack into a store: each slice is normalised by its own percentiles, as in memory (and in training)."""
+    checkpoint = torch.load(tiny_ckpt, weights_only=True)
+    checkpoint["config"]["data"]["normalize"] = {"scheme": "percentile", "low": 1.0, "high": 99.8, "per": "image"}
+    ckpt = tmp_path / "percentile.pt"
+    torch.save(checkpoint, ckpt)
+    rng = np.random.default_rng(0)
+    stack = np.stack([rng.integers(0, 1000, (40, 50)) * k for k in (1, 3, 10)]).astype(np.uint16)
+    source = tmp_path / "stack.tif"
+    tifffile.imwrite(source, stack, photometric="minisblack")
+    predict(ckpt, source, tmp_path / "mem", "prob_dtype=float32")
+    predict(ckpt, source, tmp_path / "stack.zarr", "prob_dtype=float32")
+    in_memory = tifffile.imread(tmp_path / "mem" / "stack_prob.tif")
+    assert in_memory.shape == (3, 40, 50)
+    chunked = np.asarray(zarr.open_group(str(tmp_path / "stack.zarr"), mode="r")["0"])
+    np.testing.assert_allclose(chunked, in_memory, atol=1e-5)

@@ -33,7 +33,7 @@ from unet_train.build import build_model
 from unet_train.cli import exit_on_user_error
 from unet_train.config import config_dir
 from unet_train.data.folder import IMAGE_SUFFIXES, read_image
-from unet_train.data.normalize import prepare_input
+from unet_train.data.normalize import prepare_input, resolve_spec
 from unet_train.engine import distributed
 from unet_train.engine.checkpoint import load_checkpoint
 from unet_train.engine.runtime import make_runtime
@@ -44,7 +44,7 @@ from unet_train.inference.large import Throughput, predict_to_zarr
 from unet_train.inference.sources import (
     HDF5_SUFFIXES,
     TIFF_SUFFIXES,
-    InputScaling,
+    PlaneScaling,
     Volume,
     is_chunked_input,
     is_zarr_path,
@@ -52,6 +52,8 @@ from unet_train.inference.sources import (
 )
 
 log = logging.getLogger(__name__)
+# What an image or stack predicted in memory writes: <name><suffix> (see predict_in_memory).
+OUTPUT_SUFFIXES = ("_prob.tif", ".png", "_labels.tif", "_mask.tif")
 
 
 def load_model(path: str | Path, trust: bool | Sequence[str] = False) -> tuple[nn.Module, DictConfig]:
@@ -74,8 +76,9 @@ def checkpoint_paths(spec: Any) -> list[str]:
     return paths
 
 
-def load_models(spec: Any, trust: bool | Sequence[str] = False) -> tuple[list[nn.Module], DictConfig]:
-    """The models of one or several checkpoints and the first one's run config; they must agree on their data."""
+def load_models(spec: Any, trust: bool | Sequence[str] = False) -> tuple[list[nn.Module], list[DictConfig]]:
+    """The models of one or several checkpoints and their run configs; they must agree on their data's channels
+    and classes (each keeps its own ``data.normalize``, see :func:`input_specs`)."""
     paths = checkpoint_paths(spec)
     loaded = [load_model(path, trust=trust) for path in paths]
     first = loaded[0][1]
@@ -86,7 +89,14 @@ def load_models(spec: Any, trust: bool | Sequence[str] = False) -> tuple[list[nn
                     f"ckpt ensemble: {path} has data.{key}={stored.data.get(key)} but {paths[0]} has "
                     f"{first.data.get(key)}; an ensemble needs models of the same inputs and classes."
                 )
-    return [model for model, _ in loaded], first
+    return [model for model, _ in loaded], [stored for _, stored in loaded]
+
+
+def input_specs(configs: Sequence[DictConfig]) -> list[DictConfig]:
+    """The data configs whose ``data.normalize`` make the model inputs: one when all models share it, else one
+    per model (the ensemble then gets each model's input in turn along the channels, ``split_inputs``)."""
+    specs = [resolve_spec(c.data.get("normalize")) for c in configs]
+    return [configs[0].data] if all(s == specs[0] for s in specs) else [c.data for c in configs]
 
 
 def find_inputs(spec: str | Path) -> list[Path]:
@@ -103,6 +113,25 @@ def find_inputs(spec: str | Path) -> list[Path]:
     if not is_zarr_path(path) and path.suffix.lower() not in known:
         raise DataError(f"input={path} is not an image this tool reads ({', '.join(known)}, or a Zarr store).")
     return [path]
+
+
+def check_output_names(files: list[Path], out: Path, to_zarr: bool) -> None:
+    """Refuse inputs whose outputs would overwrite each other (``a.png`` and ``a.tif``) or an input itself."""
+    if to_zarr:
+        return
+    seen: dict[str, Path] = {}
+    inputs = {p.resolve() for p in files}
+    for path in files:
+        name = path.name.split(".")[0] if is_chunked_input(path) else path.stem
+        if name in seen:
+            raise ConfigError(
+                f"{seen[name]} and {path} would both write {out / name}*; rename one, or predict them separately."
+            )
+        seen[name] = path
+        outputs = [f"{name}.zarr"] if is_chunked_input(path) else [f"{name}{s}" for s in OUTPUT_SUFFIXES]
+        clash = [out / o for o in outputs if (out / o).resolve() in inputs]
+        if clash:
+            raise ConfigError(f"output={out} would overwrite the input {clash[0]}; choose another output folder.")
 
 
 def to_input(
@@ -153,18 +182,18 @@ def open_input(path: Path, cfg: DictConfig, in_channels: int) -> Volume:
 def run_predict(cfg: DictConfig) -> list[Path]:
     """Predict every input of ``cfg.input`` into ``cfg.output``; returns the files written (by this rank)."""
     files = find_inputs(cfg.input)
-    models, stored = load_models(cfg.ckpt, trust=cfg.get("trust_config", False))
-    in_channels = int(stored.data.in_channels)
+    models, configs = load_models(cfg.ckpt, trust=cfg.get("trust_config", False))
     dist = distributed.setup("ddp" if distributed.launched_by_torchrun() else "single", cfg.trainer.device)
     try:
-        return _predict_all(cfg, files, models, stored, in_channels, dist)
+        return _predict_all(cfg, files, models, configs[0], input_specs(configs), dist)
     finally:
         distributed.cleanup()
 
 
 def _predict_all(
-    cfg: DictConfig, files: list[Path], models: list[nn.Module], stored: DictConfig, in_channels: int, dist: Any
+    cfg: DictConfig, files: list[Path], models: list[nn.Module], stored: DictConfig, inputs: list[Any], dist: Any
 ) -> list[Path]:
+    in_channels = int(stored.data.in_channels)
     runtime = make_runtime(dist.device, cfg.trainer.precision, cfg.trainer.channels_last, deterministic=False)
     predictor = TiledPredictor(
         models,
@@ -177,6 +206,7 @@ def _predict_all(
         channels_last=runtime.channels_last,
         autocast_dtype=runtime.autocast_dtype,
         fold_bn=bool(cfg.fold_bn),
+        split_inputs=len(inputs) > 1,
     )
     out = Path(cfg.output).expanduser()
     to_zarr = out.name.lower().endswith(".zarr")
@@ -185,6 +215,7 @@ def _predict_all(
             f"output={out} is one Zarr store but input={cfg.input} holds {len(files)} images; "
             "pass output=FOLDER (each Zarr/HDF5 input gets FOLDER/<name>.zarr)."
         )
+    check_output_names(files, out, to_zarr)
     classes = int(stored.data.num_classes)
     classes = 1 if classes <= 2 else classes
     method = resolve_method(str(cfg.instance_method), stored.data) if cfg.instances else None
@@ -205,10 +236,10 @@ def _predict_all(
             for path, volume in volumes:
                 if to_zarr or is_chunked_input(path):
                     store = out if to_zarr else out / f"{path.name.split('.')[0]}.zarr"
-                    written.append(predict_store(cfg, predictor, volume, store, classes, stored, method, dist))
+                    written.append(predict_store(cfg, predictor, volume, store, classes, inputs, method, dist))
                 elif (path, volume) in in_memory:
                     out.mkdir(parents=True, exist_ok=True)
-                    written += predict_in_memory(cfg, predictor, path, volume, out, method, on_tiles, stored.data)
+                    written += predict_in_memory(cfg, predictor, path, volume, out, method, on_tiles, inputs)
     finally:
         for _, volume in volumes:
             volume.close()
@@ -224,7 +255,7 @@ def predict_store(
     volume: Volume,
     store: Path,
     classes: int,
-    stored: DictConfig,
+    inputs: list[Any],
     method: str | None,
     dist: Any,
 ) -> Path:
@@ -242,7 +273,11 @@ def predict_store(
         "threshold": float(cfg.threshold),
         "instances": method,
     }
-    scaling = InputScaling.for_volume(volume, stored.data)
+    scalings = [PlaneScaling(volume, data) for data in inputs]
+
+    def scaling(raw: np.ndarray, z: int) -> torch.Tensor:
+        return scalings[0](z)(raw) if len(scalings) == 1 else torch.cat([s(z)(raw) for s in scalings])
+
     result = predict_to_zarr(
         predictor,
         volume,
@@ -268,22 +303,25 @@ def predict_in_memory(
     out: Path,
     method: str | None,
     on_tiles: Any,
-    stored_data: DictConfig,
+    inputs: list[Any],
 ) -> list[Path]:
     """An image or a TIFF stack with whole-plane outputs: TIFF probabilities, PNG/TIFF masks (and labels).
 
     Each plane is normalised on its own, as training normalised each image (``per: image`` statistics
-    of that plane); :class:`InputScaling` serves the chunked path, where no plane is read whole.
+    of that plane), as the chunked path does (:class:`~unet_train.inference.sources.PlaneScaling`).
     """
-    in_channels, normalize = int(stored_data.in_channels), stored_data.get("normalize")
+    in_channels = int(inputs[0].in_channels)
+
+    def model_input(raw: np.ndarray) -> torch.Tensor:  # one input per normalisation (see input_specs)
+        parts = [to_input(raw, in_channels, path.name, data.get("normalize")) for data in inputs]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
     _, height, width, _ = volume.shape
     threshold = float(cfg.threshold)
 
     def planes() -> Any:
         for z in range(volume.depth):
-            prob = predictor.predict(
-                to_input(volume.read(z, 0, height, 0, width), in_channels, path.name, normalize), on_tiles=on_tiles
-            )
+            prob = predictor.predict(model_input(volume.read(z, 0, height, 0, width)), on_tiles=on_tiles)
             labels = instance_labels(prob.numpy(), method, threshold, int(cfg.min_distance)) if method else None
             yield prob, labels
 

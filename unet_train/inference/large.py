@@ -16,7 +16,7 @@ from typing import Any
 
 from unet_train.engine.distributed import Distributed
 from unet_train.inference.chunked import ChunkedPredictor
-from unet_train.inference.sources import InputScaling, Volume
+from unet_train.inference.sources import Volume
 from unet_train.inference.tiling import TiledPredictor
 from unet_train.inference.zarr_output import ZarrPrediction
 
@@ -68,7 +68,7 @@ def format_seconds(seconds: float) -> str:
 def predict_to_zarr(
     predictor: TiledPredictor,
     volume: Volume,
-    scaling: InputScaling,
+    scaling: Callable[[Any, int], Any],
     path: Path,
     classes: int,
     chunk: int,
@@ -78,7 +78,11 @@ def predict_to_zarr(
     dist: Distributed,
     on_chunk: Callable[[], None] | None = None,
 ) -> ZarrPrediction:
-    """Predict ``volume`` into the store at ``path`` (created by rank 0, or resumed); returns the store."""
+    """Predict ``volume`` into the store at ``path`` (created by rank 0, or resumed); returns the store.
+
+    ``scaling(raw, z)`` turns raw pixels ``(h, w, C)`` of plane ``z`` into the model input (that plane's
+    :class:`InputScaling`, or several concatenated for an ensemble of models normalised differently).
+    """
     if dist.is_main:
         ZarrPrediction.create(path, volume, classes, chunk, prob_dtype, settings)
     dist.barrier()
@@ -99,7 +103,7 @@ def predict_to_zarr(
     for z, block in mine:
 
         def read(y0: int, y1: int, x0: int, x1: int, z: int = z) -> Any:
-            return scaling(volume.read(z, y0, y1, x0, x1))
+            return scaling(volume.read(z, y0, y1, x0, x1), z)
 
         def write(c: tuple[int, int], prob: Any, z: int = z) -> None:
             store.write_chunk(z, c, planner.grid.bounds(c), prob)

@@ -260,22 +260,25 @@ class InputScaling:
 
     Training normalises each image by ``data.normalize`` (:mod:`unet_train.data.normalize`). A chunked
     volume is read window by window, never whole, so a scheme with per-image statistics (``percentile``
-    or ``zscore`` with ``per: image``) takes them once for the whole volume from :func:`sample_pixels`:
-    exact for a plane that fits ``max_pixels``, estimated on a regular subsample of larger ones (and over
-    up to 8 planes of a stack). Grey and RGB inputs convert into each other as in training.
+    or ``zscore`` with ``per: image``) takes them once per plane (``z``, see :class:`PlaneScaling`) from
+    :func:`sample_pixels`: exact for a plane that fits ``max_pixels``, estimated on a regular subsample of
+    larger ones. Grey and RGB inputs convert into each other as in training.
     """
 
     spec: dict[str, Any]
     in_channels: int
 
     @classmethod
-    def for_volume(cls, volume: Volume, stored_data: Any = None, max_pixels: int = 4_000_000) -> InputScaling:
-        """The scaling for ``volume``; ``stored_data`` is the checkpoint's data config (None: uint8 / 255)."""
+    def for_volume(
+        cls, volume: Volume, stored_data: Any = None, max_pixels: int = 4_000_000, z: int | None = None
+    ) -> InputScaling:
+        """The scaling for ``volume`` (or its plane ``z``: per-image statistics of that plane alone);
+        ``stored_data`` is the checkpoint's data config (None: uint8 / 255)."""
         normalize = None if stored_data is None else stored_data.get("normalize")
         spec = resolve_spec(normalize)
         in_channels = volume.shape[3] if stored_data is None else int(stored_data.in_channels)
         if spec["scheme"] in ("percentile", "zscore") and spec["per"] == "image":
-            pixels = sample_pixels(volume, max_pixels)  # (N, C) in the volume's channels
+            pixels = sample_pixels(volume, max_pixels, None if z is None else [z])  # (N, C), the volume's channels
             pixels = match_channels(pixels[:, None, :], in_channels, volume.name).reshape(-1, in_channels)
             pixels = pixels.astype(np.float64)
             if spec["scheme"] == "percentile":
@@ -293,11 +296,12 @@ class InputScaling:
         return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
 
 
-def sample_pixels(volume: Volume, max_pixels: int) -> np.ndarray:
+def sample_pixels(volume: Volume, max_pixels: int, planes: list[int] | None = None) -> np.ndarray:
     """Pixels ``(N, C)`` of a volume: all of each plane with at most ``max_pixels``, else a regular grid of
-    64x64 windows (up to ``max_pixels`` per plane); on up to 8 planes spread over the stack."""
+    64x64 windows (up to ``max_pixels`` per plane); on ``planes`` (None: up to 8 spread over the stack)."""
     _, height, width, _ = volume.shape
-    planes = np.unique(np.linspace(0, volume.depth - 1, min(volume.depth, 8)).round().astype(int))
+    if planes is None:
+        planes = np.unique(np.linspace(0, volume.depth - 1, min(volume.depth, 8)).round().astype(int)).tolist()
     samples = []
     for z in planes:
         if height * width <= max_pixels:
@@ -312,6 +316,20 @@ def sample_pixels(volume: Volume, max_pixels: int) -> np.ndarray:
                 raise DataError(f"{volume.name} has NaN or infinite pixels; fix the file first.")
             samples.append(window.reshape(-1, window.shape[-1]))
     return np.concatenate(samples)
+
+
+class PlaneScaling:
+    """The :class:`InputScaling` of each z plane: a stack's planes are normalised each on its own, as training
+    (and the in-memory path) normalises each image by its own ``per: image`` statistics. Caches the last plane."""
+
+    def __init__(self, volume: Volume, stored_data: Any = None, max_pixels: int = 4_000_000) -> None:
+        self.volume, self.stored_data, self.max_pixels = volume, stored_data, max_pixels
+        self._last: tuple[int, InputScaling] | None = None
+
+    def __call__(self, z: int) -> InputScaling:
+        if self._last is None or self._last[0] != z:
+            self._last = (z, InputScaling.for_volume(self.volume, self.stored_data, self.max_pixels, z=z))
+        return self._last[1]
 
 
 def ngff_axes(volume_has_z: bool, channels: bool, units: dict[str, str]) -> list[dict[str, str]]:

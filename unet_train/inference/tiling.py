@@ -107,6 +107,8 @@ class TiledPredictor:
         autocast_dtype: mixed precision for the forward passes (None: float32).
         fold_bn: fold batch norms into the preceding convolutions (faster, same results).
         sigma_scale: Gaussian sigma as a fraction of the tile side.
+        split_inputs: the input holds one model input after another along the channels (an
+            ensemble of models normalised differently); model ``i`` gets the ``i``-th part.
     """
 
     def __init__(
@@ -122,6 +124,7 @@ class TiledPredictor:
         autocast_dtype: torch.dtype | None = None,
         fold_bn: bool = True,
         sigma_scale: float = 0.125,
+        split_inputs: bool = False,
     ) -> None:
         if tile_size < 1 or not 0 <= overlap < 1 or batch_size < 1:
             raise ConfigError(
@@ -147,6 +150,7 @@ class TiledPredictor:
         self.tta = tta
         self.autocast_dtype = autocast_dtype
         self.sigma_scale = sigma_scale
+        self.split_inputs = split_inputs
         self._weights: dict[tuple[int, int], torch.Tensor] = {}
 
     def _prepare(self, model: nn.Module, fold_bn: bool) -> nn.Module:
@@ -190,15 +194,16 @@ class TiledPredictor:
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         total: torch.Tensor | None = None
+        parts = batch.chunk(len(self.models), dim=1) if self.split_inputs else [batch] * len(self.models)
         with torch.inference_mode():
-            for model in self.models:
+            for model, inputs in zip(self.models, parts):
                 precision = (
                     torch.autocast(self.device.type, dtype=self.autocast_dtype)
                     if self.autocast_dtype is not None
                     else contextlib.nullcontext()
                 )
                 with precision:
-                    prob = predict_probabilities(model, batch, self.tta).float()
+                    prob = predict_probabilities(model, inputs, self.tta).float()
                 total = prob if total is None else total.add_(prob)
             assert total is not None
             if len(self.models) > 1:
