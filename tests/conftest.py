@@ -42,3 +42,8 @@ def isbi_root() -> Path:
     if not (ISBI_ROOT / "train-volume.tif").is_file():
         pytest.skip(f"ISBI 2012 data not found in {ISBI_ROOT} (set UNET_TRAIN_ISBI_ROOT)")
     return ISBI_ROOT
+
+
+def progress(state: dict) -> dict:
+    """A checkpoint's ``state`` without ``elapsed``: the run's wall-clock training time, which no rerun repeats."""
+    return {key: value for key, value in state.items() if key != "elapsed"}

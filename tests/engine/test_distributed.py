@@ -31,7 +31,7 @@ from unet_train.engine.evaluate import evaluate
 from unet_train.engine.runtime import make_runtime
 from unet_train.errors import ConfigError
 
-from ..conftest import TINY, compose_config
+from ..conftest import TINY, compose_config, progress
 
 BIN = Path(sys.executable).parent
 # TINY with DDP on CPU processes instead of the smoke trainer.
@@ -370,7 +370,7 @@ def test_ddp_run_stopped_by_sigterm_mid_epoch_resumes_to_the_uninterrupted_weigh
     ref_run = next((reference / "outputs").glob("*/*"))
     resumed = load_checkpoint(last, trust=True)
     uninterrupted = load_checkpoint(ref_run / "checkpoints" / "last.pt", trust=True)
-    assert resumed["state"] == uninterrupted["state"]
+    assert progress(resumed["state"]) == progress(uninterrupted["state"])
     difference = max_abs_diff(resumed["model"], uninterrupted["model"])
     print(f"DDP resume: max abs weight difference {difference:.3g}")
     assert difference <= 1e-6
