@@ -15,7 +15,7 @@ from PIL import Image
 
 from tests.conftest import compose_config
 from unet_train.errors import ConfigError
-from unet_train.plan.planner import apply_plan, load_plan, make_plan, parse_budget
+from unet_train.plan.planner import apply_plan, fingerprint_path, load_plan, make_plan, parse_budget
 from unet_train.trust import UntrustedConfigError
 
 BIN = Path(sys.executable).parent
@@ -42,6 +42,13 @@ def test_parse_budget():
     assert [parse_budget(v) for v in (600, "90s", "10m", "1.5h")] == [600.0, 90.0, 600.0, 5400.0]
     with pytest.raises(ConfigError, match=r"budget='ten' must be a positive time such as 600, 90s, 10m or 1.5h\."):
         parse_budget("ten")
+
+
+def test_fingerprint_goes_beside_a_plan_of_ones_own(tmp_path):
+    # The default layout keeps unet_plan/fingerprint.json; a path of one's own never writes into its grandparent.
+    default = tmp_path / "unet_plan" / "experiment" / "plan.yaml"
+    assert fingerprint_path(default) == tmp_path / "unet_plan" / "fingerprint.json"
+    assert fingerprint_path(tmp_path / "plans" / "mine.yaml") == tmp_path / "plans" / "mine.fingerprint.json"
 
 
 def test_unet_plan_writes_fingerprint_and_a_loadable_plan(folder):

@@ -3,7 +3,7 @@
 Examples::
 
     unet-plan data=folder data.root=my_data   # writes my_data/unet_plan/{fingerprint.json,experiment/plan.yaml}
-    unet-plan data=folder data.root=my_data budget=30m output=plans/mine.yaml
+    unet-plan data=folder data.root=my_data budget=30m output=plans/mine.yaml   # + plans/mine.fingerprint.json
     unet-train data=folder data.root=my_data +plan=my_data/unet_plan/experiment/plan.yaml
 """
 
@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from unet_train.cli import exit_on_user_error, run_dir
 from unet_train.config import config_dir
-from unet_train.plan.planner import default_plan_path, make_plan, parse_budget
+from unet_train.plan.planner import default_plan_path, fingerprint_path, make_plan, parse_budget
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def plan(cfg: DictConfig) -> Path:
     fingerprint = make_plan(cfg.data, budget, cfg.device, output, measure=cfg.measure)
     summary = {k: v for k, v in fingerprint.items() if k != "foreground_share_per_image"}
     sys.stdout.write(json.dumps(summary, indent=2) + "\n\n" + output.read_text())
-    log.info("Fingerprint: %s", output.parent.parent / "fingerprint.json")
+    log.info("Fingerprint: %s", fingerprint_path(output))
     log.info("Plan: %s  (train with: unet-train ... +plan=%s)", output, output)
     return output
 

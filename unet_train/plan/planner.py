@@ -41,6 +41,14 @@ def default_plan_path(data_cfg: DictConfig, run_dir: Path) -> Path:
     return base / "experiment" / "plan.yaml"
 
 
+def fingerprint_path(plan: Path) -> Path:
+    """Where the fingerprint of ``plan`` goes: ``unet_plan/fingerprint.json`` for the default
+    ``unet_plan/experiment/plan.yaml``, else beside the plan (``mine.yaml`` -> ``mine.fingerprint.json``)."""
+    if plan.parent.name == "experiment":
+        return plan.parent.parent / "fingerprint.json"
+    return plan.with_name(f"{plan.stem}.fingerprint.json")
+
+
 def data_keys(data_cfg: DictConfig) -> set[str]:
     """The keyword arguments the data config's class takes (its own and its base classes')."""
     cls = get_class(data_cfg._target_)
@@ -80,7 +88,7 @@ def make_plan(data_cfg: DictConfig, budget_s: float, device_name: str, output: P
     ]
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(plan_yaml(choices, header, unsupported))
-    (output.parent.parent / "fingerprint.json").write_text(json.dumps(fingerprint, indent=2) + "\n")
+    fingerprint_path(output).write_text(json.dumps(fingerprint, indent=2) + "\n")
     for key in sorted(unsupported):
         log.warning("%s is planned but not a key of %s in this version: written commented out", key, data_cfg._target_)
     return fingerprint
