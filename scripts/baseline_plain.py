@@ -3,8 +3,9 @@
 A seed-style UNet (width 16, depth 4, batch norm), BCE + soft Dice (cross-entropy + Dice for more
 classes), Adam with a cosine over the time budget, random 256 px crops with flips and 90-degree
 rotations, images read with per-image 1-99.8 percentile scaling (grey repeated to 3 channels).
-Scores ``<root>/test`` (Dice and IoU per foreground class, pooled over the test images, averaged
-over the classes) and prints one JSON line.
+Scores ``<root>/test`` as unet-eval does (Dice and IoU per image and foreground class, a class absent
+from both scoring 1, averaged over the classes and then the images; also Dice pooled over the
+images) and prints one JSON line.
 
     python scripts/baseline_plain.py --root /work/shared/data/usgra-seg --budget 180
 """
@@ -118,22 +119,22 @@ def main() -> None:
         steps += 1
     train_s = time.monotonic() - start
     model.eval()
-    inter = np.zeros(classes)
-    union = np.zeros(classes)
-    total = np.zeros(classes)
+    inter, union, total = (np.zeros((0, classes - 1)) for _ in range(3))
     with torch.no_grad():
-        for image, mask in zip(*load(args.root / "test")):
+        for image, truth in zip(*load(args.root / "test")):
             logits = model(torch.from_numpy(image)[None])
-            pred = (logits[0, 0] > 0).long() if classes == 2 else logits[0].argmax(0)
-            pred, truth = pred.numpy(), mask
-            for c in range(1, classes):
-                inter[c] += np.sum((pred == c) & (truth == c))
-                union[c] += np.sum((pred == c) | (truth == c))
-                total[c] += np.sum(pred == c) + np.sum(truth == c)
-    dice = float(np.mean(2 * inter[1:] / np.maximum(total[1:], 1)))
-    iou = float(np.mean(inter[1:] / np.maximum(union[1:], 1)))
+            pred = ((logits[0, 0] > 0).long() if classes == 2 else logits[0].argmax(0)).numpy()
+            p, t = (np.stack([a == c for c in range(1, classes)]).reshape(classes - 1, -1) for a in (pred, truth))
+            inter = np.vstack([inter, (p & t).sum(1)])
+            union = np.vstack([union, (p | t).sum(1)])
+            total = np.vstack([total, p.sum(1) + t.sum(1)])
+    # As unet-eval reports them: per image (a class absent from both scores 1), mean over classes, then over images.
+    dice = float(np.mean(np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)))
+    iou = float(np.mean(np.where(union > 0, inter / np.maximum(union, 1), 1.0)))
+    pooled = float(np.mean(2 * inter.sum(0) / np.maximum(total.sum(0), 1)))
     print(json.dumps({"method": "baseline_plain", "steps": steps, "train_s": round(train_s, 1),
-                      "test/dice": round(dice, 4), "test/iou": round(iou, 4)}))  # fmt: skip
+                      "test/dice": round(dice, 4), "test/iou": round(iou, 4),
+                      "test/dice_pooled": round(pooled, 4)}))  # fmt: skip
 
 
 if __name__ == "__main__":

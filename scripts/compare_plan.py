@@ -65,7 +65,9 @@ def main() -> None:
     )
     baseline = json.loads(stdout.strip().splitlines()[-1])
     rows.append({**baseline, "wall_s": round(time.monotonic() - start, 1)})
-    print(f"{args.root.name}, budget {args.budget:g} s, load average {os.getloadavg()[0]:.1f}\n")
+    (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+    print(f"{args.root.name}, budget {args.budget:g} s, load average {os.getloadavg()[0]:.1f}, "
+          f"{os.environ.get('OMP_NUM_THREADS', 'all')} threads\n")  # fmt: skip
     print("| method | steps | wall s | test Dice | test IoU |\n|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['method']} | {row['steps']} | {row['wall_s']} | {row['test/dice']} | {row['test/iou']} |")
