@@ -185,12 +185,28 @@ def test_resume_after_a_kill_gives_identical_output(tiny_ckpt, image, tmp_path, 
     assert "holds a prediction made with tile_size=64, not 32" in caplog.text
 
 
+def two_plane_input(image: np.ndarray, path: Path) -> Path:
+    """A (2, y, x) stack: one block per plane, so two ranks get one plane each (rank r takes pairs r, r + 2, ...)."""
+    stack = np.stack([image, image[::-1, ::-1]])
+    zarr.create_array(str(path), shape=stack.shape, chunks=(1, 64, 64), dtype="uint8")[...] = stack
+    return path
+
+
+def assert_same_stores(one: Path, two: Path) -> None:
+    a, b = zarr.open_group(str(one), mode="r"), zarr.open_group(str(two), mode="r")
+    for key in ("0", "labels/mask/0", "labels/instances/0"):
+        assert np.array_equal(a[key][...], b[key][...]), key
+    labels = a["labels/instances/0"][...]
+    assert labels[0].max() > 1 and labels[1].min() == 0 and labels[1].max() > labels[0].max()  # numbered over z
+
+
 @pytest.mark.slow
-def test_two_gloo_processes_equal_one(tiny_ckpt, image, tmp_path):
-    source = tmp_path / "in.zarr"
-    zarr.create_array(str(source), shape=SHAPE, chunks=(64, 64), dtype="uint8")[...] = image
+def test_two_gloo_processes_equal_one(tiny_ckpt, image, tmp_path, caplog):
+    source = two_plane_input(image, tmp_path / "in.zarr")
     args = [f"ckpt={tiny_ckpt}", f"input={source}", *SETTINGS, "instances=true", "instance_method=components"]
-    predict(tiny_ckpt, source, tmp_path / "one.zarr", *args[2:])
+    with caplog.at_level(logging.INFO, logger="unet_train.inference.large"):
+        predict(tiny_ckpt, source, tmp_path / "one.zarr", *args[2:])
+    (alone,) = {int(n) for n in re.findall(r"predict: \d+/(\d+) tiles", caplog.text)}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29731"]
     result = subprocess.run(
@@ -202,11 +218,33 @@ def test_two_gloo_processes_equal_one(tiny_ckpt, image, tmp_path):
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    one = zarr.open_group(str(tmp_path / "one.zarr"), mode="r")
-    two = zarr.open_group(str(tmp_path / "two.zarr"), mode="r")
-    for key in ("0", "labels/mask/0", "labels/instances/0"):
-        assert np.array_equal(one[key][...], two[key][...]), key
-    assert one["labels/instances/0"][...].max() > 1
+    # Rank 0 computed its own plane, half the tiles of one process (rank 1 logs warnings only), and the
+    # store equals one process's.
+    assert {int(n) for n in re.findall(r"rank 0: \d+/(\d+) tiles", result.stderr)} == {alone // 2}, result.stderr
+    assert_same_stores(tmp_path / "one.zarr", tmp_path / "two.zarr")
+
+
+@pytest.mark.slow
+def test_slurm_launcher_tasks_share_the_work_like_torchrun(tiny_ckpt, image, tmp_path, caplog):
+    """hydra/launcher=slurm with tasks_per_node=2, run by submitit's local executor (the same code path)."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    source = two_plane_input(image, tmp_path / "in.zarr")
+    extra = [*SETTINGS, "instances=true", "instance_method=components"]
+    with caplog.at_level(logging.INFO, logger="unet_train.inference.large"):
+        predict(tiny_ckpt, source, tmp_path / "one.zarr", *extra)
+    (alone,) = {int(n) for n in re.findall(r"predict: \d+/(\d+) tiles", caplog.text)}
+    launcher = ["hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2", "hydra.launcher.timeout_min=5"]
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "unet-predict"), "-m", *launcher, f"ckpt={tiny_ckpt}", f"input={source}",
+         f"output={tmp_path / 'two.zarr'}", *extra, f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    logs = "".join(p.read_text() for p in (tmp_path / "sweep").rglob("*_log.err"))
+    assert "submitit task 0 of 2" in logs and "submitit task 1 of 2" in logs, logs[-3000:]
+    # Task 0 computed one of the two planes (task 1, a non-main rank, logs warnings only).
+    assert {int(n) for n in re.findall(r"rank 0: \d+/(\d+) tiles", logs)} == {alone // 2}, logs[-3000:]
+    assert_same_stores(tmp_path / "one.zarr", tmp_path / "two.zarr")
 
 
 def test_chunked_components_equal_whole_image_components(tmp_path):

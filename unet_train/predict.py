@@ -183,6 +183,7 @@ def run_predict(cfg: DictConfig) -> list[Path]:
     """Predict every input of ``cfg.input`` into ``cfg.output``; returns the files written (by this rank)."""
     files = find_inputs(cfg.input)
     models, configs = load_models(cfg.ckpt, trust=cfg.get("trust_config", False))
+    distributed.export_submitit_tasks()  # hydra/launcher=slurm with several tasks: one rank per task
     dist = distributed.setup("ddp" if distributed.launched_by_torchrun() else "single", cfg.trainer.device)
     try:
         return _predict_all(cfg, files, models, configs[0], input_specs(configs), dist)

@@ -42,6 +42,32 @@ def launched_by_torchrun() -> bool:
     return all(name in os.environ for name in TORCHRUN_VARS)
 
 
+def export_submitit_tasks() -> bool:
+    """In a submitit job of several tasks, set torchrun's variables from it; True if it did.
+
+    ``hydra/launcher=slurm hydra.launcher.tasks_per_node=N`` (or ``nodes=M``) starts the same job
+    in every task of one SLURM allocation; submitit knows each task's global and local rank and
+    the first node's host name, so they become ``RANK``/``LOCAL_RANK``/``WORLD_SIZE``/
+    ``MASTER_ADDR``/``MASTER_PORT`` and the job proceeds as under torchrun. ``CUDA_VISIBLE_DEVICES``
+    is left alone (a rank uses ``cuda:LOCAL_RANK``). Outside such a job, or with one task, nothing
+    changes.
+    """
+    if launched_by_torchrun():
+        return False
+    try:
+        import submitit
+        from submitit.helpers import TorchDistributedEnvironment
+
+        if submitit.JobEnvironment().num_tasks <= 1:
+            return False
+    except (ImportError, RuntimeError):  # no submitit, or not in a submitit job
+        return False
+    env = TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    log.info("submitit task %d of %d: distributed over %s:%d", env.rank, env.world_size, env.master_addr,
+             env.master_port)  # fmt: skip
+    return True
+
+
 def worker_hydra_overrides() -> list[str]:
     """Hydra overrides that keep ranks other than 0 from creating a run folder.
 
