@@ -118,10 +118,11 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
         pred_dir.mkdir(parents=True, exist_ok=True)
 
     writer = SummaryWriter(str(out / "tensorboard"))
-    # The positive class is the cell border unless the data says its foreground is the cell (ISBI).
+    # The positive class is the border of the V-Rand segments only for membranes (ISBI's default,
+    # data.foreground=membrane of a folder, the synthetic membranes); objects and cells are the segments.
     report = EvalReport(
         data.num_classes,
-        boundary_positive=getattr(data, "foreground", "membrane") != "cell",
+        boundary_positive=getattr(data, "foreground", "membrane") == "membrane",
         overlay_dir=out / "overlays" if cfg.save_predictions else None,
         writer=writer,
     )

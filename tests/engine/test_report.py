@@ -57,6 +57,33 @@ def test_cell_foreground_flips_the_border_class():
     assert report.finish(EvalResult(metrics={}, per_image=[{"name": "a"}]))["vrand"] == 1.0
 
 
+def test_object_foreground_scores_the_objects_as_segments():
+    # Two nuclei (columns 1-2 and 6-7): found apart, V-Rand 1; merged by the prediction into one blob, below 1.
+    truth = torch.zeros(2, 5, 9, dtype=torch.long)
+    truth[:, :, 1:3] = 1
+    truth[:, :, 6:8] = 1
+    logits = torch.full((2, 1, 5, 9), -5.0)
+    logits[0, 0][truth[0] == 1] = 5.0
+    logits[1, 0, :, 1:8] = 5.0
+    report = EvalReport(num_classes=2, boundary_positive=False)
+    report.on_batch({"image": torch.rand(2, 1, 5, 9), "mask": truth, "name": ["apart", "merged"]}, logits)
+    result = EvalResult(metrics={}, per_image=[{"name": "apart"}, {"name": "merged"}])
+    report.finish(result)
+    assert result.per_image[0]["vrand"] == 1.0 and result.per_image[1]["vrand"] < 0.75
+
+
+def test_folder_data_says_what_its_positive_class_is(tmp_path):
+    from unet_train.data import ImageFolder
+    from unet_train.errors import ConfigError
+
+    from ..conftest import compose_config
+
+    assert compose_config(["data=folder", "data.root=x"]).data.foreground == "object"
+    assert ImageFolder(root=str(tmp_path), foreground="membrane").foreground == "membrane"
+    with pytest.raises(ConfigError, match=r"data.foreground='cell' must be object \(the positive class"):
+        ImageFolder(root=str(tmp_path), foreground="cell")
+
+
 def test_multiclass_problems_get_no_challenge_metrics():
     report = EvalReport(num_classes=3)
     batch = {"image": torch.rand(1, 1, 4, 4), "mask": torch.zeros(1, 4, 4, dtype=torch.long), "name": ["a"]}

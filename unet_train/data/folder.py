@@ -106,6 +106,9 @@ def _files(folder: Path) -> dict[str, Path]:
     return by_stem
 
 
+FOREGROUNDS = ("object", "membrane")
+
+
 class ImageFolder(SegmentationData):
     """Images and masks in ``root/images`` and ``root/masks`` with matching stems.
 
@@ -127,6 +130,10 @@ class ImageFolder(SegmentationData):
         images_dir, masks_dir: sub-folder names.
         ignore_index: mask value of unlabelled pixels (not a class), or None.
         valid_dir: sub-folder of valid-pixel masks (used when it exists).
+        foreground: what the positive class of a binary problem is, for the V-Rand/V-Info
+            segments and ``unet-predict instances=true instance_method=auto``: ``object`` (cells,
+            nuclei, vessels: the segments are its connected components) or ``membrane`` (the
+            border between cells, as in ISBI 2012: the segments are what it encloses).
         **kwargs: loader and transform settings of :class:`SegmentationData`.
     """
 
@@ -139,9 +146,16 @@ class ImageFolder(SegmentationData):
         masks_dir: str = "masks",
         ignore_index: int | None = None,
         valid_dir: str = "valid",
+        foreground: str = "object",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if foreground not in FOREGROUNDS:
+            raise ConfigError(
+                f"data.foreground={foreground!r} must be object (the positive class is the thing segmented: cells, "
+                "nuclei, vessels) or membrane (it is the border between cells, as in ISBI 2012)."
+            )
+        self.foreground = foreground
         if not 0.0 <= val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction={val_fraction} must be in [0, 1).")
         self.ignore_index, self.valid_dir = ignore_index, valid_dir

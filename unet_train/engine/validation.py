@@ -85,7 +85,7 @@ def validate(
     wanted = cfg.trainer.num_image_panels
     extras = None
     if cfg.monitor.removeprefix("val/") in CHALLENGE_KEYS:
-        extras = EvalReport(num_classes, boundary_positive=cfg.data.get("foreground", "membrane") != "cell")
+        extras = EvalReport(num_classes, boundary_positive=cfg.data.get("foreground", "membrane") == "membrane")
 
     def collect(batch: dict[str, Any], logits: torch.Tensor) -> None:
         for i in range(len(batch["name"])):
