@@ -7,15 +7,23 @@ runs in a fresh subprocess, which reports its own peak RSS (``VmHWM``) and wall 
 ``--whole`` for the in-memory path (TIFF in, TIFF out) on the sizes given there, for comparison.
 
     python scripts/benchmark_large.py --sizes 2048 8192 32768 --whole 2048 8192 --out large.json
+
+``--resume-check N`` (one of ``--sizes``) keeps that size's one-process store, then predicts the
+same input again with ``torchrun --nproc_per_node=2`` (gloo, one thread per rank), kills the whole
+process group with SIGKILL after ``--kill-after`` seconds, starts the same command again (it
+resumes from the store's ``done`` marks) and compares the two stores array by array, a band of
+chunks at a time.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -130,6 +138,85 @@ def measure(args: list[str], work: Path, blocks: int | None = None) -> dict:
     return json.loads(report.read_text())
 
 
+def same_arrays(a_path: Path, b_path: Path) -> dict[str, bool]:
+    """Array-by-array equality of two prediction stores, read in bands of 4096 rows (bounded memory)."""
+    import zarr
+
+    a, b = zarr.open_group(str(a_path), mode="r"), zarr.open_group(str(b_path), mode="r")
+    out = {}
+    for key in ("0", "labels/mask/0", "done"):
+        x, y = a[key], b[key]
+        same = x.shape == y.shape and x.dtype == y.dtype
+        band = 4096 if key != "done" else max(x.shape[0], 1)
+        for start in range(0, x.shape[0], band):
+            same = same and bool(np.array_equal(x[start : start + band], y[start : start + band]))
+        out[key] = same
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (children, grandchildren, ...), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def state_of(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
+
+
+def resume_check(args: list[str], one: Path, work: Path, kill_after: float) -> dict:
+    """Two gloo ranks, SIGKILLed after ``kill_after`` s, then restarted; their store against ``one``."""
+    import zarr
+
+    out = work / "two_ranks.zarr"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29761",
+           "-m", "unet_train.predict", *args, f"output={out}"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    first = subprocess.Popen(cmd, cwd=work, env=env)
+    try:
+        first.wait(timeout=kill_after)
+        raise SystemExit(f"the two-rank run ended before the kill at {kill_after:g} s; raise --kill-after")
+    except subprocess.TimeoutExpired:
+        # torchrun starts its workers in sessions of their own: kill them all by ancestry, at once.
+        victims = [first.pid, *descendants(first.pid)]
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        first.wait()
+        time.sleep(1.0)
+        alive = [pid for pid in victims if Path(f"/proc/{pid}").exists() and "Z" not in state_of(pid)]
+        if alive:
+            raise SystemExit(f"processes {alive} survived the kill") from None
+    done = zarr.open_group(str(out), mode="r")["done"][...]
+    killed_at = {"processes_killed": len(victims), "chunks_done_at_kill": int(done.sum()), "chunks": int(done.size)}
+    resumed = time.perf_counter()
+    subprocess.run(cmd, cwd=work, env=env, check=True)
+    end = time.perf_counter()
+    return {
+        "path": "2 gloo ranks, killed and resumed",
+        "killed_after_s": kill_after,
+        **killed_at,
+        "resumed_run_s": round(end - resumed, 1),
+        "total_s": round(end - start, 1),
+        "equal_to_one_process": same_arrays(one, out),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="*", default=[2048, 8192])
@@ -143,6 +230,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--partial", type=int, nargs="*", default=[], help="sizes of which only --blocks are computed")
     parser.add_argument("--blocks", type=int, default=2, help="blocks of chunks computed for the --partial sizes")
+    parser.add_argument("--resume-check", type=int, default=None, help="a size of --sizes: 2 ranks, kill, resume")
+    parser.add_argument("--kill-after", type=float, default=120.0, help="seconds before the two-rank run is killed")
     parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
     opts = parser.parse_args()
@@ -170,6 +259,12 @@ def main() -> None:
             row.update(path="zarr", size=size, blocks_computed=blocks or "all")
             print(json.dumps(row), flush=True)
             results.append(row)
+            if size == opts.resume_check and blocks is None:
+                check = resume_check([a for a in args if not a.startswith("output=")], out, work, opts.kill_after)
+                check.update(size=size)
+                print(json.dumps(check), flush=True)
+                results.append(check)
+                shutil.rmtree(work / "two_ranks.zarr")
             shutil.rmtree(source)
             shutil.rmtree(out)
         for size in opts.whole:

@@ -39,7 +39,7 @@ def train_and_score(name: str, out: Path, overrides: list[str]) -> dict:
     (scored,) = folder.glob("outputs/eval/*/*/metrics.json")
     test = json.loads(scored.read_text())
     return {"method": name, "steps": trained["steps"], "wall_s": round(wall, 1),
-            "test/dice": test.get("test/dice"), "test/iou": test.get("test/iou")}  # fmt: skip
+            "test/dice": round(test["test/dice"], 4), "test/iou": round(test["test/iou"], 4)}  # fmt: skip
 
 
 def main() -> None:
