@@ -32,7 +32,7 @@ def measure_device(
     from unet_train.models import UNet
 
     kind = "cuda" if device.type == "cuda" else "cpu"
-    name = torch.cuda.get_device_name(device) if kind == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    name = torch.cuda.get_device_name(device) if kind == "cuda" else cpu_name(torch.get_num_threads())
     out_channels = 1 if num_classes <= 2 else num_classes
     images = torch.rand(batch, in_channels, patch, patch, device=device)
     target = torch.randint(0, max(2, num_classes), (batch, patch, patch), device=device)
@@ -58,3 +58,7 @@ def measure_device(
         if budget_s is not None and timed[width] * MIN_STEPS > budget_s:
             break  # a wider one would be slower still
     return DeviceFacts(kind=kind, name=name, step_seconds=timed)
+
+
+def cpu_name(threads: int) -> str:
+    return f"CPU, {threads} thread{'s' if threads != 1 else ''}"
