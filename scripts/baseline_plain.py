@@ -97,6 +97,20 @@ def crops(images: list, masks: list, rng: np.random.Generator, size: int, batch:
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
 
 
+def score(preds: list[np.ndarray], truths: list[np.ndarray], classes: int) -> tuple[float, float, float]:
+    """Dice and IoU as unet-eval reports them (per image and foreground class, a class absent from both
+    scoring 1, mean over the classes, then over the images) and Dice pooled over all images."""
+    counts = []
+    for pred, truth in zip(preds, truths):
+        p, t = (np.stack([a == c for c in range(1, classes)]).reshape(classes - 1, -1) for a in (pred, truth))
+        counts.append([(p & t).sum(1), (p | t).sum(1), p.sum(1) + t.sum(1)])
+    inter, union, total = (np.array(c, dtype=float) for c in zip(*counts))  # each (images, classes - 1)
+    dice = float(np.mean(np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)))
+    iou = float(np.mean(np.where(union > 0, inter / np.maximum(union, 1), 1.0)))
+    pooled = float(np.mean(2 * inter.sum(0) / np.maximum(total.sum(0), 1)))
+    return dice, iou, pooled
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, required=True)
@@ -119,19 +133,13 @@ def main() -> None:
         steps += 1
     train_s = time.monotonic() - start
     model.eval()
-    inter, union, total = (np.zeros((0, classes - 1)) for _ in range(3))
+    preds, truths = [], []
     with torch.no_grad():
         for image, truth in zip(*load(args.root / "test")):
             logits = model(torch.from_numpy(image)[None])
-            pred = ((logits[0, 0] > 0).long() if classes == 2 else logits[0].argmax(0)).numpy()
-            p, t = (np.stack([a == c for c in range(1, classes)]).reshape(classes - 1, -1) for a in (pred, truth))
-            inter = np.vstack([inter, (p & t).sum(1)])
-            union = np.vstack([union, (p | t).sum(1)])
-            total = np.vstack([total, p.sum(1) + t.sum(1)])
-    # As unet-eval reports them: per image (a class absent from both scores 1), mean over classes, then over images.
-    dice = float(np.mean(np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)))
-    iou = float(np.mean(np.where(union > 0, inter / np.maximum(union, 1), 1.0)))
-    pooled = float(np.mean(2 * inter.sum(0) / np.maximum(total.sum(0), 1)))
+            preds.append(((logits[0, 0] > 0).long() if classes == 2 else logits[0].argmax(0)).numpy())
+            truths.append(truth)
+    dice, iou, pooled = score(preds, truths, classes)
     print(json.dumps({"method": "baseline_plain", "steps": steps, "train_s": round(train_s, 1),
                       "test/dice": round(dice, 4), "test/iou": round(iou, 4),
                       "test/dice_pooled": round(pooled, 4)}))  # fmt: skip
