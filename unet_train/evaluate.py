@@ -29,6 +29,7 @@ from torch.utils.tensorboard import SummaryWriter
 from unet_train.build import build_data, build_model
 from unet_train.cli import apply_overrides, eval_data_overrides, exit_on_user_error, hold_eval_data_overrides, run_dir
 from unet_train.config import config_dir
+from unet_train.data.foreground import boundary_positive
 from unet_train.engine.checkpoint import load_checkpoint
 from unet_train.engine.evaluate import evaluate
 from unet_train.engine.report import EvalReport
@@ -122,7 +123,7 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     # data.foreground=membrane of a folder, the synthetic membranes); objects and cells are the segments.
     report = EvalReport(
         data.num_classes,
-        boundary_positive=getattr(data, "foreground", "membrane") == "membrane",
+        boundary_positive=boundary_positive(data),
         overlay_dir=out / "overlays" if cfg.save_predictions else None,
         writer=writer,
     )

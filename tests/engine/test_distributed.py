@@ -374,3 +374,45 @@ def test_ddp_run_stopped_by_sigterm_mid_epoch_resumes_to_the_uninterrupted_weigh
     difference = max_abs_diff(resumed["model"], uninterrupted["model"])
     print(f"DDP resume: max abs weight difference {difference:.3g}")
     assert difference <= 1e-6
+
+
+def _submitit_task(monkeypatch, rank: int, tasks: int = 2) -> None:
+    """The environment submitit's local executor gives task ``rank`` of a job of ``tasks`` tasks."""
+    pytest.importorskip("submitit")
+    for name in (*distributed.TORCHRUN_VARS, "LOCAL_WORLD_SIZE"):
+        monkeypatch.setenv(name, "x")  # recorded, so what the export sets is undone after the test
+        monkeypatch.delenv(name)
+    for name, value in {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_JOB_ID": "4242", "SUBMITIT_LOCAL_NTASKS": tasks,
+                        "SUBMITIT_LOCAL_GLOBALID": rank, "SUBMITIT_LOCAL_LOCALID": rank}.items():  # fmt: skip
+        monkeypatch.setenv(name, str(value))
+
+
+def test_submitit_tasks_keep_a_master_port_and_address_of_ones_own(monkeypatch):
+    # MASTER_PORT exported in the job script (to keep two jobs on one node apart) is the port of every task;
+    # submitit's export refused it ("Cannot export environment variables as MASTER_PORT is already set").
+    _submitit_task(monkeypatch, rank=1)
+    monkeypatch.setenv("MASTER_PORT", "29877")
+    monkeypatch.setenv("MASTER_ADDR", "node7")
+    assert distributed.export_submitit_tasks()
+    assert (os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"]) == ("node7", "29877")
+    assert (os.environ["RANK"], os.environ["LOCAL_RANK"], os.environ["WORLD_SIZE"]) == ("1", "1", "2")
+    assert distributed.launched_by_torchrun()
+
+
+def test_submitit_tasks_replace_a_partial_set_of_rank_variables(monkeypatch):
+    # A stray RANK (from a parent job's environment) is not torchrun's full set: submitit's ranks win.
+    _submitit_task(monkeypatch, rank=0)
+    monkeypatch.setenv("RANK", "3")
+    assert distributed.export_submitit_tasks()
+    assert (os.environ["RANK"], os.environ["WORLD_SIZE"]) == ("0", "2")
+
+
+def test_a_one_task_submitit_job_is_left_alone(monkeypatch):
+    _submitit_task(monkeypatch, rank=0, tasks=1)
+    monkeypatch.setenv("RANK", "3")
+    assert not distributed.export_submitit_tasks()
+    assert os.environ["RANK"] == "3" and "WORLD_SIZE" not in os.environ
+
+
+def test_the_submitit_tests_leave_no_rank_variables_behind():
+    assert not distributed.launched_by_torchrun()

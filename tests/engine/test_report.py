@@ -89,3 +89,55 @@ def test_multiclass_problems_get_no_challenge_metrics():
     batch = {"image": torch.rand(1, 1, 4, 4), "mask": torch.zeros(1, 4, 4, dtype=torch.long), "name": ["a"]}
     report.on_batch(batch, torch.randn(1, 3, 4, 4))
     assert report.finish(EvalResult(metrics={}, per_image=[{"name": "a"}])) == {}
+
+
+def _without_foreground(overrides):
+    from omegaconf import open_dict
+
+    from ..conftest import compose_config
+
+    cfg = compose_config(overrides)
+    with open_dict(cfg.data):
+        cfg.data.pop("foreground", None)  # as a checkpoint written before data.foreground existed
+    return cfg
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["data=folder", "data.root=x"], "object"),  # ImageFolder's default, as unet-eval builds it
+        (["data=isbi"], "membrane"),
+        (["data=synthetic"], "membrane"),  # SyntheticMembranes: the positive class is the membrane
+    ],
+)
+def test_eval_validation_and_predict_agree_on_a_config_without_foreground(monkeypatch, overrides, expected):
+    """A checkpoint from before data.foreground: validation (on resume), unet-eval and instance_method=auto
+    decide alike, as the data class built from that config does."""
+    from hydra.utils import instantiate
+
+    from unet_train.engine import validation
+    from unet_train.inference.instances import resolve_method
+
+    cfg = _without_foreground([*overrides, "monitor=val/vrand"])
+    built = getattr(instantiate(cfg.data) if overrides[0] == "data=folder" else object(), "foreground", "membrane")
+    assert built == expected  # what unet-eval decides (it reads the built data module)
+    seen = {}
+
+    class Recorder(EvalReport):
+        def __init__(self, num_classes, boundary_positive=True, **kwargs):
+            seen["boundary_positive"] = boundary_positive
+            super().__init__(num_classes, boundary_positive=boundary_positive, **kwargs)
+
+    monkeypatch.setattr(validation, "EvalReport", Recorder)
+    monkeypatch.setattr(validation, "evaluate", lambda *a, **k: EvalResult(metrics={}, per_image=[]))
+
+    class Writer:
+        def add_scalar(self, *args):
+            pass
+
+    class State:
+        step = 0
+
+    validation.validate(cfg, None, [], None, None, 2, Writer(), State())
+    assert seen["boundary_positive"] == (expected == "membrane")
+    assert resolve_method("auto", cfg.data) == ("membrane" if expected == "membrane" else "components")

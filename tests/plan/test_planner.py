@@ -49,6 +49,10 @@ def test_fingerprint_goes_beside_a_plan_of_ones_own(tmp_path):
     default = tmp_path / "unet_plan" / "experiment" / "plan.yaml"
     assert fingerprint_path(default) == tmp_path / "unet_plan" / "fingerprint.json"
     assert fingerprint_path(tmp_path / "plans" / "mine.yaml") == tmp_path / "plans" / "mine.fingerprint.json"
+    # A plan of one's own in a folder that happens to be called experiment: still beside it, one per plan.
+    own = tmp_path / "runs" / "experiment"
+    assert fingerprint_path(own / "a.yaml") == own / "a.fingerprint.json"
+    assert fingerprint_path(own / "b.yaml") != fingerprint_path(own / "a.yaml")
 
 
 def test_unet_plan_writes_fingerprint_and_a_loadable_plan(folder):

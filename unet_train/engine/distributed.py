@@ -48,7 +48,9 @@ def export_submitit_tasks() -> bool:
     ``hydra/launcher=slurm hydra.launcher.tasks_per_node=N`` (or ``nodes=M``) starts the same job
     in every task of one SLURM allocation; submitit knows each task's global and local rank and
     the first node's host name, so they become ``RANK``/``LOCAL_RANK``/``WORLD_SIZE``/
-    ``MASTER_ADDR``/``MASTER_PORT`` and the job proceeds as under torchrun. ``CUDA_VISIBLE_DEVICES``
+    ``MASTER_ADDR``/``MASTER_PORT`` and the job proceeds as under torchrun (a ``MASTER_ADDR`` or
+    ``MASTER_PORT`` already set, e.g. by the job script, is kept; rank variables short of torchrun's
+    full set are replaced, with a warning). ``CUDA_VISIBLE_DEVICES``
     is left alone (a rank uses ``cuda:LOCAL_RANK``). Outside such a job, or with one task, nothing
     changes.
     """
@@ -62,7 +64,13 @@ def export_submitit_tasks() -> bool:
             return False
     except (ImportError, RuntimeError):  # no submitit, or not in a submitit job
         return False
-    env = TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    env = TorchDistributedEnvironment()  # reads a MASTER_PORT of one's own (job script), else one from the job id
+    env.master_addr = os.environ.get("MASTER_ADDR", env.master_addr)
+    stale = {name: os.environ[name] for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
+             if name in os.environ}  # fmt: skip
+    if stale:  # not torchrun's full set (checked above): submitit's ranks are this task's
+        log.warning("submitit task %d: replacing %s", env.rank, ", ".join(f"{k}={v}" for k, v in stale.items()))
+    env.export(set_cuda_visible_devices=False, overwrite=True)
     log.info("submitit task %d of %d: distributed over %s:%d", env.rank, env.world_size, env.master_addr,
              env.master_port)  # fmt: skip
     return True

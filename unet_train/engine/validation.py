@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
+from unet_train.data.foreground import boundary_positive
 from unet_train.engine import distributed
 from unet_train.engine.evaluate import evaluate
 from unet_train.engine.report import EvalReport
@@ -85,7 +86,7 @@ def validate(
     wanted = cfg.trainer.num_image_panels
     extras = None
     if cfg.monitor.removeprefix("val/") in CHALLENGE_KEYS:
-        extras = EvalReport(num_classes, boundary_positive=cfg.data.get("foreground", "membrane") == "membrane")
+        extras = EvalReport(num_classes, boundary_positive=boundary_positive(cfg.data))  # as unet-eval decides
 
     def collect(batch: dict[str, Any], logits: torch.Tensor) -> None:
         for i in range(len(batch["name"])):

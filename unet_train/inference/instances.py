@@ -27,6 +27,7 @@ from skimage.feature import peak_local_max
 from skimage.measure import label
 from skimage.segmentation import watershed
 
+from unet_train.data.foreground import boundary_positive
 from unet_train.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,10 @@ METHODS = ("membrane", "components", "distance")
 
 
 def resolve_method(method: str, stored_data: Any) -> str:
-    """``auto``: ``membrane`` for a model of borders (ISBI with ``foreground: membrane``), else ``components``."""
+    """``auto``: ``membrane`` for a model of borders (ISBI with ``foreground: membrane``, the synthetic
+    membranes, a folder with ``data.foreground=membrane``), else ``components``: as unet-eval decides."""
     if method == "auto":
-        return "membrane" if str(stored_data.get("foreground", "")) == "membrane" else "components"
+        return "membrane" if boundary_positive(stored_data) else "components"
     if method not in METHODS:
         raise ConfigError(f"instance_method={method!r} is not known; choose auto, {', '.join(METHODS)}.")
     return method

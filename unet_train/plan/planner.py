@@ -43,8 +43,9 @@ def default_plan_path(data_cfg: DictConfig, run_dir: Path) -> Path:
 
 def fingerprint_path(plan: Path) -> Path:
     """Where the fingerprint of ``plan`` goes: ``unet_plan/fingerprint.json`` for the default
-    ``unet_plan/experiment/plan.yaml``, else beside the plan (``mine.yaml`` -> ``mine.fingerprint.json``)."""
-    if plan.parent.name == "experiment":
+    ``unet_plan/experiment/plan.yaml`` (``experiment/plan.yaml`` of a run folder), else beside the plan
+    (``mine.yaml`` -> ``mine.fingerprint.json``, also in a folder of one's own called ``experiment``)."""
+    if plan.name == "plan.yaml" and plan.parent.name == "experiment":
         return plan.parent.parent / "fingerprint.json"
     return plan.with_name(f"{plan.stem}.fingerprint.json")
 
