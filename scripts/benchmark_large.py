@@ -18,6 +18,7 @@ chunks at a time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -196,7 +197,8 @@ def resume_check(args: list[str], one: Path, work: Path, kill_after: float) -> d
         # torchrun starts its workers in sessions of their own: kill them all by ancestry, at once.
         victims = [first.pid, *descendants(first.pid)]
         for pid in victims:
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # it ended between the listing and the kill
+                os.kill(pid, signal.SIGKILL)
         first.wait()
         time.sleep(1.0)
         alive = [pid for pid in victims if Path(f"/proc/{pid}").exists() and "Z" not in state_of(pid)]
