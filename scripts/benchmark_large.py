@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -143,7 +144,8 @@ def same_arrays(a_path: Path, b_path: Path) -> dict[str, bool]:
     """Array-by-array equality of two prediction stores, read in bands of 4096 rows (bounded memory)."""
     import zarr
 
-    a, b = zarr.open_group(str(a_path), mode="r"), zarr.open_group(str(b_path), mode="r")
+    a: Any = zarr.open_group(str(a_path), mode="r")
+    b: Any = zarr.open_group(str(b_path), mode="r")
     out = {}
     for key in ("0", "labels/mask/0", "done"):
         x, y = a[key], b[key]
@@ -204,7 +206,8 @@ def resume_check(args: list[str], one: Path, work: Path, kill_after: float) -> d
         alive = [pid for pid in victims if Path(f"/proc/{pid}").exists() and "Z" not in state_of(pid)]
         if alive:
             raise SystemExit(f"processes {alive} survived the kill") from None
-    done = zarr.open_group(str(out), mode="r")["done"][...]
+    store: Any = zarr.open_group(str(out), mode="r")
+    done = store["done"][...]
     killed_at = {"processes_killed": len(victims), "chunks_done_at_kill": int(done.sum()), "chunks": int(done.size)}
     resumed = time.perf_counter()
     subprocess.run(cmd, cwd=work, env=env, check=True)
