@@ -5,10 +5,12 @@ under ``--out``; nothing is downloaded and nothing is written into the project:
 
 - ``isbi``: the real ISBI 2012 training stack (``../shared/data/isbi2012``), slices 0-19 for
   training and 20-29 as the test split (the challenge's own test labels are not public); masks
-  mark the membranes as class 1, as ``data=isbi`` does.
+  mark the membranes as class 1, as ``data=isbi`` does (add ``data.foreground=membrane`` so that
+  V-Rand/V-Info segment the cells they enclose).
 - ``fluo16``: generated 16-bit fluorescence-like nuclei (``unet_train.data.synthetic``): objects
-  12-40 counts above a background of 800-1,500 counts (noise 10 counts) that changes from image to image, noise,
-  an illumination gradient and hot pixels at 65535. 80 training and 20 test images of 256 x 320.
+  12-40 counts above a background of 800-1,500 counts that changes from image to image, noise of
+  10 counts, an illumination gradient and hot pixels at 65535. 80 training and 20 test images of
+  256 x 320.
 - ``vessels``: generated RGB fundus-like images: an orange-red disc with a dark vignette and thin
   branching dark vessels (1-4 px, about a tenth of the pixels), colour noise. 24 training and 10
   test images of 384 x 384.
