@@ -36,9 +36,8 @@ import numpy as np
 
 
 def make_checkpoint(folder: Path, base_channels: int, depth: int) -> Path:
-    from hydra import compose, initialize_config_dir
+    from bench.common import compose
 
-    from unet_train.config import config_dir
     from unet_train.engine.fit import fit
 
     overrides = [
@@ -53,8 +52,7 @@ def make_checkpoint(folder: Path, base_channels: int, depth: int) -> Path:
         "data.num_val=1",
         "data.num_test=1",
     ]
-    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose(overrides)
     fit(cfg, folder)
     return folder / "checkpoints" / "last.pt"
 

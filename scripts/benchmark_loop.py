@@ -31,10 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_dir
+from bench.common import compose
 from torch import nn
 
-from unet_train.config import config_dir
 from unet_train.engine import checkpointer, epoch, fit, guard, run, step, stopping
 
 PARTS = ("sampler", "transfers", "model+optimizer", "schedule", "guards", "logging", "checkpoints", "other")
@@ -186,8 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "data.patch_size=16",
         "loss=bce",
     ]
-    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose(overrides)
     with tempfile.TemporaryDirectory() as run_dir:
         metrics = fit.fit(cfg, run_dir)
     steps = int(metrics["steps"])

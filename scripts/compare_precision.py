@@ -20,12 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_dir
+from bench.common import DEFAULT_ISBI, compose
 
-from unet_train.config import config_dir
 from unet_train.engine.fit import fit
 
-DEFAULT_ISBI = Path("/work/shared/data/isbi2012")
 KEYS = ("val/dice", "val/iou", "val/pixel_error", "val/loss")
 
 
@@ -42,8 +40,7 @@ def run_one(precision: str, seed: int, args: argparse.Namespace) -> dict[str, An
         "trainer.progress=never",
         "trainer.deterministic=false",
     ]
-    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
-        cfg = compose(config_name="train", overrides=overrides)
+    cfg = compose(overrides)
     with tempfile.TemporaryDirectory() as run_dir:
         start = time.monotonic()
         metrics = fit(cfg, run_dir)

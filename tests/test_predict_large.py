@@ -192,6 +192,11 @@ def two_plane_input(image: np.ndarray, path: Path) -> Path:
     return path
 
 
+def tiles_logged(who: str, text: str) -> set[int]:
+    """The tile totals in ``who: done/total tiles`` progress lines (``predict`` alone, ``rank 0`` under ranks)."""
+    return {int(n) for n in re.findall(rf"{who}: \d+/(\d+) tiles", text)}
+
+
 def assert_same_stores(one: Path, two: Path) -> None:
     a, b = zarr.open_group(str(one), mode="r"), zarr.open_group(str(two), mode="r")
     for key in ("0", "labels/mask/0", "labels/instances/0"):
@@ -206,7 +211,7 @@ def test_two_gloo_processes_equal_one(tiny_ckpt, image, tmp_path, caplog):
     args = [f"ckpt={tiny_ckpt}", f"input={source}", *SETTINGS, "instances=true", "instance_method=components"]
     with caplog.at_level(logging.INFO, logger="unet_train.inference.large"):
         predict(tiny_ckpt, source, tmp_path / "one.zarr", *args[2:])
-    (alone,) = {int(n) for n in re.findall(r"predict: \d+/(\d+) tiles", caplog.text)}
+    (alone,) = tiles_logged("predict", caplog.text)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29731"]
     result = subprocess.run(
@@ -220,7 +225,7 @@ def test_two_gloo_processes_equal_one(tiny_ckpt, image, tmp_path, caplog):
     assert result.returncode == 0, result.stderr[-3000:]
     # Rank 0 computed its own plane, half the tiles of one process (rank 1 logs warnings only), and the
     # store equals one process's.
-    assert {int(n) for n in re.findall(r"rank 0: \d+/(\d+) tiles", result.stderr)} == {alone // 2}, result.stderr
+    assert tiles_logged("rank 0", result.stderr) == {alone // 2}, result.stderr
     assert_same_stores(tmp_path / "one.zarr", tmp_path / "two.zarr")
 
 
@@ -232,7 +237,7 @@ def test_slurm_launcher_tasks_share_the_work_like_torchrun(tiny_ckpt, image, tmp
     extra = [*SETTINGS, "instances=true", "instance_method=components"]
     with caplog.at_level(logging.INFO, logger="unet_train.inference.large"):
         predict(tiny_ckpt, source, tmp_path / "one.zarr", *extra)
-    (alone,) = {int(n) for n in re.findall(r"predict: \d+/(\d+) tiles", caplog.text)}
+    (alone,) = tiles_logged("predict", caplog.text)
     launcher = ["hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2", "hydra.launcher.timeout_min=5"]
     result = subprocess.run(
         [str(Path(sys.executable).parent / "unet-predict"), "-m", *launcher, f"ckpt={tiny_ckpt}", f"input={source}",
@@ -243,7 +248,7 @@ def test_slurm_launcher_tasks_share_the_work_like_torchrun(tiny_ckpt, image, tmp
     logs = "".join(p.read_text() for p in (tmp_path / "sweep").rglob("*_log.err"))
     assert "submitit task 0 of 2" in logs and "submitit task 1 of 2" in logs, logs[-3000:]
     # Task 0 computed one of the two planes (task 1, a non-main rank, logs warnings only).
-    assert {int(n) for n in re.findall(r"rank 0: \d+/(\d+) tiles", logs)} == {alone // 2}, logs[-3000:]
+    assert tiles_logged("rank 0", logs) == {alone // 2}, logs[-3000:]
     assert_same_stores(tmp_path / "one.zarr", tmp_path / "two.zarr")
 
 

@@ -32,6 +32,7 @@ from unet_train.config import config_dir
 from unet_train.engine import distributed
 from unet_train.engine.checkpoint import load_checkpoint
 from unet_train.engine.fit import fit
+from unet_train.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,11 @@ def planned_config(cfg: DictConfig) -> DictConfig:
 
     path = cfg.plan
     if path == "auto":
+        if distributed.launched_by_torchrun():  # every rank would time its own device and write the plan
+            raise ConfigError(
+                "plan=auto is not run under torchrun: each rank would plan on its own timing. Plan once with "
+                "unet-plan data=... (or a single-process plan=auto run), then start torchrun with plan=PATH."
+            )
         path = default_plan_path(cfg.data, run_dir())
         make_plan(cfg.data, auto_plan_budget(cfg), cfg.trainer.device, path)
         log.info("plan=auto: wrote %s", path)

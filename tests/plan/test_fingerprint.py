@@ -47,6 +47,18 @@ def test_fingerprint_of_a_16_bit_folder(tmp_path):
     assert got["foreground_share"]["mean"] == pytest.approx(0.625 / 3)
 
 
+def test_ignored_pixels_are_no_class_of_the_fingerprint(tmp_path):
+    # Masks {0, 1, 255} with data.ignore_index=255: two classes, shares over the 12 labelled pixels of 16.
+    image = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    mask = np.array([[0, 0, 1, 1], [0, 0, 0, 1], [0, 0, 0, 0], [255, 255, 255, 255]], np.uint8)
+    write_folder(tmp_path, [image], [mask], suffix=".png")
+    cfg = compose_config(["data=folder", f"data.root={tmp_path}", "data.val_fraction=0", "data.ignore_index=255"])
+    got = compute_fingerprint(*training_split(build_data(cfg.data))[:3])
+    assert got["num_classes"] == 2
+    assert got["classes"] == {"0": pytest.approx(9 / 12), "1": pytest.approx(3 / 12)}
+    assert got["foreground_share_per_image"] == {"0": pytest.approx(3 / 12)}
+
+
 def test_fingerprint_of_mixed_rgb_and_grey_with_palette_masks(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()

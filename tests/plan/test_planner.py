@@ -79,6 +79,9 @@ def test_unet_plan_writes_fingerprint_and_a_loadable_plan(folder):
     assert merged.data.patch_size == 48 and merged.trainer.max_time == 120.0
     assert merged.model.base_channels == 8  # the command line wins over the plan
     assert merged.loss._target_ == "unet_train.losses.BCEDiceLoss"
+    # A loss chosen on the command line wins over the planned one too.
+    chosen = compose_config(["data=folder", f"data.root={folder}", "loss=dice"])
+    assert apply_plan(chosen, load_plan(plan_path), ["data=folder", "loss=dice"]).loss._target_ == chosen.loss._target_
     # The same file as a Hydra experiment, from a search path added on the command line.
     composed = compose_config(
         ["data=folder", f"data.root={folder}", f"hydra.searchpath=[file://{folder}/unet_plan]", "experiment=plan"]
@@ -123,3 +126,15 @@ def test_plan_auto_plans_and_trains(folder, tmp_path):
     assert resolved["model"]["base_channels"] == plan["model"]["base_channels"]
     assert resolved["trainer"]["max_time"] == 6.0
     assert json.loads(metrics_file.read_text())["steps"] >= 1
+
+
+def test_plan_auto_is_refused_under_torchrun(folder, monkeypatch):
+    from unet_train.train import planned_config
+
+    for name, value in (("RANK", "1"), ("LOCAL_RANK", "1"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "x"),
+                        ("MASTER_PORT", "1")):  # fmt: skip
+        monkeypatch.setenv(name, value)
+    cfg = compose_config(["data=folder", f"data.root={folder}", "+plan=auto"])
+    with pytest.raises(ConfigError, match=r"plan=auto is not run under torchrun: each rank would plan on its own"):
+        planned_config(cfg)
+    assert not (folder / "unet_plan").exists()

@@ -55,12 +55,10 @@ class BackgroundWriter:
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        self.pending: Path | None = None  # the file being written
 
     def submit(self, obj: Any, path: Path) -> None:
         self.wait()
         copied = snapshot(obj)
-        self.pending = path
         self._thread = threading.Thread(target=self._write, args=(copied, path), name="checkpoint-writer")
         self._thread.start()
 
@@ -73,7 +71,7 @@ class BackgroundWriter:
     def wait(self) -> None:
         if self._thread is not None:
             self._thread.join()
-            self._thread, self.pending = None, None
+            self._thread = None
         if self._error is not None:
             error, self._error = self._error, None
             raise error

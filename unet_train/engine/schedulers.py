@@ -53,15 +53,13 @@ def poly(
     """Polynomial decay ``(1 - step / total_steps) ** power`` (nnU-Net's; or of the budget spent), with warm-up."""
 
     def factor(step: int) -> float:
-        done = min(1.0, progress()) if progress is not None else step / max(1, total_steps)
-        return _warmup(step, warmup_steps) * max(0.0, 1 - done) ** power
+        done = _progress(step, total_steps, 0, progress)  # poly's decay counts the warm-up steps too
+        return _warmup(step, warmup_steps) * (1 - done) ** power
 
     return LambdaLR(optimizer, factor)
 
 
-def constant(
-    optimizer: Optimizer, total_steps: int, warmup_steps: int = 0, progress: Progress | None = None
-) -> LambdaLR:
+def constant(optimizer: Optimizer, total_steps: int, warmup_steps: int = 0) -> LambdaLR:
     """A constant learning rate (after an optional warm-up)."""
     return LambdaLR(optimizer, lambda step: _warmup(step, warmup_steps))
 

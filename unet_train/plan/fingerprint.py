@@ -15,35 +15,23 @@ import numpy as np
 
 from unet_train.data.reading import read_image, read_mask
 from unet_train.errors import DataError
+from unet_train.labels import IGNORE_INDEX
 
 PERCENTILES = (0.5, 1.0, 50.0, 99.0, 99.8, 99.9)
 
 
-def mask_indices(mask: np.ndarray, name: str) -> np.ndarray:
-    """Class indices of a raw mask: {0, 255} is binary, grey copies in RGB are one channel."""
-    if mask.ndim == 3:
-        if not (mask == mask[..., :1]).all():
-            raise DataError(f"Mask {name} is a colour image; save masks as single-channel class indices.")
-        mask = mask[..., 0]
-    if mask.dtype == bool:
-        return mask.astype(np.uint8)
-    if set(np.unique(mask).tolist()) <= {0, 255}:
-        return (mask == 255).astype(np.uint8)
-    if mask.dtype.kind == "f" or mask.min(initial=0) < 0:
-        raise DataError(f"Mask {name} holds {mask.dtype} values down to {mask.min()}; masks are class indices >= 0.")
-    return mask
-
-
 def training_split(data: Any) -> tuple[list[np.ndarray], list[np.ndarray], list[str], int]:
     """The training split's images (raw values), masks (class indices) and names, and the validation split's size."""
-    from unet_train.data.folder import ImageFolder
+    from unet_train.data.folder import ImageFolder, encode_mask
 
     if isinstance(data, ImageFolder):
         image_paths, mask_paths = data._pairs(data.root, masks_required=True)
         assert mask_paths is not None
         train, val = data._split_stems(len(image_paths))
         images = [read_image(image_paths[i]) for i in train]
-        masks = [mask_indices(read_mask(mask_paths[i]), str(mask_paths[i])) for i in train]
+        # The data module's own decoding: {0,255} binary, indices checked against the classes, ignore_index unlabelled.
+        classes, ignore = data.num_classes, data.ignore_index
+        masks = [encode_mask(read_mask(mask_paths[i]), classes, mask_paths[i], ignore) for i in train]
         return images, masks, [image_paths[i].stem for i in train], len(val)
     split = data.split("train")
     if split.masks is None:
@@ -60,7 +48,7 @@ def compute_fingerprint(images: Sequence[np.ndarray], masks: Sequence[np.ndarray
     """The fingerprint of a training split: sizes, channels, dtype, intensities, classes and foreground.
 
     Intensity percentiles are over all pixels of all images, per channel, on the raw values; class
-    shares are over all pixels; foreground is every class but 0.
+    shares are over the labelled pixels (not ``IGNORE_INDEX``); foreground is every class but 0.
     """
     if not images:
         raise DataError("The training split is empty; unet-plan needs at least one image.")
@@ -87,9 +75,11 @@ def compute_fingerprint(images: Sequence[np.ndarray], masks: Sequence[np.ndarray
     for mask in masks:
         found, number = np.unique(mask, return_counts=True)
         for v, n in zip(found.tolist(), number.tolist()):
-            counts[int(v)] = counts.get(int(v), 0) + int(n)
-    total = sum(counts.values())
-    foreground = [float((m > 0).mean()) for m in masks]
+            if v != IGNORE_INDEX:
+                counts[int(v)] = counts.get(int(v), 0) + int(n)
+    total = max(sum(counts.values()), 1)
+    labelled = [m != IGNORE_INDEX for m in masks]
+    foreground = [float(((m > 0) & ok).sum() / max(ok.sum(), 1)) for m, ok in zip(masks, labelled)]
     heights, widths = [im.shape[0] for im in images], [im.shape[1] for im in images]
     sizes: dict[str, int] = {}
     for h, w in zip(heights, widths):
@@ -104,7 +94,7 @@ def compute_fingerprint(images: Sequence[np.ndarray], masks: Sequence[np.ndarray
         "bit_depth": _bit_depth(dtypes),
         "intensity": intensities,
         "classes": {str(k): counts[k] / total for k in sorted(counts)},  # class index: share of all pixels
-        "num_classes": max(2, max(counts) + 1),
+        "num_classes": max(2, max(counts, default=0) + 1),
         "foreground_share": {**_stats(foreground), "mean": float(np.mean(foreground))},
         "foreground_share_per_image": dict(zip(names, foreground)),
     }

@@ -121,18 +121,22 @@ def load_plan(path: str | Path, trusted: Any = False) -> DictConfig:
 def apply_plan(cfg: DictConfig, plan: DictConfig, overrides: list[str]) -> DictConfig:
     """``cfg`` with ``plan`` merged on top and then the command line's own ``key=value`` overrides again.
 
-    A planned ``loss`` replaces the whole loss node; other groups are merged key by key.
+    A planned ``loss`` replaces the whole loss node, unless the command line chose a loss itself
+    (``loss=dice``); other groups are merged key by key.
     """
-    from unet_train.cli import apply_overrides
+    from unet_train.cli import _is_override, _key, apply_overrides
 
+    given = [o for o in overrides if _is_override(o)]
+    chosen_groups = {_key(o) for o in given if "." not in _key(o)}
     merged = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     with open_dict(merged):
         for key in plan:
             if key == "loss":
-                merged.loss = plan.loss
+                if "loss" not in chosen_groups:
+                    merged.loss = plan.loss
             else:
                 merged = OmegaConf.merge(merged, {key: plan[key]})
-    typed = [o for o in overrides if "=" in o and "." in o.split("=", 1)[0]]
+    typed = [o for o in given if "." in _key(o)]
     assert isinstance(merged, DictConfig)
     return apply_overrides(merged, typed)
 
