@@ -45,6 +45,16 @@ def command_name() -> str:
     return f"unet-{HydraConfig.get().job.name}" if HydraConfig.initialized() else "unet-train"
 
 
+def exit_if_version_asked(argv: Sequence[str] | None = None) -> None:
+    """``--version`` (or ``-V``) prints the package's version and exits, instead of Hydra's own version."""
+    args = sys.argv[1:] if argv is None else argv
+    if "--version" in args or "-V" in args:
+        from unet_train import __version__
+
+        print(f"{command_name()} (unet-train) {__version__}")
+        raise SystemExit(0)
+
+
 def missing_usage(keys: list[str], cfg: DictConfig | None = None) -> str:
     """Two lines: what the command needs and an example command with this call's overrides plus the keys."""
     prog = command_name()

@@ -27,7 +27,14 @@ from skimage import io as skio
 from torch.utils.tensorboard import SummaryWriter
 
 from unet_train.build import build_data, build_model
-from unet_train.cli import apply_overrides, eval_data_overrides, exit_on_user_error, hold_eval_data_overrides, run_dir
+from unet_train.cli import (
+    apply_overrides,
+    eval_data_overrides,
+    exit_if_version_asked,
+    exit_on_user_error,
+    hold_eval_data_overrides,
+    run_dir,
+)
 from unet_train.config import config_dir
 from unet_train.data.foreground import boundary_positive
 from unet_train.engine.checkpoint import load_checkpoint
@@ -169,6 +176,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """The ``unet-eval`` console script."""
+    exit_if_version_asked()
     sys.argv[:] = hold_eval_data_overrides(sys.argv)
     hydra_main()
 

@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from unet_train.build import build_model
-from unet_train.cli import exit_on_user_error
+from unet_train.cli import exit_if_version_asked, exit_on_user_error
 from unet_train.config import config_dir
 from unet_train.data.folder import IMAGE_SUFFIXES, read_image
 from unet_train.data.normalize import prepare_input, resolve_spec
@@ -358,6 +358,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """The ``unet-predict`` console script; under torchrun, ranks other than 0 create no run folder."""
+    exit_if_version_asked()
     sys.argv.extend(distributed.worker_hydra_overrides())
     hydra_main()
 

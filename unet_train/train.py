@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from unet_train.cli import (
     apply_overrides,
+    exit_if_version_asked,
     exit_on_user_error,
     hold_resume_overrides,
     resume_overrides,
@@ -118,6 +119,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """The ``unet-train`` console script; under torchrun, ranks other than 0 create no run folder."""
+    exit_if_version_asked()
     sys.argv[:] = hold_resume_overrides(sys.argv)
     sys.argv.extend(distributed.worker_hydra_overrides())
     # train.yaml has a plan key (plan=auto); +plan=PATH, as an experiment-style override, means the same.

@@ -12,7 +12,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from unet_train.cli import exit_on_user_error
+from unet_train.cli import exit_if_version_asked, exit_on_user_error
 from unet_train.config import config_dir
 from unet_train.errors import ConfigError, DataError
 from unet_train.export import require_extra
@@ -157,8 +157,14 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="export")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     run_export(cfg)
+
+
+def main() -> None:
+    """The ``unet-export`` console script."""
+    exit_if_version_asked()
+    hydra_main()
 
 
 if __name__ == "__main__":

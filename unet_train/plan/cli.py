@@ -17,7 +17,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from unet_train.cli import exit_on_user_error, run_dir
+from unet_train.cli import exit_if_version_asked, exit_on_user_error, run_dir
 from unet_train.config import config_dir
 from unet_train.plan.planner import default_plan_path, fingerprint_path, make_plan, parse_budget
 
@@ -38,8 +38,14 @@ def plan(cfg: DictConfig) -> Path:
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="plan")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     plan(cfg)
+
+
+def main() -> None:
+    """The ``unet-plan`` console script."""
+    exit_if_version_asked()
+    hydra_main()
 
 
 if __name__ == "__main__":
