@@ -107,7 +107,8 @@ def tune(
     best_params, best_score = max(table, key=lambda row: row[1])  # max keeps the first of equal scores
     seconds = clock() - start
     log.info(
-        "Post-processing tuned on %d validation image(s): %s %.4f with %s (default %.4f); %d of %d grid points in %.1f s",
+        "Post-processing tuned on %d validation image(s): %s %.4f with %s (default %.4f); "
+        "%d of %d grid points in %.1f s",
         len(truths), metric, best_score, best_params, table[0][1], len(table), len(points), seconds,
     )  # fmt: skip
     return TuneResult(best_params, best_score, table[0][1], len(table), len(points), seconds, table)
