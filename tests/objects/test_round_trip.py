@@ -1,0 +1,134 @@
+"""Each target representation round-trips: labels -> target -> post-processing gives the labels back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from unet_train.metrics.objects import object_scores
+from unet_train.objects.postprocess import from_affinities, from_boundary, from_distance, remove_small
+from unet_train.objects.targets import (
+    BOUNDARY,
+    INTERIOR,
+    affinity_target,
+    boundary_target,
+    distance_target,
+    nearest_offsets,
+)
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal up to the numbering of the objects."""
+    s = object_scores(a, b)
+    return s["sq"] == 1.0 and s["fp"] == 0 and s["fn"] == 0
+
+
+def scene_2d() -> np.ndarray:
+    """Touching boxes, a disc touching a box, a one-pixel object, a thin line, an object at the border."""
+    labels = np.zeros((40, 48), dtype=np.int32)
+    labels[2:12, 2:12] = 1
+    labels[2:12, 12:20] = 2  # touches 1 along a whole side
+    yy, xx = np.mgrid[:40, :48]
+    labels[(yy - 24) ** 2 + (xx - 10) ** 2 <= 36] = 3
+    labels[18:30, 17:25] = 4  # touches the disc
+    labels[35, 40] = 5  # one pixel
+    labels[33:38, 30] = 6  # a line one pixel wide
+    labels[0:6, 42:48] = 7  # in the corner of the image
+    return labels
+
+
+def scene_3d() -> np.ndarray:
+    labels = np.zeros((6, 16, 16), dtype=np.int32)
+    labels[1:5, 2:8, 2:8] = 1
+    labels[1:5, 2:8, 8:14] = 2  # touching
+    labels[3, 12, 3] = 3  # one voxel
+    return labels
+
+
+@pytest.mark.parametrize("make", [scene_2d, scene_3d])
+def test_boundary_target_round_trips(make):
+    labels = make()
+    target = boundary_target(labels)
+    interior = (target == INTERIOR).astype(np.float32)
+    boundary = (target == BOUNDARY).astype(np.float32)
+    assert same_partition(labels, from_boundary(interior, boundary))
+
+
+@pytest.mark.parametrize("make", [scene_2d, scene_3d])
+def test_distance_target_round_trips(make):
+    labels = make()
+    distance = distance_target(labels)
+    assert distance.max() == pytest.approx(1.0) and distance[labels == 0].max() == 0
+    # every object peaks at 1, however thin
+    assert all(distance[labels == i].max() == pytest.approx(1.0) for i in np.unique(labels) if i)
+    assert same_partition(labels, from_distance((labels > 0).astype(np.float32), distance))
+
+
+@pytest.mark.parametrize("make", [scene_2d, scene_3d])
+def test_affinity_target_round_trips(make):
+    labels = make()
+    offsets = nearest_offsets(labels.ndim)
+    affs, valid = affinity_target(labels, offsets)
+    assert affs.shape == (labels.ndim, *labels.shape)
+    assert not valid[0][0].any()  # offset -1 on the first axis has no neighbour in the first row/plane
+    assert same_partition(labels, from_affinities(affs.astype(np.float32), offsets, labels > 0))
+
+
+def test_boundary_classes_on_a_hand_built_case():
+    labels = np.zeros((5, 8), dtype=np.int32)
+    labels[1:4, 1:4] = 1
+    labels[1:4, 4:7] = 2
+    target = boundary_target(labels)
+    expected = np.array(
+        [
+            [0, 0, 0, 0, 0, 0, 0, 0],
+            [0, 2, 2, 2, 2, 2, 2, 0],
+            [0, 2, 1, 2, 2, 1, 2, 0],
+            [0, 2, 2, 2, 2, 2, 2, 0],
+            [0, 0, 0, 0, 0, 0, 0, 0],
+        ]
+    )
+    np.testing.assert_array_equal(target, expected)
+
+
+def test_distance_is_zero_where_objects_touch():
+    labels = np.zeros((5, 8), dtype=np.int32)
+    labels[1:4, 1:4] = 1
+    labels[1:4, 4:7] = 2
+    labels[0, 7] = 3  # a lone pixel keeps its peak
+    distance = distance_target(labels)
+    assert distance[1:4, 3].max() == 0 and distance[1:4, 4].max() == 0
+    # object 1: edge pixels are one step (1/2 of the centre's two), its centre peaks at 1
+    assert distance[2, 2] == 1.0 and distance[1, 1] == 0.5 and distance[0, 7] == 1.0
+
+
+def test_thin_objects_keep_a_seed():
+    labels = np.zeros((6, 6), dtype=np.int32)
+    labels[2, 1:5] = 1  # a line: no interior by the boundary rule
+    labels[4, 4] = 2  # one pixel
+    target = boundary_target(labels)
+    assert (target[labels == 1] == INTERIOR).all() and target[4, 4] == INTERIOR
+
+
+def test_affinities_by_hand():
+    labels = np.array([[1, 1, 2], [0, 2, 2]])
+    affs, valid = affinity_target(labels, [(-1, 0), (0, -1)])
+    # (-1, 0): the pixel above; (0, -1): the pixel to the left
+    np.testing.assert_array_equal(affs[0], [[0, 0, 0], [0, 0, 1]])
+    np.testing.assert_array_equal(affs[1], [[0, 1, 0], [0, 0, 1]])
+    np.testing.assert_array_equal(valid[1], [[False, True, True], [False, True, True]])
+
+
+def test_remove_small_and_renumber():
+    labels = np.array([[1, 1, 0, 5], [1, 0, 0, 0], [0, 0, 9, 9]])
+    np.testing.assert_array_equal(remove_small(labels, 2), [[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 2, 2]])
+
+
+def test_noisy_probabilities_still_separate_touching_objects():
+    rng = np.random.default_rng(0)
+    labels = scene_2d()
+    target = boundary_target(labels)
+    interior = np.clip((target == INTERIOR) * 0.8 + rng.normal(0, 0.1, labels.shape), 0, 1)
+    boundary = np.clip((target == BOUNDARY) * 0.8 + rng.normal(0, 0.1, labels.shape), 0, 1)
+    scores = object_scores(labels, from_boundary(interior, boundary, min_size=1))
+    assert scores["f1_50"] == 1.0  # every object found once at IoU > 0.5

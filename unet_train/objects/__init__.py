@@ -1,0 +1,1 @@
+"""Objects: training targets from instance labels, post-processing back to instances, tuning."""
