@@ -310,7 +310,7 @@ def test_missing_extra_is_named(monkeypatch, tmp_path):
     with pytest.raises(ConfigError) as info:
         open_volume(tmp_path / "x.zarr", None, None, 1)
     assert str(info.value) == (
-        'zarr is needed for Zarr/OME-Zarr/HDF5 files; install it with pip install "unet-train[bigdata]".'
+        'zarr is needed for Zarr/OME-Zarr/HDF5/NIfTI files; install it with pip install "unet-train[bigdata]".'
     )
 
 

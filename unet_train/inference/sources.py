@@ -1,11 +1,13 @@
-"""Images that need not fit in memory: Zarr / OME-Zarr, HDF5 and (Big)TIFF read window by window.
+"""Images that need not fit in memory: Zarr / OME-Zarr, HDF5, (Big)TIFF and NIfTI read window by window.
 
 A :class:`Volume` presents any of them as ``(Z, Y, X, C)`` and reads one window of one z plane
 at a time (:meth:`Volume.read`), in the file's own dtype. The conversion from those raw pixels to
 the model's input lives in one place, :class:`InputScaling`.
 
-zarr and h5py are optional (``pip install "unet-train[bigdata]"``); :func:`require` names the
-extra when one is missing.
+The physical pixel (voxel) size comes from the file where it says one: OME-Zarr ``scale``, HDF5
+``element_size_um``, ImageJ TIFF ``spacing`` and resolution tags, OME-TIFF ``PhysicalSize*``, the NIfTI
+header's ``pixdim``. zarr, h5py and nibabel are optional (``pip install "unet-train[bigdata]"``);
+:func:`require` names the extra when one is missing.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 ZARR_SUFFIXES = (".zarr", ".ome.zarr", ".n5")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
 AXES = "zyxc"  # the order Volume presents
 
 
@@ -39,7 +42,7 @@ def require(module: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as exc:
         raise ConfigError(
-            f'{module} is needed for Zarr/OME-Zarr/HDF5 files; install it with pip install "unet-train[bigdata]".'
+            f'{module} is needed for Zarr/OME-Zarr/HDF5/NIfTI files; install it with pip install "unet-train[bigdata]".'
         ) from exc
 
 
@@ -139,7 +142,9 @@ def open_volume(spec: str | Path, key: str | int | None, axes: str | None, in_ch
         return _open_hdf5(path, key, axes, in_channels)
     if path.suffix.lower() in TIFF_SUFFIXES:
         return _open_tiff(path, axes, in_channels)
-    raise DataError(f"input={path}: not a Zarr store, HDF5 file or TIFF; those are what large inputs may be.")
+    if path.name.lower().endswith(NIFTI_SUFFIXES):
+        return _open_nifti(path, axes)
+    raise DataError(f"input={path}: not a Zarr store, HDF5 file, TIFF or NIfTI; those are what large inputs may be.")
 
 
 def _open_zarr(path: Path, key: str | None, axes: str | None, in_channels: int) -> Volume:
@@ -231,7 +236,80 @@ def _open_tiff(path: Path, axes: str | None, in_channels: int) -> Volume:
         array: Any = zarr.open(series.aszarr(), mode="r")
     except ImportError:
         array = _TiffPages(tif, series)
-    return Volume(array, axes, str(path), handle=tif)
+    scale, units = tiff_spacing(tif)
+    return Volume(array, axes, str(path), scale, units, handle=tif)
+
+
+# ImageJ's and OME's unit names as OME-NGFF spells them
+_UNITS = {"micron": "micrometer", "um": "micrometer", "µm": "micrometer", "\\u00B5m": "micrometer",
+          "nm": "nanometer", "nanometer": "nanometer", "mm": "millimeter", "millimeter": "millimeter",
+          "micrometer": "micrometer", "cm": "centimeter", "m": "meter", "meter": "meter"}  # fmt: skip
+
+
+def tiff_spacing(tif: tifffile.TiffFile) -> tuple[dict[str, float], dict[str, str]]:
+    """Pixel size per axis (``zyx``) and units from OME-TIFF ``PhysicalSize*`` or ImageJ's ``spacing`` and the
+    resolution tags (pixels per unit); empty where the file states none."""
+    scale: dict[str, float] = {}
+    units: dict[str, str] = {}
+    if tif.is_ome and tif.ome_metadata:
+        pixels = tifffile.xml2dict(tif.ome_metadata).get("OME", {}).get("Image", {})
+        pixels = (pixels[0] if isinstance(pixels, list) else pixels).get("Pixels", {})
+        for axis in "zyx":
+            size = pixels.get(f"PhysicalSize{axis.upper()}")
+            if size:
+                scale[axis] = float(size)
+                units[axis] = _UNITS.get(str(pixels.get(f"PhysicalSize{axis.upper()}Unit", "µm")), "micrometer")
+        return scale, units
+    page = tif.pages.first
+    for axis, tag in (("x", "XResolution"), ("y", "YResolution")):
+        value = page.tags.get(tag)
+        if value is not None:
+            numerator, denominator = value.value
+            if numerator and denominator and numerator != denominator:  # 1/1 is "no resolution stated"
+                scale[axis] = denominator / numerator
+    imagej = tif.imagej_metadata or {}
+    if imagej.get("spacing"):
+        scale["z"] = float(imagej["spacing"])
+    unit = _UNITS.get(str(imagej.get("unit", "")).strip())
+    if unit:
+        units = dict.fromkeys(scale, unit)
+    return scale, units
+
+
+def _open_nifti(path: Path, axes: str | None) -> Volume:
+    """A NIfTI volume through nibabel's lazy array proxy (slices are read from the file as they are asked for).
+
+    NIfTI stores ``(x, y, z[, t][, c])``; a fourth dimension of more than one is read as channels (e.g. the
+    modalities of a multi-parametric MR), so the axes are ``xyz`` or ``xyzc``.
+    """
+    nibabel = require("nibabel")
+    try:
+        image = nibabel.load(str(path))
+    except Exception as exc:
+        raise DataError(f"Could not read NIfTI {path}: {exc}") from exc
+    proxy = image.dataobj
+    shape = tuple(int(s) for s in proxy.shape)
+    if len(shape) not in (3, 4) and axes is None:
+        raise DataError(f"{path}: a NIfTI of shape {shape}; a volume is (x, y, z) or (x, y, z, channels).")
+    axes = axes or ("xyz" if len(shape) == 3 else "xyzc")
+    zooms = image.header.get_zooms()
+    scale = {a: float(z) for a, z in zip("xyz", zooms[:3])}
+    unit = _UNITS.get(image.header.get_xyzt_units()[0] or "", "millimeter")
+    return Volume(_NiftiArray(proxy), axes, str(path), scale, dict.fromkeys(scale, unit))
+
+
+class _NiftiArray:
+    """nibabel's array proxy with the ``dtype`` that :class:`Volume` reads (the stored type, scaling applied
+    as nibabel does when the header has a slope)."""
+
+    def __init__(self, proxy: Any) -> None:
+        self.proxy = proxy
+        self.shape = tuple(int(s) for s in proxy.shape)
+        scaled = getattr(proxy, "slope", 1.0) != 1.0 or getattr(proxy, "inter", 0.0) != 0.0
+        self.dtype = np.dtype(np.float32) if scaled else np.dtype(proxy.dtype)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return np.asarray(self.proxy[index], dtype=self.dtype)
 
 
 class _TiffPages:

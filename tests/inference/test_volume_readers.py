@@ -1,0 +1,119 @@
+"""Volume readers: TIFF (ImageJ, OME), NIfTI, HDF5 and OME-Zarr stacks with their voxel spacing read back."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from unet_train.errors import DataError
+from unet_train.inference.sources import open_volume
+
+# a (z, y, x) stack whose every voxel says where it is: value = 100 z + 10 y + x
+STACK = (np.arange(4)[:, None, None] * 100 + np.arange(5)[None, :, None] * 10 + np.arange(6)[None, None, :]).astype(
+    np.uint16
+)
+
+
+def test_imagej_tiff_spacing_and_unit(tmp_path):
+    path = tmp_path / "stack.tif"
+    # 4.6 nm in-plane (resolution = pixels per unit), 50 nm between sections, as serial-section EM
+    tifffile.imwrite(
+        path,
+        STACK,
+        imagej=True,
+        resolution=(1 / 0.0046, 1 / 0.0046),
+        metadata={"axes": "ZYX", "spacing": 0.05, "unit": "um"},
+    )
+    volume = open_volume(path, None, None, in_channels=1)
+    assert volume.axes == "zyx" and volume.shape == (4, 5, 6, 1)
+    assert volume.scale == pytest.approx({"z": 0.05, "y": 0.0046, "x": 0.0046}, rel=1e-4)
+    assert volume.units == {"z": "micrometer", "y": "micrometer", "x": "micrometer"}
+    assert volume.read(2, 1, 3, 0, 2)[..., 0].tolist() == [[210, 211], [220, 221]]
+    volume.close()
+
+
+def test_ome_tiff_physical_size(tmp_path):
+    path = tmp_path / "stack.ome.tif"
+    metadata = {"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 2.0}
+    tifffile.imwrite(path, STACK, ome=True, metadata=metadata)
+    volume = open_volume(path, None, None, in_channels=1)
+    assert volume.scale == {"z": 2.0, "y": 0.5, "x": 0.5}
+    assert volume.units["z"] == "micrometer"
+    volume.close()
+
+
+def test_tiff_without_resolution_states_no_spacing(tmp_path):
+    path = tmp_path / "plain.tif"
+    tifffile.imwrite(path, STACK, photometric="minisblack")
+    volume = open_volume(path, None, None, in_channels=1)
+    assert volume.scale == {} and volume.units == {}
+    volume.close()
+
+
+def test_nifti_orientation_spacing_and_lazy_reading(tmp_path):
+    nibabel = pytest.importorskip("nibabel")
+    path = tmp_path / "ct.nii.gz"
+    data = STACK.transpose(2, 1, 0)  # NIfTI stores (x, y, z)
+    image = nibabel.Nifti1Image(data, affine=np.diag([0.8, 0.8, 3.0, 1.0]))
+    image.header.set_xyzt_units("mm")
+    image.header.set_zooms((0.8, 0.8, 3.0))
+    nibabel.save(image, path)
+    volume = open_volume(path, None, None, in_channels=1)
+    assert volume.axes == "xyz" and volume.shape == (4, 5, 6, 1)  # presented (z, y, x, c)
+    assert volume.scale == pytest.approx({"x": 0.8, "y": 0.8, "z": 3.0})
+    assert volume.units == {"x": "millimeter", "y": "millimeter", "z": "millimeter"}
+    assert volume.dtype == np.uint16
+    assert volume.read(3, 4, 5, 2, 4)[..., 0].tolist() == [[342, 343]]  # z=3, y=4, x=2..3
+
+
+def test_nifti_scaled_values_are_float(tmp_path):
+    nibabel = pytest.importorskip("nibabel")
+    path = tmp_path / "scaled.nii"
+    image = nibabel.Nifti1Image(STACK.transpose(2, 1, 0).astype(np.int16), affine=np.eye(4))
+    image.header.set_slope_inter(0.5, -10)
+    nibabel.save(image, path)
+    volume = open_volume(path, None, None, in_channels=1)
+    assert volume.dtype == np.float32
+    assert volume.read(1, 0, 1, 0, 2)[..., 0].tolist() == [[100 * 0.5 - 10, 101 * 0.5 - 10]]
+
+
+def test_nifti_of_the_wrong_rank_is_refused(tmp_path):
+    nibabel = pytest.importorskip("nibabel")
+    path = tmp_path / "flat.nii"
+    nibabel.save(nibabel.Nifti1Image(np.zeros((4, 4), dtype=np.uint8), affine=np.eye(4)), path)
+    with pytest.raises(DataError, match=r"a NIfTI of shape \(4, 4\); a volume is \(x, y, z\)"):
+        open_volume(path, None, None, in_channels=1)
+
+
+def test_hdf5_element_size_um(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "stack.h5"
+    with h5py.File(path, "w") as f:
+        f["raw"] = STACK
+        f["raw"].attrs["element_size_um"] = [0.05, 0.0046, 0.0046]
+    volume = open_volume(path, None, None, in_channels=1)
+    assert volume.scale == pytest.approx({"z": 0.05, "y": 0.0046, "x": 0.0046})
+    volume.close()
+
+
+def test_ome_zarr_scale(tmp_path):
+    zarr = pytest.importorskip("zarr")
+    path = tmp_path / "stack.ome.zarr"
+    root = zarr.open_group(str(path), mode="w")
+    root.create_array("0", data=STACK)
+    axes = [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"]
+    transforms = [{"type": "scale", "scale": [2.0, 0.5, 0.5]}]
+    root.attrs["ome"] = json.loads(
+        json.dumps(
+            {
+                "version": "0.5",
+                "multiscales": [{"axes": axes, "datasets": [{"path": "0", "coordinateTransformations": transforms}]}],
+            }
+        )
+    )
+    volume = open_volume(path, None, None, in_channels=1)
+    assert volume.axes == "zyx" and volume.scale == {"z": 2.0, "y": 0.5, "x": 0.5}
+    assert volume.read(1, 0, 1, 0, 1)[0, 0, 0] == 100
