@@ -74,7 +74,8 @@ def make_folder(root: Path, n: int = 6, size: int = 48) -> None:
         (root / sub).mkdir(parents=True)
     yy, xx = np.mgrid[:size, :size]
     for i in range(n + 2):
-        cy, cx, r = rng.integers(12, size - 12, 2).tolist() + [int(rng.integers(5, 10))]
+        cy, cx = rng.integers(12, size - 12, 2).tolist()
+        r = int(rng.integers(5, 10))
         mask = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.uint8)
         image = (rng.normal(60, 10, (size, size)) + 120 * mask).clip(0, 255).astype(np.uint8)
         where = "" if i < n else "test/"
@@ -98,7 +99,8 @@ def test_documented_commands_run(page, tmp_path):
     for command in commands:
         argv = shrink(command, newest_run(tmp_path))
         result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, f"{command}\n-> {shlex.join(argv)}\n{result.stdout[-2000:]}{result.stderr[-3000:]}"
+        output = result.stdout[-2000:] + result.stderr[-3000:]
+        assert result.returncode == 0, f"{command}\n-> {shlex.join(argv)}\n{output}"
 
 
 def test_config_reference_is_current_and_complete():

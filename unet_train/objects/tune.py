@@ -39,7 +39,7 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
 }
 
 
-def apply(representation: str, outputs: dict[str, NDArray], params: dict[str, Any]) -> NDArray[np.uint32]:
+def apply(representation: str, outputs: dict[str, Any], params: dict[str, Any]) -> NDArray[np.uint32]:
     """Instances of one image from the model's ``outputs`` (probabilities by name) with ``params``."""
     if representation == "boundary":
         return postprocess.from_boundary(outputs["interior"], outputs["boundary"], **params)
@@ -76,7 +76,7 @@ class TuneResult:
 
 def tune(
     representation: str,
-    outputs: Sequence[dict[str, NDArray]],
+    outputs: Sequence[dict[str, Any]],
     truths: Sequence[NDArray],
     ignores: Sequence[NDArray | None] | None = None,
     metric: str = "f1_50",
