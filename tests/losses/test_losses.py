@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from unet_train.labels import IGNORE_INDEX
 from unet_train.losses import BCEDiceLoss, BCELoss, DiceLoss, FocalLoss, TverskyLoss, WeightedBCELoss, border_weight_map
 
 LOGITS = torch.tensor([[[[0.0, 2.0], [-1.0, 3.0]]]])  # (1, 1, 2, 2)
@@ -112,3 +113,19 @@ def test_weighted_bce_uses_given_weights_and_computes_the_same_ones_itself():
     assert loss(logits, target, weight=weight).item() == pytest.approx((bce * weight).mean().item(), rel=1e-6)
     assert loss(logits, target).item() == pytest.approx(loss(logits, target, weight=weight).item(), rel=1e-6)
     assert loss(logits, target, weight=torch.ones(2, 24, 24)).item() == pytest.approx(bce.mean().item(), rel=1e-6)
+
+
+def test_weighted_bce_of_a_labelled_image_is_the_same_beside_an_unlabelled_half():
+    """Class frequencies and the weight normalisation count labelled pixels only (issue 24, item 11)."""
+    rng = np.random.default_rng(5)
+    labelled = np.ones((32, 32), dtype=np.int64)  # membrane (1) around cells (0)
+    labelled[3:14, 3:14] = labelled[3:14, 16:29] = labelled[17:29, 4:27] = 0
+    logits = torch.from_numpy(rng.normal(size=(1, 1, 32, 64)).astype(np.float32))
+    wide = np.full((32, 64), IGNORE_INDEX, dtype=np.int64)
+    wide[:, :32] = labelled
+    loss = WeightedBCELoss(w0=10, sigma=5, object_class=0)
+    alone = loss(logits[..., :32], torch.from_numpy(labelled)[None])
+    beside = loss(logits, torch.from_numpy(wide)[None])
+    assert beside.item() == pytest.approx(alone.item(), rel=1e-6)
+    weights = loss.sample_weight(wide)
+    assert np.allclose(weights[:, :32], loss.sample_weight(labelled), rtol=1e-6)

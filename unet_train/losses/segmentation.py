@@ -160,7 +160,9 @@ class BCEDiceLoss(nn.Module):
         return self.bce_weight * self.bce(logits, target) + self.dice_weight * self.dice(logits, target)
 
 
-def border_weight_map(mask: np.ndarray, w0: float = 10.0, sigma: float = 5.0, tol: float = 1e-4) -> np.ndarray:
+def border_weight_map(
+    mask: np.ndarray, w0: float = 10.0, sigma: float = 5.0, tol: float = 1e-4, valid: np.ndarray | None = None
+) -> np.ndarray:
     """The UNet paper's weight map (Ronneberger et al. 2015, eq. 2) for one binary mask.
 
     ``w(x) = w_c(x) + w0 * exp(-(d1(x) + d2(x))**2 / (2 sigma**2))`` on background pixels, where
@@ -174,10 +176,12 @@ def border_weight_map(mask: np.ndarray, w0: float = 10.0, sigma: float = 5.0, to
     transforms.
     """
     mask = np.asarray(mask) > 0
+    labelled = np.ones_like(mask) if valid is None else np.asarray(valid, dtype=bool)
+    mask = mask & labelled
     labels, n = ndimage.label(mask)
-    frequency = mask.mean()
+    frequency = mask.sum() / max(int(labelled.sum()), 1)
     class_weight = np.where(mask, 0.5 / max(frequency, 1e-6), 0.5 / max(1 - frequency, 1e-6))
-    class_weight = class_weight / class_weight.mean()
+    class_weight = class_weight / (class_weight[labelled].mean() if labelled.any() else 1.0)
     if n < 2 or w0 <= 0:
         return class_weight.astype(np.float32)
     reach = int(np.ceil(sigma * np.sqrt(2 * np.log(max(w0 / tol, 1.0)))))
@@ -209,8 +213,9 @@ class WeightedBCELoss(nn.Module):
         self.w0, self.sigma, self.object_class = w0, sigma, object_class
 
     def sample_weight(self, mask: np.ndarray) -> np.ndarray:
-        """The weight map of one ``(H, W)`` label mask, as the loss uses it."""
-        return border_weight_map(np.asarray(mask) == self.object_class, self.w0, self.sigma)
+        """The weight map of one ``(H, W)`` label mask, as the loss uses it (from its labelled pixels alone)."""
+        mask = np.asarray(mask)
+        return border_weight_map(mask == self.object_class, self.w0, self.sigma, valid=mask != IGNORE_INDEX)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         if weight is None:
