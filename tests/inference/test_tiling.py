@@ -134,7 +134,63 @@ def test_tta_averages_the_eight_flips_and_rotations():
 
 def test_bad_tiling_settings_get_clear_messages():
     model = random_unet()
-    with pytest.raises(ConfigError, match="margin=64 must be smaller than tile_size=64"):
+    with pytest.raises(ConfigError, match="margin=64 must be >= 0 and smaller than tile_size=64"):
         TiledPredictor(model, tile_size=64, margin=64)
+    with pytest.raises(
+        ConfigError, match=r"margin=-1 must be >= 0 and smaller than tile_size=64 \(null picks one\)\.$"
+    ):
+        TiledPredictor(model, tile_size=64, margin=-1)
     with pytest.raises(ConfigError, match="need tile_size >= 1, 0 <= overlap < 1 and batch_size >= 1"):
         TiledPredictor(model, tile_size=64, overlap=1.0)
+
+
+class PixelwiseModel(nn.Module):
+    """A 1x1 convolution that claims a pooling depth: tiling it must give exactly the whole-image result."""
+
+    def __init__(self, depth: int) -> None:
+        super().__init__()
+        self.depth = depth
+        self.conv = nn.Conv2d(1, 1, 1)
+        with torch.no_grad():
+            self.conv.weight.fill_(3.0)
+            self.conv.bias.fill_(-1.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+@pytest.mark.parametrize(("depth", "tile"), [(2, 16), (3, 24), (4, 32)])
+def test_every_margin_below_the_tile_covers_every_image_size(depth, tile):
+    """Issue 24, item 9: margins close to the tile size (tiles wholly in the mirrored margin) on many sizes."""
+    model = PixelwiseModel(depth)
+    rng = np.random.default_rng(depth)
+    image = torch.from_numpy(rng.random((1, 3 * tile + 5, 3 * tile + 5)).astype(np.float32))
+    sizes = [1, 2, 3, tile // 2 - 1, tile - 1, tile, tile + 1, 2 * tile - 3, 2 * tile + 7, 3 * tile + 5]
+    for margin in sorted({0, 1, tile // 2, tile - 3, tile - 2, tile - 1}):
+        for overlap in (0.0, 0.25, 0.5):
+            tiler = TiledPredictor(model, tile_size=tile, overlap=overlap, margin=margin, fold_bn=False)
+            for height in sizes:
+                width = sizes[(sizes.index(height) * 3 + margin) % len(sizes)]
+                crop = image[:, :height, :width]
+                got = tiler.predict(crop)
+                _, _, ys, xs = tiler.grid(height, width)
+                assert all(y - margin < height and y - margin + tile > 0 for y in ys), (margin, height, ys)
+                assert all(x - margin < width and x - margin + tile > 0 for x in xs), (margin, width, xs)
+                torch.testing.assert_close(got, whole_image(model, crop), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("depth", "tile", "margin", "shapes"), [(2, 64, 62, [(61, 20)]), (4, 256, 250, [(290, 24), (305, 24), (325, 24)])]
+)
+def test_reported_margins_close_to_the_tile_size_predict(depth, tile, margin, shapes):
+    """The reported crashes (``The size of tensor a (0) ...``) on a real UNet; tiled equals the chunked blend."""
+    from .test_chunked import chunked
+
+    torch.manual_seed(0)
+    model = UNet(1, 1, base_channels=2, depth=depth).eval()
+    tiler = TiledPredictor(model, tile_size=tile, overlap=0.25, margin=margin, fold_bn=False)
+    for height, width in shapes:
+        image = smooth_image(height, width)
+        prob = tiler.predict(image)
+        assert prob.shape == (1, height, width) and torch.isfinite(prob).all()
+        torch.testing.assert_close(chunked(tiler, image, chunk=32)[0], prob, atol=1e-6, rtol=0)

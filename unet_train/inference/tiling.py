@@ -144,9 +144,9 @@ class TiledPredictor:
         self.batch_size = batch_size
         if margin is None:
             margin = int(tile_size * overlap / 2) // self.align * self.align
-        self.margin = max(int(margin), 0)
-        if self.margin >= tile_size:
-            raise ConfigError(f"margin={margin} must be smaller than tile_size={tile_size} (null picks one).")
+        if not 0 <= int(margin) < tile_size:
+            raise ConfigError(f"margin={margin} must be >= 0 and smaller than tile_size={tile_size} (null picks one).")
+        self.margin = int(margin)
         self.tta = tta
         self.autocast_dtype = autocast_dtype
         self.sigma_scale = sigma_scale
@@ -168,11 +168,16 @@ class TiledPredictor:
         return self._weights[key]
 
     def grid(self, height: int, width: int) -> tuple[int, int, list[int], list[int]]:
-        """Tile shape and start offsets (in mirrored-image coordinates) for an image of this size."""
-        padded_h, padded_w = height + 2 * self.margin, width + 2 * self.margin
+        """Tile shape and start offsets (in mirrored-image coordinates) for an image of this size.
+
+        Tiles that lie wholly in the mirrored margin (a margin close to the tile size) are left out: they
+        would add nothing to the image, and the others still cover every pixel.
+        """
+        m = self.margin
+        padded_h, padded_w = height + 2 * m, width + 2 * m
         tile_h, tile_w = min(self.tile_size, padded_h), min(self.tile_size, padded_w)
-        ys = tile_starts(padded_h, tile_h, self.overlap, self.align)
-        xs = tile_starts(padded_w, tile_w, self.overlap, self.align)
+        ys = [s for s in tile_starts(padded_h, tile_h, self.overlap, self.align) if -tile_h < s - m < height]
+        xs = [s for s in tile_starts(padded_w, tile_w, self.overlap, self.align) if -tile_w < s - m < width]
         return tile_h, tile_w, ys, xs
 
     def num_tiles(self, height: int, width: int) -> int:
