@@ -416,3 +416,23 @@ def test_stack_planes_get_their_own_per_image_statistics(tiny_ckpt, tmp_path):
     assert in_memory.shape == (3, 40, 50)
     chunked = np.asarray(zarr.open_group(str(tmp_path / "stack.zarr"), mode="r")["0"])
     np.testing.assert_allclose(chunked, in_memory, atol=1e-5)
+
+
+@pytest.mark.parametrize(("dtype", "threshold", "near"), [("float16", 0.5, 0.5002), ("uint8", 0.35, 0.3502)])
+def test_zarr_mask_and_instances_come_from_the_same_stored_values(tmp_path, dtype, threshold, near):
+    """Issue 24, item 10: a square just above the threshold, stored just below it, is in neither mask nor labels."""
+    prob = np.full((40, 40), 0.1, dtype=np.float32)
+    prob[4:16, 4:16] = near  # 144 pixels whose stored value is at or below the threshold
+    prob[24:34, 20:30] = 0.9  # a clear object: in both
+    volume = Volume(np.zeros((40, 40), np.uint8), "yx", "hand-made")
+    ZarrPrediction.create(tmp_path / "s.zarr", volume, 1, 16, dtype, {"instances": "components"})
+    store = ZarrPrediction(tmp_path / "s.zarr", threshold=threshold)
+    for cy in range(3):
+        for cx in range(3):
+            y0, y1, x0, x1 = cy * 16, min(cy * 16 + 16, 40), cx * 16, min(cx * 16 + 16, 40)
+            store.write_chunk(0, (cy, cx), (y0, y1, x0, x1), torch.from_numpy(prob[None, y0:y1, x0:x1]))
+    label_chunks(store, "components", threshold, 5, halo=8, dist=Distributed())
+    mask = store.mask[...]
+    instances = store.group["labels/instances/0"][...]
+    assert np.array_equal(mask > 0, instances > 0)
+    assert mask.sum() == 100 and instances.max() == 1

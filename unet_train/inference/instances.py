@@ -29,6 +29,7 @@ from skimage.segmentation import watershed
 
 from unet_train.data.foreground import boundary_positive
 from unet_train.errors import ConfigError
+from unet_train.inference.zarr_output import stored_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +116,7 @@ def label_chunks(store: Any, method: str, threshold: float, min_distance: int, h
     def read_prob(z: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         index = where(z, y0, y1, x0, x1)
         values = np.asarray(prob_array[index if store.binary else (slice(None), *index)])
-        values = values[None] if store.binary else values
-        return values.astype(np.float32) / 255.0 if values.dtype == np.uint8 else values.astype(np.float32)
+        return stored_probabilities(values[None] if store.binary else values)  # the values the mask was made of
 
     counts = {}
     for z, cy, cx in mine:  # 1: local labels

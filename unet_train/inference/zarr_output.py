@@ -7,7 +7,8 @@ Layout of ``output=NAME.zarr``:
     otherwise; float16, or uint8 (``round(255 p)``, ``prob_dtype=uint8``); the image of the
     group's ``ome.multiscales`` (one level, the input's pixel size as its scale).
 ``labels/mask/0``
-    the mask ``([z,] y, x)`` uint8: class indices (0/1 for a binary model), an NGFF label image.
+    the mask ``([z,] y, x)`` uint8: class indices (0/1 for a binary model) of the probabilities as
+    stored in ``0`` (the instance labels are made of the same values), an NGFF label image.
 ``labels/instances/0``
     with ``instances=true``: uint32 instance labels (0 = background), an NGFF label image.
 ``done``
@@ -156,12 +157,20 @@ class ZarrPrediction:
         else:
             stored = values.astype(self.prob_dtype)
         self.prob[where if self.binary else (slice(None), *where)] = stored[0] if self.binary else stored
+        # The mask comes from the stored (possibly quantised) values, as the instance labels do: a pixel
+        # at p = 0.5002 stored as float16 0.5 is background in both at threshold 0.5.
+        values = stored_probabilities(stored)
         mask = (values[0] > self.threshold) if self.binary else values.argmax(0)
         self.mask[where] = mask.astype(np.uint8)
         self.done_array[z, chunk[0], chunk[1]] = 1
 
     def finish(self) -> None:
         self.group.attrs["unet_predict"] = {**self.group.attrs["unet_predict"], "complete": True}
+
+
+def stored_probabilities(values: np.ndarray) -> np.ndarray:
+    """Probabilities as float32 from their stored form (``uint8`` is ``round(255 p)``); mask and labels use these."""
+    return values.astype(np.float32) / 255.0 if values.dtype == np.uint8 else values.astype(np.float32)
 
 
 def read_scale_of(path: Path) -> list[float]:
