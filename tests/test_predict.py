@@ -122,3 +122,28 @@ def test_inputs_whose_outputs_collide_are_refused(tiny_ckpt, tmp_path):
     assert done.returncode == 2
     assert f"output={folder} would overwrite the input {folder / 'a.png'}" in done.stderr
     np.testing.assert_array_equal(skio.imread(folder / "a.png"), image)  # untouched
+
+
+def test_predict_reads_grey_alpha_and_rgba_tiffs_as_training_does(tiny_ckpt, tmp_path):
+    """Issue 24, item 8: a TIFF's alpha sample is dropped by unet-predict as by training's reader."""
+    from unet_train.data.reading import read_image
+    from unet_train.predict import run_predict
+
+    rng = np.random.default_rng(1)
+    grey = rng.integers(0, 65535, (40, 36), dtype=np.uint16)
+    rgb = rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)
+    alpha16, alpha8 = np.full_like(grey, 65535), np.full(grey.shape, 255, np.uint8)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    tifffile.imwrite(inputs / "grey.tif", grey, photometric="minisblack")
+    tifffile.imwrite(inputs / "grey_alpha.tif", np.dstack([grey, alpha16]), photometric="minisblack", extrasamples=[2])
+    tifffile.imwrite(inputs / "rgb.tif", rgb, photometric="rgb")
+    tifffile.imwrite(inputs / "rgba.tif", np.dstack([rgb, alpha8]), photometric="rgb", extrasamples=[2])
+    assert np.array_equal(read_image(inputs / "grey_alpha.tif"), grey)  # what training reads
+    out = tmp_path / "out"
+    settings = ["tile_size=32", "progress=never"]
+    run_predict(compose_config([f"ckpt={tiny_ckpt}", f"input={inputs}", f"output={out}", *settings], "predict"))
+    for plain, with_alpha in (("grey", "grey_alpha"), ("rgb", "rgba")):
+        expected = tifffile.imread(out / f"{plain}_prob.tif")
+        assert expected.shape == (40, 36)
+        assert np.array_equal(tifffile.imread(out / f"{with_alpha}_prob.tif"), expected), with_alpha

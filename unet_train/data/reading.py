@@ -10,13 +10,15 @@ indices they store: palette ("P" mode) PNGs as their indices, not their colours.
   singleton axes are dropped, a sample or channel axis (``S``, ``C``) becomes the last axis, so
   ``(1, H, W)`` is grey and planar ``(3, H, W)`` RGB is ``(H, W, 3)``. Several pages of an unnamed
   axis (``Q``, ``I``, ``Z``, ``T``...) could be slices or channels: refused with a message.
-  An alpha sample is dropped (RGB + extra sample, or grey + an alpha-marked extra sample).
+  An alpha sample is dropped (RGB + extra sample, or grey + an alpha-marked extra sample:
+  :func:`tiff_alpha`, the rule ``unet-predict`` reads large TIFFs by as well).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -62,21 +64,33 @@ def tiff_yxc(array: np.ndarray, axes: str, where: str) -> np.ndarray:
     return np.transpose(array, order)
 
 
-def _read_tiff(path: Path) -> tuple[np.ndarray, bool]:
-    """The first series of a TIFF as ``(H, W[, C])`` and whether it carries an RGB(A) alpha sample."""
+def tiff_alpha(page: Any) -> bool:
+    """Whether the last sample of a TIFF page's pixels is alpha: RGB + any extra sample, or grey + an
+    alpha-marked extra sample (1 associated, 2 unassociated). Training, evaluation and ``unet-predict``
+    decide a TIFF's channels by this one rule."""
+    if page is None:
+        return False
+    photometric = getattr(page, "photometric", None)
+    extras = tuple(getattr(page, "extrasamples", None) or ())
+    grey = photometric in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.MINISWHITE)
+    return bool((photometric == tifffile.PHOTOMETRIC.RGB and extras) or (grey and extras and extras[-1] in (1, 2)))
+
+
+def drop_alpha(array: np.ndarray, has_alpha: bool = True, dims: int = 2) -> np.ndarray:
+    """Grey + alpha ``(..., 2)`` -> grey ``(...)``; RGBA ``(..., 4)`` -> RGB ``(..., 3)``, for an array of ``dims``
+    axes plus a channel axis whose last sample ``has_alpha``; anything else is returned as it is."""
+    if not has_alpha or array.ndim != dims + 1 or array.shape[-1] not in (2, 4):
+        return array
+    return array[..., 0] if array.shape[-1] == 2 else array[..., :3]
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    """The first series of a TIFF as ``(H, W[, C])``, an alpha sample dropped (:func:`tiff_alpha`)."""
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         array, axes = series.asarray(), series.axes
-        page = series.pages[0] if series.pages else None
-        rgb = page is not None and getattr(page, "photometric", None) == tifffile.PHOTOMETRIC.RGB
-        extras = tuple(getattr(page, "extrasamples", None) or ())
-        grey = page is not None and getattr(page, "photometric", None) in (
-            tifffile.PHOTOMETRIC.MINISBLACK,
-            tifffile.PHOTOMETRIC.MINISWHITE,
-        )
-        # RGB + any extra sample, or grey + an alpha sample (1 associated, 2 unassociated): alpha
-        has_alpha = bool((rgb and extras) or (grey and extras and extras[-1] in (1, 2)))
-    return tiff_yxc(np.asarray(array), axes, str(path)), has_alpha
+        has_alpha = tiff_alpha(series.pages[0] if series.pages else None)
+    return drop_alpha(tiff_yxc(np.asarray(array), axes, str(path)), has_alpha)
 
 
 def _png_depth(path: Path) -> tuple[int, int]:
@@ -112,7 +126,7 @@ def _read_pillow(path: Path, *, mask: bool) -> np.ndarray:
     if mode == "1":
         array = array.astype(np.uint8) * (1 if mask else 255)
     if mode in ("LA", "La") or (array.ndim == 3 and array.shape[2] == 4):
-        array = array[..., 0] if array.shape[2] == 2 else array[..., :3]  # drop alpha
+        array = drop_alpha(array)
     return array
 
 
@@ -120,12 +134,7 @@ def read_image(path: str | Path) -> np.ndarray:
     """One 2D image as stored: ``(H, W)`` or ``(H, W, C)`` in its own dtype; names the file on failure."""
     path = Path(path)
     try:
-        if is_tiff(path):
-            array, has_alpha = _read_tiff(path)
-            if has_alpha and array.ndim == 3 and array.shape[2] in (2, 4):  # grey + alpha, RGBA
-                array = array[..., :-1] if array.shape[2] == 4 else array[..., 0]
-        else:
-            array = _read_pillow(path, mask=False)
+        array = _read_tiff(path) if is_tiff(path) else _read_pillow(path, mask=False)
     except DataError:
         raise
     except Exception as exc:
@@ -150,12 +159,7 @@ def read_mask(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     try:
-        if is_tiff(path):
-            mask, has_alpha = _read_tiff(path)
-            if has_alpha and mask.ndim == 3 and mask.shape[2] in (2, 4):  # alpha is no class
-                mask = mask[..., :-1]
-        else:
-            mask = _read_pillow(path, mask=True)
+        mask = _read_tiff(path) if is_tiff(path) else _read_pillow(path, mask=True)  # alpha is no class
     except DataError:
         raise
     except Exception as exc:
@@ -185,6 +189,7 @@ def read_stack(path: str | Path) -> np.ndarray:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             array, axes = np.asarray(series.asarray()), series.axes
+            has_alpha = tiff_alpha(series.pages[0] if series.pages else None)
     except Exception as exc:
         raise DataError(f"Could not read {path} as a TIFF stack: {exc}") from exc
     # The first non-YX, non-channel axis is the slice axis; every other axis must be a singleton.
@@ -194,7 +199,7 @@ def read_stack(path: str | Path) -> np.ndarray:
     first = slice_axes[0]
     slices = np.moveaxis(array, first, 0)
     rest = axes[:first] + axes[first + 1 :]
-    return np.stack([tiff_yxc(s, rest, f"{path}") for s in slices])
+    return drop_alpha(np.stack([tiff_yxc(s, rest, f"{path}") for s in slices]), has_alpha, dims=3)
 
 
 def probe_channels(path: str | Path) -> int:

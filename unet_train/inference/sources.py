@@ -24,7 +24,7 @@ import tifffile
 import torch
 
 from unet_train.data.normalize import normalize_image, resolve_spec
-from unet_train.data.reading import match_channels
+from unet_train.data.reading import match_channels, tiff_alpha
 from unet_train.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ class Volume:
     ``array`` is anything indexable like a NumPy array (a zarr array, an h5py dataset, a memmap);
     ``axes`` names its dimensions with letters of ``tczyx`` (``t`` must have length 1).
     ``scale`` holds the physical pixel size per axis of ``zyx`` where the file states one.
+    ``channels`` keeps the first channels only (a TIFF's alpha sample is left out, as training reads it).
     """
 
     array: Any
@@ -70,6 +71,7 @@ class Volume:
     scale: dict[str, float] = field(default_factory=dict)
     units: dict[str, str] = field(default_factory=dict)
     handle: Any = None  # an open file to close (h5py.File, tifffile.TiffFile)
+    channels: int | None = None
 
     def __post_init__(self) -> None:
         if (
@@ -88,7 +90,8 @@ class Volume:
                 f"{self.name}: a time series ({self.axes}, {tuple(self.array.shape)}); predict one time point."
             )
         size = dict(zip(self.axes, self.array.shape))
-        self.shape = (size.get("z", 1), size["y"], size["x"], size.get("c", 1))
+        channels = size.get("c", 1) if self.channels is None else min(self.channels, size.get("c", 1))
+        self.shape = (size.get("z", 1), size["y"], size["x"], channels)
         self.dtype = np.dtype(self.array.dtype)
 
     @property
@@ -107,7 +110,7 @@ class Volume:
         window = np.asarray(self.array[tuple(index)])
         kept = [a for a in self.axes if a in "yxc"]
         window = window.transpose([kept.index(a) for a in "yx" + ("c" if "c" in kept else "")])
-        return window if window.ndim == 3 else window[..., None]
+        return window[..., : self.shape[3]] if window.ndim == 3 else window[..., None]
 
     def close(self) -> None:
         if self.handle is not None:
@@ -237,7 +240,9 @@ def _open_tiff(path: Path, axes: str | None, in_channels: int) -> Volume:
     except ImportError:
         array = _TiffPages(tif, series)
     scale, units = tiff_spacing(tif)
-    return Volume(array, axes, str(path), scale, units, handle=tif)
+    samples = series.shape[axes.index("c")] if "c" in axes and len(axes) == len(series.shape) else 1
+    alpha = samples in (2, 4) and tiff_alpha(series.pages[0] if series.pages else None)  # grey + alpha, RGBA
+    return Volume(array, axes, str(path), scale, units, handle=tif, channels=samples - 1 if alpha else None)
 
 
 # ImageJ's and OME's unit names as OME-NGFF spells them
