@@ -106,3 +106,81 @@ def test_console_scripts_from_an_installed_wheel(tmp_path):
     ckpt = only_run_dir(elsewhere / "outputs") / "checkpoints" / "best.pt"
     result = run([str(site / "bin" / "unet-eval"), f"ckpt={ckpt}"], cwd=elsewhere, env=env)
     assert "val/dice" in result.stdout
+
+
+# unet-eval whose scoring waits on each batch (a slow model), so that Ctrl-C lands while the loader's workers run.
+SLOW_EVAL = """
+import sys, time
+import unet_train.engine.evaluate as engine_evaluate
+def slow(model, loader, *args, **kwargs):
+    for _ in loader:
+        print("scoring a batch", file=sys.stderr, flush=True)
+        time.sleep(60)
+engine_evaluate.evaluate = slow
+sys.argv[0] = "unet-eval"
+from unet_train.evaluate import main
+main()
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_eval_is_one_info_line_and_exit_130(trained_run, tmp_path):
+    """Issue 24, item 13: Ctrl-C (SIGINT to the process group, workers included) ends unet-eval at once in one
+    INFO line with exit status 130, without a KeyboardInterrupt traceback from it or its workers."""
+    import signal
+
+    args = [f"ckpt={trained_run / 'checkpoints' / 'best.pt'}", "data.num_workers=2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_EVAL, *args],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:  # until the workers deliver the first batch
+        seen.append(line)
+        if "scoring a batch" in line:
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    _, rest = proc.communicate(timeout=60)
+    err = "".join(seen) + rest
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    lines = [line for line in err.splitlines() if "Ctrl-C" in line]
+    assert len(lines) == 1 and "[INFO]" in lines[0] and lines[0].endswith("Interrupted by Ctrl-C: unet-eval stopped.")
+
+
+@pytest.mark.parametrize(
+    ("module", "entry", "command"),
+    [
+        ("unet_train.train", "train", "unet-train"),
+        ("unet_train.evaluate", "run_eval", "unet-eval"),
+        ("unet_train.predict", "run_predict", "unet-predict"),
+        ("unet_train.plan.cli", "plan", "unet-plan"),
+        ("unet_train.export.cli", "run_export", "unet-export"),
+    ],
+)
+def test_ctrl_c_in_every_command_is_one_info_line_and_exit_130(module, entry, command, monkeypatch, caplog):
+    """Every console script's work runs inside exit_on_user_error, which ends a KeyboardInterrupt in one line."""
+    import importlib
+    import logging
+
+    from omegaconf import OmegaConf
+
+    from unet_train.cli import exit_on_user_error
+
+    function = getattr(importlib.import_module(module), entry)
+    assert function.__code__ is exit_on_user_error(lambda: None).__code__  # the shared wrapper
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sys, "argv", [command])
+    with caplog.at_level(logging.INFO, logger="unet_train"), pytest.raises(SystemExit) as info:
+        exit_on_user_error(interrupted)(OmegaConf.create({}))
+    assert info.value.code == 130
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("INFO", f"Interrupted by Ctrl-C: {command} stopped.")
+    ]

@@ -101,11 +101,17 @@ def exit_with_usage(keys: list[str], cfg: DictConfig | None) -> NoReturn:
     sys.exit(2)
 
 
+# Exit status of a command stopped by Ctrl-C, as a shell reports a process ended by SIGINT (128 + 2).
+CTRL_C_EXIT = 130
+
+
 def exit_on_user_error(func: F) -> F:
     """Turn a :class:`UserError` into one logged line and exit status 2, instead of a traceback.
 
     A config (the first argument) with mandatory keys left at ``???`` stops before any work, with
-    :func:`missing_usage` on stderr and exit status 2.
+    :func:`missing_usage` on stderr and exit status 2. A stop the user asked for (Ctrl-C, SIGTERM) is
+    logged in one line at INFO, without a traceback: Ctrl-C exits with status 130, a training run stopped
+    by a signal with 128 + the signal (after saving ``last.pt``).
     """
 
     @functools.wraps(func)
@@ -121,8 +127,11 @@ def exit_on_user_error(func: F) -> F:
             log.error("%s", exc)
             sys.exit(2)
         except RunInterrupted as exc:  # a stop signal: last.pt is saved, the message says how to resume
-            log.error("%s", exc)
+            log.info("%s", exc)
             sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            log.info("Interrupted by Ctrl-C: %s stopped.", command_name())
+            sys.exit(CTRL_C_EXIT)
 
     return wrapper  # type: ignore[return-value]
 

@@ -41,6 +41,7 @@ from unet_train.engine.checkpoint import load_checkpoint
 from unet_train.engine.evaluate import evaluate
 from unet_train.engine.report import EvalReport
 from unet_train.engine.runtime import make_runtime, to_channels_last
+from unet_train.engine.signals import ignore_stop_signals
 from unet_train.errors import CheckpointError, ConfigError
 from unet_train.inference import TTALogits
 from unet_train.inference.tiling import fold_batchnorm
@@ -120,7 +121,11 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     data = build_data(data_cfg)
     # Every split is scored as validation is: each image once, whole, without augmentation (a
     # training loader would draw samples_per_epoch augmented crops and drop the last partial batch).
-    loader = data.dataloader(cfg.split, shuffle=False, training=False, pin_memory=runtime.device.type == "cuda")
+    # Workers leave Ctrl-C to this process, which ends in one line (exit_on_user_error), not one traceback per worker.
+    pin = runtime.device.type == "cuda"
+    loader = data.dataloader(
+        cfg.split, shuffle=False, training=False, pin_memory=pin, worker_init_fn=ignore_stop_signals
+    )
     pred_dir = out / "predictions"
     if cfg.save_predictions:
         pred_dir.mkdir(parents=True, exist_ok=True)

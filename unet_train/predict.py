@@ -4,7 +4,8 @@
 ``<name>_prob.tif`` (float32 probabilities: ``(H, W)`` of the positive class for a binary
 model, ``(K, H, W)`` otherwise) and ``<name>.png`` (the mask: 0/255 for a binary model, class
 indices otherwise). A multi-page TIFF stack gives ``<name>_prob.tif`` ``(N, H, W)`` and
-``<name>_mask.tif`` ``(N, H, W)`` uint8, written slice by slice.
+``<name>_mask.tif`` ``(N, H, W)`` uint8, written slice by slice. Files are written under a temporary
+name and renamed when complete: an interrupted prediction leaves no partial file under a final name.
 
 Zarr and HDF5 inputs, and any input with ``output=NAME.zarr``, are predicted chunk by chunk into
 an OME-Zarr store in bounded memory (:mod:`unet_train.inference.large`); under ``torchrun`` the
@@ -13,10 +14,12 @@ chunks are shared between the processes. ``ckpt=[a.pt,b.pt]`` averages the model
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -328,27 +331,45 @@ def predict_in_memory(
 
     if not volume.has_z:
         prob, labels = next(planes())
-        files = [out / f"{path.stem}_prob.tif", out / f"{path.stem}.png"]
-        tifffile.imwrite(files[0], probability_array(prob))
-        skio.imsave(files[1], mask_of(prob, threshold), check_contrast=False)
-        if labels is not None:
-            files.append(out / f"{path.stem}_labels.tif")
-            tifffile.imwrite(files[-1], labels)
+        names = ["_prob.tif", ".png", *(["_labels.tif"] if labels is not None else [])]
+        files = [out / f"{path.stem}{suffix}" for suffix in names]
+        with written_whole(files) as temps:
+            tifffile.imwrite(temps[0], probability_array(prob))
+            skio.imsave(temps[1], mask_of(prob, threshold), check_contrast=False)
+            if labels is not None:
+                tifffile.imwrite(temps[2], labels)
         return files
     # A stack: appended slice by slice (contiguous=True keeps one series, so files read back as (N, H, W)).
     names = ["_prob.tif", "_mask.tif", *(["_labels.tif"] if method else [])]
     files = [out / f"{path.stem}{suffix}" for suffix in names]
-    writers = [tifffile.TiffWriter(f) for f in files]
-    try:
-        for prob, labels in planes():
-            writers[0].write(probability_array(prob), contiguous=True)
-            writers[1].write(mask_of(prob, threshold), contiguous=True)
-            if labels is not None:
-                writers[2].write(labels, contiguous=True)
-    finally:
-        for writer in writers:
-            writer.close()
+    with written_whole(files) as temps:
+        writers = [tifffile.TiffWriter(f) for f in temps]
+        try:
+            for prob, labels in planes():
+                writers[0].write(probability_array(prob), contiguous=True)
+                writers[1].write(mask_of(prob, threshold), contiguous=True)
+                if labels is not None:
+                    writers[2].write(labels, contiguous=True)
+        finally:
+            for writer in writers:
+                writer.close()
     return files
+
+
+@contextlib.contextmanager
+def written_whole(files: Sequence[Path]) -> Iterator[list[Path]]:
+    """Temporary names beside ``files`` to write them under: renamed to ``files`` when the block completes,
+    removed when it does not (Ctrl-C, an error), so an output under its final name is always complete and a
+    rerun redoes an interrupted one. (The one place to switch to a shared atomic-write helper.)"""
+    temps = [f.with_name(f".{f.stem}.partial{f.suffix}") for f in files]  # the suffix tells writers the format
+    try:
+        yield temps
+    except BaseException:
+        for temp in temps:
+            temp.unlink(missing_ok=True)
+        raise
+    for temp, final in zip(temps, files):
+        os.replace(temp, final)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")

@@ -133,7 +133,9 @@ def test_sigterm_mid_epoch_saves_last_and_its_resume_command_continues_exactly(r
     assert code == 128 + signal.SIGTERM, err
     assert "Traceback" not in err
     last = run_dir.resolve() / "checkpoints" / "last.pt"
-    line = next(line for line in err.splitlines() if "[ERROR]" in line)
+    assert "SIGTERM: stopping after this step, saving last.pt." in err  # acknowledged at once
+    line = next(line for line in err.splitlines() if "Stopped by" in line)
+    assert "[INFO]" in line and "[ERROR]" not in err  # a requested stop is no error
     assert line.endswith(f"Stopped by SIGTERM after step 5; saved {last}. Resume with: unet-train ckpt={last}")
     stopped = load_checkpoint(last, trust=TRUST)["state"]
     assert (stopped["epoch"], stopped["step"], stopped["batch"]) == (1, 5, 2)
@@ -163,8 +165,10 @@ def test_ctrl_c_to_the_process_group_with_workers_stops_cleanly(tmp_path):
     code, err = finish(proc, tmp_path)
     assert code == 128 + signal.SIGINT, err
     assert "Traceback" not in err and "exited unexpectedly" not in err
+    assert "SIGINT: stopping after this step, saving last.pt (Ctrl-C again to stop at once)." in err
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt", trust=TRUST)["state"]
     assert f"Stopped by SIGINT after step {state['step']}; saved" in err
+    assert "[ERROR]" not in err  # a requested stop is logged at INFO
 
 
 @pytest.mark.slow

@@ -10,12 +10,13 @@ import pytest
 from unet_train.engine.signals import GracefulStop, interrupted
 
 
-def test_first_signal_sets_the_flag_second_ctrl_c_aborts():
+def test_first_signal_sets_the_flag_second_ctrl_c_aborts(capfd):
     before = signal.getsignal(signal.SIGTERM)
     with GracefulStop() as stop:
         assert not stop.requested
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.signal is signal.SIGTERM  # the handler ran; nothing was raised
+        assert capfd.readouterr().err.strip() == "SIGTERM: stopping after this step, saving last.pt."  # at once
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGTERM) is before

@@ -1,14 +1,16 @@
 """Stop training cleanly on SIGINT (Ctrl-C) and SIGTERM (``kill``, schedulers, container stops).
 
-The first signal only sets a flag: the loop finishes the optimizer step it is in, saves
-``last.pt`` and stops. A second Ctrl-C aborts at once (KeyboardInterrupt), for a user who does
-not want to wait. DataLoader workers ignore both signals: a Ctrl-C reaches the whole process
-group, and a worker dying on it would make the main process fail on its next batch instead of
-saving; the main process shuts the workers down itself.
+The first signal only sets a flag (and says so on stderr at once): the loop finishes the optimizer
+step it is in, saves ``last.pt`` and stops. A second Ctrl-C aborts at once (KeyboardInterrupt, which
+the console scripts end in one line with exit status 130), for a user who does not want to wait.
+DataLoader workers ignore both signals: a Ctrl-C reaches the whole process group, and a worker dying
+on it would make the main process fail on its next batch instead of saving; the main process shuts
+the workers down itself.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import threading
@@ -41,6 +43,10 @@ class GracefulStop:
         if self.signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal = signal.Signals(signum)
+        # Say at once that the signal was heard: the step (or validation) in progress may take a while.
+        # os.write takes no lock, unlike logging or print, which the interrupted code may be inside.
+        again = " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
+        os.write(2, f"\n{self.signal.name}: stopping after this step, saving last.pt{again}.\n".encode())
 
     def __enter__(self) -> GracefulStop:
         if threading.current_thread() is threading.main_thread():
