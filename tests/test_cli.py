@@ -179,7 +179,10 @@ def test_ctrl_c_in_every_command_is_one_info_line_and_exit_130(module, entry, co
 
     monkeypatch.setattr(sys, "argv", [command])
     with caplog.at_level(logging.INFO, logger="unet_train"), pytest.raises(SystemExit) as info:
-        exit_on_user_error(interrupted)(OmegaConf.create({}))
+        try:
+            exit_on_user_error(interrupted)(OmegaConf.create({}))
+        except KeyboardInterrupt:  # escaping, it would end the whole test session
+            pytest.fail("KeyboardInterrupt escaped exit_on_user_error")
     assert info.value.code == 130
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
         ("INFO", f"Interrupted by Ctrl-C: {command} stopped.")
