@@ -167,8 +167,9 @@ def test_resume_after_a_kill_gives_identical_output(tiny_ckpt, image, tmp_path, 
         original(self, z, chunk, bounds, prob)
 
     monkeypatch.setattr(ZarrPrediction, "write_chunk", dying)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as stopped:  # Ctrl-C: one line and exit status 130
         predict(tiny_ckpt, source, tmp_path / "resumed.zarr")
+    assert stopped.value.code == 130
     monkeypatch.setattr(ZarrPrediction, "write_chunk", original)
     assert zarr.open_group(str(tmp_path / "resumed.zarr"), mode="r")["done"][...].sum() == 7
     with caplog.at_level(logging.INFO):
