@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +19,19 @@ INPUT_NAME, OUTPUT_NAME = "input", "logits"
 EXTERNAL_DATA_BYTES = 2 * 1024**3 - 64 * 1024**2
 
 
-def export_onnx(model: nn.Module, path: str | Path, in_channels: int, opset: int = OPSET) -> Path:
-    """Write ``model`` (eval mode, float32, NCHW logits) to ``path`` with dynamic N, H and W.
+def export_onnx(
+    model: nn.Module, path: str | Path, in_channels: int, opset: int = OPSET, example_size: Sequence[int] = (45, 37)
+) -> Path:
+    """Write ``model`` (eval mode, float32, NC[D]HW logits) to ``path`` with dynamic N and spatial sizes.
 
     ``torch.export`` traces the model symbolically: the example sizes fix nothing, because the UNet's
     pad-to-a-multiple step has no Python branch on the sizes. The example batch is 2, since export
-    specialises a dimension that is 1 in the example to the constant 1.
+    specialises a dimension that is 1 in the example to the constant 1. ``example_size`` is (H, W) for
+    a 2D model, (D, H, W) for a 3D one; no side may be 1, for the same reason.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.rand(2, in_channels, 45, 37)  # sizes that are not multiples of anything
+    example = torch.rand(2, in_channels, *example_size)  # sizes that are not multiples of anything
     dynamic = torch.export.Dim.DYNAMIC
     weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     external = weight_bytes > EXTERNAL_DATA_BYTES
@@ -45,7 +48,7 @@ def export_onnx(model: nn.Module, path: str | Path, in_channels: int, opset: int
             dynamo=True,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
-            dynamic_shapes={"x": {0: dynamic, 2: dynamic, 3: dynamic}},
+            dynamic_shapes={"x": {axis: dynamic for axis in range(example.ndim) if axis != 1}},  # all but channels
             opset_version=opset,
             external_data=external,
             verbose=False,

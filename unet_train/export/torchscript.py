@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -13,15 +13,18 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
-def trace_torchscript(model: nn.Module, path: str | Path, in_channels: int) -> Path:
+def trace_torchscript(
+    model: nn.Module, path: str | Path, in_channels: int, example_size: Sequence[int] = (45, 37)
+) -> Path:
     """Trace ``model`` on one example and save it; :func:`max_abs_difference` then checks other sizes.
 
     The UNet's padding is a gather by index computed from the input's size, which the trace records
     as size arithmetic rather than constants, so the traced graph pads any size it is given.
+    ``example_size`` is (H, W) for a 2D model, (D, H, W) for a 3D one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.rand(1, in_channels, 45, 37)
+    example = torch.rand(1, in_channels, *example_size)
     with warnings.catch_warnings():
         # torch.jit.trace is deprecated in torch 2.13 (a FutureWarning) and warns about shape
         # comparisons it freezes (the attention gate's resize, never taken after padding); the
