@@ -109,7 +109,9 @@ def test_the_3d_layers_take_the_kernels_and_factors_of_their_level():
     assert [u.up.stride for u in model.ups] == [(2, 2, 2), (1, 2, 2), (1, 2, 2)]
     assert [d[0][0].kernel_size for d in model.decoders] == [(3, 3, 3), (1, 3, 3), (1, 3, 3)]
     assert [s.conv.kernel_size for s in model.skips] == [(7, 7, 7), (1, 7, 7), (1, 7, 7)]
-    gated = UNet(base_channels=2, depth=3, spatial_dims=3, pool_factors=pools, skip="attention_gate", upsample="bilinear")
+    gated = UNet(
+        base_channels=2, depth=3, spatial_dims=3, pool_factors=pools, skip="attention_gate", upsample="bilinear"
+    )
     assert [s.project_x.stride for s in gated.skips] == [(2, 2, 2), (1, 2, 2), (1, 2, 2)]
     assert [u.up[0].scale_factor for u in gated.ups] == [(2.0, 2.0, 2.0), (1.0, 2.0, 2.0), (1.0, 2.0, 2.0)]
     assert gated.ups[0].up[0].mode == "trilinear" and gated.skips[0].mode == "trilinear"
@@ -165,7 +167,9 @@ def test_the_model_configs_are_2d_by_default_and_build_3d_from_overrides():
 
 
 def test_bad_dimension_settings_say_which_key_to_fix():
-    with pytest.raises(ConfigError, match=r"^model.spatial_dims=4 is not supported; use 2 \(images\) or 3 \(volumes\).$"):
+    with pytest.raises(
+        ConfigError, match=r"^model.spatial_dims=4 is not supported; use 2 \(images\) or 3 \(volumes\).$"
+    ):
         UNet(spatial_dims=4)
     with pytest.raises(ConfigError, match=r"^model.pool_factors has 1 entries but model.depth=2 needs 2 "):
         UNet(depth=2, spatial_dims=3, pool_factors=[[2, 2, 2]])

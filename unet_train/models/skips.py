@@ -66,8 +66,9 @@ class AttentionGateSkip(nn.Module):
 
     ``W_x`` is a 2x2 stride-2 convolution (kernel and stride ``factor``, the level's pooling) that
     brings ``x`` to the grid of ``g`` (the paper's reference implementation does the same), ``W_g``
-    and ``psi`` are 1x1 convolutions, and ``up`` is (bi/tri)linear resampling. As in the paper's equations, there is no normalisation inside the gate
-    and no output projection (the reference implementation adds a 1x1 conv + BN after the multiply).
+    and ``psi`` are 1x1 convolutions, and ``up`` is (bi/tri)linear resampling. As in the paper's
+    equations, there is no normalisation inside the gate and no output projection (the reference
+    implementation adds a 1x1 conv + BN after the multiply).
 
     Args:
         channels: channels of the skip features ``x`` (kept unchanged at the output).

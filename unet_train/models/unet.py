@@ -8,6 +8,7 @@ builds in 2D or 3D (``spatial_dims``) with per-level, per-axis pooling (``pool_f
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import EllipsisType
 
 import torch
 from torch import nn
@@ -257,7 +258,9 @@ class UNet(nn.Module):
             self.ups.append(Up(coarse, fine, upsample, self.pool_factors[level]))
             self.skips.append(skip_module)
             self.decoders.append(
-                DoubleConv(skip_module.out_channels + fine, fine, norm, kernel_size=kernels[level], spatial_dims=spatial_dims)
+                DoubleConv(
+                    skip_module.out_channels + fine, fine, norm, kernel_size=kernels[level], spatial_dims=spatial_dims
+                )
             )
         self.dropout = layer("dropout", spatial_dims)(dropout) if dropout > 0 else nn.Identity()
         conv = layer("conv", spatial_dims)
@@ -299,12 +302,16 @@ class UNet(nn.Module):
             return logits
         # decoded[-1] is full resolution, decoded[-1 - k] is pooled by scales[k] of it; each auxiliary
         # map is cropped to the unpadded extent at its own scale (ceil(size / scale) per axis).
-        return [logits, *(crop(head(decoded[-1 - k]), size, self.scales[k]) for k, head in enumerate(self.aux_heads, 1))]
+        return [
+            logits,
+            *(crop(head(decoded[-1 - k]), size, self.scales[k]) for k, head in enumerate(self.aux_heads, 1)),
+        ]
 
 
 def crop(x: torch.Tensor, size: Sequence[int], scale: Sequence[int]) -> torch.Tensor:
     """``x`` cropped, from the start of each spatial axis, to ``ceil(size / scale)``."""
-    return x[(..., *(slice(0, -(-s // f)) for s, f in zip(size, scale, strict=True)))]
+    index: tuple[EllipsisType | slice, ...] = (..., *(slice(0, -(-s // f)) for s, f in zip(size, scale, strict=True)))
+    return x[index]
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int | Sequence[int]) -> torch.Tensor:
