@@ -204,3 +204,27 @@ def test_a_3d_unet_exports_to_onnx_with_dynamic_depth_height_and_width(tmp_path)
     path = export_onnx(model.eval(), tmp_path / "model.onnx", in_channels=1, example_size=(5, 13, 11))
     inputs = [torch.rand(1, 1, 5, 13, 11), torch.rand(2, 1, 3, 20, 17), torch.rand(1, 1, 1, 8, 9)]
     assert max_abs_difference(model, onnx_runner(path), inputs) < 1e-5
+
+
+def test_a_3d_checkpoint_rebuilds_its_model_with_the_dimension_settings(tmp_path):
+    """The checkpoint's config is all a rebuild needs: spatial_dims and pool_factors pass through build_model."""
+    from unet_train.engine.checkpoint import FORMAT
+    from unet_train.export.model import load_export_model
+
+    model_cfg = OmegaConf.to_container(
+        compose_config(["data=synthetic", "model.depth=2", "model.base_channels=2", "model.spatial_dims=3"]).model,
+        resolve=True,
+    )
+    assert isinstance(model_cfg, dict)
+    model_cfg["pool_factors"] = [[1, 2, 2], [2, 2, 2]]
+    model_cfg["deep_supervision"] = True
+    torch.manual_seed(0)
+    trained = build_model(OmegaConf.create(model_cfg))
+    torch.save({"format": FORMAT, "model": trained.state_dict(), "config": {"model": model_cfg}}, tmp_path / "3d.pt")
+
+    exported = load_export_model(tmp_path / "3d.pt")
+    assert exported.kwargs["spatial_dims"] == 3 and exported.kwargs["pool_factors"] == [[1, 2, 2], [2, 2, 2]]
+    assert exported.model.size_multiple == (2, 4, 4) and not exported.model.aux_heads
+    x = torch.rand(1, 1, 3, 10, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(exported.model(x), trained.eval()(x))

@@ -8,7 +8,6 @@ builds in 2D or 3D (``spatial_dims``) with per-level, per-axis pooling (``pool_f
 from __future__ import annotations
 
 from collections.abc import Sequence
-from types import EllipsisType
 
 import torch
 from torch import nn
@@ -310,8 +309,8 @@ class UNet(nn.Module):
 
 def crop(x: torch.Tensor, size: Sequence[int], scale: Sequence[int]) -> torch.Tensor:
     """``x`` cropped, from the start of each spatial axis, to ``ceil(size / scale)``."""
-    index: tuple[EllipsisType | slice, ...] = (..., *(slice(0, -(-s // f)) for s, f in zip(size, scale, strict=True)))
-    return x[index]
+    spatial = tuple(slice(0, -(-s // f)) for s, f in zip(size, scale, strict=True))
+    return x[(slice(None), slice(None), *spatial)]
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int | Sequence[int]) -> torch.Tensor:
