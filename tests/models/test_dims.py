@@ -228,3 +228,19 @@ def test_a_3d_checkpoint_rebuilds_its_model_with_the_dimension_settings(tmp_path
     x = torch.rand(1, 1, 3, 10, 9)
     with torch.no_grad():
         torch.testing.assert_close(exported.model(x), trained.eval()(x))
+
+
+def test_the_generated_architecture_file_builds_the_same_3d_model():
+    """bioimage.io's ``pytorch_state_dict`` rebuilds the model from unet_arch.py alone: it must know 3D too."""
+    from unet_train.export.architecture import architecture_source
+
+    namespace: dict = {}
+    exec(compile(architecture_source(), "unet_arch.py", "exec"), namespace)  # our own generated source
+    kwargs = {"base_channels": 2, "depth": 2, "spatial_dims": 3, "pool_factors": [[1, 2, 2], [2, 2, 2]], "skip": "dense"}
+    torch.manual_seed(0)
+    ours = UNet(**kwargs, dense_growth=2).eval()
+    rebuilt = namespace["UNet"](**kwargs, dense_growth=2).eval()
+    rebuilt.load_state_dict(ours.state_dict())
+    x = torch.rand(1, 1, 3, 10, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), ours(x), rtol=0, atol=0)

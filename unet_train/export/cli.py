@@ -96,7 +96,7 @@ def export_bioimageio(exported: ExportModel, out: Path, weights: dict[str, Path]
     info = PackageInfo(
         name=name,
         description=settings.description
-        or f"2D UNet ({variant}, depth {kwargs.get('depth')}) for "
+        or f"{kwargs.get('spatial_dims', 2)}D UNet ({variant}, depth {kwargs.get('depth')}) for "
         + ("binary" if exported.out_channels == 1 else f"{exported.out_channels}-class")
         + " segmentation, trained with unet-train.",
         authors=[dict(a) for a in settings.authors],
