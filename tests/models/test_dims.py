@@ -236,7 +236,13 @@ def test_the_generated_architecture_file_builds_the_same_3d_model():
 
     namespace: dict = {}
     exec(compile(architecture_source(), "unet_arch.py", "exec"), namespace)  # our own generated source
-    kwargs = {"base_channels": 2, "depth": 2, "spatial_dims": 3, "pool_factors": [[1, 2, 2], [2, 2, 2]], "skip": "dense"}
+    kwargs = {
+        "base_channels": 2,
+        "depth": 2,
+        "spatial_dims": 3,
+        "pool_factors": [[1, 2, 2], [2, 2, 2]],
+        "skip": "dense",
+    }
     torch.manual_seed(0)
     ours = UNet(**kwargs, dense_growth=2).eval()
     rebuilt = namespace["UNet"](**kwargs, dense_growth=2).eval()

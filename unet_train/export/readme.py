@@ -24,8 +24,8 @@ def package_readme(exported: ExportModel, name: str, metrics: dict[str, float] |
     lines = [
         f"# {name}",
         "",
-        f"A {kwargs.get('spatial_dims', 2)}D UNet trained with unet-train on `{data.get('_target_', 'unknown data')}`: encoder "
-        f"`{kwargs.get('encoder')}`, skip `{kwargs.get('skip')}`, depth {kwargs.get('depth')}, base width "
+        f"A {kwargs.get('spatial_dims', 2)}D UNet trained with unet-train on `{data.get('_target_', 'unknown data')}`: "
+        f"encoder `{kwargs.get('encoder')}`, skip `{kwargs.get('skip')}`, depth {kwargs.get('depth')}, base width "
         f"{kwargs.get('base_channels')}, {exported.in_channels} input channel(s), "
         + ("one logit (binary segmentation)." if classes == 1 else f"{classes} classes."),
         "",
