@@ -65,9 +65,7 @@ def make_plan(data_cfg: DictConfig, budget_s: float, device_name: str, output: P
     """Fingerprint ``data_cfg``'s training split, time the device, write the plan to ``output``; returns the
     fingerprint."""
     data = build_data(data_cfg)
-    images, masks, names, num_val = training_split(data)
-    fingerprint = compute_fingerprint(images, masks, names)
-    fingerprint["num_val_images"] = num_val
+    fingerprint = compute_fingerprint(*training_split(data))
     device = resolve_device(device_name)
     kind = "cuda" if device.type == "cuda" else "cpu"
     patch, depth, batch = geometry(fingerprint, kind)
