@@ -130,7 +130,9 @@ def derive_plan(fingerprint: dict, device: DeviceFacts, budget_s: float) -> list
     return choices
 
 
-def check_validation_fits(val_s: float, val_images: int, val_pixels: float, budget_s: float, device: DeviceFacts) -> None:
+def check_validation_fits(
+    val_s: float, val_images: int, val_pixels: float, budget_s: float, device: DeviceFacts
+) -> None:
     """Refuse a budget in which the final validation alone takes more than ``MAX_VAL_SHARE`` of it.
 
     Such a plan could only train for a handful of steps (one-step epochs, no warm-up) and the run
