@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
+from itertools import pairwise
 from types import SimpleNamespace
 
 import pytest
@@ -12,9 +15,11 @@ from tests.conftest import TINY, compose_config
 from unet_train.engine.budget import MARGIN, TimeBudget
 from unet_train.engine.fit import fit
 from unet_train.engine.run import TrainState
+from unet_train.engine.schedulers import cosine, poly
 from unet_train.engine.signals import GracefulStop
 from unet_train.engine.stopping import StopRules
-from unet_train.engine.schedulers import cosine, poly
+
+from .test_resume_and_monitor import lr_curve
 
 
 class FakeClock:
@@ -159,4 +164,30 @@ def test_the_schedule_never_rises_while_the_reserve_is_still_estimated():
     rates, _ = budgeted_steps(10, clock, budget, durations=[20.0] + [1.0] * 9)
     assert budget.fraction() < 0.4 < budget.progress  # the clock's fraction fell back, the agreed progress did not
     after_warmup = rates[1:]
-    assert all(b <= a for a, b in zip(after_warmup, after_warmup[1:])), after_warmup
+    assert all(b <= a for a, b in pairwise(after_warmup)), after_warmup
+
+
+@pytest.mark.slow
+def test_a_resumed_budgeted_run_goes_on_along_one_clock_and_one_falling_schedule(tmp_path, caplog):
+    # Issue 24: the resumed segment re-estimated the reserve from its first (slow) steps, so train/lr jumped
+    # down and then rose for several steps; and time_s counted the second segment alone.
+    budgeted = [*TINY, "trainer.max_time=8", "data.num_val=16", "data.num_train=16", "data.num_workers=0"]
+    first = fit(compose_config([*budgeted, "trainer.max_epochs=4"]), tmp_path / "a")
+    state = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=True)["state"]
+    # The costs that set the reserve, and the schedule's progress, travel in the checkpoint.
+    assert state["validation_s"] > 0 and state["checkpoint_s"] > 0 and 0 < state["progress"] < 1
+    assert first["time_s"] >= state["elapsed"] > 0
+    ckpt = f"ckpt={tmp_path / 'a' / 'checkpoints' / 'last.pt'}"
+    with caplog.at_level(logging.INFO, logger="unet_train.engine.eta"):
+        second = fit(compose_config([*budgeted, ckpt, "trainer.max_epochs=1000000"]), tmp_path / "b")  # to the budget
+    # The estimate after the resumed segment's first epoch counts the first segment's time too.
+    (left,) = re.findall(r"Estimated time to the end of the run: ([\d.]+) s, stopped by trainer.max_time", caplog.text)
+    assert float(left) < 8.0 - state["elapsed"]
+    final = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=True)["state"]
+    # time_s is the run's time (both segments), as the budget counts it.
+    assert second["time_s"] >= final["elapsed"] > state["elapsed"]
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["time_s"] == second["time_s"]
+    before, after = lr_curve(tmp_path / "a" / "tensorboard"), lr_curve(tmp_path / "b" / "tensorboard")
+    rates = before + after
+    assert len(after) >= 4 and all(b <= a for a, b in pairwise(rates)), rates  # falls on through the resume
+    assert after[0] >= before[-1] * 0.9  # no jump at the resume (the steps go on ~1% of the budget each)

@@ -30,10 +30,10 @@ def training_split(data: Any) -> tuple[list[np.ndarray], list[np.ndarray], list[
         image_paths, mask_paths = data._pairs(data.root, masks_required=True)
         assert mask_paths is not None
         # The stems training reads: data.fold's blocks of all the labelled images, else the val_fraction split.
-        if data.fold is not None:
-            train, val = kfold_indices(len(image_paths), data.fold, data.num_folds)
-        else:
+        if data.fold is None:
             train, val = data._split_stems(len(image_paths))
+        else:
+            train, val = kfold_indices(len(image_paths), data.fold, data.num_folds)
         images = [read_image(image_paths[i]) for i in train]
         # The data module's own decoding: {0,255} binary, indices checked against the classes, ignore_index unlabelled.
         # data.num_classes=auto resolves over the masks of every split training reads.

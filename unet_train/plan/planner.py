@@ -134,12 +134,11 @@ def apply_plan(cfg: DictConfig, plan: DictConfig, overrides: list[str]) -> DictC
     assert isinstance(planned, dict)
     for path in sorted(chosen):
         _drop_planned_option(planned, path)
+    whole = {key: value for key, value in planned.items() if isinstance(value, dict) and "_target_" in value}
     with open_dict(merged):
-        for key, value in planned.items():
-            if isinstance(value, dict) and "_target_" in value:  # a whole option (loss): replaces, not merges
-                merged[key] = value
-            else:
-                merged = OmegaConf.merge(merged, {key: value})
+        for key, value in whole.items():  # a whole option (loss): replaces the node, not merged into it
+            merged[str(key)] = value
+    merged = OmegaConf.merge(merged, {key: value for key, value in planned.items() if key not in whole})
     # The plain keys typed on the command line (data.root=..., seed=3) win over the plan's values.
     typed = [o for o in given if not _is_group_choice(_key(o), _is_group)]
     assert isinstance(merged, DictConfig)
