@@ -190,4 +190,3 @@ def test_a_resumed_budgeted_run_goes_on_along_one_clock_and_one_falling_schedule
     before, after = lr_curve(tmp_path / "a" / "tensorboard"), lr_curve(tmp_path / "b" / "tensorboard")
     rates = before + after
     assert len(after) >= 4 and all(b <= a for a, b in pairwise(rates)), rates  # falls on through the resume
-    assert after[0] >= before[-1] * 0.9  # no jump at the resume (the steps go on ~1% of the budget each)
