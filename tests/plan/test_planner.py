@@ -166,3 +166,20 @@ def test_every_group_chosen_on_the_command_line_wins_over_the_plan(tmp_path):
     planned = apply_plan(plain, load_plan(plan_path), ["data=folder", "data.root=x"])
     assert planned.data.normalize.scheme == "percentile" and planned.loss._target_.endswith("BCEDiceLoss")
     assert planned.seed == 7
+
+
+@pytest.mark.slow
+def test_unet_train_with_a_plan_trains_with_the_normalisation_chosen_on_the_command_line(folder, tmp_path):
+    plan_path = tmp_path / "p.yaml"
+    plan_path.write_text("# @package _global_\ndata:\n  patch_size: 32\n  normalize: {scheme: percentile, low: 1.0, "
+                         "high: 99.8, per: image, min_value: null, max_value: null, clip: false}\n")  # fmt: skip
+    result = subprocess.run(
+        [str(BIN / "unet-train"), "data=folder", f"data.root={folder}", f"+plan={plan_path}", "data/normalize=zscore",
+         "trainer=smoke", "trainer.max_epochs=1", "model.base_channels=4", "model.depth=2", "data.num_workers=0",
+         "data.batch_size=2", f"paths.output_dir={tmp_path}"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (resolved,) = tmp_path.glob("outputs/*/*/resolved_config.yaml")
+    data = yaml.safe_load(resolved.read_text())["data"]
+    assert data["normalize"]["scheme"] == "zscore" and "low" not in data["normalize"] and data["patch_size"] == 32
