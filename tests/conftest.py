@@ -44,6 +44,10 @@ def isbi_root() -> Path:
     return ISBI_ROOT
 
 
+CLOCK_KEYS = ("elapsed", "validation_s", "checkpoint_s")  # wall-clock times in a checkpoint's state
+
+
 def progress(state: dict) -> dict:
-    """A checkpoint's ``state`` without ``elapsed``: the run's wall-clock training time, which no rerun repeats."""
-    return {key: value for key, value in state.items() if key != "elapsed"}
+    """A checkpoint's ``state`` without its wall-clock times (``elapsed``, the measured validation and checkpoint
+    costs), which no rerun repeats."""
+    return {key: value for key, value in state.items() if key not in CLOCK_KEYS}

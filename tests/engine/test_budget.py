@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
+from itertools import pairwise
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,7 +14,12 @@ import torch
 from tests.conftest import TINY, compose_config
 from unet_train.engine.budget import MARGIN, TimeBudget
 from unet_train.engine.fit import fit
+from unet_train.engine.run import TrainState
 from unet_train.engine.schedulers import cosine, poly
+from unet_train.engine.signals import GracefulStop
+from unet_train.engine.stopping import StopRules
+
+from .test_resume_and_monitor import lr_curve
 
 
 class FakeClock:
@@ -99,3 +108,85 @@ def test_a_budgeted_run_ends_within_its_budget_with_its_final_validation(tmp_pat
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["state"]
     assert 0 < state["elapsed"] <= budget * 1.05
     assert json.loads((tmp_path / "metrics.json").read_text())["time_s"] == metrics["time_s"]
+
+
+def stop_rules(budget: TimeBudget) -> StopRules:
+    trainer = SimpleNamespace(max_epochs=10**6, max_time=budget.max_time, early_stopping_patience=None)
+    return StopRules(trainer, GracefulStop(), budget=budget)
+
+
+def budgeted_steps(steps, clock, budget, sched_state=None, durations=None, costs_at=None):
+    """``steps`` steps of a cosine schedule on ``budget``'s agreed progress, as the training loop takes them."""
+    budget.start()
+    stop = stop_rules(budget)
+    opt = optimizer()
+    sched = cosine(opt, total_steps=10**9, warmup_steps=2, progress=budget.schedule_progress)
+    if sched_state is not None:
+        sched.load_state_dict(sched_state)
+    rates = []
+    for i in range(steps):
+        clock.now += durations[i] if durations else 7.0
+        opt.step()
+        sched.step()
+        rates.append(opt.param_groups[0]["lr"])
+        if costs_at == i:  # a validation and a checkpoint write were timed
+            budget.record_validation(10.0)
+            budget.record_checkpoint(2.0)
+        stop.out_of_time()
+    return rates, sched.state_dict()
+
+
+def test_a_resumed_budget_continues_the_same_schedule_with_its_measured_reserve():
+    clock = FakeClock()
+    whole, _ = budgeted_steps(12, clock, TimeBudget(100.0, clock=clock), costs_at=2)
+    clock = FakeClock()
+    first_budget = TimeBudget(100.0, clock=clock)
+    first, sched_state = budgeted_steps(5, clock, first_budget, costs_at=2)
+    state = TrainState()
+    first_budget.store(state)  # what the checkpoint holds
+    assert (state.elapsed, state.validation_s, state.checkpoint_s) == (35.0, 10.0, 2.0)
+    assert state.progress == pytest.approx(35.0 / (100.0 - MARGIN * 12.0))
+    clock = FakeClock()
+    clock.now = 5000.0  # another process: another clock origin; the costs are not measured again before step 12
+    resumed = TimeBudget(100.0, clock=clock)
+    resumed.restore(state)
+    second, _ = budgeted_steps(7, clock, resumed, sched_state)
+    assert first + second == pytest.approx(whole, rel=1e-12, abs=0)
+    assert resumed.reserve == pytest.approx(MARGIN * 12.0) and resumed.elapsed == 84.0
+
+
+def test_the_schedule_never_rises_while_the_reserve_is_still_estimated():
+    # Before the first validation the reserve comes from the training speed: a slow first step makes it large,
+    # and as the later, faster steps bring it down the clock's fraction falls back. The schedule must not.
+    clock = FakeClock()
+    budget = TimeBudget(100.0, clock=clock)
+    budget.pixels_per_step, budget.val_pixels = 1000, 10_000  # a validation reads 10 steps' pixels
+    rates, _ = budgeted_steps(10, clock, budget, durations=[20.0] + [1.0] * 9)
+    assert budget.fraction() < 0.4 < budget.progress  # the clock's fraction fell back, the agreed progress did not
+    after_warmup = rates[1:]
+    assert all(b <= a for a, b in pairwise(after_warmup)), after_warmup
+
+
+@pytest.mark.slow
+def test_a_resumed_budgeted_run_goes_on_along_one_clock_and_one_falling_schedule(tmp_path, caplog):
+    # Issue 24: the resumed segment re-estimated the reserve from its first (slow) steps, so train/lr jumped
+    # down and then rose for several steps; and time_s counted the second segment alone.
+    budgeted = [*TINY, "trainer.max_time=8", "data.num_val=16", "data.num_train=16", "data.num_workers=0"]
+    first = fit(compose_config([*budgeted, "trainer.max_epochs=4"]), tmp_path / "a")
+    state = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=True)["state"]
+    # The costs that set the reserve, and the schedule's progress, travel in the checkpoint.
+    assert state["validation_s"] > 0 and state["checkpoint_s"] > 0 and 0 < state["progress"] < 1
+    assert first["time_s"] >= state["elapsed"] > 0
+    ckpt = f"ckpt={tmp_path / 'a' / 'checkpoints' / 'last.pt'}"
+    with caplog.at_level(logging.INFO, logger="unet_train.engine.eta"):
+        second = fit(compose_config([*budgeted, ckpt, "trainer.max_epochs=1000000"]), tmp_path / "b")  # to the budget
+    # The estimate after the resumed segment's first epoch counts the first segment's time too.
+    (left,) = re.findall(r"Estimated time to the end of the run: ([\d.]+) s, stopped by trainer.max_time", caplog.text)
+    assert float(left) < 8.0 - state["elapsed"]
+    final = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=True)["state"]
+    # time_s is the run's time (both segments), as the budget counts it.
+    assert second["time_s"] >= final["elapsed"] > state["elapsed"]
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["time_s"] == second["time_s"]
+    before, after = lr_curve(tmp_path / "a" / "tensorboard"), lr_curve(tmp_path / "b" / "tensorboard")
+    rates = before + after
+    assert len(after) >= 4 and all(b <= a for a, b in pairwise(rates)), rates  # falls on through the resume

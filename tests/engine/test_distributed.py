@@ -130,7 +130,7 @@ def test_only_rank_zero_gets_a_run_folder(monkeypatch):
 
 
 # -- two processes in this test: gradients and validation against one process ---------------------
-def _worker(rank: int, world: int, port: int, folder: str) -> None:
+def _as_torchrun(rank: int, world: int, port: int) -> None:
     # As torchrun sets them; the store is the test process's (as torchrun's agent hosts it), so it
     # outlives both ranks: a rank-0 store that exits first can abort rank 1 during its shutdown.
     os.environ.update(
@@ -138,6 +138,19 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
         TORCHELASTIC_USE_AGENT_STORE="True",
     )  # fmt: skip
     torch.set_num_threads(1)
+
+
+def _exit_cleanly() -> None:
+    # Every check passed. Leave without the interpreter's teardown: in about one run of ten a
+    # C++ thread of the c10d/gloo stack was still joinable when its destructor ran at exit ("terminate
+    # called without an active exception", SIGABRT), after the process group had been destroyed.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _worker(rank: int, world: int, port: int, folder: str) -> None:
+    _as_torchrun(rank, world, port)
     ctx = distributed.setup("ddp", "cpu")
     try:
         assert (ctx.enabled, ctx.backend, ctx.device, ctx.world_size) == (True, "gloo", "cpu", 2)
@@ -172,12 +185,7 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
         ctx.barrier()
     finally:
         distributed.cleanup()
-    # Every check above passed. Leave without the interpreter's teardown: in about one run of ten a
-    # C++ thread of the c10d/gloo stack was still joinable when its destructor ran at exit ("terminate
-    # called without an active exception", SIGABRT), after the process group had been destroyed.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    _exit_cleanly()
 
 
 @pytest.mark.slow
@@ -211,6 +219,59 @@ def _compare_with_two_processes(tmp_path: Path) -> None:
     torch.save(reference, tmp_path / "reference.pt")
     store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)  # port 0: any free port
     mp.spawn(_worker, args=(2, store.port, str(tmp_path)), nprocs=2, join=True)
+
+
+# -- a time-budgeted run on two processes: one schedule for both replicas ----------------------------
+BUDGETED_DDP = [
+    *DDP_TINY,
+    "sched=cosine",
+    "optim.lr=1e-2",
+    "trainer.max_epochs=1000000",
+    "trainer.max_time=5",
+    "data.num_workers=0",
+    "trainer.channels_last=false",
+    "data.batch_size=2",
+    "data.samples_per_epoch=32",
+]
+
+
+def _budgeted_worker(rank: int, world: int, port: int, folder: str) -> None:
+    """Train BUDGETED_DDP; write this rank's final parameters and learning rate to ``folder/rank<r>.pt``."""
+    from unet_train.engine import fit as fit_module
+
+    _as_torchrun(rank, world, port)
+    finish_run = fit_module.finish_run
+
+    def keep_replica(run: Any, *args: Any, **kwargs: Any) -> Any:
+        params = {name: p.detach().clone() for name, p in run.model.named_parameters()}
+        lr = run.optimizer.param_groups[0]["lr"]
+        torch.save({"params": params, "lr": lr, "steps": run.state.step}, Path(folder) / f"rank{rank}.pt")
+        return finish_run(run, *args, **kwargs)
+
+    fit_module.finish_run = keep_replica
+    try:
+        fit_module.fit(compose_config(BUDGETED_DDP), Path(folder) / "run")
+    finally:
+        distributed.cleanup()
+    _exit_cleanly()
+
+
+def replica_difference(folder: Path) -> tuple[float, list[float], list[int]]:
+    """max |w0 - w1| over the parameters of the two ranks' final replicas, their learning rates and steps."""
+    ranks = [torch.load(folder / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    diff = max((ranks[0]["params"][k] - ranks[1]["params"][k]).abs().max().item() for k in ranks[0]["params"])
+    return diff, [r["lr"] for r in ranks], [r["steps"] for r in ranks]
+
+
+@pytest.mark.slow
+def test_a_time_budgeted_ddp_run_keeps_its_replicas_identical(tmp_path):
+    # Each rank's own clock gave each its own learning rate (issue 24: max |w0 - w1| = 4.96e-05 after 91
+    # steps); the schedule now follows rank 0's progress, agreed with the stop at every step.
+    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    mp.spawn(_budgeted_worker, args=(2, store.port, str(tmp_path)), nprocs=2, join=True)
+    diff, lrs, steps = replica_difference(tmp_path)
+    assert steps[0] == steps[1] >= 4 and lrs[0] < 5e-3  # the same stop; the schedule ran down the budget
+    assert lrs[0] == lrs[1] and diff == 0.0, (diff, lrs, steps)
 
 
 # -- torchrun, as a user runs it --------------------------------------------------------------------

@@ -164,3 +164,12 @@ def test_a_resume_part_way_through_an_epoch_times_a_whole_epoch():
     est = clock.epoch_done(5, now=2.5)
     assert est is not None and est.epoch_s == 10 * 1.0 + 0.5 and est.remaining_s == 45 * 10.5
     assert steady_epoch_s(0.0, [3.0], 4.0, steps_per_epoch=4) == 4 * 3.0 + 1.0  # one step left: its own time
+
+
+def test_a_resumed_run_estimates_on_the_budget_s_clock():
+    # Issue 24: 18 s of the run's 20 s budget were spent before the resume; the first epoch of this segment
+    # takes 1 s. 1 s is left, not 19 s ("9.9 s left" when 2 s were left).
+    clock = RunClock(cfg_for(max_time=20.0), on_cpu=False, start=0.0, first_epoch=6, elapsed_before=18.0)
+    clock.step_done(now=0.5)
+    est = clock.epoch_done(7, now=1.0)
+    assert est is not None and est.by_max_time and est.remaining_s == 1.0 and est.total_s == 20.0

@@ -227,6 +227,9 @@ def test_checkpointer_writes_a_loadable_checkpoint_and_clears_leftovers(tmp_path
         "batch": 0,
         "planned_steps": 0,
         "elapsed": 0.0,
+        "progress": None,
+        "validation_s": None,
+        "checkpoint_s": 0.0,
         "replans": [],
     }
     assert ckpt["monitor"] == "val/dice" and ckpt["config"] == {"seed": 1}

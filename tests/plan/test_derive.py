@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from unet_train.errors import ConfigError
 from unet_train.plan.derive import DeviceFacts, derive_plan, plan_yaml
 
 CPU = DeviceFacts(kind="cpu", name="test CPU", step_seconds={8: 0.1, 16: 0.5, 32: 2.0})
@@ -100,3 +101,18 @@ def test_plan_yaml_reads_back_with_a_reason_per_choice_and_unsupported_keys_comm
 def test_validation_share_stays_small(budget):
     got = values(fingerprint(n=200, val=50), budget=budget)
     assert got["trainer.max_time"] == budget and got["data.samples_per_epoch"] >= got["data.batch_size"]
+
+
+def test_a_validation_longer_than_the_budget_is_refused_not_planned_as_one_step_epochs():
+    # One 32768^2 validation image: ~1330 s of forward passes at 0.5 s per 4 x 256^2 step (width 16 on CPU).
+    huge = {**fingerprint(n=20, val=1), "val_pixels": 32768**2}
+    with pytest.raises(ConfigError) as error:
+        derive_plan(huge, CPU, 600.0)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("This data cannot be validated in a budget of 600 s: one validation of its 1 ")
+    assert "validation image(s) (1073.7 Mpx) takes ~" in message and "Give a budget of at least " in message
+    # A validation at a third of the budget still fits: the steps left make long epochs and a warm-up.
+    third = {**fingerprint(n=20, val=1), "val_pixels": 32768**2 // 6}
+    got = values(third, budget=600.0)
+    assert got["data.samples_per_epoch"] // got["data.batch_size"] > 100 and got["sched.warmup_steps"] > 0

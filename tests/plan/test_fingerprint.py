@@ -10,6 +10,7 @@ from PIL import Image
 from tests.conftest import compose_config
 from unet_train.build import build_data
 from unet_train.errors import DataError
+from unet_train.plan.derive import DeviceFacts, derive_plan
 from unet_train.plan.fingerprint import compute_fingerprint, training_split
 
 
@@ -84,3 +85,38 @@ def test_a_colour_mask_is_refused_naming_the_file(tmp_path):
     data = build_data(compose_config(["data=folder", f"data.root={tmp_path}", "data.val_fraction=0"]).data)
     with pytest.raises(DataError, match=r"Mask .*0\.png is a colour image"):
         training_split(data)
+
+
+@pytest.mark.parametrize(
+    ("split", "val"), [(["data.val_fraction=0.25"], 2), (["data.val_fraction=0", "data.num_folds=4", "data.fold=3"], 3)]
+)
+def test_a_class_only_in_the_validation_images_is_a_class_of_the_plan(tmp_path, split, val):
+    # Four images; class 2 only in the validation image (val_fraction 0.25 with split_seed 0 holds out
+    # stem 2; fold 3 of 4 validates on the last block, stem 3).
+    masks = [np.zeros((8, 8), np.uint8) for _ in range(4)]
+    for mask in masks:
+        mask[:4] = 1
+    masks[val][6:, 6:] = 2
+    write_folder(tmp_path, [np.full((8, 8), 100 + i, np.uint16) for i in range(4)], masks)
+    data = build_data(compose_config(["data=folder", f"data.root={tmp_path}", *split]).data)
+    images, train_masks, names, val_masks = training_split(data)
+    assert names == [str(i) for i in range(4) if i != val] and len(val_masks) == 1
+    got = compute_fingerprint(images, train_masks, names, val_masks)
+    assert got["num_classes"] == 3 and set(got["classes"]) == {"0", "1", "2"}
+    assert got["classes"]["2"] == pytest.approx(4 / 256)  # shares over every labelled pixel read
+    assert got["num_val_images"] == 1 and got["val_pixels"] == 64
+
+
+def test_the_fingerprint_reads_raw_values_of_every_data_config():
+    # data=synthetic stores uint8 images; normalised by zscore they would look like float data of mean 0.
+    cfg = compose_config(
+        ["data=synthetic", "data/normalize=zscore", "data.image_size=32", "data.patch_size=32", "data.num_train=2"]
+    )
+    data = build_data(cfg.data)
+    got = compute_fingerprint(*training_split(data)[:3])
+    assert got["dtypes"] == ["u1"] and got["bit_depth"] == 8
+    raw = data.load_split("train").images
+    assert got["intensity"][0]["mean"] == pytest.approx(np.mean(np.stack(raw).astype(np.float64)))
+    assert got["intensity"][0]["max"] > 1.0
+    normalize = {c.key: c.value for c in derive_plan(got, DeviceFacts("cpu", "test"), 60.0)}["data.normalize"]
+    assert normalize["scheme"] == "scale_linear"  # 8-bit data: divide by 255, not a percentile scheme

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 import yaml
+from omegaconf import OmegaConf
 from PIL import Image
 
 from tests.conftest import compose_config
@@ -138,3 +139,47 @@ def test_plan_auto_is_refused_under_torchrun(folder, monkeypatch):
     with pytest.raises(ConfigError, match=r"plan=auto is not run under torchrun: each rank would plan on its own"):
         planned_config(cfg)
     assert not (folder / "unet_plan").exists()
+
+
+def test_every_group_chosen_on_the_command_line_wins_over_the_plan(tmp_path):
+    plan_path = tmp_path / "plan.yaml"
+    plan_path.write_text(
+        "# @package _global_\n"
+        "data:\n  patch_size: 48\n"
+        "  normalize: {scheme: percentile, low: 1.0, high: 99.8, per: image, min_value: null, max_value: null,"
+        " clip: false}\n"
+        "loss: {_target_: unet_train.losses.BCEDiceLoss, bce_weight: 1.0, dice_weight: 1.0, smooth: 1.0}\n"
+        "model:\n  depth: 2\n"
+        "seed: 7\n"
+    )
+    typed = ["data=folder", "data.root=x", "data/normalize=zscore", "loss=dice", "model=attention", "seed=3"]
+    cfg = compose_config(typed)
+    merged = apply_plan(cfg, load_plan(plan_path), typed)
+    # The chosen normalisation whole, with none of the plan's percentile keys left in it.
+    assert OmegaConf.to_container(merged.data.normalize) == OmegaConf.to_container(cfg.data.normalize)
+    assert merged.data.normalize.scheme == "zscore" and merged.loss._target_ == cfg.loss._target_
+    assert merged.seed == 3  # a plain key typed on the command line wins too
+    # The plan still tunes the data config and the model it was made for.
+    assert merged.data.patch_size == 48 and merged.model.depth == 2 and merged.model._target_ == cfg.model._target_
+    # Without those choices on the command line, the plan's options apply.
+    plain = compose_config(["data=folder", "data.root=x"])
+    planned = apply_plan(plain, load_plan(plan_path), ["data=folder", "data.root=x"])
+    assert planned.data.normalize.scheme == "percentile" and planned.loss._target_.endswith("BCEDiceLoss")
+    assert planned.seed == 7
+
+
+@pytest.mark.slow
+def test_unet_train_with_a_plan_trains_with_the_normalisation_chosen_on_the_command_line(folder, tmp_path):
+    plan_path = tmp_path / "p.yaml"
+    plan_path.write_text("# @package _global_\ndata:\n  patch_size: 32\n  normalize: {scheme: percentile, low: 1.0, "
+                         "high: 99.8, per: image, min_value: null, max_value: null, clip: false}\n")  # fmt: skip
+    result = subprocess.run(
+        [str(BIN / "unet-train"), "data=folder", f"data.root={folder}", f"+plan={plan_path}", "data/normalize=zscore",
+         "trainer=smoke", "trainer.max_epochs=1", "model.base_channels=4", "model.depth=2", "data.num_workers=0",
+         "data.batch_size=2", f"paths.output_dir={tmp_path}"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (resolved,) = tmp_path.glob("outputs/*/*/resolved_config.yaml")
+    data = yaml.safe_load(resolved.read_text())["data"]
+    assert data["normalize"]["scheme"] == "zscore" and "low" not in data["normalize"] and data["patch_size"] == 32

@@ -232,8 +232,7 @@ class SegmentationData:
         if name not in self._cache:
             if name != "train" and needs_dataset_stats(self.normalize):
                 self.split("train")  # fills the dataset statistics every split is normalised with
-            folded = self.fold is not None and name in ("train", "val")
-            split = self._fold_split(name) if folded else self.load_split(name)
+            split = self.raw_split(name)
             if len(split) == 0:
                 where = f" in {Path(self.root).resolve()}" if hasattr(self, "root") else ""
                 raise DataError(
@@ -247,6 +246,11 @@ class SegmentationData:
             check_shared_images(type(self).__name__, name, split, self._cache)
             self._cache[name] = split
         return self._cache[name]
+
+    def raw_split(self, name: str) -> Split:
+        """The split as stored, before normalisation (``data.fold``'s part of ``all`` when set); not cached."""
+        folded = self.fold is not None and name in ("train", "val")
+        return self._fold_split(name) if folded else self.load_split(name)
 
     def _fold_split(self, name: str) -> Split:
         """Fold ``self.fold``'s train or val part of the ``all`` split (the images are shared, not copied)."""

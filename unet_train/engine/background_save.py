@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ class BackgroundWriter:
     def __init__(self) -> None:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self.write_s = 0.0  # the longest write the thread has done (the snapshot excluded)
 
     def submit(self, obj: Any, path: Path) -> None:
         self.wait()
@@ -64,7 +66,9 @@ class BackgroundWriter:
 
     def _write(self, obj: Any, path: Path) -> None:
         try:
+            started = time.monotonic()
             save_atomic(obj, path)
+            self.write_s = max(self.write_s, time.monotonic() - started)
         except BaseException as exc:  # handed to the training thread by wait()
             self._error = exc
 

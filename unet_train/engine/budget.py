@@ -1,16 +1,21 @@
 """The time budget of a run (``trainer.max_time``): training time, the schedule's progress, and what to keep in reserve.
 
 The budget counts the training time of every segment of a run: a resumed run starts from the
-elapsed time stored in its checkpoint (``TrainState.elapsed``), so a time-based learning-rate
-schedule continues where it stopped. Training stops early enough that the final validation and
-checkpoint still fit: their cost is measured (or, before the first validation, estimated from the
-training speed) and held back.
+elapsed time, the measured costs and the schedule's progress stored in its checkpoint (``TrainState``),
+so a time-based learning-rate schedule continues where it stopped, without a jump. It is the one clock
+of a run: the stop, the estimate of the time left and ``metrics.json``'s ``time_s`` read it. Training
+stops early enough that the final validation and checkpoint still fit: their cost is measured (or,
+before the first validation, estimated from the training speed) and held back.
+
+The schedule reads :attr:`TimeBudget.progress`, not the clock: the value agreed after the last step
+(rank 0's under DDP, see :meth:`~unet_train.engine.stopping.StopRules.out_of_time`), which never goes back.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 # A validation pass (forward only, no augmentation) costs about this share of a training step per
 # pixel; the estimate is on the safe side until the first validation is timed.
@@ -35,16 +40,35 @@ class TimeBudget:
         self.clock = clock
         self.started = clock()
         self.validation_s: float | None = None  # the longest validation measured
-        self.checkpoint_s = 0.0  # the longest checkpoint write measured
-        self.val_pixels = 0  # pixels of one validation pass
+        self.checkpoint_s = 0.0  # the longest synchronous checkpoint write measured
+        self.val_pixels = 0  # pixels of one validation pass (of rank 0's share under DDP)
         self.pixels_per_step = 0  # training pixels of one optimizer step
         self.steps = 0  # steps taken in this segment
+        # The schedule's progress at the start of this segment (a checkpoint's), None on a fresh run; the rest
+        # of the budget then takes the schedule from there to 1 (see fraction()).
+        self.progress_before: float | None = None
+        self.progress = 0.0  # the schedule's progress as last agreed (advance()); never decreases
 
-    def start(self, elapsed_before: float | None = None) -> None:
-        """Start this segment's clock now (after the run is built), from ``elapsed_before`` if given."""
-        if elapsed_before is not None:
-            self.elapsed_before = elapsed_before
+    def start(self) -> None:
+        """Start this segment's clock now (after the run is built): once per segment."""
         self.started = self.clock()
+        self.progress = max(self.progress, self.progress_before or 0.0)
+
+    def store(self, state: Any) -> None:
+        """Write the run's clock into ``state`` (a ``TrainState``) for a checkpoint."""
+        state.elapsed, state.progress = self.elapsed, self.progress
+        state.validation_s, state.checkpoint_s = self.validation_s, self.checkpoint_s
+
+    def restore(self, state: Any) -> None:
+        """Continue the run of ``state`` (a checkpoint's ``TrainState``): its time, measured costs and progress.
+
+        Checkpoints from before the costs and progress were stored restore the elapsed time alone.
+        """
+        self.elapsed_before = state.elapsed
+        if state.validation_s is not None:
+            self.record_validation(state.validation_s)
+        self.record_checkpoint(state.checkpoint_s)
+        self.progress_before = state.progress
 
     @property
     def elapsed(self) -> float:
@@ -65,10 +89,30 @@ class TimeBudget:
         return min(MARGIN * (validation + self.checkpoint_s), 0.5 * self.max_time)
 
     def fraction(self) -> float:
-        """The schedule's progress in [0, 1]: 1 when the training share of the budget is spent."""
+        """The schedule's progress in [0, 1] by this process's clock: 1 when the training share of the budget is spent.
+
+        A resumed segment goes on from its checkpoint's progress and reaches 1 when the budget left
+        (less the reserve) is spent, so the rate neither jumps nor rises at a resume.
+        """
         if self.max_time is None:
             return 0.0
-        return min(1.0, max(0.0, self.elapsed / max(1e-9, self.max_time - self.reserve)))
+        end = self.max_time - self.reserve  # the elapsed time at which training stops
+        if self.progress_before is None:
+            return min(1.0, max(0.0, self.elapsed / max(1e-9, end)))
+        left = end - self.elapsed_before
+        if left <= 0:
+            return 1.0
+        done = (self.elapsed - self.elapsed_before) / left
+        return min(1.0, max(0.0, self.progress_before + (1.0 - self.progress_before) * done))
+
+    def advance(self, progress: float) -> float:
+        """Take ``progress`` (the agreed :meth:`fraction`) as the schedule's; it never goes back. Returns it."""
+        self.progress = max(self.progress, progress)
+        return self.progress
+
+    def schedule_progress(self) -> float:
+        """What a time-based schedule reads each step: the agreed, monotone :attr:`progress`."""
+        return self.progress
 
     def out_of_time(self) -> bool:
         """Whether training must stop so that the final validation and checkpoint fit in the budget."""

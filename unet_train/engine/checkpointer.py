@@ -36,6 +36,7 @@ class Checkpointer:
         self.every = SaveEvery.parse(tcfg.get("save_every", 1))
         self.writer = BackgroundWriter() if tcfg.get("background_save", False) else None
         self.last_write = time.monotonic()
+        self.sync_write_s = 0.0  # the longest synchronous write (what the run's final last.pt costs)
         for leftover in discard_partial_writes(folder) if self.is_main else []:
             log.warning("Removed %s, a checkpoint write cut short by a kill", leftover.name)
 
@@ -47,7 +48,7 @@ class Checkpointer:
         """What a checkpoint holds (see :mod:`unet_train.engine.checkpoint`), as of now; ``extras``: RNG and plan."""
         run = self.run
         if getattr(run, "budget", None) is not None:
-            run.state.elapsed = run.budget.elapsed  # a resumed time-based schedule continues from here
+            run.budget.store(run.state)  # a resumed run's clock and time-based schedule continue from here
         return {
             "format": FORMAT,
             "model": unwrap(run.model).state_dict(),
@@ -81,9 +82,17 @@ class Checkpointer:
         if background and self.writer is not None:
             self.writer.submit(self.contents(extras), self.folder / name)
             return run.dist.agree(True)
+        started = time.monotonic()
         self.wait()  # an earlier background write lands first
         save_atomic(self.contents(extras), self.folder / name)
+        self.sync_write_s = max(self.sync_write_s, time.monotonic() - started)
         return run.dist.agree(True)
+
+    @property
+    def write_s(self) -> float:
+        """The longest write measured: synchronous ones, and the writer thread's own (a background save
+        returns at once, but the run's final ``last.pt`` is written synchronously and costs that long)."""
+        return max(self.sync_write_s, self.writer.write_s if self.writer is not None else 0.0)
 
     def save_last(self, final: bool) -> bool:
         """The end-of-epoch ``last.pt``: written when ``trainer.save_every`` says so, and always when ``final``.

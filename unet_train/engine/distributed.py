@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -183,6 +183,14 @@ class Distributed:
         flag = torch.tensor([int(decision)], device=self._collective_device())
         dist.broadcast(flag, src=0)
         return bool(flag.item())
+
+    def agree_values(self, values: Sequence[float]) -> tuple[float, ...]:
+        """Rank 0's ``values`` on every rank, exactly (float64): one broadcast for several numbers."""
+        if not self.enabled:
+            return tuple(values)
+        tensor = torch.tensor(list(values), dtype=torch.float64, device=self._collective_device())
+        dist.broadcast(tensor, src=0)
+        return tuple(tensor.tolist())
 
     def max(self, value: int) -> int:
         """The largest ``value`` over ranks (a stop signal's number: one that reached any rank stops them all)."""

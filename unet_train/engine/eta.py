@@ -110,9 +110,12 @@ class RunClock:
     """
 
     def __init__(
-        self, cfg: DictConfig, on_cpu: bool, start: float, first_epoch: int, steps_per_epoch: int | None = None
-    ) -> None:
+        self, cfg: DictConfig, on_cpu: bool, start: float, first_epoch: int, steps_per_epoch: int | None = None,
+        elapsed_before: float = 0.0,
+    ) -> None:  # fmt: skip
         self.cfg, self.on_cpu, self.start, self.first_epoch = cfg, on_cpu, start, first_epoch
+        # The run's time before this segment (a resume's): the estimate counts the run's time, as trainer.max_time.
+        self.elapsed_before = elapsed_before
         self.steps_per_epoch = steps_per_epoch  # a whole epoch's steps (a resume may start part-way through one)
         self.epoch_start = start  # after the first epoch: where the later epochs' mean starts
         self.timing_steps = True  # during the first epoch: its optimizer steps' end times
@@ -127,7 +130,7 @@ class RunClock:
         """Call after each epoch (with its validation and checkpoints); logs after this process's first one."""
         t = self.cfg.trainer
         now = time.monotonic() if now is None else now
-        elapsed = now - self.start
+        elapsed = self.elapsed_before + now - self.start
         first = epochs_done == self.first_epoch + 1
         if first:
             epoch_s = steady_epoch_s(self.start, self.step_ends, now, self.steps_per_epoch)

@@ -63,11 +63,14 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
 
     try:
         with logging_redirect_tqdm(), GracefulStop() as signals:
-            assert run.budget is not None
-            run.budget.start()  # the training clock (from the checkpoint's elapsed time on resume)
-            stop = StopRules(tcfg, signals, run.dist, run.budget)
+            # The run's one clock, from the checkpoint's time on resume: the stop, the estimate and time_s.
+            budget = run.budget
+            budget.start()
+            stop = StopRules(tcfg, signals, run.dist, budget)
             on_cpu = run.runtime.device.type == "cpu"
-            clock = RunClock(cfg, on_cpu, stop.start, state.epoch, run.steps_per_epoch)  # time to the end
+            clock = RunClock(  # time to the end
+                cfg, on_cpu, budget.started, state.epoch, run.steps_per_epoch, elapsed_before=budget.elapsed_before
+            )
             epochs = tqdm(
                 range(state.epoch, tcfg.max_epochs), desc="epochs", disable=not progress, initial=state.epoch,
                 total=tcfg.max_epochs, dynamic_ncols=True,
@@ -77,20 +80,20 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                 train_loss = train_loss if result.loss is None else result.loss
                 last_epoch = result.out_of_time or state.epoch == tcfg.max_epochs
                 # A validation that would leave no room for the final one in trainer.max_time is skipped.
-                due = state.epoch % tcfg.val_every == 0 and run.dist.agree(run.budget.allows_validation())
+                due = state.epoch % tcfg.val_every == 0 and run.dist.agree(budget.allows_validation())
                 if due or last_epoch:
                     started = time.monotonic()
                     last_metrics = validate_epoch(run, writer, checkpoints, epochs, train_loss, result.images_per_s)
-                    run.budget.record_validation(time.monotonic() - started)
+                    budget.record_validation(time.monotonic() - started)
                 elif state.epoch % tcfg.val_every == 0:
                     log.info("epoch %d: validation skipped, the final one must fit in trainer.max_time", state.epoch)
                 writer.flush()  # events up to this step are on disk before the checkpoint that resumes after them
                 reason = stop.after_epoch(state, result.out_of_time)
                 interrupt = stop.interrupt_after_epoch(state)
-                # The run's last last.pt is written synchronously; the others follow trainer.save_every.
-                started = time.monotonic()
+                # The run's last last.pt is written synchronously; the others follow trainer.save_every. The
+                # reserve holds back what a synchronous write costs (not a skipped or background save's return).
                 saved = checkpoints.save_last(final=reason is not None or interrupt or last_epoch)
-                run.budget.record_checkpoint(time.monotonic() - started)
+                budget.record_checkpoint(checkpoints.write_s)
                 clock.epoch_done(state.epoch, epochs)
                 if reason is not None:
                     stop_reason = reason

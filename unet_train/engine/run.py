@@ -48,6 +48,10 @@ class TrainState:
     batch: int = 0  # batches of epoch ``epoch + 1`` already trained on (> 0 only after a stop signal)
     planned_steps: int = 0  # the steps the learning-rate schedule was planned over (0: not recorded)
     elapsed: float = 0.0  # training time of the run so far in seconds (a time-based schedule's clock)
+    # What trainer.max_time's reserve and schedule had reached (engine/budget.py), so a resume goes on from them:
+    progress: float | None = None  # the time-based schedule's progress in [0, 1] (None: not recorded)
+    validation_s: float | None = None  # the longest validation measured (None: not yet)
+    checkpoint_s: float = 0.0  # the longest synchronous checkpoint write measured
     # Each earlier re-plan of the schedule as [step, steps planned before, steps planned after], oldest first.
     replans: list[list[int]] = field(default_factory=list)
 
@@ -75,11 +79,12 @@ class Run:
     # Steps per epoch the learning-rate schedule plans with: this run's, or a resumed run's original
     # one when it resumes on another number of processes (engine/resume.py).
     schedule_steps_per_epoch: int = 0
-    budget: TimeBudget | None = None  # trainer.max_time: the clock of the schedule and of the stop
+    # The run's clock (training time over all its segments), and trainer.max_time's schedule and stop.
+    budget: TimeBudget = field(default_factory=lambda: TimeBudget(None))
 
     def schedule_progress(self) -> Any:
         """The time-based schedule's progress function when ``trainer.max_time`` is set, else None (step-based)."""
-        return self.budget.fraction if self.budget is not None and self.budget.max_time is not None else None
+        return self.budget.schedule_progress if self.budget.max_time is not None else None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -142,8 +147,10 @@ def build_run(cfg: DictConfig) -> Run:
     planned_steps = len(train_loader) * tcfg.max_epochs
     budget = TimeBudget(tcfg.max_time)
     budget.pixels_per_step = int(cfg.data.batch_size) * int(cfg.data.get("patch_size", 256)) ** 2
-    budget.val_pixels = sum(int(im.shape[0]) * int(im.shape[1]) for im in data.split("val").images)
-    progress = budget.fraction if tcfg.max_time is not None else None
+    # The validation rank 0 does: its shard of the split (ShardSampler's items), whose cost the reserve holds back.
+    val_images = data.split("val").images[dist.rank :: dist.world_size]
+    budget.val_pixels = sum(int(im.shape[0]) * int(im.shape[1]) for im in val_images)
+    progress = budget.schedule_progress if tcfg.max_time is not None else None
     scheduler = build_scheduler(cfg, optimizer, total_steps=planned_steps, progress=progress)
     run = Run(
         cfg=cfg,
@@ -205,8 +212,7 @@ def resume(run: Run, path: str) -> None:
     load_optimizer_state(run.optimizer, checkpoint["optimizer"])
     run.scheduler.load_state_dict(checkpoint["scheduler"])
     run.scaler.load_state_dict(checkpoint["scaler"])
-    if run.budget is not None:
-        run.budget.start(state.elapsed)  # the time-based schedule continues from the stored training time
+    run.budget.restore(state)  # the run's clock, measured costs and time-based schedule go on from the checkpoint
     restore_rng(checkpoint, run.dist, cfg.seed, state.step)  # each rank its own saved state
     replan_schedule(run, checkpoint)
     previous = checkpoint.get("monitor")

@@ -2,9 +2,9 @@
 
 Each is a ``_partial_: true`` factory in ``configs/sched``: the training loop calls it with the
 optimizer and the planned number of steps. With ``trainer.max_time`` set it also passes
-``progress``, the share of the time budget spent (:meth:`~unet_train.engine.budget.TimeBudget.fraction`):
-the decay then runs over the budget instead of the steps, and the rate reaches its floor as the
-clock runs out. Warm-up is counted in steps either way.
+``progress``, the share of the time budget spent (:meth:`~unet_train.engine.budget.TimeBudget.schedule_progress`:
+agreed by every rank, never going back): the decay then runs over the budget instead of the steps, and
+the rate reaches its floor as the clock runs out. Warm-up is counted in steps either way.
 """
 
 from __future__ import annotations

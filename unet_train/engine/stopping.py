@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +30,12 @@ class StopRules:
         self.patience: int | None = trainer.early_stopping_patience
         self.signals = signals
         self.dist = dist or distributed.Distributed()
-        self.start = time.monotonic()
         self._signal = 0  # the stop signal agreed on at the last check
 
     @property
     def elapsed(self) -> float:
-        return time.monotonic() - self.start
+        """The run's training time over all its segments (the budget's clock, also without a budget)."""
+        return self.budget.elapsed
 
     @property
     def signalled(self) -> bool:
@@ -46,9 +45,17 @@ class StopRules:
 
     def out_of_time(self) -> bool:
         """Whether ``trainer.max_time``, less the final validation's reserve, has run out (after every step; a
-        collective under DDP)."""
+        collective under DDP).
+
+        The time-based schedule's progress travels with the decision: every rank takes rank 0's, so the
+        replicas' learning rates, and so their weights, stay identical (each rank's own clock would differ).
+        """
         self.budget.steps += 1
-        return self.max_time is not None and self.dist.agree(self.budget.out_of_time())
+        if self.max_time is None:
+            return False
+        progress, stop = self.dist.agree_values((self.budget.fraction(), float(self.budget.out_of_time())))
+        self.budget.advance(progress)
+        return bool(stop)
 
     def after_epoch(self, state: Any, out_of_time: bool) -> str | None:
         """The reason to stop after this epoch (``state`` is the run's TrainState), or None to go on."""

@@ -12,12 +12,15 @@ from typing import Any
 
 import yaml
 
+from unet_train.errors import ConfigError
+
 MIN_BOTTLENECK = 8  # pixels of context the deepest level keeps per side
 MAX_DEPTH = 5
 PATCH_CAP = {"cpu": 256, "cuda": 512}  # crop sides a step of the device handles in a useful time
 BATCH = {"cpu": 4, "cuda": 16}
 MIN_STEPS = 600  # optimizer steps a budget should buy; the widest measured width that reaches them wins
 VAL_SHARE = 0.1  # validation's share of the budget
+MAX_VAL_SHARE = 0.5  # one validation costing more than this share of the budget cannot be planned for
 SPARSE_FOREGROUND = 0.1  # mean foreground share below which crops are centred on foreground
 FOREGROUND_OVERSAMPLE = 0.33  # nnU-Net's share of foreground-centred crops
 FORWARD_SHARE = 0.35  # a forward pass's share of a training step's cost (backward and update are the rest)
@@ -95,13 +98,14 @@ def derive_plan(fingerprint: dict, device: DeviceFacts, budget_s: float) -> list
     # Validation: whole images, forward only, at about FORWARD_SHARE of a training step per crop's pixels.
     # Without the split's size, data.val_fraction 0.2 holds out a quarter of the training count.
     val_images = fp.get("num_val_images", round(fp["num_images"] * 0.25))
-    pixels = fp["height"]["median"] * fp["width"]["median"]
+    val_pixels = fp.get("val_pixels", val_images * fp["height"]["median"] * fp["width"]["median"])
     train_guess = budget_s * (1 - VAL_SHARE)
     width, step_s, width_reason = choose_width(device, train_guess)
     add("model.base_channels", width, width_reason)
     if math.isnan(step_s):
         step_s = 0.5
-    val_s = val_images * pixels / (batch * patch * patch) * step_s * FORWARD_SHARE
+    val_s = val_pixels / (batch * patch * patch) * step_s * FORWARD_SHARE
+    check_validation_fits(val_s, val_images, val_pixels, budget_s, device)
     validations = int(max(1, min(20, VAL_SHARE * budget_s / max(val_s, 1e-9))))
     steps = max(1, int((budget_s - validations * val_s) / step_s))
     validations = min(validations, steps)
@@ -124,6 +128,25 @@ def derive_plan(fingerprint: dict, device: DeviceFacts, budget_s: float) -> list
     else:
         add("data.foreground_oversample", 0.0, f"foreground is {share:.0%} of the pixels: random crops see it")
     return choices
+
+
+def check_validation_fits(
+    val_s: float, val_images: int, val_pixels: float, budget_s: float, device: DeviceFacts
+) -> None:
+    """Refuse a budget in which the final validation alone takes more than ``MAX_VAL_SHARE`` of it.
+
+    Such a plan could only train for a handful of steps (one-step epochs, no warm-up) and the run
+    would overrun its budget by the validation; better to say so than to write it.
+    """
+    if val_s <= MAX_VAL_SHARE * budget_s:
+        return
+    where = f"on {device.name}" if device.step_seconds else "(a guess: no training step was timed)"
+    raise ConfigError(
+        f"This data cannot be validated in a budget of {budget_s:g} s: one validation of its {val_images} "
+        f"validation image(s) ({val_pixels / 1e6:.1f} Mpx) takes ~{val_s:.0f} s {where}, more than "
+        f"{MAX_VAL_SHARE:.0%} of the budget. Give a budget of at least {math.ceil(val_s / MAX_VAL_SHARE)} s "
+        "(budget=, or trainer.max_time with plan=auto), or validate on fewer or smaller images (data.val_fraction)."
+    )
 
 
 def _normalize(fp: dict) -> tuple[dict, str]:

@@ -1,9 +1,10 @@
 """A dataset fingerprint: what ``unet-plan`` knows about the training split before it plans.
 
-:func:`training_split` is the one place that reads the files. ``data=folder`` is read from the files
-with the data module's own readers (:mod:`unet_train.data.reading`: each image in its own dtype,
-TIFF axes resolved, palette masks as their indices), before any normalisation or channel matching;
-other data configs give their decoded split. :func:`compute_fingerprint` is a pure function of the arrays.
+:func:`training_split` is the one place that reads the files, always before any normalisation:
+``data=folder`` from the files with the data module's own readers (:mod:`unet_train.data.reading`:
+each image in its own dtype, TIFF axes resolved, palette masks as their indices, before channel
+matching), other data configs as their ``load_split`` decodes them. The splits are the ones training
+reads, ``data.fold`` included. :func:`compute_fingerprint` is a pure function of the arrays.
 """
 
 from __future__ import annotations
@@ -14,29 +15,38 @@ from typing import Any
 import numpy as np
 
 from unet_train.data.reading import read_image, read_mask
+from unet_train.data.splits import kfold_indices
 from unet_train.errors import DataError
 from unet_train.labels import IGNORE_INDEX
 
 PERCENTILES = (0.5, 1.0, 50.0, 99.0, 99.8, 99.9)
 
 
-def training_split(data: Any) -> tuple[list[np.ndarray], list[np.ndarray], list[str], int]:
-    """The training split's images (raw values), masks (class indices) and names, and the validation split's size."""
+def training_split(data: Any) -> tuple[list[np.ndarray], list[np.ndarray], list[str], list[np.ndarray]]:
+    """The training split's images (raw values), masks (class indices) and names, and the validation masks."""
     from unet_train.data.folder import ImageFolder, encode_mask
 
     if isinstance(data, ImageFolder):
         image_paths, mask_paths = data._pairs(data.root, masks_required=True)
         assert mask_paths is not None
-        train, val = data._split_stems(len(image_paths))
+        # The stems training reads: data.fold's blocks of all the labelled images, else the val_fraction split.
+        if data.fold is None:
+            train, val = data._split_stems(len(image_paths))
+        else:
+            train, val = kfold_indices(len(image_paths), data.fold, data.num_folds)
         images = [read_image(image_paths[i]) for i in train]
         # The data module's own decoding: {0,255} binary, indices checked against the classes, ignore_index unlabelled.
+        # data.num_classes=auto resolves over the masks of every split training reads.
         classes, ignore = data.num_classes, data.ignore_index
-        masks = [encode_mask(read_mask(mask_paths[i]), classes, mask_paths[i], ignore) for i in train]
-        return images, masks, [image_paths[i].stem for i in train], len(val)
-    split = data.split("train")
+
+        def masks_of(indices: Sequence[int]) -> list[np.ndarray]:
+            return [encode_mask(read_mask(mask_paths[i]), classes, mask_paths[i], ignore) for i in indices]
+
+        return images, masks_of(train), [image_paths[i].stem for i in train], masks_of(val)
+    split, val_split = data.raw_split("train"), data.raw_split("val")
     if split.masks is None:
         raise DataError(f"The training split of {type(data).__name__} has no masks; unet-plan needs labelled data.")
-    return list(split.images), list(split.masks), list(split.names), len(data.split("val"))
+    return list(split.images), list(split.masks), list(split.names), list(val_split.masks or [])
 
 
 def _stats(values: Sequence[float]) -> dict[str, float]:
@@ -44,11 +54,16 @@ def _stats(values: Sequence[float]) -> dict[str, float]:
     return {"min": float(array.min()), "median": float(np.median(array)), "max": float(array.max())}
 
 
-def compute_fingerprint(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], names: Sequence[str]) -> dict:
+def compute_fingerprint(
+    images: Sequence[np.ndarray], masks: Sequence[np.ndarray], names: Sequence[str],
+    val_masks: Sequence[np.ndarray] = (),
+) -> dict:  # fmt: skip
     """The fingerprint of a training split: sizes, channels, dtype, intensities, classes and foreground.
 
-    Intensity percentiles are over all pixels of all images, per channel, on the raw values; class
-    shares are over the labelled pixels (not ``IGNORE_INDEX``); foreground is every class but 0.
+    Intensity percentiles are over all pixels of all images, per channel, on the raw values; classes
+    come from every mask training reads (``val_masks`` too: a class only a validation image holds is
+    still a class), their shares over the labelled pixels (not ``IGNORE_INDEX``); foreground (every
+    class but 0) is per training image. ``val_masks`` also give the validation split's size.
     """
     if not images:
         raise DataError("The training split is empty; unet-plan needs at least one image.")
@@ -72,7 +87,7 @@ def compute_fingerprint(images: Sequence[np.ndarray], masks: Sequence[np.ndarray
             "percentiles": {f"{p:g}": float(v) for p, v in zip(PERCENTILES, pct)},
         })  # fmt: skip
     counts: dict[int, int] = {}
-    for mask in masks:
+    for mask in [*masks, *val_masks]:
         found, number = np.unique(mask, return_counts=True)
         for v, n in zip(found.tolist(), number.tolist()):
             if v != IGNORE_INDEX:
@@ -93,10 +108,12 @@ def compute_fingerprint(images: Sequence[np.ndarray], masks: Sequence[np.ndarray
         "dtypes": dtypes,
         "bit_depth": _bit_depth(dtypes),
         "intensity": intensities,
-        "classes": {str(k): counts[k] / total for k in sorted(counts)},  # class index: share of all pixels
+        "classes": {str(k): counts[k] / total for k in sorted(counts)},  # class index: share of labelled pixels
         "num_classes": max(2, max(counts, default=0) + 1),
         "foreground_share": {**_stats(foreground), "mean": float(np.mean(foreground))},
         "foreground_share_per_image": dict(zip(names, foreground)),
+        "num_val_images": len(val_masks),
+        "val_pixels": int(sum(m.size for m in val_masks)),  # what one validation pass reads
     }
 
 

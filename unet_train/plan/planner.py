@@ -65,9 +65,7 @@ def make_plan(data_cfg: DictConfig, budget_s: float, device_name: str, output: P
     """Fingerprint ``data_cfg``'s training split, time the device, write the plan to ``output``; returns the
     fingerprint."""
     data = build_data(data_cfg)
-    images, masks, names, num_val = training_split(data)
-    fingerprint = compute_fingerprint(images, masks, names)
-    fingerprint["num_val_images"] = num_val
+    fingerprint = compute_fingerprint(*training_split(data))
     device = resolve_device(device_name)
     kind = "cuda" if device.type == "cuda" else "cpu"
     patch, depth, batch = geometry(fingerprint, kind)
@@ -121,24 +119,55 @@ def load_plan(path: str | Path, trusted: Any = False) -> DictConfig:
 def apply_plan(cfg: DictConfig, plan: DictConfig, overrides: list[str]) -> DictConfig:
     """``cfg`` with ``plan`` merged on top and then the command line's own ``key=value`` overrides again.
 
-    A planned ``loss`` replaces the whole loss node, unless the command line chose a loss itself
-    (``loss=dice``); other groups are merged key by key.
+    A config group chosen on the command line wins over the plan: a planned option of that group
+    (``loss``, a node with ``_target_``; any nested group such as ``data.normalize``) is dropped when the
+    command line chose the group (``loss=dice``, ``data/normalize=zscore``). Other planned keys are merged
+    key by key, so the plan still tunes the data config it was made for (``data=folder``).
     """
-    from unet_train.cli import _is_override, _key, apply_overrides
+    from unet_train.cli import _is_group, _is_override, _key, apply_overrides
 
     given = [o for o in overrides if _is_override(o)]
-    chosen_groups = {_key(o) for o in given if "." not in _key(o)}
+    chosen = {_group_path(_key(o)) for o in given if _is_group_choice(_key(o), _is_group)}
     merged = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    assert isinstance(merged, DictConfig)
+    planned = OmegaConf.to_container(plan, resolve=False)
+    assert isinstance(planned, dict)
+    for path in sorted(chosen):
+        _drop_planned_option(planned, path)
+    whole = {key: value for key, value in planned.items() if isinstance(value, dict) and "_target_" in value}
     with open_dict(merged):
-        for key in plan:
-            if key == "loss":
-                if "loss" not in chosen_groups:
-                    merged.loss = plan.loss
-            else:
-                merged = OmegaConf.merge(merged, {key: plan[key]})
-    typed = [o for o in given if "." in _key(o)]
+        for key, value in whole.items():  # a whole option (loss): replaces the node, not merged into it
+            merged[str(key)] = value
+    merged = OmegaConf.merge(merged, {key: value for key, value in planned.items() if key not in whole})
+    # The plain keys typed on the command line (data.root=..., seed=3) win over the plan's values.
+    typed = [o for o in given if not _is_group_choice(_key(o), _is_group)]
     assert isinstance(merged, DictConfig)
     return apply_overrides(merged, typed)
+
+
+def _is_group_choice(key: str, is_group: Any) -> bool:
+    """``loss``, ``data/normalize`` or ``data/normalize@...``: the choice of a config group's option."""
+    return "/" in key or "@" in key or is_group(key)
+
+
+def _group_path(key: str) -> str:
+    """The config node a group choice fills: ``data/normalize`` -> ``data.normalize`` (or its ``@package``)."""
+    group, _, package = key.partition("@")
+    return package or group.replace("/", ".")
+
+
+def _drop_planned_option(planned: dict, path: str) -> None:
+    """Remove the plan's option of the group at ``path`` (a node with ``_target_``, or a nested group's node)."""
+    parent_path, _, leaf = path.rpartition(".")
+    parent: Any = planned
+    for part in parent_path.split(".") if parent_path else []:
+        parent = parent.get(part) if isinstance(parent, dict) else None
+    if not isinstance(parent, dict) or leaf not in parent:
+        return
+    node = parent[leaf]
+    if parent_path or (isinstance(node, dict) and "_target_" in node):
+        log.info("%s: the command line's choice wins over the plan's", path.replace(".", "/"))
+        del parent[leaf]
 
 
 def auto_plan_budget(cfg: DictConfig) -> float:
