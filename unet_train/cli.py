@@ -6,17 +6,21 @@ import functools
 import json
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
 from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from unet_train.added_keys import check_added_keys
 from unet_train.config import PathsConfig, TrainerConfig, config_dir
 from unet_train.errors import ConfigError, RunInterrupted, UserError
 
@@ -98,11 +102,40 @@ def missing_keys(cfg: DictConfig) -> list[str]:
 
 def exit_with_usage(keys: list[str], cfg: DictConfig | None) -> NoReturn:
     sys.stderr.write(missing_usage(keys, cfg) + "\n")
+    discard_unused_run_folder(cfg)
     sys.exit(2)
 
 
 # Exit status of a command stopped by Ctrl-C, as a shell reports a process ended by SIGINT (128 + 2).
 CTRL_C_EXIT = 130
+
+
+# What a job leaves in its run folder before it has done anything: Hydra's record, the log, the config.
+RECORD = (".hydra", "resolved_config.yaml")
+
+
+def discard_unused_run_folder(cfg: DictConfig | None) -> None:
+    """Remove this job's run folder when it holds nothing but :data:`RECORD` and the job's log.
+
+    A call that stops before any work (a usage message, a refused value) then leaves no folder to
+    sift through; a folder with anything else (a checkpoint, TensorBoard events, a resumed run's
+    files) is kept. Empty parents (``outputs/<date>``) go too, up to ``paths.output_dir``. Sweeps keep
+    their job folders (the sweep's summary lists them).
+    """
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.RUN:
+        return
+    folder = run_dir().resolve()
+    keep = {*RECORD, f"{HydraConfig.get().job.name}.log"}
+    if not folder.is_dir() or any(
+        (p.relative_to(folder).parts[0] not in keep) for p in folder.rglob("*") if not p.is_dir() or p.is_symlink()
+    ):
+        return
+    shutil.rmtree(folder)
+    base = Path(str(OmegaConf.select(cfg, "paths.output_dir", default=".") if cfg is not None else ".")).resolve()
+    for parent in folder.parents:
+        if parent == base or base not in parent.parents or any(parent.iterdir()):
+            break
+        parent.rmdir()
 
 
 def exit_on_user_error(func: F) -> F:
@@ -125,6 +158,7 @@ def exit_on_user_error(func: F) -> F:
             exit_with_usage([str(getattr(exc, "full_key", None) or exc)], cfg)
         except UserError as exc:
             log.error("%s", exc)
+            discard_unused_run_folder(cfg)
             sys.exit(2)
         except RunInterrupted as exc:  # a stop signal: last.pt is saved, the message says how to resume
             log.info("%s", exc)
@@ -217,15 +251,50 @@ def _is_group(key: str) -> bool:
     return "." not in key and (config_dir() / key).is_dir()
 
 
-def apply_overrides(base: DictConfig, overrides: list[str], skip: tuple[str, ...] = ()) -> DictConfig:
+def run_choices(ckpt: str | Path) -> dict[str, str | None] | None:
+    """The group choices of the run that wrote ``ckpt`` (``model: vanilla``), from its ``.hydra/hydra.yaml``.
+
+    None when the checkpoint is not inside its run folder (``<run>/checkpoints/``) or the record is unreadable.
+    """
+    record = Path(ckpt).expanduser().resolve().parent.parent / ".hydra" / "hydra.yaml"
+    try:
+        choices = yaml.safe_load(record.read_text())["hydra"]["runtime"]["choices"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    if not isinstance(choices, dict):
+        return None
+    return {str(group): None if option is None else str(option) for group, option in choices.items()}
+
+
+def _refuse_choice(line: str, key: str, choices: dict[str, str | None] | None) -> NoReturn:
+    """Refuse another option of group ``key`` on a resume, naming the run's own when it is known."""
+    if choices is None:
+        used = f"the run's {key} is not recorded (no .hydra/hydra.yaml beside its checkpoints/ folder)"
+    else:
+        used = f"this run used {key}={choices[key]}" if choices.get(key) else f"this run used no {key} option"
+    if key in FIXED_GROUPS:
+        raise ConfigError(f"{line}: the checkpoint fixes the model ({used}); start a new run to train another {key}.")
+    raise ConfigError(
+        f"{line}: {used}, and a resume cannot choose another {key} option; drop {key}=..., or override its keys."
+    )
+
+
+def apply_overrides(
+    base: DictConfig,
+    overrides: list[str],
+    skip: tuple[str, ...] = (),
+    choices: dict[str, str | None] | None = None,
+) -> DictConfig:
     """Apply Hydra-style overrides from the command line onto a checkpoint's stored config.
 
     They are checked against that config, as Hydra checks a new run's against the composed one:
     ``key=value`` changes a key the checkpoint's config has (a misspelt key is refused),
     ``+key=value`` adds one, ``++key=value`` sets one either way, ``~key`` deletes one; values
     parse as Hydra parses them, and ``trainer.*`` / ``paths.*`` values are checked against their
-    schemas. Choosing another option of a config group (``model=attention``, ``data=folder``) is
-    refused; group choices named in ``skip`` are left to the caller.
+    schemas. A group choice equal to the run's own (``choices``, from :func:`run_choices`) is accepted, as
+    when the run's own command is repeated with ``ckpt=`` added; another option of a config group
+    (``model=attention``, ``data=folder``) is refused; group choices named in ``skip`` are left to the caller.
+    Keys added under a group are checked by :func:`unet_train.added_keys.check_added_keys`.
     """
     cfg = OmegaConf.create(OmegaConf.to_container(base, resolve=False))
     assert isinstance(cfg, DictConfig)
@@ -240,10 +309,10 @@ def apply_overrides(base: DictConfig, overrides: list[str], skip: tuple[str, ...
             continue
         if override.is_sweep_override():
             raise ConfigError(f"{line}: a sweep over values cannot apply to one checkpoint; give one value.")
-        if key in FIXED_GROUPS:
-            raise ConfigError(f"{line}: the checkpoint fixes the model; start a new run to train another {key}.")
-        if _is_group(key) or override.package:
-            raise ConfigError(f"{line}: choosing another {key} option is not supported on a resume; override its keys.")
+        if key in FIXED_GROUPS or _is_group(key) or override.package:
+            if choices is not None and not override.package and key in choices and choices[key] == override.value():
+                continue
+            _refuse_choice(line, key, choices)
         current = OmegaConf.select(cfg, key, default=missing, throw_on_missing=False)
         if override.is_delete():
             if current is missing:
@@ -260,6 +329,7 @@ def apply_overrides(base: DictConfig, overrides: list[str], skip: tuple[str, ...
         value = override.value()
         _check_schema(key, value, line)
         OmegaConf.update(cfg, key, value, merge=False, force_add=True)
+    check_added_keys(cfg, [line for line in overrides if _key(line).partition(".")[0] not in skip])
     return cfg
 
 
