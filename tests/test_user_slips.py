@@ -109,3 +109,32 @@ def test_resuming_from_a_checkpoint_behind_last_pt_is_refused(finished_run, tmp_
         "weights, copy best.pt out of the run folder and pass that copy."
     )
     assert last.read_bytes() == before
+
+
+def test_a_bare_or_refused_eval_leaves_no_folder(tmp_path):
+    bare = run(["unet-eval"], cwd=tmp_path)
+    assert bare.returncode == 2 and bare.stderr.startswith("unet-eval needs ckpt")
+    assert not (tmp_path / "outputs").exists()
+
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "best.pt").write_bytes(b"")
+    folder = run(["unet-eval", f"ckpt={tmp_path / 'run'}"], cwd=tmp_path)
+    assert refusal(folder) == (
+        f"Checkpoint {tmp_path / 'run'} is a folder; pass the checkpoint file, "
+        f"e.g. ckpt={tmp_path / 'run' / 'checkpoints' / 'best.pt'}."
+    )
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_text_file_is_named_as_one(tmp_path):
+    from unet_train.engine.checkpoint import load_checkpoint
+    from unet_train.errors import CheckpointError
+
+    notes = tmp_path / "notes.pt"
+    notes.write_text("epoch 3: looks good\n")
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(notes)
+    assert str(caught.value) == (
+        f"{notes} is not a readable checkpoint (truncated, corrupted or not a torch file): it is a text file, not a "
+        "torch file"
+    )
