@@ -51,6 +51,7 @@ class TrainerConfig:
     early_stopping_patience: int | None = None  # validations without improvement before stopping
     max_nonfinite_steps: int = 5  # consecutive NaN/inf losses before training stops
     progress: str = "auto"  # auto (bars on a terminal) | always | never
+    progress_every_s: float | None = 60.0  # without bars: a plain progress line every N seconds; null: none
     strategy: str = "single"  # single | ddp
     sync_batchnorm: bool = False
 

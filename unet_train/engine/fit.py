@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from unet_train.config import TrainerConfig
 from unet_train.engine.background_save import SaveEvery
 from unet_train.engine.checkpointer import Checkpointer
 from unet_train.engine.epoch import train_epoch
@@ -67,7 +68,9 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
             run.budget.start()  # the training clock (from the checkpoint's elapsed time on resume)
             stop = StopRules(tcfg, signals, run.dist, run.budget)
             on_cpu = run.runtime.device.type == "cpu"
-            clock = RunClock(cfg, on_cpu, stop.start, state.epoch, run.steps_per_epoch)  # time to the end
+            # Without bars (a cluster log, | tee), a plain progress line every trainer.progress_every_s seconds.
+            every = None if progress or not run.dist.is_main else tcfg.get("progress_every_s", TrainerConfig.progress_every_s)
+            clock = RunClock(cfg, on_cpu, stop.start, state.epoch, run.steps_per_epoch, every)  # time to the end
             epochs = tqdm(
                 range(state.epoch, tcfg.max_epochs), desc="epochs", disable=not progress, initial=state.epoch,
                 total=tcfg.max_epochs, dynamic_ncols=True,
