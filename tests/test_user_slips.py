@@ -3,6 +3,7 @@ own command, a resume from ``best.pt``, misleading messages and left-over folder
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -16,8 +17,9 @@ from .conftest import TINY
 BIN = Path(sys.executable).parent
 
 
-def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / args[0]), *args[1:]], cwd=cwd, capture_output=True, text=True, timeout=300)
+def run(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    command = [str(BIN / args[0]), *args[1:]]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
 
 
 def refusal(result: subprocess.CompletedProcess[str]) -> str:
@@ -138,3 +140,26 @@ def test_a_text_file_is_named_as_one(tmp_path):
         f"{notes} is not a readable checkpoint (truncated, corrupted or not a torch file): it is a text file, not a "
         "torch file"
     )
+
+
+# Imported at start-up from PYTHONPATH: the Optuna sweeper plugin then cannot be found, as without the extra.
+BLOCK_OPTUNA = """
+import sys
+
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.startswith("hydra_plugins.hydra_optuna_sweeper"):
+            raise ModuleNotFoundError(name)
+
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_a_missing_sweep_extra_is_named_in_one_line(tmp_path):
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(BLOCK_OPTUNA)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    result = run(["unet-train", "hparams_search=optuna", "experiment=quickstart"], cwd=tmp_path, env=env)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == 'hparams_search=optuna needs the sweep extra, which is not installed: pip install "unet-train[sweep]"\n'
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import logging
 import os
@@ -210,6 +211,37 @@ def _hold(argv: list[str], env: str, held: Callable[[str], bool] | None) -> list
     taken = [arg for arg in args if _is_override(arg) and held(arg)]
     os.environ[env] = json.dumps(taken)
     return [argv[0], *(arg for arg in args if arg not in taken)]
+
+
+SWEEP_HINT = 'pip install "unet-train[sweep]"'
+# Group choices that need a Hydra plugin of the sweep extra, and the plugin's module.
+SWEEP_PLUGINS = {
+    "hparams_search=optuna": "hydra_plugins.hydra_optuna_sweeper",
+    "hydra/sweeper=optuna": "hydra_plugins.hydra_optuna_sweeper",
+    "hydra/launcher=joblib": "hydra_plugins.hydra_joblib_launcher",
+    "hydra/launcher=slurm": "hydra_plugins.hydra_submitit_launcher",
+    "hydra/launcher=submitit_slurm": "hydra_plugins.hydra_submitit_launcher",
+    "hydra/launcher=submitit_local": "hydra_plugins.hydra_submitit_launcher",
+}
+
+
+def require_sweep_extra(args: Sequence[str]) -> None:
+    """Exit 2 with one line naming the sweep extra when a choice in ``args`` needs a plugin not installed.
+
+    Without it, Hydra fails to compose with a list of the options it did find (``Could not find
+    'hydra/sweeper/optuna'``), which does not say what to install.
+    """
+    for arg in args:
+        module = SWEEP_PLUGINS.get(arg.lstrip("+"))
+        if module is None:
+            continue
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            sys.stderr.write(f"{arg} needs the sweep extra, which is not installed: {SWEEP_HINT}\n")
+            sys.exit(2)
 
 
 def hold_resume_overrides(argv: list[str]) -> list[str]:

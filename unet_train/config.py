@@ -104,8 +104,8 @@ def _monitor_direction(monitor: str, mode: str = "auto") -> str:
 def register() -> None:
     """Register schemas and resolvers (idempotent)."""
     cs = ConfigStore.instance()
-    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
-    cs.store(group="paths", name="paths_schema", node=PathsConfig)
+    cs.store(name="trainer_schema", node=TrainerConfig)  # at the root: not an option of the group
+    cs.store(name="paths_schema", node=PathsConfig)
     if not OmegaConf.has_resolver("unet.run_dir"):
         OmegaConf.register_new_resolver("unet.run_dir", _run_dir_for)
     if not OmegaConf.has_resolver("unet.output_subdir"):

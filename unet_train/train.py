@@ -26,6 +26,7 @@ from unet_train.cli import (
     exit_if_version_asked,
     exit_on_user_error,
     hold_resume_overrides,
+    require_sweep_extra,
     resume_overrides,
     run_choices,
     run_dir,
@@ -45,7 +46,8 @@ RESUME_LOG = "resume_log.yaml"
 
 
 def planned_config(cfg: DictConfig) -> DictConfig:
-    """On ``plan=PATH`` (or ``plan=auto``: plan ``cfg.data`` first), the plan merged under this command's overrides."""
+    """On ``plan=PATH`` (or ``plan=auto``: plan ``cfg.data`` first, into ``<run>/experiment/plan.yaml``), the plan
+    merged under this command's overrides."""
     from unet_train.plan.planner import apply_plan, auto_plan_budget, default_plan_path, load_plan, make_plan
 
     path = cfg.plan
@@ -55,7 +57,7 @@ def planned_config(cfg: DictConfig) -> DictConfig:
                 "plan=auto is not run under torchrun: each rank would plan on its own timing. Plan once with "
                 "unet-plan data=... (or a single-process plan=auto run), then start torchrun with plan=PATH."
             )
-        path = default_plan_path(cfg.data, run_dir())
+        path = default_plan_path(run_dir())  # the run's own folder, beside resolved_config.yaml
         make_plan(cfg.data, auto_plan_budget(cfg), cfg.trainer.device, path)
         log.info("plan=auto: wrote %s", path)
     merged = apply_plan(cfg, load_plan(path, trusted=cfg.get("trust_config", False)), user_overrides())
@@ -148,6 +150,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     """The ``unet-train`` console script; under torchrun, ranks other than 0 create no run folder."""
     exit_if_version_asked()
+    require_sweep_extra(sys.argv[1:])
     sys.argv[:] = hold_resume_overrides(sys.argv)
     sys.argv.extend(distributed.worker_hydra_overrides())
     # train.yaml has a plan key (plan=auto); +plan=PATH, as an experiment-style override, means the same.
