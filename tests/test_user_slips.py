@@ -48,10 +48,14 @@ def finished_run(tmp_path_factory) -> Path:
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("+trainer.max_epoch=1", "+trainer.max_epoch=1: trainer has no key max_epoch; did you mean trainer.max_epochs?"),
+        (
+            "+trainer.max_epoch=1",
+            "+trainer.max_epoch=1: trainer has no key max_epoch; did you mean trainer.max_epochs?",
+        ),
         (
             "+optim.learning_rate=1e-3",
-            "+optim.learning_rate=1e-3: optim (torch.optim.Adam) takes no argument learning_rate; did you mean optim.lr?",
+            "+optim.learning_rate=1e-3: optim (torch.optim.Adam) takes no argument learning_rate; "
+            "did you mean optim.lr?",
         ),
         (
             "+model.base_channel=8",
@@ -161,5 +165,6 @@ def test_a_missing_sweep_extra_is_named_in_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
     result = run(["unet-train", "hparams_search=optuna", "experiment=quickstart"], cwd=tmp_path, env=env)
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr == 'hparams_search=optuna needs the sweep extra, which is not installed: pip install "unet-train[sweep]"\n'
+    expected = 'hparams_search=optuna needs the sweep extra, which is not installed: pip install "unet-train[sweep]"'
+    assert result.stderr == expected + "\n"
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()

@@ -94,9 +94,5 @@ def check_added_keys(cfg: DictConfig, overrides: Iterable[str]) -> None:
             continue
         prefix = key.rpartition(".")[0]
         close = nearest(leaf, taken - HYDRA_KEYS)
-        hint = (
-            f"did you mean {prefix}.{close}?"
-            if close
-            else f"its keys are {', '.join(sorted(taken - HYDRA_KEYS))}."
-        )
+        hint = f"did you mean {prefix}.{close}?" if close else f"its keys are {', '.join(sorted(taken - HYDRA_KEYS))}."
         raise ConfigError(f"{line}: {where} {leaf}; {hint}")

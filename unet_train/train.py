@@ -21,6 +21,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from unet_train.added_keys import check_added_keys
 from unet_train.cli import (
     apply_overrides,
     exit_if_version_asked,
@@ -32,7 +33,6 @@ from unet_train.cli import (
     run_dir,
     user_overrides,
 )
-from unet_train.added_keys import check_added_keys
 from unet_train.config import config_dir
 from unet_train.engine import distributed
 from unet_train.engine.checkpoint import load_checkpoint

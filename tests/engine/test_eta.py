@@ -135,7 +135,8 @@ def log_time(line: str) -> float:
 def test_train_log_states_the_remaining_time_within_a_factor_of_two(tmp_path):
     # Each epoch: 2 steps that sleep 0.15 s each (sleep needs no CPU, so a loaded machine keeps the length).
     slow = ["loss=bce", "loss._target_=tests.engine.slow_loss.SlowLoss", "+loss.sleep_s=0.15"]
-    args = [*TINY, "trainer.max_epochs=6", "data.batch_size=4", "data.num_train=8", *slow, "trainer.progress_every_s=0.2"]
+    args = [*TINY, "trainer.max_epochs=6", "data.batch_size=4", "data.num_train=8", *slow]
+    args.append("trainer.progress_every_s=0.2")
     env = {**os.environ, "PYTHONPATH": str(REPO)}  # lets the CLI import the test-only loss
     result = subprocess.run(
         [sys.executable, "-m", "unet_train.train", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300,

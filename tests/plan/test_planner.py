@@ -155,8 +155,8 @@ def test_a_plan_path_that_cannot_be_written_is_refused_before_any_work(folder, t
     )  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().partition("[ERROR] - ")[2] == (
-        f"output={blocker}/plan.yaml: cannot write in {blocker} (a file, not a folder); pass output= a path in a folder "
-        "you can write to."
+        f"output={blocker}/plan.yaml: cannot write in {blocker} (a file, not a folder); pass output= a path in a "
+        "folder you can write to."
     )
     assert not (tmp_path / "outputs").exists()
 

@@ -167,7 +167,8 @@ class RunClock:
             return
         self.advised = True
         hints = shorter_run_hints(self.cfg, cpu_has_fast_bf16())
-        log.info("This CPU run takes about %s in all; to shorten it: %s", format_duration(est.total_s), "; ".join(hints))
+        total = format_duration(est.total_s)
+        log.info("This CPU run takes about %s in all; to shorten it: %s", total, "; ".join(hints))
 
     def progress_line(
         self, epoch: int, step: int, loss: float | None, images: int, now: float | None = None

@@ -69,7 +69,8 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
             stop = StopRules(tcfg, signals, run.dist, run.budget)
             on_cpu = run.runtime.device.type == "cpu"
             # Without bars (a cluster log, | tee), a plain progress line every trainer.progress_every_s seconds.
-            every = None if progress or not run.dist.is_main else tcfg.get("progress_every_s", TrainerConfig.progress_every_s)
+            every = tcfg.get("progress_every_s", TrainerConfig.progress_every_s)
+            every = None if progress or not run.dist.is_main else every
             clock = RunClock(cfg, on_cpu, stop.start, state.epoch, run.steps_per_epoch, every)  # time to the end
             epochs = tqdm(
                 range(state.epoch, tcfg.max_epochs), desc="epochs", disable=not progress, initial=state.epoch,

@@ -2,7 +2,7 @@
 
 Examples::
 
-    unet-plan data=folder data.root=my_data   # writes outputs/plan/<date>/<time>/{fingerprint.json,experiment/plan.yaml}
+    unet-plan data=folder data.root=my_data   # outputs/plan/<date>/<time>/{fingerprint.json,experiment/plan.yaml}
     unet-plan data=folder data.root=my_data budget=30m output=plans/mine.yaml   # + plans/mine.fingerprint.json
     unet-train data=folder data.root=my_data +plan=outputs/plan/<date>/<time>/experiment/plan.yaml
 """

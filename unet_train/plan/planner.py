@@ -26,7 +26,6 @@ from unet_train.trust import check_config
 log = logging.getLogger(__name__)
 
 
-
 def parse_budget(value: Any) -> float:
     """Seconds from ``600``, ``"90s"``, ``"10m"`` or ``"1.5h"``."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(value))
@@ -46,14 +45,13 @@ def check_writable(output: Path) -> None:
     folder = output.expanduser().parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.TemporaryFile(dir=folder)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
     except OSError as exc:
         reason = "a file, not a folder" if folder.is_file() else (exc.strerror or type(exc).__name__).lower()
         raise ConfigError(
-            f"output={output}: cannot write in {folder} ({reason}); pass output= a path in a folder you "
-            "can write to."
+            f"output={output}: cannot write in {folder} ({reason}); pass output= a path in a folder you can write to."
         ) from None
-    probe.close()
 
 
 def load_note(kind: str) -> str | None:
