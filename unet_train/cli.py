@@ -299,16 +299,18 @@ def run_choices(ckpt: str | Path) -> dict[str, str | None] | None:
 
 
 def _refuse_choice(line: str, key: str, choices: dict[str, str | None] | None) -> NoReturn:
-    """Refuse another option of group ``key`` on a resume, naming the run's own when it is known."""
-    if choices is None:
-        used = f"the run's {key} is not recorded (no .hydra/hydra.yaml beside its checkpoints/ folder)"
-    else:
+    """Refuse another option of group ``key`` on a resume, naming the run's own when it is recorded."""
+    used = ""
+    if choices is not None:
         used = f"this run used {key}={choices[key]}" if choices.get(key) else f"this run used no {key} option"
     if key in FIXED_GROUPS:
-        raise ConfigError(f"{line}: the checkpoint fixes the model ({used}); start a new run to train another {key}.")
-    raise ConfigError(
-        f"{line}: {used}, and a resume cannot choose another {key} option; drop {key}=..., or override its keys."
-    )
+        note = f" ({used})" if used else ""
+        raise ConfigError(f"{line}: the checkpoint fixes the model{note}; start a new run to train another {key}.")
+    if used:
+        raise ConfigError(
+            f"{line}: {used}, and a resume cannot choose another {key} option; drop {key}=..., or override its keys."
+        )
+    raise ConfigError(f"{line}: choosing another {key} option is not supported on a resume; override its keys.")
 
 
 def apply_overrides(
