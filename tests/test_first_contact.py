@@ -105,6 +105,8 @@ def test_train_help_lists_groups_and_examples_not_the_whole_config(tmp_path):
     assert lines[0].startswith("unet-train: train a UNet segmentation model.")
     assert "  unet-train experiment=quickstart" in result.stdout
     assert "model: attention, attention_gate, dense, dilated, vanilla" in lines
+    assert "trainer: cpu, cpu_bf16, ddp, default, gpu, gpu_fp16, smoke" in lines  # no trainer_schema
+    assert "paths: default" in lines
     assert "base_channels: 64" not in result.stdout  # the composed config is behind --cfg job
     assert len(lines) < 40
     assert not (tmp_path / "outputs").exists()
@@ -115,3 +117,18 @@ def test_eval_help_shows_examples_and_its_keys(tmp_path):
     assert result.returncode == 0
     assert result.stdout.startswith("unet-eval: score a checkpoint")
     assert "ckpt: ???" in result.stdout.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("command", "first", "example", "key"),
+    [
+        ("unet-export", "unet-export: a checkpoint as ONNX", "  unet-export ckpt=.../best.pt format=onnx", "format:"),
+        ("unet-plan", "unet-plan: fingerprint a dataset", "  unet-plan data=folder data.root=my_data ", "  budget:"),
+    ],
+)
+def test_export_and_plan_help_show_their_own_keys_and_examples(tmp_path, command, first, example, key):
+    result = run([str(BIN / command), "--help"], cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith(first)
+    assert example in result.stdout and any(line.startswith(key) for line in result.stdout.splitlines())
+    assert "Compose your configuration" not in result.stdout and "hydra/launcher" not in result.stdout  # Hydra's own
+    assert not (tmp_path / "outputs").exists()

@@ -36,6 +36,8 @@ def grid_sweep(tmp_path_factory) -> tuple[Path, str]:
     """A 2x2 sweep (two models x two seeds) of 2-epoch tiny runs; returns its folder and stdout."""
     work = tmp_path_factory.mktemp("sweep")
     result = run([str(BIN / "unet-train"), "-m", *TINY, "model=vanilla,attention", "seed=0,1"], cwd=work)
+    # The summary reads TensorBoard events and draws with matplotlib: their INFO lines stay out of the log.
+    assert "][tensorboard][INFO]" not in result.stderr and "][matplotlib" not in result.stderr, result.stderr
     return only_sweep_dir(work), result.stdout
 
 

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from unet_train.added_keys import check_added_keys
 from unet_train.config import PathsConfig, TrainerConfig, config_dir
 from unet_train.errors import ConfigError, RunInterrupted, UserError
 
@@ -98,11 +103,40 @@ def missing_keys(cfg: DictConfig) -> list[str]:
 
 def exit_with_usage(keys: list[str], cfg: DictConfig | None) -> NoReturn:
     sys.stderr.write(missing_usage(keys, cfg) + "\n")
+    discard_unused_run_folder(cfg)
     sys.exit(2)
 
 
 # Exit status of a command stopped by Ctrl-C, as a shell reports a process ended by SIGINT (128 + 2).
 CTRL_C_EXIT = 130
+
+
+# What a job leaves in its run folder before it has done anything: Hydra's record, the log, the config.
+RECORD = (".hydra", "resolved_config.yaml")
+
+
+def discard_unused_run_folder(cfg: DictConfig | None) -> None:
+    """Remove this job's run folder when it holds nothing but :data:`RECORD` and the job's log.
+
+    A call that stops before any work (a usage message, a refused value) then leaves no folder to
+    sift through; a folder with anything else (a checkpoint, TensorBoard events, a resumed run's
+    files) is kept. Empty parents (``outputs/<date>``) go too, up to ``paths.output_dir``. Sweeps keep
+    their job folders (the sweep's summary lists them).
+    """
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.RUN:
+        return
+    folder = run_dir().resolve()
+    keep = {*RECORD, f"{HydraConfig.get().job.name}.log"}
+    if not folder.is_dir() or any(
+        (p.relative_to(folder).parts[0] not in keep) for p in folder.rglob("*") if not p.is_dir() or p.is_symlink()
+    ):
+        return
+    shutil.rmtree(folder)
+    base = Path(str(OmegaConf.select(cfg, "paths.output_dir", default=".") if cfg is not None else ".")).resolve()
+    for parent in folder.parents:
+        if parent == base or base not in parent.parents or any(parent.iterdir()):
+            break
+        parent.rmdir()
 
 
 def exit_on_user_error(func: F) -> F:
@@ -125,6 +159,7 @@ def exit_on_user_error(func: F) -> F:
             exit_with_usage([str(getattr(exc, "full_key", None) or exc)], cfg)
         except UserError as exc:
             log.error("%s", exc)
+            discard_unused_run_folder(cfg)
             sys.exit(2)
         except RunInterrupted as exc:  # a stop signal: last.pt is saved, the message says how to resume
             log.info("%s", exc)
@@ -178,6 +213,37 @@ def _hold(argv: list[str], env: str, held: Callable[[str], bool] | None) -> list
     return [argv[0], *(arg for arg in args if arg not in taken)]
 
 
+SWEEP_HINT = 'pip install "unet-train[sweep]"'
+# Group choices that need a Hydra plugin of the sweep extra, and the plugin's module.
+SWEEP_PLUGINS = {
+    "hparams_search=optuna": "hydra_plugins.hydra_optuna_sweeper",
+    "hydra/sweeper=optuna": "hydra_plugins.hydra_optuna_sweeper",
+    "hydra/launcher=joblib": "hydra_plugins.hydra_joblib_launcher",
+    "hydra/launcher=slurm": "hydra_plugins.hydra_submitit_launcher",
+    "hydra/launcher=submitit_slurm": "hydra_plugins.hydra_submitit_launcher",
+    "hydra/launcher=submitit_local": "hydra_plugins.hydra_submitit_launcher",
+}
+
+
+def require_sweep_extra(args: Sequence[str]) -> None:
+    """Exit 2 with one line naming the sweep extra when a choice in ``args`` needs a plugin not installed.
+
+    Without it, Hydra fails to compose with a list of the options it did find (``Could not find
+    'hydra/sweeper/optuna'``), which does not say what to install.
+    """
+    for arg in args:
+        module = SWEEP_PLUGINS.get(arg.lstrip("+"))
+        if module is None:
+            continue
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            sys.stderr.write(f"{arg} needs the sweep extra, which is not installed: {SWEEP_HINT}\n")
+            sys.exit(2)
+
+
 def hold_resume_overrides(argv: list[str]) -> list[str]:
     """On a resume, take the overrides for the checkpoint's config out of ``argv``; returns the new argv.
 
@@ -217,15 +283,52 @@ def _is_group(key: str) -> bool:
     return "." not in key and (config_dir() / key).is_dir()
 
 
-def apply_overrides(base: DictConfig, overrides: list[str], skip: tuple[str, ...] = ()) -> DictConfig:
+def run_choices(ckpt: str | Path) -> dict[str, str | None] | None:
+    """The group choices of the run that wrote ``ckpt`` (``model: vanilla``), from its ``.hydra/hydra.yaml``.
+
+    None when the checkpoint is not inside its run folder (``<run>/checkpoints/``) or the record is unreadable.
+    """
+    record = Path(ckpt).expanduser().resolve().parent.parent / ".hydra" / "hydra.yaml"
+    try:
+        choices = yaml.safe_load(record.read_text())["hydra"]["runtime"]["choices"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    if not isinstance(choices, dict):
+        return None
+    return {str(group): None if option is None else str(option) for group, option in choices.items()}
+
+
+def _refuse_choice(line: str, key: str, choices: dict[str, str | None] | None) -> NoReturn:
+    """Refuse another option of group ``key`` on a resume, naming the run's own when it is recorded."""
+    used = ""
+    if choices is not None:
+        used = f"this run used {key}={choices[key]}" if choices.get(key) else f"this run used no {key} option"
+    if key in FIXED_GROUPS:
+        note = f" ({used})" if used else ""
+        raise ConfigError(f"{line}: the checkpoint fixes the model{note}; start a new run to train another {key}.")
+    if used:
+        raise ConfigError(
+            f"{line}: {used}, and a resume cannot choose another {key} option; drop {key}=..., or override its keys."
+        )
+    raise ConfigError(f"{line}: choosing another {key} option is not supported on a resume; override its keys.")
+
+
+def apply_overrides(
+    base: DictConfig,
+    overrides: list[str],
+    skip: tuple[str, ...] = (),
+    choices: dict[str, str | None] | None = None,
+) -> DictConfig:
     """Apply Hydra-style overrides from the command line onto a checkpoint's stored config.
 
     They are checked against that config, as Hydra checks a new run's against the composed one:
     ``key=value`` changes a key the checkpoint's config has (a misspelt key is refused),
     ``+key=value`` adds one, ``++key=value`` sets one either way, ``~key`` deletes one; values
     parse as Hydra parses them, and ``trainer.*`` / ``paths.*`` values are checked against their
-    schemas. Choosing another option of a config group (``model=attention``, ``data=folder``) is
-    refused; group choices named in ``skip`` are left to the caller.
+    schemas. A group choice equal to the run's own (``choices``, from :func:`run_choices`) is accepted, as
+    when the run's own command is repeated with ``ckpt=`` added; another option of a config group
+    (``model=attention``, ``data=folder``) is refused; group choices named in ``skip`` are left to the caller.
+    Keys added under a group are checked by :func:`unet_train.added_keys.check_added_keys`.
     """
     cfg = OmegaConf.create(OmegaConf.to_container(base, resolve=False))
     assert isinstance(cfg, DictConfig)
@@ -240,10 +343,10 @@ def apply_overrides(base: DictConfig, overrides: list[str], skip: tuple[str, ...
             continue
         if override.is_sweep_override():
             raise ConfigError(f"{line}: a sweep over values cannot apply to one checkpoint; give one value.")
-        if key in FIXED_GROUPS:
-            raise ConfigError(f"{line}: the checkpoint fixes the model; start a new run to train another {key}.")
-        if _is_group(key) or override.package:
-            raise ConfigError(f"{line}: choosing another {key} option is not supported on a resume; override its keys.")
+        if key in FIXED_GROUPS or _is_group(key) or override.package:
+            if choices is not None and not override.package and key in choices and choices[key] == override.value():
+                continue
+            _refuse_choice(line, key, choices)
         current = OmegaConf.select(cfg, key, default=missing, throw_on_missing=False)
         if override.is_delete():
             if current is missing:
@@ -260,6 +363,7 @@ def apply_overrides(base: DictConfig, overrides: list[str], skip: tuple[str, ...
         value = override.value()
         _check_schema(key, value, line)
         OmegaConf.update(cfg, key, value, merge=False, force_add=True)
+    check_added_keys(cfg, [line for line in overrides if _key(line).partition(".")[0] not in skip])
     return cfg
 
 

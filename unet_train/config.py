@@ -51,6 +51,7 @@ class TrainerConfig:
     early_stopping_patience: int | None = None  # validations without improvement before stopping
     max_nonfinite_steps: int = 5  # consecutive NaN/inf losses before training stops
     progress: str = "auto"  # auto (bars on a terminal) | always | never
+    progress_every_s: float | None = 60.0  # without bars: a plain progress line every N seconds; null: none
     strategy: str = "single"  # single | ddp
     sync_batchnorm: bool = False
 
@@ -103,8 +104,8 @@ def _monitor_direction(monitor: str, mode: str = "auto") -> str:
 def register() -> None:
     """Register schemas and resolvers (idempotent)."""
     cs = ConfigStore.instance()
-    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
-    cs.store(group="paths", name="paths_schema", node=PathsConfig)
+    cs.store(name="trainer_schema", node=TrainerConfig)  # at the root: not an option of the group
+    cs.store(name="paths_schema", node=PathsConfig)
     if not OmegaConf.has_resolver("unet.run_dir"):
         OmegaConf.register_new_resolver("unet.run_dir", _run_dir_for)
     if not OmegaConf.has_resolver("unet.output_subdir"):

@@ -33,7 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from unet_train.build import build_model
-from unet_train.cli import exit_if_version_asked, exit_on_user_error
+from unet_train.cli import exit_if_version_asked, exit_on_user_error, require_sweep_extra
 from unet_train.config import config_dir
 from unet_train.data.folder import IMAGE_SUFFIXES, read_image
 from unet_train.data.normalize import prepare_input, resolve_spec
@@ -380,6 +380,7 @@ def hydra_main(cfg: DictConfig) -> None:
 def main() -> None:
     """The ``unet-predict`` console script; under torchrun, ranks other than 0 create no run folder."""
     exit_if_version_asked()
+    require_sweep_extra(sys.argv[1:])  # hydra/launcher=slurm shares a prediction between SLURM tasks
     sys.argv.extend(distributed.worker_hydra_overrides())
     hydra_main()
 

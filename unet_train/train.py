@@ -18,14 +18,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import hydra
+import torch
 from omegaconf import DictConfig, OmegaConf
 
+from unet_train.added_keys import check_added_keys
 from unet_train.cli import (
     apply_overrides,
     exit_if_version_asked,
     exit_on_user_error,
     hold_resume_overrides,
+    require_sweep_extra,
     resume_overrides,
+    run_choices,
     run_dir,
     user_overrides,
 )
@@ -42,7 +46,8 @@ RESUME_LOG = "resume_log.yaml"
 
 
 def planned_config(cfg: DictConfig) -> DictConfig:
-    """On ``plan=PATH`` (or ``plan=auto``: plan ``cfg.data`` first), the plan merged under this command's overrides."""
+    """On ``plan=PATH`` (or ``plan=auto``: plan ``cfg.data`` first, into ``<run>/experiment/plan.yaml``), the plan
+    merged under this command's overrides."""
     from unet_train.plan.planner import apply_plan, auto_plan_budget, default_plan_path, load_plan, make_plan
 
     path = cfg.plan
@@ -52,7 +57,7 @@ def planned_config(cfg: DictConfig) -> DictConfig:
                 "plan=auto is not run under torchrun: each rank would plan on its own timing. Plan once with "
                 "unet-plan data=... (or a single-process plan=auto run), then start torchrun with plan=PATH."
             )
-        path = default_plan_path(cfg.data, run_dir())
+        path = default_plan_path(run_dir())  # the run's own folder, beside resolved_config.yaml
         make_plan(cfg.data, auto_plan_budget(cfg), cfg.trainer.device, path)
         log.info("plan=auto: wrote %s", path)
     merged = apply_plan(cfg, load_plan(path, trusted=cfg.get("trust_config", False)), user_overrides())
@@ -67,10 +72,33 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, in
     """
     trust = cfg.get("trust_config", False)
     checkpoint = load_checkpoint(cfg.ckpt, trust=trust)
-    merged = apply_overrides(OmegaConf.create(checkpoint["config"]), overrides)
+    refuse_an_earlier_checkpoint(Path(cfg.ckpt), int(checkpoint["state"]["step"]))
+    merged = apply_overrides(OmegaConf.create(checkpoint["config"]), overrides, choices=run_choices(cfg.ckpt))
     merged.ckpt = cfg.ckpt
     merged.trust_config = trust  # this command's setting, never the one stored in the checkpoint
     return merged, int(checkpoint["state"]["epoch"])
+
+
+def refuse_an_earlier_checkpoint(ckpt: Path, step: int) -> None:
+    """Refuse to resume from a checkpoint (``best.pt``) that its run's ``last.pt`` has gone past.
+
+    The resume continues in the run folder: it would train the later epochs again and overwrite
+    ``last.pt`` (and the run's record) with them.
+    """
+    last = ckpt.expanduser().parent / "last.pt"
+    if ckpt.name == last.name or not last.is_file():
+        return
+    try:  # only the counters are read: mmap leaves the weights on disk
+        last_state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)["state"]
+        last_step, last_epoch = int(last_state["step"]), int(last_state["epoch"])
+    except Exception:  # an unreadable last.pt cannot be overwritten with anything worse
+        return
+    if last_step > step:
+        raise ConfigError(
+            f"ckpt={ckpt} is behind its run's {last} (epoch {last_epoch}): resuming from it would train those "
+            f"epochs again and overwrite last.pt. Resume with ckpt={last}; to start another run from these "
+            f"weights, copy {ckpt.name} out of the run folder and pass that copy."
+        )
 
 
 def log_resume(out: Path, ckpt: str, overrides: list[str]) -> None:
@@ -95,8 +123,10 @@ def train(cfg: DictConfig) -> float | None:
     done = 0
     if cfg.get("ckpt"):
         cfg, done = resume_config(cfg, overrides)
-    elif cfg.get("plan"):
-        cfg = planned_config(cfg)
+    else:
+        check_added_keys(cfg, user_overrides())
+        if cfg.get("plan"):
+            cfg = planned_config(cfg)
     dist = distributed.setup(cfg.trainer.strategy, cfg.trainer.device)
     try:
         out = Path(dist.broadcast_object(str(run_dir())))  # under DDP, rank 0's folder is the run's
@@ -120,6 +150,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     """The ``unet-train`` console script; under torchrun, ranks other than 0 create no run folder."""
     exit_if_version_asked()
+    require_sweep_extra(sys.argv[1:])
     sys.argv[:] = hold_resume_overrides(sys.argv)
     sys.argv.extend(distributed.worker_hydra_overrides())
     # train.yaml has a plan key (plan=auto); +plan=PATH, as an experiment-style override, means the same.

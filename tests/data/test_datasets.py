@@ -166,3 +166,20 @@ def test_synthetic_is_reproducible_and_binary():
     assert set(np.unique(a.masks[0]).tolist()) == {0, 1}
     # Membranes are darker than cell interiors, as in EM.
     assert a.images[0][a.masks[0] == 1].mean() < a.images[0][a.masks[0] == 0].mean() - 40
+
+
+def test_read_only_arrays_become_tensors_without_a_warning():
+    """Arrays read from files (``np.asarray`` of a PIL image) are read-only: torch warned once per item."""
+    import warnings
+
+    from unet_train.data.base import SegmentationDataset, Split
+
+    image, mask = np.arange(16, dtype=np.float32).reshape(4, 4), np.eye(4, dtype=np.int64)
+    image.flags.writeable = mask.flags.writeable = False
+    dataset = SegmentationDataset(Split([image], [mask], ["a"]), transform=None, sample_weight=lambda m: m * 2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        item = dataset[0]
+    item["image"] += 1  # its own memory: the split's array is unchanged
+    assert image[0, 1] == 1.0 and item["image"][0, 0, 1] == 2.0
+    assert item["mask"].tolist() == np.eye(4).tolist() and item["weight"][1, 1] == 2.0

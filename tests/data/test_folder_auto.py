@@ -93,3 +93,17 @@ def test_auto_is_resolved_before_the_model_and_small_images_are_padded(tmp_path)
     assert (stored["data"]["in_channels"], stored["data"]["num_classes"]) == (3, 3)
     assert (stored["model"]["in_channels"], stored["model"]["out_channels"]) == (3, 3)
     assert stored["data"]["normalize"] == {"scheme": "scale_linear", "gain": None, "offset": 0.0}
+
+
+def test_jpeg_masks_are_named_with_lossy_compression_and_a_cut_list():
+    from unet_train.data.folder import infer_num_classes, value_list
+
+    values = {0, 1, 2, 3, 4, 5, 250, 251, 252, 253, 254, 255}
+    assert value_list(values) == "[0, 1, 2, 3, 4, ..., 251, 252, 253, 254, 255] (12 values)"
+    assert value_list({0, 1, 2}) == "[0, 1, 2]"
+    with pytest.raises(DataError) as caught:
+        infer_num_classes(values, "d/masks", jpeg=True)
+    assert str(caught.value) == (
+        "Masks in d/masks are JPEG files, whose lossy compression blurs class values at every edge: they hold the "
+        "values [0, 1, 2, 3, 4, ..., 251, 252, 253, 254, 255] (12 values); save the masks as PNG or TIFF (lossless)."
+    )

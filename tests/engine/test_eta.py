@@ -136,6 +136,7 @@ def test_train_log_states_the_remaining_time_within_a_factor_of_two(tmp_path):
     # Each epoch: 2 steps that sleep 0.15 s each (sleep needs no CPU, so a loaded machine keeps the length).
     slow = ["loss=bce", "loss._target_=tests.engine.slow_loss.SlowLoss", "+loss.sleep_s=0.15"]
     args = [*TINY, "trainer.max_epochs=6", "data.batch_size=4", "data.num_train=8", *slow]
+    args.append("trainer.progress_every_s=0.2")
     env = {**os.environ, "PYTHONPATH": str(REPO)}  # lets the CLI import the test-only loss
     result = subprocess.run(
         [sys.executable, "-m", "unet_train.train", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300,
@@ -150,6 +151,9 @@ def test_train_log_states_the_remaining_time_within_a_factor_of_two(tmp_path):
     match = re.search(r"run: (.+) \(5 more epochs at (.+) each\)$", lines[at])
     assert match, lines[at]
     estimated = parse_duration(match[1])
+    # Not a terminal: plain progress lines, the first before the first estimate (the loss is read every step).
+    plain = [i for i, line in enumerate(lines) if re.search(r"\] - epoch [1-6]/6  step \d+  loss \d\.\d{4}  ", line)]
+    assert plain and plain[0] < at and re.search(r"images/s  about .+ left$", lines[plain[-1]]), lines
     end = next(line for line in lines if "Stopped by max_epochs after 6 epochs" in line)
     real = log_time(end) - log_time(lines[at])
     assert real / 2 <= estimated <= real * 2, (estimated, real)
@@ -173,3 +177,47 @@ def test_a_resumed_run_estimates_on_the_budget_s_clock():
     clock.step_done(now=0.5)
     est = clock.epoch_done(7, now=1.0)
     assert est is not None and est.by_max_time and est.remaining_s == 1.0 and est.total_s == 20.0
+
+
+def test_a_long_first_epoch_is_estimated_after_its_first_steps_with_the_cpu_advice(caplog, monkeypatch):
+    monkeypatch.setattr(eta, "cpu_has_fast_bf16", lambda: False)
+    clock = RunClock(cfg_for(), on_cpu=True, start=0.0, first_epoch=0, steps_per_epoch=100, every_s=60.0)
+    lines = []
+    with caplog.at_level(logging.INFO, logger="unet_train.engine.eta"):
+        # The first step ends 20 s in (set-up), the next four 12 s apart: 50 epochs x 100 steps, 5 done.
+        for step, t in enumerate((20.0, 32.0, 44.0, 56.0, 68.0), start=1):
+            clock.step_done(now=t)
+            lines.append(clock.progress_line(0, step, None if step < 4 else 0.25, images=4, now=t))
+        for step in range(6, 101):  # the rest of the epoch, then 60 s of validation
+            clock.step_done(now=20.0 + 12.0 * (step - 1))
+        assert clock.epoch_done(1, now=1268.0) is not None
+    assert lines == [None, None, None, None, "epoch 1/50  step 5  loss 0.2500  0.3 images/s  about 16 h 39 min left"]
+    assert [r.getMessage() for r in caplog.records] == [
+        # 4995 steps left at 12 s: 59940 s; the run in all 68 + 59940 s.
+        "Estimated time to the end of the run: 16 h 39 min (50 more epochs at 20 min 00 s each); from the first 5 "
+        "steps, validation not yet timed",
+        "This CPU run takes about 16 h 40 min in all; to shorten it: experiment=isbi_cpu data.root=... (the "
+        "10-minute CPU recipe); trainer.max_time=1800 (stop after 30 min, best checkpoint kept); "
+        "model.base_channels=32 (now 64; about 4x fewer operations)",
+        lines[-1],
+        "Estimated time to the end of the run: 17 h 09 min (49 more epochs at 21 min 00 s each)",  # no advice again
+    ]
+
+
+def test_a_short_first_epoch_waits_for_its_end_and_one_epoch_is_singular(caplog):
+    clock = RunClock(cfg_for(), on_cpu=False, start=0.0, first_epoch=0, steps_per_epoch=10)
+    with caplog.at_level(logging.INFO, logger="unet_train.engine.eta"):
+        for t in (1.0, 2.0, 3.0, 4.0, 5.0):  # 5 steps left at 1 s: under EARLY_MIN_S
+            clock.step_done(now=t)
+    assert caplog.records == []
+    one = estimate(epochs_done=1, first_epoch=0, max_epochs=2, elapsed_s=30.0, max_time=None, epoch_s=30.0)
+    assert one is not None and one.describe(None).endswith("(1 more epoch at 30.0 s each)")
+    cut = estimate(epochs_done=1, first_epoch=0, max_epochs=2, elapsed_s=30.0, max_time=50.0, epoch_s=30.0)
+    assert cut is not None and cut.describe(50.0).endswith("before the epoch left (at 30.0 s each) is done")
+
+
+def test_the_epoch_bar_drops_its_estimate_when_the_run_is_done():
+    clock, bar = RunClock(cfg_for(), on_cpu=False, start=0.0, first_epoch=48), Bar()
+    clock.epoch_done(49, bar, now=10.0)
+    clock.epoch_done(50, bar, now=20.0)
+    assert bar.descriptions == ["epochs (10.0 s left)", "epochs"]

@@ -66,8 +66,10 @@ def test_onnx_matches_pytorch_with_dynamic_batch_and_sizes(name, tmp_path):
     exported, inputs = _variant(name, tmp_path)
     path = export_onnx(exported.folded, tmp_path / "model.onnx", exported.in_channels)
     graph = onnx.load(str(path)).graph
-    dims = [d.dim_param or d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
-    assert isinstance(dims[0], str) and dims[1] == exported.in_channels and all(isinstance(d, str) for d in dims[2:])
+    for tensor in (graph.input[0], graph.output[0]):  # the axes named as a reader expects, not s77, s53
+        dims = [d.dim_param or d.dim_value for d in tensor.type.tensor_type.shape.dim]
+        assert dims[0] == "batch" and dims[2:] == ["y", "x"], dims
+    assert graph.input[0].type.tensor_type.shape.dim[1].dim_value == exported.in_channels
     assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer)  # one file
     diff = max_abs_difference(exported.folded, onnx_runner(path), inputs)
     print(f"onnx {name}: {diff:.2e}")

@@ -46,9 +46,9 @@ def test_parse_budget():
 
 
 def test_fingerprint_goes_beside_a_plan_of_ones_own(tmp_path):
-    # The default layout keeps unet_plan/fingerprint.json; a path of one's own never writes into its grandparent.
-    default = tmp_path / "unet_plan" / "experiment" / "plan.yaml"
-    assert fingerprint_path(default) == tmp_path / "unet_plan" / "fingerprint.json"
+    # The default layout keeps <run>/fingerprint.json; a path of one's own never writes into its grandparent.
+    default = tmp_path / "run" / "experiment" / "plan.yaml"
+    assert fingerprint_path(default) == tmp_path / "run" / "fingerprint.json"
     assert fingerprint_path(tmp_path / "plans" / "mine.yaml") == tmp_path / "plans" / "mine.fingerprint.json"
     # A plan of one's own in a folder that happens to be called experiment: still beside it, one per plan.
     own = tmp_path / "runs" / "experiment"
@@ -63,13 +63,18 @@ def test_unet_plan_writes_fingerprint_and_a_loadable_plan(folder):
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    plan_path = folder / "unet_plan" / "experiment" / "plan.yaml"
-    fingerprint = json.loads((folder / "unet_plan" / "fingerprint.json").read_text())
+    # The plan is the run's output: in its run folder, nothing written into the data folder.
+    (run,) = folder.parent.glob("outputs/plan/*/*")
+    assert sorted(p.name for p in folder.iterdir()) == ["images", "masks"]
+    plan_path = run / "experiment" / "plan.yaml"
+    fingerprint = json.loads((run / "fingerprint.json").read_text())
     assert fingerprint["num_images"] == 5 and fingerprint["num_val_images"] == 1  # val_fraction 0.2 of 6
     assert fingerprint["bit_depth"] == 16 and fingerprint["sizes"] == {"48x64": 5}
     assert fingerprint["classes"]["1"] == pytest.approx(64 / (48 * 64))
     text = plan_path.read_text()
     assert text.startswith("# @package _global_") and text in result.stdout
+    assert "budget 120 s on cpu, not timed (measure=false).\n" in text and "~0.0 s" not in text
+    assert "from a guessed 0.5 s per step: nothing was timed" in text
     plan = yaml.safe_load(text)
     assert plan["data"]["num_classes"] == 2 and plan["data"]["patch_size"] == 48 and plan["model"]["depth"] == 2
     assert plan["trainer"]["max_time"] == 120.0
@@ -85,7 +90,7 @@ def test_unet_plan_writes_fingerprint_and_a_loadable_plan(folder):
     assert apply_plan(chosen, load_plan(plan_path), ["data=folder", "loss=dice"]).loss._target_ == chosen.loss._target_
     # The same file as a Hydra experiment, from a search path added on the command line.
     composed = compose_config(
-        ["data=folder", f"data.root={folder}", f"hydra.searchpath=[file://{folder}/unet_plan]", "experiment=plan"]
+        ["data=folder", f"data.root={folder}", f"hydra.searchpath=[file://{run}]", "experiment=plan"]
     )
     assert composed.data.patch_size == 48 and composed.trainer.max_time == 120.0 and composed.model.depth == 2
     assert composed.data.normalize.scheme == "percentile" and merged.data.normalize.scheme == "percentile"
@@ -120,8 +125,9 @@ def test_plan_auto_plans_and_trains(folder, tmp_path):
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    plan = yaml.safe_load((folder / "unet_plan" / "experiment" / "plan.yaml").read_text())
     (metrics_file,) = tmp_path.glob("outputs/*/*/metrics.json")
+    plan = yaml.safe_load((metrics_file.parent / "experiment" / "plan.yaml").read_text())  # in the run's folder
+    assert sorted(p.name for p in folder.iterdir()) == ["images", "masks"]
     resolved = yaml.safe_load((metrics_file.parent / "resolved_config.yaml").read_text())
     assert resolved["data"]["patch_size"] == plan["data"]["patch_size"] == 48
     assert resolved["model"]["base_channels"] == plan["model"]["base_channels"]
@@ -183,3 +189,31 @@ def test_unet_train_with_a_plan_trains_with_the_normalisation_chosen_on_the_comm
     (resolved,) = tmp_path.glob("outputs/*/*/resolved_config.yaml")
     data = yaml.safe_load(resolved.read_text())["data"]
     assert data["normalize"]["scheme"] == "zscore" and "low" not in data["normalize"] and data["patch_size"] == 32
+
+
+def test_a_plan_path_that_cannot_be_written_is_refused_before_any_work(folder, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    result = subprocess.run(
+        [str(BIN / "unet-plan"), f"data.root={folder}", f"output={blocker}/plan.yaml", f"paths.output_dir={tmp_path}"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().partition("[ERROR] - ")[2] == (
+        f"output={blocker}/plan.yaml: cannot write in {blocker} (a file, not a folder); pass output= a path in a "
+        "folder you can write to."
+    )
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_plan_timed_under_load_says_so(monkeypatch):
+    from unet_train.plan import planner
+
+    monkeypatch.setattr(planner.os, "getloadavg", lambda: (12.4, 11.0, 6.0))
+    monkeypatch.setattr(planner.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert planner.load_note("cpu") == (
+        "Timed under load: the load average was 12.4 on 2 cores, so the cpu step times (and the width and steps "
+        "chosen from them) are likely slower than on an idle machine; plan again when it is idle."
+    )
+    monkeypatch.setattr(planner.os, "getloadavg", lambda: (1.5, 1.0, 1.0))
+    assert planner.load_note("cpu") is None

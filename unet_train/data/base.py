@@ -98,18 +98,27 @@ class SegmentationDataset(Dataset):
                 image, mask = out["image"], out["mask"]
         item: dict[str, Any] = {"image": image_to_tensor(image), "name": self.split.names[index]}
         if mask is not None:
-            item["mask"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
+            item["mask"] = array_to_tensor(mask, np.int64)
             if self.sample_weight is not None:
-                item["weight"] = torch.from_numpy(np.ascontiguousarray(self.sample_weight(mask), dtype=np.float32))
+                item["weight"] = array_to_tensor(self.sample_weight(mask), np.float32)
         return item
+
+
+def array_to_tensor(array: np.ndarray, dtype: Any = None) -> torch.Tensor:
+    """``torch.from_numpy`` of a contiguous ``array`` (as ``dtype``), copied when it is read-only.
+
+    The cached splits are read-only; a tensor on their memory could be changed in place, and torch
+    warns about each one (``The given NumPy array is not writable``).
+    """
+    array = np.ascontiguousarray(array, dtype=dtype)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """``(H, W)`` or ``(H, W, C)`` -> float32 ``(C, H, W)``; uint8 is divided by 255, float is kept as it is."""
     if image.ndim == 2:
         image = image[..., None]
-    array = np.ascontiguousarray(image.transpose(2, 0, 1))
-    tensor = torch.from_numpy(array)
+    tensor = array_to_tensor(image.transpose(2, 0, 1))
     return tensor.float().div_(255.0) if tensor.dtype == torch.uint8 else tensor.float()
 
 

@@ -72,8 +72,20 @@ def read_valid(path: Path) -> np.ndarray:
     return np.asarray(array.any(axis=2) if array.ndim == 3 else array != 0)
 
 
-def infer_num_classes(values: set[int], where: str) -> int:
-    """``num_classes: auto``: 2 for binary {0,255} or {0,1} masks, else the largest index + 1."""
+def value_list(values: set[int], show: int = 10) -> str:
+    """``[0, 1, 2, 3, 4, ..., 254, 255] (37 values)``: a long list cut in the middle, and said to be cut."""
+    ordered = sorted(values)
+    if len(ordered) <= show:
+        return str(ordered)
+    head, tail = ordered[: show - show // 2], ordered[-(show // 2) :]
+    return f"[{', '.join(map(str, head))}, ..., {', '.join(map(str, tail))}] ({len(ordered)} values)"
+
+
+def infer_num_classes(values: set[int], where: str, jpeg: bool = False) -> int:
+    """``num_classes: auto``: 2 for binary {0,255} or {0,1} masks, else the largest index + 1.
+
+    ``jpeg``: the masks include JPEG files, whose lossy compression turns class edges into in-between values.
+    """
     if values <= {0, 255}:
         return 2
     if min(values) < 0:
@@ -84,8 +96,13 @@ def infer_num_classes(values: set[int], where: str) -> int:
         void = ""
         if IGNORE_INDEX in values:
             void = f" (or data.ignore_index={IGNORE_INDEX} if {IGNORE_INDEX} marks unlabelled pixels)"
+        if jpeg:
+            raise DataError(
+                f"Masks in {where} are JPEG files, whose lossy compression blurs class values at every edge: they "
+                f"hold the values {value_list(values)}; save the masks as PNG or TIFF (lossless)."
+            )
         raise DataError(
-            f"Masks in {where} hold the values {sorted(values)[:10]}, which look like grey levels rather than "
+            f"Masks in {where} hold the values {value_list(values)}, which look like grey levels rather than "
             f"class indices 0..K-1; map them to indices or set data.num_classes{void}."
         )
     if absent:
@@ -206,9 +223,10 @@ class ImageFolder(SegmentationData):
                         "of a foreground class. Binary {0, 255} masks mark the foreground with 255: set "
                         "data.ignore_index=null (or to the value that marks unlabelled pixels)."
                     )
-            self._num_classes = infer_num_classes(values, where)
+            jpeg = any(path.suffix.lower() in (".jpg", ".jpeg") for path in masks or [])
+            self._num_classes = infer_num_classes(values, where, jpeg)
             self._check_ignore_index(self._num_classes)
-            log.info("data.num_classes=auto: %d (mask values %s)", self._num_classes, sorted(values)[:10])
+            log.info("data.num_classes=auto: %d (mask values %s)", self._num_classes, value_list(values))
 
     def _pairs(self, base: Path, masks_required: bool) -> tuple[list[Path], list[Path] | None]:
         image_dir, mask_dir = base / self.images_dir, base / self.masks_dir

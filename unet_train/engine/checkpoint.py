@@ -15,6 +15,7 @@ import os
 import re
 import tempfile
 import warnings
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -67,6 +68,17 @@ def save_atomic(obj: Any, path: str | Path) -> None:
         os.close(dir_fd)
 
 
+def _is_text(path: Path) -> bool:
+    """Whether the start of ``path`` reads as UTF-8 text (a torch file is a zip archive or a binary pickle)."""
+    try:
+        with path.open("rb") as handle:
+            start = handle.read(512)
+        start.decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return bool(start) and all(ch.isprintable() or ch.isspace() for ch in start.decode("utf-8"))
+
+
 def _load_failure(path: Path, exc: Exception) -> CheckpointError:
     """One message for why ``torch.load(weights_only=True)`` rejected ``path``."""
     text = str(exc)
@@ -79,7 +91,9 @@ def _load_failure(path: Path, exc: Exception) -> CheckpointError:
             f"{named.group(1)}), which could run code when loaded; only load checkpoints written by unet-train."
         )
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if "Weights only load failed" in text:  # not a torch file: a raw pickle, text, ...
+    if not zipfile.is_zipfile(path) and _is_text(path):  # torch reads the first character as a pickle opcode
+        detail = "it is a text file, not a torch file"
+    elif "Weights only load failed" in text:  # not a torch file: a raw pickle, ...
         detail = next((line for line in lines if "Unsupported operand" in line), "not a torch file")
         detail = detail.replace("WeightsUnpickler error: ", "")
     else:
@@ -97,6 +111,10 @@ def load_checkpoint(
     user's ``trust_config`` setting (never the one stored in the checkpoint).
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        inside = [p for p in (path / "checkpoints" / "best.pt", path / "best.pt") if p.is_file()]
+        example = inside[0] if inside else path / "checkpoints" / "best.pt"
+        raise CheckpointError(f"Checkpoint {path} is a folder; pass the checkpoint file, e.g. ckpt={example}.")
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist; pass ckpt=<run>/checkpoints/best.pt or last.pt.")
     try:

@@ -90,6 +90,8 @@ def train_epoch(
             loss = window.read(dist)  # host-device sync, once per log_every steps
             lr = log_train(writer, run.optimizer, loss, state.step)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+        if clock is not None:
+            clock.progress_line(epoch, state.step, loss, run.cfg.data.batch_size * dist.world_size)
         if stop.out_of_time():
             out_of_time = True
             break

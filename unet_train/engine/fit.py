@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from unet_train.config import TrainerConfig
 from unet_train.engine.background_save import SaveEvery
 from unet_train.engine.checkpointer import Checkpointer
 from unet_train.engine.epoch import train_epoch
@@ -68,9 +69,13 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
             budget.start()
             stop = StopRules(tcfg, signals, run.dist, budget)
             on_cpu = run.runtime.device.type == "cpu"
-            clock = RunClock(  # time to the end
-                cfg, on_cpu, budget.started, state.epoch, run.steps_per_epoch, elapsed_before=budget.elapsed_before
-            )
+            # Without bars (a cluster log, | tee), a plain progress line every trainer.progress_every_s seconds.
+            every = tcfg.get("progress_every_s", TrainerConfig.progress_every_s)
+            every = None if progress or not run.dist.is_main else every
+            clock = RunClock(  # time to the end, on the budget's clock (a resume's earlier segments included)
+                cfg, on_cpu, budget.started, state.epoch, run.steps_per_epoch, every,
+                elapsed_before=budget.elapsed_before,
+            )  # fmt: skip
             epochs = tqdm(
                 range(state.epoch, tcfg.max_epochs), desc="epochs", disable=not progress, initial=state.epoch,
                 total=tcfg.max_epochs, dynamic_ncols=True,

@@ -54,6 +54,11 @@ def export_onnx(
             verbose=False,
         )
     assert program is not None
+    # torch.export names the dynamic axes after its symbols (s77, s53); a reader of the file wants their meaning.
+    shape = program.model.graph.inputs[0].shape
+    if shape is not None and hasattr(program, "rename_axes"):  # torch 2.9+
+        axes = {shape[i]: name for i, name in ((0, "batch"), (2, "y"), (3, "x")) if not isinstance(shape[i], int)}
+        program.rename_axes(axes)  # type: ignore[arg-type]
     program.save(str(path), external_data=external)
     log.info("Wrote %s (opset %d%s)", path, opset, ", weights in an external file" if external else "")
     return path

@@ -2,9 +2,9 @@
 
 Examples::
 
-    unet-plan data=folder data.root=my_data   # writes my_data/unet_plan/{fingerprint.json,experiment/plan.yaml}
+    unet-plan data=folder data.root=my_data   # outputs/plan/<date>/<time>/{fingerprint.json,experiment/plan.yaml}
     unet-plan data=folder data.root=my_data budget=30m output=plans/mine.yaml   # + plans/mine.fingerprint.json
-    unet-train data=folder data.root=my_data +plan=my_data/unet_plan/experiment/plan.yaml
+    unet-train data=folder data.root=my_data +plan=outputs/plan/<date>/<time>/experiment/plan.yaml
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from unet_train.cli import exit_if_version_asked, exit_on_user_error, run_dir
 from unet_train.config import config_dir
-from unet_train.plan.planner import default_plan_path, fingerprint_path, make_plan, parse_budget
+from unet_train.plan.planner import check_writable, default_plan_path, fingerprint_path, make_plan, parse_budget
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 def plan(cfg: DictConfig) -> Path:
     """Write the fingerprint and the plan of ``cfg.data``; print both (stdout); returns the plan's path."""
     budget = parse_budget(cfg.budget)
-    output = Path(cfg.output).expanduser() if cfg.get("output") else default_plan_path(cfg.data, run_dir())
+    output = Path(cfg.output).expanduser() if cfg.get("output") else default_plan_path(run_dir())
+    check_writable(output)
     fingerprint = make_plan(cfg.data, budget, cfg.device, output, measure=cfg.measure)
     summary = {k: v for k, v in fingerprint.items() if k != "foreground_share_per_image"}
     sys.stdout.write(json.dumps(summary, indent=2) + "\n\n" + output.read_text())

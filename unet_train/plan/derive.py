@@ -26,6 +26,9 @@ FOREGROUND_OVERSAMPLE = 0.33  # nnU-Net's share of foreground-centred crops
 FORWARD_SHARE = 0.35  # a forward pass's share of a training step's cost (backward and update are the rest)
 
 
+GUESSED_STEP_S = 0.5  # seconds per training step assumed when no step was timed (measure=false)
+
+
 @dataclass(frozen=True)
 class DeviceFacts:
     """What :mod:`unet_train.plan.measure` found: seconds per training step at each base width.
@@ -102,16 +105,20 @@ def derive_plan(fingerprint: dict, device: DeviceFacts, budget_s: float) -> list
     train_guess = budget_s * (1 - VAL_SHARE)
     width, step_s, width_reason = choose_width(device, train_guess)
     add("model.base_channels", width, width_reason)
-    if math.isnan(step_s):
-        step_s = 0.5
+    timed = not math.isnan(step_s)
+    if not timed:
+        step_s = GUESSED_STEP_S
     val_s = val_pixels / (batch * patch * patch) * step_s * FORWARD_SHARE
     check_validation_fits(val_s, val_images, val_pixels, budget_s, device)
     validations = int(max(1, min(20, VAL_SHARE * budget_s / max(val_s, 1e-9))))
     steps = max(1, int((budget_s - validations * val_s) / step_s))
     validations = min(validations, steps)
     epoch_steps = max(1, steps // validations)
+    each = f"~{val_s:.1f} s each" if val_s >= 0.05 else "under 0.1 s each"
+    if not timed:
+        each += f", from a guessed {GUESSED_STEP_S:g} s per step: nothing was timed"
     add("data.samples_per_epoch", epoch_steps * batch,
-        f"{epoch_steps} steps per epoch: ~{validations} validations (~{val_s:.1f} s each) cost "
+        f"{epoch_steps} steps per epoch: ~{validations} validations ({each}) cost "
         f"~{validations * val_s / budget_s:.0%} of the budget")  # fmt: skip
     add("trainer.val_every", 1, "the epoch length above already spaces the validations")
     add("trainer.max_time", float(budget_s), f"the budget ({budget_s:g} s): the schedule anneals over it")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,6 @@ from unet_train.trust import check_config
 
 log = logging.getLogger(__name__)
 
-PLAN_FOLDER = "unet_plan"  # under data.root: experiment/plan.yaml and fingerprint.json
-
 
 def parse_budget(value: Any) -> float:
     """Seconds from ``600``, ``"90s"``, ``"10m"`` or ``"1.5h"``."""
@@ -34,16 +34,43 @@ def parse_budget(value: Any) -> float:
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
-def default_plan_path(data_cfg: DictConfig, run_dir: Path) -> Path:
-    """``<data.root>/unet_plan/experiment/plan.yaml``, or the run folder for data without a root."""
-    root = data_cfg.get("root")
-    base = Path(str(root)).expanduser() / PLAN_FOLDER if root else run_dir
-    return base / "experiment" / "plan.yaml"
+def default_plan_path(run_dir: Path) -> Path:
+    """``<run folder>/experiment/plan.yaml``: the plan is this run's output, never written into the data folder
+    (shared, read-only or someone else's)."""
+    return run_dir / "experiment" / "plan.yaml"
+
+
+def check_writable(output: Path) -> None:
+    """Refuse, before any work, a plan path whose folder cannot be created or written to."""
+    folder = output.expanduser().parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        reason = "a file, not a folder" if folder.is_file() else (exc.strerror or type(exc).__name__).lower()
+        raise ConfigError(
+            f"output={output}: cannot write in {folder} ({reason}); pass output= a path in a folder you can write to."
+        ) from None
+
+
+def load_note(kind: str) -> str | None:
+    """A plan-header line when the machine was busier than its cores while timing (the step times run slow)."""
+    try:
+        load, cores = os.getloadavg()[0], len(os.sched_getaffinity(0))
+    except (OSError, AttributeError):  # no load average on this platform
+        return None
+    if load <= cores:
+        return None
+    return (
+        f"Timed under load: the load average was {load:.1f} on {cores} cores, so the {kind} step times (and the "
+        "width and steps chosen from them) are likely slower than on an idle machine; plan again when it is idle."
+    )
 
 
 def fingerprint_path(plan: Path) -> Path:
-    """Where the fingerprint of ``plan`` goes: ``unet_plan/fingerprint.json`` for the default
-    ``unet_plan/experiment/plan.yaml`` (``experiment/plan.yaml`` of a run folder), else beside the plan
+    """Where the fingerprint of ``plan`` goes: ``<run>/fingerprint.json`` for the default
+    ``<run>/experiment/plan.yaml``, else beside the plan
     (``mine.yaml`` -> ``mine.fingerprint.json``, also in a folder of one's own called ``experiment``)."""
     if plan.name == "plan.yaml" and plan.parent.name == "experiment":
         return plan.parent.parent / "fingerprint.json"
@@ -74,7 +101,7 @@ def make_plan(data_cfg: DictConfig, budget_s: float, device_name: str, output: P
             device, max(fingerprint["channels"]), fingerprint["num_classes"], patch, depth, batch, budget_s=budget_s
         )
         if measure
-        else DeviceFacts(kind=kind, name="not measured")
+        else DeviceFacts(kind=kind, name=f"{kind}, not timed (measure=false)")
     )
     choices = derive_plan(fingerprint, facts, budget_s)
     accepted = data_keys(data_cfg)
@@ -85,6 +112,9 @@ def make_plan(data_cfg: DictConfig, budget_s: float, device_name: str, output: P
         f"Train with: unet-train {_data_choice(data_cfg)} +plan={output}",
         "Edit any value; the command line still overrides it.",
     ]
+    if measure and (note := load_note(kind)):
+        header.insert(1, note)
+        log.warning("%s", note)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(plan_yaml(choices, header, unsupported))
     fingerprint_path(output).write_text(json.dumps(fingerprint, indent=2) + "\n")
