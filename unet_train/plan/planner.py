@@ -19,6 +19,7 @@ from unet_train.errors import ConfigError
 from unet_train.plan.derive import DeviceFacts, derive_plan, geometry, plan_yaml
 from unet_train.plan.fingerprint import compute_fingerprint, training_split
 from unet_train.plan.measure import measure_device
+from unet_train.safe_io import write_atomic
 from unet_train.trust import check_config
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,15 @@ def fingerprint_path(plan: Path) -> Path:
     if plan.name == "plan.yaml" and plan.parent.name == "experiment":
         return plan.parent.parent / "fingerprint.json"
     return plan.with_name(f"{plan.stem}.fingerprint.json")
+
+
+def plan_root(plan: Path) -> Path:
+    """The folder a plan's files must stay in: ``data.root`` for ``<data.root>/unet_plan/experiment/plan.yaml``,
+    the folder holding ``experiment/`` for another ``experiment/plan.yaml``, else the plan's own folder."""
+    if plan.name == "plan.yaml" and plan.parent.name == "experiment":
+        holder = plan.parent.parent
+        return holder.parent if holder.name == PLAN_FOLDER else holder
+    return plan.parent
 
 
 def data_keys(data_cfg: DictConfig) -> set[str]:
@@ -85,9 +95,9 @@ def make_plan(data_cfg: DictConfig, budget_s: float, device_name: str, output: P
         f"Train with: unet-train {_data_choice(data_cfg)} +plan={output}",
         "Edit any value; the command line still overrides it.",
     ]
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(plan_yaml(choices, header, unsupported))
-    fingerprint_path(output).write_text(json.dumps(fingerprint, indent=2) + "\n")
+    root = plan_root(output)  # a link in unet_plan/ that leads out of the data folder is refused
+    write_atomic(output, plan_yaml(choices, header, unsupported), root=root)
+    write_atomic(fingerprint_path(output), json.dumps(fingerprint, indent=2) + "\n", root=root)
     for key in sorted(unsupported):
         log.warning("%s is planned but not a key of %s in this version: written commented out", key, data_cfg._target_)
     return fingerprint

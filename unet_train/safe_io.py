@@ -1,0 +1,131 @@
+"""Every file the tool writes goes through here: inside its intended folder, atomically, never through a link.
+
+A run folder, a data folder's ``unet_plan/`` or an output folder may be shared with other people, so any
+entry in it may be a symbolic link planted to make the tool overwrite a file elsewhere (``~/.bashrc``).
+:func:`write_atomic` resolves the target inside its ``root`` folder and refuses a link that leads out of
+it, then writes a temporary file created with ``O_CREAT | O_EXCL | O_NOFOLLOW`` in the target's folder
+(opened with ``O_NOFOLLOW``, so the folder cannot be swapped for a link after the check), fsyncs it and
+renames it over the target. The rename replaces a name, never writes into an existing file, so a reader
+sees the old file or the new one, never half of one, and a hard link to a foreign file is not written
+through either. Disk full, too large and read-only folders become one :class:`OutputError` line.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from unet_train.errors import OutputError
+
+# Why a write failed, and what the user can do: errno -> (reason, fix).
+_FAILURES = {
+    errno.ENOSPC: ("no space left on the device", "free space there or write the outputs to another disk"),
+    errno.EDQUOT: ("the disk quota is exhausted", "free space there or write the outputs to another disk"),
+    errno.EFBIG: ("the file is too large for its file system", "write the outputs to another file system"),
+    errno.EROFS: ("the file system is read-only", "write the outputs to a writable folder"),
+    errno.EACCES: ("permission denied", "make the folder writable or write the outputs elsewhere"),
+    errno.EPERM: ("permission denied", "make the folder writable or write the outputs elsewhere"),
+    errno.ELOOP: ("a symbolic link is in the way", "remove the link"),
+}
+
+
+def output_error(path: Path, exc: OSError) -> OutputError | None:
+    """One line for an OSError the user can fix (disk full, read-only, no permission), else None."""
+    reason = _FAILURES.get(exc.errno or 0)
+    if reason is None:
+        return None
+    return OutputError(f"Could not write {path}: {reason[0]} (in {path.parent}); {reason[1]}.")
+
+
+def _absolute(path: Path) -> Path:
+    return Path(os.path.abspath(Path(path).expanduser()))  # lexical: '..' removed, links not followed
+
+
+def confined(path: str | Path, root: str | Path) -> Path:
+    """The real path of ``path``, which must lie in ``root``: a link on the way that leads out of ``root`` is refused.
+
+    ``root`` itself is the user's choice and may be (or lie under) a link. A link inside ``root`` that
+    stays inside it is followed, so the returned path has no link below ``root``.
+    """
+    path, root = _absolute(Path(path)), _absolute(Path(root))
+    real_root = root.resolve()
+    try:
+        parts = path.relative_to(root).parts
+    except ValueError:
+        parts = path.relative_to(real_root).parts  # given through the real root already
+    current = real_root
+    for part in parts:
+        step = current / part
+        if step.is_symlink():
+            real = step.resolve()
+            if not real.is_relative_to(real_root):
+                raise OutputError(
+                    f"{step} is a symbolic link to {real}, outside {real_root}: unet-train does not write through "
+                    "it; remove the link (or write the outputs to another folder)."
+                )
+            current = real
+        else:
+            current = step
+    return current
+
+
+def make_folder(folder: str | Path, root: str | Path) -> Path:
+    """Create ``folder`` (inside ``root``) and its missing parents; returns its real path.
+
+    A file where a folder should be, a link out of ``root`` or a folder that cannot be created is one line.
+    """
+    real = confined(folder, root)
+    for step in (*reversed(real.parents), real):
+        if step.exists() and not step.is_dir():
+            raise OutputError(f"{step} is a file, not a folder: move it away, or write the outputs to another folder.")
+    try:
+        real.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(real, exc) or exc from None
+    return real
+
+
+def write_atomic(
+    path: str | Path, content: bytes | str | Callable[[BinaryIO], None], root: str | Path | None = None
+) -> Path:
+    """Write ``content`` to ``path`` atomically, never through a link out of ``root`` (default: its folder).
+
+    ``content``: bytes, text (UTF-8), or a function that writes to the open binary file (``torch.save``).
+    Returns the real path written. On any failure the previous file at ``path`` is left as it was.
+    """
+    path = _absolute(Path(path))
+    target = confined(path, path.parent if root is None else root)
+    folder = make_folder(target.parent, path.parent if root is None else root)
+    tmp = f".{target.name}.{secrets.token_hex(4)}.tmp"  # a name no one can have prepared
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise output_error(target, exc) or exc from None
+    try:
+        # O_EXCL + O_NOFOLLOW: a fresh file of our own, even if someone raced a link into this name.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666, dir_fd=dir_fd)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                if callable(content):
+                    content(handle)
+                else:
+                    handle.write(content.encode() if isinstance(content, str) else content)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=dir_fd)
+            except FileNotFoundError:
+                pass
+            raise
+        os.fsync(dir_fd)  # make the rename itself durable
+    except OSError as exc:
+        raise output_error(target, exc) or exc from None
+    finally:
+        os.close(dir_fd)
+    return target
