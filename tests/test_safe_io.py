@@ -22,7 +22,7 @@ from unet_train.engine.checkpoint import load_checkpoint, save_atomic
 from unet_train.engine.run_folder import check_run_folder, run_lock
 from unet_train.errors import OutputError
 from unet_train.plan.planner import default_plan_path, make_plan
-from unet_train.safe_io import confined, write_atomic
+from unet_train.safe_io import write_atomic
 
 from .conftest import TINY, compose_config
 from .test_cli import BIN, run
@@ -77,8 +77,14 @@ def test_a_file_where_a_folder_belongs_is_one_line(tmp_path):
 @pytest.mark.parametrize(
     ("code", "reason"),
     [
-        (errno.ENOSPC, "no space left on the device (in {folder}); free space there or write the outputs to another disk"),
-        (errno.EFBIG, "the file is too large for its file system (in {folder}); write the outputs to another file system"),
+        (
+            errno.ENOSPC,
+            "no space left on the device (in {folder}); free space there or write the outputs to another disk",
+        ),
+        (
+            errno.EFBIG,
+            "the file is too large for its file system (in {folder}); write the outputs to another file system",
+        ),
         (errno.EROFS, "the file system is read-only (in {folder}); write the outputs to a writable folder"),
     ],
 )
@@ -171,7 +177,9 @@ def error_lines(result: subprocess.CompletedProcess) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize("name", ["resolved_config.yaml", "resume_log.yaml", "metrics.json", "tensorboard", "train.log"])
+@pytest.mark.parametrize(
+    "name", ["resolved_config.yaml", "resume_log.yaml", "metrics.json", "tensorboard", "train.log"]
+)
 def test_a_resume_refuses_a_run_folder_whose_files_link_outside(one_epoch, tmp_path, name):
     job = copy_run(one_epoch, tmp_path / "job")
     victim = tmp_path / "victim"
@@ -196,7 +204,7 @@ def test_a_resume_refuses_a_run_folder_whose_files_link_outside(one_epoch, tmp_p
 
 
 def test_run_folder_check_names_checkpoints_links_too(tmp_path):
-    root, victim, elsewhere = planted(tmp_path)
+    root, victim, _ = planted(tmp_path)
     (root / "checkpoints").mkdir()
     (root / "checkpoints" / "best.pt").symlink_to(victim)
     with pytest.raises(OutputError, match=r"/root/checkpoints/best.pt is a symbolic link to .*/outside/bashrc"):
@@ -301,3 +309,18 @@ def test_optimizer_overrides_on_a_resume_reach_the_restored_optimizer(one_epoch,
     groups = load_checkpoint(job / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
     assert [g["lr"] for g in groups] == [0.5, 0.5]  # sched=none: the rate is the base rate
     assert [g["weight_decay"] for g in groups] == [0.01, 0.0]  # norms and biases keep no decay
+
+
+def test_predict_does_not_write_through_a_link_in_its_output_folder(one_epoch, tmp_path):
+    out, victim = tmp_path / "pred", tmp_path / "victim.tif"
+    out.mkdir()
+    victim.write_bytes(b"the user's own file")
+    Image.fromarray(np.full((40, 40), 128, np.uint8)).save(tmp_path / "cell.png")
+    (out / "cell_prob.tif").symlink_to(victim)
+    args = [f"ckpt={one_epoch / 'checkpoints' / 'last.pt'}", f"input={tmp_path / 'cell.png'}", f"output={out}"]
+    result = run([str(BIN / "unet-predict"), *args, "tile_size=32"], cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert error_lines(result)[-1].endswith(f"{out / 'cell_prob.tif'} is a symbolic link to {victim}, outside {out}: "
+                                            "unet-train does not write through it; remove the link (or write the "
+                                            "outputs to another folder).")  # fmt: skip
+    assert victim.read_bytes() == b"the user's own file"

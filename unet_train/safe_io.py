@@ -12,12 +12,16 @@ through either. Disk full, too large and read-only folders become one :class:`Ou
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
+
+import numpy as np
+from PIL import Image
 
 from unet_train.errors import OutputError
 
@@ -53,10 +57,12 @@ def confined(path: str | Path, root: str | Path) -> Path:
     """
     path, root = _absolute(Path(path)), _absolute(Path(root))
     real_root = root.resolve()
-    try:
+    if path.is_relative_to(root):
         parts = path.relative_to(root).parts
-    except ValueError:
+    elif path.is_relative_to(real_root):
         parts = path.relative_to(real_root).parts  # given through the real root already
+    else:  # '..' in a name read from a file, say
+        raise OutputError(f"{path} lies outside {real_root}, where unet-train writes; rename the file it comes from.")
     current = real_root
     for part in parts:
         step = current / part
@@ -90,7 +96,7 @@ def make_folder(folder: str | Path, root: str | Path) -> Path:
 
 
 def write_atomic(
-    path: str | Path, content: bytes | str | Callable[[BinaryIO], None], root: str | Path | None = None
+    path: str | Path, content: bytes | str | Callable[[BinaryIO], object], root: str | Path | None = None
 ) -> Path:
     """Write ``content`` to ``path`` atomically, never through a link out of ``root`` (default: its folder).
 
@@ -118,10 +124,8 @@ def write_atomic(
                 os.fsync(handle.fileno())
             os.replace(tmp, target.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except BaseException:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp, dir_fd=dir_fd)
-            except FileNotFoundError:
-                pass
             raise
         os.fsync(dir_fd)  # make the rename itself durable
     except OSError as exc:
@@ -129,3 +133,32 @@ def write_atomic(
     finally:
         os.close(dir_fd)
     return target
+
+
+def write_png(path: str | Path, image: np.ndarray, root: str | Path | None = None) -> Path:
+    """An 8-bit grey or RGB array as a PNG, through :func:`write_atomic`."""
+    return write_atomic(path, lambda handle: Image.fromarray(image).save(handle, format="PNG"), root)
+
+
+def check_outputs(root: str | Path, names: Iterable[str]) -> None:
+    """Refuse, before any work, outputs ``root/<name>`` that are links leading out of ``root``."""
+    for name in names:
+        confined(Path(root) / name, root)
+
+
+def cleared(path: str | Path, root: str | Path | None = None) -> Path:
+    """``path`` checked (:func:`confined`) and its old entry removed, for a library that writes to a path itself.
+
+    Removing the name first means the library creates a fresh file instead of writing into whatever a
+    planted link or hard link at that name leads to.
+    """
+    path = _absolute(Path(path))
+    confined(path, path.parent if root is None else root)
+    make_folder(path.parent, path.parent if root is None else root)
+    try:
+        path.unlink(missing_ok=True)
+    except IsADirectoryError:
+        raise OutputError(f"{path} is a folder; move it away, or write the outputs to another folder.") from None
+    except OSError as exc:
+        raise output_error(path, exc) or exc from None
+    return path

@@ -120,6 +120,7 @@ def log_resume(out: Path, ckpt: str, overrides: list[str]) -> None:
 @exit_on_user_error
 def train(cfg: DictConfig) -> float | None:
     """Train one run; returns the best monitored value (what Hydra sweepers optimise)."""
+    check_run_folder(run_dir())  # a planted link among the run's outputs: refused before anything is written
     overrides = resume_overrides() if cfg.get("ckpt") else []
     done = 0
     if cfg.get("ckpt"):
@@ -129,10 +130,8 @@ def train(cfg: DictConfig) -> float | None:
     dist = distributed.setup(cfg.trainer.strategy, cfg.trainer.device)
     try:
         out = Path(dist.broadcast_object(str(run_dir())))  # under DDP, rank 0's folder is the run's
-        if dist.is_main:
-            check_run_folder(out)  # a planted link among the run's outputs: refused before anything is written
-            if cfg.get("ckpt"):
-                log.info("Resuming in the run folder %s", out.resolve())
+        if dist.is_main and cfg.get("ckpt"):
+            log.info("Resuming in the run folder %s", out.resolve())
         with run_lock(out) if dist.is_main else nullcontext():  # one process trains in a run folder at a time
             # A resume of a finished run trains nothing: its folder keeps the config its metrics came from.
             if dist.is_main and done < cfg.trainer.max_epochs:

@@ -55,7 +55,8 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     checkpoints = Checkpointer(run_dir / "checkpoints", run)
     # Events after the checkpoint's step come from the lost part of a killed run: drop them.
     # SummaryWriter creates its own files: its folder must not be a link out of the run folder.
-    writer = run.dist.summary_writer(confined(run_dir / "tensorboard", run_dir), purge_step=state.step + 1 if state.step else None)
+    log_dir = confined(run_dir / "tensorboard", run_dir)
+    writer = run.dist.summary_writer(log_dir, purge_step=state.step + 1 if state.step else None)
     guard = NonFiniteGuard.for_run(run, checkpoints.last)
     step = TrainStep.for_run(run, guard)
     progress = show_progress(tcfg.progress) and run.dist.is_main

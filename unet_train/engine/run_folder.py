@@ -23,13 +23,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from unet_train.errors import OutputError
-from unet_train.safe_io import confined, make_folder, output_error
+from unet_train.safe_io import check_outputs, confined, make_folder, output_error
 
 LOCK_FILE = ".lock"
 # What a training run writes in its folder (train.log is Hydra's, opened before the run starts).
 RUN_OUTPUTS = (
     "resolved_config.yaml", "resume_log.yaml", "metrics.json", "tensorboard", "checkpoints", "checkpoints/last.pt",
-    "checkpoints/best.pt", LOCK_FILE, "train.log",
+    "checkpoints/best.pt", LOCK_FILE,
 )  # fmt: skip
 
 
@@ -39,13 +39,13 @@ def check_run_folder(run_dir: str | Path) -> None:
     Hydra opened ``train.log`` before the run started; when that is such a link its handler is closed
     first, so not even the refusal is written through it.
     """
-    for name in RUN_OUTPUTS:
-        try:
-            confined(Path(run_dir) / name, run_dir)
-        except OutputError:
-            if name == "train.log":
-                _close_log_file(Path(run_dir) / name)
-            raise
+    log_file = Path(run_dir) / "train.log"
+    try:
+        confined(log_file, run_dir)
+    except OutputError:
+        _close_log_file(log_file)  # not even the refusal goes through that link
+        raise
+    check_outputs(run_dir, RUN_OUTPUTS)
 
 
 def _close_log_file(path: Path) -> None:

@@ -30,22 +30,47 @@ from unet_train.models import UNet
 OPTION_SETS: dict[str, dict] = {
     "vanilla-depth4": {"base_channels": 2, "depth": 4},
     "dilated-attention-ds-bilinear-group": {
-        "base_channels": 4, "depth": 3, "encoder": "dilated", "skip": "attention", "deep_supervision": True,
-        "upsample": "bilinear", "norm": "group",
+        "base_channels": 4,
+        "depth": 3,
+        "encoder": "dilated",
+        "skip": "attention",
+        "deep_supervision": True,
+        "upsample": "bilinear",
+        "norm": "group",
     },
     "attention_gate-instance-dropout": {
-        "base_channels": 2, "depth": 2, "skip": "attention_gate", "norm": "instance", "dropout": 0.1,
+        "base_channels": 2,
+        "depth": 2,
+        "skip": "attention_gate",
+        "norm": "instance",
+        "dropout": 0.1,
     },
     "dense-none-ds3-depth4": {
-        "base_channels": 2, "depth": 4, "skip": "dense", "norm": "none", "deep_supervision": True,
-        "supervision_levels": 3, "dense_growth": 3, "dense_layers": 2,
+        "base_channels": 2,
+        "depth": 4,
+        "skip": "dense",
+        "norm": "none",
+        "deep_supervision": True,
+        "supervision_levels": 3,
+        "dense_growth": 3,
+        "dense_layers": 2,
     },
 }
 INPUT_SHAPE = (1, 1, 29, 37)
 OVERRIDES = [
-    "experiment=quickstart", "trainer=smoke", "trainer.max_epochs=1", "trainer.channels_last=false",
-    "model.base_channels=2", "model.depth=2", "model.skip=attention_gate", "model.deep_supervision=true",
-    "data.image_size=32", "data.patch_size=16", "data.num_train=4", "data.num_val=2", "data.num_test=2",
+    "experiment=quickstart",
+    "trainer=smoke",
+    "trainer.max_epochs=1",
+    "trainer.channels_last=false",
+    "model.base_channels=2",
+    "model.depth=2",
+    "model.skip=attention_gate",
+    "model.deep_supervision=true",
+    "data.image_size=32",
+    "data.patch_size=16",
+    "data.num_train=4",
+    "data.num_val=2",
+    "data.num_test=2",
 ]
 
 
