@@ -11,8 +11,6 @@ truth, prediction and errors go to ``overlays/`` and to TensorBoard under ``tens
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import sys
@@ -46,7 +44,7 @@ from unet_train.errors import CheckpointError, ConfigError
 from unet_train.inference import TTALogits
 from unet_train.inference.tiling import fold_batchnorm
 from unet_train.metrics import predict_labels
-from unet_train.safe_io import confined, make_folder, write_atomic, write_png
+from unet_train.safe_io import confined, make_folder, write_atomic, write_csv, write_png
 
 log = logging.getLogger(__name__)
 
@@ -162,11 +160,7 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     writer.close()
     write_atomic(out / "metrics.json", json.dumps({**metrics, "details": summary}, indent=2) + "\n", root=out)
     if result.per_image:
-        table = io.StringIO(newline="")
-        rows = csv.DictWriter(table, fieldnames=list(result.per_image[0]))
-        rows.writeheader()
-        rows.writerows(result.per_image)
-        write_atomic(out / "per_image.csv", table.getvalue(), root=out)
+        write_csv(out / "per_image.csv", list(result.per_image[0]), result.per_image, root=out)
         print(format_table(metrics))
     elif cfg.save_predictions:
         print(f"The {cfg.split!r} split has no masks: wrote predictions only.")

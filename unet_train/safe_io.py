@@ -13,12 +13,14 @@ through either. Disk full, too large and read-only folders become one :class:`Ou
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
+import io
 import os
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -138,6 +140,18 @@ def write_atomic(
 def write_png(path: str | Path, image: np.ndarray, root: str | Path | None = None) -> Path:
     """An 8-bit grey or RGB array as a PNG, through :func:`write_atomic`."""
     return write_atomic(path, lambda handle: Image.fromarray(image).save(handle, format="PNG"), root)
+
+
+def write_csv(
+    path: str | Path, header: Sequence[str], rows: Iterable[Mapping[str, Any]], root: str | Path | None = None
+) -> Path:
+    """Rows as a CSV table with ``header`` (a missing or None cell is empty), through :func:`write_atomic`."""
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(header))
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: "" if row.get(key) is None else row[key] for key in header})
+    return write_atomic(path, table.getvalue(), root)
 
 
 def check_outputs(root: str | Path, names: Iterable[str]) -> None:
