@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import shutil
@@ -22,7 +23,7 @@ from unet_train.engine.checkpoint import load_checkpoint, save_atomic
 from unet_train.engine.run_folder import check_run_folder, run_lock
 from unet_train.errors import OutputError
 from unet_train.plan.planner import default_plan_path, make_plan
-from unet_train.safe_io import write_atomic
+from unet_train.safe_io import RunLogHandler, write_atomic
 
 from .conftest import TINY, compose_config
 from .test_cli import BIN, run
@@ -74,6 +75,22 @@ def test_a_file_where_a_folder_belongs_is_one_line(tmp_path):
     )
 
 
+def test_the_job_log_never_follows_a_link_and_never_stops_a_run(tmp_path):
+    root, victim, _ = planted(tmp_path)
+    record = logging.LogRecord("unet_train", logging.INFO, __file__, 1, "a line", None, None)
+    (root / "train.log").symlink_to(victim)
+    for path in (root / "train.log", root / "missing" / "train.log"):  # a planted link; a folder not there
+        handler = RunLogHandler(str(path))
+        handler.emit(record)  # no error: the command's own checks refuse in one line
+        handler.close()
+    assert victim.read_text() == "# the user's own file\n" and not (root / "missing").exists()
+    handler = RunLogHandler(str(root / "eval.log"))
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.emit(record)
+    handler.close()
+    assert (root / "eval.log").read_text() == "a line\n"
+
+
 @pytest.mark.parametrize(
     ("code", "reason"),
     [
@@ -92,9 +109,12 @@ def test_a_full_or_read_only_disk_is_one_line_and_the_previous_checkpoint_stays(
     last = tmp_path / "checkpoints" / "last.pt"
     save_atomic({"epoch": 1, "x": torch.ones(3)}, last)
 
-    def failing_save(obj, handle):  # the disk fills up half-way through the file
+    def failing_save(obj, handle):  # the disk fills up half-way through the file, and torch says so as it does
         handle.write(b"PK\x03\x04 half a checkpoint")
-        raise OSError(code, os.strerror(code))
+        try:
+            raise OSError(code, os.strerror(code))
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 40960 vs 40856") from None
 
     monkeypatch.setattr(checkpoint.torch, "save", failing_save)
     with pytest.raises(OutputError) as info:

@@ -16,6 +16,7 @@ import contextlib
 import csv
 import errno
 import io
+import logging
 import os
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -45,6 +46,14 @@ def output_error(path: Path, exc: OSError) -> OutputError | None:
     if reason is None:
         return None
     return OutputError(f"Could not write {path}: {reason[0]} (in {path.parent}); {reason[1]}.")
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """``exc`` if it is an OSError, else the first OSError it was raised from or while handling."""
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, OSError):
+        seen = seen.__cause__ or seen.__context__
+    return seen
 
 
 def _absolute(path: Path) -> Path:
@@ -130,8 +139,12 @@ def write_atomic(
                 os.unlink(tmp, dir_fd=dir_fd)
             raise
         os.fsync(dir_fd)  # make the rename itself durable
-    except OSError as exc:
-        raise output_error(target, exc) or exc from None
+    except Exception as exc:  # torch.save reports a full disk as a RuntimeError raised while handling the OSError
+        cause = _os_error_in(exc)
+        error = output_error(target, cause) if cause is not None else None
+        if error is None:
+            raise
+        raise error from None
     finally:
         os.close(dir_fd)
     return target
@@ -176,3 +189,29 @@ def cleared(path: str | Path, root: str | Path | None = None) -> Path:
     except OSError as exc:
         raise output_error(path, exc) or exc from None
     return path
+
+
+class RunLogHandler(logging.FileHandler):
+    """The job's log file (``train.log``; Hydra's ``job_logging`` file handler), opened without following a link.
+
+    The file is opened at the first record, with ``O_NOFOLLOW``; when it cannot be opened (a planted link,
+    a read-only folder) the run goes on without it, and the command's own checks refuse in one line
+    instead of a traceback from logging's set-up.
+    """
+
+    def __init__(self, filename: str, mode: str = "a", encoding: str | None = None, delay: bool = True) -> None:
+        super().__init__(filename, mode, encoding, delay=True)  # opened by the first record, never here
+        self.unusable = False
+
+    def _open(self) -> Any:
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        return open(fd, self.mode, encoding=self.encoding, errors=self.errors)  # the handler owns it
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.stream is None and not self.unusable:
+            try:
+                self.stream = self._open()
+            except OSError:
+                self.unusable = True
+        if not self.unusable:
+            super().emit(record)

@@ -13,7 +13,6 @@ blocks a later resume. The file names its holder (pid, host, start time) for the
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import socket
 import stat
@@ -23,37 +22,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from unet_train.errors import OutputError
-from unet_train.safe_io import check_outputs, confined, make_folder, output_error
+from unet_train.safe_io import check_outputs, make_folder, output_error
 
 LOCK_FILE = ".lock"
-# What a training run writes in its folder (train.log is Hydra's, opened before the run starts).
+# What a training run writes in its folder (train.log: Hydra's job log).
 RUN_OUTPUTS = (
     "resolved_config.yaml", "resume_log.yaml", "metrics.json", "tensorboard", "checkpoints", "checkpoints/last.pt",
-    "checkpoints/best.pt", LOCK_FILE,
+    "checkpoints/best.pt", LOCK_FILE, "train.log",
 )  # fmt: skip
 
 
 def check_run_folder(run_dir: str | Path) -> None:
     """Refuse, before anything is written, a run folder whose outputs are links that lead out of it.
 
-    Hydra opened ``train.log`` before the run started; when that is such a link its handler is closed
-    first, so not even the refusal is written through it.
+    ``train.log`` is opened by :class:`~unet_train.safe_io.RunLogHandler`, which does not follow a link,
+    so not even this refusal is written through one.
     """
-    log_file = Path(run_dir) / "train.log"
-    try:
-        confined(log_file, run_dir)
-    except OutputError:
-        _close_log_file(log_file)  # not even the refusal goes through that link
-        raise
     check_outputs(run_dir, RUN_OUTPUTS)
-
-
-def _close_log_file(path: Path) -> None:
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == Path(os.path.abspath(path)):
-            root.removeHandler(handler)
-            handler.close()
 
 
 @contextmanager
