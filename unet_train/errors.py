@@ -29,3 +29,7 @@ class RunInterrupted(Exception):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class OutputError(UserError):
+    """An output that cannot be written safely: a link out of its folder, a full or read-only disk, a locked run."""

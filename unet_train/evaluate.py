@@ -11,7 +11,6 @@ truth, prediction and errors go to ``overlays/`` and to TensorBoard under ``tens
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import sys
@@ -23,7 +22,6 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
-from skimage import io as skio
 from torch.utils.tensorboard import SummaryWriter
 
 from unet_train.build import build_data, build_model
@@ -46,6 +44,7 @@ from unet_train.errors import CheckpointError, ConfigError
 from unet_train.inference import TTALogits
 from unet_train.inference.tiling import fold_batchnorm
 from unet_train.metrics import predict_labels
+from unet_train.safe_io import confined, make_folder, write_atomic, write_csv, write_png
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +84,7 @@ def save_prediction(folder: Path, name: str, logits: torch.Tensor) -> None:
     """Write the label image of one prediction as PNG (binary: 0/255)."""
     labels = predict_labels(logits.unsqueeze(0))[0].numpy()
     image = (labels * 255).astype(np.uint8) if logits.shape[0] == 1 else labels.astype(np.uint8)
-    skio.imsave(folder / f"{name}.png", image, check_contrast=False)
+    write_png(folder / f"{name}.png", image, root=folder.parent)
 
 
 def format_table(rows: dict[str, float]) -> str:
@@ -128,9 +127,9 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     )
     pred_dir = out / "predictions"
     if cfg.save_predictions:
-        pred_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(pred_dir, out)
 
-    writer = SummaryWriter(str(out / "tensorboard"))
+    writer = SummaryWriter(str(confined(out / "tensorboard", out)))  # not through a link out of the run folder
     # The positive class is the border of the V-Rand segments only for membranes (ISBI's default,
     # data.foreground=membrane of a folder, the synthetic membranes); objects and cells are the segments.
     report = EvalReport(
@@ -159,12 +158,9 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     for key, value in metrics.items():
         writer.add_scalar(key, value)
     writer.close()
-    (out / "metrics.json").write_text(json.dumps({**metrics, "details": summary}, indent=2) + "\n")
+    write_atomic(out / "metrics.json", json.dumps({**metrics, "details": summary}, indent=2) + "\n", root=out)
     if result.per_image:
-        with (out / "per_image.csv").open("w", newline="") as handle:
-            rows = csv.DictWriter(handle, fieldnames=list(result.per_image[0]))
-            rows.writeheader()
-            rows.writerows(result.per_image)
+        write_csv(out / "per_image.csv", list(result.per_image[0]), result.per_image, root=out)
         print(format_table(metrics))
     elif cfg.save_predictions:
         print(f"The {cfg.split!r} split has no masks: wrote predictions only.")

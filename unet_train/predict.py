@@ -53,6 +53,7 @@ from unet_train.inference.sources import (
     is_zarr_path,
     open_volume,
 )
+from unet_train.safe_io import cleared, confined, make_folder
 
 log = logging.getLogger(__name__)
 # What an image or stack predicted in memory writes: <name><suffix> (see predict_in_memory).
@@ -242,7 +243,7 @@ def _predict_all(
                     store = out if to_zarr else out / f"{path.name.split('.')[0]}.zarr"
                     written.append(predict_store(cfg, predictor, volume, store, classes, inputs, method, dist))
                 elif (path, volume) in in_memory:
-                    out.mkdir(parents=True, exist_ok=True)
+                    make_folder(out, out)
                     written += predict_in_memory(cfg, predictor, path, volume, out, method, on_tiles, inputs)
     finally:
         for _, volume in volumes:
@@ -360,8 +361,11 @@ def predict_in_memory(
 def written_whole(files: Sequence[Path]) -> Iterator[list[Path]]:
     """Temporary names beside ``files`` to write them under: renamed to ``files`` when the block completes,
     removed when it does not (Ctrl-C, an error), so an output under its final name is always complete and a
-    rerun redoes an interrupted one. (The one place to switch to a shared atomic-write helper.)"""
-    temps = [f.with_name(f".{f.stem}.partial{f.suffix}") for f in files]  # the suffix tells writers the format
+    rerun redoes an interrupted one. The renames replace names: no link at a final name is written through."""
+    for final in files:
+        confined(final, final.parent)  # a planted link out of the output folder is refused in one line
+    # The suffix tells writers the format; whatever was planted at a temporary name is removed first.
+    temps = [cleared(f.with_name(f".{f.stem}.partial{f.suffix}")) for f in files]
     try:
         yield temps
     except BaseException:

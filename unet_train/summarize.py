@@ -18,7 +18,6 @@ module reads them back and writes, into the sweep folder:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import math
@@ -33,6 +32,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from unet_train.errors import DataError, UserError
+from unet_train.safe_io import write_atomic, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -253,14 +253,6 @@ def grouped_markdown(jobs: Sequence[Job]) -> str:
     return _markdown(header, body)
 
 
-def write_csv(path: Path, header: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(header))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: "" if row.get(key) is None else row[key] for key in header})
-
-
 def monitored_curve(job: Job) -> tuple[list[float], list[float]]:
     """Epochs and values of the job's monitored metric, from its TensorBoard events.
 
@@ -309,7 +301,7 @@ def plot_curves(jobs: Sequence[Job], path: Path) -> Path:
     axes.grid(alpha=0.3)
     if axes.lines:
         axes.legend(fontsize="small", loc="best")
-    figure.savefig(path, dpi=120)
+    write_atomic(path, lambda handle: figure.savefig(handle, dpi=120, format="png"))
     return path
 
 
@@ -351,7 +343,7 @@ def summarize(sweep_dir: str | Path, output_dir: str | Path | None = None, plot:
         plot_curves(jobs, out / "summary.png")
         text += ["![monitored metric per epoch](summary.png)", ""]
     markdown = "\n".join(text)
-    (out / "summary.md").write_text(markdown)
+    write_atomic(out / "summary.md", markdown)
     log.info("Sweep summary of %d jobs written to %s (summary.md, summary.csv, summary_grouped.csv)", len(jobs), out)
     return markdown
 

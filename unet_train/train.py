@@ -13,7 +13,9 @@ Examples::
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -37,7 +39,9 @@ from unet_train.config import config_dir
 from unet_train.engine import distributed
 from unet_train.engine.checkpoint import load_checkpoint
 from unet_train.engine.fit import fit
+from unet_train.engine.run_folder import check_run_folder, run_lock
 from unet_train.errors import ConfigError
+from unet_train.safe_io import confined, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,7 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, in
     Returns that config and the number of epochs the checkpoint has done.
     """
     trust = cfg.get("trust_config", False)
+    check_checkpoint_link(str(cfg.ckpt))
     checkpoint = load_checkpoint(cfg.ckpt, trust=trust)
     refuse_an_earlier_checkpoint(Path(cfg.ckpt), int(checkpoint["state"]["step"]))
     merged = apply_overrides(OmegaConf.create(checkpoint["config"]), overrides, choices=run_choices(cfg.ckpt))
@@ -101,6 +106,29 @@ def refuse_an_earlier_checkpoint(ckpt: Path, step: int) -> None:
         )
 
 
+def check_checkpoint_link(ckpt: str) -> None:
+    """Refuse a ``ckpt`` that is a link into another run's folder; log the real folder of a linked run folder.
+
+    A resume continues in the run folder of the checkpoint file itself (``<run>/checkpoints/x.pt``), so a
+    linked ``last.pt`` (or ``checkpoints/``) would make it write, and replace ``best.pt``, in whatever folder the
+    link points to, which the user never named. A link to the run folder itself (``latest -> outputs/...``) is
+    the user's own shortcut: that run continues in its real folder, named in the log.
+    """
+    given = Path(os.path.abspath(Path(ckpt).expanduser()))
+    real = given.resolve()
+    if real == given:
+        return
+    named = given.parent.parent.resolve() if given.parent.name == "checkpoints" else None
+    actual = real.parent.parent if real.parent.name == "checkpoints" else None
+    if named != actual:
+        where = f"the run folder {actual}" if actual else "a new run folder"
+        raise ConfigError(
+            f"ckpt={ckpt} is a link to {real}: a resume writes into the checkpoint's own run folder ({where}), "
+            f"not {named or 'the folder named'}; give ckpt={real} to continue that run, or copy the file."
+        )
+    log.info("ckpt=%s is reached through a link: the run continues in its real folder %s", ckpt, actual)
+
+
 def log_resume(out: Path, ckpt: str, overrides: list[str]) -> None:
     """Append one resume (when, from which checkpoint, with which overrides) to ``<run>/resume_log.yaml``.
 
@@ -112,13 +140,15 @@ def log_resume(out: Path, ckpt: str, overrides: list[str]) -> None:
         "ckpt": str(Path(ckpt).expanduser().resolve()),
         "overrides": overrides,
     }
-    with (out / RESUME_LOG).open("a") as handle:
-        handle.write(OmegaConf.to_yaml(OmegaConf.create([entry])))
+    log_file = confined(out / RESUME_LOG, out)  # a link out of the run folder is refused, not read or written
+    before = log_file.read_text() if log_file.is_file() else ""
+    write_atomic(log_file, before + OmegaConf.to_yaml(OmegaConf.create([entry])), root=out)
 
 
 @exit_on_user_error
 def train(cfg: DictConfig) -> float | None:
     """Train one run; returns the best monitored value (what Hydra sweepers optimise)."""
+    check_run_folder(run_dir())  # a planted link among the run's outputs: refused before anything is written
     overrides = resume_overrides() if cfg.get("ckpt") else []
     done = 0
     if cfg.get("ckpt"):
@@ -130,12 +160,15 @@ def train(cfg: DictConfig) -> float | None:
     dist = distributed.setup(cfg.trainer.strategy, cfg.trainer.device)
     try:
         out = Path(dist.broadcast_object(str(run_dir())))  # under DDP, rank 0's folder is the run's
-        # A resume of a finished run trains nothing: its folder keeps the config its metrics came from.
-        if dist.is_main and done < cfg.trainer.max_epochs:
-            if cfg.get("ckpt"):
-                log_resume(out, cfg.ckpt, overrides)
-            (out / "resolved_config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        metrics = fit(cfg, out)
+        if dist.is_main and cfg.get("ckpt"):
+            log.info("Resuming in the run folder %s", out.resolve())
+        with run_lock(out) if dist.is_main else nullcontext():  # one process trains in a run folder at a time
+            # A resume of a finished run trains nothing: its folder keeps the config its metrics came from.
+            if dist.is_main and done < cfg.trainer.max_epochs:
+                if cfg.get("ckpt"):
+                    log_resume(out, cfg.ckpt, overrides)
+                write_atomic(out / "resolved_config.yaml", OmegaConf.to_yaml(cfg, resolve=True), root=out)
+            metrics = fit(cfg, out)
     finally:
         distributed.cleanup()
     value = metrics.get(f"best/{cfg.monitor}")

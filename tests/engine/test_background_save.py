@@ -15,7 +15,7 @@ from unet_train.engine import background_save, checkpointer
 from unet_train.engine.background_save import BackgroundWriter, SaveEvery, snapshot
 from unet_train.engine.checkpoint import discard_partial_writes, load_checkpoint
 from unet_train.engine.fit import fit
-from unet_train.errors import ConfigError
+from unet_train.errors import ConfigError, OutputError
 
 from ..conftest import TINY, compose_config, progress
 from .test_faults import ENV
@@ -65,7 +65,7 @@ def test_a_failed_background_write_raises_at_the_next_wait(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     writer = BackgroundWriter()
     writer.submit({"x": torch.zeros(2)}, tmp_path / "file" / "last.pt")
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match=r"/file is a file, not a folder: move it away"):
         writer.wait()
     writer.wait()  # the error is raised once
 
@@ -75,11 +75,11 @@ def recorded_writes(monkeypatch) -> list[tuple[str, int, str]]:
     writes: list[tuple[str, int, str]] = []
 
     def record(save):
-        def wrapped(obj, path):
+        def wrapped(obj, path, root=None):
             import threading
 
             writes.append((Path(path).name, obj["state"]["epoch"], threading.current_thread().name))
-            save(obj, path)
+            save(obj, path, root)
 
         return wrapped
 

@@ -58,16 +58,16 @@ class BackgroundWriter:
         self._error: BaseException | None = None
         self.write_s = 0.0  # the longest write the thread has done (the snapshot excluded)
 
-    def submit(self, obj: Any, path: Path) -> None:
+    def submit(self, obj: Any, path: Path, root: Path | None = None) -> None:
         self.wait()
         copied = snapshot(obj)
-        self._thread = threading.Thread(target=self._write, args=(copied, path), name="checkpoint-writer")
+        self._thread = threading.Thread(target=self._write, args=(copied, path, root), name="checkpoint-writer")
         self._thread.start()
 
-    def _write(self, obj: Any, path: Path) -> None:
+    def _write(self, obj: Any, path: Path, root: Path | None) -> None:
         try:
             started = time.monotonic()
-            save_atomic(obj, path)
+            save_atomic(obj, path, root)
             self.write_s = max(self.write_s, time.monotonic() - started)
         except BaseException as exc:  # handed to the training thread by wait()
             self._error = exc

@@ -11,9 +11,7 @@ Loading keeps code out twice: ``weights_only=True`` refuses pickled objects, and
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -24,6 +22,7 @@ import torch
 from torch import nn
 
 from unet_train.errors import CheckpointError
+from unet_train.safe_io import write_atomic
 from unet_train.trust import check_config
 
 FORMAT = "unet-train/1"
@@ -40,32 +39,13 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def save_atomic(obj: Any, path: str | Path) -> None:
+def save_atomic(obj: Any, path: str | Path, root: str | Path | None = None) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
 
-    A crash or kill at any point leaves either the old file or the new one, never a truncated file.
+    A crash or kill at any point leaves either the old file or the new one, never a truncated file;
+    ``root`` (the run folder; default: the file's folder) is where links may lead (:mod:`unet_train.safe_io`).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp creates the file readable by its owner only; give it the usual permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, lambda handle: torch.save(obj, handle), root=root)
 
 
 def _is_text(path: Path) -> bool:

@@ -80,11 +80,11 @@ class Checkpointer:
         if name == "last.pt":
             self.last_write = time.monotonic()
         if background and self.writer is not None:
-            self.writer.submit(self.contents(extras), self.folder / name)
+            self.writer.submit(self.contents(extras), self.folder / name, self.folder.parent)
             return run.dist.agree(True)
         started = time.monotonic()
         self.wait()  # an earlier background write lands first
-        save_atomic(self.contents(extras), self.folder / name)
+        save_atomic(self.contents(extras), self.folder / name, self.folder.parent)  # inside the run folder
         self.sync_write_s = max(self.sync_write_s, time.monotonic() - started)
         return run.dist.agree(True)
 

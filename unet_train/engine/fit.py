@@ -35,6 +35,7 @@ from unet_train.engine.stopping import StopRules
 from unet_train.engine.tensorboard import hparams
 from unet_train.engine.validation import monitor_mode, validate_epoch
 from unet_train.errors import ConfigError
+from unet_train.safe_io import confined, write_atomic
 
 __all__ = ["TrainState", "fit", "monitor_mode", "show_progress", "validate_config"]
 
@@ -54,7 +55,9 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
         return already_complete(run, run_dir)
     checkpoints = Checkpointer(run_dir / "checkpoints", run)
     # Events after the checkpoint's step come from the lost part of a killed run: drop them.
-    writer = run.dist.summary_writer(run_dir / "tensorboard", purge_step=state.step + 1 if state.step else None)
+    # SummaryWriter creates its own files: its folder must not be a link out of the run folder.
+    log_dir = confined(run_dir / "tensorboard", run_dir)
+    writer = run.dist.summary_writer(log_dir, purge_step=state.step + 1 if state.step else None)
     guard = NonFiniteGuard.for_run(run, checkpoints.last)
     step = TrainStep.for_run(run, guard)
     progress = show_progress(tcfg.progress) and run.dist.is_main
@@ -129,7 +132,7 @@ def finish_run(
     hparam_metrics = {f"hparam/{k}": v for k, v in metrics.items() if "/" in k}
     writer.add_hparams(hparams(cfg), hparam_metrics, run_name=".")
     if run.dist.is_main:
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n", root=run_dir)
     log.info(
         "Stopped by %s after %d epochs (%.1f s). Best %s = %.4f at epoch %d. Checkpoints in %s",
         stop_reason, state.epoch, elapsed, cfg.monitor, metrics[f"best/{cfg.monitor}"], state.best_epoch,
@@ -156,7 +159,7 @@ def already_complete(run: Run, run_dir: Path) -> dict[str, float]:
         if source.is_file():
             metrics = json.loads(source.read_text())
             if source != target and run.dist.is_main:
-                target.write_text(source.read_text())
+                write_atomic(target, source.read_text(), root=run_dir)
             return metrics
     best = state.best if state.best is not None else math.nan
     return {f"best/{cfg.monitor}": best, "best_epoch": state.best_epoch, "epochs": state.epoch, "steps": state.step}

@@ -11,13 +11,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from skimage import io as skio
 from torch.utils.tensorboard import SummaryWriter
 
 from unet_train.engine.evaluate import EvalResult, probabilities
 from unet_train.engine.tensorboard import display_grey
 from unet_train.labels import valid_pixels
 from unet_train.metrics import RandInfoSweep, hd95, predict_labels
+from unet_train.safe_io import make_folder, write_png
 
 # Error colours of the overlay: true positive white, false positive red, false negative blue;
 # unlabelled (ignored) pixels grey.
@@ -74,7 +74,7 @@ class EvalReport:
         self.sweep = RandInfoSweep()
         self.hd95: list[float] = []
         if overlay_dir is not None:
-            overlay_dir.mkdir(parents=True, exist_ok=True)
+            make_folder(overlay_dir, overlay_dir.parent)
 
     def on_batch(self, batch: dict[str, Any], logits: torch.Tensor) -> None:
         """Score and draw each labelled image of a batch (``logits`` float32 on the CPU)."""
@@ -95,7 +95,7 @@ class EvalReport:
             if self.overlay_dir is not None or self.writer is not None:
                 panel = overlay(batch["image"][i], truth, labels[i], max(self.num_classes, 2))
                 if self.overlay_dir is not None:
-                    skio.imsave(self.overlay_dir / f"{name}.png", panel, check_contrast=False)
+                    write_png(self.overlay_dir / f"{name}.png", panel, root=self.overlay_dir.parent)
                 if self.writer is not None:
                     self.writer.add_image(f"eval/{name}", panel, dataformats="HWC")
 

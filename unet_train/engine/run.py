@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -22,7 +23,12 @@ from unet_train.build import (
 from unet_train.data.sampling import GLOBAL_STREAM, epoch_seed, set_loader_epoch
 from unet_train.engine import distributed
 from unet_train.engine.budget import TimeBudget
-from unet_train.engine.checkpoint import load_checkpoint, load_model_state, load_optimizer_state
+from unet_train.engine.checkpoint import (
+    IMPLEMENTATION_FLAGS,
+    load_checkpoint,
+    load_model_state,
+    load_optimizer_state,
+)
 from unet_train.engine.resume import restore_rng, resume_plan
 from unet_train.engine.runtime import Runtime, make_runtime, seed_everything, to_channels_last
 from unet_train.engine.schedulers import continue_schedule
@@ -215,6 +221,7 @@ def resume(run: Run, path: str) -> None:
     run.budget.restore(state)  # the run's clock, measured costs and time-based schedule go on from the checkpoint
     restore_rng(checkpoint, run.dist, cfg.seed, state.step)  # each rank its own saved state
     replan_schedule(run, checkpoint)
+    apply_optimizer_overrides(run, checkpoint.get("config", {}))
     previous = checkpoint.get("monitor")
     if previous != cfg.monitor:
         log.info(
@@ -224,7 +231,8 @@ def resume(run: Run, path: str) -> None:
         )  # fmt: skip
         state.best, state.best_epoch, state.stale_validations = None, 0, 0
     within = f", batch {state.batch} of the next epoch" if state.batch else ""
-    log.info("Resumed from %s after epoch %d (step %d%s)", path, state.epoch, state.step, within)
+    real = Path(path).expanduser().resolve()  # the file itself, not a link to it
+    log.info("Resumed from %s after epoch %d (step %d%s)", real, state.epoch, state.step, within)
 
 
 def replan_schedule(run: Run, checkpoint: dict[str, Any]) -> None:
@@ -258,3 +266,48 @@ def replan_schedule(run: Run, checkpoint: dict[str, Any]) -> None:
         if isinstance(run.scheduler, LambdaLR):  # schedules that are not step-indexed factors are left alone
             run.scheduler.lr_lambdas = plan.lr_lambdas
     state.planned_steps = planned_now
+
+
+def apply_optimizer_overrides(run: Run, stored: dict[str, Any]) -> None:
+    """Optimizer settings changed on a resume (``optim.lr=0.5``) replace the restored ones; the log says which.
+
+    ``load_state_dict`` brings back the checkpoint's hyperparameters and the schedule's base rates, so an
+    override would otherwise be recorded but never used. A new ``optim.lr`` becomes every group's base
+    rate, scaled by the schedule's factor at this step; ``weight_decay`` goes to the decayed group only
+    (norms and biases keep none). Schedule settings (``sched.*``) need nothing here: the schedule's
+    factors are built from this run's config and take effect at the next step.
+    """
+    old = stored.get("optim") or {}
+    new = cast(dict, OmegaConf.to_container(run.cfg.optim, resolve=True))
+    skip = {"_target_", "_partial_", *IMPLEMENTATION_FLAGS}  # how the optimizer runs: this run decides anyway
+    changed = {key: value for key, value in new.items() if key not in skip and old.get(key) != value}
+    if not changed:
+        return
+    groups = run.optimizer.param_groups
+    unknown = sorted(key for key in changed if key not in groups[0])
+    if unknown:
+        raise ConfigError(
+            f"optim.{unknown[0]} changed on a resume, but the restored {type(run.optimizer).__name__} has no such "
+            "setting to change; drop the override, or start a new run."
+        )
+    for key, value in changed.items():
+        for index, group in enumerate(groups):
+            if key == "weight_decay" and index > 0:
+                continue  # the no-decay group (norms, biases) of build_optimizer
+            group[key] = tuple(value) if isinstance(value, list) else value
+    if "lr" in changed:
+        scheduler = run.scheduler
+        if hasattr(scheduler, "base_lrs"):
+            scheduler.base_lrs = [changed["lr"]] * len(groups)
+        for index, group in enumerate(groups):
+            group["initial_lr"] = changed["lr"]
+            # The rate at this step is the new base rate times the schedule's factor now.
+            factor = scheduler.lr_lambdas[index](scheduler.last_epoch) if isinstance(scheduler, LambdaLR) else 1.0
+            group["lr"] = changed["lr"] * factor
+        if hasattr(scheduler, "_last_lr"):
+            scheduler._last_lr = [group["lr"] for group in groups]
+    log.info(
+        "Applied to the restored optimizer: %s (the checkpoint had %s)",
+        ", ".join(f"optim.{key}={value}" for key, value in changed.items()),
+        ", ".join(f"{key}={old.get(key)}" for key in changed),
+    )

@@ -12,6 +12,7 @@ import inspect
 from pathlib import Path
 
 from unet_train.models import blocks, skips, unet
+from unet_train.safe_io import write_atomic
 
 MODULES = (blocks, skips, unet)  # in dependency order
 HEADER = '''"""UNet architecture exported by unet-train (generated from unet_train.models; imports only torch)."""
@@ -61,5 +62,4 @@ def write_architecture(path: str | Path) -> Path:
     path = Path(path)
     source = architecture_source()
     compile(source, str(path), "exec")
-    path.write_text(source)
-    return path
+    return write_atomic(path, source)

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from skimage import io as skio
 from skimage.transform import resize
 
 from unet_train.data.normalize import bioimageio_preprocessing, prepare_input
@@ -25,6 +24,7 @@ from unet_train.errors import ConfigError
 from unet_train.export.architecture import write_architecture
 from unet_train.export.model import ExportModel
 from unet_train.export.readme import package_readme
+from unet_train.safe_io import write_atomic, write_png
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,7 @@ def write_cover(path: Path, raw: np.ndarray, prob: np.ndarray) -> Path:
 
     positive = prob[0, 0] if prob.shape[1] == 1 else prob[0].argmax(0) / max(prob.shape[1] - 1, 1)
     cover = np.concatenate([panel(raw[0, 0]), panel(positive)], axis=1)
-    skio.imsave(path, (cover * 255).round().astype(np.uint8), check_contrast=False)
-    return path
+    return write_png(path, (cover * 255).round().astype(np.uint8))
 
 
 def build_package(
@@ -129,12 +128,12 @@ def build_package(
     x = torch.from_numpy(prepare_input(image, channels, normalize, "the test image")[None])
     with torch.inference_mode():
         prob = probabilities(exported.model(x)).numpy().astype(np.float32)
-    np.save(folder / "test_input.npy", raw)
-    np.save(folder / "test_output.npy", prob)
-    torch.save(exported.model.state_dict(), folder / "weights.pt")
+    write_atomic(folder / "test_input.npy", lambda handle: np.save(handle, raw))
+    write_atomic(folder / "test_output.npy", lambda handle: np.save(handle, prob))
+    write_atomic(folder / "weights.pt", lambda handle: torch.save(exported.model.state_dict(), handle))
     write_architecture(folder / "unet_arch.py")
     write_cover(folder / "cover.png", raw, prob)
-    (folder / "README.md").write_text(package_readme(exported, info.name, metrics))
+    write_atomic(folder / "README.md", package_readme(exported, info.name, metrics))
 
     out_channels = exported.out_channels
     class_names = info.class_names or (

@@ -23,6 +23,7 @@ from unet_train.export.model import (
     max_abs_difference,
     verification_inputs,
 )
+from unet_train.safe_io import check_outputs, make_folder, write_atomic
 
 log = logging.getLogger(__name__)
 FORMATS = ("onnx", "torchscript", "bioimageio")
@@ -129,7 +130,9 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.output).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output={out} is a file; pass a folder (it is created if missing).")
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out, out)
+    # Links planted among the outputs are refused before anything is exported (the package: when it is written).
+    check_outputs(out, ["model.onnx", "model.onnx.data", "model.pt", "export.json", "bioimageio"])
     result: dict[str, Any] = {"ckpt": str(Path(cfg.ckpt).resolve()), "max_abs_diff": {}}
     weights: dict[str, Path] = {}
     # The package carries all three weight formats, so format=bioimageio exports the other two too.
@@ -147,7 +150,7 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     if "bioimageio" in formats:
         result.update(export_bioimageio(exported, out, weights, cfg))
     result["files"] = {k: str(v) for k, v in weights.items()}
-    (out / "export.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_atomic(out / "export.json", json.dumps(result, indent=2) + "\n")
     for fmt, diff in result["max_abs_diff"].items():
         print(f"{fmt}: max |exported - PyTorch| = {diff:.2e}")
     for fmt, status in result.get("bioimageio_test", {}).items():

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from unet_train.safe_io import cleared
+
 log = logging.getLogger(__name__)
 
 OPSET = 18
@@ -30,7 +32,6 @@ def export_onnx(
     a 2D model, (D, H, W) for a 3D one; no side may be 1, for the same reason.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.rand(2, in_channels, *example_size)  # sizes that are not multiples of anything
     dynamic = torch.export.Dim.DYNAMIC
     weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
@@ -59,6 +60,9 @@ def export_onnx(
     if shape is not None and hasattr(program, "rename_axes"):  # torch 2.9+
         axes = {shape[i]: name for i, name in ((0, "batch"), (2, "y"), (3, "x")) if not isinstance(shape[i], int)}
         program.rename_axes(axes)  # type: ignore[arg-type]
+    # The exporter writes the file (and its .data beside it) itself: fresh files, not through planted links.
+    cleared(path)
+    cleared(path.with_name(path.name + ".data"))
     program.save(str(path), external_data=external)
     log.info("Wrote %s (opset %d%s)", path, opset, ", weights in an external file" if external else "")
     return path

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from unet_train.errors import ConfigError
+from unet_train.safe_io import cleared, write_atomic
 
 log = logging.getLogger(__name__)
 # rdf.yaml fields taken from the user's bioimageio.* settings as they are.
@@ -36,8 +36,7 @@ def save_package(rdf: dict[str, Any], folder: Path, zip_path: Path) -> Path:
             )
         first = errors[0] if errors else "no details"
         raise PackageInvalid(f"the bioimage.io description does not validate: {first}")
-    zip_path.parent.mkdir(parents=True, exist_ok=True)
-    zip_path.unlink(missing_ok=True)
+    cleared(zip_path)  # bioimageio.spec writes the zip itself: a fresh file, not through a planted link
     saved = Path(save_bioimageio_package(descr, output_path=zip_path))
     write_for_older_readers(saved)
     return saved
@@ -67,12 +66,14 @@ def write_for_older_readers(zip_path: Path) -> None:
     dumper.default_flow_style = False
     dumper.sort_base_mapping_type_on_output = False  # type: ignore[assignment]  # keep the order written
     dumper.dump(rdf, text)
-    tmp = zip_path.with_name(f".{zip_path.name}.tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
-        for info, data in members:
-            archive.writestr(info, data)
-        archive.writestr("rdf.yaml", text.getvalue())
-    os.replace(tmp, zip_path)
+
+    def write(handle: BinaryIO) -> None:
+        with zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as archive:
+            for info, data in members:
+                archive.writestr(info, data)
+            archive.writestr("rdf.yaml", text.getvalue())
+
+    write_atomic(zip_path, write)
 
 
 def test_package(zip_path: Path, weight_formats: list[str]) -> dict[str, str]:

@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from unet_train.safe_io import write_atomic
+
 log = logging.getLogger(__name__)
 
 
@@ -23,7 +25,6 @@ def trace_torchscript(
     ``example_size`` is (H, W) for a 2D model, (D, H, W) for a 3D one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.rand(1, in_channels, *example_size)
     with warnings.catch_warnings():
         # torch.jit.trace is deprecated in torch 2.13 (a FutureWarning) and warns about shape
@@ -32,7 +33,7 @@ def trace_torchscript(
         warnings.simplefilter("ignore")
         with torch.inference_mode(False), torch.no_grad():
             traced = torch.jit.trace(model, example, check_trace=False)
-        torch.jit.save(traced, str(path))
+        write_atomic(path, lambda handle: torch.jit.save(traced, handle))
     log.info("Wrote %s (torch.jit.trace, torch %s)", path, torch.__version__.split("+")[0])
     return path
 

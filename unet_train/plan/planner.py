@@ -21,6 +21,7 @@ from unet_train.errors import ConfigError
 from unet_train.plan.derive import DeviceFacts, derive_plan, geometry, plan_yaml
 from unet_train.plan.fingerprint import compute_fingerprint, training_split
 from unet_train.plan.measure import measure_device
+from unet_train.safe_io import write_atomic
 from unet_train.trust import check_config
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,14 @@ def fingerprint_path(plan: Path) -> Path:
     return plan.with_name(f"{plan.stem}.fingerprint.json")
 
 
+def plan_root(plan: Path) -> Path:
+    """The folder a plan's files must stay in: the run folder holding ``experiment/`` for
+    ``<run>/experiment/plan.yaml`` (its fingerprint sits beside ``experiment/``), else the plan's own folder."""
+    if plan.name == "plan.yaml" and plan.parent.name == "experiment":
+        return plan.parent.parent
+    return plan.parent
+
+
 def data_keys(data_cfg: DictConfig) -> set[str]:
     """The keyword arguments the data config's class takes (its own and its base classes')."""
     cls = get_class(data_cfg._target_)
@@ -115,9 +124,9 @@ def make_plan(data_cfg: DictConfig, budget_s: float, device_name: str, output: P
     if measure and (note := load_note(kind)):
         header.insert(1, note)
         log.warning("%s", note)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(plan_yaml(choices, header, unsupported))
-    fingerprint_path(output).write_text(json.dumps(fingerprint, indent=2) + "\n")
+    root = plan_root(output)  # a link below the plan's folder that leads out of it is refused
+    write_atomic(output, plan_yaml(choices, header, unsupported), root=root)
+    write_atomic(fingerprint_path(output), json.dumps(fingerprint, indent=2) + "\n", root=root)
     for key in sorted(unsupported):
         log.warning("%s is planned but not a key of %s in this version: written commented out", key, data_cfg._target_)
     return fingerprint
