@@ -19,6 +19,7 @@ ISBI_ROOT = Path(os.environ.get("UNET_TRAIN_ISBI_ROOT", REPO.parent / "shared" /
 TINY = [
     "experiment=quickstart",
     "trainer=smoke",
+    "trainer.channels_last=true",  # no layout measurement (tests/engine/test_autotune.py measures it)
     "trainer.max_epochs=2",
     "trainer.log_every=1",
     "model.base_channels=4",
@@ -35,6 +36,15 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "train") ->
     """Compose a config from the real ``configs/`` with overrides, as the CLI would."""
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
         return compose(config_name=config_name, overrides=list(overrides))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_tuning_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Layout measurements (``channels_last: auto``) go to a cache of the test session, never the user's."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
+    yield
+    patch.undo()
 
 
 @pytest.fixture

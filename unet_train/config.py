@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
@@ -34,8 +35,11 @@ class TrainerConfig:
     """Schema of ``configs/trainer/*``: how and for how long to train."""
 
     device: str = "auto"  # auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps
-    precision: str = "32"  # auto (bf16 where the device runs it natively, else 32) | 32 | bf16 | 16
-    channels_last: bool = True
+    # auto (GPU: bf16 where supported; CPU: bf16 where native and measured faster, else 32) | 32 | bf16 | 16
+    precision: str = "32"
+    # auto: channels-last on a GPU; on a CPU each phase (training step, inference forward) measures both
+    # layouts once per machine and model shape and keeps the faster (engine/autotune.py) | true | false
+    channels_last: Any = "auto"
     compile: bool = False
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
     cudnn_benchmark: bool = True

@@ -35,6 +35,7 @@ from unet_train.cli import (
 )
 from unet_train.config import config_dir
 from unet_train.data.foreground import boundary_positive
+from unet_train.engine.autotune import forward_step, tune
 from unet_train.engine.checkpoint import load_checkpoint
 from unet_train.engine.evaluate import evaluate
 from unet_train.engine.report import EvalReport
@@ -112,8 +113,6 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
         ) from exc
     # Batch norms folded into their convolutions: the same results, one pass less per layer (as unet-predict).
     model = fold_batchnorm(model.eval()).to(runtime.device)
-    if runtime.channels_last:
-        model = to_channels_last(model)
     if cfg.get("tta", False):
         model = TTALogits(model)
 
@@ -125,6 +124,12 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     loader = data.dataloader(
         cfg.split, shuffle=False, training=False, pin_memory=pin, worker_init_fn=ignore_stop_signals
     )
+    if runtime.auto:  # channels_last/precision=auto on a CPU: the forward timed at the size of the first image
+        shape = (int(loader.batch_size or 1), *loader.dataset[0]["image"].shape)
+        what = {"model": repr(model)}
+        runtime, _ = tune(runtime, "inference", lambda rt: forward_step(model, rt, shape), what, shape)
+    if runtime.channels_last:
+        model = to_channels_last(model)
     pred_dir = out / "predictions"
     if cfg.save_predictions:
         make_folder(pred_dir, out)

@@ -15,11 +15,12 @@ chunks are shared between the processes. ``ckpt=[a.pt,b.pt]`` averages the model
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,9 @@ from unet_train.config import config_dir
 from unet_train.data.folder import IMAGE_SUFFIXES, read_image
 from unet_train.data.normalize import prepare_input, resolve_spec
 from unet_train.engine import distributed
+from unet_train.engine.autotune import agree, tune
 from unet_train.engine.checkpoint import load_checkpoint
-from unet_train.engine.runtime import make_runtime
+from unet_train.engine.runtime import Runtime, make_runtime
 from unet_train.errors import CheckpointError, ConfigError, DataError
 from unet_train.inference import TiledPredictor
 from unet_train.inference.instances import instance_labels, label_chunks, resolve_method
@@ -200,19 +202,33 @@ def _predict_all(
 ) -> list[Path]:
     in_channels = int(stored.data.in_channels)
     runtime = make_runtime(dist.device, cfg.trainer.precision, cfg.trainer.channels_last, deterministic=False)
-    predictor = TiledPredictor(
-        models,
-        tile_size=int(cfg.tile_size),
-        overlap=float(cfg.overlap),
-        batch_size=int(cfg.batch_size),
-        margin=cfg.margin,
-        tta=bool(cfg.tta),
-        device=runtime.device,
-        channels_last=runtime.channels_last,
-        autocast_dtype=runtime.autocast_dtype,
-        fold_bn=bool(cfg.fold_bn),
-        split_inputs=len(inputs) > 1,
-    )
+
+    def predictor_for(rt: Runtime, nets: list[nn.Module]) -> TiledPredictor:
+        return TiledPredictor(
+            nets,
+            tile_size=int(cfg.tile_size),
+            overlap=float(cfg.overlap),
+            batch_size=int(cfg.batch_size),
+            margin=cfg.margin,
+            tta=bool(cfg.tta),
+            device=rt.device,
+            channels_last=rt.channels_last,
+            autocast_dtype=rt.autocast_dtype,
+            fold_bn=bool(cfg.fold_bn),
+            split_inputs=len(inputs) > 1,
+        )
+
+    if runtime.auto:  # channels_last/precision=auto on a CPU: one batch of full tiles timed in each setting
+        shape = (int(cfg.batch_size), in_channels * len(inputs), int(cfg.tile_size), int(cfg.tile_size))
+
+        def make_step(rt: Runtime) -> Callable[[], object]:
+            trial, tiles = predictor_for(rt, copy.deepcopy(models)), torch.rand(shape)
+            return lambda: trial.forward_tiles(tiles)
+
+        what = {"models": [repr(m) for m in models], "tta": bool(cfg.tta), "fold_bn": bool(cfg.fold_bn)}
+        chosen = tune(runtime, "inference", make_step, what, shape)[0] if dist.is_main else runtime
+        runtime = agree(dist, runtime, chosen)
+    predictor = predictor_for(runtime, models)
     out = Path(cfg.output).expanduser()
     to_zarr = out.name.lower().endswith(".zarr")
     if to_zarr and len(files) > 1:

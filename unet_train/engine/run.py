@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -11,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import default_collate
 
 from unet_train.build import (
     build_data,
@@ -20,8 +23,9 @@ from unet_train.build import (
     build_scheduler,
     resolve_data_config,
 )
+from unet_train.config import TrainerConfig
 from unet_train.data.sampling import GLOBAL_STREAM, epoch_seed, set_loader_epoch
-from unet_train.engine import distributed
+from unet_train.engine import autotune, distributed
 from unet_train.engine.budget import TimeBudget
 from unet_train.engine.checkpoint import (
     IMPLEMENTATION_FLAGS,
@@ -29,10 +33,12 @@ from unet_train.engine.checkpoint import (
     load_model_state,
     load_optimizer_state,
 )
+from unet_train.engine.guard import NonFiniteGuard, can_skip_on_device
 from unet_train.engine.resume import restore_rng, resume_plan
 from unet_train.engine.runtime import Runtime, make_runtime, seed_everything, to_channels_last
 from unet_train.engine.schedulers import continue_schedule
 from unet_train.engine.signals import ignore_stop_signals
+from unet_train.engine.step import TrainStep
 from unet_train.engine.validation import check_monitor, monitor_mode
 from unet_train.errors import ConfigError
 
@@ -143,6 +149,7 @@ def build_run(cfg: DictConfig) -> Run:
     )
     val_loader = data.dataloader("val", sampler=val_sampler, pin_memory=pin, worker_init_fn=ignore_stop_signals)
     model = build_model(cfg.model).to(runtime.device)
+    runtime = tune_training(cfg, runtime, model, criterion, data, dist)
     if runtime.channels_last:
         model = to_channels_last(model)
     model = dist.prepare_model(model, tcfg.sync_batchnorm)
@@ -184,6 +191,49 @@ def build_run(cfg: DictConfig) -> Run:
     compile_mode = tcfg.get("compile_mode", "default")
     run.train_model = cast(nn.Module, torch.compile(wrapped, mode=compile_mode)) if tcfg.compile else wrapped
     return run
+
+
+def tune_training(
+    cfg: DictConfig, runtime: Runtime, model: nn.Module, criterion: nn.Module, data: Any, dist: distributed.Distributed
+) -> Runtime:
+    """``trainer.channels_last/precision=auto`` on a CPU: this run's own step timed in each setting, on copies of
+    the model and loss and a batch of its own training samples (engine/autotune.py). Under DDP rank 0 measures
+    and every rank takes its choice."""
+    if not runtime.auto:
+        return runtime
+    chosen = runtime
+    if dist.is_main:
+        with autotune.preserved_rng():  # drawing the sample must not move the run's random streams
+            batch = default_collate([data.dataset("train")[0]] * int(cfg.data.batch_size))
+
+        def make_step(rt: Runtime) -> Callable[[], None]:
+            trial = copy.deepcopy(model)
+            step = trial_step(cfg, to_channels_last(trial) if rt.channels_last else trial, copy.deepcopy(criterion), rt)
+            images, masks = rt.to_device(batch["image"], image=True), rt.to_device(batch["mask"])
+            extra = {"weight": rt.to_device(batch["weight"])} if "weight" in batch else {}
+
+            def run_step() -> None:
+                step(images, masks, **extra)
+
+            return run_step
+
+        what = {"model": repr(model), "loss": repr(criterion), "optim": cfg.optim.get("_target_"),
+                "grad_clip": cfg.trainer.grad_clip is not None}  # fmt: skip
+        chosen, _ = autotune.tune(runtime, "training", make_step, what, tuple(batch["image"].shape))
+    return autotune.agree(dist, runtime, chosen)
+
+
+def trial_step(cfg: DictConfig, model: nn.Module, criterion: nn.Module, runtime: Runtime) -> TrainStep:
+    """The step ``fit`` takes, on ``model`` with an optimizer of its own (``cfg.optim``, fused as ``fit`` builds it)
+    and a guard, without a schedule: what a measurement times (autotune, unet-plan, scripts/benchmark.py)."""
+    tcfg = cfg.get("trainer") or OmegaConf.structured(TrainerConfig)
+    optimizer = build_optimizer(cfg, model, fused=True)
+    guard = NonFiniteGuard(
+        tcfg.max_nonfinite_steps, sync_free=can_skip_on_device(runtime.device, optimizer), device=runtime.device,
+        state=TrainState(), checkpoint=Path("last.pt"),
+    )  # fmt: skip
+    scaler = runtime.grad_scaler()
+    return TrainStep(model, model, criterion, optimizer, scaler, None, runtime, guard, tcfg.grad_clip)
 
 
 def _worker_weight_maps(criterion: nn.Module, data: Any) -> Any:

@@ -69,12 +69,14 @@ def auto_precision(device: torch.device) -> str:
     return "32"
 
 
-def resolve_precision(precision: str | int, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``trainer.precision`` (None for full float32); ``auto`` is :func:`auto_precision`."""
+def resolve_precision(precision: str | int, device: torch.device, quiet: bool = False) -> torch.dtype | None:
+    """The autocast dtype for ``trainer.precision`` (None for full float32); ``auto`` is :func:`auto_precision`
+    (logged unless ``quiet``: a CPU with native bf16 measures it, engine/autotune.py, and says so then)."""
     key = str(precision)
     if key == "auto":
         key = auto_precision(device)
-        log.info("trainer.precision=auto: %s on %s", "bfloat16 autocast" if key == "bf16" else "float32", device)
+        if not quiet:
+            log.info("trainer.precision=auto: %s on %s", "bfloat16 autocast" if key == "bf16" else "float32", device)
     if key not in PRECISIONS:
         raise ConfigError(f"trainer.precision={precision!r} is not known; choose auto, 32, bf16 or 16.")
     dtype = PRECISIONS[key]
@@ -109,6 +111,9 @@ class Runtime:
     device: torch.device
     autocast_dtype: torch.dtype | None
     channels_last: bool
+    # Settings that were ``auto`` on a CPU and are to be measured (engine/autotune.py): "channels_last",
+    # "precision". Until then the fields hold the unmeasured guess (channels-last; bf16 where native).
+    auto: tuple[str, ...] = ()
 
     @property
     def precision(self) -> str:
@@ -134,16 +139,34 @@ class Runtime:
         return tensor
 
 
+def resolve_channels_last(value: bool | str) -> bool | None:
+    """``trainer.channels_last``: true, false, or None for ``auto``."""
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() == "auto":
+        return None
+    raise ConfigError(f"trainer.channels_last={value!r} is not known; choose auto, true or false.")
+
+
 def make_runtime(
     device: str = "auto",
     precision: str | int = "32",
-    channels_last: bool = True,
+    channels_last: bool | str = True,
     cudnn_benchmark: bool = True,
     deterministic: bool = False,
 ) -> Runtime:
-    """Build the runtime and set the global backend flags it implies."""
+    """Build the runtime and set the global backend flags it implies.
+
+    ``channels_last=auto`` is channels-last on a GPU; on a CPU it is left to measure (``Runtime.auto``), as is
+    ``precision=auto`` on a CPU with native bf16 (without it bf16 is emulated and never faster: float32).
+    """
     dev = resolve_device(device)
-    dtype = resolve_precision(precision, dev)
+    layout = resolve_channels_last(channels_last)
+    auto: tuple[str, ...] = ()
+    if dev.type == "cpu":
+        auto += ("channels_last",) if layout is None else ()
+        auto += ("precision",) if str(precision) == "auto" and cpu_has_fast_bf16() else ()
+    dtype = resolve_precision(precision, dev, quiet="precision" in auto)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = cudnn_benchmark and not deterministic
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -152,7 +175,7 @@ def make_runtime(
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.deterministic = True
-    return Runtime(device=dev, autocast_dtype=dtype, channels_last=channels_last)
+    return Runtime(device=dev, autocast_dtype=dtype, channels_last=layout is not False, auto=auto)
 
 
 def seed_everything(seed: int) -> None:
