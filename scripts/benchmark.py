@@ -4,7 +4,8 @@ One run measures, with the cases interleaved and repeated (median and min-max re
 
 - train and inference images/s of the project's UNet (``model=vanilla``) at each width, in the
   default settings of ``trainer=cpu`` (or ``trainer=gpu`` on CUDA) and in each precision, with
-  channels-last on and off;
+  channels-last on and off; on a CPU the default is ``channels_last: auto``, and the report gives the
+  layout it chose for each phase (training step, inference forward) with the timings behind the choice;
 - the same network written plainly in this file (NCHW, float32, eager, sigmoid + ``nn.BCELoss``,
   as the seed writes it), and MONAI's ``BasicUNet`` of the same widths when MONAI is installed;
 - achieved GFLOP/s (FLOPs counted by ``torch.utils.flop_counter``) and their fraction of the
@@ -55,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="also time the defaults with trainer.compile=true")
     p.add_argument("--no-monai", action="store_true", help="skip MONAI even when installed")
     p.add_argument("--no-ablation", action="store_true", help="skip the channels_last=false cases")
+    p.add_argument("--no-bf16", action="store_true", help="skip the bf16 model cases (slow where bf16 is emulated)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory child process")
     p.add_argument("--isbi-root", default=str(DEFAULT_ISBI))
     p.add_argument("--json", default="benchmark.json", help="where to write the results")

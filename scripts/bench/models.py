@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import copy
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -82,14 +82,23 @@ def count_flops(model: nn.Module, x: torch.Tensor, train: bool, size: int) -> fl
 
 
 def project_case(
-    width: int, precision: str, channels_last: bool, args: argparse.Namespace, device: torch.device, compiled=False
+    width: int,
+    precision: str,
+    channels_last: bool | str,
+    args: argparse.Namespace,
+    device: torch.device,
+    compiled=False,
 ) -> tuple[nn.Module, Callable[[], None], Callable[[], None], dict[str, Any]]:
-    """The project's model, loss, optimizer and step as ``fit`` runs them (trainer=cpu/gpu defaults)."""
-    from unet_train.build import build_loss, build_model, build_optimizer
-    from unet_train.engine.guard import NonFiniteGuard, can_skip_on_device
-    from unet_train.engine.run import TrainState
+    """The project's model, loss, optimizer and step as ``fit`` runs them (trainer=cpu/gpu defaults).
+
+    ``channels_last="auto"`` decides each phase's layout (and ``precision="auto"`` its precision) as
+    ``unet-train`` and ``unet-predict`` do on this machine; the choice and the timings behind it go
+    into the case's settings (``auto``).
+    """
+    from unet_train.build import build_loss, build_model
+    from unet_train.engine import autotune
+    from unet_train.engine.run import trial_step
     from unet_train.engine.runtime import eval_mode, make_runtime, to_channels_last
-    from unet_train.engine.step import TrainStep
     from unet_train.inference.tiling import fold_batchnorm
 
     cfg = compose(
@@ -106,38 +115,54 @@ def project_case(
     t = cfg.trainer
     runtime = make_runtime(t.device, t.precision, t.channels_last, t.cudnn_benchmark, t.deterministic)
     model = build_model(cfg.model).to(runtime.device)
-    if runtime.channels_last:
-        model = to_channels_last(model)
     criterion = build_loss(cfg)
-    optimizer = build_optimizer(cfg, model, fused=True)  # as fit() builds it
-    scaler = runtime.grad_scaler()
-    train_model = cast(nn.Module, torch.compile(model)) if compiled else model
     images, masks = batch(args, torch.device("cpu"))
-    if device.type == "cuda":
-        images, masks = images.pin_memory(), masks.pin_memory()
-    # fit()'s own step (engine/step.py) and non-finite guard (sync-free on CUDA), without the schedule.
-    guard = NonFiniteGuard(
-        t.max_nonfinite_steps, sync_free=can_skip_on_device(runtime.device, optimizer), device=runtime.device,
-        state=TrainState(), checkpoint=Path("last.pt"),
-    )  # fmt: skip
-    step = TrainStep(train_model, model, criterion, optimizer, scaler, None, runtime, guard, t.grad_clip)
-
-    def train_step() -> None:
-        if step(runtime.to_device(images, image=True), runtime.to_device(masks)) is None:
-            raise FloatingPointError("non-finite loss in the benchmark")
-
+    shape = tuple(images.shape)
     # What unet-eval and unet-predict do: batch norms folded into the convolutions once (fold_batchnorm),
     # then eval mode, inference tensors, autocast, probabilities. (The speed does not depend on the values
     # of the weights, so folding the untrained model is fair.)
     folded = fold_batchnorm(model)
-    if runtime.channels_last:
+
+    def make_train(rt: Any) -> Callable[[], object]:
+        trial = copy.deepcopy(model)
+        step = trial_step(cfg, to_channels_last(trial) if rt.channels_last else trial, criterion, rt)
+        x, y = rt.to_device(images, image=True), rt.to_device(masks)
+        return lambda: step(x, y)
+
+    what = {"model": repr(model), "loss": repr(criterion), "optim": cfg.optim.get("_target_"), "grad_clip": True}
+    train_rt, train_s = autotune.tune(runtime, "training", make_train, what, shape)
+    infer_rt, infer_s = autotune.tune(
+        runtime, "inference", lambda rt: autotune.forward_step(folded, rt, shape), {"model": repr(folded)}, shape
+    )
+    if train_rt.channels_last:
+        model = to_channels_last(model)
+    if infer_rt.channels_last:
         folded = to_channels_last(folded)
+    train_model = cast(nn.Module, torch.compile(model)) if compiled else model
+    if device.type == "cuda":
+        images, masks = images.pin_memory(), masks.pin_memory()
+    # fit()'s own step (engine/step.py) and non-finite guard (sync-free on CUDA), without the schedule.
+    step = trial_step(cfg, model, criterion, train_rt, forward=train_model)
+
+    def train_step() -> None:
+        if step(train_rt.to_device(images, image=True), train_rt.to_device(masks)) is None:
+            raise FloatingPointError("non-finite loss in the benchmark")
 
     def infer_step() -> None:
-        with eval_mode(folded), runtime.autocast():
-            torch.sigmoid(folded(runtime.to_device(images, image=True)).float())
+        with eval_mode(folded), infer_rt.autocast():
+            torch.sigmoid(folded(infer_rt.to_device(images, image=True)).float())
 
-    settings = {"precision": precision, "channels_last": channels_last, "compile": compiled, "loss": cfg.loss._target_}
+    settings: dict[str, Any] = {
+        "precision": train_rt.precision,
+        "channels_last": train_rt.channels_last,
+        "compile": compiled,
+        "loss": cfg.loss._target_,
+    }
+    if runtime.auto:
+        settings["auto"] = {
+            phase: {"channels_last": rt.channels_last, "precision": rt.precision, "seconds": seconds}
+            for phase, rt, seconds in (("training", train_rt, train_s), ("inference", infer_rt, infer_s))
+        }
     return model, train_step, infer_step, settings
 
 
@@ -210,11 +235,19 @@ def model_variants(
         (
             "project",
             f"unet-train defaults (trainer={trainer_name(device)})",
-            lambda w: project_case(w, default_precision, True, args, device),
+            lambda w: project_case(w, default_precision, "auto" if device.type == "cpu" else True, args, device),
         ),
     ]
+    if device.type == "cpu":  # the trainer=cpu default before channels_last=auto, side by side with it
+        variants.append(
+            (
+                "project-cl",
+                "unet-train, trainer.channels_last=true",
+                lambda w: project_case(w, "32", True, args, device),
+            )
+        )
     other_precision = "32" if default_precision == "bf16" else "bf16"
-    if bf16_available(device):
+    if bf16_available(device) and not args.no_bf16:
         variants.append(
             (
                 f"project-{'fp32' if other_precision == '32' else 'bf16'}",
@@ -230,7 +263,7 @@ def model_variants(
                 lambda w: project_case(w, "32", False, args, device),
             )
         )
-        if bf16_available(device):
+        if bf16_available(device) and not args.no_bf16:
             variants.append(
                 (
                     "project-bf16-nchw",
@@ -274,5 +307,8 @@ def build_model_cases(args: argparse.Namespace, device: torch.device) -> tuple[l
                     "gflop_per_image": flops / 1e9,
                     **settings,
                 }
+                if "auto" in settings:  # channels_last/precision=auto: each phase its own choice
+                    phase = settings["auto"]["training" if mode == "train" else "inference"]
+                    case.info |= {"channels_last": phase["channels_last"], "precision": phase["precision"]}
                 cases.append(case)
     return cases, models

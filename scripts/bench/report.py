@@ -176,6 +176,14 @@ def print_table(result: dict[str, Any]) -> None:
             f"| {r['name']} | {r['width']} | {r['mode']} | {fmt(r['images_per_s'])} | {vs} | "
             f"{r['gflop_per_s']:.0f} | {frac} | {mem} |"
         )
+    for r in result["cases"]:
+        if r.get("auto") and r["mode"] == "train":  # once per case: both phases' choices
+            for phase, choice in r["auto"].items():
+                timings = ", ".join(f"{name} {sec:.3g} s" for name, sec in choice["seconds"].items())
+                print(
+                    f"\n{r['name']}/{r['width']} {phase}: channels_last={str(choice['channels_last']).lower()}, "
+                    f"precision={choice['precision']} (auto; {timings or 'nothing to measure'})"
+                )
     print("\n| conv3x3 (channels-last) | GFLOP/s median [min-max] |")
     print("|---|---|")
     for key, c in result["conv_peak_gflop_per_s"].items():

@@ -28,7 +28,8 @@ def test_quick_benchmark_writes_every_section(tmp_path, isbi_root):
     repeats = result["settings"]["repeats"]
 
     cases = {row["case"]: row for row in result["cases"]}
-    expected = {f"{name}/4/{mode}" for name in ("plain", "project", "project-bf16") for mode in ("train", "infer")}
+    names = ("plain", "project", "project-cl", "project-bf16")
+    expected = {f"{name}/4/{mode}" for name in names for mode in ("train", "infer")}
     assert expected <= set(cases)
     assert ("monai/4/train" in cases) == (result["machine"]["monai"] is not None)
     for row in cases.values():
@@ -47,7 +48,16 @@ def test_quick_benchmark_writes_every_section(tmp_path, isbi_root):
         3 * cases["plain/4/infer"]["gflop_per_image"], rel=0.1
     )
     assert cases["plain/4/train"]["vs_plain"] == 1.0
-    assert cases["project/4/train"]["precision"] == "32" and cases["project/4/train"]["channels_last"] is True
+    # trainer=cpu's channels_last=auto: each phase's layout chosen by measuring both, the timings reported (issue 29).
+    for mode, phase in (("train", "training"), ("infer", "inference")):
+        row = cases[f"project/4/{mode}"]
+        choice = row["auto"][phase]
+        assert row["precision"] == "32" and row["channels_last"] is choice["channels_last"]
+        assert set(choice["seconds"]) == {"channels_last/32", "nchw/32"}
+        chosen = f"{'channels_last' if choice['channels_last'] else 'nchw'}/32"
+        assert choice["seconds"][chosen] == min(choice["seconds"].values())
+        assert f"project/4 {phase}: channels_last={str(choice['channels_last']).lower()}, precision=32" in run.stdout
+    assert cases["project-cl/4/train"]["channels_last"] is True  # the trainer=cpu default before
 
     assert set(result["conv_peak_gflop_per_s"]) == {
         f"conv/{d}/{m}" for d in ("fp32", "bf16") for m in ("forward", "fwd+bwd")

@@ -223,9 +223,12 @@ def tune_training(
     return autotune.agree(dist, runtime, chosen)
 
 
-def trial_step(cfg: DictConfig, model: nn.Module, criterion: nn.Module, runtime: Runtime) -> TrainStep:
+def trial_step(
+    cfg: DictConfig, model: nn.Module, criterion: nn.Module, runtime: Runtime, forward: nn.Module | None = None
+) -> TrainStep:
     """The step ``fit`` takes, on ``model`` with an optimizer of its own (``cfg.optim``, fused as ``fit`` builds it)
-    and a guard, without a schedule: what a measurement times (autotune, unet-plan, scripts/benchmark.py)."""
+    and a guard, without a schedule: what a measurement times (autotune, unet-plan, scripts/benchmark.py).
+    ``forward``: a compiled wrapper of ``model`` to run instead."""
     tcfg = cfg.get("trainer") or OmegaConf.structured(TrainerConfig)
     optimizer = build_optimizer(cfg, model, fused=True)
     guard = NonFiniteGuard(
@@ -233,7 +236,7 @@ def trial_step(cfg: DictConfig, model: nn.Module, criterion: nn.Module, runtime:
         state=TrainState(), checkpoint=Path("last.pt"),
     )  # fmt: skip
     scaler = runtime.grad_scaler()
-    return TrainStep(model, model, criterion, optimizer, scaler, None, runtime, guard, tcfg.grad_clip)
+    return TrainStep(forward or model, model, criterion, optimizer, scaler, None, runtime, guard, tcfg.grad_clip)
 
 
 def _worker_weight_maps(criterion: nn.Module, data: Any) -> Any:
