@@ -263,3 +263,15 @@ def test_predict_measures_the_inference_forward(tmp_path, monkeypatch, caplog):
         "cpu": None, "torch": torch.__version__, "threads": torch.get_num_threads(), "phase": "inference",
         "shape": [2, 1, 32, 32],
     }  # fmt: skip
+
+
+def test_an_unwritable_cache_costs_a_warning_not_the_run(cpu, tmp_path, caplog):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the cache folder would go")
+    cache = TuneCache(blocker / "unet-train" / "tuning.json")
+    clock = FakeClock()
+    with caplog.at_level(logging.WARNING):
+        tuned, _ = tune(make_runtime("cpu", "32", "auto"), "training", clock.steps({CL32: 0.2, NCHW32: 0.3}), WHAT,
+                        SHAPE, cache, clock)  # fmt: skip
+    assert tuned.channels_last is True
+    assert f"Could not write the tuning cache {cache.path}" in caplog.text
