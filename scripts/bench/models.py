@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import copy
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -97,7 +96,7 @@ def project_case(
     """
     from unet_train.build import build_loss, build_model
     from unet_train.engine import autotune
-    from unet_train.engine.run import trial_step
+    from unet_train.engine.run import trial_step, trial_steps
     from unet_train.engine.runtime import eval_mode, make_runtime, to_channels_last
     from unet_train.inference.tiling import fold_batchnorm
 
@@ -123,13 +122,7 @@ def project_case(
     # of the weights, so folding the untrained model is fair.)
     folded = fold_batchnorm(model)
 
-    def make_train(rt: Any) -> Callable[[], object]:
-        trial = copy.deepcopy(model)
-        step = trial_step(cfg, to_channels_last(trial) if rt.channels_last else trial, criterion, rt)
-        x, y = rt.to_device(images, image=True), rt.to_device(masks)
-        return lambda: step(x, y)
-
-    what = {"model": repr(model), "loss": repr(criterion), "optim": cfg.optim.get("_target_"), "grad_clip": True}
+    make_train, what = trial_steps(cfg, model, criterion, {"image": images, "mask": masks})
     train_rt, train_s = autotune.tune(runtime, "training", make_train, what, shape)
     infer_rt, infer_s = autotune.tune(
         runtime, "inference", lambda rt: autotune.forward_step(folded, rt, shape), {"model": repr(folded)}, shape

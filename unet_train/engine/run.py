@@ -206,21 +206,29 @@ def tune_training(
         with autotune.preserved_rng():  # drawing the sample must not move the run's random streams
             batch = default_collate([data.dataset("train")[0]] * int(cfg.data.batch_size))
 
-        def make_step(rt: Runtime) -> Callable[[], None]:
-            trial = copy.deepcopy(model)
-            step = trial_step(cfg, to_channels_last(trial) if rt.channels_last else trial, copy.deepcopy(criterion), rt)
-            images, masks = rt.to_device(batch["image"], image=True), rt.to_device(batch["mask"])
-            extra = {"weight": rt.to_device(batch["weight"])} if "weight" in batch else {}
-
-            def run_step() -> None:
-                step(images, masks, **extra)
-
-            return run_step
-
-        what = {"model": repr(model), "loss": repr(criterion), "optim": cfg.optim.get("_target_"),
-                "grad_clip": cfg.trainer.grad_clip is not None}  # fmt: skip
+        make_step, what = trial_steps(cfg, model, criterion, batch)
         chosen, _ = autotune.tune(runtime, "training", make_step, what, tuple(batch["image"].shape))
     return autotune.agree(dist, runtime, chosen)
+
+
+def trial_steps(
+    cfg: DictConfig, model: nn.Module, criterion: nn.Module, batch: dict[str, Any]
+) -> tuple[Callable[[Runtime], Callable[[], object]], dict[str, Any]]:
+    """What :func:`autotune.tune` needs to time training: ``make_step(runtime)``, the :func:`trial_step` of a copy of
+    ``model`` in that runtime's layout on ``batch`` (``image``, ``mask``, optional ``weight``), and the step's
+    identity for the cache (the model's and loss's structure, the optimizer, clipping)."""
+
+    def make_step(rt: Runtime) -> Callable[[], object]:
+        trial = copy.deepcopy(model)
+        step = trial_step(cfg, to_channels_last(trial) if rt.channels_last else trial, copy.deepcopy(criterion), rt)
+        images, masks = rt.to_device(batch["image"], image=True), rt.to_device(batch["mask"])
+        extra = {"weight": rt.to_device(batch["weight"])} if "weight" in batch else {}
+        return lambda: step(images, masks, **extra)
+
+    tcfg = cfg.get("trainer") or OmegaConf.structured(TrainerConfig)
+    what = {"model": repr(model), "loss": repr(criterion), "optim": cfg.optim.get("_target_"),
+            "grad_clip": tcfg.grad_clip is not None}  # fmt: skip
+    return make_step, what
 
 
 def trial_step(

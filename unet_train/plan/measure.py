@@ -3,20 +3,15 @@ the run will take them."""
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import OmegaConf
 
 from unet_train.config import config_dir
 from unet_train.plan.derive import MIN_STEPS, DeviceFacts
-
-if TYPE_CHECKING:
-    from unet_train.engine.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +39,8 @@ def measure_device(
     ``budget_s``.
     """
     from unet_train.engine import autotune
-    from unet_train.engine.run import trial_step
-    from unet_train.engine.runtime import make_runtime, to_channels_last
+    from unet_train.engine.run import trial_steps
+    from unet_train.engine.runtime import make_runtime
     from unet_train.losses import BCEDiceLoss
     from unet_train.models import UNet
 
@@ -62,14 +57,7 @@ def measure_device(
     timed: dict[int, float] = {}
     for width in WIDTHS[kind]:
         model = UNet(in_channels=in_channels, out_channels=out_channels, base_channels=width, depth=depth).to(device)
-
-        def make_step(rt: Runtime, model: torch.nn.Module = model) -> Callable[[], object]:
-            trial = copy.deepcopy(model)
-            step = trial_step(cfg, to_channels_last(trial) if rt.channels_last else trial, loss_fn, rt)
-            x, y = rt.to_device(images, image=True), rt.to_device(target)
-            return lambda: step(x, y)
-
-        what = {"model": repr(model), "loss": repr(loss_fn), "optim": cfg.optim._target_, "grad_clip": True}
+        make_step, what = trial_steps(cfg, model, loss_fn, {"image": images, "mask": target})
         chosen, seconds = autotune.tune(runtime, "training", make_step, what, tuple(images.shape))
         if seconds:
             timed[width] = seconds[autotune.Setting(chosen.channels_last, chosen.precision).name]
