@@ -35,11 +35,8 @@ class TrainerConfig:
     """Schema of ``configs/trainer/*``: how and for how long to train."""
 
     device: str = "auto"  # auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps
-    # auto (GPU: bf16 where supported; CPU: bf16 where native and measured faster, else 32) | 32 | bf16 | 16
-    precision: str = "32"
-    # auto: channels-last on a GPU; on a CPU each phase (training step, inference forward) measures both
-    # layouts once per machine and model shape and keeps the faster (engine/autotune.py) | true | false
-    channels_last: Any = "auto"
+    precision: str = "32"  # auto (GPU: bf16 where supported; CPU: bf16 if native and measured faster) | 32 | bf16 | 16
+    channels_last: Any = "auto"  # auto (GPU: on; CPU: the faster layout per phase, measured) | true | false
     compile: bool = False
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
     cudnn_benchmark: bool = True
