@@ -37,11 +37,11 @@ class TrainerConfig:
     device: str = "auto"  # auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps
     precision: str = "32"  # auto (GPU: bf16 where supported; CPU: bf16 if native and measured faster) | 32 | bf16 | 16
     channels_last: Any = "auto"  # auto (GPU: on; CPU: the faster layout per phase, measured) | true | false
-    compile: bool = False
+    compile: bool = False  # torch.compile the training step (validation stays eager)
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
-    cudnn_benchmark: bool = True
-    deterministic: bool = False
-    max_epochs: int = 50
+    cudnn_benchmark: bool = True  # CUDA: let cuDNN pick the fastest convolution per input size
+    deterministic: bool = False  # deterministic kernels: a rerun (or a resume) repeats the weights on a CPU
+    max_epochs: int = 50  # epochs to train (trainer.max_time may stop the run earlier)
     max_time: float | None = None  # wall-clock budget in seconds
     val_every: int = 1  # validate every N epochs (and always after the last one)
     grad_clip: float | None = 1.0  # max global gradient norm; null disables clipping
@@ -54,7 +54,7 @@ class TrainerConfig:
     progress: str = "auto"  # auto (bars on a terminal) | always | never
     progress_every_s: float | None = 60.0  # without bars: a plain progress line every N seconds; null: none
     strategy: str = "single"  # single | ddp
-    sync_batchnorm: bool = False
+    sync_batchnorm: bool = False  # DDP on CUDA: batch-norm statistics over the global batch
 
 
 @dataclass
