@@ -253,7 +253,8 @@ def hold_resume_overrides(argv: list[str]) -> list[str]:
     """
     args = argv[1:]
     resume = is_resume(args) and not any(arg in ("-m", "--multirun") for arg in args)
-    keep = ("ckpt", "hydra", "trust_config")  # trust_config decides whether the checkpoint may be opened
+    # trust_config decides whether the checkpoint may be opened; max_pixels is this machine's, not the run's
+    keep = ("ckpt", "hydra", "trust_config", "max_pixels")
     return _hold(argv, RESUME_ENV, (lambda arg: _key(arg).split(".")[0].split("/")[0] not in keep) if resume else None)
 
 

@@ -35,6 +35,7 @@ from unet_train.cli import (
 )
 from unet_train.config import config_dir
 from unet_train.data.foreground import boundary_positive
+from unet_train.data.limits import set_max_pixels
 from unet_train.engine.autotune import forward_step, tune
 from unet_train.engine.checkpoint import load_checkpoint
 from unet_train.engine.evaluate import evaluate
@@ -98,6 +99,7 @@ def format_table(rows: dict[str, float]) -> str:
 @exit_on_user_error
 def run_eval(cfg: DictConfig) -> dict[str, float]:
     """Evaluate ``cfg.ckpt`` on ``cfg.split``; returns the mean metrics (``<split>/<name>``)."""
+    set_max_pixels(cfg.get("max_pixels"))
     checkpoint = load_checkpoint(cfg.ckpt, trust=cfg.get("trust_config", False))
     stored = OmegaConf.create(checkpoint["config"])
     data_cfg = eval_data_config(cfg, stored)

@@ -18,6 +18,7 @@ import contextlib
 import copy
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -37,12 +38,13 @@ from unet_train.build import build_model
 from unet_train.cli import exit_if_version_asked, exit_on_user_error, require_sweep_extra
 from unet_train.config import config_dir
 from unet_train.data.folder import IMAGE_SUFFIXES, read_image
+from unet_train.data.limits import check_pixels, set_max_pixels
 from unet_train.data.normalize import prepare_input, resolve_spec
 from unet_train.engine import distributed
 from unet_train.engine.autotune import agree, tune
 from unet_train.engine.checkpoint import load_checkpoint
 from unet_train.engine.runtime import Runtime, make_runtime
-from unet_train.errors import CheckpointError, ConfigError, DataError
+from unet_train.errors import CheckpointError, ConfigError, DataError, UserError
 from unet_train.inference import TiledPredictor
 from unet_train.inference.instances import instance_labels, label_chunks, resolve_method
 from unet_train.inference.large import Throughput, predict_to_zarr
@@ -169,12 +171,17 @@ def show_progress(setting: str) -> bool:
 
 
 def open_input(path: Path, cfg: DictConfig, in_channels: int) -> Volume:
-    """A TIFF, Zarr or HDF5 input as a :class:`Volume`; other images are read whole."""
+    """A TIFF, Zarr or HDF5 input as a :class:`Volume`; other images are read whole.
+
+    NaN/inf pixels are refused where they are read, unless ``allow_nonfinite=true`` reads them as 0.
+    """
+    allow = bool(cfg.get("allow_nonfinite", False))
     if path.suffix.lower() in TIFF_SUFFIXES or is_chunked_input(path):
         volume = open_volume(path, cfg.get("input_key"), cfg.get("input_axes"), in_channels)
     else:
-        array = read_image(path)
+        array = read_image(path, finite=not allow)
         volume = Volume(array, "yx" if array.ndim == 2 else "yxc", str(path))
+    volume.allow_nonfinite = allow
     if volume.shape[3] != in_channels and {volume.shape[3], in_channels} != {1, 3}:  # grey and RGB convert
         volume.close()
         raise DataError(
@@ -184,9 +191,33 @@ def open_input(path: Path, cfg: DictConfig, in_channels: int) -> Volume:
     return volume
 
 
+@contextlib.contextmanager
+def removed_on_failure(
+    paths: Sequence[Path], errors: tuple[type[BaseException], ...] = (BaseException,)
+) -> Iterator[None]:
+    """Remove again those of ``paths`` that did not exist before, when the block fails with one of ``errors``:
+    a refused input (a NaN, a truncated file found mid-way) leaves no partial outputs. Folders go only when
+    empty, except a Zarr store this block created (a path ending in ``.zarr``)."""
+    fresh = [p for p in paths if not p.exists() and not p.is_symlink()]
+    try:
+        yield
+    except errors:
+        for path in reversed(fresh):  # files before the folders that hold them
+            if path.is_dir() and not path.is_symlink():
+                if path.name.lower().endswith(".zarr"):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):  # a folder that holds anything else stays
+                        path.rmdir()
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+        raise
+
+
 @exit_on_user_error
 def run_predict(cfg: DictConfig) -> list[Path]:
     """Predict every input of ``cfg.input`` into ``cfg.output``; returns the files written (by this rank)."""
+    set_max_pixels(cfg.get("max_pixels"))
     files = find_inputs(cfg.input)
     models, configs = load_models(cfg.ckpt, trust=cfg.get("trust_config", False))
     distributed.export_submitit_tasks()  # hydra/launcher=slurm with several tasks: one rank per task
@@ -244,7 +275,10 @@ def _predict_all(
     start = time.monotonic()
     volumes: list[tuple[Path, Volume]] = [(path, open_input(path, cfg, in_channels)) for path in files]
     try:
-        in_memory = [(p, v) for p, v in volumes if not (to_zarr or is_chunked_input(p))][dist.rank :: dist.world_size]
+        whole = [(p, v) for p, v in volumes if not (to_zarr or is_chunked_input(p))]
+        for path, volume in whole:  # read one plane at a time, but each plane whole
+            check_pixels(path, volume.shape[1:], "predict it chunk by chunk into output=NAME.zarr, or ")
+        in_memory = whole[dist.rank :: dist.world_size]
         tiles = sum(predictor.num_tiles(*v.shape[1:3]) * v.depth for _, v in in_memory)
         report = Throughput(tiles, "predict")
         progress = show_progress(cfg.progress)
@@ -259,7 +293,6 @@ def _predict_all(
                     store = out if to_zarr else out / f"{path.name.split('.')[0]}.zarr"
                     written.append(predict_store(cfg, predictor, volume, store, classes, inputs, method, dist))
                 elif (path, volume) in in_memory:
-                    make_folder(out, out)
                     written += predict_in_memory(cfg, predictor, path, volume, out, method, on_tiles, inputs)
     finally:
         for _, volume in volumes:
@@ -281,7 +314,6 @@ def predict_store(
     dist: Any,
 ) -> Path:
     """One input into an OME-Zarr store, chunk by chunk (resumes a store of the same settings)."""
-    store.parent.mkdir(parents=True, exist_ok=True)
     settings = {
         "ckpt": [str(Path(p).expanduser().resolve()) for p in checkpoint_paths(cfg.ckpt)],
         "input": volume.name,
@@ -299,18 +331,23 @@ def predict_store(
     def scaling(raw: np.ndarray, z: int) -> torch.Tensor:
         return scalings[0](z)(raw) if len(scalings) == 1 else torch.cat([s(z)(raw) for s in scalings])
 
-    result = predict_to_zarr(
-        predictor,
-        volume,
-        scaling,
-        store,
-        classes,
-        int(cfg.chunk_size),
-        str(cfg.prob_dtype),
-        float(cfg.threshold),
-        settings,
-        dist,
-    )
+    # A store begun here from an input refused mid-way (NaN pixels, a corrupt chunk) is removed; one that
+    # existed is kept to resume, and so is any store after an interruption (that is what resuming is for).
+    created = [] if dist.enabled else [store.parent, store]
+    with removed_on_failure(created, (UserError,)):
+        store.parent.mkdir(parents=True, exist_ok=True)
+        result = predict_to_zarr(
+            predictor,
+            volume,
+            scaling,
+            store,
+            classes,
+            int(cfg.chunk_size),
+            str(cfg.prob_dtype),
+            float(cfg.threshold),
+            settings,
+            dist,
+        )
     if method is not None:
         label_chunks(result, method, float(cfg.threshold), int(cfg.min_distance), int(cfg.instance_halo), dist)
     return store
@@ -347,10 +384,11 @@ def predict_in_memory(
             yield prob, labels
 
     if not volume.has_z:
-        prob, labels = next(planes())
+        prob, labels = next(planes())  # read and predicted before anything is written
         names = ["_prob.tif", ".png", *(["_labels.tif"] if labels is not None else [])]
         files = [out / f"{path.stem}{suffix}" for suffix in names]
-        with written_whole(files) as temps:
+        with removed_on_failure([out]), written_whole(files) as temps:
+            out.mkdir(parents=True, exist_ok=True)
             tifffile.imwrite(temps[0], probability_array(prob))
             skio.imsave(temps[1], mask_of(prob, threshold), check_contrast=False)
             if labels is not None:
@@ -359,7 +397,8 @@ def predict_in_memory(
     # A stack: appended slice by slice (contiguous=True keeps one series, so files read back as (N, H, W)).
     names = ["_prob.tif", "_mask.tif", *(["_labels.tif"] if method else [])]
     files = [out / f"{path.stem}{suffix}" for suffix in names]
-    with written_whole(files) as temps:
+    with removed_on_failure([out]), written_whole(files) as temps:
+        out.mkdir(parents=True, exist_ok=True)
         writers = [tifffile.TiffWriter(f) for f in temps]
         try:
             for prob, labels in planes():

@@ -36,6 +36,7 @@ from unet_train.cli import (
     user_overrides,
 )
 from unet_train.config import config_dir
+from unet_train.data.limits import set_max_pixels
 from unet_train.engine import distributed
 from unet_train.engine.checkpoint import load_checkpoint
 from unet_train.engine.fit import fit
@@ -148,6 +149,7 @@ def log_resume(out: Path, ckpt: str, overrides: list[str]) -> None:
 @exit_on_user_error
 def train(cfg: DictConfig) -> float | None:
     """Train one run; returns the best monitored value (what Hydra sweepers optimise)."""
+    set_max_pixels(cfg.get("max_pixels"))  # this command's, before a checkpoint's or plan's config replaces cfg
     check_run_folder(run_dir())  # a planted link among the run's outputs: refused before anything is written
     overrides = resume_overrides() if cfg.get("ckpt") else []
     done = 0

@@ -12,6 +12,9 @@ indices they store: palette ("P" mode) PNGs as their indices, not their colours.
   axis (``Q``, ``I``, ``Z``, ``T``...) could be slices or channels: refused with a message.
   An alpha sample is dropped (RGB + extra sample, or grey + an alpha-marked extra sample:
   :func:`tiff_alpha`, the rule ``unet-predict`` reads large TIFFs by as well).
+
+Every reader checks the size a file declares before decoding it (:mod:`unet_train.data.limits`), and
+images are refused with NaN or infinite pixels.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from unet_train.data.limits import check_finite, check_pixels, reason
 from unet_train.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -34,7 +38,9 @@ CHANNEL_AXES = "SC"  # tifffile: S = samples of a pixel (RGB), C = channels
 # ITU-R BT.601 luma weights, as Pillow's convert("L"): how an RGB image becomes grey.
 LUMA = (0.299, 0.587, 0.114)
 
-Image.MAX_IMAGE_PIXELS = None  # large microscopy and histology images are expected, not a decompression bomb
+# Pillow's fixed decompression-bomb limit (89 megapixels) would refuse large microscopy and histology images;
+# check_pixels replaces it, on the same header, with a limit from the free memory (raised by max_pixels).
+Image.MAX_IMAGE_PIXELS = None
 
 
 def is_tiff(path: Path) -> bool:
@@ -88,6 +94,7 @@ def _read_tiff(path: Path) -> np.ndarray:
     """The first series of a TIFF as ``(H, W[, C])``, an alpha sample dropped (:func:`tiff_alpha`)."""
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
+        check_pixels(path, series.shape)  # before decoding: a sparse or forged file may declare any size
         array, axes = series.asarray(), series.axes
         has_alpha = tiff_alpha(series.pages[0] if series.pages else None)
     return drop_alpha(tiff_yxc(np.asarray(array), axes, str(path)), has_alpha)
@@ -103,6 +110,8 @@ def _png_depth(path: Path) -> tuple[int, int]:
 
 
 def _read_pillow(path: Path, *, mask: bool) -> np.ndarray:
+    with Image.open(path) as opened:  # the header alone: the size is checked before any pixel is decoded
+        check_pixels(path, (opened.height, opened.width, len(opened.getbands())))
     depth, colour_type = _png_depth(path) if path.suffix.lower() == ".png" else (0, 0)
     if depth == 16 and colour_type in (2, 4, 6):  # 16-bit RGB(A), grey + alpha: Pillow would keep only 8 bits
         import cv2  # albumentations' dependency
@@ -130,15 +139,18 @@ def _read_pillow(path: Path, *, mask: bool) -> np.ndarray:
     return array
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """One 2D image as stored: ``(H, W)`` or ``(H, W, C)`` in its own dtype; names the file on failure."""
+def read_image(path: str | Path, *, finite: bool = True) -> np.ndarray:
+    """One 2D image as stored: ``(H, W)`` or ``(H, W, C)`` in its own dtype; names the file on failure.
+
+    ``finite``: refuse NaN/inf pixels (``unet-predict allow_nonfinite=true`` takes them and reads them as 0).
+    """
     path = Path(path)
     try:
         array = _read_tiff(path) if is_tiff(path) else _read_pillow(path, mask=False)
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(f"Could not read image {path}: {exc}") from exc
+        raise DataError(f"Could not read image {path}: {reason(exc)}") from exc
     array = np.asarray(array)
     if array.ndim not in (2, 3):
         raise DataError(f"{path} has shape {array.shape}; expected a 2D image, grey or with channels.")
@@ -146,8 +158,8 @@ def read_image(path: str | Path) -> np.ndarray:
         array = array.astype(np.uint8) * 255
     if array.dtype.kind not in "uif":
         raise DataError(f"{path} has pixels of type {array.dtype}; expected integer or float pixels.")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise DataError(f"{path} has NaN or infinite pixels; fix or remove the file.")
+    if finite:
+        check_finite(array, path, "yxc")
     return array
 
 
@@ -163,7 +175,7 @@ def read_mask(path: str | Path) -> np.ndarray:
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(f"Could not read mask {path}: {exc}") from exc
+        raise DataError(f"Could not read mask {path}: {reason(exc)}") from exc
     mask = np.asarray(mask)
     if mask.ndim == 3:
         if not (mask[..., :1] == mask[..., : min(mask.shape[2], 3)]).all():
@@ -188,10 +200,13 @@ def read_stack(path: str | Path) -> np.ndarray:
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
+            check_pixels(path, series.shape)
             array, axes = np.asarray(series.asarray()), series.axes
             has_alpha = tiff_alpha(series.pages[0] if series.pages else None)
+    except DataError:
+        raise
     except Exception as exc:
-        raise DataError(f"Could not read {path} as a TIFF stack: {exc}") from exc
+        raise DataError(f"Could not read {path} as a TIFF stack: {reason(exc)}") from exc
     # The first non-YX, non-channel axis is the slice axis; every other axis must be a singleton.
     slice_axes = [i for i, a in enumerate(axes) if a not in "YX" + CHANNEL_AXES and array.shape[i] > 1]
     if len(slice_axes) != 1:
@@ -199,7 +214,9 @@ def read_stack(path: str | Path) -> np.ndarray:
     first = slice_axes[0]
     slices = np.moveaxis(array, first, 0)
     rest = axes[:first] + axes[first + 1 :]
-    return drop_alpha(np.stack([tiff_yxc(s, rest, f"{path}") for s in slices]), has_alpha, dims=3)
+    stack = drop_alpha(np.stack([tiff_yxc(s, rest, f"{path}") for s in slices]), has_alpha, dims=3)
+    check_finite(stack, path, "zyxc")
+    return stack
 
 
 def probe_channels(path: str | Path) -> int:
@@ -211,7 +228,7 @@ def probe_channels(path: str | Path) -> int:
             with Image.open(path) as opened:
                 mode = opened.mode
         except Exception as exc:
-            raise DataError(f"Could not read image {path}: {exc}") from exc
+            raise DataError(f"Could not read image {path}: {reason(exc)}") from exc
         if mode in ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
             return 1
         if mode in ("RGB", "RGBA", "RGBa", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):

@@ -23,6 +23,7 @@ import numpy as np
 import tifffile
 import torch
 
+from unet_train.data.limits import check_finite, check_pixels, first_nonfinite, reason
 from unet_train.data.normalize import normalize_image, resolve_spec
 from unet_train.data.reading import match_channels, tiff_alpha
 from unet_train.errors import ConfigError, DataError
@@ -63,6 +64,7 @@ class Volume:
     ``axes`` names its dimensions with letters of ``tczyx`` (``t`` must have length 1).
     ``scale`` holds the physical pixel size per axis of ``zyx`` where the file states one.
     ``channels`` keeps the first channels only (a TIFF's alpha sample is left out, as training reads it).
+    Every window read is checked for NaN/inf pixels: refused, or read as 0 with ``allow_nonfinite``.
     """
 
     array: Any
@@ -72,6 +74,7 @@ class Volume:
     units: dict[str, str] = field(default_factory=dict)
     handle: Any = None  # an open file to close (h5py.File, tifffile.TiffFile)
     channels: int | None = None
+    allow_nonfinite: bool = False  # NaN/inf pixels read as 0 (unet-predict allow_nonfinite=true), else refused
 
     def __post_init__(self) -> None:
         if (
@@ -93,6 +96,7 @@ class Volume:
         channels = size.get("c", 1) if self.channels is None else min(self.channels, size.get("c", 1))
         self.shape = (size.get("z", 1), size["y"], size["x"], channels)
         self.dtype = np.dtype(self.array.dtype)
+        self._warned = False
 
     @property
     def depth(self) -> int:
@@ -107,10 +111,36 @@ class Volume:
         index: list[Any] = []
         for axis in self.axes:
             index.append({"t": 0, "z": z, "y": slice(y0, y1), "x": slice(x0, x1), "c": slice(None)}[axis])
-        window = np.asarray(self.array[tuple(index)])
+        try:
+            window = np.asarray(self.array[tuple(index)])
+        except DataError:
+            raise
+        except Exception as exc:  # a truncated or corrupt file shows only when its pixels are decoded
+            raise DataError(f"Could not read {self.name} (z={z}, y={y0}:{y1}, x={x0}:{x1}): {reason(exc)}") from exc
         kept = [a for a in self.axes if a in "yxc"]
         window = window.transpose([kept.index(a) for a in "yx" + ("c" if "c" in kept else "")])
-        return window[..., : self.shape[3]] if window.ndim == 3 else window[..., None]
+        window = window[..., : self.shape[3]] if window.ndim == 3 else window[..., None]
+        return self._finite(window, z, y0, x0)
+
+    def _finite(self, window: np.ndarray, z: int, y0: int, x0: int) -> np.ndarray:
+        """``window`` (at ``z, y0, x0``) refused for NaN/inf pixels, or with them set to 0 (``allow_nonfinite``)."""
+        if not self.allow_nonfinite:
+            axes, origin = ("zyxc", (z, y0, x0)) if self.has_z else ("yxc", (y0, x0))
+            pixels = window if window.shape[2] > 1 else window[..., 0]  # a grey window's position needs no c
+            check_finite(
+                pixels[None] if self.has_z else pixels,
+                self.name,
+                axes,
+                "fix the file, or predict it with allow_nonfinite=true (they are then read as 0)",
+                origin,
+            )
+            return window
+        if first_nonfinite(window) is None:
+            return window
+        if not self._warned:
+            log.warning("%s has NaN or infinite pixels; they are read as 0 (allow_nonfinite=true)", self.name)
+            self._warned = True
+        return np.nan_to_num(window, nan=0.0, posinf=0.0, neginf=0.0)
 
     def close(self) -> None:
         if self.handle is not None:
@@ -155,14 +185,12 @@ def _open_zarr(path: Path, key: str | None, axes: str | None, in_channels: int) 
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as exc:
-        raise DataError(f"Could not open Zarr store {path}: {exc}") from exc
+        raise DataError(f"Could not open Zarr store {path}: {reason(exc)}") from exc
     scale: dict[str, float] = {}
     units: dict[str, str] = {}
     if isinstance(node, zarr.Group):
-        attrs = node.attrs.asdict()
-        multiscales = attrs.get("ome", attrs).get("multiscales")
-        if multiscales:  # OME-Zarr image: key picks a level (its path, or its index)
-            image = multiscales[0]
+        image = ome_image(node.attrs.asdict(), path)
+        if image is not None:  # OME-Zarr image: key picks a level (its path, or its index)
             levels = [d["path"] for d in image["datasets"]]
             chosen = levels[0] if key is None else key
             if chosen not in levels and chosen.isdigit() and int(chosen) < len(levels):
@@ -186,6 +214,10 @@ def _open_zarr(path: Path, key: str | None, axes: str | None, in_channels: int) 
             array = node[key]
         except KeyError as exc:
             raise DataError(f"input_key={key} is not in Zarr group {path}; it holds {arrays}.") from exc
+        except Exception as exc:  # a level that is no array (a group), or corrupt array metadata
+            raise DataError(f"Could not open array {key} of Zarr store {path}: {reason(exc)}") from exc
+        if not hasattr(array, "dtype"):
+            raise DataError(f"input_key={key} of Zarr store {path} is a group, not an array; name an array.")
         if axes is None:
             dims = getattr(array.metadata, "dimension_names", None)
             axes = "".join(dims) if dims and all(d and d in "tczyx" for d in dims) else None
@@ -198,12 +230,53 @@ def _open_zarr(path: Path, key: str | None, axes: str | None, in_channels: int) 
     return Volume(array, axes, name, scale, units)
 
 
+def ome_image(attrs: dict[str, Any], path: Path) -> dict[str, Any] | None:
+    """The first image of a group's OME-NGFF ``multiscales`` (0.4: in the attributes, 0.5: under ``ome``), checked
+    to be what the reader uses; None for a plain group. Malformed metadata: one :class:`DataError` naming it."""
+    ome = attrs.get("ome", attrs)
+    multiscales = ome.get("multiscales") if isinstance(ome, dict) else None
+    if not multiscales:
+        return None
+
+    def refuse(what: str, found: Any) -> DataError:
+        shown = repr(found) if len(repr(found)) <= 80 else repr(found)[:77] + "..."
+        return DataError(
+            f"OME-Zarr {path} has malformed metadata: {what}, found {shown}; fix the multiscales in its "
+            "zarr.json (.zattrs in Zarr v2) as the OME-NGFF specification describes."
+        )
+
+    if not isinstance(multiscales, list) or not isinstance(multiscales[0], dict):
+        raise refuse("multiscales must be a list of images (objects)", multiscales)
+    image = multiscales[0]
+    datasets = image.get("datasets")
+    if not isinstance(datasets, list) or not datasets:
+        raise refuse("multiscales[0].datasets must be a non-empty list of levels", datasets)
+    for level in datasets:
+        if not isinstance(level, dict) or not isinstance(level.get("path"), str):
+            raise refuse('each level of multiscales[0].datasets must be {"path": ARRAY, ...}', level)
+        transforms = level.get("coordinateTransformations", [])
+        if not isinstance(transforms, list) or not all(isinstance(t, dict) for t in transforms):
+            raise refuse("coordinateTransformations must be a list of objects", transforms)
+        for transform in transforms:
+            scale = transform.get("scale")
+            if transform.get("type") == "scale" and not (
+                isinstance(scale, list) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in scale)
+            ):
+                raise refuse("a scale transformation's scale must be a list of numbers", scale)
+    axes = image.get("axes", [])
+    if not isinstance(axes, list) or not all(
+        isinstance(a, str) or (isinstance(a, dict) and isinstance(a.get("name"), str)) for a in axes
+    ):
+        raise refuse('multiscales[0].axes must be a list of names or {"name": ...} objects', axes)
+    return image
+
+
 def _open_hdf5(path: Path, key: str | None, axes: str | None, in_channels: int) -> Volume:
     h5py = require("h5py")
     try:
         handle = h5py.File(path, "r")
     except Exception as exc:
-        raise DataError(f"Could not open HDF5 file {path}: {exc}") from exc
+        raise DataError(f"Could not open HDF5 file {path}: {reason(exc)}") from exc
     datasets: list[str] = []
     handle.visititems(lambda name, obj: datasets.append(name) if isinstance(obj, h5py.Dataset) else None)
     if key is None:
@@ -214,7 +287,11 @@ def _open_hdf5(path: Path, key: str | None, axes: str | None, in_channels: int) 
     if key not in datasets:
         handle.close()
         raise DataError(f"input_key={key} is not a dataset of {path}; it holds {datasets}.")
-    array = handle[key]
+    try:
+        array = handle[key]
+    except Exception as exc:  # corrupt dataset headers
+        handle.close()
+        raise DataError(f"Could not open dataset {key} of HDF5 file {path}: {reason(exc)}") from exc
     scale = {}
     if "element_size_um" in array.attrs:  # the convention of ilastik and Fiji's HDF5 plugins (z, y, x)
         sizes = [float(s) for s in array.attrs["element_size_um"]][-3:]
@@ -227,9 +304,12 @@ def _open_tiff(path: Path, axes: str | None, in_channels: int) -> Volume:
     """A TIFF read by tiles or strips through tifffile's Zarr view when zarr is there, else page by page."""
     try:
         tif = tifffile.TiffFile(path)
-        series = tif.series[0]
+        series = tif.series[0] if tif.series else None
     except Exception as exc:
-        raise DataError(f"Could not read TIFF {path}: {exc}") from exc
+        raise DataError(f"Could not read TIFF {path}: {reason(exc)}") from exc
+    if series is None:
+        tif.close()
+        raise DataError(f"Could not read TIFF {path}: it holds no image (no readable page).")
     tiff_axes = series.axes.lower().replace("q", "z").replace("i", "z").replace("s", "c")
     if axes is None:
         axes = tiff_axes if set(tiff_axes) <= set("tczyx") and len(set(tiff_axes)) == len(tiff_axes) else None
@@ -238,7 +318,7 @@ def _open_tiff(path: Path, axes: str | None, in_channels: int) -> Volume:
         zarr = importlib.import_module("zarr")
         array: Any = zarr.open(series.aszarr(), mode="r")
     except ImportError:
-        array = _TiffPages(tif, series)
+        array = _TiffPages(tif, series, path)
     scale, units = tiff_spacing(tif)
     samples = series.shape[axes.index("c")] if "c" in axes and len(axes) == len(series.shape) else 1
     alpha = samples in (2, 4) and tiff_alpha(series.pages[0] if series.pages else None)  # grey + alpha, RGBA
@@ -291,7 +371,7 @@ def _open_nifti(path: Path, axes: str | None) -> Volume:
     try:
         image = nibabel.load(str(path))
     except Exception as exc:
-        raise DataError(f"Could not read NIfTI {path}: {exc}") from exc
+        raise DataError(f"Could not read NIfTI {path}: {reason(exc)}") from exc
     proxy = image.dataobj
     shape = tuple(int(s) for s in proxy.shape)
     if len(shape) not in (3, 4) and axes is None:
@@ -320,8 +400,8 @@ class _NiftiArray:
 class _TiffPages:
     """Page-by-page access to a TIFF series without zarr: one page (z plane) decoded at a time."""
 
-    def __init__(self, tif: tifffile.TiffFile, series: Any) -> None:
-        self.pages, self.shape, self.dtype = series.pages, tuple(series.shape), series.dtype
+    def __init__(self, tif: tifffile.TiffFile, series: Any, path: Path) -> None:
+        self.pages, self.shape, self.dtype, self.path = series.pages, tuple(series.shape), series.dtype, path
         self.page_shape = tuple(series.pages[0].shape)
         self._cached: tuple[int, np.ndarray] | None = None
 
@@ -333,6 +413,7 @@ class _TiffPages:
                 raise DataError("Without zarr, a TIFF is read one plane at a time; install unet-train[bigdata].")
             flat = flat * dim + i
         if self._cached is None or self._cached[0] != flat:
+            check_pixels(self.path, self.page_shape, 'install "unet-train[bigdata]" to read it tile by tile, or ')
             self._cached = (flat, self.pages[flat].asarray())
         return self._cached[1][index[lead:]]
 
@@ -394,10 +475,7 @@ def sample_pixels(volume: Volume, max_pixels: int, planes: list[int] | None = No
             ys = np.linspace(0, max(height - side, 0), per_axis).astype(int)
             xs = np.linspace(0, max(width - side, 0), per_axis).astype(int)
             windows = [volume.read(int(z), y, y + side, x, x + side) for y in ys for x in xs]
-        for window in windows:
-            if window.dtype.kind == "f" and not np.isfinite(window).all():
-                raise DataError(f"{volume.name} has NaN or infinite pixels; fix the file first.")
-            samples.append(window.reshape(-1, window.shape[-1]))
+        samples += [window.reshape(-1, window.shape[-1]) for window in windows]  # finite: Volume.read checks
     return np.concatenate(samples)
 
 

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from unet_train.cli import exit_if_version_asked, exit_on_user_error, run_dir
 from unet_train.config import config_dir
+from unet_train.data.limits import set_max_pixels
 from unet_train.plan.planner import check_writable, default_plan_path, fingerprint_path, make_plan, parse_budget
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 @exit_on_user_error
 def plan(cfg: DictConfig) -> Path:
     """Write the fingerprint and the plan of ``cfg.data``; print both (stdout); returns the plan's path."""
+    set_max_pixels(cfg.get("max_pixels"))
     budget = parse_budget(cfg.budget)
     output = Path(cfg.output).expanduser() if cfg.get("output") else default_plan_path(run_dir())
     check_writable(output)
