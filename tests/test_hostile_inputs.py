@@ -24,7 +24,7 @@ from PIL import Image
 from unet_train.data.limits import available_memory, max_pixels, set_max_pixels
 from unet_train.data.reading import read_image, read_mask, read_stack
 from unet_train.engine.fit import fit
-from unet_train.errors import DataError
+from unet_train.errors import ConfigError, DataError
 from unet_train.inference.sources import open_volume
 from unet_train.predict import run_predict
 
@@ -93,6 +93,7 @@ def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "ERROR" in line or "Traceback" in line]
 
 
+@pytest.mark.slow  # a console script in a subprocess
 @pytest.mark.parametrize("kind", ["png", "tiff"])
 def test_bombs_are_refused_on_their_header_under_an_address_space_limit(tiny_ckpt, tmp_path, kind):
     """A 467-byte PNG and a 5 kB sparse TIFF, both 100000 x 100000: one line from the header, no allocation."""
@@ -121,6 +122,7 @@ def test_bombs_are_refused_on_their_header_under_an_address_space_limit(tiny_ckp
     assert elapsed < 60  # start-up and loading the model; the refusal itself reads a header
 
 
+@pytest.mark.slow  # a console script in a subprocess
 def test_unet_eval_refuses_a_bomb_in_its_data_folder(tiny_ckpt, tmp_path):
     root = tmp_path / "data"
     for sub in ("images", "masks"):
@@ -164,8 +166,12 @@ def test_the_default_limit_is_a_share_of_the_free_memory(monkeypatch):
     assert max_pixels() == (2**30 // 32, "1/32 of the 1.0 GiB of free memory")
     set_max_pixels(123)
     assert max_pixels() == (123, "max_pixels=123")
+    set_max_pixels(1e10)  # as a user may type it
+    assert max_pixels() == (10**10, "max_pixels=10000000000")
     for bad in (0, -5, "many", True, 1.5):
-        with pytest.raises(DataError, match="must be a positive whole number of pixel values, or null"):
+        with pytest.raises(
+            ConfigError, match=r"must be a positive whole number of pixel values \(1e10 works\), or null"
+        ):
             set_max_pixels(bad)  # type: ignore[arg-type]
     assert available_memory() > 0
 

@@ -24,7 +24,7 @@ try:
 except ImportError:  # Windows: no address-space limit to read
     resource = None  # type: ignore[assignment]
 
-from unet_train.errors import DataError
+from unet_train.errors import ConfigError, DataError
 
 # An image read whole lives on as several float32 copies (normalised input, tiled logits, blend weights,
 # probabilities, augmentation buffers): its pixel values may take a 32nd of the free memory, 8 such copies.
@@ -36,12 +36,15 @@ CGROUP_FILES = (("memory.max", "memory.current"), ("memory/memory.limit_in_bytes
 _max_pixels: int | None = None  # set by the commands from their max_pixels key; None: from the free memory
 
 
-def set_max_pixels(value: int | None) -> None:
+def set_max_pixels(value: float | None) -> None:
     """The commands' ``max_pixels`` key: the most pixel values an image read whole may hold (None: from memory)."""
     global _max_pixels
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-        raise DataError(f"max_pixels={value!r} must be a positive whole number of pixel values, or null.")
-    _max_pixels = value
+    whole = isinstance(value, int | float) and not isinstance(value, bool) and float(value).is_integer()
+    if value is not None and not (whole and value > 0):
+        raise ConfigError(
+            f"max_pixels={value!r} must be a positive whole number of pixel values (1e10 works), or null."
+        )
+    _max_pixels = None if value is None else int(value)
 
 
 def _read_int(path: str, key: str | None = None) -> int | None:

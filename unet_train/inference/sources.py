@@ -200,7 +200,11 @@ def _open_zarr(path: Path, key: str | None, axes: str | None, in_channels: int) 
             names = [a["name"] if isinstance(a, dict) else a for a in image.get("axes", [])]
             axes = axes or "".join(names) or None
             level = image["datasets"][levels.index(chosen)]
-            units = {a["name"]: a["unit"] for a in image.get("axes", []) if isinstance(a, dict) and a.get("unit")}
+            units = {
+                a["name"]: a["unit"]
+                for a in image.get("axes", [])
+                if isinstance(a, dict) and isinstance(a.get("unit"), str)
+            }
             for transform in level.get("coordinateTransformations", []):
                 if transform.get("type") == "scale" and names:
                     scale = {n: float(s) for n, s in zip(names, transform["scale"]) if n in "zyx"}
