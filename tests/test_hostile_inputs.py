@@ -21,6 +21,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from unet_train.cli import hold_resume_overrides, resume_overrides
 from unet_train.data.limits import available_memory, max_pixels, set_max_pixels
 from unet_train.data.reading import read_image, read_mask, read_stack
 from unet_train.engine.fit import fit
@@ -308,3 +309,13 @@ def test_allow_nonfinite_predicts_them_as_zeros(tiny_ckpt, tmp_path, caplog):
     predict(tiny_ckpt, tmp_path / "nan.zarr", tmp_path / "out.zarr", "allow_nonfinite=true")
     chunked = np.asarray(zarr.open_group(str(tmp_path / "out.zarr"), mode="r")["0"])
     np.testing.assert_allclose(chunked, expected, atol=1e-5)
+
+
+def test_max_pixels_is_the_commands_own_on_a_resume(monkeypatch):
+    """On ``unet-train ckpt=...`` the limit stays with this command (as trust_config), not the checkpoint's config."""
+    monkeypatch.delenv("UNET_TRAIN_RESUME_OVERRIDES", raising=False)
+    argv = hold_resume_overrides(["unet-train", "ckpt=run/last.pt", "max_pixels=1e10", "optim.lr=0.1"])
+    assert argv == ["unet-train", "ckpt=run/last.pt", "max_pixels=1e10"]
+    assert resume_overrides() == ["optim.lr=0.1"]
+    for name in ("train", "eval", "plan", "predict"):  # every command that reads images has the key
+        assert compose_config(["max_pixels=1e10"], config_name=name).max_pixels == 1e10
