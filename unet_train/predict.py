@@ -192,12 +192,11 @@ def open_input(path: Path, cfg: DictConfig, in_channels: int) -> Volume:
 
 
 @contextlib.contextmanager
-def removed_on_failure(
-    paths: Sequence[Path], errors: tuple[type[BaseException], ...] = (BaseException,)
-) -> Iterator[None]:
-    """Remove again those of ``paths`` that did not exist before, when the block fails with one of ``errors``:
-    a refused input (a NaN, a truncated file found mid-way) leaves no partial outputs. Folders go only when
-    empty, except a Zarr store this block created (a path ending in ``.zarr``)."""
+def removed_on_failure(paths: Sequence[Path], errors: tuple[type[BaseException], ...]) -> Iterator[None]:
+    """Remove again those of ``paths`` that did not exist before when the block fails with one of ``errors`` (a
+    refused input: NaN pixels or a truncated file found mid-way), so it leaves no output folder or store behind.
+    A folder goes only when empty, except a Zarr store this block created (a path ending in ``.zarr``); the
+    files themselves are written whole or not at all (:func:`written_whole`)."""
     fresh = [p for p in paths if not p.exists() and not p.is_symlink()]
     try:
         yield
@@ -387,7 +386,7 @@ def predict_in_memory(
         prob, labels = next(planes())  # read and predicted before anything is written
         names = ["_prob.tif", ".png", *(["_labels.tif"] if labels is not None else [])]
         files = [out / f"{path.stem}{suffix}" for suffix in names]
-        with removed_on_failure([out]), written_whole(files) as temps:
+        with removed_on_failure([out], (UserError,)), written_whole(files) as temps:
             out.mkdir(parents=True, exist_ok=True)
             tifffile.imwrite(temps[0], probability_array(prob))
             skio.imsave(temps[1], mask_of(prob, threshold), check_contrast=False)
@@ -397,7 +396,7 @@ def predict_in_memory(
     # A stack: appended slice by slice (contiguous=True keeps one series, so files read back as (N, H, W)).
     names = ["_prob.tif", "_mask.tif", *(["_labels.tif"] if method else [])]
     files = [out / f"{path.stem}{suffix}" for suffix in names]
-    with removed_on_failure([out]), written_whole(files) as temps:
+    with removed_on_failure([out], (UserError,)), written_whole(files) as temps:
         out.mkdir(parents=True, exist_ok=True)
         writers = [tifffile.TiffWriter(f) for f in temps]
         try:
