@@ -386,28 +386,30 @@ def predict_in_memory(
         prob, labels = next(planes())  # read and predicted before anything is written
         names = ["_prob.tif", ".png", *(["_labels.tif"] if labels is not None else [])]
         files = [out / f"{path.stem}{suffix}" for suffix in names]
-        with removed_on_failure([out], (UserError,)), written_whole(files) as temps:
-            out.mkdir(parents=True, exist_ok=True)
-            tifffile.imwrite(temps[0], probability_array(prob))
-            skio.imsave(temps[1], mask_of(prob, threshold), check_contrast=False)
-            if labels is not None:
-                tifffile.imwrite(temps[2], labels)
+        with removed_on_failure([out], (UserError,)):
+            make_folder(out, out)
+            with written_whole(files) as temps:
+                tifffile.imwrite(temps[0], probability_array(prob))
+                skio.imsave(temps[1], mask_of(prob, threshold), check_contrast=False)
+                if labels is not None:
+                    tifffile.imwrite(temps[2], labels)
         return files
     # A stack: appended slice by slice (contiguous=True keeps one series, so files read back as (N, H, W)).
     names = ["_prob.tif", "_mask.tif", *(["_labels.tif"] if method else [])]
     files = [out / f"{path.stem}{suffix}" for suffix in names]
-    with removed_on_failure([out], (UserError,)), written_whole(files) as temps:
-        out.mkdir(parents=True, exist_ok=True)
-        writers = [tifffile.TiffWriter(f) for f in temps]
-        try:
-            for prob, labels in planes():
-                writers[0].write(probability_array(prob), contiguous=True)
-                writers[1].write(mask_of(prob, threshold), contiguous=True)
-                if labels is not None:
-                    writers[2].write(labels, contiguous=True)
-        finally:
-            for writer in writers:
-                writer.close()
+    with removed_on_failure([out], (UserError,)):
+        make_folder(out, out)
+        with written_whole(files) as temps:
+            writers = [tifffile.TiffWriter(f) for f in temps]
+            try:
+                for prob, labels in planes():
+                    writers[0].write(probability_array(prob), contiguous=True)
+                    writers[1].write(mask_of(prob, threshold), contiguous=True)
+                    if labels is not None:
+                        writers[2].write(labels, contiguous=True)
+            finally:
+                for writer in writers:
+                    writer.close()
     return files
 
 
