@@ -24,6 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from unet_train.added_keys import check_added_keys
+from unet_train.build import build_model
 from unet_train.cli import (
     apply_overrides,
     exit_if_version_asked,
@@ -37,11 +38,13 @@ from unet_train.cli import (
 )
 from unet_train.config import config_dir
 from unet_train.engine import distributed
-from unet_train.engine.checkpoint import load_checkpoint
+from unet_train.engine.archive import check_archive
+from unet_train.engine.checkpoint import check_model_size, check_resumable, load_checkpoint
 from unet_train.engine.fit import fit
 from unet_train.engine.run_folder import check_run_folder, run_lock
 from unet_train.errors import ConfigError
 from unet_train.safe_io import confined, write_atomic
+from unet_train.trust import check_download_root
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +80,14 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, in
     trust = cfg.get("trust_config", False)
     check_checkpoint_link(str(cfg.ckpt))
     checkpoint = load_checkpoint(cfg.ckpt, trust=trust)
-    refuse_an_earlier_checkpoint(Path(cfg.ckpt), int(checkpoint["state"]["step"]))
+    check_resumable(checkpoint, cfg.ckpt)
+    refuse_an_earlier_checkpoint(Path(cfg.ckpt), checkpoint["state"]["step"])
     merged = apply_overrides(OmegaConf.create(checkpoint["config"]), overrides, choices=run_choices(cfg.ckpt))
+    check_download_root(merged.get("data"), overrides, f"checkpoint {cfg.ckpt}")
+    check_model_size(lambda: build_model(merged.model), checkpoint["model"], cfg.ckpt)
     merged.ckpt = cfg.ckpt
     merged.trust_config = trust  # this command's setting, never the one stored in the checkpoint
-    return merged, int(checkpoint["state"]["epoch"])
+    return merged, checkpoint["state"]["epoch"]
 
 
 def refuse_an_earlier_checkpoint(ckpt: Path, step: int) -> None:
@@ -94,6 +100,7 @@ def refuse_an_earlier_checkpoint(ckpt: Path, step: int) -> None:
     if ckpt.name == last.name or not last.is_file():
         return
     try:  # only the counters are read: mmap leaves the weights on disk
+        check_archive(last)  # bounded like any checkpoint before torch reads it
         last_state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)["state"]
         last_step, last_epoch = int(last_state["step"]), int(last_state["epoch"])
     except Exception:  # an unreadable last.pt cannot be overwritten with anything worse
