@@ -129,7 +129,7 @@ def test_no_file_borne_config_sends_a_request_or_creates_its_root(server, tmp_pa
     )  # fmt: skip
     train_runs = drive(
         "unet_train.train:main",
-        {"resume": [f"ckpt={files['secret']}"], "plan": [*TINY, f"+plan={plan}", "data=isbi", f"data.root={root}"]},
+        {"resume": [f"ckpt={files['secret']}"], "plan": ["data=isbi", f"data.root={root}", f"+plan={plan}", "trainer=smoke"]},
         tmp_path, env,
     )  # fmt: skip
     assert requests == []

@@ -22,9 +22,10 @@ from pathlib import Path
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from unet_train.added_keys import check_added_keys
-from unet_train.build import build_model
+from unet_train.build import build_model, build_optimizer
 from unet_train.cli import (
     apply_overrides,
     exit_if_version_asked,
@@ -39,10 +40,10 @@ from unet_train.cli import (
 from unet_train.config import config_dir
 from unet_train.engine import distributed
 from unet_train.engine.archive import check_archive
-from unet_train.engine.checkpoint import check_model_size, check_resumable, load_checkpoint
+from unet_train.engine.checkpoint import check_model_size, check_optimizer_state, check_resumable, load_checkpoint
 from unet_train.engine.fit import fit
 from unet_train.engine.run_folder import check_run_folder, run_lock
-from unet_train.errors import ConfigError
+from unet_train.errors import ConfigError, UserError
 from unet_train.safe_io import confined, write_atomic
 from unet_train.trust import check_download_root
 
@@ -84,7 +85,12 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, in
     refuse_an_earlier_checkpoint(Path(cfg.ckpt), checkpoint["state"]["step"])
     merged = apply_overrides(OmegaConf.create(checkpoint["config"]), overrides, choices=run_choices(cfg.ckpt))
     check_download_root(merged.get("data"), overrides, f"checkpoint {cfg.ckpt}")
-    check_model_size(lambda: build_model(merged.model), checkpoint["model"], cfg.ckpt)
+    # The model and optimizer on the meta device (no memory): the file's sizes and groups are checked
+    # before anything is built or written.
+    model = check_model_size(lambda: build_model(merged.model), checkpoint["model"], cfg.ckpt)
+    optimizer = meta_optimizer(merged, model)
+    if optimizer is not None:
+        check_optimizer_state(optimizer, checkpoint["optimizer"])
     merged.ckpt = cfg.ckpt
     merged.trust_config = trust  # this command's setting, never the one stored in the checkpoint
     return merged, checkpoint["state"]["epoch"]
@@ -134,6 +140,17 @@ def check_checkpoint_link(ckpt: str) -> None:
             f"not {named or 'the folder named'}; give ckpt={real} to continue that run, or copy the file."
         )
     log.info("ckpt=%s is reached through a link: the run continues in its real folder %s", ckpt, actual)
+
+
+def meta_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer | None:
+    """``cfg``'s optimizer over a meta-device ``model`` (unfused: meta has no fused kernel), or None when it
+    cannot be built there; the resume itself then checks the saved state against the real one."""
+    if cfg.optim.get("fused"):
+        cfg = OmegaConf.merge(cfg, {"optim": {"fused": False}})  # type: ignore[assignment]
+    try:
+        return build_optimizer(cfg, model)
+    except (UserError, RuntimeError, ValueError, TypeError):
+        return None
 
 
 def log_resume(out: Path, ckpt: str, overrides: list[str]) -> None:

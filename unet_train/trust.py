@@ -212,7 +212,7 @@ def file_borne_data(data: Any, source: str) -> None:
     if not isinstance(data, dict):
         return
     if data.get("download"):
-        log.info("%s: data.download=true is not taken from the file (pass data.download=true to fetch)", source)
+        log.debug("%s: data.download=true is not taken from the file (pass data.download=true to fetch)", source)
     if "download" in data:
         data["download"] = False
     data.pop("urls", None)

@@ -182,11 +182,11 @@ def check_resumable(checkpoint: dict[str, Any], path: Path | str) -> None:
             raise _unusable(path, f"its {key!r} entry is missing or not a mapping")
 
 
-def check_model_size(model: Callable[[], nn.Module], state: dict[str, torch.Tensor], path: Path | str) -> None:
+def check_model_size(model: Callable[[], nn.Module], state: dict[str, torch.Tensor], path: Path | str) -> nn.Module:
     """Refuse a model config that describes more weights than the checkpoint holds, before it is built.
 
     ``model`` is a builder called on the ``meta`` device (no memory); a config cannot then ask for a
-    model larger than the file it came from (``model.base_channels=100000``).
+    model larger than the file it came from (``model.base_channels=100000``). Returns that meta model.
     """
     with torch.device("meta"):
         built = model()
@@ -196,6 +196,7 @@ def check_model_size(model: Callable[[], nn.Module], state: dict[str, torch.Tens
         raise _unusable(
             path, f"its model config describes {wanted} weights but the file holds {held}; the config was changed"
         )
+    return built
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
@@ -227,12 +228,10 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: str
 IMPLEMENTATION_FLAGS = ("fused", "foreach", "capturable")
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """``optimizer.load_state_dict(state)``, keeping this optimizer's implementation flags.
+def check_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Refuse a saved optimizer state whose groups or per-parameter tensors do not fit ``optimizer``.
 
-    A checkpoint written by a foreach optimizer (on a CPU, say) can resume with a fused one (on a
-    GPU) and back: the saved groups take this run's ``fused``/``foreach``/``capturable`` before
-    loading, so that torch also places the ``step`` counters where that implementation wants them.
+    ``optimizer`` may hold ``meta`` parameters (a resume checks before anything is built or written).
     """
     saved_groups = state["param_groups"]
     sizes = [len(g["params"]) for g in saved_groups]
@@ -257,6 +256,17 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
                     f"The checkpoint's optimizer state {name} of parameter {index} has shape {tuple(value.shape)}, "
                     f"but the parameter has {tuple(param.shape)}; the checkpoint does not belong to this model."
                 )
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)``, keeping this optimizer's implementation flags.
+
+    A checkpoint written by a foreach optimizer (on a CPU, say) can resume with a fused one (on a
+    GPU) and back: the saved groups take this run's ``fused``/``foreach``/``capturable`` before
+    loading, so that torch also places the ``step`` counters where that implementation wants them.
+    """
+    check_optimizer_state(optimizer, state)
+    saved_groups = state["param_groups"]
     groups = [
         {**saved, **{key: group[key] for key in IMPLEMENTATION_FLAGS if key in group}}
         for saved, group in zip(saved_groups, optimizer.param_groups, strict=True)
