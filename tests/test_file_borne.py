@@ -215,7 +215,7 @@ def timed(kind: str, path: Path, limit_bytes: int = 0) -> dict[str, Any]:
     script = path.parent / "timed.py"
     script.write_text(TIMED)
     result = subprocess.run(
-        [sys.executable, str(script), kind, str(path), str(limit_bytes)], capture_output=True, text=True, timeout=120
+        [sys.executable, str(script), kind, str(path), str(limit_bytes)], capture_output=True, text=True, timeout=30
     )
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.splitlines()[-1])
