@@ -11,7 +11,7 @@ import sys
 import threading
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -72,7 +72,7 @@ def one_line(outcome: tuple[int, list[str]]) -> str:
 
 
 class Recorder(http.server.BaseHTTPRequestHandler):
-    requests: list[str] = []
+    requests: ClassVar[list[str]] = []
 
     def do_GET(self) -> None:
         Recorder.requests.append(self.path)
@@ -129,7 +129,7 @@ def test_no_file_borne_config_sends_a_request_or_creates_its_root(server, tmp_pa
     )  # fmt: skip
     train_runs = drive(
         "unet_train.train:main",
-        {"resume": [f"ckpt={files['secret']}"], "plan": ["data=isbi", f"data.root={root}", f"+plan={plan}", "trainer=smoke"]},
+        {"resume": [f"ckpt={files['secret']}"], "plan": ["data=isbi", f"data.root={root}", f"+plan={plan}"]},
         tmp_path, env,
     )  # fmt: skip
     assert requests == []
