@@ -99,7 +99,7 @@ def find_jobs(sweep_dir: str | Path) -> list[Job]:
     jobs = []
     for overrides_file in root.rglob(".hydra/overrides.yaml"):
         path = overrides_file.parent.parent
-        overrides = parse_overrides(load_yaml(overrides_file))  # type: ignore[arg-type]
+        overrides = parse_overrides(load_yaml(overrides_file))
         # The config the job last ran with: a resume may change the monitor; .hydra/ keeps the first.
         config_file = next(
             (f for f in (path / "resolved_config.yaml", path / ".hydra" / "config.yaml") if f.is_file()), None

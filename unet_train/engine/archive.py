@@ -19,6 +19,7 @@ from __future__ import annotations
 import pickletools
 import zipfile
 from pathlib import Path
+from typing import cast
 
 # A checkpoint's pickle holds its structure, not its tensors: a few hundred kB for large models.
 MAX_PICKLE_BYTES = 64 << 20
@@ -84,11 +85,11 @@ def check_pickle(data: bytes, max_nodes: int = MAX_NODES, max_depth: int = MAX_D
         for opcode, arg, _ in pickletools.genops(data):
             name = opcode.name
             if name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                memo[int(arg)] = stack[-1]
+                memo[cast(int, arg)] = stack[-1]
             elif name == "MEMOIZE":
                 memo[len(memo)] = stack[-1]
             elif name in ("GET", "BINGET", "LONG_BINGET"):
-                stack.append(memo[int(arg)])
+                stack.append(memo[cast(int, arg)])
             elif name == "MARK":
                 stack.append(_MARK)
             elif name == "DUP":
