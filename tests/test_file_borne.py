@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from unet_train.engine.checkpoint import FORMAT, load_checkpoint
 from unet_train.engine.fit import fit
@@ -189,6 +190,22 @@ def test_a_plan_may_not_set_what_only_the_command_line_decides(tmp_path, text, k
         f"plan={path} sets {key}, which a plan may not set (only the command line decides it); "
         "remove it from the plan and pass it on the command line if you meant it."
     )
+
+
+def test_a_plan_caps_the_model_and_the_workers_it_asks_for(tmp_path):
+    path = tmp_path / "plan.yaml"
+    path.write_text("model:\n  base_channels: 100000\n")
+    with pytest.raises(UntrustedConfigError) as info:
+        load_plan(path)
+    assert str(info.value) == (
+        f"plan={path} sets model.base_channels=100000, over the 1024 a plan may set; pass model.base_channels=100000 "
+        "on the command line if you mean it."
+    )
+    path.write_text("model:\n  base_channels: 32\ndata:\n  num_workers: 100000\n")
+    assert OmegaConf.to_container(load_plan(path)) == {
+        "model": {"base_channels": 32},
+        "data": {"num_workers": os.cpu_count()},
+    }
 
 
 # A child process that times one call and prints the outcome; the bombs never return on unbounded code.

@@ -59,6 +59,8 @@ HINT_RESOLVER = "Write the value itself, or pass trust_config=true if you wrote 
 # Top-level keys and groups a plan may not set: what the command line alone decides (which file to
 # trust or resume, where Hydra and the run write) and where the data lives or comes from.
 PLAN_FORBIDDEN = ("trust_config", "ckpt", "plan", "hydra", "paths", "data.root", "data.download", "data.urls")
+# The most a plan may ask for of what sets a run's memory: larger values are typed on the command line.
+PLAN_LIMITS = {"model.base_channels": 1024, "model.depth": 8, "data.patch_size": 4096, "data.batch_size": 4096}
 # Bounds of a config read from a file: its YAML text, and its nodes once loaded.
 MAX_YAML_BYTES = 1 << 20
 MAX_CONFIG_NODES = 100_000
@@ -244,6 +246,20 @@ def check_plan_keys(plan: Mapping[str, Any], source: str) -> None:
                 f"{source} sets {key}, which a plan may not set (only the command line decides it); "
                 f"remove it from the plan and pass it on the command line if you meant it."
             )
+
+
+def check_plan_sizes(plan: Mapping[str, Any], source: str) -> None:
+    """Refuse a plan whose model or crops exceed :data:`PLAN_LIMITS`; cap its ``data.num_workers`` at the CPUs."""
+    for key, limit in PLAN_LIMITS.items():
+        group, _, leaf = key.partition(".")
+        node = plan.get(group)
+        value = node.get(leaf) if isinstance(node, Mapping) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > limit:
+            raise UntrustedConfigError(
+                f"{source} sets {key}={value}, over the {limit} a plan may set; pass {key}={value} on the command "
+                "line if you mean it."
+            )
+    file_borne_data(plan.get("data"), source)
 
 
 class _NoAliasLoader(yaml.SafeLoader):

@@ -21,7 +21,7 @@ from unet_train.plan.derive import DeviceFacts, derive_plan, geometry, plan_yaml
 from unet_train.plan.fingerprint import compute_fingerprint, training_split
 from unet_train.plan.measure import measure_device
 from unet_train.safe_io import write_atomic
-from unet_train.trust import check_config, check_plan_keys, read_yaml
+from unet_train.trust import check_config, check_plan_keys, check_plan_sizes, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,7 @@ def load_plan(path: str | Path, trusted: Any = False) -> DictConfig:
         raise ConfigError(f"plan={path} must hold a mapping of config keys (a # @package _global_ experiment).")
     raw.pop("defaults", None)
     check_plan_keys(raw, f"plan={path}")
+    check_plan_sizes(raw, f"plan={path}")
     check_config(raw, source=f"plan {path}", trusted=trusted)
     return OmegaConf.create(raw)
 
