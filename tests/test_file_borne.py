@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from unet_train.engine.checkpoint import FORMAT, load_checkpoint
 from unet_train.engine.fit import fit
-from unet_train.errors import CheckpointError
+from unet_train.errors import CheckpointError, ConfigError
 from unet_train.plan.planner import load_plan
 from unet_train.trust import UntrustedConfigError
 
@@ -397,3 +397,13 @@ def test_each_structural_fault_is_one_line_and_nothing_is_written(trained, tmp_p
     written = {p.name for p in tmp_path.rglob("*") if p.is_file()} - {"driver.py", "image.png"}
     assert not written & {"metrics.json", "resolved_config.yaml", "resume_log.yaml", "last.pt", "best.pt"}
     assert not (tmp_path / "pred").exists() and not (tmp_path / "export").exists()
+
+
+def test_unet_summarize_reads_no_yaml_alias_from_a_sweep_folder(tmp_path):
+    from unet_train.summarize import find_jobs
+
+    job = tmp_path / "0" / ".hydra"
+    job.mkdir(parents=True)
+    (job / "overrides.yaml").write_text("- &a seed=0\n- *a\n")
+    with pytest.raises(ConfigError, match=r"overrides.yaml is not a readable YAML file: it uses a YAML anchor"):
+        find_jobs(tmp_path)
