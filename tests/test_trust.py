@@ -24,7 +24,7 @@ from .conftest import TINY, compose_config
 
 REFUSED = "is not a unet-train component; refusing to build it"
 HINT = "If you wrote this component, pass trust_config=true or trust_config=[your_module]."
-HINT_RESOLVER = "If you wrote this config, pass trust_config=true."
+HINT_RESOLVER = "Write the value itself, or pass trust_config=true if you wrote this file."
 
 # Runs a console script's entry point once per case in one process (as the console script would,
 # exit status included), so that many crafted files cost one interpreter start per command.
@@ -172,22 +172,29 @@ def test_targets_hidden_in_partials_arguments_lists_and_non_strings_are_found():
         check_config({"name": "pathlib.Path.touch", "model": {"_target_": "${name}"}}, source="x")
 
 
-def test_interpolations_may_read_but_not_create_nodes_or_call_unknown_resolvers():
-    for harmless in ("${oc.env:HOME}", "${data.root}/x", "${unet.logit_channels:${data.num_classes}}", "a $ {b}"):
-        check_config({"data": {"root": harmless, "num_classes": 2}}, source="x")
-    for resolver, value in [
-        ("oc.create", "${oc.create:{_target_: os.getcwd}}"),
-        ("oc.decode", "${oc.decode:'{_target_: os.getcwd}'}"),
-        ("my.resolver", "x/${my.resolver:1}"),
-        ("${which}", "${${which}:arg}"),  # a resolver named by an interpolation could be any of them
-    ]:
+def test_a_file_borne_config_holds_no_interpolation_at_all():
+    # Escaped and dollar-only text is plain; the check never resolves anything.
+    for plain in ("a $ {b}", "\\${oc.env:HOME}", "100$", "{name}"):
+        check_config({"data": {"root": plain, "num_classes": 2}}, source="x")
+    for value in (
+        "${oc.env:HOME}",  # the environment (issue 23: secrets sent in a download URL)
+        "http://127.0.0.1/leak/${oc.env:SECRET_TOKEN}/${hydra:runtime.cwd}/{name}",
+        "${hydra:callbacks.summarize}",  # Hydra's own config: its callbacks are built too
+        "${data.root}/x",  # a reference reads the composed config (paths.* of the runtime, for a plan)
+        "${now:%H}",
+        "${oc.create:{_target_: os.getcwd}}",
+        "${${which}:arg}",
+        "x/${my.resolver:1}",
+        "a ${",  # OmegaConf cannot parse it: refused here rather than failing later
+    ):
         with pytest.raises(UntrustedConfigError) as info:
             check_config({"data": {"root": value}}, source="checkpoint c.pt")
         assert str(info.value) == (
-            f"config.data.root={value!r} calls the resolver {resolver}, which a stored config may not run; "
-            "refusing to build it (checkpoint c.pt). If you wrote this config, pass trust_config=true."
+            f"config.data.root={value!r} is an interpolation, which a config read from a file may not hold (it could "
+            "read the environment or the runtime); refusing to build it (checkpoint c.pt). Write the value itself, "
+            "or pass trust_config=true if you wrote this file."
         )
-    check_config({"data": {"root": "${oc.create:{}}"}}, source="x", trusted=True)
+    check_config({"data": {"root": "${oc.env:HOME}"}}, source="x", trusted=True)  # the user's own file
 
 
 def test_a_users_own_component_passes_only_when_its_module_is_trusted():
@@ -223,7 +230,6 @@ def test_every_shipped_option_passes_as_a_checkpoint_stores_it(group, name):
     cfg = compose_config([f"{group}={name}", "seed=3"])
     stored = OmegaConf.to_container(cfg, resolve=True)  # exactly what fit() writes into the checkpoint
     check_config(stored, source=f"{group}={name}")
-    check_config(OmegaConf.to_container(cfg, resolve=False), source=f"{group}={name} unresolved")
 
 
 # -- crafted checkpoints through every command ---------------------------------------------------------
@@ -237,7 +243,7 @@ def test_load_checkpoint_refuses_each_family_with_its_key(tmp_path):
     assert [p.name for p in canaries.iterdir()] == ["site"]
     bad = tmp_path / "bad.pt"
     torch.save({"format": FORMAT, "model": {}, "config": ["not", "a", "mapping"]}, bad)
-    with pytest.raises(CheckpointError, match="its 'config' entry is not a mapping"):
+    with pytest.raises(CheckpointError, match="its 'config' entry is missing or not a mapping"):
         load_checkpoint(bad)
 
 

@@ -37,7 +37,7 @@ from unet_train.config import config_dir
 from unet_train.data.foreground import boundary_positive
 from unet_train.data.limits import set_max_pixels
 from unet_train.engine.autotune import forward_step, tune
-from unet_train.engine.checkpoint import load_checkpoint
+from unet_train.engine.checkpoint import check_model_size, load_checkpoint
 from unet_train.engine.evaluate import evaluate
 from unet_train.engine.report import EvalReport
 from unet_train.engine.runtime import make_runtime, to_channels_last
@@ -47,6 +47,7 @@ from unet_train.inference import TTALogits
 from unet_train.inference.tiling import fold_batchnorm
 from unet_train.metrics import predict_labels
 from unet_train.safe_io import confined, make_folder, write_atomic, write_csv, write_png
+from unet_train.trust import check_download_root
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +65,14 @@ def eval_data_config(cfg: DictConfig, stored: DictConfig) -> DictConfig:
             data.normalize = stored.data.get("normalize")
     elif held is not None:  # from the console script: checked against the stored data config
         data = apply_overrides(OmegaConf.create({"data": stored.data}), held).data
+        check_download_root(data, held, f"checkpoint {cfg.ckpt}")
     else:
         data = OmegaConf.create(OmegaConf.to_container(stored.data, resolve=True))
         given = cfg.get("data") or {}
         with open_dict(data):
             for key, value in given.items():
                 OmegaConf.update(data, key, value, merge=False)
+        check_download_root(data, [f"data.{key}=" for key in given], f"checkpoint {cfg.ckpt}")
     for key in ("in_channels", "num_classes"):
         if data.get(key) != stored.data.get(key):
             raise ConfigError(
@@ -106,6 +109,7 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     out = run_dir()
 
     runtime = make_runtime(cfg.trainer.device, cfg.trainer.precision, cfg.trainer.channels_last, deterministic=False)
+    check_model_size(lambda: build_model(stored.model), checkpoint["model"], cfg.ckpt)
     model = build_model(stored.model)
     try:
         model.load_state_dict(checkpoint["model"])

@@ -42,7 +42,7 @@ from unet_train.data.limits import check_pixels, set_max_pixels
 from unet_train.data.normalize import prepare_input, resolve_spec
 from unet_train.engine import distributed
 from unet_train.engine.autotune import agree, tune
-from unet_train.engine.checkpoint import load_checkpoint
+from unet_train.engine.checkpoint import check_model_size, load_checkpoint
 from unet_train.engine.runtime import Runtime, make_runtime
 from unet_train.errors import CheckpointError, ConfigError, DataError, UserError
 from unet_train.inference import TiledPredictor
@@ -68,6 +68,7 @@ def load_model(path: str | Path, trust: bool | Sequence[str] = False) -> tuple[n
     """The model of a checkpoint with its weights (eval mode, CPU) and the checkpoint's run config."""
     checkpoint = load_checkpoint(path, trust=trust)
     stored = OmegaConf.create(checkpoint["config"])
+    check_model_size(lambda: build_model(stored.model), checkpoint["model"], path)
     model = build_model(stored.model)
     try:
         model.load_state_dict(checkpoint["model"])

@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from unet_train.errors import DataError, UserError
 from unet_train.safe_io import write_atomic, write_csv
+from unet_train.trust import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,11 @@ def _job_number(path: Path) -> tuple[int, str]:
     return (int(path.name), "") if path.name.isdigit() else (sys.maxsize, str(path))
 
 
+def load_yaml(path: Path) -> Any:
+    """A job's YAML file as a config: bounded and without anchors or aliases, as every file the tool reads."""
+    return OmegaConf.create(read_yaml(path, str(path)))
+
+
 def find_jobs(sweep_dir: str | Path) -> list[Job]:
     """Read every job folder under ``sweep_dir`` (any folder holding ``.hydra/overrides.yaml``).
 
@@ -93,12 +99,12 @@ def find_jobs(sweep_dir: str | Path) -> list[Job]:
     jobs = []
     for overrides_file in root.rglob(".hydra/overrides.yaml"):
         path = overrides_file.parent.parent
-        overrides = parse_overrides(OmegaConf.load(overrides_file))  # type: ignore[arg-type]
+        overrides = parse_overrides(load_yaml(overrides_file))
         # The config the job last ran with: a resume may change the monitor; .hydra/ keeps the first.
         config_file = next(
             (f for f in (path / "resolved_config.yaml", path / ".hydra" / "config.yaml") if f.is_file()), None
         )
-        config = OmegaConf.load(config_file) if config_file is not None else OmegaConf.create()
+        config = load_yaml(config_file) if config_file is not None else OmegaConf.create()
         job = Job(
             path=path,
             overrides=overrides,
@@ -129,7 +135,7 @@ def read_resumes(path: Path) -> list[list[str]]:
     if not log_file.is_file():
         return []
     try:
-        entries = OmegaConf.to_container(OmegaConf.load(log_file))
+        entries = OmegaConf.to_container(load_yaml(log_file))
     except Exception as exc:  # a hand-edited or cut-short log must not hide the job's results
         log.warning("Could not read %s (%s); the job is listed without its resumes", log_file, exc)
         return []

@@ -22,8 +22,10 @@ from pathlib import Path
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from unet_train.added_keys import check_added_keys
+from unet_train.build import build_model, build_optimizer
 from unet_train.cli import (
     apply_overrides,
     exit_if_version_asked,
@@ -38,11 +40,13 @@ from unet_train.cli import (
 from unet_train.config import config_dir
 from unet_train.data.limits import set_max_pixels
 from unet_train.engine import distributed
-from unet_train.engine.checkpoint import load_checkpoint
+from unet_train.engine.archive import check_archive
+from unet_train.engine.checkpoint import check_model_size, check_optimizer_state, check_resumable, load_checkpoint
 from unet_train.engine.fit import fit
 from unet_train.engine.run_folder import check_run_folder, run_lock
-from unet_train.errors import ConfigError
+from unet_train.errors import ConfigError, UserError
 from unet_train.safe_io import confined, write_atomic
+from unet_train.trust import check_download_root
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +82,19 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, in
     trust = cfg.get("trust_config", False)
     check_checkpoint_link(str(cfg.ckpt))
     checkpoint = load_checkpoint(cfg.ckpt, trust=trust)
-    refuse_an_earlier_checkpoint(Path(cfg.ckpt), int(checkpoint["state"]["step"]))
+    check_resumable(checkpoint, cfg.ckpt)
+    refuse_an_earlier_checkpoint(Path(cfg.ckpt), checkpoint["state"]["step"])
     merged = apply_overrides(OmegaConf.create(checkpoint["config"]), overrides, choices=run_choices(cfg.ckpt))
+    check_download_root(merged.get("data"), overrides, f"checkpoint {cfg.ckpt}")
+    # The model and optimizer on the meta device (no memory): the file's sizes and groups are checked
+    # before anything is built or written.
+    model = check_model_size(lambda: build_model(merged.model), checkpoint["model"], cfg.ckpt)
+    optimizer = meta_optimizer(merged, model)
+    if optimizer is not None:
+        check_optimizer_state(optimizer, checkpoint["optimizer"])
     merged.ckpt = cfg.ckpt
     merged.trust_config = trust  # this command's setting, never the one stored in the checkpoint
-    return merged, int(checkpoint["state"]["epoch"])
+    return merged, checkpoint["state"]["epoch"]
 
 
 def refuse_an_earlier_checkpoint(ckpt: Path, step: int) -> None:
@@ -95,6 +107,7 @@ def refuse_an_earlier_checkpoint(ckpt: Path, step: int) -> None:
     if ckpt.name == last.name or not last.is_file():
         return
     try:  # only the counters are read: mmap leaves the weights on disk
+        check_archive(last)  # bounded like any checkpoint before torch reads it
         last_state = torch.load(last, map_location="cpu", weights_only=True, mmap=True)["state"]
         last_step, last_epoch = int(last_state["step"]), int(last_state["epoch"])
     except Exception:  # an unreadable last.pt cannot be overwritten with anything worse
@@ -128,6 +141,17 @@ def check_checkpoint_link(ckpt: str) -> None:
             f"not {named or 'the folder named'}; give ckpt={real} to continue that run, or copy the file."
         )
     log.info("ckpt=%s is reached through a link: the run continues in its real folder %s", ckpt, actual)
+
+
+def meta_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer | None:
+    """``cfg``'s optimizer over a meta-device ``model`` (unfused: meta has no fused kernel), or None when it
+    cannot be built there; the resume itself then checks the saved state against the real one."""
+    if cfg.optim.get("fused"):
+        cfg = OmegaConf.merge(cfg, {"optim": {"fused": False}})  # type: ignore[assignment]
+    try:
+        return build_optimizer(cfg, model)
+    except (UserError, RuntimeError, ValueError, TypeError):
+        return None
 
 
 def log_resume(out: Path, ckpt: str, overrides: list[str]) -> None:

@@ -130,7 +130,7 @@ BACKGROUND_SAVE_LOOP = textwrap.dedent(
     while True:
         i += 1
         x.fill_(float(i))  # the "training" changes the tensor while the previous write may still run
-        writer.submit({"format": FORMAT, "i": i, "x": x}, sys.argv[1])
+        writer.submit({"format": FORMAT, "config": {"model": {}, "data": {}}, "model": {}, "i": i, "x": x}, sys.argv[1])
         print(i - 1, flush=True)  # submit waited for write i - 1: it is on disk
     """
 )

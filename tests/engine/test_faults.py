@@ -194,7 +194,8 @@ SAVE_LOOP = textwrap.dedent(
     i = 0
     while True:
         i += 1
-        save_atomic({"format": FORMAT, "i": i, "x": torch.full((4_000_000,), float(i))}, sys.argv[1])
+        x = torch.full((4_000_000,), float(i))
+        save_atomic({"format": FORMAT, "config": {"model": {}, "data": {}}, "model": {}, "i": i, "x": x}, sys.argv[1])
         print(i, flush=True)
     """
 )

@@ -7,25 +7,32 @@ containers), so ``unet-eval`` and a resumed ``unet-train`` need nothing else.
 
 Loading keeps code out twice: ``weights_only=True`` refuses pickled objects, and the stored config's
 ``_target_`` nodes must name unet-train components (:mod:`unet_train.trust`) before anyone builds them.
+It keeps the machine's resources in: the file's zip records and pickle are bounded before ``torch.load``
+reads them (:mod:`unet_train.engine.archive`), and what it returns is checked against the checkpoint's
+schema (:func:`check_structure`, :func:`check_resumable`), so a wrong file is one message, not a traceback.
 """
 
 from __future__ import annotations
 
 import re
 import warnings
-import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 from torch import nn
 
+from unet_train.engine.archive import ArchiveError, NotAnArchive, check_archive
 from unet_train.errors import CheckpointError
 from unet_train.safe_io import write_atomic
-from unet_train.trust import check_config
+from unet_train.trust import check_config, file_borne_data
 
 FORMAT = "unet-train/1"
+UNREADABLE = "is not a readable checkpoint (truncated, corrupted or not a torch file)"
+# What a stored config may hold: what OmegaConf.to_container writes of a resolved config.
+PLAIN = (dict, list, str, int, float, bool, type(None))
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -71,14 +78,12 @@ def _load_failure(path: Path, exc: Exception) -> CheckpointError:
             f"{named.group(1)}), which could run code when loaded; only load checkpoints written by unet-train."
         )
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if not zipfile.is_zipfile(path) and _is_text(path):  # torch reads the first character as a pickle opcode
-        detail = "it is a text file, not a torch file"
-    elif "Weights only load failed" in text:  # not a torch file: a raw pickle, ...
+    if "Weights only load failed" in text:  # not a torch file: a raw pickle, ...
         detail = next((line for line in lines if "Unsupported operand" in line), "not a torch file")
         detail = detail.replace("WeightsUnpickler error: ", "")
     else:
         detail = lines[0].split(". This is an internal")[0] if lines else type(exc).__name__
-    return CheckpointError(f"{path} is not a readable checkpoint (truncated, corrupted or not a torch file): {detail}")
+    return CheckpointError(f"{path} {UNREADABLE}: {detail}")
 
 
 def load_checkpoint(
@@ -98,6 +103,13 @@ def load_checkpoint(
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist; pass ckpt=<run>/checkpoints/best.pt or last.pt.")
     try:
+        check_archive(path)
+    except NotAnArchive as exc:
+        detail = "it is a text file, not a torch file" if _is_text(path) else str(exc)
+        raise CheckpointError(f"{path} {UNREADABLE}: {detail}") from None
+    except ArchiveError as exc:
+        raise CheckpointError(f"Refused to load {path}: {exc}; only load checkpoints written by unet-train.") from None
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about foreign pickle protocols before failing on them
             checkpoint = torch.load(path, map_location=map_location or "cpu", weights_only=True)
@@ -105,10 +117,86 @@ def load_checkpoint(
         raise _load_failure(path, exc) from exc
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a torch file but not a unet-train checkpoint (no format={FORMAT!r} entry).")
-    if "config" in checkpoint and not isinstance(checkpoint["config"], dict):
-        raise CheckpointError(f"{path} is not a usable unet-train checkpoint: its 'config' entry is not a mapping.")
-    check_config(checkpoint.get("config", {}), source=f"checkpoint {path}", trusted=trust)
+    check_structure(checkpoint, path)
+    check_config(checkpoint["config"], source=f"checkpoint {path}", trusted=trust)
+    file_borne_data(checkpoint["config"]["data"], f"checkpoint {path}")
     return checkpoint
+
+
+def _unusable(path: Path | str, reason: str) -> CheckpointError:
+    return CheckpointError(f"{path} is not a usable unet-train checkpoint: {reason}.")
+
+
+def check_structure(checkpoint: dict[str, Any], path: Path | str) -> None:
+    """What every command reads from a checkpoint: ``config`` (plain values with ``model`` and ``data``
+    mappings) and ``model`` (a state dict of named tensors); refused in one message otherwise."""
+    config = checkpoint.get("config")
+    if not isinstance(config, dict):
+        raise _unusable(path, "its 'config' entry is missing or not a mapping")
+    pending: list[tuple[str, Any]] = [("config", config)]
+    while pending:
+        where, node = pending.pop()
+        if not isinstance(node, PLAIN):
+            raise _unusable(path, f"{where} is a {type(node).__name__}, where a config holds plain values only")
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, value in items:
+            if isinstance(node, dict) and not isinstance(key, str):
+                raise _unusable(path, f"{where} has the key {key!r}, where a config has names only")
+            pending.append((f"{where}.{key}" if isinstance(node, dict) else f"{where}[{key}]", value))
+    for group in ("model", "data"):
+        if not isinstance(config.get(group), dict):
+            raise _unusable(path, f"its config has no {group} section")
+    state = checkpoint.get("model")
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise _unusable(path, "its 'model' entry is missing or not a state dict of named tensors")
+
+
+def check_resumable(checkpoint: dict[str, Any], path: Path | str) -> None:
+    """What a resume reads besides :func:`check_structure`: progress, optimizer, scheduler and scaler states."""
+    from unet_train.engine.fit import TrainState
+
+    state = checkpoint.get("state")
+    if not isinstance(state, dict):
+        raise _unusable(path, "its 'state' entry (the training progress) is missing")
+    known = {field.name for field in fields(TrainState)}
+    unknown = sorted(str(key) for key in state if key not in known)
+    if unknown:
+        raise _unusable(path, f"its state has the unknown entry {unknown[0]!r}")
+    for key in ("epoch", "step"):
+        value = state.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise _unusable(path, f"its state.{key}={value!r} is not a count (0 or more)")
+    optimizer = checkpoint.get("optimizer")
+    groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None
+    if (
+        not isinstance(optimizer, dict)
+        or not isinstance(optimizer.get("state"), dict)
+        or not isinstance(groups, list)
+        or not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups)
+    ):
+        raise _unusable(path, "its 'optimizer' entry is not an optimizer state (state and param_groups)")
+    for key in ("scheduler", "scaler"):
+        if not isinstance(checkpoint.get(key), dict):
+            raise _unusable(path, f"its {key!r} entry is missing or not a mapping")
+
+
+def check_model_size(model: Callable[[], nn.Module], state: dict[str, torch.Tensor], path: Path | str) -> nn.Module:
+    """Refuse a model config that describes more weights than the checkpoint holds, before it is built.
+
+    ``model`` is a builder called on the ``meta`` device (no memory); a config cannot then ask for a
+    model larger than the file it came from (``model.base_channels=100000``). Returns that meta model.
+    """
+    with torch.device("meta"):
+        built = model()
+    wanted = sum(t.numel() for t in built.state_dict().values())
+    held = sum(t.numel() for t in state.values())
+    if wanted > held:
+        raise _unusable(
+            path, f"its model config describes {wanted} weights but the file holds {held}; the config was changed"
+        )
+    return built
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
@@ -140,6 +228,36 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: str
 IMPLEMENTATION_FLAGS = ("fused", "foreach", "capturable")
 
 
+def check_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Refuse a saved optimizer state whose groups or per-parameter tensors do not fit ``optimizer``.
+
+    ``optimizer`` may hold ``meta`` parameters (a resume checks before anything is built or written).
+    """
+    saved_groups = state["param_groups"]
+    sizes = [len(g["params"]) for g in saved_groups]
+    own = [len(g["params"]) for g in optimizer.param_groups]
+    if sizes != own:
+        raise CheckpointError(
+            f"The checkpoint's optimizer state has parameter groups of {sizes} parameters but the model's optimizer "
+            f"has {own}; the checkpoint does not belong to this model and optimizer."
+        )
+    params = {
+        index: param
+        for saved, group in zip(saved_groups, optimizer.param_groups)
+        for index, param in zip(saved["params"], group["params"])
+    }
+    for index, values in state["state"].items():
+        param = params.get(index)
+        if param is None or not isinstance(values, dict):
+            raise CheckpointError(f"The checkpoint's optimizer state names parameter {index!r}, which no group has.")
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape:
+                raise CheckpointError(
+                    f"The checkpoint's optimizer state {name} of parameter {index} has shape {tuple(value.shape)}, "
+                    f"but the parameter has {tuple(param.shape)}; the checkpoint does not belong to this model."
+                )
+
+
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     """``optimizer.load_state_dict(state)``, keeping this optimizer's implementation flags.
 
@@ -147,9 +265,11 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
     GPU) and back: the saved groups take this run's ``fused``/``foreach``/``capturable`` before
     loading, so that torch also places the ``step`` counters where that implementation wants them.
     """
+    check_optimizer_state(optimizer, state)
+    saved_groups = state["param_groups"]
     groups = [
         {**saved, **{key: group[key] for key in IMPLEMENTATION_FLAGS if key in group}}
-        for saved, group in zip(state["param_groups"], optimizer.param_groups, strict=False)
+        for saved, group in zip(saved_groups, optimizer.param_groups, strict=True)
     ]
     optimizer.load_state_dict({**state, "param_groups": groups})
 

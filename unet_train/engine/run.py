@@ -29,6 +29,7 @@ from unet_train.engine import autotune, distributed
 from unet_train.engine.budget import TimeBudget
 from unet_train.engine.checkpoint import (
     IMPLEMENTATION_FLAGS,
+    check_resumable,
     load_checkpoint,
     load_model_state,
     load_optimizer_state,
@@ -40,7 +41,7 @@ from unet_train.engine.schedulers import continue_schedule
 from unet_train.engine.signals import ignore_stop_signals
 from unet_train.engine.step import TrainStep
 from unet_train.engine.validation import check_monitor, monitor_mode
-from unet_train.errors import ConfigError
+from unet_train.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +268,7 @@ def resume(run: Run, path: str) -> None:
     """Load weights, optimizer, schedule, scaler, progress and RNG state of ``path`` into ``run``."""
     cfg = run.cfg
     checkpoint = load_checkpoint(path, map_location=run.runtime.device, trust=cfg.get("trust_config", False))
+    check_resumable(checkpoint, path)
     load_model_state(run.model, checkpoint["model"], path)
     state = run.state = TrainState(**checkpoint["state"])
     # Another number of processes than the checkpoint's: the schedule keeps the checkpoint's plan.
@@ -277,8 +279,11 @@ def resume(run: Run, path: str) -> None:
         total = run.schedule_steps_per_epoch * cfg.trainer.max_epochs
         run.scheduler = build_scheduler(cfg, run.optimizer, total_steps=total, progress=run.schedule_progress())
     load_optimizer_state(run.optimizer, checkpoint["optimizer"])
-    run.scheduler.load_state_dict(checkpoint["scheduler"])
-    run.scaler.load_state_dict(checkpoint["scaler"])
+    try:  # their contents are torch's own formats: a wrong entry fails inside torch
+        run.scheduler.load_state_dict(checkpoint["scheduler"])
+        run.scaler.load_state_dict(checkpoint["scaler"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        raise CheckpointError(f"{path} is not a usable unet-train checkpoint: its scheduler or scaler: {exc}") from None
     run.budget.restore(state)  # the run's clock, measured costs and time-based schedule go on from the checkpoint
     restore_rng(checkpoint, run.dist, cfg.seed, state.step)  # each rank its own saved state
     replan_schedule(run, checkpoint)

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from unet_train.build import build_model
-from unet_train.engine.checkpoint import load_checkpoint, load_model_state
+from unet_train.engine.checkpoint import check_model_size, load_checkpoint, load_model_state
 from unet_train.errors import CheckpointError
 from unet_train.inference.tiling import fold_batchnorm
 from unet_train.models import UNet
@@ -63,6 +63,7 @@ def load_export_model(path: str | Path, trust: bool | Sequence[str] = False) -> 
     config = OmegaConf.create(checkpoint["config"])
     model_cfg = copy.deepcopy(config.model)
     model_cfg.deep_supervision = False  # the heads only serve the training loss
+    check_model_size(lambda: build_model(model_cfg), checkpoint["model"], path)
     model = build_model(model_cfg)
     if not isinstance(model, UNet):
         raise CheckpointError(f"{path}: model._target_ builds {type(model).__name__}, not the UNet that export knows.")

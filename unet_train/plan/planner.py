@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -22,7 +21,7 @@ from unet_train.plan.derive import DeviceFacts, derive_plan, geometry, plan_yaml
 from unet_train.plan.fingerprint import compute_fingerprint, training_split
 from unet_train.plan.measure import measure_device
 from unet_train.safe_io import write_atomic
-from unet_train.trust import check_config
+from unet_train.trust import check_config, check_plan_keys, check_plan_sizes, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -140,17 +139,21 @@ def _data_choice(data_cfg: DictConfig) -> str:
 
 
 def load_plan(path: str | Path, trusted: Any = False) -> DictConfig:
-    """A plan file as a config, refused if it names anything but unet-train components (the trust rule)."""
+    """A plan file as a config, refused if it names anything but unet-train components, holds an interpolation,
+    sets what only the command line decides (``trust_config``, ``ckpt``, ``hydra``, ``paths``, ``data.root``, ...)
+    or is not a bounded, alias-free YAML mapping (the trust rule: :mod:`unet_train.trust`)."""
     path = Path(path).expanduser()
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path, f"plan={path}")
     except FileNotFoundError:
         raise ConfigError(f"plan={path}: no such file; write one with unet-plan or use plan=auto.") from None
-    except (OSError, yaml.YAMLError) as exc:
+    except OSError as exc:
         raise ConfigError(f"plan={path} is not a readable YAML file: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"plan={path} must hold a mapping of config keys (a # @package _global_ experiment).")
     raw.pop("defaults", None)
+    check_plan_keys(raw, f"plan={path}")
+    check_plan_sizes(raw, f"plan={path}")
     check_config(raw, source=f"plan {path}", trusted=trusted)
     return OmegaConf.create(raw)
 
