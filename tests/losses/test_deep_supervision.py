@@ -101,3 +101,21 @@ def test_pixel_weights_are_resized_with_the_target_for_each_head():
     )
     assert got.item() == pytest.approx(expected.item(), rel=1e-6)
     assert DeepSupervisionLoss(inner).sample_weight == inner.sample_weight
+
+
+@pytest.mark.parametrize("factors", [[[2, 2, 2], [2, 2, 2]], [[1, 2, 2], [2, 2, 2]]])
+def test_a_3d_model_s_heads_are_scored_against_targets_resized_on_every_axis(factors):
+    from unet_train.losses import DiceLoss
+    from unet_train.models import UNet
+
+    torch.manual_seed(0)
+    model = UNet(1, 3, base_channels=2, depth=2, deep_supervision=True, spatial_dims=3, pool_factors=factors)
+    outputs = model(torch.randn(2, 1, 8, 12, 12))
+    target = torch.randint(0, 3, (2, 8, 12, 12))
+    assert outputs[1].shape[2:] == (8 // factors[0][0], 6, 6)
+    # the label volume is resized on z too (it was resized on y and x only), every other voxel
+    half = resize_target(target, outputs[1].shape[2:])
+    assert torch.equal(half, target[:, :: factors[0][0], ::2, ::2])
+    loss = DeepSupervisionLoss(DiceLoss(), [0.5, 0.5])(outputs, target)
+    expected = 0.5 * DiceLoss()(outputs[0], target) + 0.5 * DiceLoss()(outputs[1], half)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)

@@ -61,7 +61,7 @@ class DeepSupervisionLoss(nn.Module):
             return self.loss(logits, resize_target(target, size), weight=resize_target(weight, size))
 
         if isinstance(outputs, torch.Tensor):
-            return head_loss(outputs, outputs.shape[-2:])
+            return head_loss(outputs, outputs.shape[2:])
         weights = self.weights if self.weights is not None else halving_weights(len(outputs))
         if len(weights) != len(outputs):
             raise ConfigError(
@@ -71,19 +71,22 @@ class DeepSupervisionLoss(nn.Module):
             )
         total = outputs[0].new_zeros((), dtype=torch.float32)
         for scale, logits in zip(weights, outputs, strict=True):
-            total = total + scale * head_loss(logits, logits.shape[-2:])
+            total = total + scale * head_loss(logits, logits.shape[2:])
         return total
 
 
 def resize_target(target: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Nearest-neighbour resize of a ``(N, H, W)`` label map (or ``(N, C, H, W)`` target) to ``size``.
+    """Nearest-neighbour resize of a ``(N, *spatial)`` label map (or ``(N, C, *spatial)`` target) to ``size``.
 
-    Nearest interpolation only copies values, so integer labels stay labels and a binary mask
-    stays binary; the dtype is kept.
+    ``size`` has one entry per spatial axis (two for images, three for volumes), so a ``(N, D, H, W)``
+    label volume is resized on all three axes. Nearest interpolation only copies values, so integer
+    labels stay labels and a binary mask stays binary; the dtype is kept.
     """
-    if tuple(target.shape[-2:]) == tuple(size):
+    size = tuple(int(s) for s in size)
+    if tuple(target.shape[-len(size) :]) == size:
         return target
+    labels = target.ndim == len(size) + 1  # no channel axis
     # float32 holds every label exactly up to 2**24, far beyond any class count.
-    batched = target.unsqueeze(1) if target.ndim == 3 else target
-    resized = F.interpolate(batched.float(), size=tuple(size), mode="nearest").to(target.dtype)
-    return resized.squeeze(1) if target.ndim == 3 else resized
+    batched = target.unsqueeze(1) if labels else target
+    resized = F.interpolate(batched.float(), size=size, mode="nearest").to(target.dtype)
+    return resized.squeeze(1) if labels else resized

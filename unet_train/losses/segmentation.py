@@ -42,7 +42,7 @@ def _probabilities_and_onehot(logits: torch.Tensor, target: torch.Tensor) -> tup
     if logits.shape[1] == 1:
         return torch.sigmoid(logits) * keep, target.unsqueeze(1).to(logits.dtype) * keep
     probs = torch.softmax(logits, dim=1)
-    onehot = F.one_hot(target.long(), logits.shape[1]).permute(0, 3, 1, 2).to(logits.dtype)
+    onehot = F.one_hot(target.long(), logits.shape[1]).movedim(-1, 1).to(logits.dtype)
     return probs * keep, onehot * keep
 
 
