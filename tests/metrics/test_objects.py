@@ -200,3 +200,17 @@ def test_large_ids_give_the_same_scores():
     pred = boxes((20, 20), (0, 4, 0, 4), (10, 14, 10, 14), (10, 14, 14, 18))
     big = np.where(pred > 0, pred.astype(np.int64) + 3_000_000_000, 0)
     assert object_scores(TRUTH, big) == object_scores(TRUTH, pred)
+
+
+def test_float_labels_must_hold_whole_ids():
+    truth = np.array([[1.0, 1.0, 0.0, 2.0]])
+    assert object_scores(truth, truth)["true_objects"] == 2  # whole floats are ids
+    with pytest.raises(ValueError, match=r"prediction label image holds 0\.4: object ids must be whole numbers"):
+        object_scores(truth, np.array([[0.4, 0.4, 0.0, 2.0]]))  # was truncated to background
+    with pytest.raises(ValueError, match="truth label image holds nan"):
+        object_scores(np.array([[np.nan, 1.0, 0.0, 2.0]]), truth)  # was an object of its own
+
+
+def test_an_ignore_mask_of_another_shape_is_refused():
+    with pytest.raises(ValueError, match=r"ignore mask's shape \(2, 2\) differs from the labels' \(1, 4\)"):
+        object_scores(np.array([[1, 1, 0, 2]]), np.array([[1, 1, 0, 2]]), np.zeros((2, 2), dtype=bool))

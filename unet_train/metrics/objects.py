@@ -60,13 +60,30 @@ def _dense(labels: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int
     return ids, index.ravel(), counts
 
 
+def _ids(labels: NDArray, name: str) -> NDArray[np.int64]:
+    """``labels`` flattened to int64 ids; floats are accepted only where they hold whole numbers."""
+    array = np.asarray(labels)
+    if array.dtype.kind in "fc":
+        whole = np.isfinite(array) & (array == np.round(array))
+        if not whole.all():
+            bad = array.ravel()[np.flatnonzero(~whole.ravel())[0]]
+            raise ValueError(
+                f"the {name} label image holds {bad.item()!r}: object ids must be whole numbers "
+                "(a probability map needs post-processing into instances first)"
+            )
+        array = array.real
+    return array.ravel().astype(np.int64)
+
+
 def overlaps(true: NDArray, pred: NDArray, ignore: NDArray | None = None) -> Overlaps:
     """The intersection table of ``true`` and ``pred`` (same shape; ``ignore`` True = unlabelled pixel)."""
     if true.shape != pred.shape:
         raise ValueError(f"label images differ in shape: truth {true.shape}, prediction {pred.shape}")
-    t = np.asarray(true).ravel().astype(np.int64)
-    p = np.asarray(pred).ravel().astype(np.int64)
+    t = _ids(true, "truth")
+    p = _ids(pred, "prediction")
     if ignore is not None:
+        if np.shape(ignore) != np.shape(true):
+            raise ValueError(f"the ignore mask's shape {np.shape(ignore)} differs from the labels' {np.shape(true)}")
         keep = ~np.asarray(ignore, dtype=bool).ravel()
         t, p = t[keep], p[keep]
     true_ids, t_index, true_area = _dense(t)
