@@ -132,3 +132,31 @@ def test_noisy_probabilities_still_separate_touching_objects():
     boundary = np.clip((target == BOUNDARY) * 0.8 + rng.normal(0, 0.1, labels.shape), 0, 1)
     scores = object_scores(labels, from_boundary(interior, boundary, min_size=1))
     assert scores["f1_50"] == 1.0  # every object found once at IoU > 0.5
+
+
+def test_targets_take_ids_near_2_32_and_negative_ids_as_objects():
+    labels = scene_2d()
+    odd = np.where(labels > 0, labels.astype(np.int64) * -1, 0)  # negative ids
+    odd[labels == 2] = 2**32 - 1  # and one near the top of uint32 (distance_target allocated 32 GB for it)
+    assert np.array_equal(boundary_target(odd), boundary_target(labels))
+    assert np.array_equal(distance_target(odd), distance_target(labels))
+    huge = np.where(labels > 0, labels.astype(np.uint32) + np.uint32(4_000_000_000), 0).astype(np.uint32)
+    assert np.array_equal(distance_target(huge), distance_target(labels))
+    offsets = nearest_offsets(2)
+    assert np.array_equal(affinity_target(odd, offsets)[0], affinity_target(labels, offsets)[0])
+
+
+@pytest.mark.parametrize("offset", [(-7, 0), (0, 6), (-5, 0), (9, -9)])
+def test_offsets_as_long_as_the_image_have_no_neighbours(offset):
+    labels = np.zeros((5, 5), dtype=np.int32)
+    labels[1:4, 1:4] = 1
+    affs, valid = affinity_target(labels, [offset])  # raised a broadcasting error past the image's side
+    assert not valid.any() and not affs.any()
+    offsets = [*nearest_offsets(2), offset]
+    affs, _ = affinity_target(labels, offsets)
+    assert same_partition(labels, from_affinities(affs.astype(np.float32), offsets, labels > 0))
+
+
+def test_an_offset_of_the_wrong_rank_is_refused_by_the_post_processing_too():
+    with pytest.raises(ValueError, match=r"offset \(1, 0, 0\) has 3 axes; the labels have 2"):
+        from_affinities(np.ones((1, 5, 5)), [(1, 0, 0)], np.ones((5, 5)))

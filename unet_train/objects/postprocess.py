@@ -19,6 +19,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from skimage.segmentation import relabel_sequential, watershed
 
+from unet_train.objects.targets import offset_slices
+
 
 def _components(mask: NDArray[np.bool_]) -> NDArray[np.int64]:
     """Face-connected components (4 in 2D, 6 in 3D)."""
@@ -86,8 +88,7 @@ def from_affinities(
     index = np.arange(mask.size).reshape(shape)
     rows, cols = [index[mask].ravel()], [index[mask].ravel()]  # every foreground pixel is its own node
     for k, offset in enumerate(offsets):
-        here = tuple(slice(max(0, -o), shape[i] - max(0, o)) for i, o in enumerate(offset))
-        there = tuple(slice(max(0, o), shape[i] - max(0, -o)) for i, o in enumerate(offset))
+        here, there = offset_slices(offset, shape)
         joined = (affinities[k][here] > threshold) & mask[here] & mask[there]
         rows.append(index[here][joined])
         cols.append(index[there][joined])

@@ -24,6 +24,25 @@ from scipy import ndimage as ndi
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 
 
+def _sequential(labels: NDArray) -> NDArray[np.int64]:
+    """``labels`` with 0 kept and every other id (negative or near 2**32 too) renumbered 1..N in order, so the
+    per-object tables below are N long, not as long as the largest id."""
+    labels = np.asarray(labels)
+    ids, inverse = np.unique(labels, return_inverse=True)
+    new = np.cumsum(ids != 0) * (ids != 0)
+    return new[inverse.reshape(labels.shape)].astype(np.int64)
+
+
+def offset_slices(offset: tuple[int, ...], shape: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """The pixels that have a neighbour at ``offset`` inside ``shape`` and those neighbours (both empty when the
+    offset is as long as the image)."""
+    if len(offset) != len(shape):
+        raise ValueError(f"offset {tuple(offset)} has {len(offset)} axes; the labels have {len(shape)}")
+    here = tuple(slice(max(0, -o), max(0, n - max(0, o))) for o, n in zip(offset, shape, strict=True))
+    there = tuple(slice(max(0, o), max(0, n - max(0, -o))) for o, n in zip(offset, shape, strict=True))
+    return here, there
+
+
 def _neighbour_differs(labels: NDArray, objects_only: bool = False) -> NDArray[np.bool_]:
     """Pixels with a face neighbour (4-/6-connected) of another id (``objects_only``: another non-zero id);
     the image border is not a neighbour."""
@@ -45,7 +64,7 @@ def boundary_target(labels: NDArray) -> NDArray[np.uint8]:
     """Background 0, interior 1, boundary 2: an object's pixels next to another id (or background) are
     boundary. An object left without interior pixels (thinner than three pixels) keeps as interior those of
     its pixels that touch no other object, or all of them if every one does, so it still has a seed."""
-    labels = np.asarray(labels)
+    labels = _sequential(labels)
     target = np.where(labels > 0, INTERIOR, BACKGROUND).astype(np.uint8)
     target[_neighbour_differs(labels) & (labels > 0)] = BOUNDARY
     ids = np.unique(labels[labels > 0])
@@ -66,7 +85,7 @@ def distance_target(labels: NDArray, spacing: tuple[float, ...] | None = None) -
     distance (so every object peaks at 1); 0 on background and on the pixels where two objects touch (so a
     watershed separates them there), except for an object that has no other pixel. ``spacing`` makes the
     distance physical (anisotropic volumes)."""
-    labels = np.asarray(labels)
+    labels = _sequential(labels)
     out = np.zeros(labels.shape, dtype=np.float32)
     objects = labels > 0
     if not objects.any():
@@ -90,11 +109,8 @@ def affinity_target(labels: NDArray, offsets: list[tuple[int, ...]]) -> tuple[ND
     affs = np.zeros((len(offsets), *labels.shape), dtype=np.uint8)
     valid = np.zeros((len(offsets), *labels.shape), dtype=bool)
     for k, offset in enumerate(offsets):
-        if len(offset) != labels.ndim:
-            raise ValueError(f"offset {offset} has {len(offset)} axes; the labels have {labels.ndim}")
-        here = tuple(slice(max(0, -o), labels.shape[i] - max(0, o)) for i, o in enumerate(offset))
-        there = tuple(slice(max(0, o), labels.shape[i] - max(0, -o)) for i, o in enumerate(offset))
-        same = (labels[here] == labels[there]) & (labels[here] > 0)
+        here, there = offset_slices(offset, labels.shape)
+        same = (labels[here] == labels[there]) & (labels[here] != 0)
         affs[k][here] = same
         valid[k][here] = True
     return affs, valid
