@@ -117,3 +117,24 @@ def test_ome_zarr_scale(tmp_path):
     volume = open_volume(path, None, None, in_channels=1)
     assert volume.axes == "zyx" and volume.scale == {"z": 2.0, "y": 0.5, "x": 0.5}
     assert volume.read(1, 0, 1, 0, 1)[0, 0, 0] == 100
+
+
+@pytest.mark.parametrize(("unit_tag", "unit"), [("INCH", "inch"), ("CENTIMETER", "centimeter"), ("NONE", None)])
+def test_plain_tiff_resolution_unit_tag_names_the_unit(tmp_path, unit_tag, unit):
+    path = tmp_path / "scan.tif"
+    tifffile.imwrite(path, STACK[0], resolution=(300.0, 300.0), resolutionunit=unit_tag)  # 300 pixels per unit
+    volume = open_volume(path, None, None, in_channels=1)
+    assert volume.scale == pytest.approx({"y": 1 / 300, "x": 1 / 300})
+    assert volume.units == ({} if unit is None else {"y": unit, "x": unit})  # was unitless for inch and cm alike
+    volume.close()
+
+
+def test_ome_tiff_unit_this_tool_cannot_name_is_left_out_not_called_micrometer(tmp_path):
+    path = tmp_path / "stack.ome.tif"
+    metadata = {"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeXUnit": "Å", "PhysicalSizeY": 0.5,
+                "PhysicalSizeYUnit": "ly", "PhysicalSizeZ": 2.0}  # fmt: skip
+    tifffile.imwrite(path, STACK, ome=True, metadata=metadata)
+    volume = open_volume(path, None, None, in_channels=1)
+    assert volume.scale == pytest.approx({"z": 2.0, "y": 0.5, "x": 0.5})
+    assert volume.units == {"z": "micrometer", "x": "angstrom"}  # z: OME's default; y: light years, not named
+    volume.close()

@@ -332,7 +332,11 @@ def _open_tiff(path: Path, axes: str | None, in_channels: int) -> Volume:
 # ImageJ's and OME's unit names as OME-NGFF spells them
 _UNITS = {"micron": "micrometer", "um": "micrometer", "µm": "micrometer", "\\u00B5m": "micrometer",
           "nm": "nanometer", "nanometer": "nanometer", "mm": "millimeter", "millimeter": "millimeter",
-          "micrometer": "micrometer", "cm": "centimeter", "m": "meter", "meter": "meter"}  # fmt: skip
+          "micrometer": "micrometer", "cm": "centimeter", "m": "meter", "meter": "meter",
+          "centimeter": "centimeter", "inch": "inch", "in": "inch", "pm": "picometer", "Å": "angstrom",
+          "\u212b": "angstrom", "km": "kilometer", "μm": "micrometer"}  # fmt: skip
+# The TIFF ResolutionUnit tag (2 inch, 3 centimeter; 4 and 5 as tifffile extends it), the unit of X/YResolution
+_RESOLUTION_UNITS = {2: "inch", 3: "centimeter", 4: "millimeter", 5: "micrometer"}
 
 
 def tiff_spacing(tif: tifffile.TiffFile) -> tuple[dict[str, float], dict[str, str]]:
@@ -347,7 +351,9 @@ def tiff_spacing(tif: tifffile.TiffFile) -> tuple[dict[str, float], dict[str, st
             size = pixels.get(f"PhysicalSize{axis.upper()}")
             if size:
                 scale[axis] = float(size)
-                units[axis] = _UNITS.get(str(pixels.get(f"PhysicalSize{axis.upper()}Unit", "µm")), "micrometer")
+                unit = _UNITS.get(str(pixels.get(f"PhysicalSize{axis.upper()}Unit", "µm")))  # OME's default: µm
+                if unit:  # a unit this tool cannot name is left out rather than called micrometer
+                    units[axis] = unit
         return scale, units
     page = tif.pages.first
     for axis, tag in (("x", "XResolution"), ("y", "YResolution")):
@@ -362,6 +368,11 @@ def tiff_spacing(tif: tifffile.TiffFile) -> tuple[dict[str, float], dict[str, st
     unit = _UNITS.get(str(imagej.get("unit", "")).strip())
     if unit:
         units = dict.fromkeys(scale, unit)
+    elif not imagej and (unit_tag := page.tags.get("ResolutionUnit")) is not None:
+        # a plain TIFF's resolution is pixels per inch (the TIFF default) or per centimeter
+        resolution_unit = _RESOLUTION_UNITS.get(int(unit_tag.value))
+        if resolution_unit:
+            units = dict.fromkeys(scale, resolution_unit)
     return scale, units
 
 
