@@ -138,3 +138,16 @@ def test_ome_tiff_unit_this_tool_cannot_name_is_left_out_not_called_micrometer(t
     assert volume.scale == pytest.approx({"z": 2.0, "y": 0.5, "x": 0.5})
     assert volume.units == {"z": "micrometer", "x": "angstrom"}  # z: OME's default; y: light years, not named
     volume.close()
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_a_truncated_nifti_is_one_data_error_naming_the_file(tmp_path, suffix):
+    nibabel = pytest.importorskip("nibabel")
+    path = tmp_path / f"cut{suffix}"
+    data = np.random.default_rng(0).random((40, 30, 20)).astype(np.float32)
+    nibabel.save(nibabel.Nifti1Image(data, affine=np.eye(4)), path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # the header survives, half the voxels do not
+    volume = open_volume(path, None, None, in_channels=1)
+    assert volume.read(0, 0, 30, 0, 40)[..., 0].shape == (30, 40)  # the planes that are there still read
+    with pytest.raises(DataError, match=rf"Could not read NIfTI .*cut{suffix}"):
+        volume.read(19, 0, 30, 0, 40)  # was nibabel's own ValueError or EOFError

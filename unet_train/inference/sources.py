@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -395,21 +396,24 @@ def _open_nifti(path: Path, axes: str | None) -> Volume:
     zooms = image.header.get_zooms()
     scale = {a: float(z) for a, z in zip("xyz", zooms[:3])}
     unit = _UNITS.get(image.header.get_xyzt_units()[0] or "", "millimeter")
-    return Volume(_NiftiArray(proxy), axes, str(path), scale, dict.fromkeys(scale, unit))
+    return Volume(_NiftiArray(proxy, path), axes, str(path), scale, dict.fromkeys(scale, unit))
 
 
 class _NiftiArray:
     """nibabel's array proxy with the ``dtype`` that :class:`Volume` reads (the stored type, scaling applied
     as nibabel does when the header has a slope)."""
 
-    def __init__(self, proxy: Any) -> None:
-        self.proxy = proxy
+    def __init__(self, proxy: Any, path: Path) -> None:
+        self.proxy, self.path = proxy, path
         self.shape = tuple(int(s) for s in proxy.shape)
         scaled = getattr(proxy, "slope", 1.0) != 1.0 or getattr(proxy, "inter", 0.0) != 0.0
         self.dtype = np.dtype(np.float32) if scaled else np.dtype(proxy.dtype)
 
     def __getitem__(self, index: Any) -> np.ndarray:
-        return np.asarray(self.proxy[index], dtype=self.dtype)
+        try:
+            return np.asarray(self.proxy[index], dtype=self.dtype)
+        except (ValueError, EOFError, OSError, zlib.error) as exc:  # a truncated or corrupt (compressed) file
+            raise DataError(f"Could not read NIfTI {self.path}: {exc}") from exc
 
 
 class _TiffPages:
