@@ -68,3 +68,19 @@ def test_unknown_representation_and_no_images_are_refused():
         tune("boundary", [], [])
     with pytest.raises(ValueError, match="unknown representation"):
         tune("stars", [{}], [np.zeros((4, 4))], grid={"x": [1]})
+
+
+def test_an_unknown_metric_and_unpaired_images_are_refused_before_the_search():
+    truth = touching_discs(0)
+    outputs = blurred_boundary_outputs(truth, 0)
+    with pytest.raises(ValueError, match=r"metric='f1_5' is not an object metric; choose one of f1_50, "):
+        tune("boundary", [outputs], [truth], metric="f1_5")  # was a KeyError after the first grid point
+    with pytest.raises(ValueError, match=r"2 predicted image\(s\), 1 label image\(s\) and 1 ignore mask"):
+        tune("boundary", [outputs, outputs], [truth])  # the second image was dropped without a word
+
+
+def test_nan_probabilities_tune_to_nothing_found():
+    truth = touching_discs(0)
+    nan = {"interior": np.full(truth.shape, np.nan), "boundary": np.full(truth.shape, np.nan)}
+    result = tune("boundary", [nan], [truth], time_limit=0)
+    assert result.score == 0.0 and result.tried == 1

@@ -93,6 +93,14 @@ def tune(
     ignores = ignores if ignores is not None else [None] * len(truths)
     if not truths:
         raise ValueError("tuning needs at least one validation image with instance labels")
+    if not len(outputs) == len(truths) == len(ignores):
+        raise ValueError(
+            f"tuning got {len(outputs)} predicted image(s), {len(truths)} label image(s) and {len(ignores)} ignore "
+            "mask(s); give one of each per validation image"
+        )
+    known = object_scores(np.zeros((1, 1), dtype=np.int64), np.zeros((1, 1), dtype=np.int64))
+    if metric not in known:
+        raise ValueError(f"metric={metric!r} is not an object metric; choose one of {', '.join(known)}")
     points = coarse_first(grid)
     start = clock()
     table: list[tuple[dict[str, Any], float]] = []
