@@ -77,6 +77,14 @@ def _type_of(value: str) -> str:
     return {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "map"}.get(type(parsed), "str")
 
 
+def _parses(value: str) -> bool:
+    try:
+        yaml.safe_load(value)
+    except yaml.YAMLError:
+        return False
+    return True
+
+
 def header(lines: list[str]) -> str:
     """The file's first comment block (its description), without ``@package`` lines."""
     out: list[str] = []
@@ -112,6 +120,11 @@ def parse_keys(lines: list[str]) -> list[Key]:
         in_header = False
         match = KEY.match(line)
         if not match or stripped.startswith("- "):
+            if stripped.startswith("-"):  # a list item: what is under it belongs to the list, not to its parent
+                dash = len(line) - len(line.lstrip())
+                while stack and stack[-1][0] >= dash:
+                    stack.pop()
+                stack.append((dash, "-", True))
             above = []
             i += 1
             continue
@@ -120,9 +133,14 @@ def parse_keys(lines: list[str]) -> list[Key]:
             stack.pop()
         skipped = bool(stack and stack[-1][2])
         value, comment = _split_comment(match["rest"])
+        j = i + 1
+        # A flow list or map written over several lines ([1,\n 2]): its value is all of them.
+        while value[:1] in "[{" and value and not _parses(value) and j < len(lines):
+            more, more_comment = _split_comment(lines[j])
+            value, comment = f"{value} {more}", comment or more_comment
+            j += 1
         # Continuation lines: comment-only lines indented past the key (aligned under its comment).
         meaning = [comment] if comment else []
-        j = i + 1
         while (
             comment
             and j < len(lines)
@@ -141,9 +159,14 @@ def parse_keys(lines: list[str]) -> list[Key]:
             k += 1
         is_object = any(re.match(r"^\s*_target_:", c) for c in child_lines) and not value
         block = value in ("|", ">", "|-", ">-")
+        items = [c.strip() for c in child_lines if c.strip() and not c.strip().startswith("#")]
+        block_list = not value and bool(items) and items[0].startswith("-") and not is_object
         dotted = ".".join([s[1] for s in stack] + [name])
-        skip_subtree = skipped or name in MACHINERY or is_object or block
-        if not skipped and name not in MACHINERY and (value or is_object or block or not child_lines):
+        skip_subtree = skipped or name in MACHINERY or is_object or block or block_list
+        if not skipped and name not in MACHINERY and block_list:
+            shown = yaml.safe_dump(yaml.safe_load("\n".join([line, *child_lines]))[name], default_flow_style=True)
+            keys.append(Key(dotted, shown.strip(), "list", " ".join(meaning)))
+        elif not skipped and name not in MACHINERY and (value or is_object or block or not child_lines):
             shown = "(object)" if is_object else ("(text)" if block else value)
             keys.append(Key(dotted, shown, "object" if is_object else _type_of(value), " ".join(meaning)))
         elif not skipped and name not in MACHINERY and child_lines and not meaning:
