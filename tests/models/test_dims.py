@@ -179,6 +179,8 @@ def test_bad_dimension_settings_say_which_key_to_fix():
         UNet(depth=1, pool_factors=[[0, 2]])
     with pytest.raises(ConfigError, match=r"^model.pool_factors=2 is not a list"):
         UNet(depth=1, pool_factors=2)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"^model.pool_factors='abc' is not a list"):  # was "has 3 entries"
+        UNet(depth=3, pool_factors="abc")  # type: ignore[arg-type]
     model = UNet(base_channels=2, depth=1, spatial_dims=3)
     with pytest.raises(ConfigError, match=r"takes \(N, C, D, H, W\) inputs but got shape \(1, 1, 8, 8\)"):
         model(torch.zeros(1, 1, 8, 8))

@@ -27,7 +27,7 @@ def resolve_pool_factors(
     if pool_factors is None:
         return [(2,) * spatial_dims] * depth
     try:
-        levels = [list(level) for level in pool_factors]
+        levels = [] if isinstance(pool_factors, str) else [list(level) for level in pool_factors]
     except TypeError:
         levels = []
     if not levels and depth:
