@@ -160,3 +160,15 @@ def test_offsets_as_long_as_the_image_have_no_neighbours(offset):
 def test_an_offset_of_the_wrong_rank_is_refused_by_the_post_processing_too():
     with pytest.raises(ValueError, match=r"offset \(1, 0, 0\) has 3 axes; the labels have 2"):
         from_affinities(np.ones((1, 5, 5)), [(1, 0, 0)], np.ones((5, 5)))
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0), (0.0, 1.0, 1.0), (5.0, -1.0, 1.0)])
+def test_a_spacing_that_does_not_fit_the_labels_is_refused(spacing):
+    with pytest.raises(ValueError, match=r"needs 3 positive sizes, one per axis"):
+        distance_target(scene_3d(), spacing)  # was scipy's RuntimeError, or distances from a negative size
+
+
+def test_anisotropic_spacing_still_round_trips():
+    labels = scene_3d()
+    distance = distance_target(labels, spacing=(5.0, 1.0, 1.0))
+    assert same_partition(labels, from_distance((labels > 0).astype(np.float32), distance))

@@ -86,6 +86,8 @@ def distance_target(labels: NDArray, spacing: tuple[float, ...] | None = None) -
     watershed separates them there), except for an object that has no other pixel. ``spacing`` makes the
     distance physical (anisotropic volumes)."""
     labels = _sequential(labels)
+    if spacing is not None and (len(spacing) != labels.ndim or min(spacing) <= 0):
+        raise ValueError(f"spacing {tuple(spacing)} needs {labels.ndim} positive sizes, one per axis of the labels")
     out = np.zeros(labels.shape, dtype=np.float32)
     objects = labels > 0
     if not objects.any():
