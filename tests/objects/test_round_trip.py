@@ -172,3 +172,14 @@ def test_anisotropic_spacing_still_round_trips():
     labels = scene_3d()
     distance = distance_target(labels, spacing=(5.0, 1.0, 1.0))
     assert same_partition(labels, from_distance((labels > 0).astype(np.float32), distance))
+
+
+def test_a_ring_two_pixels_wide_stays_one_object_through_the_boundary_target():
+    labels = np.zeros((12, 12), dtype=np.int32)
+    labels[1:11, 1:11] = 1
+    labels[3:9, 3:9] = 0  # a ring two pixels wide: its interior was four corner pixels, four seeds, four objects
+    labels[5:7, 5:7] = 2  # and an object in its hole
+    target = boundary_target(labels)
+    interior = (target == INTERIOR).astype(np.float32)
+    boundary = (target == BOUNDARY).astype(np.float32)
+    assert same_partition(labels, from_boundary(interior, boundary))

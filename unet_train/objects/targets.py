@@ -62,16 +62,20 @@ def _neighbour_differs(labels: NDArray, objects_only: bool = False) -> NDArray[n
 
 def boundary_target(labels: NDArray) -> NDArray[np.uint8]:
     """Background 0, interior 1, boundary 2: an object's pixels next to another id (or background) are
-    boundary. An object left without interior pixels (thinner than three pixels) keeps as interior those of
-    its pixels that touch no other object, or all of them if every one does, so it still has a seed."""
+    boundary. An object left without one connected interior (thinner than three pixels, or with parts that
+    thin, as a ring two pixels wide: its interior would be seeds of several objects) keeps as interior those
+    of its pixels that touch no other object, or all of them if every one does, so it has a seed."""
     labels = _sequential(labels)
     target = np.where(labels > 0, INTERIOR, BACKGROUND).astype(np.uint8)
     target[_neighbour_differs(labels) & (labels > 0)] = BOUNDARY
     ids = np.unique(labels[labels > 0])
     if len(ids):
         n = int(ids.max()) + 1
-        has_interior = np.zeros(n, dtype=bool)
-        has_interior[np.unique(labels[target == INTERIOR])] = True
+        interior = target == INTERIOR
+        # the face-connected pieces of each object's interior (the seeds the post-processing would grow)
+        pieces = ndi.label(interior, structure=ndi.generate_binary_structure(labels.ndim, 1))[0]
+        pairs = np.unique(labels[interior] * (int(pieces.max()) + 1) + pieces[interior])  # (object, piece) codes
+        has_interior = np.bincount(pairs // (int(pieces.max()) + 1), minlength=n) == 1  # exactly one piece
         thin = ~has_interior[labels] & (labels > 0)
         free = thin & ~_neighbour_differs(labels, objects_only=True)
         target[free] = INTERIOR
