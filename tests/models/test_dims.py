@@ -213,16 +213,18 @@ def test_a_3d_checkpoint_rebuilds_its_model_with_the_dimension_settings(tmp_path
     from unet_train.engine.checkpoint import FORMAT
     from unet_train.export.model import load_export_model
 
-    model_cfg = OmegaConf.to_container(
-        compose_config(["data=synthetic", "model.depth=2", "model.base_channels=2", "model.spatial_dims=3"]).model,
-        resolve=True,
-    )
+    composed = compose_config(["data=synthetic", "model.depth=2", "model.base_channels=2", "model.spatial_dims=3"])
+    model_cfg = OmegaConf.to_container(composed.model, resolve=True)
+    data_cfg = OmegaConf.to_container(composed.data, resolve=True)  # a checkpoint's config has both (its schema)
     assert isinstance(model_cfg, dict)
     model_cfg["pool_factors"] = [[1, 2, 2], [2, 2, 2]]
     model_cfg["deep_supervision"] = True
     torch.manual_seed(0)
     trained = build_model(OmegaConf.create(model_cfg))
-    torch.save({"format": FORMAT, "model": trained.state_dict(), "config": {"model": model_cfg}}, tmp_path / "3d.pt")
+    torch.save(
+        {"format": FORMAT, "model": trained.state_dict(), "config": {"model": model_cfg, "data": data_cfg}},
+        tmp_path / "3d.pt",
+    )
 
     exported = load_export_model(tmp_path / "3d.pt")
     assert exported.kwargs["spatial_dims"] == 3 and exported.kwargs["pool_factors"] == [[1, 2, 2], [2, 2, 2]]
