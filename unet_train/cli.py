@@ -112,7 +112,7 @@ CTRL_C_EXIT = 130
 
 
 # What a job leaves in its run folder before it has done anything: Hydra's record, the log, the config.
-RECORD = (".hydra", "resolved_config.yaml")
+RECORD = (".hydra", "resolved_config.yaml", ".lock")  # the lock file stays behind its (released) lock
 
 
 def discard_unused_run_folder(cfg: DictConfig | None) -> None:

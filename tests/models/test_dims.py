@@ -254,3 +254,15 @@ def test_the_generated_architecture_file_builds_the_same_3d_model():
     x = torch.rand(1, 1, 3, 10, 9)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), ours(x), rtol=0, atol=0)
+
+
+def test_a_3d_model_and_batch_go_channels_last_3d():
+    # trainer.channels_last=true on a 3D model: NDHWC weights and inputs (torch.channels_last takes only 4-D)
+    from unet_train.engine.runtime import channels_last_format, to_channels_last
+
+    model = to_channels_last(UNet(1, 1, base_channels=4, depth=2, spatial_dims=3))
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv3d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    x = torch.randn(1, 1, 5, 12, 12).contiguous(memory_format=channels_last_format(5))
+    assert x.is_contiguous(memory_format=torch.channels_last_3d) and model.eval()(x).shape == (1, 1, 5, 12, 12)
+    assert channels_last_format(4) is torch.channels_last and channels_last_format(3) is torch.contiguous_format

@@ -21,10 +21,17 @@ PRECISIONS = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
 ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 
 
+def channels_last_format(ndim: int) -> torch.memory_format:
+    """The channels-last memory format of an ``ndim``-D tensor: NHWC for images, NDHWC for volumes."""
+    return {4: torch.channels_last, 5: torch.channels_last_3d}.get(ndim, torch.contiguous_format)
+
+
 def to_channels_last(module: ModuleT) -> ModuleT:
-    """``module.to(memory_format=torch.channels_last)``: 4-D weights in NHWC order (torch's type stubs
-    leave ``memory_format`` out of ``Module.to``, hence this one typed place)."""
-    return module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    """``module.to(memory_format=...)``: 4-D weights in NHWC order, a 3D model's 5-D weights in NDHWC
+    (torch's type stubs leave ``memory_format`` out of ``Module.to``, hence this one typed place)."""
+    volumetric = any(p.dim() == 5 for p in module.parameters())
+    fmt = torch.channels_last_3d if volumetric else torch.channels_last
+    return module.to(memory_format=fmt)  # type: ignore[call-overload]
 
 
 def mps_available() -> bool:
@@ -135,7 +142,7 @@ class Runtime:
         # Asynchronous from pinned memory (CUDA); a plain copy on the CPU and from unpinned memory (MPS).
         tensor = tensor.to(self.device, non_blocking=True)
         if image and self.channels_last:
-            tensor = tensor.contiguous(memory_format=torch.channels_last)
+            tensor = tensor.contiguous(memory_format=channels_last_format(tensor.dim()))
         return tensor
 
 

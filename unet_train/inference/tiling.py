@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from unet_train.engine.runtime import to_channels_last
+from unet_train.engine.runtime import channels_last_format, to_channels_last
 from unet_train.errors import ConfigError
 from unet_train.inference.tta import predict_probabilities
 
@@ -197,7 +197,7 @@ class TiledPredictor:
             batch = torch.cat([batch, batch[-1:].expand(self.batch_size - count, *batch.shape[1:])])
         batch = batch.to(self.device, non_blocking=True)
         if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
+            batch = batch.contiguous(memory_format=channels_last_format(batch.dim()))
         total: torch.Tensor | None = None
         parts = batch.chunk(len(self.models), dim=1) if self.split_inputs else [batch] * len(self.models)
         with torch.inference_mode():
