@@ -116,7 +116,8 @@ RECORD = (".hydra", "resolved_config.yaml", ".lock")  # the lock file stays behi
 
 
 def discard_unused_run_folder(cfg: DictConfig | None) -> None:
-    """Remove this job's run folder when it holds nothing but :data:`RECORD` and the job's log.
+    """Remove this job's run folder when it holds nothing but :data:`RECORD`, the job's log and empty
+    TensorBoard files.
 
     A call that stops before any work (a usage message, a refused value) then leaves no folder to
     sift through; a folder with anything else (a checkpoint, TensorBoard events, a resumed run's
@@ -127,9 +128,14 @@ def discard_unused_run_folder(cfg: DictConfig | None) -> None:
         return
     folder = run_dir().resolve()
     keep = {*RECORD, f"{HydraConfig.get().job.name}.log"}
-    if not folder.is_dir() or any(
-        (p.relative_to(folder).parts[0] not in keep) for p in folder.rglob("*") if not p.is_dir() or p.is_symlink()
-    ):
+
+    def holds_work(path: Path) -> bool:
+        top = path.relative_to(folder).parts[0]
+        # a TensorBoard file of only its version header (88 bytes): the writer was opened, nothing logged
+        empty_events = top == "tensorboard" and path.name.startswith("events.") and path.stat().st_size <= 128
+        return top not in keep and not empty_events
+
+    if not folder.is_dir() or any(holds_work(p) for p in folder.rglob("*") if not p.is_dir() or p.is_symlink()):
         return
     shutil.rmtree(folder)
     base = Path(str(OmegaConf.select(cfg, "paths.output_dir", default=".") if cfg is not None else ".")).resolve()
