@@ -301,7 +301,7 @@ def test_torchrun_two_processes_write_one_run_folder_that_evaluates_in_one_proce
     run = only_run_dir(work)
 
     assert {p.name for p in run.iterdir()} == {
-        ".hydra", "train.log", "resolved_config.yaml", "checkpoints", "tensorboard", "metrics.json"
+        ".hydra", "train.log", "resolved_config.yaml", "checkpoints", "tensorboard", "metrics.json", ".lock"
     }  # fmt: skip
     assert {p.name for p in (run / "checkpoints").iterdir()} == {"last.pt", "best.pt"}
     log = (run / "train.log").read_text()

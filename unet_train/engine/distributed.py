@@ -91,6 +91,7 @@ def worker_hydra_overrides() -> list[str]:
         "hydra.run.dir=.",
         "hydra.output_subdir=null",
         "hydra/job_logging=stdout",
+        "~hydra.job_logging.handlers.file",  # the run's file handler (configs/hydra/default.yaml): rank 0 only
         f"hydra.job_logging.formatters.simple.format='[rank {rank}] %(levelname)s %(name)s: %(message)s'",
     ]
 
