@@ -60,16 +60,25 @@ def test_keys_the_trainer_supplies_and_nested_slips_are_refused():
     ("got multiple values"); ``+trainer.foo.bar``, ``+data.reading.x`` and a list item's typo passed unchecked."""
     cfg = compose_config(["experiment=quickstart", "+sched.total_steps=3"])
     for line, message in [
-        ("+sched.total_steps=3", "+sched.total_steps=3: sched.total_steps is set by the trainer when it builds sched; "
-         "leave it out."),
+        (
+            "+sched.total_steps=3",
+            "+sched.total_steps=3: sched.total_steps is set by the trainer when it builds sched; leave it out.",
+        ),
         ("+optim.params=1", "+optim.params=1: optim.params is set by the trainer when it builds optim; leave it out."),
-        ("+sched.optimizer=1", "+sched.optimizer=1: sched.optimizer is set by the trainer when it builds sched; "
-         "leave it out."),
-        ("+trainer.max_epoch.x=1", "+trainer.max_epoch.x=1: trainer has no key max_epoch; "
-         "did you mean trainer.max_epochs?"),
-        ("+data.train_transform.transforms.0.pp=1", "+data.train_transform.transforms.0.pp=1: "
-         "data.train_transform.transforms.0 (unet_train.data.transforms.ForegroundCrop) takes no argument pp; "
-         "did you mean data.train_transform.transforms.0.p?"),
+        (
+            "+sched.optimizer=1",
+            "+sched.optimizer=1: sched.optimizer is set by the trainer when it builds sched; leave it out.",
+        ),
+        (
+            "+trainer.max_epoch.x=1",
+            "+trainer.max_epoch.x=1: trainer has no key max_epoch; did you mean trainer.max_epochs?",
+        ),
+        (
+            "+data.train_transform.transforms.0.pp=1",
+            "+data.train_transform.transforms.0.pp=1: "
+            "data.train_transform.transforms.0 (unet_train.data.transforms.ForegroundCrop) takes no argument pp; "
+            "did you mean data.train_transform.transforms.0.p?",
+        ),
     ]:
         with pytest.raises(ConfigError) as caught:
             check_added_keys(cfg, [line])
