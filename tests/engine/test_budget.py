@@ -204,3 +204,15 @@ def test_a_checkpoint_without_progress_resumes_where_its_budget_stood():
     assert budget.schedule_progress() == pytest.approx(5.0 / 16.0)
     clock.now += 1.0
     assert budget.fraction() > 5.0 / 16.0
+
+
+def test_a_run_planned_in_steps_resumed_with_a_budget_does_not_restart_its_schedule(tmp_path):
+    """A finished 4-epoch run (rate at its floor) resumed with trainer.max_time went back to the full rate."""
+    fit(compose_config([*TINY, "trainer.max_epochs=4", "data.num_workers=0"]), tmp_path / "a")
+    ckpt = f"ckpt={tmp_path / 'a' / 'checkpoints' / 'last.pt'}"
+    fit(
+        compose_config([*TINY, ckpt, "trainer.max_epochs=8", "trainer.max_time=60", "data.num_workers=0"]),
+        tmp_path / "b",
+    )
+    before, after = lr_curve(tmp_path / "a" / "tensorboard"), lr_curve(tmp_path / "b" / "tensorboard")
+    assert after and max(after) <= before[-1] * (1 + 1e-6), (before[-1], after)
