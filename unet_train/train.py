@@ -28,6 +28,7 @@ from unet_train.added_keys import check_added_keys
 from unet_train.build import build_model, build_optimizer
 from unet_train.cli import (
     apply_overrides,
+    console_script,
     exit_if_version_asked,
     exit_on_user_error,
     hold_resume_overrides,
@@ -206,6 +207,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     return train(cfg)
 
 
+@console_script
 def main() -> None:
     """The ``unet-train`` console script; under torchrun, ranks other than 0 create no run folder."""
     exit_if_version_asked()
