@@ -111,3 +111,24 @@ def check_added_keys(cfg: DictConfig, overrides: Iterable[str]) -> None:
         close = nearest(leaf, taken - HYDRA_KEYS)
         hint = f"did you mean {prefix}.{close}?" if close else f"its keys are {', '.join(sorted(taken - HYDRA_KEYS))}."
         raise ConfigError(f"{line}: {where} {leaf}; {hint}")
+
+
+def _leaf_keys(node: Any, prefix: str = "") -> list[str]:
+    """The dotted keys of a mapping's leaves (a list is a leaf)."""
+    if not isinstance(node, DictConfig):
+        return [prefix]
+    return [key for name, value in node.items_ex(resolve=False) for key in _leaf_keys(value, f"{prefix}{name!s}.")]
+
+
+def check_plan_keys(cfg: DictConfig, plan: DictConfig, source: str) -> None:
+    """Refuse a plan (an edited ``plan.yaml``) whose keys under a group its schema or target does not take.
+
+    Merged into the config, ``trainer.max_tim`` would otherwise be ignored without a word, as a ``+key`` would.
+    ``cfg`` is the config with the plan merged (its loss, say, is the plan's).
+    """
+    for key in _leaf_keys(plan):
+        line = f"+{key.rstrip('.')}="
+        try:
+            check_added_keys(cfg, [line])
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {key.rstrip('.')}: {str(exc).removeprefix(line + ': ')}") from None

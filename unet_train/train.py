@@ -70,7 +70,8 @@ def planned_config(cfg: DictConfig) -> DictConfig:
         path = default_plan_path(run_dir())  # the run's own folder, beside resolved_config.yaml
         make_plan(cfg.data, auto_plan_budget(cfg), cfg.trainer.device, path)
         log.info("plan=auto: wrote %s", path)
-    merged = apply_plan(cfg, load_plan(path, trusted=cfg.get("trust_config", False)), user_overrides())
+    plan = load_plan(path, trusted=cfg.get("trust_config", False))
+    merged = apply_plan(cfg, plan, user_overrides(), source=f"plan={path}")
     merged.plan = str(path)
     return merged
 
