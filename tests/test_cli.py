@@ -187,3 +187,41 @@ def test_ctrl_c_in_every_command_is_one_info_line_and_exit_130(module, entry, co
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
         ("INFO", f"Interrupted by Ctrl-C: {command} stopped.")
     ]
+
+
+@pytest.mark.parametrize("when", ["importing", "loading data"])
+def test_ctrl_c_before_the_first_step_is_one_line_and_leaves_no_run_folder(when, tmp_path):
+    """Ctrl-C while the console script imported its modules printed a KeyboardInterrupt traceback; while the data
+    loaded it left a run folder holding only the log and the config."""
+    import signal
+    import time
+
+    script = Path(sys.executable).parent / "unet-train"
+    args = ["experiment=quickstart", "trainer=smoke", "model.base_channels=4", "model.depth=2", "data.num_workers=0"]
+    proc = subprocess.Popen(
+        [str(script), *args],
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal's foreground job
+    )
+    assert proc.stderr is not None
+    seen = []
+    if when == "importing":
+        time.sleep(0.3)
+    else:
+        for line in proc.stderr:
+            seen.append(line)
+            if "train split" in line:
+                break
+    os.killpg(proc.pid, signal.SIGINT)
+    _, rest = proc.communicate(timeout=60)
+    err = "".join(seen) + rest
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert [line for line in err.splitlines() if "Ctrl-C" in line][-1].endswith(
+        "Interrupted by Ctrl-C: unet-train stopped."
+    )
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*.log")), err

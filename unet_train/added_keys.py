@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from hydra.utils import get_object
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from unet_train.config import PathsConfig, TrainerConfig
 from unet_train.errors import ConfigError
@@ -24,6 +24,12 @@ SCHEMAS: dict[str, type] = {"trainer": TrainerConfig, "paths": PathsConfig}
 TARGET_GROUPS = ("data", "model", "optim", "sched", "loss")
 # Keys instantiate reads itself, never passed to the target.
 HYDRA_KEYS = frozenset({"_target_", "_partial_", "_recursive_", "_convert_", "_args_"})
+# Arguments the trainer passes itself when it builds a group's object (``build_optimizer``, ``build_scheduler``):
+# one added in the config would be overridden without a word, or fail with "got multiple values".
+SUPPLIED: dict[str, frozenset[str]] = {
+    "optim": frozenset({"params"}),
+    "sched": frozenset({"optimizer", "total_steps", "progress"}),
+}
 
 
 def target_arguments(target: Any) -> set[str] | None:
@@ -56,27 +62,32 @@ def nearest(key: str, keys: Iterable[str]) -> str | None:
     return initials if len(initials) > 1 and initials in keys else None
 
 
-def _accepted(cfg: DictConfig, group: str, parts: list[str]) -> tuple[str, set[str] | None]:
-    """The start of a refusal (``trainer has no key``) and the keys the node holding ``parts[-1]`` takes.
+def _accepted(cfg: DictConfig, group: str, parts: list[str]) -> tuple[str, set[str] | None, int]:
+    """The start of a refusal (``trainer has no key``), the keys taken and the index in ``parts`` they check.
 
+    A nested key is checked against the deepest object (a ``_target_``) above it: ``+data.reading.x`` against
+    the data class (``reading``), ``+data.train_transform.transforms.0.pp`` against ``PadIfNeeded`` (``pp``).
     None for the keys: it takes any, or it is not checked here.
     """
     if group in SCHEMAS:
-        if len(parts) > 1:
-            return group, None
-        return f"{group} has no key", {field.name for field in dataclasses.fields(SCHEMAS[group])}
+        fields = {field.name for field in dataclasses.fields(SCHEMAS[group])}
+        return f"{group} has no key", fields, 0  # under a key the schema lacks (+trainer.foo.bar): foo is the slip
+    found: tuple[str, set[str] | None, int] = (group, None, 0)
     node: Any = cfg.get(group)
-    for part in parts[:-1]:  # a nested object (data.train_transform...) is checked against its own target
-        node = node.get(part) if isinstance(node, DictConfig) else None
-    if not isinstance(node, DictConfig) or not isinstance(node.get("_target_"), str):
-        return group, None
-    try:
-        target = get_object(node._target_)
-    except Exception:  # an unknown target fails with its own message when it is built
-        return group, None
-    taken = target_arguments(target)
-    where = f"{'.'.join([group, *parts[:-1]])} ({node._target_}) takes no argument"
-    return where, None if taken is None else taken | HYDRA_KEYS
+    for index, part in enumerate(parts):
+        if isinstance(node, DictConfig) and isinstance(node.get("_target_"), str):
+            try:
+                target = get_object(node._target_)
+            except Exception:  # an unknown target fails with its own message when it is built
+                return group, None, 0
+            taken = target_arguments(target)
+            where = f"{'.'.join([group, *parts[:index]])} ({node._target_}) takes no argument"
+            found = (where, None if taken is None else taken | HYDRA_KEYS, index)
+        if isinstance(node, ListConfig) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]  # an item of a list (data.train_transform.transforms.0)
+        else:
+            node = node.get(part) if isinstance(node, DictConfig) else None
+    return found
 
 
 def check_added_keys(cfg: DictConfig, overrides: Iterable[str]) -> None:
@@ -88,11 +99,36 @@ def check_added_keys(cfg: DictConfig, overrides: Iterable[str]) -> None:
         group, *parts = key.split(".")
         if group not in (*SCHEMAS, *TARGET_GROUPS) or not parts:
             continue
-        where, taken = _accepted(cfg, group, parts)
-        leaf = parts[-1]
+        if len(parts) == 1 and parts[0] in SUPPLIED.get(group, ()):
+            raise ConfigError(f"{line}: {key} is set by the trainer when it builds {group}; leave it out.")
+        where, taken, index = _accepted(cfg, group, parts)
+        leaf = parts[index]
         if taken is None or leaf in taken:
             continue
-        prefix = key.rpartition(".")[0]
+        if index == 0:
+            taken = taken - SUPPLIED.get(group, frozenset())
+        prefix = ".".join([group, *parts[:index]])
         close = nearest(leaf, taken - HYDRA_KEYS)
         hint = f"did you mean {prefix}.{close}?" if close else f"its keys are {', '.join(sorted(taken - HYDRA_KEYS))}."
         raise ConfigError(f"{line}: {where} {leaf}; {hint}")
+
+
+def _leaf_keys(node: Any, prefix: str = "") -> list[str]:
+    """The dotted keys of a mapping's leaves (a list is a leaf)."""
+    if not isinstance(node, DictConfig):
+        return [prefix]
+    return [key for name, value in node.items_ex(resolve=False) for key in _leaf_keys(value, f"{prefix}{name!s}.")]
+
+
+def check_plan_keys(cfg: DictConfig, plan: DictConfig, source: str) -> None:
+    """Refuse a plan (an edited ``plan.yaml``) whose keys under a group its schema or target does not take.
+
+    Merged into the config, ``trainer.max_tim`` would otherwise be ignored without a word, as a ``+key`` would.
+    ``cfg`` is the config with the plan merged (its loss, say, is the plan's).
+    """
+    for key in _leaf_keys(plan):
+        line = f"+{key.rstrip('.')}="
+        try:
+            check_added_keys(cfg, [line])
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {key.rstrip('.')}: {str(exc).removeprefix(line + ': ')}") from None

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -172,6 +173,24 @@ def exit_on_user_error(func: F) -> F:
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             log.info("Interrupted by Ctrl-C: %s stopped.", command_name())
+            discard_unused_run_folder(cfg)  # stopped before any work: no folder holding only a log
+            sys.exit(CTRL_C_EXIT)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def console_script(main: F) -> F:
+    """A console script's entry point: Ctrl-C before the job's own handling (imports, Hydra's start-up) ends
+    in one line with status 130 instead of a ``KeyboardInterrupt`` traceback."""
+
+    @functools.wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # the one set while importing (__init__)
+        try:
+            return main(*args, **kwargs)
+        except KeyboardInterrupt:
+            sys.stderr.write(f"Interrupted by Ctrl-C: {command_name()} stopped.\n")
             sys.exit(CTRL_C_EXIT)
 
     return wrapper  # type: ignore[return-value]

@@ -27,6 +27,7 @@ from torch.utils.tensorboard import SummaryWriter
 from unet_train.build import build_data, build_model
 from unet_train.cli import (
     apply_overrides,
+    console_script,
     eval_data_overrides,
     exit_if_version_asked,
     exit_on_user_error,
@@ -186,6 +187,7 @@ def hydra_main(cfg: DictConfig) -> None:
     run_eval(cfg)
 
 
+@console_script
 def main() -> None:
     """The ``unet-eval`` console script."""
     exit_if_version_asked()

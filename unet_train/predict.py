@@ -35,7 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from unet_train.build import build_model
-from unet_train.cli import exit_if_version_asked, exit_on_user_error, require_sweep_extra
+from unet_train.cli import console_script, exit_if_version_asked, exit_on_user_error, require_sweep_extra
 from unet_train.config import config_dir
 from unet_train.data.folder import IMAGE_SUFFIXES, read_image
 from unet_train.data.limits import check_pixels, set_max_pixels
@@ -438,6 +438,7 @@ def hydra_main(cfg: DictConfig) -> None:
     run_predict(cfg)
 
 
+@console_script
 def main() -> None:
     """The ``unet-predict`` console script; under torchrun, ranks other than 0 create no run folder."""
     exit_if_version_asked()

@@ -31,6 +31,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from unet_train.cli import console_script
 from unet_train.errors import DataError, UserError
 from unet_train.safe_io import write_atomic, write_csv
 from unet_train.trust import read_yaml
@@ -371,6 +372,7 @@ class SummarizeCallback(Callback):
         sys.stdout.write(markdown + "\n")
 
 
+@console_script
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script ``unet-summarize``."""
     parser = argparse.ArgumentParser(

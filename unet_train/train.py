@@ -28,6 +28,7 @@ from unet_train.added_keys import check_added_keys
 from unet_train.build import build_model, build_optimizer
 from unet_train.cli import (
     apply_overrides,
+    console_script,
     exit_if_version_asked,
     exit_on_user_error,
     hold_resume_overrides,
@@ -69,7 +70,8 @@ def planned_config(cfg: DictConfig) -> DictConfig:
         path = default_plan_path(run_dir())  # the run's own folder, beside resolved_config.yaml
         make_plan(cfg.data, auto_plan_budget(cfg), cfg.trainer.device, path)
         log.info("plan=auto: wrote %s", path)
-    merged = apply_plan(cfg, load_plan(path, trusted=cfg.get("trust_config", False)), user_overrides())
+    plan = load_plan(path, trusted=cfg.get("trust_config", False))
+    merged = apply_plan(cfg, plan, user_overrides(), source=f"plan={path}")
     merged.plan = str(path)
     return merged
 
@@ -206,6 +208,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     return train(cfg)
 
 
+@console_script
 def main() -> None:
     """The ``unet-train`` console script; under torchrun, ranks other than 0 create no run folder."""
     exit_if_version_asked()

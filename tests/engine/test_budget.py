@@ -190,3 +190,29 @@ def test_a_resumed_budgeted_run_goes_on_along_one_clock_and_one_falling_schedule
     before, after = lr_curve(tmp_path / "a" / "tensorboard"), lr_curve(tmp_path / "b" / "tensorboard")
     rates = before + after
     assert len(after) >= 4 and all(b <= a for a, b in pairwise(rates)), rates  # falls on through the resume
+
+
+def test_a_checkpoint_without_progress_resumes_where_its_budget_stood():
+    """A checkpoint written before the progress was stored: the first resumed step read progress 0 (the full rate,
+    3e-3 after 2.3e-3), then fell back; the schedule now goes on from the budget's share spent."""
+    clock = FakeClock()
+    state = TrainState()
+    state.elapsed = 5.0  # progress, validation_s, checkpoint_s: absent (their defaults)
+    budget = TimeBudget(16.0, clock=clock)
+    budget.restore(state)
+    budget.start()
+    assert budget.schedule_progress() == pytest.approx(5.0 / 16.0)
+    clock.now += 1.0
+    assert budget.fraction() > 5.0 / 16.0
+
+
+def test_a_run_planned_in_steps_resumed_with_a_budget_does_not_restart_its_schedule(tmp_path):
+    """A finished 4-epoch run (rate at its floor) resumed with trainer.max_time went back to the full rate."""
+    fit(compose_config([*TINY, "trainer.max_epochs=4", "data.num_workers=0"]), tmp_path / "a")
+    ckpt = f"ckpt={tmp_path / 'a' / 'checkpoints' / 'last.pt'}"
+    fit(
+        compose_config([*TINY, ckpt, "trainer.max_epochs=8", "trainer.max_time=60", "data.num_workers=0"]),
+        tmp_path / "b",
+    )
+    before, after = lr_curve(tmp_path / "a" / "tensorboard"), lr_curve(tmp_path / "b" / "tensorboard")
+    assert after and max(after) <= before[-1] * (1 + 1e-6), (before[-1], after)

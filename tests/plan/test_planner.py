@@ -217,3 +217,26 @@ def test_a_plan_timed_under_load_says_so(monkeypatch):
     )
     monkeypatch.setattr(planner.os, "getloadavg", lambda: (1.5, 1.0, 1.0))
     assert planner.load_note("cpu") is None
+
+
+def test_a_plan_key_its_group_does_not_take_is_refused(tmp_path):
+    """An edited plan's misspelt key (``trainer.max_tim``) was merged and ignored: the run took the plan's budget."""
+    plan_path = tmp_path / "plan.yaml"
+    plan_path.write_text(
+        "# @package _global_\n"
+        "trainer:\n  max_tim: 3.0\n  max_time: 60.0\n"
+        "loss: {_target_: unet_train.losses.BCEDiceLoss, bce_weight: 1.0, dice_weight: 1.0, smooth: 1.0}\n"
+    )
+    typed = ["data=folder", "data.root=x"]
+    with pytest.raises(ConfigError) as caught:
+        apply_plan(compose_config(typed), load_plan(plan_path), typed, source=f"plan={plan_path}")
+    assert str(caught.value) == (
+        f"plan={plan_path}: trainer.max_tim: trainer has no key max_tim; did you mean trainer.max_time?"
+    )
+    # The plan's loss keys are not checked against a loss chosen on the command line (the plan's is dropped).
+    plan_path.write_text(
+        "# @package _global_\n"
+        "loss: {_target_: unet_train.losses.BCEDiceLoss, bce_weight: 1.0, dice_weight: 1.0, smooth: 1.0}\n"
+    )
+    merged = apply_plan(compose_config([*typed, "loss=dice"]), load_plan(plan_path), [*typed, "loss=dice"])
+    assert merged.loss._target_.endswith("DiceLoss") and "bce_weight" not in merged.loss

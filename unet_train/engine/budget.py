@@ -69,6 +69,9 @@ class TimeBudget:
             self.record_validation(state.validation_s)
         self.record_checkpoint(state.checkpoint_s)
         self.progress_before = state.progress
+        if state.progress is None and self.max_time and state.elapsed > 0:
+            # An older checkpoint: the budget's share it had spent, so its first step does not restart at 0.
+            self.progress_before = min(1.0, state.elapsed / self.max_time)
 
     @property
     def elapsed(self) -> float:

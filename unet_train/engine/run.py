@@ -285,6 +285,11 @@ def resume(run: Run, path: str) -> None:
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
         raise CheckpointError(f"{path} is not a usable unet-train checkpoint: its scheduler or scaler: {exc}") from None
     run.budget.restore(state)  # the run's clock, measured costs and time-based schedule go on from the checkpoint
+    if run.budget.max_time and checkpoint["config"]["trainer"].get("max_time") is None and state.step:
+        # A run planned in steps, resumed with a budget: the time-based schedule goes on from the share of the
+        # steps done (a finished run stays at its floor) instead of restarting at the full rate.
+        planned = state.planned_steps or run.schedule_steps_per_epoch * checkpoint["config"]["trainer"]["max_epochs"]
+        run.budget.progress_before = max(run.budget.progress_before or 0.0, min(1.0, state.step / max(1, planned)))
     restore_rng(checkpoint, run.dist, cfg.seed, state.step)  # each rank its own saved state
     replan_schedule(run, checkpoint)
     apply_optimizer_overrides(run, checkpoint.get("config", {}))

@@ -12,7 +12,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from unet_train.cli import exit_if_version_asked, exit_on_user_error
+from unet_train.cli import console_script, exit_if_version_asked, exit_on_user_error
 from unet_train.config import config_dir
 from unet_train.errors import ConfigError, DataError
 from unet_train.export import require_extra
@@ -164,6 +164,7 @@ def hydra_main(cfg: DictConfig) -> None:
     run_export(cfg)
 
 
+@console_script
 def main() -> None:
     """The ``unet-export`` console script."""
     exit_if_version_asked()

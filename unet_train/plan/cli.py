@@ -17,7 +17,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from unet_train.cli import exit_if_version_asked, exit_on_user_error, run_dir
+from unet_train.cli import console_script, exit_if_version_asked, exit_on_user_error, run_dir
 from unet_train.config import config_dir
 from unet_train.data.limits import set_max_pixels
 from unet_train.plan.planner import check_writable, default_plan_path, fingerprint_path, make_plan, parse_budget
@@ -45,6 +45,7 @@ def hydra_main(cfg: DictConfig) -> None:
     plan(cfg)
 
 
+@console_script
 def main() -> None:
     """The ``unet-plan`` console script."""
     exit_if_version_asked()

@@ -158,14 +158,16 @@ def load_plan(path: str | Path, trusted: Any = False) -> DictConfig:
     return OmegaConf.create(raw)
 
 
-def apply_plan(cfg: DictConfig, plan: DictConfig, overrides: list[str]) -> DictConfig:
+def apply_plan(cfg: DictConfig, plan: DictConfig, overrides: list[str], source: str = "the plan") -> DictConfig:
     """``cfg`` with ``plan`` merged on top and then the command line's own ``key=value`` overrides again.
 
     A config group chosen on the command line wins over the plan: a planned option of that group
     (``loss``, a node with ``_target_``; any nested group such as ``data.normalize``) is dropped when the
     command line chose the group (``loss=dice``, ``data/normalize=zscore``). Other planned keys are merged
-    key by key, so the plan still tunes the data config it was made for (``data=folder``).
+    key by key, so the plan still tunes the data config it was made for (``data=folder``). A planned key that
+    its group's schema or target does not take (an edited plan's ``trainer.max_tim``) is refused, naming ``source``.
     """
+    from unet_train.added_keys import check_plan_keys
     from unet_train.cli import _is_group, _is_override, _key, apply_overrides
 
     given = [o for o in overrides if _is_override(o)]
@@ -184,7 +186,9 @@ def apply_plan(cfg: DictConfig, plan: DictConfig, overrides: list[str]) -> DictC
     # The plain keys typed on the command line (data.root=..., seed=3) win over the plan's values.
     typed = [o for o in given if not _is_group_choice(_key(o), _is_group)]
     assert isinstance(merged, DictConfig)
-    return apply_overrides(merged, typed)
+    merged = apply_overrides(merged, typed)
+    check_plan_keys(merged, OmegaConf.create(planned), source)
+    return merged
 
 
 def _is_group_choice(key: str, is_group: Any) -> bool:
