@@ -355,7 +355,7 @@ def faults(checkpoint: dict[str, Any]) -> dict[str, tuple[dict[str, Any], str]]:
         ),
         "model larger than its weights": (
             broken(lambda c: c["config"]["model"].update(base_channels=4096, depth=6)),
-            "its model config describes",
+            "does not fit the model asked for: ",
         ),
     }
 

@@ -183,24 +183,26 @@ def check_resumable(checkpoint: dict[str, Any], path: Path | str) -> None:
 
 
 def check_model_size(model: Callable[[], nn.Module], state: dict[str, torch.Tensor], path: Path | str) -> nn.Module:
-    """Refuse a model config that describes more weights than the checkpoint holds, before it is built.
+    """Refuse a model config whose weights differ from the checkpoint's, before the model is built.
 
-    ``model`` is a builder called on the ``meta`` device (no memory); a config cannot then ask for a
-    model larger than the file it came from (``model.base_channels=100000``). Returns that meta model.
+    ``model`` is a builder called on the ``meta`` device (no memory), so a config cannot make the tool
+    allocate a model larger than the file it came from (``model.base_channels=100000``): the shapes,
+    which are metadata, are compared first. Returns that meta model.
     """
     with torch.device("meta"):
         built = model()
-    wanted = sum(t.numel() for t in built.state_dict().values())
-    held = sum(t.numel() for t in state.values())
-    if wanted > held:
-        raise _unusable(
-            path, f"its model config describes {wanted} weights but the file holds {held}; the config was changed"
-        )
+    check_model_fits(built, state, path)
     return built
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
     """Load weights into ``model``, or say in one message how the checkpoint's model differs."""
+    check_model_fits(model, state, path)
+    model.load_state_dict(state)
+
+
+def check_model_fits(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Say in one message how the checkpoint's weights differ from ``model``'s (which may be on ``meta``)."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -221,7 +223,6 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: str
             f"{path} does not fit the model asked for: {'; '.join(problems)}. Keep the checkpoint's model "
             "settings (model.*, data.in_channels, data.num_classes) or start a new run."
         )
-    model.load_state_dict(state)
 
 
 # How an optimizer runs rather than what it has learnt: this run decides them, not the checkpoint.
