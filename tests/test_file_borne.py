@@ -407,3 +407,26 @@ def test_unet_summarize_reads_no_yaml_alias_from_a_sweep_folder(tmp_path):
     (job / "overrides.yaml").write_text("- &a seed=0\n- *a\n")
     with pytest.raises(ConfigError, match=r"overrides.yaml is not a readable YAML file: it uses a YAML anchor"):
         find_jobs(tmp_path)
+
+
+def test_a_file_borne_data_config_may_not_pass_download_or_urls_positionally(tmp_path):
+    # Breaker, issue 23: ISBI2012(root, download, foreground, train_slices, val_slices, urls) takes them by
+    # position too, so data._args_ sent a request to the file's URL and created its root, past the reset.
+    root = tmp_path / "victim" / "tree"
+    checkpoint = tiny_checkpoint()
+    data = checkpoint["config"]["data"]
+    data["_target_"] = "unet_train.data.ISBI2012"
+    data["_args_"] = [str(root), True, "membrane", "0-24", "25-29", ["http://127.0.0.1:9/leak/{name}"]]
+    path = tmp_path / "args.pt"
+    torch.save(checkpoint, path)
+    with pytest.raises(UntrustedConfigError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (
+        f"checkpoint {path} passes its data config positional arguments (data._args_), which a config read from a "
+        "file may not: they could ask for a download or name a folder to write; write them as named keys."
+    )
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("data:\n  _args_: [/tmp/x, true]\n")
+    with pytest.raises(UntrustedConfigError, match=r"data\._args_"):
+        load_plan(plan)
+    assert not (tmp_path / "victim").exists()

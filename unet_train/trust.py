@@ -205,6 +205,7 @@ def check_config(config: Any, *, source: str, trusted: bool | Sequence[str] = Fa
 def file_borne_data(data: Any, source: str) -> None:
     """Make a data config read from ``source`` (a dict, changed in place) unable to fetch or write anything.
 
+    Positional arguments (``_args_``) are refused: they would reach ``download`` and ``urls`` unseen.
     ``download`` becomes false and ``urls`` is dropped (the data class's pinned, checksummed mirrors
     apply), so a file cannot send a request nor create folders; ``data.download=true`` (with
     ``data.root``) on the command line asks for a download again. ``num_workers`` is capped at the
@@ -213,6 +214,11 @@ def file_borne_data(data: Any, source: str) -> None:
     """
     if not isinstance(data, dict):
         return
+    if "_args_" in data:  # ISBI2012(root, download, ..., urls) takes them by position as well
+        raise UntrustedConfigError(
+            f"{source} passes its data config positional arguments (data._args_), which a config read from a file "
+            "may not: they could ask for a download or name a folder to write; write them as named keys."
+        )
     if data.get("download"):
         log.debug("%s: data.download=true is not taken from the file (pass data.download=true to fetch)", source)
     if "download" in data:
