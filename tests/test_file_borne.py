@@ -430,3 +430,30 @@ def test_a_file_borne_data_config_may_not_pass_download_or_urls_positionally(tmp
     with pytest.raises(UntrustedConfigError, match=r"data\._args_"):
         load_plan(plan)
     assert not (tmp_path / "victim").exists()
+
+
+def test_records_that_share_their_bytes_are_refused(tmp_path):
+    # Breaker, issue 23: each record lay inside the file, but 200 central-directory entries naming one 32 MB
+    # record made a 33 MB checkpoint allocate 6.4 GB in torch.load. Here: 20 entries on one 64 kB record.
+    checkpoint = tiny_checkpoint()
+    checkpoint["model"].update({f"extra{i}": torch.zeros(16384) for i in range(20)})
+    source, path = tmp_path / "source.pt", tmp_path / "overlap.pt"
+    torch.save(checkpoint, source)
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(path, "w") as out:
+        shared = [info for info in original.infolist() if info.file_size == 16384 * 4]
+        for info in original.infolist():
+            if info not in shared[1:]:
+                out.writestr(zipfile.ZipInfo(info.filename, info.date_time), original.read(info))
+        first = next(entry for entry in out.filelist if entry.filename == shared[0].filename)
+        for info in shared[1:]:  # the others' entries point at the first one's bytes
+            entry = copy.copy(first)
+            entry.filename = entry.orig_filename = info.filename
+            out.filelist.append(entry)
+    assert len(shared) == 20 and torch.load(path, weights_only=True)["model"]["extra19"].shape == (16384,)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value).startswith(f"Refused to load {path}: its records declare ")
+    assert str(info.value).endswith(
+        "bytes that the file does not hold (records that share their bytes); only load checkpoints written by "
+        "unet-train."
+    )
