@@ -457,3 +457,20 @@ def test_records_that_share_their_bytes_are_refused(tmp_path):
         "bytes that the file does not hold (records that share their bytes); only load checkpoints written by "
         "unet-train."
     )
+
+
+@pytest.mark.parametrize("nesting", ["[" * 5000 + "]" * 5000, "{a: " * 3000 + "1" + "}" * 3000])
+def test_a_deeply_nested_yaml_file_is_one_line(tmp_path, nesting):
+    # Breaker, issue 23: 10 kB of brackets in a plan or a sweep folder's overrides.yaml raised RecursionError.
+    from unet_train.summarize import find_jobs
+
+    path = tmp_path / "plan.yaml"
+    path.write_text(f"a: {nesting}\n")
+    with pytest.raises(ConfigError) as info:
+        load_plan(path)
+    assert str(info.value).startswith(f"plan={path} is not a readable YAML file: it nests over 100 levels deep")
+    job = tmp_path / "sweep" / "0" / ".hydra"
+    job.mkdir(parents=True)
+    (job / "overrides.yaml").write_text(f"- {nesting}\n")
+    with pytest.raises(ConfigError, match=r"overrides.yaml is not a readable YAML file: it nests over 100 levels"):
+        find_jobs(tmp_path / "sweep")
