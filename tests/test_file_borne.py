@@ -474,3 +474,25 @@ def test_a_deeply_nested_yaml_file_is_one_line(tmp_path, nesting):
     (job / "overrides.yaml").write_text(f"- {nesting}\n")
     with pytest.raises(ConfigError, match=r"overrides.yaml is not a readable YAML file: it nests over 100 levels"):
         find_jobs(tmp_path / "sweep")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c["config"]["model"].pop("_target_"), "is not a usable unet-train checkpoint: its config's model "
+         "section names no _target_ (the model to build)."),
+        (lambda c: c["config"]["data"].update(normalize=5), "data.normalize=5 must be a mapping with a scheme "
+         "(e.g. data/normalize=scale_linear)."),
+    ],
+)  # fmt: skip
+def test_a_model_without_target_or_a_normalize_of_the_wrong_type_is_one_line(tmp_path, change, message):
+    # Breaker, issue 23: both were tracebacks in unet-predict (ConfigAttributeError, TypeError).
+    from unet_train.data.normalize import resolve_spec
+
+    checkpoint = tiny_checkpoint()
+    change(checkpoint)
+    path = tmp_path / "c.pt"
+    torch.save(checkpoint, path)
+    with pytest.raises((CheckpointError, ConfigError)) as info:
+        resolve_spec(load_checkpoint(path)["config"]["data"].get("normalize"))
+    assert str(info.value).endswith(message)

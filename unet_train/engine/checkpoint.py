@@ -146,6 +146,8 @@ def check_structure(checkpoint: dict[str, Any], path: Path | str) -> None:
     for group in ("model", "data"):
         if not isinstance(config.get(group), dict):
             raise _unusable(path, f"its config has no {group} section")
+    if not isinstance(config["model"].get("_target_"), str):
+        raise _unusable(path, "its config's model section names no _target_ (the model to build)")
     state = checkpoint.get("model")
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
