@@ -496,3 +496,19 @@ def test_a_model_without_target_or_a_normalize_of_the_wrong_type_is_one_line(tmp
     with pytest.raises((CheckpointError, ConfigError)) as info:
         resolve_spec(load_checkpoint(path)["config"]["data"].get("normalize"))
     assert str(info.value).endswith(message)
+
+
+def test_a_deeply_nested_checkpoint_config_is_one_line(tmp_path):
+    # Breaker, issue 23: a config nested 180 levels (under the pickle's 200) was a RecursionError in unet-predict.
+    checkpoint = tiny_checkpoint()
+    nested: Any = 1
+    for _ in range(180):
+        nested = {"a": nested}
+    checkpoint["config"]["extra"] = nested
+    path = tmp_path / "deep.pt"
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (
+        f"{path} is not a usable unet-train checkpoint: its config nests over 50 levels deep, which no run config does."
+    )
