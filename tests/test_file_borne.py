@@ -512,3 +512,14 @@ def test_a_deeply_nested_checkpoint_config_is_one_line(tmp_path):
     assert str(info.value) == (
         f"{path} is not a usable unet-train checkpoint: its config nests over 50 levels deep, which no run config does."
     )
+
+
+def test_a_component_that_fails_to_build_is_one_line():
+    # Breaker, issue 23: model.base_channels='abc' in a checkpoint gave Hydra's three-line InstantiationException.
+    from unet_train.build import build_model
+
+    cfg = compose_config([*TINY, "model.base_channels=abc"])
+    with pytest.raises(ConfigError) as info:
+        build_model(cfg.model)
+    assert "\n" not in str(info.value)
+    assert str(info.value).startswith("Could not build model from its config: Error in call to target ")
