@@ -407,3 +407,119 @@ def test_unet_summarize_reads_no_yaml_alias_from_a_sweep_folder(tmp_path):
     (job / "overrides.yaml").write_text("- &a seed=0\n- *a\n")
     with pytest.raises(ConfigError, match=r"overrides.yaml is not a readable YAML file: it uses a YAML anchor"):
         find_jobs(tmp_path)
+
+
+def test_a_file_borne_data_config_may_not_pass_download_or_urls_positionally(tmp_path):
+    # Breaker, issue 23: ISBI2012(root, download, foreground, train_slices, val_slices, urls) takes them by
+    # position too, so data._args_ sent a request to the file's URL and created its root, past the reset.
+    root = tmp_path / "victim" / "tree"
+    checkpoint = tiny_checkpoint()
+    data = checkpoint["config"]["data"]
+    data["_target_"] = "unet_train.data.ISBI2012"
+    data["_args_"] = [str(root), True, "membrane", "0-24", "25-29", ["http://127.0.0.1:9/leak/{name}"]]
+    path = tmp_path / "args.pt"
+    torch.save(checkpoint, path)
+    with pytest.raises(UntrustedConfigError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (
+        f"checkpoint {path} passes its data config positional arguments (data._args_), which a config read from a "
+        "file may not: they could ask for a download or name a folder to write; write them as named keys."
+    )
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("data:\n  _args_: [/tmp/x, true]\n")
+    with pytest.raises(UntrustedConfigError, match=r"data\._args_"):
+        load_plan(plan)
+    assert not (tmp_path / "victim").exists()
+
+
+def test_records_that_share_their_bytes_are_refused(tmp_path):
+    # Breaker, issue 23: each record lay inside the file, but 200 central-directory entries naming one 32 MB
+    # record made a 33 MB checkpoint allocate 6.4 GB in torch.load. Here: 20 entries on one 64 kB record.
+    checkpoint = tiny_checkpoint()
+    checkpoint["model"].update({f"extra{i}": torch.zeros(16384) for i in range(20)})
+    source, path = tmp_path / "source.pt", tmp_path / "overlap.pt"
+    torch.save(checkpoint, source)
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(path, "w") as out:
+        shared = [info for info in original.infolist() if info.file_size == 16384 * 4]
+        for info in original.infolist():
+            if info not in shared[1:]:
+                out.writestr(zipfile.ZipInfo(info.filename, info.date_time), original.read(info))
+        first = next(entry for entry in out.filelist if entry.filename == shared[0].filename)
+        for info in shared[1:]:  # the others' entries point at the first one's bytes
+            entry = copy.copy(first)
+            entry.filename = entry.orig_filename = info.filename
+            out.filelist.append(entry)
+    assert len(shared) == 20 and torch.load(path, weights_only=True)["model"]["extra19"].shape == (16384,)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value).startswith(f"Refused to load {path}: its records declare ")
+    assert str(info.value).endswith(
+        "bytes that the file does not hold (records that share their bytes); only load checkpoints written by "
+        "unet-train."
+    )
+
+
+@pytest.mark.parametrize("nesting", ["[" * 5000 + "]" * 5000, "{a: " * 3000 + "1" + "}" * 3000])
+def test_a_deeply_nested_yaml_file_is_one_line(tmp_path, nesting):
+    # Breaker, issue 23: 10 kB of brackets in a plan or a sweep folder's overrides.yaml raised RecursionError.
+    from unet_train.summarize import find_jobs
+
+    path = tmp_path / "plan.yaml"
+    path.write_text(f"a: {nesting}\n")
+    with pytest.raises(ConfigError) as info:
+        load_plan(path)
+    assert str(info.value).startswith(f"plan={path} is not a readable YAML file: it nests over 100 levels deep")
+    job = tmp_path / "sweep" / "0" / ".hydra"
+    job.mkdir(parents=True)
+    (job / "overrides.yaml").write_text(f"- {nesting}\n")
+    with pytest.raises(ConfigError, match=r"overrides.yaml is not a readable YAML file: it nests over 100 levels"):
+        find_jobs(tmp_path / "sweep")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c: c["config"]["model"].pop("_target_"), "is not a usable unet-train checkpoint: its config's model "
+         "section names no _target_ (the model to build)."),
+        (lambda c: c["config"]["data"].update(normalize=5), "data.normalize=5 must be a mapping with a scheme "
+         "(e.g. data/normalize=scale_linear)."),
+    ],
+)  # fmt: skip
+def test_a_model_without_target_or_a_normalize_of_the_wrong_type_is_one_line(tmp_path, change, message):
+    # Breaker, issue 23: both were tracebacks in unet-predict (ConfigAttributeError, TypeError).
+    from unet_train.data.normalize import resolve_spec
+
+    checkpoint = tiny_checkpoint()
+    change(checkpoint)
+    path = tmp_path / "c.pt"
+    torch.save(checkpoint, path)
+    with pytest.raises((CheckpointError, ConfigError)) as info:
+        resolve_spec(load_checkpoint(path)["config"]["data"].get("normalize"))
+    assert str(info.value).endswith(message)
+
+
+def test_a_deeply_nested_checkpoint_config_is_one_line(tmp_path):
+    # Breaker, issue 23: a config nested 180 levels (under the pickle's 200) was a RecursionError in unet-predict.
+    checkpoint = tiny_checkpoint()
+    nested: Any = 1
+    for _ in range(180):
+        nested = {"a": nested}
+    checkpoint["config"]["extra"] = nested
+    path = tmp_path / "deep.pt"
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(info.value) == (
+        f"{path} is not a usable unet-train checkpoint: its config nests over 50 levels deep, which no run config does."
+    )
+
+
+def test_a_component_that_fails_to_build_is_one_line():
+    # Breaker, issue 23: model.base_channels='abc' in a checkpoint gave Hydra's three-line InstantiationException.
+    from unet_train.build import build_model
+
+    cfg = compose_config([*TINY, "model.base_channels=abc"])
+    with pytest.raises(ConfigError) as info:
+        build_model(cfg.model)
+    assert "\n" not in str(info.value)
+    assert str(info.value).startswith("Could not build model from its config: Error in call to target ")

@@ -348,3 +348,56 @@ def test_predict_does_not_write_through_a_link_in_its_output_folder(one_epoch, t
                                             "unet-train does not write through it; remove the link (or write the "
                                             "outputs to another folder).")  # fmt: skip
     assert victim.read_bytes() == b"the user's own file"
+
+
+@pytest.mark.parametrize(
+    ("name", "keep_config"),
+    [(".hydra/overrides.yaml", False), (".hydra/config.yaml", False), (".hydra/hydra.yaml", False), (".hydra", True)],
+)
+def test_a_resume_does_not_let_hydra_write_its_record_through_a_planted_link(one_epoch, tmp_path, name, keep_config):
+    # Breaker, issue 23: Hydra writes .hydra/{config,hydra,overrides}.yaml with open(..., "w") before the task
+    # runs; a shared run folder without .hydra/config.yaml but with a link among them had the link's target
+    # overwritten (or created, for a dangling link) by the resume.
+    job = copy_run(one_epoch, tmp_path / "job")
+    victim = tmp_path / "victim"
+    if name == ".hydra":
+        shutil.rmtree(job / ".hydra")
+        victim.mkdir()
+        (victim / "notes.txt").write_text("mine\n")
+    else:
+        for record in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+            (job / ".hydra" / record).unlink()
+        victim.write_text("alias ls='rm -rf ~'  # no: the user's own line\n")
+    (job / name).symlink_to(victim)
+    before = sorted(victim.iterdir()) if victim.is_dir() else victim.read_text()
+    last = (job / "checkpoints" / "last.pt").read_bytes()
+    result = resume(job)
+    assert result.returncode == 2, result.stderr
+    assert error_lines(result)[-1].endswith(
+        f"{job / name} is a symbolic link to {victim}, outside {job}: unet-train does not write through it; "
+        "remove the link (or write the outputs to another folder)."
+    )
+    assert (sorted(victim.iterdir()) if victim.is_dir() else victim.read_text()) == before
+    assert (job / "checkpoints" / "last.pt").read_bytes() == last
+
+
+def test_predict_does_not_resume_a_zarr_store_through_a_link_inside_it(one_epoch, tmp_path):
+    # Breaker, issue 23: a resumed store whose chunk folder 0/c was a link to another folder had its chunks
+    # written there (zarr writes each chunk by path, following a linked folder).
+    zarr = pytest.importorskip("zarr")
+    source = zarr.create_array(str(tmp_path / "in.zarr"), shape=(64, 64), chunks=(32, 32), dtype="float32")
+    source[:] = np.random.default_rng(0).random((64, 64), dtype=np.float32)
+    out, victim = tmp_path / "pred", tmp_path / "victim"
+    args = [f"ckpt={one_epoch / 'checkpoints' / 'last.pt'}", f"input={tmp_path / 'in.zarr'}", f"output={out}"]
+    run([str(BIN / "unet-predict"), *args], cwd=tmp_path)
+    store = out / "in.zarr"
+    shutil.rmtree(store / "done" / "c")  # nothing done yet: every chunk is predicted again
+    shutil.rmtree(store / "0" / "c")
+    victim.mkdir()
+    (store / "0" / "c").symlink_to(victim)
+    result = run([str(BIN / "unet-predict"), *args], cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert error_lines(result)[-1].endswith(f"{store / '0' / 'c'} is a symbolic link to {victim}, outside {store}: "
+                                            "unet-train does not write through it; remove the link (or write the "
+                                            "outputs to another folder).")  # fmt: skip
+    assert list(victim.iterdir()) == []

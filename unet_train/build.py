@@ -27,7 +27,8 @@ def _instantiate(node: DictConfig, what: str, **kwargs: Any) -> Any:
             cause = cause.__cause__
         if isinstance(cause, UserError):
             raise cause from None
-        raise ConfigError(f"Could not build {what} from its config: {exc}") from exc
+        reason = " ".join(str(exc).split())  # Hydra's message spans lines (the error, then full_key)
+        raise ConfigError(f"Could not build {what} from its config: {reason}") from exc
 
 
 def build_data(cfg: DictConfig) -> SegmentationData:

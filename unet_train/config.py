@@ -75,11 +75,19 @@ def _run_dir_for(ckpt: str | None, default: str) -> str:
     return default
 
 
+# The files Hydra writes in a job's ``.hydra`` folder.
+HYDRA_RECORD = ("config.yaml", "hydra.yaml", "overrides.yaml")
+
+
 def _output_subdir_for(ckpt: str | None, output_dir: str) -> str | None:
     """Where Hydra records the job (``.hydra``), or None to record nothing: a resume into a run folder that
     already holds its record keeps it, so the job's overrides and config stay those it was started with
-    (``unet-summarize`` reads them); ``unet-train`` appends the resume to ``resume_log.yaml`` instead."""
-    if ckpt and (Path(output_dir) / ".hydra" / "config.yaml").is_file():
+    (``unet-summarize`` reads them); ``unet-train`` appends the resume to ``resume_log.yaml`` instead.
+    Nor is anything recorded through a link at ``.hydra`` or its files: Hydra would write through it."""
+    record = Path(output_dir) / ".hydra"
+    if any(entry.is_symlink() for entry in (record, *(record / name for name in HYDRA_RECORD))):
+        return None  # Hydra writes with open(): never through a planted link (the run then refuses it in one line)
+    if ckpt and (record / "config.yaml").is_file():
         return None
     return ".hydra"
 

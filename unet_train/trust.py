@@ -26,7 +26,7 @@ reads ``paths.*`` of the runtime, and a resolver registered later could do anyth
 An allowed component is not enough either: a file-borne data config never downloads or names where
 to write (:func:`file_borne_data` resets ``download``, ``urls`` and caps ``num_workers``), a plan
 may not set :data:`PLAN_FORBIDDEN` keys, and a YAML file read for a config holds no anchors or aliases
-and is bounded in size (:func:`read_yaml`): a 275-byte alias chain expands to millions of nodes.
+and is bounded in size and nesting (:func:`read_yaml`): a 275-byte alias chain expands to millions of nodes.
 
 ``trust_config=true`` switches the target and interpolation checks off; ``trust_config=[my_pkg]``
 also accepts targets in the module ``my_pkg`` and below (for a user's own model or loss). Neither is ever read from the
@@ -64,6 +64,7 @@ PLAN_LIMITS = {"model.base_channels": 1024, "model.depth": 8, "data.patch_size":
 # Bounds of a config read from a file: its YAML text, and its nodes once loaded.
 MAX_YAML_BYTES = 1 << 20
 MAX_CONFIG_NODES = 100_000
+MAX_YAML_DEPTH = 100
 
 
 class UntrustedConfigError(ConfigError):
@@ -205,6 +206,7 @@ def check_config(config: Any, *, source: str, trusted: bool | Sequence[str] = Fa
 def file_borne_data(data: Any, source: str) -> None:
     """Make a data config read from ``source`` (a dict, changed in place) unable to fetch or write anything.
 
+    Positional arguments (``_args_``) are refused: they would reach ``download`` and ``urls`` unseen.
     ``download`` becomes false and ``urls`` is dropped (the data class's pinned, checksummed mirrors
     apply), so a file cannot send a request nor create folders; ``data.download=true`` (with
     ``data.root``) on the command line asks for a download again. ``num_workers`` is capped at the
@@ -213,6 +215,11 @@ def file_borne_data(data: Any, source: str) -> None:
     """
     if not isinstance(data, dict):
         return
+    if "_args_" in data:  # ISBI2012(root, download, ..., urls) takes them by position as well
+        raise UntrustedConfigError(
+            f"{source} passes its data config positional arguments (data._args_), which a config read from a file "
+            "may not: they could ask for a download or name a folder to write; write them as named keys."
+        )
     if data.get("download"):
         log.debug("%s: data.download=true is not taken from the file (pass data.download=true to fetch)", source)
     if "download" in data:
@@ -265,16 +272,26 @@ def check_plan_sizes(plan: Mapping[str, Any], source: str) -> None:
 class _NoAliasLoader(yaml.SafeLoader):
     """A safe YAML loader that refuses anchors and aliases before they are expanded."""
 
+    depth = 0
+
     def compose_node(self, parent: Any, index: Any) -> Any:
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
             reason = "it uses a YAML anchor or alias (&name / *name), which a config file may not"
             raise yaml.constructor.ConstructorError(None, None, reason, event.start_mark)
-        return super().compose_node(parent, index)
+        if self.depth >= MAX_YAML_DEPTH:  # composing recurses per level: thousands of '[' exhaust the stack
+            reason = f"it nests over {MAX_YAML_DEPTH} levels deep, which a config file never needs"
+            raise yaml.constructor.ConstructorError(None, None, reason, event.start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 def read_yaml(path: Path, what: str) -> Any:
-    """The YAML document of ``path`` (at most :data:`MAX_YAML_BYTES`, no anchors or aliases), or a ConfigError.
+    """The YAML document of ``path`` (at most :data:`MAX_YAML_BYTES` and :data:`MAX_YAML_DEPTH` levels, no anchors
+    or aliases), or a ConfigError.
 
     ``what`` names the file for the message (``plan=/x/plan.yaml``). A missing file raises FileNotFoundError.
     """

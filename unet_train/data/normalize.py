@@ -55,6 +55,10 @@ def resolve_spec(spec: Mapping[str, Any] | None) -> dict[str, Any]:
     """
     if spec is None:
         return {"scheme": "scale_linear", **DEFAULTS["scale_linear"]}
+    if not isinstance(spec, Mapping):
+        raise ConfigError(
+            f"data.normalize={spec!r} must be a mapping with a scheme (e.g. data/normalize=scale_linear)."
+        )
     raw = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
     assert isinstance(raw, dict)
     given: dict[str, Any] = {str(key): value for key, value in raw.items()}

@@ -7,7 +7,8 @@ describes a tree of 2**60 nodes that is hashed or walked node by node. :func:`ch
 the zip's directory and the pickle's opcodes, never their objects, and refuses such a file first:
 
 - every record is stored (torch writes no compressed ones), and each lies inside the file with the
-  size it declares, so no record can make ``torch.load`` hold more than the file's own size;
+  size it declares, and together they declare no more than the file holds (entries pointing at one
+  record's bytes would each be read again), so ``torch.load`` holds no more than the file's own size;
 - the pickle (``data.pkl``) is at most :data:`MAX_PICKLE_BYTES`, and the tree it would build, with
   every shared object counted each time it is referred to, has at most :data:`MAX_NODES` nodes and
   :data:`MAX_DEPTH` levels. Counting runs once over the opcodes and once over the objects they make:
@@ -56,6 +57,11 @@ def check_archive(path: Path) -> None:
                     raise ArchiveError(
                         f"its record {info.filename} declares {info.file_size} bytes that the file does not hold"
                     )
+            declared = sum(info.file_size for info in infos)
+            if declared > size:  # entries that point at one record's bytes: each is read (allocated) again
+                raise ArchiveError(
+                    f"its records declare {declared} bytes that the file does not hold (records that share their bytes)"
+                )
             pickles = [info for info in infos if info.filename.endswith("/data.pkl") or info.filename == "data.pkl"]
             if len(pickles) != 1:
                 raise NotAnArchive("it holds no data.pkl record (not written by torch.save)")

@@ -33,6 +33,8 @@ FORMAT = "unet-train/1"
 UNREADABLE = "is not a readable checkpoint (truncated, corrupted or not a torch file)"
 # What a stored config may hold: what OmegaConf.to_container writes of a resolved config.
 PLAIN = (dict, list, str, int, float, bool, type(None))
+# Levels of a stored run config: ~10 in practice; deeper ones only serve to exhaust recursion.
+MAX_CONFIG_DEPTH = 50
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -133,19 +135,23 @@ def check_structure(checkpoint: dict[str, Any], path: Path | str) -> None:
     config = checkpoint.get("config")
     if not isinstance(config, dict):
         raise _unusable(path, "its 'config' entry is missing or not a mapping")
-    pending: list[tuple[str, Any]] = [("config", config)]
+    pending: list[tuple[str, Any, int]] = [("config", config, 0)]
     while pending:
-        where, node = pending.pop()
+        where, node, level = pending.pop()
+        if level > MAX_CONFIG_DEPTH:  # OmegaConf and the trust check recurse per level
+            raise _unusable(path, f"its config nests over {MAX_CONFIG_DEPTH} levels deep, which no run config does")
         if not isinstance(node, PLAIN):
             raise _unusable(path, f"{where} is a {type(node).__name__}, where a config holds plain values only")
         items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
         for key, value in items:
             if isinstance(node, dict) and not isinstance(key, str):
                 raise _unusable(path, f"{where} has the key {key!r}, where a config has names only")
-            pending.append((f"{where}.{key}" if isinstance(node, dict) else f"{where}[{key}]", value))
+            pending.append((f"{where}.{key}" if isinstance(node, dict) else f"{where}[{key}]", value, level + 1))
     for group in ("model", "data"):
         if not isinstance(config.get(group), dict):
             raise _unusable(path, f"its config has no {group} section")
+    if not isinstance(config["model"].get("_target_"), str):
+        raise _unusable(path, "its config's model section names no _target_ (the model to build)")
     state = checkpoint.get("model")
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()

@@ -21,14 +21,15 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
+from unet_train.config import HYDRA_RECORD
 from unet_train.errors import OutputError
 from unet_train.safe_io import check_outputs, make_folder, output_error
 
 LOCK_FILE = ".lock"
-# What a training run writes in its folder (train.log: Hydra's job log).
+# What a training run writes in its folder (train.log: Hydra's job log; .hydra: Hydra's record of the job).
 RUN_OUTPUTS = (
     "resolved_config.yaml", "resume_log.yaml", "metrics.json", "tensorboard", "checkpoints", "checkpoints/last.pt",
-    "checkpoints/best.pt", LOCK_FILE, "train.log",
+    "checkpoints/best.pt", LOCK_FILE, "train.log", ".hydra", *(f".hydra/{name}" for name in HYDRA_RECORD),
 )  # fmt: skip
 
 

@@ -21,6 +21,7 @@ Layout of ``output=NAME.zarr``:
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import torch
 
 from unet_train.errors import ConfigError
 from unet_train.inference.sources import Volume, ngff_axes, require
+from unet_train.safe_io import confined
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,7 @@ class ZarrPrediction:
         binary = classes == 1
         settings = {**settings, "chunk_size": chunk, "binary": binary, "has_z": volume.has_z, "prob_dtype": prob_dtype}
         if path.exists():
+            check_links(path)
             try:
                 group = zarr.open_group(str(path), mode="r")
                 stored = group.attrs["unet_predict"]
@@ -166,6 +169,14 @@ class ZarrPrediction:
 
     def finish(self) -> None:
         self.group.attrs["unet_predict"] = {**self.group.attrs["unet_predict"], "complete": True}
+
+
+def check_links(store: Path) -> None:
+    """Refuse to resume ``store`` when a link in it leads out of it: zarr writes each chunk by its path."""
+    for folder, names, files in os.walk(store):  # does not descend into linked folders
+        for name in (*names, *files):
+            if os.path.islink(os.path.join(folder, name)):
+                confined(Path(folder) / name, store)
 
 
 def stored_probabilities(values: np.ndarray) -> np.ndarray:
