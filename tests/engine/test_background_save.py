@@ -127,10 +127,11 @@ BACKGROUND_SAVE_LOOP = textwrap.dedent(
     from unet_train.engine.background_save import BackgroundWriter
     from unet_train.engine.checkpoint import FORMAT
     writer, x, i = BackgroundWriter(), torch.zeros(4_000_000), 0
+    CONFIG = {"model": {"_target_": "unet_train.models.UNet"}, "data": {}}
     while True:
         i += 1
         x.fill_(float(i))  # the "training" changes the tensor while the previous write may still run
-        writer.submit({"format": FORMAT, "config": {"model": {}, "data": {}}, "model": {}, "i": i, "x": x}, sys.argv[1])
+        writer.submit({"format": FORMAT, "config": CONFIG, "model": {}, "i": i, "x": x}, sys.argv[1])
         print(i - 1, flush=True)  # submit waited for write i - 1: it is on disk
     """
 )

@@ -192,10 +192,11 @@ SAVE_LOOP = textwrap.dedent(
     import sys, torch
     from unet_train.engine.checkpoint import FORMAT, save_atomic
     i = 0
+    CONFIG = {"model": {"_target_": "unet_train.models.UNet"}, "data": {}}
     while True:
         i += 1
         x = torch.full((4_000_000,), float(i))
-        save_atomic({"format": FORMAT, "config": {"model": {}, "data": {}}, "model": {}, "i": i, "x": x}, sys.argv[1])
+        save_atomic({"format": FORMAT, "config": CONFIG, "model": {}, "i": i, "x": x}, sys.argv[1])
         print(i, flush=True)
     """
 )

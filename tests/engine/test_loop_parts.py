@@ -200,7 +200,7 @@ def fake_run(is_main: bool = True) -> SimpleNamespace:
         scaler=torch.amp.GradScaler("cpu", enabled=False),
         state=TrainState(epoch=3, step=12, best=0.5, best_epoch=2),
         cfg=OmegaConf.create({"monitor": "val/dice"}),
-        resolved_config={"seed": 1, "model": {"depth": 2}, "data": {"root": "."}},
+        resolved_config={"seed": 1, "model": {"_target_": "unet_train.models.UNet", "depth": 2}, "data": {"root": "."}},
         # rank 1 without a process group: the collectives are no-ops, only the rank differs
         dist=Distributed(rank=0 if is_main else 1),
         steps_per_epoch=4,
@@ -232,7 +232,7 @@ def test_checkpointer_writes_a_loadable_checkpoint_and_clears_leftovers(tmp_path
         "checkpoint_s": 0.0,
         "replans": [],
     }
-    assert ckpt["monitor"] == "val/dice" and ckpt["config"] == {"seed": 1, "model": {"depth": 2}, "data": {"root": "."}}
+    assert ckpt["monitor"] == "val/dice" and ckpt["config"]["seed"] == 1 and ckpt["config"]["model"]["depth"] == 2
     assert torch.equal(ckpt["model"]["weight"], run.model.weight.detach())
 
 

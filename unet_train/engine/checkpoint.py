@@ -197,7 +197,8 @@ def check_model_size(model: Callable[[], nn.Module], state: dict[str, torch.Tens
     """
     with torch.device("meta"):
         built = model()
-    check_model_fits(built, state, path)
+    # Weights the built model lacks (deep supervision heads an export drops) are load_model_state's to judge.
+    check_model_fits(built, state, path, shapes_only=True)
     return built
 
 
@@ -207,11 +208,14 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: str
     model.load_state_dict(state)
 
 
-def check_model_fits(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
-    """Say in one message how the checkpoint's weights differ from ``model``'s (which may be on ``meta``)."""
+def check_model_fits(
+    model: nn.Module, state: dict[str, torch.Tensor], path: str | Path, shapes_only: bool = False
+) -> None:
+    """Say in one message how the checkpoint's weights differ from ``model``'s (which may be on ``meta``);
+    ``shapes_only``: only the shapes of the weights both have."""
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
+    missing = [] if shapes_only else [k for k in own if k not in state]
+    unexpected = [] if shapes_only else [k for k in state if k not in own]
     resized = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
     if missing or unexpected or resized:
         problems = []
