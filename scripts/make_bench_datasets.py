@@ -15,6 +15,13 @@ under ``--out``; nothing is downloaded and nothing is written into the project:
   branching dark vessels (1-4 px, about a tenth of the pixels), colour noise. 24 training and 10
   test images of 384 x 384.
 
+- ``dsb``: the 574 real nucleus images of ``../shared/data/dsb2018-nuclei`` (varied sizes, grey and
+  RGB(A)), their instance labels turned into semantic masks (nucleus = 1); its own ``train.txt`` /
+  ``test.txt`` split (462 / 112): many small images.
+- ``vnc``: the real serial-section EM volume ``../shared/data/drosophila-vnc`` cut into its 1024 x 1024
+  sections, 5 classes (membrane, mitochondria, synapses, ...; some rare); 15 training and 5 test
+  sections: few large images, multi-class.
+
 The ultrasound set ``../shared/data/usgra-seg`` is used in place (it has this layout already).
 
     python scripts/make_bench_datasets.py --out /tmp/bench-data
@@ -99,6 +106,24 @@ def make_vessels(root: Path, rng: np.random.Generator, size: int = 384) -> None:
         write_pair(root, "train" if i < 24 else "test", f"eye{i:02d}", image, mask, ".png")
 
 
+def make_dsb(root: Path, dsb: Path) -> None:
+    for split in ("train", "test"):
+        for stem in (dsb / f"{split}.txt").read_text().split():
+            image = np.asarray(Image.open(dsb / "images" / f"{stem}.png"))
+            image = image[..., :3] if image.ndim == 3 else image  # the alpha channel of these PNGs is opaque
+            labels = tifffile.imread(dsb / "labels" / f"{stem}.tif")
+            write_pair(root, split, stem[:16], np.ascontiguousarray(image), labels > 0, ".png")
+
+
+def make_vnc(root: Path, vnc: Path) -> None:
+    for split in ("train", "test"):
+        for stem in (vnc / f"{split}.txt").read_text().split():
+            volume = tifffile.imread(vnc / "images" / f"{stem}.tif")
+            labels = tifffile.imread(vnc / "masks" / f"{stem}.tif")
+            for z, (image, mask) in enumerate(zip(volume, labels)):
+                write_pair(root, split, f"{stem}_{z:02d}", image, mask, ".png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -107,7 +132,9 @@ def main() -> None:
     make_isbi(args.out / "isbi", args.isbi)
     make_fluo16(args.out / "fluo16", np.random.default_rng(0))
     make_vessels(args.out / "vessels", np.random.default_rng(1))
-    for name in ("isbi", "fluo16", "vessels"):
+    make_dsb(args.out / "dsb", SHARED / "dsb2018-nuclei")
+    make_vnc(args.out / "vnc", SHARED / "drosophila-vnc")
+    for name in ("isbi", "fluo16", "vessels", "dsb", "vnc"):
         masks = [np.asarray(Image.open(p)) for p in sorted((args.out / name / "masks").glob("*.png"))]
         share = float(np.mean([np.mean(m > 0) for m in masks]))
         print(f"{args.out / name}: {len(masks)} training pairs, foreground share {share:.3f}")

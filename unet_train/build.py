@@ -13,6 +13,7 @@ from omegaconf import DictConfig, open_dict
 from torch import nn
 
 from unet_train.data.base import SegmentationData
+from unet_train.data.limits import available_memory
 from unet_train.errors import ConfigError, UserError
 from unet_train.losses import DeepSupervisionLoss
 
@@ -55,8 +56,30 @@ def resolve_data_config(cfg: DictConfig, data: SegmentationData) -> None:
 
 
 def build_model(cfg: DictConfig) -> nn.Module:
-    """The model of ``cfg.model``."""
+    """The model of ``cfg.model``, refused in one line when its weights alone would not fit in memory."""
+    check_model_memory(cfg)
     return _instantiate(cfg, "model")
+
+
+def check_model_memory(cfg: DictConfig) -> None:
+    """Count the weights of ``cfg.model`` on the ``meta`` device (no memory) and refuse a model whose float32
+    weights exceed the free memory: ``model.depth=40`` would otherwise be killed by the kernel, unexplained."""
+    try:
+        with torch.device("meta"):
+            count = sum(p.numel() for p in _instantiate(cfg, "model").parameters())
+    except ConfigError as exc:
+        if "overflow" not in str(exc):  # a config error of another kind: building for real says it the same way
+            raise
+        count = None  # more weights than a tensor's size can hold
+    free = available_memory()
+    if count is not None and 4 * count <= free:
+        return
+    size = "more weights than a tensor can hold" if count is None else (
+        f"{count:.3g} weights ({4 * count / 2**30:,.1f} GiB in float32)")  # fmt: skip
+    raise ConfigError(
+        f"The model asked for (model.depth={cfg.get('depth')}, model.base_channels={cfg.get('base_channels')}) has "
+        f"{size}, more than the {free / 2**30:.1f} GiB of free memory; lower model.depth or model.base_channels."
+    )
 
 
 def build_loss(cfg: DictConfig) -> nn.Module:
