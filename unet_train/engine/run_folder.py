@@ -9,7 +9,8 @@ best model. The lock is taken before anything is written into the folder and hel
 ends; the operating system drops it when the process dies, even by SIGKILL, so a stale lock file never
 blocks a later resume. A record lock belongs to the process, not to its open file: DataLoader workers
 forked from the run do not inherit it (an ``flock`` would live on in an orphaned worker for seconds after
-a SIGKILL and refuse the resume that follows). The file names its holder (pid, host, start time) for the refusal message.
+a SIGKILL and refuse the resume that follows). The file names its holder (pid, host, start time) for the
+refusal message.
 """
 
 from __future__ import annotations
