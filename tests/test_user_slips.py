@@ -179,3 +179,25 @@ def test_a_missing_sweep_extra_is_named_in_one_line(tmp_path):
     expected = 'hparams_search=optuna needs the sweep extra, which is not installed: pip install "unet-train[sweep]"'
     assert result.stderr == expected + "\n"
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "kind"),
+    [
+        (["unet-train", *TINY], ""),
+        (["unet-eval", "ckpt=x.pt"], "eval/"),
+        (["unet-plan", "data=folder", "data.root=."], "plan/"),
+        (["unet-train", "-m", *TINY], "multirun"),
+    ],
+)
+def test_a_run_folder_that_cannot_be_made_is_one_line_not_hydras_traceback(command, kind, tmp_path):
+    """``paths.output_dir`` under a file: Hydra's own mkdir ended in its traceback (exit 1)."""
+    (tmp_path / "afile").write_text("")
+    message = refusal(run([*command, f"paths.output_dir={tmp_path / 'afile' / 'x'}"], cwd=tmp_path))
+    where = "multirun/" if kind == "multirun" else f"outputs/{kind}"
+    assert message.startswith(f"Cannot make the run folder {tmp_path / 'afile' / 'x'}/{where}20")
+    assert message.endswith(
+        f": {tmp_path / 'afile'} is a file, not a folder. Run from a folder you can write to, or set "
+        "paths.output_dir=<a folder of yours>."
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # nothing written

@@ -19,11 +19,14 @@ import io
 import logging
 import os
 import secrets
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from unet_train.errors import OutputError
@@ -215,3 +218,27 @@ class RunLogHandler(logging.FileHandler):
                 self.unusable = True
         if not self.unusable:
             super().emit(record)
+
+
+class RunFolderCheck(Callback):
+    """Hydra callback: a run or sweep folder that cannot be made is one line and exit 2, before Hydra's own
+    attempt ends in its traceback (a file where a folder should be, a place the user may not write)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(config: DictConfig, key: str) -> None:
+        folder = _absolute(Path(str(OmegaConf.select(config, key))))
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
+            return
+        reason = "is a file, not a folder" if not existing.is_dir() else "cannot be written to"
+        sys.stderr.write(
+            f"Cannot make the run folder {folder}: {existing} {reason}. Run from a folder you can write to, or set "
+            "paths.output_dir=<a folder of yours>.\n"
+        )
+        sys.exit(2)
