@@ -47,7 +47,7 @@ def start(args: list[str], log: Path) -> subprocess.Popen:
 
 def finish(proc: subprocess.Popen, log: Path) -> None:
     if proc.wait() != 0:
-        raise SystemExit(f"{' '.join(map(str, proc.args))} failed (exit {proc.returncode}); see {log}")
+        raise SystemExit(f"{proc.args!r} failed (exit {proc.returncode}); see {log}")
 
 
 def planned_result(folder: Path) -> dict:
