@@ -3,7 +3,8 @@
 Each cell trains the user's one command (``unet-train data=folder data.root=D plan=auto
 trainer.max_time=B``, then ``unet-eval split=test`` on the best checkpoint) and
 ``scripts/baseline_plain.py`` at the same budget *at the same time*, one thread each, so both meet the
-same machine. A ``busy`` cell adds one CPU-bound process beside them (three busy threads on two cores).
+same machine. A ``busy`` cell adds one CPU-bound process beside them (three busy threads on two cores); the table gives
+the load average seen, so a matrix run beside other work says so.
 Datasets are the folders written by ``scripts/make_bench_datasets.py`` plus ``usgra`` (the shared
 ultrasound set, used in place). Results go to ``<out>/results.jsonl`` (one line per cell, appended, so an
 interrupted matrix continues where it stopped) and a Markdown table is printed.
@@ -90,7 +91,7 @@ def run_cell(cell: str, data: Path, out: Path) -> dict:
             competitor.wait()
     baseline = json.loads((folder / "plain.log").read_text().strip().splitlines()[-1])
     return {
-        "cell": cell, "dataset": name, "budget": int(budget), "load": load[0] if load else "idle",
+        "cell": cell, "dataset": name, "budget": int(budget), "load": "+1 busy process" if load else "alone",
         "load_avg": round(max(load_before, os.getloadavg()[0]), 1), "wall_s": round(time.monotonic() - begun),
         "planned": planned_result(folder / "planned"),
         "plain": {"steps": baseline["steps"], "dice": baseline["test/dice"]},
