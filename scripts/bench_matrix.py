@@ -3,8 +3,8 @@
 Each cell trains the user's one command (``unet-train data=folder data.root=D plan=auto
 trainer.max_time=B``, then ``unet-eval split=test`` on the best checkpoint) and
 ``scripts/baseline_plain.py`` at the same budget *at the same time*, one thread each, so both meet the
-same machine. A ``busy`` cell adds one CPU-bound process beside them (three busy threads on two cores); the table gives
-the load average seen, so a matrix run beside other work says so.
+same machine. A ``busy`` cell adds one CPU-bound process beside them (three busy threads on two cores);
+the table gives the load average seen, so a matrix run beside other work says so.
 Datasets are the folders written by ``scripts/make_bench_datasets.py`` plus ``usgra`` (the shared
 ultrasound set, used in place). Results go to ``<out>/results.jsonl`` (one line per cell, appended, so an
 interrupted matrix continues where it stopped) and a Markdown table is printed.
