@@ -58,7 +58,14 @@ RESUME_LOG = "resume_log.yaml"
 def planned_config(cfg: DictConfig) -> DictConfig:
     """On ``plan=PATH`` (or ``plan=auto``: plan ``cfg.data`` first, into ``<run>/experiment/plan.yaml``), the plan
     merged under this command's overrides."""
-    from unet_train.plan.planner import apply_plan, auto_plan_budget, default_plan_path, load_plan, make_plan
+    from unet_train.plan.planner import (
+        apply_plan,
+        auto_plan_budget,
+        default_plan_path,
+        load_plan,
+        make_plan,
+        warn_if_made_for_other_data,
+    )
 
     path = cfg.plan
     if path == "auto":
@@ -72,6 +79,7 @@ def planned_config(cfg: DictConfig) -> DictConfig:
         log.info("plan=auto: wrote %s", path)
     plan = load_plan(path, trusted=cfg.get("trust_config", False))
     merged = apply_plan(cfg, plan, user_overrides(), source=f"plan={path}")
+    warn_if_made_for_other_data(Path(path), merged.data)
     merged.plan = str(path)
     return merged
 

@@ -16,7 +16,14 @@ from PIL import Image
 
 from tests.conftest import compose_config
 from unet_train.errors import ConfigError
-from unet_train.plan.planner import apply_plan, fingerprint_path, load_plan, make_plan, parse_budget
+from unet_train.plan.planner import (
+    apply_plan,
+    fingerprint_path,
+    load_plan,
+    make_plan,
+    parse_budget,
+    warn_if_made_for_other_data,
+)
 from unet_train.trust import UntrustedConfigError
 
 BIN = Path(sys.executable).parent
@@ -240,3 +247,23 @@ def test_a_plan_key_its_group_does_not_take_is_refused(tmp_path):
     )
     merged = apply_plan(compose_config([*typed, "loss=dice"]), load_plan(plan_path), [*typed, "loss=dice"])
     assert merged.loss._target_.endswith("DiceLoss") and "bce_weight" not in merged.loss
+
+
+def test_a_plan_applied_to_other_data_says_so(folder, tmp_path, caplog):
+    """A plan carries its data's normalisation, crops and classes: used on another folder, the run warns."""
+    cfg = compose_config(["data=folder", f"data.root={folder}"])
+    plan = tmp_path / "plans" / "mine.yaml"
+    make_plan(cfg.data, 60.0, "cpu", plan, measure=False)
+    assert json.loads(fingerprint_path(plan).read_text())["made_for"] == {
+        "data": "unet_train.data.ImageFolder", "root": str(folder)}  # fmt: skip
+    with caplog.at_level("WARNING", logger="unet_train.plan.planner"):
+        warn_if_made_for_other_data(plan, cfg.data)  # its own data: nothing to say
+        assert caplog.messages == []
+        other = compose_config(["data=folder", f"data.root={tmp_path / 'other'}"]).data
+        warn_if_made_for_other_data(plan, other)
+        warn_if_made_for_other_data(tmp_path / "hand-written.yaml", other)  # no fingerprint beside it: silent
+    assert caplog.messages == [
+        f"plan={plan} was made for unet_train.data.ImageFolder at {folder}, but this run trains on "
+        f"unet_train.data.ImageFolder at {tmp_path / 'other'}: its normalisation, crop size and classes may not "
+        "suit this data; plan this data with unet-plan (or plan=auto)."
+    ]

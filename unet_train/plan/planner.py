@@ -125,7 +125,8 @@ def make_plan(data_cfg: DictConfig, budget_s: float, device_name: str, output: P
         log.warning("%s", note)
     root = plan_root(output)  # a link below the plan's folder that leads out of it is refused
     write_atomic(output, plan_yaml(choices, header, unsupported), root=root)
-    write_atomic(fingerprint_path(output), json.dumps(fingerprint, indent=2) + "\n", root=root)
+    made_for = {"made_for": {"data": str(data_cfg._target_), "root": str(data_cfg.get("root"))}}
+    write_atomic(fingerprint_path(output), json.dumps({**fingerprint, **made_for}, indent=2) + "\n", root=root)
     for key in sorted(unsupported):
         log.warning("%s is planned but not a key of %s in this version: written commented out", key, data_cfg._target_)
     return fingerprint
@@ -191,6 +192,26 @@ def apply_plan(cfg: DictConfig, plan: DictConfig, overrides: list[str], source: 
     return merged
 
 
+def warn_if_made_for_other_data(path: Path, data_cfg: DictConfig) -> None:
+    """Warn when the plan's fingerprint (written beside it by unet-plan) names another data config or folder:
+    its normalisation, crop size and classes were chosen for that data."""
+    try:
+        with fingerprint_path(path).expanduser().open("rb") as handle:
+            made_for = json.loads(handle.read(2**20)).get("made_for")
+    except (OSError, ValueError, AttributeError):  # no fingerprint (a hand-written plan) or not one of ours
+        return
+    if not isinstance(made_for, dict):
+        return
+    here = {"data": str(data_cfg.get("_target_")), "root": str(data_cfg.get("root"))}
+    if made_for == here:
+        return
+    log.warning(
+        "plan=%s was made for %s at %s, but this run trains on %s at %s: its normalisation, crop size and classes "
+        "may not suit this data; plan this data with unet-plan (or plan=auto).",
+        path, made_for.get("data"), made_for.get("root"), here["data"], here["root"],
+    )  # fmt: skip
+
+
 def _is_group_choice(key: str, is_group: Any) -> bool:
     """``loss``, ``data/normalize`` or ``data/normalize@...``: the choice of a config group's option."""
     return "/" in key or "@" in key or is_group(key)
@@ -221,4 +242,4 @@ def auto_plan_budget(cfg: DictConfig) -> float:
     return float(cfg.trainer.max_time) if cfg.trainer.get("max_time") else 600.0
 
 
-__all__ = ["apply_plan", "auto_plan_budget", "load_plan", "make_plan", "parse_budget"]
+__all__ = ["apply_plan", "auto_plan_budget", "load_plan", "make_plan", "parse_budget", "warn_if_made_for_other_data"]
