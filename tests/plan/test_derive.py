@@ -110,8 +110,8 @@ def test_a_validation_longer_than_the_budget_is_refused_not_planned_as_one_step_
         derive_plan(huge, CPU, 600.0)
     message = str(error.value)
     assert "\n" not in message
-    assert message.startswith("This data cannot be validated in a budget of 600 s: one validation of its 1 ")
-    assert "validation image(s) (1073.7 Mpx) takes ~" in message and "Give a budget of at least " in message
+    assert message.startswith("This data cannot be validated in a budget of 600 s: one of its 1 validation image(s) ")
+    assert "(1073.7 Mpx) takes ~" in message and "Give a budget of at least " in message
     # A validation at a third of the budget still fits: the steps left make long epochs and a warm-up.
     third = {**fingerprint(n=20, val=1), "val_pixels": 32768**2 // 6}
     got = values(third, budget=600.0)

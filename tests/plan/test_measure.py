@@ -27,3 +27,42 @@ def test_a_fixed_layout_is_timed_without_the_cache(tmp_path, monkeypatch):
     facts = measure_device(torch.device("cpu"), 1, 2, patch=32, depth=2, batch=2, channels_last=False, steps=1)
     assert set(facts.step_seconds) == set(WIDTHS["cpu"]) and min(facts.step_seconds.values()) > 0
     assert not (tmp_path / "unet-train").exists()
+
+
+def test_a_whole_validation_image_is_timed_at_the_width_the_plan_chooses(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls = []
+    from unet_train.engine import evaluate as evaluate_module
+
+    real = evaluate_module.evaluate
+
+    def spy(model, loader, runtime, num_classes, loss_fn=None, on_batch=None):
+        (batch,) = loader
+        calls.append(tuple(batch["image"].shape))
+        return real(model, loader, runtime, num_classes, loss_fn=loss_fn, on_batch=on_batch)
+
+    monkeypatch.setattr(evaluate_module, "evaluate", spy)
+    facts = measure_device(torch.device("cpu"), 1, 2, patch=32, depth=2, batch=2, channels_last=False, steps=1,
+                           budget_s=1e6, val_size=(40, 56))  # fmt: skip
+    # A huge budget: the widest width is the plan's, and only it is validated (a warm-up call and the timed ones).
+    assert list(facts.val_seconds) == [max(WIDTHS["cpu"])] and facts.val_seconds[32] > 0
+    assert facts.val_pixels == 40 * 56
+    assert calls and set(calls) == {(1, 1, 40, 56)}
+
+
+def test_the_run_config_decides_the_optimizer_and_precision_timed(tmp_path, monkeypatch):
+    from tests.conftest import compose_config
+    from unet_train.engine import run as run_module
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    seen = []
+    real = run_module.trial_steps
+
+    def spy(cfg, model, criterion, batch):
+        seen.append((cfg.optim._target_, cfg.get("trainer", {}).get("grad_clip", "default")))
+        return real(cfg, model, criterion, batch)
+
+    monkeypatch.setattr(run_module, "trial_steps", spy)
+    cfg = compose_config(["trainer=cpu", "optim=sgd", "trainer.grad_clip=null", "trainer.channels_last=false"])
+    measure_device(torch.device("cpu"), 1, 2, patch=32, depth=2, batch=2, steps=1, run_cfg=cfg)
+    assert seen and set(seen) == {("torch.optim.SGD", None)}

@@ -12,18 +12,15 @@ from typing import Any
 
 import yaml
 
-from unet_train.errors import ConfigError
+from unet_train.plan.validation_plan import VAL_SHARE, plan_validation, validation_choices
 
 MIN_BOTTLENECK = 8  # pixels of context the deepest level keeps per side
 MAX_DEPTH = 5
 PATCH_CAP = {"cpu": 256, "cuda": 512}  # crop sides a step of the device handles in a useful time
 BATCH = {"cpu": 4, "cuda": 16}
 MIN_STEPS = 600  # optimizer steps a budget should buy; the widest measured width that reaches them wins
-VAL_SHARE = 0.1  # validation's share of the budget
-MAX_VAL_SHARE = 0.5  # one validation costing more than this share of the budget cannot be planned for
 SPARSE_FOREGROUND = 0.1  # mean foreground share below which crops are centred on foreground
 FOREGROUND_OVERSAMPLE = 0.33  # nnU-Net's share of foreground-centred crops
-FORWARD_SHARE = 0.35  # a forward pass's share of a training step's cost (backward and update are the rest)
 
 
 GUESSED_STEP_S = 0.5  # seconds per training step assumed when no step was timed (measure=false)
@@ -31,15 +28,18 @@ GUESSED_STEP_S = 0.5  # seconds per training step assumed when no step was timed
 
 @dataclass(frozen=True)
 class DeviceFacts:
-    """What :mod:`unet_train.plan.measure` found: seconds per training step at each base width.
+    """What :mod:`unet_train.plan.measure` found: seconds per training step at each base width, and of validation.
 
     ``step_seconds`` holds the time of one step at the plan's batch size and patch size
-    (:func:`geometry`), so the plan can trade width for steps.
+    (:func:`geometry`), so the plan can trade width for steps; ``val_seconds`` the time of validating one whole
+    image of ``val_pixels`` pixels at a width (the planned one), as the run validates.
     """
 
     kind: str  # cpu | cuda
     name: str
     step_seconds: dict[int, float] = field(default_factory=dict)
+    val_seconds: dict[int, float] = field(default_factory=dict)
+    val_pixels: int = 0
 
 
 @dataclass(frozen=True)
@@ -98,29 +98,17 @@ def derive_plan(fingerprint: dict, device: DeviceFacts, budget_s: float) -> list
     add("data.batch_size", batch, f"{batch} crops of {patch} px per step on {device.kind}")
     add("model.depth", depth, f"{depth} poolings leave a {patch // 2**depth} px bottleneck (at least {MIN_BOTTLENECK})")
 
-    # Validation: whole images, forward only, at about FORWARD_SHARE of a training step per crop's pixels.
-    # Without the split's size, data.val_fraction 0.2 holds out a quarter of the training count.
-    val_images = fp.get("num_val_images", round(fp["num_images"] * 0.25))
-    val_pixels = fp.get("val_pixels", val_images * fp["height"]["median"] * fp["width"]["median"])
     train_guess = budget_s * (1 - VAL_SHARE)
     width, step_s, width_reason = choose_width(device, train_guess)
     add("model.base_channels", width, width_reason)
     timed = not math.isnan(step_s)
     if not timed:
         step_s = GUESSED_STEP_S
-    val_s = val_pixels / (batch * patch * patch) * step_s * FORWARD_SHARE
-    check_validation_fits(val_s, val_images, val_pixels, budget_s, device)
-    validations = int(max(1, min(20, VAL_SHARE * budget_s / max(val_s, 1e-9))))
-    steps = max(1, int((budget_s - validations * val_s) / step_s))
-    validations = min(validations, steps)
-    epoch_steps = max(1, steps // validations)
-    each = f"~{val_s:.1f} s each" if val_s >= 0.05 else "under 0.1 s each"
-    if not timed:
-        each += f", from a guessed {GUESSED_STEP_S:g} s per step: nothing was timed"
-    add("data.samples_per_epoch", epoch_steps * batch,
-        f"{epoch_steps} steps per epoch: ~{validations} validations ({each}) cost "
-        f"~{validations * val_s / budget_s:.0%} of the budget")  # fmt: skip
-    add("trainer.val_every", 1, "the epoch length above already spaces the validations")
+    # Which validation images, how often: validation_plan.py's rule, from a timed whole-image validation.
+    plan = plan_validation(fp, device, width, step_s, budget_s, batch * patch * patch)
+    steps = plan.steps
+    for key, value, reason in validation_choices(plan, batch, budget_s, None if timed else GUESSED_STEP_S):
+        add(key, value, reason)
     add("trainer.max_time", float(budget_s), f"the budget ({budget_s:g} s): the schedule anneals over it")
     add("trainer.max_epochs", 1_000_000, "the time budget ends the run, not an epoch count")
     add("sched.warmup_steps", min(200, steps // 50), f"about 2% of the ~{steps} steps (at most 200)")
@@ -135,25 +123,6 @@ def derive_plan(fingerprint: dict, device: DeviceFacts, budget_s: float) -> list
     else:
         add("data.foreground_oversample", 0.0, f"foreground is {share:.0%} of the pixels: random crops see it")
     return choices
-
-
-def check_validation_fits(
-    val_s: float, val_images: int, val_pixels: float, budget_s: float, device: DeviceFacts
-) -> None:
-    """Refuse a budget in which the final validation alone takes more than ``MAX_VAL_SHARE`` of it.
-
-    Such a plan could only train for a handful of steps (one-step epochs, no warm-up) and the run
-    would overrun its budget by the validation; better to say so than to write it.
-    """
-    if val_s <= MAX_VAL_SHARE * budget_s:
-        return
-    where = f"on {device.name}" if device.step_seconds else "(a guess: no training step was timed)"
-    raise ConfigError(
-        f"This data cannot be validated in a budget of {budget_s:g} s: one validation of its {val_images} "
-        f"validation image(s) ({val_pixels / 1e6:.1f} Mpx) takes ~{val_s:.0f} s {where}, more than "
-        f"{MAX_VAL_SHARE:.0%} of the budget. Give a budget of at least {math.ceil(val_s / MAX_VAL_SHARE)} s "
-        "(budget=, or trainer.max_time with plan=auto), or validate on fewer or smaller images (data.val_fraction)."
-    )
 
 
 def _normalize(fp: dict) -> tuple[dict, str]:

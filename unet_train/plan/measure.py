@@ -6,16 +6,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from unet_train.config import config_dir
-from unet_train.plan.derive import MIN_STEPS, DeviceFacts
+from unet_train.plan.derive import MIN_STEPS, DeviceFacts, choose_width
+from unet_train.plan.validation_plan import VAL_SHARE
 
 log = logging.getLogger(__name__)
 
 WIDTHS = {"cpu": (8, 16, 32), "cuda": (16, 32, 64)}
+LONG_CALL_S = 2.0  # a validation call this long is timed once (its warm-up costs little beside it)
 
 
 def measure_device(
@@ -29,6 +33,8 @@ def measure_device(
     budget_s: float | None = None,
     precision: str = "32",
     channels_last: bool | str = "auto",
+    val_size: tuple[int, int] | None = None,
+    run_cfg: DictConfig | None = None,
 ) -> DeviceFacts:
     """Seconds per training step of the vanilla UNet at each width of ``WIDTHS``: the step ``unet-train`` takes
     (BCE + Dice, fused Adam, gradient clipping) in the layout and precision it will take them.
@@ -53,8 +59,12 @@ def measure_device(
         target = target.clamp(max=1)
     loss_fn = BCEDiceLoss()
     cfg = OmegaConf.create({"optim": OmegaConf.load(config_dir() / "optim" / "adam.yaml")})  # the default optimizer
+    if run_cfg is not None:  # the run's own step: its optimizer and clipping, in its precision and layout
+        cfg = OmegaConf.create({key: OmegaConf.to_container(run_cfg[key], resolve=True) for key in ("optim", "trainer")})
+        precision, channels_last = str(run_cfg.trainer.precision), run_cfg.trainer.channels_last
     runtime = make_runtime(str(device), precision, channels_last, deterministic=False)
     timed: dict[int, float] = {}
+    runtimes: dict[int, Any] = {}
     for width in WIDTHS[kind]:
         model = UNet(in_channels=in_channels, out_channels=out_channels, base_channels=width, depth=depth).to(device)
         make_step, what = trial_steps(cfg, model, loss_fn, {"image": images, "mask": target})
@@ -63,11 +73,43 @@ def measure_device(
             timed[width] = seconds[autotune.Setting(chosen.channels_last, chosen.precision).name]
         else:
             timed[width] = _seconds_per_call(make_step(chosen), steps, device)
+        runtimes[width] = chosen
         log.info("width %d: %.0f ms per step (%d x %d px crops, %s, %s)", width, timed[width] * 1000, batch, patch,
                  "channels-last" if chosen.channels_last else "NCHW", chosen.precision)  # fmt: skip
         if budget_s is not None and timed[width] * MIN_STEPS > budget_s:
             break  # a wider one would be slower still
-    return DeviceFacts(kind=kind, name=name, step_seconds=timed)
+    facts = DeviceFacts(kind=kind, name=name, step_seconds=timed)
+    if val_size is None or budget_s is None:
+        return facts
+    width = choose_width(facts, budget_s * (1 - VAL_SHARE))[0]
+    model = UNet(in_channels=in_channels, out_channels=out_channels, base_channels=width, depth=depth).to(device)
+    seconds = time_validation(model, runtimes[width], loss_fn, in_channels, num_classes, val_size)
+    log.info("width %d: %.2f s to validate one whole %dx%d image", width, seconds, *val_size)
+    return replace(facts, val_seconds={width: seconds}, val_pixels=val_size[0] * val_size[1])
+
+
+def time_validation(
+    model: torch.nn.Module, runtime: Any, loss_fn: torch.nn.Module, in_channels: int, num_classes: int,
+    size: tuple[int, int], calls: int = 2,
+) -> float:  # fmt: skip
+    """Seconds to validate one whole ``size`` image: the run's own :func:`~unet_train.engine.evaluate.evaluate`
+    (forward, loss, scores) in ``runtime``'s layout and precision; the faster of ``calls`` calls after a warm-up one,
+    or the warm-up alone when it is long (a large image on a CPU: a second call costs as much as it tells)."""
+    from unet_train.engine.evaluate import evaluate
+    from unet_train.engine.runtime import to_channels_last
+
+    model = to_channels_last(model) if runtime.channels_last else model
+    mask = torch.randint(0, max(2, num_classes), (1, *size))
+    batch = {"image": torch.rand(1, in_channels, *size), "mask": mask.clamp(max=1) if num_classes <= 2 else mask,
+             "name": ["timed"]}  # fmt: skip
+    times = []
+    for _ in range(calls + 1):
+        start = time.perf_counter()
+        evaluate(model, [batch], runtime, max(2, num_classes), loss_fn=loss_fn)  # reads the scores: synchronised
+        times.append(time.perf_counter() - start)
+        if times[0] > LONG_CALL_S:
+            break
+    return min(times[1:] or times)
 
 
 def _seconds_per_call(step: Callable[[], object], calls: int, device: torch.device) -> float:

@@ -96,9 +96,13 @@ def data_keys(data_cfg: DictConfig) -> set[str]:
     return keys
 
 
-def make_plan(data_cfg: DictConfig, budget_s: float, device_name: str, output: Path, measure: bool = True) -> dict:
-    """Fingerprint ``data_cfg``'s training split, time the device, write the plan to ``output``; returns the
-    fingerprint."""
+def make_plan(
+    data_cfg: DictConfig, budget_s: float, device_name: str, output: Path, measure: bool = True,
+    run_cfg: DictConfig | None = None,
+) -> dict:  # fmt: skip
+    """Fingerprint ``data_cfg``'s training split, time the device (a training step per width, a whole validation
+    image at the chosen one), write the plan to ``output``; returns the fingerprint. ``run_cfg``: the run's config
+    (``plan=auto``), whose optimizer, precision and layout are timed."""
     data = build_data(data_cfg)
     fingerprint = compute_fingerprint(*training_split(data))
     device = resolve_device(device_name)
@@ -106,7 +110,8 @@ def make_plan(data_cfg: DictConfig, budget_s: float, device_name: str, output: P
     patch, depth, batch = geometry(fingerprint, kind)
     facts = (
         measure_device(
-            device, max(fingerprint["channels"]), fingerprint["num_classes"], patch, depth, batch, budget_s=budget_s
+            device, max(fingerprint["channels"]), fingerprint["num_classes"], patch, depth, batch, budget_s=budget_s,
+            val_size=(int(fingerprint["height"]["median"]), int(fingerprint["width"]["median"])), run_cfg=run_cfg,
         )
         if measure
         else DeviceFacts(kind=kind, name=f"{kind}, not timed (measure=false)")
