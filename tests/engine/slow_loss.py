@@ -1,7 +1,8 @@
 """A loss that sleeps on every training call, to give a run epochs of a known wall time through the real CLI.
 
 ``loss=bce loss._target_=tests.engine.slow_loss.SlowLoss +loss.sleep_s=0.15``: each optimizer step takes
-0.15 s more; sleeping needs no CPU, so the epochs keep their length on a loaded machine.
+0.15 s more; sleeping needs no CPU, so the epochs keep their length on a loaded machine. ``+loss.eval_sleep_s=0.3``
+makes each validation call (one per validation batch) sleep too: a validation slower than the plan measured.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from unet_train.losses import BCELoss
 
 
 class SlowLoss(BCELoss):
-    """Binary cross-entropy that sleeps ``sleep_s`` on each call with gradients (training, not validation)."""
+    """Binary cross-entropy that sleeps ``sleep_s`` on each call with gradients (training) and ``eval_sleep_s`` on
+    each call without (validation)."""
 
-    def __init__(self, sleep_s: float = 0.1, pos_weight: float | None = None) -> None:
+    def __init__(self, sleep_s: float = 0.1, pos_weight: float | None = None, eval_sleep_s: float = 0.0) -> None:
         super().__init__(pos_weight)
-        self.sleep_s = sleep_s
+        self.sleep_s, self.eval_sleep_s = sleep_s, eval_sleep_s
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled():
-            time.sleep(self.sleep_s)
+        time.sleep(self.sleep_s if torch.is_grad_enabled() else self.eval_sleep_s)
         return super().forward(logits, target)

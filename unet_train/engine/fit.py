@@ -33,6 +33,7 @@ from unet_train.engine.signals import GracefulStop
 from unet_train.engine.step import TrainStep
 from unet_train.engine.stopping import StopRules
 from unet_train.engine.tensorboard import hparams
+from unet_train.engine.val_schedule import ValidationSchedule
 from unet_train.engine.validation import monitor_mode, validate_epoch
 from unet_train.errors import ConfigError
 from unet_train.safe_io import confined, write_atomic
@@ -71,6 +72,8 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
             budget = run.budget
             budget.start()
             stop = StopRules(tcfg, signals, run.dist, budget)
+            images_per_step = int(cfg.data.batch_size) * run.dist.world_size
+            validations = ValidationSchedule(tcfg, state, run.dist, run.steps_per_epoch, images_per_step)
             on_cpu = run.runtime.device.type == "cpu"
             # Without bars (a cluster log, | tee), a plain progress line every trainer.progress_every_s seconds.
             every = tcfg.get("progress_every_s", TrainerConfig.progress_every_s)
@@ -88,12 +91,14 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                 train_loss = train_loss if result.loss is None else result.loss
                 last_epoch = result.out_of_time or state.epoch == tcfg.max_epochs
                 # A validation that would leave no room for the final one in trainer.max_time is skipped.
-                due = state.epoch % tcfg.val_every == 0 and run.dist.agree(budget.allows_validation())
+                due = validations.due(state.epoch) and run.dist.agree(budget.allows_validation())
                 if due or last_epoch:
                     started = time.monotonic()
                     last_metrics = validate_epoch(run, writer, checkpoints, epochs, train_loss, result.images_per_s)
                     budget.record_validation(time.monotonic() - started)
-                elif state.epoch % tcfg.val_every == 0:
+                    # trainer.val_share: validate less often when validation costs more than planned
+                    validations.after_validation(budget.validation_s or 0.0, result.images_per_s)
+                elif validations.due(state.epoch):
                     log.info("epoch %d: validation skipped, the final one must fit in trainer.max_time", state.epoch)
                 writer.flush()  # events up to this step are on disk before the checkpoint that resumes after them
                 reason = stop.after_epoch(state, result.out_of_time)
@@ -167,15 +172,21 @@ def already_complete(run: Run, run_dir: Path) -> dict[str, float]:
 
 def log_start(run: Run) -> None:
     log.info(
-        "Training %s on %s (%d train / %d val images), %d steps per epoch, device %s, precision %s",
+        "Training %s on %s (%d train / %s val images), %d steps per epoch, device %s, precision %s",
         run.cfg.model._target_.rsplit(".", 1)[-1],
         type(run.data).__name__,
         len(run.train_loader.dataset),
-        len(run.val_loader.dataset),
+        validated(run),
         run.steps_per_epoch,
         run.runtime.device,
         run.runtime.precision,
     )
+
+
+def validated(run: Run) -> str:
+    """``16`` or ``5 of 159 (trainer.val_subset, a fixed sample)``: the validation images each validation scores."""
+    size, subset = len(run.val_loader.dataset), run.cfg.trainer.get("val_subset")
+    return str(size) if subset is None or subset >= size else f"{subset} of {size} (trainer.val_subset, a fixed sample)"
 
 
 def show_progress(setting: str) -> bool:
@@ -194,6 +205,11 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.max_time={t.max_time} must be a positive number of seconds (or null).")
     if t.val_every < 1:
         raise ConfigError(f"trainer.val_every={t.val_every} must be at least 1.")
+    subset, share = t.get("val_subset"), t.get("val_share")
+    if subset is not None and subset < 1:
+        raise ConfigError(f"trainer.val_subset={subset} must be a number of validation images (at least 1), or null.")
+    if share is not None and not 0 < share < 1:
+        raise ConfigError(f"trainer.val_share={share} must be a share of trainer.max_time in (0, 1), or null.")
     patience = t.get("early_stopping_patience")
     if patience is not None and patience < 1:
         raise ConfigError(

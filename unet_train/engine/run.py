@@ -40,7 +40,7 @@ from unet_train.engine.runtime import Runtime, make_runtime, seed_everything, to
 from unet_train.engine.schedulers import continue_schedule
 from unet_train.engine.signals import ignore_stop_signals
 from unet_train.engine.step import TrainStep
-from unet_train.engine.validation import check_monitor, monitor_mode
+from unet_train.engine.validation import check_monitor, monitor_mode, validation_sampler
 from unet_train.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,10 @@ class TrainState:
     progress: float | None = None  # the time-based schedule's progress in [0, 1] (None: not recorded)
     validation_s: float | None = None  # the longest validation measured (None: not yet)
     checkpoint_s: float = 0.0  # the longest synchronous checkpoint write measured
+    # Epochs between validations as trainer.val_share re-planned them from measured costs (0: trainer.val_every),
+    # and the epoch of the last validation it counts from (engine/val_schedule.py).
+    val_every: int = 0
+    validated_epoch: int = 0
     # Each earlier re-plan of the schedule as [step, steps planned before, steps planned after], oldest first.
     replans: list[list[int]] = field(default_factory=list)
 
@@ -137,7 +141,8 @@ def build_run(cfg: DictConfig) -> Run:
     check_monitor(cfg.monitor, data.num_classes)
     pin = runtime.device.type == "cuda"
     train_sampler = dist.train_sampler(len(data.dataset("train")), data.samples_per_epoch, cfg.seed)
-    val_sampler = dist.eval_sampler(len(data.dataset("val")))
+    val_size = len(data.dataset("val"))
+    val_sampler = validation_sampler(dist, val_size, tcfg.get("val_subset"))  # trainer.val_subset: a fixed sample
     criterion = build_loss(cfg)
     # Without DDP the loader makes its own EpochSampler from the seed (exact, restartable epochs).
     train_loader = data.dataloader(
@@ -161,9 +166,10 @@ def build_run(cfg: DictConfig) -> Run:
     planned_steps = len(train_loader) * tcfg.max_epochs
     budget = TimeBudget(tcfg.max_time)
     budget.pixels_per_step = int(cfg.data.batch_size) * int(cfg.data.get("patch_size", 256)) ** 2
-    # The validation rank 0 does: its shard of the split (ShardSampler's items), whose cost the reserve holds back.
-    val_images = data.split("val").images[dist.rank :: dist.world_size]
-    budget.val_pixels = sum(int(im.shape[0]) * int(im.shape[1]) for im in val_images)
+    # The validation this rank does: its shard of the split or of trainer.val_subset, whose cost the reserve holds back.
+    shard = list(val_sampler) if val_sampler is not None else range(val_size)
+    images = data.split("val").images
+    budget.val_pixels = sum(int(images[i].shape[0]) * int(images[i].shape[1]) for i in shard)
     progress = budget.schedule_progress if tcfg.max_time is not None else None
     scheduler = build_scheduler(cfg, optimizer, total_steps=planned_steps, progress=progress)
     run = Run(

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
+from torch.utils.data import Sampler
 from torch.utils.tensorboard import SummaryWriter
 
 from unet_train.data.foreground import boundary_positive
@@ -24,6 +27,38 @@ MINIMIZED = ("loss", "error", "hd95")
 # What unet-eval's EvalReport adds (binary tasks): a threshold sweep per image and distance transforms,
 # seconds per image on a CPU, so validation computes them only when one of them is monitored.
 CHALLENGE_KEYS = ("vrand", "vrand_threshold", "vinfo", "vinfo_threshold", "hd95")
+# trainer.val_subset's sample is drawn with this seed, not the run's: every run of a sweep (and every validation
+# of a run, resumed or not) scores the same images, so their best values compare.
+VAL_SUBSET_SEED = 0
+
+
+def validation_subset(size: int, subset: int | None) -> list[int] | None:
+    """The items of a validation split of ``size`` images each validation scores: a fixed sample of ``subset`` of
+    them (``trainer.val_subset``; sorted), or None for all of them."""
+    if subset is None or subset >= size:
+        return None
+    return sorted(np.random.default_rng(VAL_SUBSET_SEED).choice(size, subset, replace=False).tolist())
+
+
+class ItemSampler(Sampler[int]):
+    """The given items of a split, in order: this rank's share of a validation subset."""
+
+    def __init__(self, items: list[int]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.items)
+
+
+def validation_sampler(dist: distributed.Distributed, size: int, subset: int | None) -> Sampler | None:
+    """What each rank validates: its shard (every ``world_size``-th item) of the split or of its fixed subset."""
+    items = validation_subset(size, subset)
+    if items is None:
+        return dist.eval_sampler(size)
+    return ItemSampler(items[dist.rank :: dist.world_size])
 
 
 def validation_keys(num_classes: int) -> list[str]:
