@@ -121,3 +121,27 @@ def test_a_slow_validation_is_spaced_out_and_a_resume_keeps_the_decision(tmp_pat
     b = load_checkpoint(last, trust=TRUST)["model"]
     assert max_abs_diff(a, b) <= 1e-6
     assert torch.equal(a[next(iter(a))], b[next(iter(b))])
+
+
+def test_the_validation_subset_is_one_fixed_sample_shared_by_the_ranks():
+    from unet_train.engine.validation import validation_sampler, validation_subset
+
+    sample = validation_subset(159, 6)
+    assert sample is not None and len(set(sample)) == 6 and sample == sorted(sample) and max(sample) < 159
+    assert validation_subset(159, 6) == sample  # the same images every time (and for every seed of a sweep)
+    assert validation_subset(5, 6) is None and validation_subset(5, None) is None  # all of them
+
+    shards = [list(validation_sampler(Distributed(rank=r, world_size=2), 159, 6) or []) for r in (0, 1)]
+    assert shards == [sample[0::2], sample[1::2]]  # each rank its share, each image once
+
+
+def test_a_run_validates_its_subset_and_reserves_time_for_it_alone(tmp_path):
+    from unet_train.engine.run import build_run
+    from unet_train.engine.validation import validation_subset
+
+    cfg = compose_config([*TINY, "data.num_val=6", "trainer.val_subset=2", "trainer.max_time=60"])
+    run = build_run(cfg)
+    names = [name for batch in run.val_loader for name in batch["name"]]
+    split = run.data.split("val")
+    assert names == [split.names[i] for i in validation_subset(6, 2)]
+    assert run.budget.val_pixels == 2 * 64 * 64  # the final validation's reserve: two images, not six
