@@ -230,6 +230,8 @@ def test_checkpointer_writes_a_loadable_checkpoint_and_clears_leftovers(tmp_path
         "progress": None,
         "validation_s": None,
         "checkpoint_s": 0.0,
+        "val_every": 0,
+        "validated_epoch": 0,
         "replans": [],
     }
     assert ckpt["monitor"] == "val/dice" and ckpt["config"]["seed"] == 1 and ckpt["config"]["model"]["depth"] == 2

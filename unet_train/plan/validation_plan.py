@@ -91,26 +91,26 @@ def validation_choices(
 
     ``guessed_step_s``: the step time assumed when no step was timed (said in the reason)."""
     how = "measured" if plan.timed else "guessed (nothing was timed)"
-    each = f"~{plan.val_s:.1f} s each" if plan.val_s >= 0.05 else "under 0.1 s each"
+    each = f"~{seconds(plan.val_s)} each"
     full_s = plan.val_images * plan.image_s
     if plan.subset is None:
         subset_reason = (
-            f"all {plan.val_images} validation images: {plan.image_s:.2f} s per image ({how}), {plan.validations} "
-            f"validations of ~{plan.val_s:.1f} s fit in {VAL_SHARE:.0%} of the budget"
+            f"all {plan.val_images} validation images: {seconds(plan.image_s)} per image ({how}), {plan.validations} "
+            f"validations of ~{seconds(plan.val_s)} fit in {VAL_SHARE:.0%} of the budget"
         )
     else:
         fits = "fits" if full_s <= VAL_SHARE * budget_s else "does not fit"
         subset_reason = (
             f"{plan.subset} of the {plan.val_images} validation images (a fixed sample: best.pt is chosen on the same "
-            f"images every time): {plan.image_s:.2f} s per image ({how}); {plan.validations} validations of the "
-            f"sample fit in {VAL_SHARE:.0%} of the budget. One full validation (~{full_s:.0f} s, "
+            f"images every time): {seconds(plan.image_s)} per image ({how}); {plan.validations} validations of the "
+            f"sample fit in {VAL_SHARE:.0%} of the budget. One full validation (~{seconds(full_s)}, "
             f"{full_s / budget_s:.0%} of the budget) {fits} in that share: score best.pt on the whole split with "
             "unet-eval ckpt=<run>/checkpoints/best.pt split=val"
         )
     if guessed_step_s is not None:
         each += f", from a guessed {guessed_step_s:g} s per step: nothing was timed"
     epoch_reason = (
-        f"{plan.epoch_steps} steps per epoch of {plan.step_s:.2f} s: ~{plan.validations} validations ({each}) cost "
+        f"{plan.epoch_steps} steps per epoch of {seconds(plan.step_s)}: ~{plan.validations} validations ({each}) cost "
         f"~{plan.validations * plan.val_s / budget_s:.0%} of the budget"
     )
     return [
@@ -120,6 +120,13 @@ def validation_choices(
         ("trainer.val_share", VAL_SHARE, f"the run re-measures: if a validation costs more than {VAL_SHARE:.0%} of "
          "the training time between two (a loaded machine), it validates less often (logged)"),
     ]  # fmt: skip
+
+
+def seconds(value: float) -> str:
+    """``80 s``, ``0.60 s`` or ``under 0.01 s``: a time for a plan's comment."""
+    if value >= 10:
+        return f"{value:.0f} s"
+    return f"{value:.2f} s" if value >= 0.005 else "under 0.01 s"
 
 
 def check_validation_fits(
