@@ -45,7 +45,7 @@ class TrainerConfig:
     max_time: float | None = None  # wall-clock budget in seconds
     val_every: int = 1  # validate every N epochs (and always after the last one)
     val_subset: int | None = None  # validate on N images of the val split (a fixed sample, seed 0); null: all
-    val_share: float | None = None  # validation's most share of the training time: measured, validates less often
+    val_share: float | None = None  # most share of training time validation may take (measured: spaced out); null: off
     grad_clip: float | None = 1.0  # max global gradient norm; null disables clipping
     log_every: int = 10  # optimizer steps between reads of the loss (each read syncs the device)
     num_image_panels: int = 2  # validation images drawn to TensorBoard
