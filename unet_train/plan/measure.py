@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -60,7 +60,8 @@ def measure_device(
     loss_fn = BCEDiceLoss()
     cfg = OmegaConf.create({"optim": OmegaConf.load(config_dir() / "optim" / "adam.yaml")})  # the default optimizer
     if run_cfg is not None:  # the run's own step: its optimizer and clipping, in its precision and layout
-        cfg = OmegaConf.create({key: OmegaConf.to_container(run_cfg[key], resolve=True) for key in ("optim", "trainer")})
+        own = {key: OmegaConf.to_container(run_cfg[key], resolve=True) for key in ("optim", "trainer")}
+        cfg = OmegaConf.create(own)
         precision, channels_last = str(run_cfg.trainer.precision), run_cfg.trainer.channels_last
     runtime = make_runtime(str(device), precision, channels_last, deterministic=False)
     timed: dict[int, float] = {}
@@ -83,9 +84,9 @@ def measure_device(
         return facts
     width = choose_width(facts, budget_s * (1 - VAL_SHARE))[0]
     model = UNet(in_channels=in_channels, out_channels=out_channels, base_channels=width, depth=depth).to(device)
-    seconds = time_validation(model, runtimes[width], loss_fn, in_channels, num_classes, val_size)
-    log.info("width %d: %.2f s to validate one whole %dx%d image", width, seconds, *val_size)
-    return replace(facts, val_seconds={width: seconds}, val_pixels=val_size[0] * val_size[1])
+    val_s = time_validation(model, runtimes[width], loss_fn, in_channels, num_classes, val_size)
+    log.info("width %d: %.2f s to validate one whole %dx%d image", width, val_s, *val_size)
+    return replace(facts, val_seconds={width: val_s}, val_pixels=val_size[0] * val_size[1])
 
 
 def time_validation(
@@ -100,12 +101,12 @@ def time_validation(
 
     model = to_channels_last(model) if runtime.channels_last else model
     mask = torch.randint(0, max(2, num_classes), (1, *size))
-    batch = {"image": torch.rand(1, in_channels, *size), "mask": mask.clamp(max=1) if num_classes <= 2 else mask,
-             "name": ["timed"]}  # fmt: skip
+    target = mask.clamp(max=1) if num_classes <= 2 else mask
+    loader = cast(Any, [{"image": torch.rand(1, in_channels, *size), "mask": target, "name": ["timed"]}])
     times = []
     for _ in range(calls + 1):
         start = time.perf_counter()
-        evaluate(model, [batch], runtime, max(2, num_classes), loss_fn=loss_fn)  # reads the scores: synchronised
+        evaluate(model, loader, runtime, max(2, num_classes), loss_fn=loss_fn)  # reads the scores: synchronised
         times.append(time.perf_counter() - start)
         if times[0] > LONG_CALL_S:
             break

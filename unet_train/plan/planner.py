@@ -110,8 +110,15 @@ def make_plan(
     patch, depth, batch = geometry(fingerprint, kind)
     facts = (
         measure_device(
-            device, max(fingerprint["channels"]), fingerprint["num_classes"], patch, depth, batch, budget_s=budget_s,
-            val_size=(int(fingerprint["height"]["median"]), int(fingerprint["width"]["median"])), run_cfg=run_cfg,
+            device,
+            max(fingerprint["channels"]),
+            fingerprint["num_classes"],
+            patch,
+            depth,
+            batch,
+            budget_s=budget_s,
+            val_size=(int(fingerprint["height"]["median"]), int(fingerprint["width"]["median"])),
+            run_cfg=run_cfg,
         )
         if measure
         else DeviceFacts(kind=kind, name=f"{kind}, not timed (measure=false)")

@@ -146,4 +146,3 @@ def check_validation_fits(
         f"budget. Give a budget of at least {math.ceil(image_s / MAX_VAL_SHARE)} s (budget=, or trainer.max_time "
         "with plan=auto), or validate on smaller images."
     )
-
