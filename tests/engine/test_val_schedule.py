@@ -136,6 +136,7 @@ def test_the_validation_subset_is_one_fixed_sample_shared_by_the_ranks():
 
 
 def test_a_run_validates_its_subset_and_reserves_time_for_it_alone(tmp_path):
+    from unet_train.engine.fit import validated
     from unet_train.engine.run import build_run
     from unet_train.engine.validation import validation_subset
 
@@ -145,3 +146,4 @@ def test_a_run_validates_its_subset_and_reserves_time_for_it_alone(tmp_path):
     split = run.data.split("val")
     assert names == [split.names[i] for i in validation_subset(6, 2)]
     assert run.budget.val_pixels == 2 * 64 * 64  # the final validation's reserve: two images, not six
+    assert validated(run) == "2 of 6 (trainer.val_subset, a fixed sample)"  # what the start of the log says

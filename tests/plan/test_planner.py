@@ -139,6 +139,9 @@ def test_plan_auto_plans_and_trains(folder, tmp_path):
     assert resolved["data"]["patch_size"] == plan["data"]["patch_size"] == 48
     assert resolved["model"]["base_channels"] == plan["model"]["base_channels"]
     assert resolved["trainer"]["max_time"] == 6.0
+    # Validation inside the budget: the run validates (and re-measures) as planned from a timed validation.
+    assert resolved["trainer"]["val_share"] == plan["trainer"]["val_share"] == 0.1
+    assert "val_subset" in plan["trainer"] and resolved["trainer"]["val_subset"] == plan["trainer"]["val_subset"]
     assert json.loads(metrics_file.read_text())["steps"] >= 1
 
 
