@@ -70,7 +70,7 @@ def test_every_rank_takes_rank_zeros_figures():
 
 
 def test_a_share_outside_zero_one_and_an_empty_subset_are_refused(tmp_path):
-    with pytest.raises(ConfigError, match=r"^trainer\.val_share=1\.5 must be a share of trainer\.max_time in \(0, 1\)"):
+    with pytest.raises(ConfigError, match=r"^trainer\.val_share=1\.5 must be a share of the training time in \(0, 1\)"):
         fit(compose_config([*TINY, "trainer.val_share=1.5"]), tmp_path)
     with pytest.raises(ConfigError, match=r"^trainer\.val_subset=0 must be a number of validation images"):
         fit(compose_config([*TINY, "trainer.val_subset=0"]), tmp_path)

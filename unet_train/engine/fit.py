@@ -209,7 +209,7 @@ def validate_config(cfg: DictConfig) -> None:
     if subset is not None and subset < 1:
         raise ConfigError(f"trainer.val_subset={subset} must be a number of validation images (at least 1), or null.")
     if share is not None and not 0 < share < 1:
-        raise ConfigError(f"trainer.val_share={share} must be a share of trainer.max_time in (0, 1), or null.")
+        raise ConfigError(f"trainer.val_share={share} must be a share of the training time in (0, 1), or null.")
     patience = t.get("early_stopping_patience")
     if patience is not None and patience < 1:
         raise ConfigError(
