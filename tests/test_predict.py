@@ -100,7 +100,7 @@ def test_eval_reports_challenge_metrics_overlays_and_tta(tiny_ckpt, tmp_path):
 def test_predict_config_composes_with_its_defaults():
     cfg = compose_config(["ckpt=some.pt", "input=stack.tif", "output=pred", "tta=true"], config_name="predict")
     assert (cfg.ckpt, cfg.input, cfg.output, cfg.tta) == ("some.pt", "stack.tif", "pred", True)
-    assert (cfg.tile_size, cfg.overlap, cfg.batch_size, cfg.margin) == (256, 0.25, 4, None)
+    assert (cfg.tile_size, cfg.tile_memory, cfg.overlap, cfg.batch_size, cfg.margin) == (None, None, 0.25, None, None)
     assert cfg.trainer.device == "auto"
 
 

@@ -14,23 +14,18 @@ chunks are shared between the processes. ``ckpt=[a.pt,b.pt]`` averages the model
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
-import os
-import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
 import numpy as np
-import tifffile
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from skimage import io as skio
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -46,8 +41,10 @@ from unet_train.engine.checkpoint import check_model_size, load_checkpoint
 from unet_train.engine.runtime import Runtime, make_runtime
 from unet_train.errors import CheckpointError, ConfigError, DataError, UserError
 from unet_train.inference import TiledPredictor
-from unet_train.inference.instances import instance_labels, label_chunks, resolve_method
+from unet_train.inference.budget import parse_memory
+from unet_train.inference.instances import label_chunks, resolve_method
 from unet_train.inference.large import Throughput, predict_to_zarr
+from unet_train.inference.outputs import OUTPUT_SUFFIXES, predict_in_memory, removed_on_failure
 from unet_train.inference.sources import (
     HDF5_SUFFIXES,
     TIFF_SUFFIXES,
@@ -57,11 +54,8 @@ from unet_train.inference.sources import (
     is_zarr_path,
     open_volume,
 )
-from unet_train.safe_io import cleared, confined, make_folder
 
 log = logging.getLogger(__name__)
-# What an image or stack predicted in memory writes: <name><suffix> (see predict_in_memory).
-OUTPUT_SUFFIXES = ("_prob.tif", ".png", "_labels.tif", "_mask.tif")
 
 
 def load_model(path: str | Path, trust: bool | Sequence[str] = False) -> tuple[nn.Module, DictConfig]:
@@ -153,16 +147,20 @@ def to_input(
     return torch.from_numpy(prepare_input(array, in_channels, normalize, where))
 
 
-def mask_of(prob: torch.Tensor, threshold: float) -> np.ndarray:
-    """Probabilities ``(K, H, W)`` -> uint8 mask: 0/255 for a binary model, argmax class indices otherwise."""
-    if prob.shape[0] == 1:
-        return (prob[0] > threshold).numpy().astype(np.uint8) * 255
-    return prob.argmax(0).numpy().astype(np.uint8)
+def input_maker(inputs: list[Any], where: str) -> Callable[[np.ndarray], torch.Tensor]:
+    """Raw pixels of a plane -> the model input: one part per normalisation (see :func:`input_specs`)."""
+    in_channels = int(inputs[0].in_channels)
+
+    def model_input(raw: np.ndarray) -> torch.Tensor:
+        parts = [to_input(raw, in_channels, where, data.get("normalize")) for data in inputs]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    return model_input
 
 
-def probability_array(prob: torch.Tensor) -> np.ndarray:
-    """What ``<name>_prob.tif`` holds: the positive class ``(H, W)`` for a binary model, else ``(K, H, W)``."""
-    return (prob[0] if prob.shape[0] == 1 else prob).numpy().astype(np.float32, copy=False)
+def optional_int(value: Any) -> int | None:
+    """``tile_size``/``batch_size``: a whole number, or null (chosen from ``tile_memory``)."""
+    return None if value is None else int(value)
 
 
 def show_progress(setting: str) -> bool:
@@ -192,28 +190,6 @@ def open_input(path: Path, cfg: DictConfig, in_channels: int) -> Volume:
     return volume
 
 
-@contextlib.contextmanager
-def removed_on_failure(paths: Sequence[Path], errors: tuple[type[BaseException], ...]) -> Iterator[None]:
-    """Remove again those of ``paths`` that did not exist before when the block fails with one of ``errors`` (a
-    refused input: NaN pixels or a truncated file found mid-way), so it leaves no output folder or store behind.
-    A folder goes only when empty, except a Zarr store this block created (a path ending in ``.zarr``); the
-    files themselves are written whole or not at all (:func:`written_whole`)."""
-    fresh = [p for p in paths if not p.exists() and not p.is_symlink()]
-    try:
-        yield
-    except errors:
-        for path in reversed(fresh):  # files before the folders that hold them
-            if path.is_dir() and not path.is_symlink():
-                if path.name.lower().endswith(".zarr"):
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    with contextlib.suppress(OSError):  # a folder that holds anything else stays
-                        path.rmdir()
-            elif path.exists() or path.is_symlink():
-                path.unlink()
-        raise
-
-
 @exit_on_user_error
 def run_predict(cfg: DictConfig) -> list[Path]:
     """Predict every input of ``cfg.input`` into ``cfg.output``; returns the files written (by this rank)."""
@@ -233,13 +209,14 @@ def _predict_all(
 ) -> list[Path]:
     in_channels = int(stored.data.in_channels)
     runtime = make_runtime(dist.device, cfg.trainer.precision, cfg.trainer.channels_last, deterministic=False)
+    memory = parse_memory(cfg.get("tile_memory"))
 
     def predictor_for(rt: Runtime, nets: list[nn.Module]) -> TiledPredictor:
         return TiledPredictor(
             nets,
-            tile_size=int(cfg.tile_size),
+            tile_size=optional_int(cfg.tile_size),
             overlap=float(cfg.overlap),
-            batch_size=int(cfg.batch_size),
+            batch_size=optional_int(cfg.batch_size),
             margin=cfg.margin,
             tta=bool(cfg.tta),
             device=rt.device,
@@ -247,10 +224,12 @@ def _predict_all(
             autocast_dtype=rt.autocast_dtype,
             fold_bn=bool(cfg.fold_bn),
             split_inputs=len(inputs) > 1,
+            memory=memory,
         )
 
     if runtime.auto:  # channels_last/precision=auto on a CPU: one batch of full tiles timed in each setting
-        shape = (int(cfg.batch_size), in_channels * len(inputs), int(cfg.tile_size), int(cfg.tile_size))
+        side = optional_int(cfg.tile_size) or 256  # tile_size=null: a mid-size image stands in for every size
+        shape = (optional_int(cfg.batch_size) or 1, in_channels * len(inputs), side, side)
 
         def make_step(rt: Runtime) -> Callable[[], object]:
             trial, tiles = predictor_for(rt, copy.deepcopy(models)), torch.rand(shape)
@@ -293,7 +272,11 @@ def _predict_all(
                     store = out if to_zarr else out / f"{path.name.split('.')[0]}.zarr"
                     written.append(predict_store(cfg, predictor, volume, store, classes, inputs, method, dist))
                 elif (path, volume) in in_memory:
-                    written += predict_in_memory(cfg, predictor, path, volume, out, method, on_tiles, inputs)
+                    model_input = input_maker(inputs, path.name)
+                    threshold, min_distance = float(cfg.threshold), int(cfg.min_distance)
+                    written += predict_in_memory(
+                        predictor, path, volume, out, model_input, threshold, method, min_distance, on_tiles
+                    )
     finally:
         for _, volume in volumes:
             volume.close()
@@ -314,6 +297,7 @@ def predict_store(
     dist: Any,
 ) -> Path:
     """One input into an OME-Zarr store, chunk by chunk (resumes a store of the same settings)."""
+    predictor = predictor.for_shape(*volume.shape[1:3], whole=False)  # tile_size=null: tiles fit tile_memory
     settings = {
         "ckpt": [str(Path(p).expanduser().resolve()) for p in checkpoint_paths(cfg.ckpt)],
         "input": volume.name,
@@ -351,86 +335,6 @@ def predict_store(
     if method is not None:
         label_chunks(result, method, float(cfg.threshold), int(cfg.min_distance), int(cfg.instance_halo), dist)
     return store
-
-
-def predict_in_memory(
-    cfg: DictConfig,
-    predictor: TiledPredictor,
-    path: Path,
-    volume: Volume,
-    out: Path,
-    method: str | None,
-    on_tiles: Any,
-    inputs: list[Any],
-) -> list[Path]:
-    """An image or a TIFF stack with whole-plane outputs: TIFF probabilities, PNG/TIFF masks (and labels).
-
-    Each plane is normalised on its own, as training normalised each image (``per: image`` statistics
-    of that plane), as the chunked path does (:class:`~unet_train.inference.sources.PlaneScaling`).
-    """
-    in_channels = int(inputs[0].in_channels)
-
-    def model_input(raw: np.ndarray) -> torch.Tensor:  # one input per normalisation (see input_specs)
-        parts = [to_input(raw, in_channels, path.name, data.get("normalize")) for data in inputs]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-    _, height, width, _ = volume.shape
-    threshold = float(cfg.threshold)
-
-    def planes() -> Any:
-        for z in range(volume.depth):
-            prob = predictor.predict(model_input(volume.read(z, 0, height, 0, width)), on_tiles=on_tiles)
-            labels = instance_labels(prob.numpy(), method, threshold, int(cfg.min_distance)) if method else None
-            yield prob, labels
-
-    if not volume.has_z:
-        prob, labels = next(planes())  # read and predicted before anything is written
-        names = ["_prob.tif", ".png", *(["_labels.tif"] if labels is not None else [])]
-        files = [out / f"{path.stem}{suffix}" for suffix in names]
-        with removed_on_failure([out], (UserError,)):
-            make_folder(out, out)
-            with written_whole(files) as temps:
-                tifffile.imwrite(temps[0], probability_array(prob))
-                skio.imsave(temps[1], mask_of(prob, threshold), check_contrast=False)
-                if labels is not None:
-                    tifffile.imwrite(temps[2], labels)
-        return files
-    # A stack: appended slice by slice (contiguous=True keeps one series, so files read back as (N, H, W)).
-    names = ["_prob.tif", "_mask.tif", *(["_labels.tif"] if method else [])]
-    files = [out / f"{path.stem}{suffix}" for suffix in names]
-    with removed_on_failure([out], (UserError,)):
-        make_folder(out, out)
-        with written_whole(files) as temps:
-            writers = [tifffile.TiffWriter(f) for f in temps]
-            try:
-                for prob, labels in planes():
-                    writers[0].write(probability_array(prob), contiguous=True)
-                    writers[1].write(mask_of(prob, threshold), contiguous=True)
-                    if labels is not None:
-                        writers[2].write(labels, contiguous=True)
-            finally:
-                for writer in writers:
-                    writer.close()
-    return files
-
-
-@contextlib.contextmanager
-def written_whole(files: Sequence[Path]) -> Iterator[list[Path]]:
-    """Temporary names beside ``files`` to write them under: renamed to ``files`` when the block completes,
-    removed when it does not (Ctrl-C, an error), so an output under its final name is always complete and a
-    rerun redoes an interrupted one. The renames replace names: no link at a final name is written through."""
-    for final in files:
-        confined(final, final.parent)  # a planted link out of the output folder is refused in one line
-    # The suffix tells writers the format; whatever was planted at a temporary name is removed first.
-    temps = [cleared(f.with_name(f".{f.stem}.partial{f.suffix}")) for f in files]
-    try:
-        yield temps
-    except BaseException:
-        for temp in temps:
-            temp.unlink(missing_ok=True)
-        raise
-    for temp, final in zip(temps, files):
-        os.replace(temp, final)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
+import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 
@@ -26,7 +27,10 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from unet_train.engine.runtime import channels_last_format, to_channels_last
 from unet_train.errors import ConfigError
+from unet_train.inference.budget import default_memory, forward_bytes_per_pixel, plan_tiles
 from unet_train.inference.tta import predict_probabilities
+
+log = logging.getLogger(__name__)
 
 
 def tile_starts(length: int, tile: int, overlap: float, align: int = 1) -> list[int]:
@@ -97,10 +101,13 @@ class TiledPredictor:
             cross-validation) whose probabilities are averaged; put into eval mode (folded copies
             when ``fold_bn``).
         tile_size: side of the square tiles; shrunk to the padded image where that is smaller.
+            ``None`` chooses per image from ``memory`` (:func:`~unet_train.inference.budget.plan_tiles`):
+            the whole image in one forward pass where it fits, else the largest tiles that fit.
         overlap: fraction of a tile shared with its neighbour (0 <= overlap < 1).
-        batch_size: tiles per forward pass; with the tile size this bounds the memory.
+        batch_size: tiles per forward pass; with the tile size this bounds the memory. ``None``: as many
+            as ``memory`` holds (with ``tile_size=None``), else 4.
         margin: pixels mirrored around the image, so border pixels get context; ``None`` uses
-            half the overlap, rounded to the model's pooling grid.
+            half the overlap, rounded to the model's pooling grid (and none for an image predicted whole).
         tta: average over the 8 flips and rotations of each tile batch (8x the cost).
         device: where the model runs; tiles are gathered on the CPU and moved there batch by batch.
         channels_last: use the channels-last memory layout for model and tiles.
@@ -109,14 +116,16 @@ class TiledPredictor:
         sigma_scale: Gaussian sigma as a fraction of the tile side.
         split_inputs: the input holds one model input after another along the channels (an
             ensemble of models normalised differently); model ``i`` gets the ``i``-th part.
+        memory: bytes one forward pass may take when ``tile_size`` is ``None``; ``None``: a share of the
+            device's free memory (:func:`~unet_train.inference.budget.default_memory`).
     """
 
     def __init__(
         self,
         model: nn.Module | Sequence[nn.Module],
-        tile_size: int = 256,
+        tile_size: int | None = 256,
         overlap: float = 0.25,
-        batch_size: int = 4,
+        batch_size: int | None = 4,
         margin: int | None = None,
         tta: bool = False,
         device: torch.device | str = "cpu",
@@ -125,8 +134,9 @@ class TiledPredictor:
         fold_bn: bool = True,
         sigma_scale: float = 0.125,
         split_inputs: bool = False,
+        memory: int | None = None,
     ) -> None:
-        if tile_size < 1 or not 0 <= overlap < 1 or batch_size < 1:
+        if (tile_size is not None and tile_size < 1) or not 0 <= overlap < 1 or (batch_size or 1) < 1:
             raise ConfigError(
                 f"tile_size={tile_size}, overlap={overlap}, batch_size={batch_size}: need tile_size >= 1, "
                 "0 <= overlap < 1 and batch_size >= 1."
@@ -137,21 +147,60 @@ class TiledPredictor:
         if not self.models:
             raise ConfigError("TiledPredictor needs at least one model.")
         self.model = self.models[0]
-        # Tile starts on the pooling grid keep every tile's features aligned with the whole image's.
-        self.align = max(2 ** int(getattr(m, "depth", 0)) for m in self.models)
-        self.tile_size = tile_size
+        # Tile starts on the pooling grid keep every tile's features aligned with the whole image's: a multiple
+        # of every model's size multiple on both axes (2**depth, or the product of its pool_factors).
+        self.align = math.lcm(*(s for m in self.models for s in size_multiple(m)))
         self.overlap = overlap
-        self.batch_size = batch_size
-        if margin is None:
-            margin = int(tile_size * overlap / 2) // self.align * self.align
-        if not 0 <= int(margin) < tile_size:
-            raise ConfigError(f"margin={margin} must be >= 0 and smaller than tile_size={tile_size} (null picks one).")
-        self.margin = int(margin)
         self.tta = tta
         self.autocast_dtype = autocast_dtype
         self.sigma_scale = sigma_scale
         self.split_inputs = split_inputs
         self._weights: dict[tuple[int, int], torch.Tensor] = {}
+        self.memory, self.memory_source = (memory, f"tile_memory={memory / 2**20:g}") if memory else (None, "")
+        self._bytes_per_pixel: float | None = None
+        self.auto = tile_size is None
+        self.requested_margin = margin
+        self.tile_size = 0 if tile_size is None else tile_size  # set per image by for_shape when auto
+        self.batch_size = 4 if batch_size is None else batch_size
+        self.margin = 0
+        self.auto_batch = batch_size is None
+        if tile_size is not None:
+            self._set_tiles(tile_size, self.batch_size, margin)
+
+    def _set_tiles(self, tile_size: int, batch_size: int, margin: int | None) -> None:
+        if margin is None:
+            margin = int(tile_size * self.overlap / 2) // self.align * self.align
+        if not 0 <= int(margin) < tile_size:
+            raise ConfigError(f"margin={margin} must be >= 0 and smaller than tile_size={tile_size} (null picks one).")
+        self.tile_size, self.batch_size, self.margin = tile_size, batch_size, int(margin)
+
+    def bytes_per_pixel(self) -> float:
+        """What one forward pass holds per input pixel (measured once on a small probe, see budget.py)."""
+        if self._bytes_per_pixel is None:
+            side = max(64, 2 * self.align) // self.align * self.align
+            channels = sum(in_channels(m) for m in self.models) if self.split_inputs else in_channels(self.model)
+            probe = torch.rand(1, channels, side, side)
+            self._bytes_per_pixel = forward_bytes_per_pixel(self.forward_tiles, probe)
+        return self._bytes_per_pixel
+
+    def for_shape(self, height: int, width: int, whole: bool = True) -> TiledPredictor:
+        """This predictor with its tiles fixed for a ``height`` x ``width`` image: itself when ``tile_size`` was
+        given, else a copy sharing the models whose tile is the whole image (padded to the model's size
+        multiple, no margin) where one forward pass of it fits the memory budget, or the largest tile that fits.
+        Without ``whole`` an image is always tiled (the chunked path reads windows, never a whole plane)."""
+        if not self.auto:
+            return self
+        if self.memory is None:
+            self.memory, self.memory_source = default_memory(self.device)
+        m = self.requested_margin or 0
+        plan = plan_tiles(
+            height + 2 * m, width + 2 * m, self.bytes_per_pixel(), self.memory, self.align, self.memory_source, whole
+        )
+        fixed = copy.copy(self)
+        fixed.auto = False
+        margin = m if plan.whole else self.requested_margin
+        fixed._set_tiles(plan.tile_size, plan.batch_size if self.auto_batch else self.batch_size, margin)
+        return fixed
 
     def _prepare(self, model: nn.Module, fold_bn: bool) -> nn.Module:
         model = model.eval()
@@ -173,6 +222,8 @@ class TiledPredictor:
         Tiles that lie wholly in the mirrored margin (a margin close to the tile size) are left out: they
         would add nothing to the image, and the others still cover every pixel.
         """
+        if self.auto:
+            return self.for_shape(height, width).grid(height, width)
         m = self.margin
         padded_h, padded_w = height + 2 * m, width + 2 * m
         tile_h, tile_w = min(self.tile_size, padded_h), min(self.tile_size, padded_w)
@@ -222,10 +273,17 @@ class TiledPredictor:
         """
         if image.ndim != 3:
             raise ValueError(f"expected an image (C, H, W), got shape {tuple(image.shape)}")
+        if self.auto:
+            return self.for_shape(*image.shape[1:]).predict(image, on_tiles)
         image = image.float()
         channels, height, width = image.shape
         tile_h, tile_w, ys, xs = self.grid(height, width)
         m = self.margin
+        if m == 0 and len(ys) == len(xs) == 1:  # the whole image in one pass: nothing to blend
+            prob = self.forward_tiles(image[None])[0]
+            if on_tiles is not None:
+                on_tiles(1)
+            return prob
         rows = torch.from_numpy(mirror_index(m, height, ys[-1] + tile_h - height - m))
         cols = torch.from_numpy(mirror_index(m, width, xs[-1] + tile_w - width - m))
         weight = self._weight(tile_h, tile_w)
@@ -250,6 +308,22 @@ class TiledPredictor:
                 on_tiles(len(starts))
         assert out is not None
         return out.div_(weight_sum)
+
+
+def size_multiple(model: nn.Module) -> tuple[int, ...]:
+    """The side multiple on which ``model`` pads nothing: its ``size_multiple``, else ``2**depth``."""
+    multiple = getattr(model, "size_multiple", None)
+    if multiple is not None:
+        return tuple(int(s) for s in multiple)
+    return (2 ** int(getattr(model, "depth", 0)),)
+
+
+def in_channels(model: nn.Module) -> int:
+    """The input channels of ``model``: those of its first convolution."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d | nn.Conv3d):
+            return int(module.in_channels)
+    raise ConfigError(f"{type(model).__name__} has no convolution to read its input channels from.")
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
