@@ -131,7 +131,7 @@ def plan_tiles(
     if whole and padded_h * padded_w <= fits:
         return TilePlan(True, max(padded_h, padded_w), 1)
     side = min(math.isqrt(max(fits, 0)) // align * align, MAX_AUTO_TILE)
-    smallest = max(64, 2 * align) // align * align
+    smallest = min(max(64, 2 * align) // align * align, MAX_AUTO_TILE)
     if side < smallest:
         raise ConfigError(
             f"tile_memory: {memory / MIB:.0f} MiB ({source}) holds {fits:,} pixels of this model's forward pass "
