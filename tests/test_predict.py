@@ -195,3 +195,29 @@ def test_ctrl_c_leaves_no_partial_output_and_a_rerun_writes_it_whole(tiny_ckpt, 
     run_predict(compose_config(args, "predict"))
     assert sorted(p.name for p in out.iterdir()) == ["stack_mask.tif", "stack_prob.tif"]
     assert tifffile.imread(out / "stack_prob.tif").shape == tifffile.imread(out / "stack_mask.tif").shape == stack.shape
+
+
+def test_predict_takes_each_image_whole_where_it_fits_the_tile_memory(tiny_ckpt, tmp_path, caplog):
+    """Issue 28: with the defaults (tile_size=null) an image that fits tile_memory is one forward pass of the
+    plain model; a budget below the smallest tile stops in one line, exit 2, nothing written."""
+    import torch
+
+    from unet_train.predict import run_predict
+
+    image = np.random.default_rng(3).integers(0, 256, (100, 77), dtype=np.uint8)
+    skio.imsave(tmp_path / "odd.png", image, check_contrast=False)
+    out = tmp_path / "out"
+    args = [f"ckpt={tiny_ckpt}", f"input={tmp_path / 'odd.png'}", f"output={out}", "progress=never"]
+    run_predict(compose_config([*args, "fold_bn=false", "trainer.channels_last=false"], "predict"))
+    model, _ = load_model(tiny_ckpt)
+    with torch.inference_mode():
+        plain = torch.sigmoid(model(to_input(image, 1, "odd")[None]))[0, 0].numpy()
+    np.testing.assert_allclose(tifffile.imread(out / "odd_prob.tif"), plain, atol=1e-6)
+
+    small = tmp_path / "small"
+    with pytest.raises(SystemExit) as stop:
+        run_predict(compose_config([*args[:2], f"output={small}", "tile_memory=0.01"], "predict"))
+    assert stop.value.code == 2 and not small.exists()
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith("A forward pass may take 0.01 MiB (tile_memory): ")
+    assert errors[0].endswith("less than one 64x64 tile; raise tile_memory to 1 or more, or set tile_size.")

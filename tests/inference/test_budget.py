@@ -52,9 +52,9 @@ def test_plan_batches_capped_tiles_on_a_large_budget():
 
 def test_a_budget_below_the_smallest_tile_is_refused_in_one_line():
     with pytest.raises(ConfigError) as err:
-        plan_tiles(500, 500, 1000.0, 2 * MIB, 16, "tile_memory=2")
+        plan_tiles(500, 500, 1000.0, 2 * MIB, 16, "tile_memory")
     assert str(err.value) == (
-        "tile_memory: 2 MiB (tile_memory=2) holds 2,097 pixels of this model's forward pass (1000 bytes a pixel), "
+        "A forward pass may take 2 MiB (tile_memory): 2,097 pixels of this model (1000 bytes a pixel), "
         "less than one 64x64 tile; raise tile_memory to 4 or more, or set tile_size."
     )
 
@@ -126,5 +126,5 @@ def test_an_explicit_tile_size_wins_over_the_budget():
 
 def test_a_too_small_budget_names_the_fix():
     predictor = TiledPredictor(random_unet(depth=2), tile_size=None, memory=4096)
-    with pytest.raises(ConfigError, match=r"^tile_memory: 0 MiB \(tile_memory=0.00390625\) holds .* set tile_size.$"):
+    with pytest.raises(ConfigError, match=r"^A forward pass may take 0.00391 MiB \(tile_memory\): .* set tile_size.$"):
         predictor.predict(smooth_image(70, 90))

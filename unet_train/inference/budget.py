@@ -134,7 +134,7 @@ def plan_tiles(
     smallest = min(max(64, 2 * align) // align * align, MAX_AUTO_TILE)
     if side < smallest:
         raise ConfigError(
-            f"tile_memory: {memory / MIB:.0f} MiB ({source}) holds {fits:,} pixels of this model's forward pass "
+            f"A forward pass may take {memory / MIB:.3g} MiB ({source}): {fits:,} pixels of this model "
             f"({bytes_per_pixel:.0f} bytes a pixel), less than one {smallest}x{smallest} tile; raise tile_memory "
             f"to {math.ceil(smallest**2 * bytes_per_pixel / MIB)} or more, or set tile_size."
         )

@@ -156,7 +156,7 @@ class TiledPredictor:
         self.sigma_scale = sigma_scale
         self.split_inputs = split_inputs
         self._weights: dict[tuple[int, int], torch.Tensor] = {}
-        self.memory, self.memory_source = (memory, f"tile_memory={memory / 2**20:g}") if memory else (None, "")
+        self.memory, self.memory_source = (memory, "tile_memory") if memory else (None, "")
         self._bytes_per_pixel: float | None = None
         self.auto = tile_size is None
         self.requested_margin = margin
