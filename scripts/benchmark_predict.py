@@ -17,12 +17,21 @@ reported too, so ``peak - before`` is what the tiling itself added.
 MONAI is not a dependency of unet-train; install it to run this: ``pip install monai``.
 
     python scripts/benchmark_predict.py --repeats 3 --out benchmark_predict.json
+
+``--folder DIR`` instead measures images/s on a folder of (small) images, in one process, with the same
+model (``--ckpt``, or the random vanilla UNet above): unet-predict's forward path (``TiledPredictor`` with
+``tile_size=null``, the tiles chosen from the memory budget, batch norms folded), a plain whole-image
+forward (``sigmoid(model(image))``) and the former default of 256-pixel tiles, in interleaved rounds (the
+order rotates each round), reporting the median images/s per case and the load average around the run:
+
+    OMP_NUM_THREADS=1 python scripts/benchmark_predict.py --folder ../shared/data/usgra-seg/test/images --rounds 5
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -30,7 +39,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -104,6 +115,68 @@ def worker(case: str, size: int, base_channels: int, batch: int) -> dict:
     }
 
 
+def folder_model(args: argparse.Namespace) -> tuple[torch.nn.Module, int, Any]:
+    """The model to time, its input channels and its ``data.normalize`` (``--ckpt``, or the random UNet)."""
+    if not args.ckpt:
+        return build_model(args.base_channels), 1, None
+    from unet_train.predict import load_model
+
+    model, stored = load_model(args.ckpt)
+    return model, int(stored.data.in_channels), stored.data.get("normalize")
+
+
+def folder_cases(model: torch.nn.Module, args: argparse.Namespace) -> dict[str, Callable[[torch.Tensor], Any]]:
+    """The forward paths compared on a folder, each image ``(C, H, W)`` -> probabilities ``(K, H, W)``."""
+    from unet_train.inference import TiledPredictor
+
+    auto = TiledPredictor(model, tile_size=None, channels_last=args.channels_last)
+    tiled = TiledPredictor(model, tile_size=TILE, overlap=OVERLAP, batch_size=args.batch, channels_last=False)
+
+    def plain(image: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return torch.sigmoid(model(image[None]))[0]
+
+    return {"unet-predict": auto.predict, "plain": plain, "tiles 256": tiled.predict}
+
+
+def folder_benchmark(args: argparse.Namespace) -> dict:
+    """Images/s of each forward path over the folder's images, interleaved rounds, medians."""
+    from unet_train.data.folder import IMAGE_SUFFIXES, read_image
+    from unet_train.predict import to_input
+
+    model, in_channels, normalize = folder_model(args)
+    files = sorted(p for p in args.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[: args.limit]
+    images = [to_input(read_image(path), in_channels, path.name, normalize) for path in files]
+    cases = folder_cases(model, args)
+    for run in cases.values():  # warm-up: the first image, and the memory probe of unet-predict's path
+        run(images[0])
+    load_before = os.getloadavg()
+    rates: dict[str, list[float]] = {name: [] for name in cases}
+    names = list(cases)
+    for round_ in range(args.rounds):
+        order = names[round_ % len(names) :] + names[: round_ % len(names)]
+        for name in order:
+            start = time.perf_counter()
+            for image in images:
+                cases[name](image)
+            rates[name].append(len(images) / (time.perf_counter() - start))
+        print(f"round {round_}: " + ", ".join(f"{n} {rates[n][-1]:.2f} img/s" for n in names))
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    shapes = sorted({tuple(i.shape[1:]) for i in images})
+    return {
+        "folder": str(args.folder),
+        "images": len(images),
+        "sizes": [list(s) for s in shapes[:5]] + ([["..."]] if len(shapes) > 5 else []),
+        "model": args.ckpt or f"vanilla UNet, base_channels={args.base_channels}, depth=4, random weights",
+        "threads": torch.get_num_threads(),
+        "rounds": args.rounds,
+        "images_per_s": {name: {"median": medians[name], "runs": rates[name]} for name in names},
+        "ratio_predict_over_plain": medians["unet-predict"] / medians["plain"],
+        "ratio_tiles256_over_plain": medians["tiles 256"] / medians["plain"],
+        "load_average_before_after": [list(load_before), list(os.getloadavg())],
+    }
+
+
 def summarize(runs: list[dict], key: str) -> dict:
     values = [r[key] for r in runs]
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
@@ -117,7 +190,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
     parser.add_argument("--worker", choices=("ours", "monai"), help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help="images/s on this folder's images instead (see above)")
+    parser.add_argument("--ckpt", help="--folder: the checkpoint to run (default: the random vanilla UNet)")
+    parser.add_argument("--limit", type=int, default=None, help="--folder: the first N images (by name)")
+    parser.add_argument("--rounds", type=int, default=5, help="--folder: interleaved rounds")
+    parser.add_argument("--channels-last", action="store_true", help="--folder: unet-predict's path channels-last")
     args = parser.parse_args()
+
+    if args.folder:
+        report = folder_benchmark(args)
+        print(json.dumps({k: v for k, v in report.items() if k != "images_per_s"}, indent=2))
+        for name, rate in report["images_per_s"].items():
+            print(f"{name:13s} median {rate['median']:.2f} images/s")
+        if args.out:
+            args.out.write_text(json.dumps(report, indent=2) + "\n")
+        return
 
     if args.worker:
         print(json.dumps(worker(args.worker, args.size, args.base_channels, args.batch)))
