@@ -45,6 +45,7 @@ from unet_train.engine.runtime import make_runtime, to_channels_last
 from unet_train.engine.signals import ignore_stop_signals
 from unet_train.errors import CheckpointError, ConfigError
 from unet_train.inference import TTALogits
+from unet_train.inference.budget import parse_memory
 from unet_train.inference.tiling import fold_batchnorm
 from unet_train.metrics import predict_labels
 from unet_train.safe_io import confined, make_folder, write_atomic, write_csv, write_png
@@ -157,7 +158,8 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
                 save_prediction(pred_dir, name, item)
         report.on_batch(batch, logits)
 
-    result = evaluate(model, loader, runtime, data.num_classes, on_batch=on_batch)
+    memory = parse_memory(cfg.get("tile_memory"))  # each batch whole where it fits, else image by image or tiled
+    result = evaluate(model, loader, runtime, data.num_classes, on_batch=on_batch, memory=memory)
     report.finish(result)
     metrics = {f"{cfg.split}/{k}": v for k, v in result.metrics.items()}
     summary = {

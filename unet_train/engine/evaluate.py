@@ -30,6 +30,63 @@ def probabilities(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
 
+class BudgetedForward:
+    """Logits of a batch of whole images within a memory budget, as ``unet-predict`` forwards an image.
+
+    The batch goes through the model in one pass where it fits ``memory`` bytes (the model's forward bytes per
+    pixel are measured once, :func:`~unet_train.inference.budget.forward_bytes_per_pixel`), else image by image,
+    and an image too large for one pass is predicted in tiles that fit (its logits are then those of the blended
+    probabilities: ``logit(p)``, or ``log(p)`` for several classes). ``memory=None``: a share of the device's
+    free memory (:func:`~unet_train.inference.budget.default_memory`).
+    """
+
+    def __init__(self, model: nn.Module, runtime: Runtime, memory: int | None = None) -> None:
+        self.model, self.runtime, self.memory = model, runtime, memory
+        self.per_pixel: float | None = None
+
+    def pixels(self) -> int:
+        """The most pixels one forward pass may take."""
+        # Imported here: the inference package imports this module (probabilities) for its TTA.
+        from unet_train.inference.budget import default_memory, forward_bytes_per_pixel
+        from unet_train.inference.tiling import in_channels, size_multiple
+
+        if self.memory is None:
+            self.memory = default_memory(self.runtime.device)[0]
+        if self.per_pixel is None:
+            side = max(64, *size_multiple(self.model))
+            probe = self.runtime.to_device(torch.rand(1, in_channels(self.model), side, side), image=True)
+            with torch.inference_mode(), self.runtime.autocast():
+                self.per_pixel = forward_bytes_per_pixel(self.model, probe)
+        return int(self.memory / self.per_pixel)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = images.shape[-2] * images.shape[-1]
+        fits = self.pixels()
+        if images.shape[0] * pixels <= fits:
+            with self.runtime.autocast():
+                return self.model(images)
+        if pixels <= fits:
+            return torch.cat([self(image[None]) for image in images])
+        return torch.stack([self.tiled(image) for image in images])
+
+    def tiled(self, image: torch.Tensor) -> torch.Tensor:
+        from unet_train.inference.tiling import TiledPredictor
+
+        rt = self.runtime
+        predictor = TiledPredictor(
+            self.model,
+            None,
+            device=rt.device,
+            channels_last=rt.channels_last,
+            autocast_dtype=rt.autocast_dtype,
+            fold_bn=False,
+            memory=self.memory,
+            batch_size=None,
+        )
+        prob = predictor.predict(image.float().cpu()).to(rt.device)
+        return torch.logit(prob, eps=1e-7) if prob.shape[0] == 1 else torch.log(prob.clamp_min(1e-12))
+
+
 def evaluate(
     model: nn.Module,
     loader: DataLoader,
@@ -37,21 +94,23 @@ def evaluate(
     num_classes: int,
     loss_fn: nn.Module | None = None,
     on_batch: BatchHook | None = None,
+    memory: int | None = None,
 ) -> EvalResult:
     """Score ``model`` on every image of ``loader``.
 
     ``on_batch(batch, logits)`` sees each batch and its float32 logits on the CPU (to save
     predictions or draw panels). Scores are averaged over images; batches without masks
-    (an unlabelled test split) are predicted but not scored.
+    (an unlabelled test split) are predicted but not scored. Each batch is forwarded whole where it fits
+    ``memory`` bytes per forward pass, else image by image or in tiles (:class:`BudgetedForward`).
     """
+    forward = BudgetedForward(model, runtime, memory)
     per_image: list[dict[str, Any]] = []
     loss_sum = torch.zeros((), device=runtime.device)
     loss_batches = 0
     with eval_mode(model):
         for batch in loader:
             images = runtime.to_device(batch["image"], image=True)
-            with runtime.autocast():
-                logits = model(images)
+            logits = forward(images)
             if "mask" in batch:
                 masks = runtime.to_device(batch["mask"])
                 if loss_fn is not None:
