@@ -156,7 +156,8 @@ class TiledPredictor:
         self.sigma_scale = sigma_scale
         self.split_inputs = split_inputs
         self._weights: dict[tuple[int, int], torch.Tensor] = {}
-        self.memory, self.memory_source = (memory, "tile_memory") if memory else (None, "")
+        self.memory: int | None = memory or None  # None: default_memory, read when first needed
+        self.memory_source = "tile_memory" if memory else ""
         self._bytes_per_pixel: float | None = None
         self.auto = tile_size is None
         self.requested_margin = margin
