@@ -1,11 +1,13 @@
-"""``unet-predict``: apply a checkpoint (or an ensemble of them) to images of any size, tile by tile.
+"""``unet-predict``: apply a checkpoint (or an ensemble of them) to images of any size: each image whole where
+one forward pass of it fits ``tile_memory``, tile by tile otherwise (:mod:`unet_train.inference.budget`).
 
 ``unet-predict ckpt=PATH input=FILE|DIR|STACK.tif output=DIR`` writes, per input,
 ``<name>_prob.tif`` (float32 probabilities: ``(H, W)`` of the positive class for a binary
 model, ``(K, H, W)`` otherwise) and ``<name>.png`` (the mask: 0/255 for a binary model, class
 indices otherwise). A multi-page TIFF stack gives ``<name>_prob.tif`` ``(N, H, W)`` and
 ``<name>_mask.tif`` ``(N, H, W)`` uint8, written slice by slice. Files are written under a temporary
-name and renamed when complete: an interrupted prediction leaves no partial file under a final name.
+name and renamed when complete: an interrupted prediction leaves no partial file under a final name
+(:mod:`unet_train.inference.outputs`).
 
 Zarr and HDF5 inputs, and any input with ``output=NAME.zarr``, are predicted chunk by chunk into
 an OME-Zarr store in bounded memory (:mod:`unet_train.inference.large`); under ``torchrun`` the
