@@ -21,8 +21,8 @@ MONAI is not a dependency of unet-train; install it to run this: ``pip install m
 ``--folder DIR`` instead measures images/s on a folder of (small) images, in one process, with the same
 model (``--ckpt``, or the random vanilla UNet above): unet-predict's forward path (``TiledPredictor`` with
 ``tile_size=null``, the tiles chosen from the memory budget, batch norms folded), a plain whole-image
-forward (``sigmoid(model(image))``) and the former default of 256-pixel tiles, in interleaved rounds (the
-order rotates each round), reporting the median images/s per case and the load average around the run:
+forward (``sigmoid(model(image))``) and the former default of 256-pixel tiles, interleaved image by image
+(the order of the cases rotates), in rounds, reporting the median images/s per case and the load average around the run:
 
     OMP_NUM_THREADS=1 python scripts/benchmark_predict.py --folder ../shared/data/usgra-seg/test/images --rounds 5
 """
@@ -154,12 +154,16 @@ def folder_benchmark(args: argparse.Namespace) -> dict:
     rates: dict[str, list[float]] = {name: [] for name in cases}
     names = list(cases)
     for round_ in range(args.rounds):
-        order = names[round_ % len(names) :] + names[: round_ % len(names)]
-        for name in order:
-            start = time.perf_counter()
-            for image in images:
+        # Interleaved image by image (the order of the cases rotating), so a change in load hits every case.
+        seconds = dict.fromkeys(names, 0.0)
+        for index, image in enumerate(images):
+            shift = (round_ + index) % len(names)
+            for name in names[shift:] + names[:shift]:
+                start = time.perf_counter()
                 cases[name](image)
-            rates[name].append(len(images) / (time.perf_counter() - start))
+                seconds[name] += time.perf_counter() - start
+        for name in names:
+            rates[name].append(len(images) / seconds[name])
         print(f"round {round_}: " + ", ".join(f"{n} {rates[n][-1]:.2f} img/s" for n in names))
     medians = {name: statistics.median(values) for name, values in rates.items()}
     shapes = sorted({tuple(i.shape[1:]) for i in images})
