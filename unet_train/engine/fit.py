@@ -96,6 +96,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                     started = time.monotonic()
                     last_metrics = validate_epoch(run, writer, checkpoints, epochs, train_loss, result.images_per_s)
                     budget.record_validation(time.monotonic() - started)
+                    state.validation_total_s += time.monotonic() - started
                     # trainer.val_share: validate less often when validation costs more than planned
                     validations.after_validation(budget.validation_s or 0.0, result.images_per_s)
                 elif validations.due(state.epoch):
@@ -133,6 +134,7 @@ def finish_run(
         "epochs": state.epoch,
         "steps": state.step,
         "time_s": elapsed,
+        "validation_s": state.validation_total_s,
     }
     hparam_metrics = {f"hparam/{k}": v for k, v in metrics.items() if "/" in k}
     writer.add_hparams(hparams(cfg), hparam_metrics, run_name=".")

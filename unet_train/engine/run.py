@@ -65,6 +65,7 @@ class TrainState:
     progress: float | None = None  # the time-based schedule's progress in [0, 1] (None: not recorded)
     validation_s: float | None = None  # the longest validation measured (None: not yet)
     checkpoint_s: float = 0.0  # the longest synchronous checkpoint write measured
+    validation_total_s: float = 0.0  # all validations together (metrics.json's validation_s: the budget's share)
     # Epochs between validations as trainer.val_share re-planned them from measured costs (0: trainer.val_every),
     # and the epoch of the last validation it counts from (engine/val_schedule.py).
     val_every: int = 0
