@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from unet_train.data.base import SegmentationData, Split
+from unet_train.data.splits import random_split
 from unet_train.data.reading import (
     IMAGE_SUFFIXES,
     channels_of,
@@ -256,11 +257,7 @@ class ImageFolder(SegmentationData):
         return [images[s] for s in stems], [masks[s] for s in stems]
 
     def _split_stems(self, n: int) -> tuple[Sequence[int], Sequence[int]]:
-        order = np.random.default_rng(self.split_seed).permutation(n)
-        n_val = max(1, round(n * self.val_fraction)) if self.val_fraction > 0 else 0
-        if n_val >= n:
-            raise ConfigError(f"data.val_fraction={self.val_fraction} leaves no training image out of {n}.")
-        return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+        return random_split(n, self.val_fraction, self.split_seed)
 
     def _valid_files(self, base: Path) -> dict[str, Path]:
         """The valid-pixel masks in ``base/valid_dir`` by stem ({} without the folder); each must have an image."""

@@ -119,6 +119,25 @@ class Volume:
         window = window[..., : self.shape[3]] if window.ndim == 3 else window[..., None]
         return self._finite(window, z, y0, x0)
 
+    def read_block(self, origin: tuple[int, int, int], size: tuple[int, int, int]) -> np.ndarray:
+        """The 3D window at ``origin`` (z, y, x) of ``size`` as ``(d, h, w, C)`` in the file's dtype, in one read
+        (a Zarr/HDF5 store decodes only the chunks it touches, a NIfTI proxy only the bytes of those planes)."""
+        bounds = {a: slice(o, o + s) for a, o, s in zip("zyx", origin, size)}
+        index = tuple({"t": 0, "c": slice(None)}.get(axis, bounds.get(axis)) for axis in self.axes)
+        try:
+            block = np.asarray(self.array[index])
+        except DataError:
+            raise
+        except Exception as exc:  # a truncated or corrupt file shows only when its pixels are decoded
+            raise DataError(f"Could not read {self.name} (z, y, x from {origin}, size {size}): {reason(exc)}") from exc
+        kept = [a for a in self.axes if a in "zyxc"]
+        block = block.transpose([kept.index(a) for a in "zyxc" if a in kept])
+        block = block[..., None] if "c" not in kept else block[..., : self.shape[3]]
+        block = block if "z" in kept else block[None]
+        if not self.allow_nonfinite:
+            check_finite(block, self.name, "zyxc", "fix or remove the file", origin)
+        return block
+
     def _finite(self, window: np.ndarray, z: int, y0: int, x0: int) -> np.ndarray:
         """``window`` (at ``z, y0, x0``) refused for NaN/inf pixels, or with them set to 0 (``allow_nonfinite``)."""
         if not self.allow_nonfinite:
