@@ -12,7 +12,6 @@ import numpy as np
 from PIL import Image
 
 from unet_train.data.base import SegmentationData, Split
-from unet_train.data.splits import random_split
 from unet_train.data.reading import (
     IMAGE_SUFFIXES,
     channels_of,
@@ -22,6 +21,7 @@ from unet_train.data.reading import (
     read_image,
     read_mask,
 )
+from unet_train.data.splits import random_split
 from unet_train.errors import ConfigError, DataError
 from unet_train.labels import IGNORE_INDEX
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import copy
-import math
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
