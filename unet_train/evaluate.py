@@ -11,6 +11,7 @@ truth, prediction and errors go to ``overlays/`` and to TensorBoard under ``tens
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
@@ -19,6 +20,7 @@ from typing import Any
 
 import hydra
 import numpy as np
+import tifffile
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -87,9 +89,14 @@ def eval_data_config(cfg: DictConfig, stored: DictConfig) -> DictConfig:
 
 
 def save_prediction(folder: Path, name: str, logits: torch.Tensor) -> None:
-    """Write the label image of one prediction as PNG (binary: 0/255)."""
+    """Write the label image of one prediction as PNG, of a volume as a TIFF stack (binary: 0/255)."""
     labels = predict_labels(logits.unsqueeze(0))[0].numpy()
     image = (labels * 255).astype(np.uint8) if logits.shape[0] == 1 else labels.astype(np.uint8)
+    if image.ndim == 3:  # (z, y, x)
+        buffer = io.BytesIO()  # tifffile wants a named file or a buffer, not the atomic writer's descriptor
+        tifffile.imwrite(buffer, image, photometric="minisblack")
+        write_atomic(folder / f"{name}.tif", buffer.getvalue(), root=folder.parent)
+        return
     write_png(folder / f"{name}.png", image, root=folder.parent)
 
 

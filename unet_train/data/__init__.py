@@ -1,5 +1,12 @@
 """Datasets: ISBI 2012, a folder of images and masks, a folder of volumes, synthetic membranes."""
 
+from unet_train.data.augment3d import (
+    Compose3D,
+    IntensityJitter,
+    RandomAxisSwap,
+    RandomFlip3D,
+    RandomRotate90InPlane,
+)
 from unet_train.data.base import SegmentationData, SegmentationDataset, Split
 from unet_train.data.device_augment import DeviceAugment
 from unet_train.data.folder import ImageFolder
@@ -10,10 +17,15 @@ from unet_train.data.volumes import VolumeFolder
 
 __all__ = [
     "ISBI2012",
+    "Compose3D",
     "DeviceAugment",
     "ForegroundCrop",
     "ImageFolder",
+    "IntensityJitter",
+    "RandomAxisSwap",
     "RandomBrightnessContrast",
+    "RandomFlip3D",
+    "RandomRotate90InPlane",
     "SegmentationData",
     "SegmentationDataset",
     "Split",
