@@ -226,3 +226,24 @@ def test_volumes_config_composes_and_builds(tmp_path):
         "RandomAxisSwap",
         "IntensityJitter",
     ]
+
+
+def test_isbi_as_one_anisotropic_volume(isbi_root):
+    from unet_train.build import build_data, resolve_data_config
+
+    overrides = ["data=isbi", f"data.root={isbi_root}", "data.spatial_dims=3", "data.patch_size=[8,64,64]"]
+    cfg = compose_config([*overrides, "model.depth=4"])
+    data = build_data(cfg.data)
+    resolve_data_config(cfg, data)
+    (train,) = data.split("train").images
+    (val,) = data.split("val").images
+    assert train.shape[:3] == (25, 512, 512) and val.shape[:3] == (5, 512, 512) and train.spacing == (50, 4, 4)
+    assert cfg.model.spatial_dims == 3
+    # z is pooled only once y, x reach 32 nm; the patch keeps 8 planes, so it is pooled once, at the 4th level
+    assert cfg.model.pool_factors == [[1, 2, 2], [1, 2, 2], [1, 2, 2], [2, 2, 2]]
+    item = data.dataset("train")[(0, 1)]
+    assert item["image"].shape == (1, 8, 64, 64) and set(item["mask"].unique().tolist()) <= {0, 1}
+    with pytest.raises(ConfigError, match=r"^data.fold=0 cuts a dataset into 2D folds; with data.spatial_dims=3"):
+        build_data(compose_config([*overrides, "data.fold=0"]).data)
+    with pytest.raises(ConfigError, match=r"^data.patch_size=\[8, 64, 64\] is a list: give one int"):
+        build_data(compose_config([*overrides[:2], "data.patch_size=[8,64,64]"]).data)

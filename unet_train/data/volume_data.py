@@ -191,6 +191,11 @@ class VolumeData(SegmentationData):
             raise ConfigError(f"data.patch_size={patch_size!r} is a list: give one int, or data.spatial_dims=3.")
         shape = patch_shape(patch_size)
         super().__init__(patch_size=max(shape), **kwargs)
+        if spatial_dims == 3 and self.fold is not None:
+            raise ConfigError(
+                f"data.fold={self.fold} cuts a dataset into 2D folds; with data.spatial_dims=3 set data.fold=null "
+                "(and choose the split with the dataset's own settings)."
+            )
         self.spatial_dims, self.patch_size = spatial_dims, patch_size
         self.patch = shape
         if spacing is not None and (len(spacing) != 3 or any(float(s) <= 0 for s in spacing)):
