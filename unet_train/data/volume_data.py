@@ -134,7 +134,8 @@ class VolumeDataset(Dataset):
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
         # An EpochSampler passes (index, item_seed): the crop and its augmentation follow from the seed alone.
-        seed = index[1] if isinstance(index, tuple) else int(torch.randint(2**31 - 1, ()).item())
+        random = self.size is not None or self.transform is not None  # whole volumes, as validated, draw nothing
+        seed = index[1] if isinstance(index, tuple) else int(torch.randint(2**31 - 1, ()).item()) if random else 0
         case = self.cases[index[0] if isinstance(index, tuple) else index]
         rng = np.random.default_rng(seed)
         size = self.size or case.shape[:3]
