@@ -85,3 +85,22 @@ def test_unet_eval_scores_the_validation_volume(reference, tmp_path):
     (prediction,) = (out / "predictions").iterdir()
     labels = tifffile.imread(prediction)
     assert labels.shape == SHAPE and set(np.unique(labels).tolist()) <= {0, 255}
+
+
+def test_unet_predict_writes_volumes_with_the_inputs_spacing_and_affine(volumes, reference, tmp_path):
+    nibabel = pytest.importorskip("nibabel")
+    image = tifffile.imread(volumes / "test" / "images" / "test0.tif")
+    affine = np.array([[0.0, 0.5, 0, 10], [0.5, 0, 0, -4], [0, 0, 2.0, 7], [0, 0, 0, 1]])  # x, y swapped: oblique
+    nibabel.save(nibabel.Nifti1Image(image.transpose(2, 1, 0), affine), tmp_path / "scan.nii.gz")
+    ckpt = f"ckpt={reference / 'checkpoints' / 'best.pt'}"
+    for source in (volumes / "test" / "images" / "test0.tif", tmp_path / "scan.nii.gz"):
+        run([str(BIN / "unet-predict"), ckpt, f"input={source}", "output=out", "tile_size=[8,16,16]"], cwd=tmp_path)
+    tiff = tifffile.TiffFile(tmp_path / "out" / "test0_mask.tif")
+    assert tiff.series[0].shape == SHAPE and tiff.imagej_metadata["spacing"] == 2.0
+    assert tiff.pages[0].tags["XResolution"].value == (2, 1)  # 2 pixels per micron: 0.5 um
+    mask = tiff.asarray()
+    prob = tifffile.imread(tmp_path / "out" / "test0_prob.tif")
+    assert prob.shape == SHAPE and np.array_equal(mask, (prob > 0.5).astype(np.uint8) * 255)
+    written = nibabel.load(tmp_path / "out" / "scan_mask.nii.gz")
+    assert np.array_equal(written.affine, affine)
+    assert np.array_equal(np.asarray(written.dataobj).transpose(2, 1, 0), mask)  # the same voxels, the same answer

@@ -50,6 +50,7 @@ from unet_train.inference.instances import instance_labels, label_chunks, resolv
 from unet_train.inference.large import Throughput, predict_to_zarr
 from unet_train.inference.sources import (
     HDF5_SUFFIXES,
+    NIFTI_SUFFIXES,
     TIFF_SUFFIXES,
     PlaneScaling,
     Volume,
@@ -118,8 +119,8 @@ def find_inputs(spec: str | Path) -> list[Path]:
         return files
     if not path.exists():
         raise DataError(f"input={path} does not exist; pass an image, a TIFF stack or a folder of images.")
-    known = (*IMAGE_SUFFIXES, *TIFF_SUFFIXES, *HDF5_SUFFIXES)
-    if not is_zarr_path(path) and path.suffix.lower() not in known:
+    known = (*IMAGE_SUFFIXES, *TIFF_SUFFIXES, *HDF5_SUFFIXES, *NIFTI_SUFFIXES)
+    if not is_zarr_path(path) and path.suffix.lower() not in known and not path.name.lower().endswith(NIFTI_SUFFIXES):
         raise DataError(f"input={path} is not an image this tool reads ({', '.join(known)}, or a Zarr store).")
     return [path]
 
@@ -177,7 +178,7 @@ def open_input(path: Path, cfg: DictConfig, in_channels: int) -> Volume:
     NaN/inf pixels are refused where they are read, unless ``allow_nonfinite=true`` reads them as 0.
     """
     allow = bool(cfg.get("allow_nonfinite", False))
-    if path.suffix.lower() in TIFF_SUFFIXES or is_chunked_input(path):
+    if path.suffix.lower() in TIFF_SUFFIXES or is_chunked_input(path) or path.name.lower().endswith(NIFTI_SUFFIXES):
         volume = open_volume(path, cfg.get("input_key"), cfg.get("input_axes"), in_channels)
     else:
         array = read_image(path, finite=not allow)
@@ -231,13 +232,17 @@ def run_predict(cfg: DictConfig) -> list[Path]:
 def _predict_all(
     cfg: DictConfig, files: list[Path], models: list[nn.Module], stored: DictConfig, inputs: list[Any], dist: Any
 ) -> list[Path]:
+    from unet_train.volume_predict import check_volume_output, predict_volume, tile_setting  # imports this module
+
     in_channels = int(stored.data.in_channels)
     runtime = make_runtime(dist.device, cfg.trainer.precision, cfg.trainer.channels_last, deterministic=False)
+
+    spatial_dims = int(stored.model.get("spatial_dims", 2))  # 3: each input is one volume (volume_predict.py)
 
     def predictor_for(rt: Runtime, nets: list[nn.Module]) -> TiledPredictor:
         return TiledPredictor(
             nets,
-            tile_size=int(cfg.tile_size),
+            tile_size=tile_setting(cfg.tile_size),
             overlap=float(cfg.overlap),
             batch_size=int(cfg.batch_size),
             margin=cfg.margin,
@@ -250,7 +255,9 @@ def _predict_all(
         )
 
     if runtime.auto:  # channels_last/precision=auto on a CPU: one batch of full tiles timed in each setting
-        shape = (int(cfg.batch_size), in_channels * len(inputs), int(cfg.tile_size), int(cfg.tile_size))
+        sides = tile_setting(cfg.tile_size)
+        sides = [sides] * spatial_dims if isinstance(sides, int) else list(sides)
+        shape = (int(cfg.batch_size), in_channels * len(inputs), *sides)
 
         def make_step(rt: Runtime) -> Callable[[], object]:
             trial, tiles = predictor_for(rt, copy.deepcopy(models)), torch.rand(shape)
@@ -268,14 +275,17 @@ def _predict_all(
             "pass output=FOLDER (each Zarr/HDF5 input gets FOLDER/<name>.zarr)."
         )
     check_output_names(files, out, to_zarr)
+    if spatial_dims == 3:
+        check_volume_output(out, to_zarr)
     classes = int(stored.data.num_classes)
     classes = 1 if classes <= 2 else classes
     method = resolve_method(str(cfg.instance_method), stored.data) if cfg.instances else None
     written: list[Path] = []
     start = time.monotonic()
     volumes: list[tuple[Path, Volume]] = [(path, open_input(path, cfg, in_channels)) for path in files]
+    planar = [] if spatial_dims == 3 else volumes  # a 3D model predicts each input whole, below
     try:
-        whole = [(p, v) for p, v in volumes if not (to_zarr or is_chunked_input(p))]
+        whole = [(p, v) for p, v in planar if not (to_zarr or is_chunked_input(p))]
         for path, volume in whole:  # read one plane at a time, but each plane whole
             check_pixels(path, volume.shape[1:], "predict it chunk by chunk into output=NAME.zarr, or ")
         in_memory = whole[dist.rank :: dist.world_size]
@@ -288,12 +298,14 @@ def _predict_all(
                 bar.update(n)
                 report(n)
 
-            for path, volume in volumes:
+            for path, volume in planar:
                 if to_zarr or is_chunked_input(path):
                     store = out if to_zarr else out / f"{path.name.split('.')[0]}.zarr"
                     written.append(predict_store(cfg, predictor, volume, store, classes, inputs, method, dist))
                 elif (path, volume) in in_memory:
                     written += predict_in_memory(cfg, predictor, path, volume, out, method, on_tiles, inputs)
+        for path, volume in volumes[dist.rank :: dist.world_size] if spatial_dims == 3 else []:
+            written += predict_volume(cfg, predictor, path, volume, out, inputs, None)
     finally:
         for _, volume in volumes:
             volume.close()

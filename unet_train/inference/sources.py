@@ -16,6 +16,7 @@ from unet_train.data.normalize import normalize_image, resolve_spec
 from unet_train.data.reading import match_channels
 from unet_train.inference.volumes import (  # re-exported: predict.py imports them from here
     HDF5_SUFFIXES,
+    NIFTI_SUFFIXES,
     TIFF_SUFFIXES,
     Volume,
     is_chunked_input,
@@ -25,6 +26,7 @@ from unet_train.inference.volumes import (  # re-exported: predict.py imports th
 
 __all__ = [
     "HDF5_SUFFIXES",
+    "NIFTI_SUFFIXES",
     "TIFF_SUFFIXES",
     "InputScaling",
     "PlaneScaling",
