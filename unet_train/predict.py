@@ -255,8 +255,8 @@ def _predict_all(
         )
 
     if runtime.auto:  # channels_last/precision=auto on a CPU: one batch of full tiles timed in each setting
-        sides = tile_setting(cfg.tile_size)
-        sides = [sides] * spatial_dims if isinstance(sides, int) else list(sides)
+        tile = tile_setting(cfg.tile_size)
+        sides = [tile] * spatial_dims if isinstance(tile, int) else list(tile)
         shape = (int(cfg.batch_size), in_channels * len(inputs), *sides)
 
         def make_step(rt: Runtime) -> Callable[[], object]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ from unet_train.inference.volumes import Volume
 log = logging.getLogger(__name__)
 
 MAX_FOREGROUND = 20_000  # foreground voxel positions kept per class and volume for oversampling
-Shape3 = tuple[int, int, int]
+Shape3 = tuple[int, ...]  # (z, y, x)
 
 
 def patch_shape(patch_size: int | Sequence[int]) -> Shape3:
@@ -51,7 +52,7 @@ class VolumeCase:
     image: Volume
     mask: Volume | None
     name: str
-    spacing: tuple[float, float, float]
+    spacing: tuple[float, ...]  # (z, y, x)
     num_classes: int = 2
     ignore_index: int | None = None
     spec: dict[str, Any] = field(default_factory=dict)
@@ -98,7 +99,7 @@ class VolumeCase:
         """Class indices ``(d, h, w)`` at ``origin``: {0,255} binary masks as {0,1}, ``ignore_index`` as 255."""
         assert self.mask is not None
         block = self.mask.read_block(origin, size)[..., 0]
-        return encode_mask(block, self.num_classes, self.mask.name, self.ignore_index)
+        return encode_mask(block, self.num_classes, Path(self.mask.name), self.ignore_index)
 
 
 def crop_origin(case: VolumeCase, size: Shape3, rng: np.random.Generator, foreground_p: float) -> Shape3:
@@ -109,8 +110,8 @@ def crop_origin(case: VolumeCase, size: Shape3, rng: np.random.Generator, foregr
         classes = sorted(case.foreground)
         positions = case.foreground[classes[int(rng.integers(len(classes)))]]
         centre = positions[int(rng.integers(len(positions)))]
-        return tuple(int(min(max(c - p // 2, 0), t)) for c, p, t in zip(centre, size, top))  # type: ignore[return-value]
-    return tuple(int(rng.integers(0, t + 1)) for t in top)  # type: ignore[return-value]
+        return tuple(int(min(max(c - p // 2, 0), t)) for c, p, t in zip(centre, size, top))
+    return tuple(int(rng.integers(0, t + 1)) for t in top)
 
 
 class VolumeDataset(Dataset):
@@ -159,8 +160,8 @@ class VolumeSplit:
 
     @property
     def masks(self) -> list[Volume] | None:
-        masks = [case.mask for case in self.images]
-        return None if any(m is None for m in masks) else masks  # type: ignore[return-value]
+        masks = [case.mask for case in self.images if case.mask is not None]
+        return masks if len(masks) == len(self.images) else None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -197,7 +198,7 @@ class VolumeData(SegmentationData):
                 f"data.fold={self.fold} cuts a dataset into 2D folds; with data.spatial_dims=3 set data.fold=null "
                 "(and choose the split with the dataset's own settings)."
             )
-        self.spatial_dims, self.patch_size = spatial_dims, patch_size
+        self.spatial_dims = spatial_dims
         self.patch = shape
         if spacing is not None and (len(spacing) != 3 or any(float(s) <= 0 for s in spacing)):
             raise ConfigError(f"data.spacing={list(spacing)} must be three positive voxel sides [z, y, x], or null.")
@@ -212,10 +213,10 @@ class VolumeData(SegmentationData):
 
     # -- shared -------------------------------------------------------------------------------
     @property
-    def spacing(self) -> tuple[float, float, float]:
+    def spacing(self) -> tuple[float, ...]:
         """The training volumes' voxel size ``(z, y, x)`` (their median per axis)."""
         cases = self.split("train").images
-        return tuple(float(np.median([c.spacing[a] for c in cases])) for a in range(3))  # type: ignore[return-value]
+        return tuple(float(np.median([c.spacing[a] for c in cases])) for a in range(3))
 
     def split(self, name: str) -> Any:
         if self.spatial_dims == 2:
@@ -261,7 +262,7 @@ class VolumeData(SegmentationData):
         fitted = tuple(min(p, s) for p, s in zip(self.patch, smallest))
         if fitted != self.patch:
             log.info("data.patch_size %s is cut to %s, the smallest training volume (z, y, x)", self.patch, fitted)
-        self.patch = fitted  # type: ignore[assignment]
+        self.patch = fitted
 
     def dataset(
         self, split: str, augment: bool | None = None, sample_weight: Callable[[np.ndarray], np.ndarray] | None = None

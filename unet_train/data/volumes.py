@@ -138,7 +138,7 @@ class VolumeFolder(VolumeData):
             spacing = self.spacing_override or stated
             if self.spacing_override and image.scale and stated != self.spacing_override:
                 log.info("%s: data.spacing %s replaces the file's %s", image.name, self.spacing_override, stated)
-            cases.append(VolumeCase(image, mask, stem, spacing))  # type: ignore[arg-type]
+            cases.append(VolumeCase(image, mask, stem, spacing))
         return cases
 
     def resolve_auto(self) -> None:
@@ -152,7 +152,7 @@ class VolumeFolder(VolumeData):
             for case in cases:
                 case.ignore_index = self.ignore_index
                 values |= case.scan()
-            values.discard(self.ignore_index)  # type: ignore[arg-type]
+            values.discard(self.ignore_index)
             self._num_classes = infer_num_classes(values, str(self.root.resolve()))
             log.info("data.num_classes=auto: %d (mask values %s)", self._num_classes, value_list(values))
         for case in cases:

@@ -18,6 +18,7 @@ import copy
 import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -164,7 +165,7 @@ class TiledPredictor:
         self.autocast_dtype = autocast_dtype
         self.sigma_scale = sigma_scale
         self.split_inputs = split_inputs
-        self._weights: dict[tuple[int, int], torch.Tensor] = {}
+        self._weights: dict[tuple[int, ...], torch.Tensor] = {}
 
     def _prepare(self, model: nn.Module, fold_bn: bool) -> nn.Module:
         model = model.eval()
@@ -286,7 +287,9 @@ class TiledPredictor:
                     on_image.append(slice(lo, hi))
                     in_tile.append(slice(lo - (s - m), lo - (s - m) + hi - lo))
                 w = weight[tuple(in_tile)]
-                out[(slice(None), *on_image)].addcmul_(prob[(i, slice(None), *in_tile)], w)
+                region: tuple[Any, ...] = (slice(None), *on_image)
+                source: tuple[Any, ...] = (i, slice(None), *in_tile)
+                out[region].addcmul_(prob[source], w)
                 weight_sum[tuple(on_image)].add_(w)
             if on_tiles is not None:
                 on_tiles(len(batch))
@@ -313,4 +316,5 @@ def _gather(
     if all(c >= 0 and c + s <= n for c, s, n in zip(corner, size, image.shape[1:])):
         return image[(slice(None), *(slice(c, c + s) for c, s in zip(corner, size)))]  # inside: a view, no gather
     index = [table[c + m : c + m + s] for table, c, m, s in zip(lookup, corner, margins, size)]
-    return image[(slice(None), *torch.meshgrid(*index, indexing="ij"))]
+    grid: tuple[Any, ...] = (slice(None), *torch.meshgrid(*index, indexing="ij"))
+    return image[grid]

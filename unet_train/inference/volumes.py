@@ -119,7 +119,7 @@ class Volume:
         window = window[..., : self.shape[3]] if window.ndim == 3 else window[..., None]
         return self._finite(window, z, y0, x0)
 
-    def read_block(self, origin: tuple[int, int, int], size: tuple[int, int, int]) -> np.ndarray:
+    def read_block(self, origin: tuple[int, ...], size: tuple[int, ...]) -> np.ndarray:
         """The 3D window at ``origin`` (z, y, x) of ``size`` as ``(d, h, w, C)`` in the file's dtype, in one read
         (a Zarr/HDF5 store decodes only the chunks it touches, a NIfTI proxy only the bytes of those planes)."""
         bounds = {a: slice(o, o + s) for a, o, s in zip("zyx", origin, size)}
