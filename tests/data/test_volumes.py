@@ -157,19 +157,29 @@ def test_folder_reads_spacing_classes_and_splits(tmp_path):
     assert folder(root, spacing=[3, 1, 1]).spacing == (3.0, 1.0, 1.0)
 
 
-def test_folder_of_nifti_and_hdf5_volumes_reads_crops_from_the_files(tmp_path):
+def test_folder_of_nifti_hdf5_and_zarr_volumes_reads_crops_from_the_files(tmp_path):
     nibabel = pytest.importorskip("nibabel")
     h5py = pytest.importorskip("h5py")
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
     volumes = {}
-    for i, kind in enumerate(["nii", "h5", "nii"]):
+    zarr = pytest.importorskip("zarr")
+    for i, kind in enumerate(["nii", "h5", "zarr"]):
         image, mask = ball_volume(i)
         volumes[f"v{i}"] = (image, mask)
         if kind == "nii":  # NIfTI stores (x, y, z); 0.5 mm in-plane, 2 mm slices
             for sub, array in (("images", image), ("masks", mask)):
                 affine = np.diag([0.5, 0.5, 2.0, 1.0])
                 nibabel.save(nibabel.Nifti1Image(array.transpose(2, 1, 0), affine), tmp_path / sub / f"v{i}.nii.gz")
+        elif kind == "zarr":  # an OME-Zarr image: its scale is the spacing
+            for sub, array in (("images", image), ("masks", mask)):
+                group = zarr.open_group(str(tmp_path / sub / f"v{i}.ome.zarr"), mode="w")
+                group.create_array("0", data=array, chunks=(4, 16, 16))
+                transform = [{"type": "scale", "scale": [2.0, 0.5, 0.5]}]
+                axes = [{"name": a, "type": "space"} for a in "zyx"]
+                group.attrs["multiscales"] = [
+                    {"axes": axes, "datasets": [{"path": "0", "coordinateTransformations": transform}]}
+                ]
         else:
             for sub, array in (("images", image), ("masks", mask)):
                 with h5py.File(tmp_path / sub / f"v{i}.h5", "w") as f:
