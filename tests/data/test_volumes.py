@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import tifffile
@@ -20,7 +22,7 @@ from .volume_folder import SPACING, ball_volume, make_volume_folder, write_tiff
 
 
 def folder(root, **kwargs):
-    return VolumeFolder(root=str(root), num_workers=0, **{"patch_size": [4, 16, 16], **kwargs})
+    return VolumeFolder(root=str(root), **{"num_workers": 0, "patch_size": [4, 16, 16], **kwargs})
 
 
 def array_case(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> VolumeCase:
@@ -257,3 +259,21 @@ def test_isbi_as_one_anisotropic_volume(isbi_root):
         build_data(compose_config([*overrides, "data.fold=0"]).data)
     with pytest.raises(ConfigError, match=r"^data.patch_size=\[8, 64, 64\] is a list: give one int"):
         build_data(compose_config([*overrides[:2], "data.patch_size=[8,64,64]"]).data)
+
+
+def test_loader_workers_reopen_the_files_and_read_the_same_crops(tmp_path):
+    """A crop follows from its seed in any worker; a forked worker reads through files of its own (sharing the
+    parent's handles shares their file offset, so concurrent seek-and-read could mix bytes)."""
+    root = make_volume_folder(tmp_path, count=3)
+    data = folder(root, val_fraction=0.0)
+    case = data.split("train").images[0]
+    first = case.image
+    case.pid = -1  # as in a process forked from this one
+    data.dataset("train")[(0, 1)]
+    assert case.image is not first and case.pid == os.getpid() and first.handle is not None
+    crops = []
+    for workers in (0, 2):
+        data = folder(root, val_fraction=0.0, num_workers=workers, batch_size=2, samples_per_epoch=8)
+        loader = data.dataloader("train", seed=3)
+        crops.append([batch["image"] for batch in loader])
+    assert len(crops[0]) == 4 and all(torch.equal(a, b) for a, b in zip(*crops, strict=True))

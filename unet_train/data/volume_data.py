@@ -11,6 +11,7 @@ checks read whole volumes. A :class:`VolumeData` yields ``{"image": float32 (C, 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,15 @@ class VolumeCase:
     ignore_index: int | None = None
     spec: dict[str, Any] = field(default_factory=dict)
     foreground: dict[int, np.ndarray] = field(default_factory=dict)
+    # Opens the files again: a loader worker forked from this process must not share its open files (a TIFF or
+    # NIfTI is read by seek and read, and forked processes share the file offset). None: arrays in memory.
+    opener: Callable[[], tuple[Volume, Volume | None]] | None = None
+    pid: int = field(default_factory=os.getpid)
+
+    def _own_files(self) -> None:
+        if self.opener is not None and self.pid != os.getpid():
+            self.image, self.mask = self.opener()
+            self.pid = os.getpid()
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -91,12 +101,14 @@ class VolumeCase:
 
     def read_image(self, origin: Shape3, size: Shape3) -> np.ndarray:
         """The normalised float32 ``(d, h, w, C)`` block at ``origin``."""
+        self._own_files()
         block = self.image.read_block(origin, size)
         d, h, w, c = block.shape
         return normalize_image(block.reshape(d * h, w, c), self.spec).reshape(d, h, w, c).astype(np.float32)
 
     def read_mask(self, origin: Shape3, size: Shape3) -> np.ndarray:
         """Class indices ``(d, h, w)`` at ``origin``: {0,255} binary masks as {0,1}, ``ignore_index`` as 255."""
+        self._own_files()
         assert self.mask is not None
         block = self.mask.read_block(origin, size)[..., 0]
         return encode_mask(block, self.num_classes, Path(self.mask.name), self.ignore_index)
@@ -135,8 +147,8 @@ class VolumeDataset(Dataset):
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
         # An EpochSampler passes (index, item_seed): the crop and its augmentation follow from the seed alone.
-        random = self.size is not None or self.transform is not None  # whole volumes, as validated, draw nothing
-        seed = index[1] if isinstance(index, tuple) else int(torch.randint(2**31 - 1, ()).item()) if random else 0
+        draws = self.size is not None or self.transform is not None  # whole volumes, as validated, draw nothing
+        seed = index[1] if isinstance(index, tuple) else int(torch.randint(2**31 - 1, ()).item()) if draws else 0
         case = self.cases[index[0] if isinstance(index, tuple) else index]
         rng = np.random.default_rng(seed)
         size = self.size or case.shape[:3]

@@ -8,6 +8,7 @@ lazily through :func:`~unet_train.inference.volumes.open_volume`; the voxel spac
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -104,6 +105,13 @@ class VolumeFolder(VolumeData):
             volume = Volume(volume.array, axes, volume.name, volume.scale, volume.units, handle=volume.handle)
         return volume
 
+    def _open_pair(self, image_path: Path, mask_path: Path | None, channels: int) -> tuple[Volume, Volume | None]:
+        image = self._open(image_path, self.image_key, channels)
+        mask = None if mask_path is None else _open(mask_path, self.mask_key, None, 1)
+        if mask is not None and mask.shape[3] != 1:
+            raise DataError(f"Mask {mask_path} has {mask.shape[3]} channels; a label volume has one.")
+        return image, mask
+
     def _pairs(self, base: Path, masks_required: bool) -> list[tuple[str, Path, Path | None]]:
         image_dir, mask_dir = base / self.images_dir, base / self.masks_dir
         if not image_dir.is_dir():
@@ -130,15 +138,13 @@ class VolumeFolder(VolumeData):
     def _open_cases(self, pairs: Sequence[tuple[str, Path, Path | None]], channels: int) -> list[VolumeCase]:
         cases = []
         for stem, image_path, mask_path in pairs:
-            image = self._open(image_path, self.image_key, channels)
-            mask = None if mask_path is None else _open(mask_path, self.mask_key, None, 1)
-            if mask is not None and mask.shape[3] != 1:
-                raise DataError(f"Mask {mask_path} has {mask.shape[3]} channels; a label volume has one.")
+            opener = functools.partial(self._open_pair, image_path, mask_path, channels)
+            image, mask = opener()
             stated = tuple(float(image.scale.get(axis, 1.0)) for axis in "zyx")
             spacing = self.spacing_override or stated
             if self.spacing_override and image.scale and stated != self.spacing_override:
                 log.info("%s: data.spacing %s replaces the file's %s", image.name, self.spacing_override, stated)
-            cases.append(VolumeCase(image, mask, stem, spacing))
+            cases.append(VolumeCase(image, mask, stem, spacing, opener=opener))
         return cases
 
     def resolve_auto(self) -> None:
