@@ -53,6 +53,8 @@ def resolve_data_config(cfg: DictConfig, data: SegmentationData) -> None:
         cfg.data.in_channels = data.in_channels
         cfg.data.num_classes = data.num_classes
         cfg.data.normalize = dict(data.normalize)
+        if "labels" in cfg.data:  # labels=auto resolved: evaluation and prediction read the ids the same way
+            cfg.data.labels = data.labels
 
 
 def build_model(cfg: DictConfig) -> nn.Module:

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from unet_train.data.base import SegmentationData, Split
+from unet_train.data.instances import TARGETS, check_labels, encode_instances, looks_like_instances
 from unet_train.data.reading import (
     IMAGE_SUFFIXES,
     channels_of,
@@ -151,6 +152,10 @@ class ImageFolder(SegmentationData):
             segments and ``unet-predict instances=true instance_method=auto``: ``object`` (cells,
             nuclei, vessels: the segments are its connected components) or ``membrane`` (the
             border between cells, as in ISBI 2012: the segments are what it encloses).
+        labels: ``classes`` (mask values are class indices), ``instances`` (each value is one object's id; the
+            model learns ``target`` from them, :mod:`unet_train.data.instances`) or ``auto`` (instances when
+            ``num_classes`` is auto and the masks are 16/32-bit with many values; the log says what it found).
+        target: the training target drawn from instance ids after augmentation: ``boundary``.
         **kwargs: loader and transform settings of :class:`SegmentationData`.
     """
 
@@ -164,9 +169,18 @@ class ImageFolder(SegmentationData):
         ignore_index: int | None = None,
         valid_dir: str = "valid",
         foreground: str = "object",
+        labels: str = "auto",
+        target: str = "boundary",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        check_labels(labels, target)
+        self.target = target
+        if labels == "auto" and self._num_classes is not None:  # a number of classes says the masks are classes
+            labels = "classes"
+        self.labels = labels
+        if labels == "instances":
+            self._use_instances(given=self._num_classes)
         if foreground not in FOREGROUNDS:
             raise ConfigError(
                 f"data.foreground={foreground!r} must be object (the positive class is the thing segmented: cells, "
@@ -183,7 +197,19 @@ class ImageFolder(SegmentationData):
         self.images_dir, self.masks_dir = images_dir, masks_dir
         self._raw_masks: dict[Path, np.ndarray] = {}  # read while inferring num_classes, used once by _load
 
+    def _use_instances(self, given: int | None = None) -> None:
+        """The masks hold object ids: the model learns ``data.target``'s classes from them."""
+        classes = TARGETS[self.target]
+        if given is not None and given != classes:
+            raise ConfigError(
+                f"data.num_classes={given} does not fit data.labels=instances with data.target={self.target}, whose "
+                f"model predicts {classes} classes; set data.num_classes={classes} or auto."
+            )
+        self.labels, self.instance_target, self._num_classes = "instances", self.target, classes
+
     def _check_ignore_index(self, num_classes: int) -> None:
+        if self.instance_target is not None:  # any id may mark unlabelled pixels
+            return
         if self.ignore_index is not None and not num_classes <= self.ignore_index <= 65535:
             raise ConfigError(
                 f"data.ignore_index={self.ignore_index} must be a mask value that is no class: at least "
@@ -215,6 +241,19 @@ class ImageFolder(SegmentationData):
                 raw = read_mask(path)
                 self._raw_masks[path] = raw
                 values.update(np.unique(raw).tolist())
+            if self.labels == "auto":
+                found = list(self._raw_masks.values())
+                if looks_like_instances(found):
+                    self._use_instances()
+                    counts = [len(np.unique(m)) - 1 for m in found]
+                    log.info(
+                        "data.labels=auto: instances (%s masks, %d to %d object ids per image) -> data.target=%s, "
+                        "%d classes; data.labels=classes reads them as class indices",
+                        "/".join(sorted({str(m.dtype) for m in found})), min(counts), max(counts), self.target,
+                        self._num_classes,
+                    )  # fmt: skip
+                    return
+                self.labels = "classes"
             if self.ignore_index is not None and self.ignore_index in values:  # unlabelled, not a class
                 values.discard(self.ignore_index)
                 if values <= {0}:
@@ -290,7 +329,10 @@ class ImageFolder(SegmentationData):
         masks = None
         if mask_paths is not None:
             raw = [self._raw_masks.pop(p) if p in self._raw_masks else read_mask(p) for p in mask_paths]
-            masks = [encode_mask(m, num_classes, p, self.ignore_index) for m, p in zip(raw, mask_paths)]
+            if self.instance_target is not None:
+                masks = [encode_instances(m, p, self.ignore_index) for m, p in zip(raw, mask_paths)]
+            else:
+                masks = [encode_mask(m, num_classes, p, self.ignore_index) for m, p in zip(raw, mask_paths)]
             valid_files = self._valid_files(base)
             for image, mask, path, image_path in zip(images, masks, mask_paths, image_paths):
                 if image.shape[:2] != mask.shape:
