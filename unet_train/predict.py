@@ -29,7 +29,7 @@ import hydra
 import numpy as np
 import tifffile
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from skimage import io as skio
 from torch import nn
 from tqdm.auto import tqdm
@@ -43,6 +43,7 @@ from unet_train.data.normalize import prepare_input, resolve_spec
 from unet_train.engine import distributed
 from unet_train.engine.autotune import agree, tune
 from unet_train.engine.checkpoint import check_model_size, load_checkpoint
+from unet_train.engine.objects import params_for, stored_postprocess
 from unet_train.engine.runtime import Runtime, make_runtime
 from unet_train.errors import CheckpointError, ConfigError, DataError, UserError
 from unet_train.inference import TiledPredictor
@@ -57,6 +58,7 @@ from unet_train.inference.sources import (
     is_zarr_path,
     open_volume,
 )
+from unet_train.objects.params import instance_target, smallest_dtype
 from unet_train.safe_io import cleared, confined, make_folder
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,10 @@ def load_model(path: str | Path, trust: bool | Sequence[str] = False) -> tuple[n
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit its own model config: {str(exc).splitlines()[0]}") from exc
+    tuned = stored_postprocess(checkpoint)  # an instance model's tuned post-processing (checked on load)
+    if tuned is not None:
+        with open_dict(stored):
+            stored.tuned_postprocess = tuned
     return model.eval(), stored
 
 
@@ -270,7 +276,11 @@ def _predict_all(
     check_output_names(files, out, to_zarr)
     classes = int(stored.data.num_classes)
     classes = 1 if classes <= 2 else classes
-    method = resolve_method(str(cfg.instance_method), stored.data) if cfg.instances else None
+    target = instance_target(stored.data)  # an instance model always writes its instances
+    method = resolve_method(str(cfg.instance_method), stored.data) if cfg.instances or target else None
+    params = params_for(cfg, target, stored.get("tuned_postprocess")) if target else None
+    if params is not None:
+        log.info("Instances by the %s post-processing: %s", target, params)
     written: list[Path] = []
     start = time.monotonic()
     volumes: list[tuple[Path, Volume]] = [(path, open_input(path, cfg, in_channels)) for path in files]
@@ -291,9 +301,9 @@ def _predict_all(
             for path, volume in volumes:
                 if to_zarr or is_chunked_input(path):
                     store = out if to_zarr else out / f"{path.name.split('.')[0]}.zarr"
-                    written.append(predict_store(cfg, predictor, volume, store, classes, inputs, method, dist))
+                    written.append(predict_store(cfg, predictor, volume, store, classes, inputs, method, dist, params))
                 elif (path, volume) in in_memory:
-                    written += predict_in_memory(cfg, predictor, path, volume, out, method, on_tiles, inputs)
+                    written += predict_in_memory(cfg, predictor, path, volume, out, method, on_tiles, inputs, params)
     finally:
         for _, volume in volumes:
             volume.close()
@@ -312,6 +322,7 @@ def predict_store(
     inputs: list[Any],
     method: str | None,
     dist: Any,
+    params: dict[str, Any] | None = None,
 ) -> Path:
     """One input into an OME-Zarr store, chunk by chunk (resumes a store of the same settings)."""
     settings = {
@@ -325,6 +336,7 @@ def predict_store(
         "tta": predictor.tta,
         "threshold": float(cfg.threshold),
         "instances": method,
+        "postprocess": params,
     }
     scalings = [PlaneScaling(volume, data) for data in inputs]
 
@@ -349,7 +361,8 @@ def predict_store(
             dist,
         )
     if method is not None:
-        label_chunks(result, method, float(cfg.threshold), int(cfg.min_distance), int(cfg.instance_halo), dist)
+        halo = int(cfg.instance_halo)
+        label_chunks(result, method, float(cfg.threshold), int(cfg.min_distance), halo, dist, params)
     return store
 
 
@@ -362,6 +375,7 @@ def predict_in_memory(
     method: str | None,
     on_tiles: Any,
     inputs: list[Any],
+    params: dict[str, Any] | None = None,
 ) -> list[Path]:
     """An image or a TIFF stack with whole-plane outputs: TIFF probabilities, PNG/TIFF masks (and labels).
 
@@ -380,7 +394,7 @@ def predict_in_memory(
     def planes() -> Any:
         for z in range(volume.depth):
             prob = predictor.predict(model_input(volume.read(z, 0, height, 0, width)), on_tiles=on_tiles)
-            labels = instance_labels(prob.numpy(), method, threshold, int(cfg.min_distance)) if method else None
+            labels = instance_labels(prob.numpy(), method, threshold, int(cfg.min_distance), params) if method else None
             yield prob, labels
 
     if not volume.has_z:
@@ -392,8 +406,8 @@ def predict_in_memory(
             with written_whole(files) as temps:
                 tifffile.imwrite(temps[0], probability_array(prob))
                 skio.imsave(temps[1], mask_of(prob, threshold), check_contrast=False)
-                if labels is not None:
-                    tifffile.imwrite(temps[2], labels)
+                if labels is not None:  # an instance model's: uint16 where its ids fit
+                    tifffile.imwrite(temps[2], smallest_dtype(labels) if params is not None else labels)
         return files
     # A stack: appended slice by slice (contiguous=True keeps one series, so files read back as (N, H, W)).
     names = ["_prob.tif", "_mask.tif", *(["_labels.tif"] if method else [])]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +26,11 @@ from unet_train.labels import IGNORE_INDEX
 from unet_train.metrics.objects import object_scores
 from unet_train.objects import params as pp
 from unet_train.objects import tune
+from unet_train.objects.params import instance_target
+
+__all__ = ["EVAL_METRICS", "ObjectReport", "instance_target", "params_for", "stored_postprocess", "tune_after_training"]
 
 log = logging.getLogger(__name__)
-
-
-def instance_target(data_cfg: Any) -> str | None:
-    """The target an instance model learnt (``data.target``), or None for a model of classes."""
-    return str(data_cfg.get("target", "boundary")) if data_cfg.get("labels") == "instances" else None
 
 
 def tune_metric(cfg: DictConfig) -> str:
@@ -46,22 +45,39 @@ def tune_metric(cfg: DictConfig) -> str:
     return str(metric)
 
 
-class ObjectReport:
-    """Per image: logits -> instances (``params``) -> object scores against the batch's ``instances``."""
+# What unet-eval reports besides OBJECT_METRICS: precision and recall, a stricter F1, PQ's parts, the counts
+EVAL_METRICS = (*pp.OBJECT_METRICS, "precision_50", "recall_50", "f1_75", "sq", "rq", "tp", "fp", "fn", "splits",
+                "merges", "true_objects", "pred_objects")  # fmt: skip
 
-    def __init__(self, target: str, params: dict[str, Any]) -> None:
-        self.target, self.params = target, params
+
+class ObjectReport:
+    """Per image: logits -> instances (``params``) -> object scores against the batch's ``instances``.
+
+    ``keys``: the scores kept (validation: :data:`~unet_train.objects.params.OBJECT_METRICS`); ``on_labels``
+    sees each image's name and predicted instance labels (``unet-eval`` writes them).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        params: dict[str, Any],
+        keys: tuple[str, ...] = pp.OBJECT_METRICS,
+        on_labels: Callable[[str, np.ndarray], None] | None = None,
+    ) -> None:
+        self.target, self.params, self.keys, self.on_labels = target, params, keys, on_labels
         self.rows: list[dict[str, float]] = []
 
     def on_batch(self, batch: dict[str, Any], logits: torch.Tensor) -> None:
-        if "instances" not in batch:
-            return
         probs = probabilities(logits).numpy()
         for i in range(len(probs)):
             pred = pp.instances(self.target, probs[i], self.params)
+            if self.on_labels is not None:
+                self.on_labels(batch["name"][i], pred)
+            if "instances" not in batch:  # an unlabelled split: predicted, not scored
+                continue
             ignore = (batch["mask"][i] == IGNORE_INDEX).numpy()
             scores = object_scores(batch["instances"][i].numpy(), pred, ignore if ignore.any() else None)
-            self.rows.append({key: float(scores[key]) for key in pp.OBJECT_METRICS})
+            self.rows.append({key: float(scores[key]) for key in self.keys})
 
     def finish(self, result: EvalResult) -> None:
         """Add the scores to ``result``'s per-image rows (scored in the same order) and means."""
@@ -69,7 +85,7 @@ class ObjectReport:
             return
         for row, scores in zip(result.per_image, self.rows, strict=True):
             row.update(scores)
-        for key in pp.OBJECT_METRICS:
+        for key in self.keys:
             result.metrics[key] = float(np.mean([row[key] for row in self.rows]))
 
 

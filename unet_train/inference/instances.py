@@ -30,6 +30,9 @@ from skimage.segmentation import watershed
 from unet_train.data.foreground import boundary_positive
 from unet_train.errors import ConfigError
 from unet_train.inference.zarr_output import stored_probabilities
+from unet_train.objects import params as pp
+from unet_train.objects import tune
+from unet_train.objects.params import instance_target
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,16 @@ METHODS = ("membrane", "components", "distance")
 
 def resolve_method(method: str, stored_data: Any) -> str:
     """``auto``: ``membrane`` for a model of borders (ISBI with ``foreground: membrane``, the synthetic
-    membranes, a folder with ``data.foreground=membrane``), else ``components``: as unet-eval decides."""
+    membranes, a folder with ``data.foreground=membrane``), else ``components``: as unet-eval decides.
+    A model trained on instance labels has one method, its target's (``boundary``), with its tuned parameters."""
+    target = instance_target(stored_data)
+    if target is not None:
+        if method not in ("auto", target):
+            raise ConfigError(
+                f"instance_method={method} does not fit this model, trained on instance labels with "
+                f"data.target={target}; use instance_method=auto (its post-processing, tuned in training)."
+            )
+        return target
     if method == "auto":
         return "membrane" if boundary_positive(stored_data) else "components"
     if method not in METHODS:
@@ -51,8 +63,20 @@ def foreground(prob: np.ndarray, threshold: float) -> np.ndarray:
     return prob[0] > threshold if prob.shape[0] == 1 else prob.argmax(0) != 0
 
 
-def instance_labels(prob: np.ndarray, method: str, threshold: float = 0.5, min_distance: int = 5) -> np.ndarray:
-    """uint32 ``(H, W)`` instance labels (0 = background or border) of probabilities ``(K, H, W)``."""
+def instance_labels(
+    prob: np.ndarray,
+    method: str,
+    threshold: float = 0.5,
+    min_distance: int = 5,
+    params: dict[str, Any] | None = None,
+) -> np.ndarray:
+    """uint32 ``(H, W)`` instance labels (0 = background or border) of probabilities ``(K, H, W)``.
+
+    ``method`` may be an instance model's target (``boundary``), post-processed with ``params``
+    (:mod:`unet_train.objects.params`; None: the defaults).
+    """
+    if method in tune.GRIDS:
+        return pp.instances(method, prob, params or pp.defaults(method)).astype(np.uint32)
     if method == "membrane":
         if prob.shape[0] != 1:
             raise ConfigError("instance_method=membrane needs a binary model of borders; use components or distance.")
@@ -87,7 +111,15 @@ def _relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:
     return (inverse + 1).astype(np.uint32), len(values)
 
 
-def label_chunks(store: Any, method: str, threshold: float, min_distance: int, halo: int, dist: Any) -> None:
+def label_chunks(
+    store: Any,
+    method: str,
+    threshold: float,
+    min_distance: int,
+    halo: int,
+    dist: Any,
+    params: dict[str, Any] | None = None,
+) -> None:
     """Label a chunked prediction into ``labels/instances/0``, consistently across chunk borders.
 
     1. Each chunk is labelled from its probabilities plus a halo of ``halo`` pixels of context and
@@ -122,7 +154,7 @@ def label_chunks(store: Any, method: str, threshold: float, min_distance: int, h
     for z, cy, cx in mine:  # 1: local labels
         y0, y1, x0, x1 = bounds(cy, cx)
         wy0, wy1, wx0, wx1 = max(y0 - halo, 0), min(y1 + halo, height), max(x0 - halo, 0), min(x1 + halo, width)
-        local = instance_labels(read_prob(z, wy0, wy1, wx0, wx1), method, threshold, min_distance)
+        local = instance_labels(read_prob(z, wy0, wy1, wx0, wx1), method, threshold, min_distance, params)
         local, n = _relabel(local[y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0])
         labels_array[where(z, y0, y1, x0, x1)] = local
         counts[(z, cy, cx)] = n

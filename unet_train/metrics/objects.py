@@ -221,7 +221,8 @@ def object_scores(
     """Every object metric of one image, under the keys validation, ``unet-eval`` and the CSV use.
 
     ``f1_50``, ``precision_50``, ``recall_50`` ... per threshold (``_75`` = IoU 0.75), ``map`` (DSB 2018 mean
-    AP over ``thresholds``), ``ap_50`` (its term at 0.5: TP / (TP + FP + FN)), ``aji``, ``pq``/``sq``/``rq`` at 0.5, the counts ``tp``, ``fp``, ``fn`` at 0.5,
+    AP over ``thresholds``), ``ap_50`` (its term at 0.5: TP / (TP + FP + FN)),
+    ``aji``, ``pq``/``sq``/``rq`` at 0.5, the counts ``tp``, ``fp``, ``fn`` at 0.5,
     ``splits`` and ``merges``, and the number of true and predicted objects.
     """
     table = overlaps(true, pred, ignore)

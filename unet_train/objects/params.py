@@ -26,6 +26,11 @@ RANGES: dict[str, tuple[float, float, bool]] = {
 OBJECT_METRICS = ("f1_50", "ap_50", "map", "aji", "pq")
 
 
+def instance_target(data: Mapping[str, Any]) -> str | None:
+    """The target an instance model learnt (``data.target`` of a run config), or None for a model of classes."""
+    return str(data.get("target", "boundary")) if data.get("labels") == "instances" else None
+
+
 def defaults(target: str) -> dict[str, Any]:
     """The untuned parameters of ``target``'s post-processing: each grid's first value (see tune.GRIDS)."""
     return {name: values[0] for name, values in tune.GRIDS[target].items()}
@@ -54,7 +59,7 @@ def check_stored(entry: Any, data: Mapping[str, Any]) -> dict[str, Any] | None:
     its model's target as plain numbers in range. ValueError otherwise."""
     if entry is None:
         return None
-    target = str(data.get("target", "boundary")) if data.get("labels") == "instances" else None
+    target = instance_target(data)
     if not isinstance(entry, Mapping) or target not in tune.GRIDS or entry.get("target") != target:
         raise ValueError(f"its postprocess entry does not describe the post-processing of its model (target {target})")
     return check_params(entry.get("params"), target, "its postprocess.params")
