@@ -178,7 +178,7 @@ class ImageFolder(SegmentationData):
         self.target = target
         if labels == "auto" and self._num_classes is not None:  # a number of classes says the masks are classes
             labels = "classes"
-        self.labels = labels
+        self._labels = labels
         if labels == "instances":
             self._use_instances(given=self._num_classes)
         if foreground not in FOREGROUNDS:
@@ -205,7 +205,14 @@ class ImageFolder(SegmentationData):
                 f"data.num_classes={given} does not fit data.labels=instances with data.target={self.target}, whose "
                 f"model predicts {classes} classes; set data.num_classes={classes} or auto."
             )
-        self.labels, self.instance_target, self._num_classes = "instances", self.target, classes
+        self._labels, self.instance_target, self._num_classes = "instances", self.target, classes
+
+    @property
+    def labels(self) -> str:
+        """``classes`` or ``instances``; ``auto`` is decided from the masks on first use."""
+        if self._labels == "auto":
+            self.resolve_auto()
+        return self._labels
 
     def _check_ignore_index(self, num_classes: int) -> None:
         if self.instance_target is not None:  # any id may mark unlabelled pixels
@@ -241,7 +248,7 @@ class ImageFolder(SegmentationData):
                 raw = read_mask(path)
                 self._raw_masks[path] = raw
                 values.update(np.unique(raw).tolist())
-            if self.labels == "auto":
+            if self._labels == "auto":
                 found = list(self._raw_masks.values())
                 if looks_like_instances(found):
                     self._use_instances()
@@ -253,7 +260,7 @@ class ImageFolder(SegmentationData):
                         self._num_classes,
                     )  # fmt: skip
                     return
-                self.labels = "classes"
+                self._labels = "classes"
             if self.ignore_index is not None and self.ignore_index in values:  # unlabelled, not a class
                 values.discard(self.ignore_index)
                 if values <= {0}:
