@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
-from pathlib import Path
 
 import albumentations as A
 import numpy as np
@@ -18,8 +16,6 @@ from unet_train.labels import IGNORE_INDEX
 from unet_train.objects.targets import boundary_target
 
 from ..objects.discs import touching_discs, write_discs
-
-DSB = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "dsb2018-nuclei"
 
 
 def test_ids_are_renumbered_without_255_and_ignored_pixels_become_255():
@@ -111,27 +107,13 @@ def test_a_number_of_classes_keeps_masks_as_classes():
          "data.target=boundary, whose model predicts 3 classes; set data.num_classes=3 or auto."),
         ({"labels": "objects"}, "data.labels='objects' must be classes"),
         ({"labels": "instances", "target": "distance"}, "data.target=distance is not wired into training yet"),
-        ({"labels": "instances", "target": "centroids"}, "data.target='centroids' is not known; choose one of boundary."),
+        ({"labels": "instances", "target": "centroids"}, "data.target='centroids' is not known; choose one"),
     ],
 )  # fmt: skip
 def test_inconsistent_settings_are_refused_in_one_line(kwargs, message):
     with pytest.raises(ConfigError) as caught:
         ImageFolder("unused", num_workers=0, **kwargs)
     assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
-
-
-@pytest.fixture
-def dsb_subset(tmp_path) -> Path:
-    """Three 256 x 256 images of the DSB 2018 nuclei set copied into ``tmp_path`` (skipped where it is absent)."""
-    if not (DSB / "stats.csv").is_file():
-        pytest.skip(f"DSB 2018 nuclei not found in {DSB}")
-    rows = [line.split(",") for line in (DSB / "stats.csv").read_text().splitlines()[1:]]
-    stems = [r[0] for r in rows if r[2:4] == ["256", "256"] and r[4] == "grey-dark-background"][:3]
-    for sub, suffix, src in (("images", ".png", "images"), ("masks", ".tif", "labels")):
-        (tmp_path / sub).mkdir()
-        for stem in stems:
-            shutil.copy(DSB / src / f"{stem}{suffix}", tmp_path / sub / f"{stem}{suffix}")
-    return tmp_path
 
 
 def test_dsb_labels_are_detected_as_instances(dsb_subset):

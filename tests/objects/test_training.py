@@ -151,3 +151,19 @@ def test_an_out_of_range_override_is_refused(trained, tmp_path):
 def test_monitor_must_be_an_object_metric_validation_reports(tmp_path):
     with pytest.raises(ConfigError, match="monitor='val/f1_75' is not a validation metric; choose one of .*val/f1_50"):
         fit(compose_config([*disc_overrides(write_discs(tmp_path / "d", 4)), "monitor=val/f1_75"]), tmp_path / "r")
+
+
+def test_a_few_steps_on_real_nuclei_run_end_to_end(dsb_subset, tmp_path):
+    """Three DSB 2018 images (uint16 id masks, RGBA PNGs): detected as instances, trained, scored, tuned, stored."""
+    overrides = [
+        "data=folder", f"data.root={dsb_subset}", "data.num_workers=0", "data.patch_size=64", "data.batch_size=2",
+        "data.val_fraction=0.34", "trainer=smoke", "trainer.max_epochs=2", "trainer.channels_last=true",
+        "model.base_channels=4", "model.depth=2", "monitor=val/map", "objects.tune_time=5",
+    ]  # fmt: skip
+    metrics = fit(compose_config(overrides), tmp_path)
+    assert {"val/map", "val/ap_50", "val/aji", "val/f1_50", "tuned/map", "untuned/map"} <= set(metrics)
+    assert metrics["tuned/map"] >= metrics["untuned/map"]
+    checkpoint = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+    data = checkpoint["config"]["data"]
+    assert (data["labels"], data["target"], data["num_classes"], data["in_channels"]) == ("instances", "boundary", 3, 3)
+    assert checkpoint["postprocess"]["metric"] == "map"
