@@ -54,7 +54,7 @@ def resolve_data_config(cfg: DictConfig, data: SegmentationData) -> None:
         cfg.data.num_classes = data.num_classes
         cfg.data.normalize = dict(data.normalize)
         if "labels" in cfg.data:  # labels=auto resolved: evaluation and prediction read the ids the same way
-            cfg.data.labels = data.labels
+            cfg.data.labels = "classes" if data.instance_target is None else "instances"
 
 
 def build_model(cfg: DictConfig) -> nn.Module:

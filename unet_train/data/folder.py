@@ -249,16 +249,7 @@ class ImageFolder(SegmentationData):
                 self._raw_masks[path] = raw
                 values.update(np.unique(raw).tolist())
             if self._labels == "auto":
-                found = list(self._raw_masks.values())
-                if looks_like_instances(found):
-                    self._use_instances()
-                    counts = [len(np.unique(m)) - 1 for m in found]
-                    log.info(
-                        "data.labels=auto: instances (%s masks, %d to %d object ids per image) -> data.target=%s, "
-                        "%d classes; data.labels=classes reads them as class indices",
-                        "/".join(sorted({str(m.dtype) for m in found})), min(counts), max(counts), self.target,
-                        self._num_classes,
-                    )  # fmt: skip
+                if self._detect_instances(list(self._raw_masks.values())):
                     return
                 self._labels = "classes"
             if self.ignore_index is not None and self.ignore_index in values:  # unlabelled, not a class
@@ -273,6 +264,19 @@ class ImageFolder(SegmentationData):
             self._num_classes = infer_num_classes(values, where, jpeg)
             self._check_ignore_index(self._num_classes)
             log.info("data.num_classes=auto: %d (mask values %s)", self._num_classes, value_list(values))
+
+    def _detect_instances(self, masks: list[np.ndarray]) -> bool:
+        """``labels: auto``: switch to instances if ``masks`` look like object ids, and say so."""
+        if not looks_like_instances(masks):
+            return False
+        self._use_instances()
+        ids = [len(np.unique(m[m != 0])) for m in masks]
+        log.info(
+            "data.labels=auto: instances (%s masks, %d to %d object ids per image) -> data.target=%s, %d classes; "
+            "data.labels=classes reads them as class indices",
+            "/".join(sorted({str(m.dtype) for m in masks})), min(ids), max(ids), self.target, self._num_classes,
+        )  # fmt: skip
+        return True
 
     def _pairs(self, base: Path, masks_required: bool) -> tuple[list[Path], list[Path] | None]:
         image_dir, mask_dir = base / self.images_dir, base / self.masks_dir
