@@ -14,14 +14,11 @@ chunks are shared between the processes. ``ckpt=[a.pt,b.pt]`` averages the model
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
-import os
-import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +34,7 @@ from tqdm.auto import tqdm
 from unet_train.build import build_model
 from unet_train.cli import console_script, exit_if_version_asked, exit_on_user_error, require_sweep_extra
 from unet_train.config import config_dir
-from unet_train.data.folder import IMAGE_SUFFIXES, read_image
+from unet_train.data.folder import read_image
 from unet_train.data.limits import check_pixels, set_max_pixels
 from unet_train.data.normalize import prepare_input, resolve_spec
 from unet_train.engine import distributed
@@ -50,20 +47,24 @@ from unet_train.inference import TiledPredictor
 from unet_train.inference.instances import instance_labels, label_chunks, resolve_method
 from unet_train.inference.large import Throughput, predict_to_zarr
 from unet_train.inference.sources import (
-    HDF5_SUFFIXES,
     TIFF_SUFFIXES,
     PlaneScaling,
     Volume,
     is_chunked_input,
-    is_zarr_path,
     open_volume,
 )
 from unet_train.objects.params import instance_target, smallest_dtype
-from unet_train.safe_io import cleared, confined, make_folder
+from unet_train.predict_files import (
+    check_output_names,
+    find_inputs,
+    mask_of,
+    probability_array,
+    removed_on_failure,
+    written_whole,
+)
+from unet_train.safe_io import make_folder
 
 log = logging.getLogger(__name__)
-# What an image or stack predicted in memory writes: <name><suffix> (see predict_in_memory).
-OUTPUT_SUFFIXES = ("_prob.tif", ".png", "_labels.tif", "_mask.tif")
 
 
 def load_model(path: str | Path, trust: bool | Sequence[str] = False) -> tuple[nn.Module, DictConfig]:
@@ -114,41 +115,6 @@ def input_specs(configs: Sequence[DictConfig]) -> list[DictConfig]:
     return [configs[0].data] if all(s == specs[0] for s in specs) else [c.data for c in configs]
 
 
-def find_inputs(spec: str | Path) -> list[Path]:
-    """The inputs named by ``input``: one file or store, or the images of a folder (sorted by name)."""
-    path = Path(spec).expanduser()
-    if path.is_dir() and not is_zarr_path(path):
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise DataError(f"input={path} is a folder without images ({', '.join(IMAGE_SUFFIXES)}).")
-        return files
-    if not path.exists():
-        raise DataError(f"input={path} does not exist; pass an image, a TIFF stack or a folder of images.")
-    known = (*IMAGE_SUFFIXES, *TIFF_SUFFIXES, *HDF5_SUFFIXES)
-    if not is_zarr_path(path) and path.suffix.lower() not in known:
-        raise DataError(f"input={path} is not an image this tool reads ({', '.join(known)}, or a Zarr store).")
-    return [path]
-
-
-def check_output_names(files: list[Path], out: Path, to_zarr: bool) -> None:
-    """Refuse inputs whose outputs would overwrite each other (``a.png`` and ``a.tif``) or an input itself."""
-    if to_zarr:
-        return
-    seen: dict[str, Path] = {}
-    inputs = {p.resolve() for p in files}
-    for path in files:
-        name = path.name.split(".")[0] if is_chunked_input(path) else path.stem
-        if name in seen:
-            raise ConfigError(
-                f"{seen[name]} and {path} would both write {out / name}*; rename one, or predict them separately."
-            )
-        seen[name] = path
-        outputs = [f"{name}.zarr"] if is_chunked_input(path) else [f"{name}{s}" for s in OUTPUT_SUFFIXES]
-        clash = [out / o for o in outputs if (out / o).resolve() in inputs]
-        if clash:
-            raise ConfigError(f"output={out} would overwrite the input {clash[0]}; choose another output folder.")
-
-
 def to_input(
     array: np.ndarray, in_channels: int, where: str, normalize: Mapping[str, Any] | None = None
 ) -> torch.Tensor:
@@ -157,18 +123,6 @@ def to_input(
     Per-image statistics (``per: image``) are this image's own, as training computed them for each image.
     """
     return torch.from_numpy(prepare_input(array, in_channels, normalize, where))
-
-
-def mask_of(prob: torch.Tensor, threshold: float) -> np.ndarray:
-    """Probabilities ``(K, H, W)`` -> uint8 mask: 0/255 for a binary model, argmax class indices otherwise."""
-    if prob.shape[0] == 1:
-        return (prob[0] > threshold).numpy().astype(np.uint8) * 255
-    return prob.argmax(0).numpy().astype(np.uint8)
-
-
-def probability_array(prob: torch.Tensor) -> np.ndarray:
-    """What ``<name>_prob.tif`` holds: the positive class ``(H, W)`` for a binary model, else ``(K, H, W)``."""
-    return (prob[0] if prob.shape[0] == 1 else prob).numpy().astype(np.float32, copy=False)
 
 
 def show_progress(setting: str) -> bool:
@@ -196,28 +150,6 @@ def open_input(path: Path, cfg: DictConfig, in_channels: int) -> Volume:
             f"model takes {in_channels}; set input_axes, or convert the images first."
         )
     return volume
-
-
-@contextlib.contextmanager
-def removed_on_failure(paths: Sequence[Path], errors: tuple[type[BaseException], ...]) -> Iterator[None]:
-    """Remove again those of ``paths`` that did not exist before when the block fails with one of ``errors`` (a
-    refused input: NaN pixels or a truncated file found mid-way), so it leaves no output folder or store behind.
-    A folder goes only when empty, except a Zarr store this block created (a path ending in ``.zarr``); the
-    files themselves are written whole or not at all (:func:`written_whole`)."""
-    fresh = [p for p in paths if not p.exists() and not p.is_symlink()]
-    try:
-        yield
-    except errors:
-        for path in reversed(fresh):  # files before the folders that hold them
-            if path.is_dir() and not path.is_symlink():
-                if path.name.lower().endswith(".zarr"):
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    with contextlib.suppress(OSError):  # a folder that holds anything else stays
-                        path.rmdir()
-            elif path.exists() or path.is_symlink():
-                path.unlink()
-        raise
 
 
 @exit_on_user_error
@@ -426,25 +358,6 @@ def predict_in_memory(
                 for writer in writers:
                     writer.close()
     return files
-
-
-@contextlib.contextmanager
-def written_whole(files: Sequence[Path]) -> Iterator[list[Path]]:
-    """Temporary names beside ``files`` to write them under: renamed to ``files`` when the block completes,
-    removed when it does not (Ctrl-C, an error), so an output under its final name is always complete and a
-    rerun redoes an interrupted one. The renames replace names: no link at a final name is written through."""
-    for final in files:
-        confined(final, final.parent)  # a planted link out of the output folder is refused in one line
-    # The suffix tells writers the format; whatever was planted at a temporary name is removed first.
-    temps = [cleared(f.with_name(f".{f.stem}.partial{f.suffix}")) for f in files]
-    try:
-        yield temps
-    except BaseException:
-        for temp in temps:
-            temp.unlink(missing_ok=True)
-        raise
-    for temp, final in zip(temps, files):
-        os.replace(temp, final)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")
