@@ -31,7 +31,6 @@ from unet_train.data.foreground import boundary_positive
 from unet_train.errors import ConfigError
 from unet_train.inference.zarr_output import stored_probabilities
 from unet_train.objects import params as pp
-from unet_train.objects import tune
 from unet_train.objects.params import instance_target
 
 log = logging.getLogger(__name__)
@@ -72,11 +71,11 @@ def instance_labels(
 ) -> np.ndarray:
     """uint32 ``(H, W)`` instance labels (0 = background or border) of probabilities ``(K, H, W)``.
 
-    ``method`` may be an instance model's target (``boundary``), post-processed with ``params``
-    (:mod:`unet_train.objects.params`; None: the defaults).
+    With ``params`` (an instance model's post-processing, :mod:`unet_train.objects.params`), ``method`` is
+    that model's target (``boundary``) and the rest is unused.
     """
-    if method in tune.GRIDS:
-        return pp.instances(method, prob, params or pp.defaults(method)).astype(np.uint32)
+    if params is not None:
+        return pp.instances(method, prob, params).astype(np.uint32)
     if method == "membrane":
         if prob.shape[0] != 1:
             raise ConfigError("instance_method=membrane needs a binary model of borders; use components or distance.")
