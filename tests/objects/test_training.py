@@ -167,3 +167,20 @@ def test_a_few_steps_on_real_nuclei_run_end_to_end(dsb_subset, tmp_path):
     data = checkpoint["config"]["data"]
     assert (data["labels"], data["target"], data["num_classes"], data["in_channels"]) == ("instances", "boundary", 3, 3)
     assert checkpoint["postprocess"]["metric"] == "map"
+
+
+@pytest.mark.slow
+def test_a_zarr_prediction_labels_chunks_with_the_tuned_post_processing(trained, tmp_path):
+    """Chunks of 32 px with a 16 px halo: the instances equal the whole-image ones object for object."""
+    zarr = pytest.importorskip("zarr")
+    from unet_train.predict import run_predict
+
+    root, run_dir, _ = trained
+    image = sorted((root / "images").iterdir())[-1]
+    whole, store = tmp_path / "whole", tmp_path / "out.zarr"
+    for output, extra in ((whole, []), (store, ["chunk_size=32", "instance_halo=16"])):
+        run_predict(compose_config([f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", f"input={image}",
+                                    f"output={output}", "trainer.channels_last=true", *extra], config_name="predict"))  # fmt: skip
+    expected = tifffile.imread(whole / f"{image.stem}_labels.tif")
+    chunked = zarr.open_group(str(store), mode="r")["labels/instances/0"][...]
+    assert expected.max() >= 4 and object_scores(expected, chunked)["f1_75"] == 1.0
