@@ -184,3 +184,13 @@ def test_a_zarr_prediction_labels_chunks_with_the_tuned_post_processing(trained,
     expected = tifffile.imread(whole / f"{image.stem}_labels.tif")
     chunked = zarr.open_group(str(store), mode="r")["labels/instances/0"][...]
     assert expected.max() >= 4 and object_scores(expected, chunked)["f1_75"] == 1.0
+
+
+@pytest.mark.slow
+def test_eval_on_another_folder_reads_its_masks_as_object_ids(trained, tmp_path):
+    """data=folder composed afresh has labels=auto and the model's 3 classes: its masks are still read as ids."""
+    _, run_dir, _ = trained
+    other = write_discs(tmp_path / "other", 3, seed=5)
+    scores, _ = evaluate(run_dir / "checkpoints" / "best.pt", tmp_path / "e", "data=folder", f"data.root={other}",
+                         "split=all", "save_predictions=false")  # fmt: skip
+    assert scores["details"]["images"] == 3 and scores["all/true_objects"] == 6
