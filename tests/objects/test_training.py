@@ -179,8 +179,8 @@ def test_a_zarr_prediction_labels_chunks_with_the_tuned_post_processing(trained,
     image = sorted((root / "images").iterdir())[-1]
     whole, store = tmp_path / "whole", tmp_path / "out.zarr"
     for output, extra in ((whole, []), (store, ["chunk_size=32", "instance_halo=16"])):
-        run_predict(compose_config([f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", f"input={image}",
-                                    f"output={output}", "trainer.channels_last=true", *extra], config_name="predict"))  # fmt: skip
+        settings = [f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", f"input={image}", f"output={output}"]
+        run_predict(compose_config([*settings, "trainer.channels_last=true", *extra], config_name="predict"))
     expected = tifffile.imread(whole / f"{image.stem}_labels.tif")
     chunked = zarr.open_group(str(store), mode="r")["labels/instances/0"][...]
     assert expected.max() >= 4 and object_scores(expected, chunked)["f1_75"] == 1.0
@@ -194,3 +194,18 @@ def test_eval_on_another_folder_reads_its_masks_as_object_ids(trained, tmp_path)
     scores, _ = evaluate(run_dir / "checkpoints" / "best.pt", tmp_path / "e", "data=folder", f"data.root={other}",
                          "split=all", "save_predictions=false")  # fmt: skip
     assert scores["details"]["images"] == 3 and scores["all/true_objects"] == 6
+
+
+def test_a_plan_of_instance_labels_plans_their_target(tmp_path):
+    """unet-plan fingerprints the classes the model learns from the ids, and the plan keeps labels=instances."""
+    import yaml
+
+    from unet_train.plan.planner import make_plan
+
+    root = write_discs(tmp_path / "d", 4)
+    out = tmp_path / "plan.yaml"
+    fingerprint = make_plan(compose_config(["data=folder", f"data.root={root}", "data.labels=instances"]).data, 60.0,
+                            "cpu", out, measure=False)  # fmt: skip
+    assert set(fingerprint["classes"]) == {"0", "1", "2"} and fingerprint["target"] == "boundary"
+    planned = yaml.safe_load(out.read_text())["data"]
+    assert (planned["labels"], planned["target"], planned["num_classes"]) == ("instances", "boundary", 3)
