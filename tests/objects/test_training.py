@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -209,3 +210,16 @@ def test_a_plan_of_instance_labels_plans_their_target(tmp_path):
     assert set(fingerprint["classes"]) == {"0", "1", "2"} and fingerprint["target"] == "boundary"
     planned = yaml.safe_load(out.read_text())["data"]
     assert (planned["labels"], planned["target"], planned["num_classes"]) == ("instances", "boundary", 3)
+
+
+@pytest.mark.slow
+def test_eval_of_an_unlabelled_split_writes_instances_only(trained, tmp_path):
+    _, run_dir, _ = trained
+    other = write_discs(tmp_path / "other", 3, seed=7)
+    write_discs(other / "test", 2, seed=8)
+    shutil.rmtree(other / "test" / "masks")
+    result, out = evaluate(run_dir / "checkpoints" / "best.pt", tmp_path / "e", f"data.root={other}", "split=test")
+    assert not any(key.startswith("test/") for key in result)  # nothing scored
+    labels = sorted((out / "predictions").glob("*_labels.tif"))
+    assert [p.name for p in labels] == ["d00_labels.tif", "d01_labels.tif"]
+    assert tifffile.imread(labels[0]).dtype == np.uint16
