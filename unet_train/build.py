@@ -57,6 +57,8 @@ def resolve_data_config(cfg: DictConfig, data: SegmentationData) -> None:
         cfg.data.in_channels = data.in_channels
         cfg.data.num_classes = data.num_classes
         cfg.data.normalize = dict(data.normalize)
+        if "labels" in cfg.data:  # labels=auto resolved: evaluation and prediction read the ids the same way
+            cfg.data.labels = "classes" if getattr(data, "instance_target", None) is None else "instances"
         if getattr(data, "spatial_dims", 2) == 3:
             _volume_model(cfg, data)
 

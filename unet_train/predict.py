@@ -14,14 +14,11 @@ chunks are shared between the processes. ``ckpt=[a.pt,b.pt]`` averages the model
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
-import os
-import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +26,7 @@ import hydra
 import numpy as np
 import tifffile
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from skimage import io as skio
 from torch import nn
 from tqdm.auto import tqdm
@@ -37,32 +34,38 @@ from tqdm.auto import tqdm
 from unet_train.build import build_model
 from unet_train.cli import console_script, exit_if_version_asked, exit_on_user_error, require_sweep_extra
 from unet_train.config import config_dir
-from unet_train.data.folder import IMAGE_SUFFIXES, read_image
+from unet_train.data.folder import read_image
 from unet_train.data.limits import check_pixels, set_max_pixels
 from unet_train.data.normalize import prepare_input, resolve_spec
 from unet_train.engine import distributed
 from unet_train.engine.autotune import agree, tune
 from unet_train.engine.checkpoint import check_model_size, load_checkpoint
+from unet_train.engine.objects import params_for, stored_postprocess
 from unet_train.engine.runtime import Runtime, make_runtime
 from unet_train.errors import CheckpointError, ConfigError, DataError, UserError
 from unet_train.inference import TiledPredictor
 from unet_train.inference.instances import instance_labels, label_chunks, resolve_method
 from unet_train.inference.large import Throughput, predict_to_zarr
 from unet_train.inference.sources import (
-    HDF5_SUFFIXES,
     NIFTI_SUFFIXES,
     TIFF_SUFFIXES,
     PlaneScaling,
     Volume,
     is_chunked_input,
-    is_zarr_path,
     open_volume,
 )
-from unet_train.safe_io import cleared, confined, make_folder
+from unet_train.objects.params import instance_target, smallest_dtype
+from unet_train.predict_files import (
+    check_output_names,
+    find_inputs,
+    mask_of,
+    probability_array,
+    removed_on_failure,
+    written_whole,
+)
+from unet_train.safe_io import make_folder
 
 log = logging.getLogger(__name__)
-# What an image or stack predicted in memory writes: <name><suffix> (see predict_in_memory).
-OUTPUT_SUFFIXES = ("_prob.tif", ".png", "_labels.tif", "_mask.tif")
 
 
 def load_model(path: str | Path, trust: bool | Sequence[str] = False) -> tuple[nn.Module, DictConfig]:
@@ -75,6 +78,10 @@ def load_model(path: str | Path, trust: bool | Sequence[str] = False) -> tuple[n
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit its own model config: {str(exc).splitlines()[0]}") from exc
+    tuned = stored_postprocess(checkpoint)  # an instance model's tuned post-processing (checked on load)
+    if tuned is not None:
+        with open_dict(stored):
+            stored.tuned_postprocess = tuned
     return model.eval(), stored
 
 
@@ -109,41 +116,6 @@ def input_specs(configs: Sequence[DictConfig]) -> list[DictConfig]:
     return [configs[0].data] if all(s == specs[0] for s in specs) else [c.data for c in configs]
 
 
-def find_inputs(spec: str | Path) -> list[Path]:
-    """The inputs named by ``input``: one file or store, or the images of a folder (sorted by name)."""
-    path = Path(spec).expanduser()
-    if path.is_dir() and not is_zarr_path(path):
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise DataError(f"input={path} is a folder without images ({', '.join(IMAGE_SUFFIXES)}).")
-        return files
-    if not path.exists():
-        raise DataError(f"input={path} does not exist; pass an image, a TIFF stack or a folder of images.")
-    known = (*IMAGE_SUFFIXES, *TIFF_SUFFIXES, *HDF5_SUFFIXES, *NIFTI_SUFFIXES)
-    if not is_zarr_path(path) and path.suffix.lower() not in known and not path.name.lower().endswith(NIFTI_SUFFIXES):
-        raise DataError(f"input={path} is not an image this tool reads ({', '.join(known)}, or a Zarr store).")
-    return [path]
-
-
-def check_output_names(files: list[Path], out: Path, to_zarr: bool) -> None:
-    """Refuse inputs whose outputs would overwrite each other (``a.png`` and ``a.tif``) or an input itself."""
-    if to_zarr:
-        return
-    seen: dict[str, Path] = {}
-    inputs = {p.resolve() for p in files}
-    for path in files:
-        name = path.name.split(".")[0] if is_chunked_input(path) else path.stem
-        if name in seen:
-            raise ConfigError(
-                f"{seen[name]} and {path} would both write {out / name}*; rename one, or predict them separately."
-            )
-        seen[name] = path
-        outputs = [f"{name}.zarr"] if is_chunked_input(path) else [f"{name}{s}" for s in OUTPUT_SUFFIXES]
-        clash = [out / o for o in outputs if (out / o).resolve() in inputs]
-        if clash:
-            raise ConfigError(f"output={out} would overwrite the input {clash[0]}; choose another output folder.")
-
-
 def to_input(
     array: np.ndarray, in_channels: int, where: str, normalize: Mapping[str, Any] | None = None
 ) -> torch.Tensor:
@@ -152,18 +124,6 @@ def to_input(
     Per-image statistics (``per: image``) are this image's own, as training computed them for each image.
     """
     return torch.from_numpy(prepare_input(array, in_channels, normalize, where))
-
-
-def mask_of(prob: torch.Tensor, threshold: float) -> np.ndarray:
-    """Probabilities ``(K, H, W)`` -> uint8 mask: 0/255 for a binary model, argmax class indices otherwise."""
-    if prob.shape[0] == 1:
-        return (prob[0] > threshold).numpy().astype(np.uint8) * 255
-    return prob.argmax(0).numpy().astype(np.uint8)
-
-
-def probability_array(prob: torch.Tensor) -> np.ndarray:
-    """What ``<name>_prob.tif`` holds: the positive class ``(H, W)`` for a binary model, else ``(K, H, W)``."""
-    return (prob[0] if prob.shape[0] == 1 else prob).numpy().astype(np.float32, copy=False)
 
 
 def show_progress(setting: str) -> bool:
@@ -191,28 +151,6 @@ def open_input(path: Path, cfg: DictConfig, in_channels: int) -> Volume:
             f"model takes {in_channels}; set input_axes, or convert the images first."
         )
     return volume
-
-
-@contextlib.contextmanager
-def removed_on_failure(paths: Sequence[Path], errors: tuple[type[BaseException], ...]) -> Iterator[None]:
-    """Remove again those of ``paths`` that did not exist before when the block fails with one of ``errors`` (a
-    refused input: NaN pixels or a truncated file found mid-way), so it leaves no output folder or store behind.
-    A folder goes only when empty, except a Zarr store this block created (a path ending in ``.zarr``); the
-    files themselves are written whole or not at all (:func:`written_whole`)."""
-    fresh = [p for p in paths if not p.exists() and not p.is_symlink()]
-    try:
-        yield
-    except errors:
-        for path in reversed(fresh):  # files before the folders that hold them
-            if path.is_dir() and not path.is_symlink():
-                if path.name.lower().endswith(".zarr"):
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    with contextlib.suppress(OSError):  # a folder that holds anything else stays
-                        path.rmdir()
-            elif path.exists() or path.is_symlink():
-                path.unlink()
-        raise
 
 
 @exit_on_user_error
@@ -279,7 +217,11 @@ def _predict_all(
         check_volume_output(out, to_zarr)
     classes = int(stored.data.num_classes)
     classes = 1 if classes <= 2 else classes
-    method = resolve_method(str(cfg.instance_method), stored.data) if cfg.instances else None
+    target = instance_target(stored.data)  # an instance model always writes its instances
+    method = resolve_method(str(cfg.instance_method), stored.data) if cfg.instances or target else None
+    params = params_for(cfg, target, stored.get("tuned_postprocess")) if target else None
+    if params is not None:
+        log.info("Instances by the %s post-processing: %s", target, params)
     written: list[Path] = []
     start = time.monotonic()
     volumes: list[tuple[Path, Volume]] = [(path, open_input(path, cfg, in_channels)) for path in files]
@@ -301,9 +243,9 @@ def _predict_all(
             for path, volume in planar:
                 if to_zarr or is_chunked_input(path):
                     store = out if to_zarr else out / f"{path.name.split('.')[0]}.zarr"
-                    written.append(predict_store(cfg, predictor, volume, store, classes, inputs, method, dist))
+                    written.append(predict_store(cfg, predictor, volume, store, classes, inputs, method, dist, params))
                 elif (path, volume) in in_memory:
-                    written += predict_in_memory(cfg, predictor, path, volume, out, method, on_tiles, inputs)
+                    written += predict_in_memory(cfg, predictor, path, volume, out, method, on_tiles, inputs, params)
         for path, volume in volumes[dist.rank :: dist.world_size] if spatial_dims == 3 else []:
             written += predict_volume(cfg, predictor, path, volume, out, inputs, None)
     finally:
@@ -324,6 +266,7 @@ def predict_store(
     inputs: list[Any],
     method: str | None,
     dist: Any,
+    params: dict[str, Any] | None = None,
 ) -> Path:
     """One input into an OME-Zarr store, chunk by chunk (resumes a store of the same settings)."""
     settings = {
@@ -337,6 +280,7 @@ def predict_store(
         "tta": predictor.tta,
         "threshold": float(cfg.threshold),
         "instances": method,
+        "postprocess": params,
     }
     scalings = [PlaneScaling(volume, data) for data in inputs]
 
@@ -361,7 +305,8 @@ def predict_store(
             dist,
         )
     if method is not None:
-        label_chunks(result, method, float(cfg.threshold), int(cfg.min_distance), int(cfg.instance_halo), dist)
+        halo = int(cfg.instance_halo)
+        label_chunks(result, method, float(cfg.threshold), int(cfg.min_distance), halo, dist, params)
     return store
 
 
@@ -374,6 +319,7 @@ def predict_in_memory(
     method: str | None,
     on_tiles: Any,
     inputs: list[Any],
+    params: dict[str, Any] | None = None,
 ) -> list[Path]:
     """An image or a TIFF stack with whole-plane outputs: TIFF probabilities, PNG/TIFF masks (and labels).
 
@@ -392,7 +338,7 @@ def predict_in_memory(
     def planes() -> Any:
         for z in range(volume.depth):
             prob = predictor.predict(model_input(volume.read(z, 0, height, 0, width)), on_tiles=on_tiles)
-            labels = instance_labels(prob.numpy(), method, threshold, int(cfg.min_distance)) if method else None
+            labels = instance_labels(prob.numpy(), method, threshold, int(cfg.min_distance), params) if method else None
             yield prob, labels
 
     if not volume.has_z:
@@ -404,8 +350,8 @@ def predict_in_memory(
             with written_whole(files) as temps:
                 tifffile.imwrite(temps[0], probability_array(prob))
                 skio.imsave(temps[1], mask_of(prob, threshold), check_contrast=False)
-                if labels is not None:
-                    tifffile.imwrite(temps[2], labels)
+                if labels is not None:  # an instance model's: uint16 where its ids fit
+                    tifffile.imwrite(temps[2], smallest_dtype(labels) if params is not None else labels)
         return files
     # A stack: appended slice by slice (contiguous=True keeps one series, so files read back as (N, H, W)).
     names = ["_prob.tif", "_mask.tif", *(["_labels.tif"] if method else [])]
@@ -424,25 +370,6 @@ def predict_in_memory(
                 for writer in writers:
                     writer.close()
     return files
-
-
-@contextlib.contextmanager
-def written_whole(files: Sequence[Path]) -> Iterator[list[Path]]:
-    """Temporary names beside ``files`` to write them under: renamed to ``files`` when the block completes,
-    removed when it does not (Ctrl-C, an error), so an output under its final name is always complete and a
-    rerun redoes an interrupted one. The renames replace names: no link at a final name is written through."""
-    for final in files:
-        confined(final, final.parent)  # a planted link out of the output folder is refused in one line
-    # The suffix tells writers the format; whatever was planted at a temporary name is removed first.
-    temps = [cleared(f.with_name(f".{f.stem}.partial{f.suffix}")) for f in files]
-    try:
-        yield temps
-    except BaseException:
-        for temp in temps:
-            temp.unlink(missing_ok=True)
-        raise
-    for temp, final in zip(temps, files):
-        os.replace(temp, final)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")

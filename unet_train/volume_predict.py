@@ -26,7 +26,7 @@ from unet_train.data.volumes import volume_stem
 from unet_train.errors import ConfigError, DataError
 from unet_train.inference.tiling import TiledPredictor
 from unet_train.inference.volumes import NIFTI_SUFFIXES, Volume, require
-from unet_train.predict import mask_of, probability_array, removed_on_failure, written_whole
+from unet_train.predict_files import mask_of, probability_array, removed_on_failure, written_whole
 from unet_train.safe_io import make_folder
 
 log = logging.getLogger(__name__)
