@@ -60,7 +60,7 @@ def planned_result(folder: Path) -> dict:
                   f"paths.output_dir={folder / 'eval'}"], log), log)  # fmt: skip
     (scored,) = (folder / "eval").glob("outputs/eval/*/*/metrics.json")
     test = json.loads(scored.read_text())
-    validation = trained.get("validation_total_s")
+    validation = trained.get("validation_s")
     return {
         "steps": trained["steps"],
         "time_s": round(trained["time_s"], 1),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from unet_train.config import config_dir
 
 REPO = Path(__file__).resolve().parents[1]
 ISBI_ROOT = Path(os.environ.get("UNET_TRAIN_ISBI_ROOT", REPO.parent / "shared" / "data" / "isbi2012"))
+DSB_ROOT = Path(os.environ.get("UNET_TRAIN_DSB_ROOT", REPO.parent / "shared" / "data" / "dsb2018-nuclei"))
 
 # A tiny model on tiny synthetic images: a 2-epoch run takes a couple of seconds on 2 CPU cores.
 TINY = [
@@ -52,6 +54,20 @@ def isbi_root() -> Path:
     if not (ISBI_ROOT / "train-volume.tif").is_file():
         pytest.skip(f"ISBI 2012 data not found in {ISBI_ROOT} (set UNET_TRAIN_ISBI_ROOT)")
     return ISBI_ROOT
+
+
+@pytest.fixture
+def dsb_subset(tmp_path) -> Path:
+    """Three 256 x 256 images of the DSB 2018 nuclei set copied into ``tmp_path`` (skipped where it is absent)."""
+    if not (DSB_ROOT / "stats.csv").is_file():
+        pytest.skip(f"DSB 2018 nuclei not found in {DSB_ROOT} (set UNET_TRAIN_DSB_ROOT)")
+    rows = [line.split(",") for line in (DSB_ROOT / "stats.csv").read_text().splitlines()[1:]]
+    stems = [r[0] for r in rows if r[1] == "train" and r[2:4] == ["256", "256"] and r[4] == "grey-dark-background"][:3]
+    for sub, suffix, src in (("images", ".png", "images"), ("masks", ".tif", "labels")):
+        (tmp_path / sub).mkdir()
+        for stem in stems:
+            shutil.copy(DSB_ROOT / src / f"{stem}{suffix}", tmp_path / sub / f"{stem}{suffix}")
+    return tmp_path
 
 
 CLOCK_KEYS = ("elapsed", "validation_s", "checkpoint_s")  # wall-clock times in a checkpoint's state

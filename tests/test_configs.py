@@ -36,7 +36,7 @@ def test_option_composes_and_instantiates(group, name, tmp_path):
     overrides = [f"{group}={name}"]
     if group != "experiment":
         overrides = ["data=synthetic", *overrides]
-    if (group, name) == ("data", "folder"):  # auto channels/classes need files: give them to build the model
+    if (group, name) in (("data", "folder"), ("data", "volumes")):  # auto channels/classes need files: give them
         overrides += [f"data.root={tmp_path}", "data.in_channels=1", "data.num_classes=2"]
     if group == "model":
         overrides += ["model.base_channels=4", "model.depth=2", "model.dilation_rates=null"]

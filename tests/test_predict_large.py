@@ -19,9 +19,9 @@ from unet_train.engine.distributed import Distributed
 from unet_train.engine.fit import fit
 from unet_train.errors import ConfigError
 from unet_train.inference import TiledPredictor
-from unet_train.inference import sources as sources_module
+from unet_train.inference import volumes as sources_module
 from unet_train.inference.instances import label_chunks
-from unet_train.inference.sources import Volume, open_volume
+from unet_train.inference.volumes import Volume, open_volume
 from unet_train.inference.zarr_output import ZarrPrediction
 from unet_train.predict import load_model, run_predict, to_input
 

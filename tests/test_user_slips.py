@@ -136,9 +136,13 @@ def test_a_training_run_refused_after_taking_its_lock_leaves_no_folder(tmp_path)
     # The run folder's lock file is part of the record: a run that fails before its first step leaves nothing.
     result = run(["unet-train", *TINY, "model.spatial_dims=3", "trainer.channels_last=false"], cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].endswith(
-        "[ERROR] - model.spatial_dims=3 takes (N, C, D, H, W) inputs but got shape (4, 1, 32, 32): "
-        "set model.spatial_dims to the data's dimensions."
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "[ERROR] - model.spatial_dims=3 takes (N, C, D, H, W) inputs but got shape (4, 1, 32, 32): "
+            "set model.spatial_dims to the data's dimensions."
+        )
     )
     assert not (tmp_path / "outputs").exists()
 

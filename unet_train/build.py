@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from typing import Any
 
 import torch
@@ -16,6 +17,9 @@ from unet_train.data.base import SegmentationData
 from unet_train.data.limits import available_memory
 from unet_train.errors import ConfigError, UserError
 from unet_train.losses import DeepSupervisionLoss
+from unet_train.models.anisotropy import pool_factors_for_spacing
+
+log = logging.getLogger(__name__)
 
 
 def _instantiate(node: DictConfig, what: str, **kwargs: Any) -> Any:
@@ -53,6 +57,24 @@ def resolve_data_config(cfg: DictConfig, data: SegmentationData) -> None:
         cfg.data.in_channels = data.in_channels
         cfg.data.num_classes = data.num_classes
         cfg.data.normalize = dict(data.normalize)
+        if "labels" in cfg.data:  # labels=auto resolved: evaluation and prediction read the ids the same way
+            cfg.data.labels = "classes" if getattr(data, "instance_target", None) is None else "instances"
+        if getattr(data, "spatial_dims", 2) == 3:
+            _volume_model(cfg, data)
+
+
+def _volume_model(cfg: DictConfig, data: Any) -> None:
+    """``model.spatial_dims=3`` for volumes, and ``model.pool_factors`` (when null) from the voxel spacing."""
+    if cfg.model.get("spatial_dims", 2) != 3:
+        log.info("model.spatial_dims=3: the data are volumes (data.spatial_dims=3)")
+        cfg.model.spatial_dims = 3
+    if cfg.model.get("pool_factors") is None and "depth" in cfg.model:
+        factors, reasons = pool_factors_for_spacing(data.spacing, data.patch, int(cfg.model.depth))
+        cfg.model.pool_factors = factors
+        log.info(
+            "model.pool_factors=%s from the voxel spacing %s (z, y, x) and patch %s%s",
+            factors, list(data.spacing), list(data.patch), "; not pooled: " + "; ".join(reasons) if reasons else "",
+        )  # fmt: skip
 
 
 def build_model(cfg: DictConfig) -> nn.Module:

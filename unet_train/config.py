@@ -105,6 +105,12 @@ def _logit_channels(num_classes: int | str) -> int | str:
     return 1 if int(num_classes) <= 2 else int(num_classes)
 
 
+def _plane_side(patch_size: Any) -> Any:
+    """The in-plane side of ``data.patch_size``: the int itself, or ``x`` of ``[z, y, x]`` (a volume crop), for the
+    2D transforms a data config also holds when it can train in 3D."""
+    return patch_size[-1] if OmegaConf.is_list(patch_size) or isinstance(patch_size, list | tuple) else patch_size
+
+
 def _monitor_direction(monitor: str, mode: str = "auto") -> str:
     """Optuna's direction for ``monitor``: ``maximize`` for scores, ``minimize`` for losses and errors."""
     from unet_train.engine.validation import monitor_mode  # imports torch: only when a sweeper config asks
@@ -123,6 +129,8 @@ def register() -> None:
         OmegaConf.register_new_resolver("unet.output_subdir", _output_subdir_for)
     if not OmegaConf.has_resolver("unet.logit_channels"):
         OmegaConf.register_new_resolver("unet.logit_channels", _logit_channels)
+    if not OmegaConf.has_resolver("unet.plane_side"):
+        OmegaConf.register_new_resolver("unet.plane_side", _plane_side)
     if not OmegaConf.has_resolver("unet.monitor_direction"):
         OmegaConf.register_new_resolver("unet.monitor_direction", _monitor_direction)
 

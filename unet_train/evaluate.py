@@ -11,6 +11,7 @@ truth, prediction and errors go to ``overlays/`` and to TensorBoard under ``tens
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
@@ -19,6 +20,7 @@ from typing import Any
 
 import hydra
 import numpy as np
+import tifffile
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -40,6 +42,7 @@ from unet_train.data.limits import set_max_pixels
 from unet_train.engine.autotune import forward_step, tune
 from unet_train.engine.checkpoint import check_model_size, load_checkpoint
 from unet_train.engine.evaluate import evaluate
+from unet_train.engine.objects import EVAL_METRICS, ObjectReport, instance_target, params_for, stored_postprocess
 from unet_train.engine.report import EvalReport
 from unet_train.engine.runtime import make_runtime, to_channels_last
 from unet_train.engine.signals import ignore_stop_signals
@@ -48,6 +51,7 @@ from unet_train.inference import TTALogits
 from unet_train.inference.budget import parse_memory
 from unet_train.inference.tiling import fold_batchnorm
 from unet_train.metrics import predict_labels
+from unet_train.objects.params import smallest_dtype
 from unet_train.safe_io import confined, make_folder, write_atomic, write_csv, write_png
 from unet_train.trust import check_download_root
 
@@ -63,6 +67,8 @@ def eval_data_config(cfg: DictConfig, stored: DictConfig) -> DictConfig:
             for key in ("in_channels", "num_classes"):
                 if data.get(key) == "auto":  # the model fixes them
                     data[key] = stored.data.get(key)
+            if instance_target(stored.data) and data.get("labels") == "auto":  # its masks hold ids as in training
+                data.labels, data.target = "instances", stored.data.target
             # The model takes inputs normalised as in training: the checkpoint's scheme and statistics.
             data.normalize = stored.data.get("normalize")
     elif held is not None:  # from the console script: checked against the stored data config
@@ -88,10 +94,36 @@ def eval_data_config(cfg: DictConfig, stored: DictConfig) -> DictConfig:
 
 
 def save_prediction(folder: Path, name: str, logits: torch.Tensor) -> None:
-    """Write the label image of one prediction as PNG (binary: 0/255)."""
+    """Write the label image of one prediction as PNG, of a volume as a TIFF stack (binary: 0/255)."""
     labels = predict_labels(logits.unsqueeze(0))[0].numpy()
     image = (labels * 255).astype(np.uint8) if logits.shape[0] == 1 else labels.astype(np.uint8)
+    if image.ndim == 3:  # (z, y, x)
+        buffer = io.BytesIO()  # tifffile wants a named file or a buffer, not the atomic writer's descriptor
+        tifffile.imwrite(buffer, image, photometric="minisblack")
+        write_atomic(folder / f"{name}.tif", buffer.getvalue(), root=folder.parent)
+        return
     write_png(folder / f"{name}.png", image, root=folder.parent)
+
+
+def object_report(
+    cfg: DictConfig, checkpoint: dict[str, Any], stored: DictConfig, folder: Path | None
+) -> ObjectReport | None:
+    """An instance model's object scoring with its tuned post-processing (``objects.*`` overrides it); writes
+    ``<name>_labels.tif`` (uint16, or uint32 past 65535 objects) into ``folder`` when given."""
+    target = instance_target(stored.data)
+    if target is None:
+        return None
+    params = params_for(cfg, target, stored_postprocess(checkpoint))
+    source = "tuned in training" if checkpoint.get("postprocess") else "defaults: the checkpoint holds no tuned ones"
+    log.info("Post-processing %s (%s; objects.* override it)", params, source)
+
+    def save(name: str, labels: np.ndarray) -> None:
+        assert folder is not None
+        encoded = io.BytesIO()  # tifffile seeks in and names its file: written whole, then atomically
+        tifffile.imwrite(encoded, smallest_dtype(labels))
+        write_atomic(folder / f"{name}_labels.tif", encoded.getvalue(), root=folder.parent)
+
+    return ObjectReport(target, params, EVAL_METRICS, save if folder is not None else None)
 
 
 def format_table(rows: dict[str, float]) -> str:
@@ -152,14 +184,20 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
         writer=writer,
     )
 
+    objects = object_report(cfg, checkpoint, stored, pred_dir if cfg.save_predictions else None)
+
     def on_batch(batch: dict[str, Any], logits: torch.Tensor) -> None:
         if cfg.save_predictions:
             for name, item in zip(batch["name"], logits):
                 save_prediction(pred_dir, name, item)
         report.on_batch(batch, logits)
+        if objects is not None:
+            objects.on_batch(batch, logits)
 
     memory = parse_memory(cfg.get("tile_memory"))  # each batch whole where it fits, else image by image or tiled
     result = evaluate(model, loader, runtime, data.num_classes, on_batch=on_batch, memory=memory)
+    if objects is not None:
+        objects.finish(result)
     report.finish(result)
     metrics = {f"{cfg.split}/{k}": v for k, v in result.metrics.items()}
     summary = {

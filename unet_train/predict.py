@@ -1,13 +1,11 @@
-"""``unet-predict``: apply a checkpoint (or an ensemble of them) to images of any size: each image whole where
-one forward pass of it fits ``tile_memory``, tile by tile otherwise (:mod:`unet_train.inference.budget`).
+"""``unet-predict``: apply a checkpoint (or an ensemble of them) to images of any size, tile by tile.
 
 ``unet-predict ckpt=PATH input=FILE|DIR|STACK.tif output=DIR`` writes, per input,
 ``<name>_prob.tif`` (float32 probabilities: ``(H, W)`` of the positive class for a binary
 model, ``(K, H, W)`` otherwise) and ``<name>.png`` (the mask: 0/255 for a binary model, class
 indices otherwise). A multi-page TIFF stack gives ``<name>_prob.tif`` ``(N, H, W)`` and
 ``<name>_mask.tif`` ``(N, H, W)`` uint8, written slice by slice. Files are written under a temporary
-name and renamed when complete: an interrupted prediction leaves no partial file under a final name
-(:mod:`unet_train.inference.outputs`).
+name and renamed when complete: an interrupted prediction leaves no partial file under a final name.
 
 Zarr and HDF5 inputs, and any input with ``output=NAME.zarr``, are predicted chunk by chunk into
 an OME-Zarr store in bounded memory (:mod:`unet_train.inference.large`); under ``torchrun`` the
@@ -26,36 +24,47 @@ from typing import Any
 
 import hydra
 import numpy as np
+import tifffile
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from skimage import io as skio
 from torch import nn
 from tqdm.auto import tqdm
 
 from unet_train.build import build_model
 from unet_train.cli import console_script, exit_if_version_asked, exit_on_user_error, require_sweep_extra
 from unet_train.config import config_dir
-from unet_train.data.folder import IMAGE_SUFFIXES, read_image
+from unet_train.data.folder import read_image
 from unet_train.data.limits import check_pixels, set_max_pixels
 from unet_train.data.normalize import prepare_input, resolve_spec
 from unet_train.engine import distributed
 from unet_train.engine.autotune import agree, tune
 from unet_train.engine.checkpoint import check_model_size, load_checkpoint
+from unet_train.engine.objects import params_for, stored_postprocess
 from unet_train.engine.runtime import Runtime, make_runtime
 from unet_train.errors import CheckpointError, ConfigError, DataError, UserError
 from unet_train.inference import TiledPredictor
 from unet_train.inference.budget import parse_memory
-from unet_train.inference.instances import label_chunks, resolve_method
+from unet_train.inference.instances import instance_labels, label_chunks, resolve_method
 from unet_train.inference.large import Throughput, predict_to_zarr
-from unet_train.inference.outputs import OUTPUT_SUFFIXES, predict_in_memory, removed_on_failure
 from unet_train.inference.sources import (
-    HDF5_SUFFIXES,
+    NIFTI_SUFFIXES,
     TIFF_SUFFIXES,
     PlaneScaling,
     Volume,
     is_chunked_input,
-    is_zarr_path,
     open_volume,
 )
+from unet_train.objects.params import instance_target, smallest_dtype
+from unet_train.predict_files import (
+    check_output_names,
+    find_inputs,
+    mask_of,
+    probability_array,
+    removed_on_failure,
+    written_whole,
+)
+from unet_train.safe_io import make_folder
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +79,10 @@ def load_model(path: str | Path, trust: bool | Sequence[str] = False) -> tuple[n
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit its own model config: {str(exc).splitlines()[0]}") from exc
+    tuned = stored_postprocess(checkpoint)  # an instance model's tuned post-processing (checked on load)
+    if tuned is not None:
+        with open_dict(stored):
+            stored.tuned_postprocess = tuned
     return model.eval(), stored
 
 
@@ -104,41 +117,6 @@ def input_specs(configs: Sequence[DictConfig]) -> list[DictConfig]:
     return [configs[0].data] if all(s == specs[0] for s in specs) else [c.data for c in configs]
 
 
-def find_inputs(spec: str | Path) -> list[Path]:
-    """The inputs named by ``input``: one file or store, or the images of a folder (sorted by name)."""
-    path = Path(spec).expanduser()
-    if path.is_dir() and not is_zarr_path(path):
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise DataError(f"input={path} is a folder without images ({', '.join(IMAGE_SUFFIXES)}).")
-        return files
-    if not path.exists():
-        raise DataError(f"input={path} does not exist; pass an image, a TIFF stack or a folder of images.")
-    known = (*IMAGE_SUFFIXES, *TIFF_SUFFIXES, *HDF5_SUFFIXES)
-    if not is_zarr_path(path) and path.suffix.lower() not in known:
-        raise DataError(f"input={path} is not an image this tool reads ({', '.join(known)}, or a Zarr store).")
-    return [path]
-
-
-def check_output_names(files: list[Path], out: Path, to_zarr: bool) -> None:
-    """Refuse inputs whose outputs would overwrite each other (``a.png`` and ``a.tif``) or an input itself."""
-    if to_zarr:
-        return
-    seen: dict[str, Path] = {}
-    inputs = {p.resolve() for p in files}
-    for path in files:
-        name = path.name.split(".")[0] if is_chunked_input(path) else path.stem
-        if name in seen:
-            raise ConfigError(
-                f"{seen[name]} and {path} would both write {out / name}*; rename one, or predict them separately."
-            )
-        seen[name] = path
-        outputs = [f"{name}.zarr"] if is_chunked_input(path) else [f"{name}{s}" for s in OUTPUT_SUFFIXES]
-        clash = [out / o for o in outputs if (out / o).resolve() in inputs]
-        if clash:
-            raise ConfigError(f"output={out} would overwrite the input {clash[0]}; choose another output folder.")
-
-
 def to_input(
     array: np.ndarray, in_channels: int, where: str, normalize: Mapping[str, Any] | None = None
 ) -> torch.Tensor:
@@ -147,22 +125,6 @@ def to_input(
     Per-image statistics (``per: image``) are this image's own, as training computed them for each image.
     """
     return torch.from_numpy(prepare_input(array, in_channels, normalize, where))
-
-
-def input_maker(inputs: list[Any], where: str) -> Callable[[np.ndarray], torch.Tensor]:
-    """Raw pixels of a plane -> the model input: one part per normalisation (see :func:`input_specs`)."""
-    in_channels = int(inputs[0].in_channels)
-
-    def model_input(raw: np.ndarray) -> torch.Tensor:
-        parts = [to_input(raw, in_channels, where, data.get("normalize")) for data in inputs]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-    return model_input
-
-
-def optional_int(value: Any) -> int | None:
-    """``tile_size``/``batch_size``: a whole number, or null (chosen from ``tile_memory``)."""
-    return None if value is None else int(value)
 
 
 def show_progress(setting: str) -> bool:
@@ -177,7 +139,7 @@ def open_input(path: Path, cfg: DictConfig, in_channels: int) -> Volume:
     NaN/inf pixels are refused where they are read, unless ``allow_nonfinite=true`` reads them as 0.
     """
     allow = bool(cfg.get("allow_nonfinite", False))
-    if path.suffix.lower() in TIFF_SUFFIXES or is_chunked_input(path):
+    if path.suffix.lower() in TIFF_SUFFIXES or is_chunked_input(path) or path.name.lower().endswith(NIFTI_SUFFIXES):
         volume = open_volume(path, cfg.get("input_key"), cfg.get("input_axes"), in_channels)
     else:
         array = read_image(path, finite=not allow)
@@ -209,16 +171,19 @@ def run_predict(cfg: DictConfig) -> list[Path]:
 def _predict_all(
     cfg: DictConfig, files: list[Path], models: list[nn.Module], stored: DictConfig, inputs: list[Any], dist: Any
 ) -> list[Path]:
+    from unet_train.volume_predict import check_volume_output, predict_volume, tile_setting  # imports this module
+
     in_channels = int(stored.data.in_channels)
     runtime = make_runtime(dist.device, cfg.trainer.precision, cfg.trainer.channels_last, deterministic=False)
-    memory = parse_memory(cfg.get("tile_memory"))
+
+    spatial_dims = int(stored.model.get("spatial_dims", 2))  # 3: each input is one volume (volume_predict.py)
 
     def predictor_for(rt: Runtime, nets: list[nn.Module]) -> TiledPredictor:
         return TiledPredictor(
             nets,
-            tile_size=optional_int(cfg.tile_size),
+            tile_size=tile_setting(cfg.tile_size),
             overlap=float(cfg.overlap),
-            batch_size=optional_int(cfg.batch_size),
+            batch_size=None if cfg.batch_size is None else int(cfg.batch_size),
             margin=cfg.margin,
             tta=bool(cfg.tta),
             device=rt.device,
@@ -226,12 +191,13 @@ def _predict_all(
             autocast_dtype=rt.autocast_dtype,
             fold_bn=bool(cfg.fold_bn),
             split_inputs=len(inputs) > 1,
-            memory=memory,
+            memory=parse_memory(cfg.get("tile_memory")),
         )
 
     if runtime.auto:  # channels_last/precision=auto on a CPU: one batch of full tiles timed in each setting
-        side = optional_int(cfg.tile_size) or 256  # tile_size=null: a mid-size image stands in for every size
-        shape = (optional_int(cfg.batch_size) or 1, in_channels * len(inputs), side, side)
+        tile = tile_setting(cfg.tile_size) or 256  # tile_size=null: a mid-size input stands in for every size
+        sides = [tile] * spatial_dims if isinstance(tile, int) else list(tile)
+        shape = (int(cfg.batch_size or 1), in_channels * len(inputs), *sides)
 
         def make_step(rt: Runtime) -> Callable[[], object]:
             trial, tiles = predictor_for(rt, copy.deepcopy(models)), torch.rand(shape)
@@ -249,14 +215,21 @@ def _predict_all(
             "pass output=FOLDER (each Zarr/HDF5 input gets FOLDER/<name>.zarr)."
         )
     check_output_names(files, out, to_zarr)
+    if spatial_dims == 3:
+        check_volume_output(out, to_zarr)
     classes = int(stored.data.num_classes)
     classes = 1 if classes <= 2 else classes
-    method = resolve_method(str(cfg.instance_method), stored.data) if cfg.instances else None
+    target = instance_target(stored.data)  # an instance model always writes its instances
+    method = resolve_method(str(cfg.instance_method), stored.data) if cfg.instances or target else None
+    params = params_for(cfg, target, stored.get("tuned_postprocess")) if target else None
+    if params is not None:
+        log.info("Instances by the %s post-processing: %s", target, params)
     written: list[Path] = []
     start = time.monotonic()
     volumes: list[tuple[Path, Volume]] = [(path, open_input(path, cfg, in_channels)) for path in files]
+    planar = [] if spatial_dims == 3 else volumes  # a 3D model predicts each input whole, below
     try:
-        whole = [(p, v) for p, v in volumes if not (to_zarr or is_chunked_input(p))]
+        whole = [(p, v) for p, v in planar if not (to_zarr or is_chunked_input(p))]
         for path, volume in whole:  # read one plane at a time, but each plane whole
             check_pixels(path, volume.shape[1:], "predict it chunk by chunk into output=NAME.zarr, or ")
         in_memory = whole[dist.rank :: dist.world_size]
@@ -269,16 +242,14 @@ def _predict_all(
                 bar.update(n)
                 report(n)
 
-            for path, volume in volumes:
+            for path, volume in planar:
                 if to_zarr or is_chunked_input(path):
                     store = out if to_zarr else out / f"{path.name.split('.')[0]}.zarr"
-                    written.append(predict_store(cfg, predictor, volume, store, classes, inputs, method, dist))
+                    written.append(predict_store(cfg, predictor, volume, store, classes, inputs, method, dist, params))
                 elif (path, volume) in in_memory:
-                    model_input = input_maker(inputs, path.name)
-                    threshold, min_distance = float(cfg.threshold), int(cfg.min_distance)
-                    written += predict_in_memory(
-                        predictor, path, volume, out, model_input, threshold, method, min_distance, on_tiles
-                    )
+                    written += predict_in_memory(cfg, predictor, path, volume, out, method, on_tiles, inputs, params)
+        for path, volume in volumes[dist.rank :: dist.world_size] if spatial_dims == 3 else []:
+            written += predict_volume(cfg, predictor, path, volume, out, inputs, None)
     finally:
         for _, volume in volumes:
             volume.close()
@@ -297,6 +268,7 @@ def predict_store(
     inputs: list[Any],
     method: str | None,
     dist: Any,
+    params: dict[str, Any] | None = None,
 ) -> Path:
     """One input into an OME-Zarr store, chunk by chunk (resumes a store of the same settings)."""
     predictor = predictor.for_shape(*volume.shape[1:3], whole=False)  # tile_size=null: tiles fit tile_memory
@@ -311,6 +283,7 @@ def predict_store(
         "tta": predictor.tta,
         "threshold": float(cfg.threshold),
         "instances": method,
+        "postprocess": params,
     }
     scalings = [PlaneScaling(volume, data) for data in inputs]
 
@@ -335,8 +308,72 @@ def predict_store(
             dist,
         )
     if method is not None:
-        label_chunks(result, method, float(cfg.threshold), int(cfg.min_distance), int(cfg.instance_halo), dist)
+        halo = int(cfg.instance_halo)
+        label_chunks(result, method, float(cfg.threshold), int(cfg.min_distance), halo, dist, params)
     return store
+
+
+def predict_in_memory(
+    cfg: DictConfig,
+    predictor: TiledPredictor,
+    path: Path,
+    volume: Volume,
+    out: Path,
+    method: str | None,
+    on_tiles: Any,
+    inputs: list[Any],
+    params: dict[str, Any] | None = None,
+) -> list[Path]:
+    """An image or a TIFF stack with whole-plane outputs: TIFF probabilities, PNG/TIFF masks (and labels).
+
+    Each plane is normalised on its own, as training normalised each image (``per: image`` statistics
+    of that plane), as the chunked path does (:class:`~unet_train.inference.sources.PlaneScaling`).
+    """
+    in_channels = int(inputs[0].in_channels)
+
+    def model_input(raw: np.ndarray) -> torch.Tensor:  # one input per normalisation (see input_specs)
+        parts = [to_input(raw, in_channels, path.name, data.get("normalize")) for data in inputs]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    _, height, width, _ = volume.shape
+    plane = predictor.for_shape(height, width)  # tile_size=null: the whole plane where it fits tile_memory
+    threshold = float(cfg.threshold)
+
+    def planes() -> Any:
+        for z in range(volume.depth):
+            prob = plane.predict(model_input(volume.read(z, 0, height, 0, width)), on_tiles=on_tiles)
+            labels = instance_labels(prob.numpy(), method, threshold, int(cfg.min_distance), params) if method else None
+            yield prob, labels
+
+    if not volume.has_z:
+        prob, labels = next(planes())  # read and predicted before anything is written
+        names = ["_prob.tif", ".png", *(["_labels.tif"] if labels is not None else [])]
+        files = [out / f"{path.stem}{suffix}" for suffix in names]
+        with removed_on_failure([out], (UserError,)):
+            make_folder(out, out)
+            with written_whole(files) as temps:
+                tifffile.imwrite(temps[0], probability_array(prob))
+                skio.imsave(temps[1], mask_of(prob, threshold), check_contrast=False)
+                if labels is not None:  # an instance model's: uint16 where its ids fit
+                    tifffile.imwrite(temps[2], smallest_dtype(labels) if params is not None else labels)
+        return files
+    # A stack: appended slice by slice (contiguous=True keeps one series, so files read back as (N, H, W)).
+    names = ["_prob.tif", "_mask.tif", *(["_labels.tif"] if method else [])]
+    files = [out / f"{path.stem}{suffix}" for suffix in names]
+    with removed_on_failure([out], (UserError,)):
+        make_folder(out, out)
+        with written_whole(files) as temps:
+            writers = [tifffile.TiffWriter(f) for f in temps]
+            try:
+                for prob, labels in planes():
+                    writers[0].write(probability_array(prob), contiguous=True)
+                    writers[1].write(mask_of(prob, threshold), contiguous=True)
+                    if labels is not None:
+                        writers[2].write(labels, contiguous=True)
+            finally:
+                for writer in writers:
+                    writer.close()
+    return files
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="predict")

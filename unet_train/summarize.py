@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 SEED_KEY = "seed"
 RESUMED = "resumed"
 # Bookkeeping values of metrics.json shown after the metrics proper, in this order.
-TRAILING = ("train/loss", "epochs", "steps", "time_s")
+TRAILING = ("train/loss", "epochs", "steps", "time_s", "validation_s")
 
 
 @dataclass

@@ -49,6 +49,9 @@ def test_max_time_stops_early_and_still_validates(tmp_path):
     metrics = fit(cfg, tmp_path)
     assert metrics["epochs"] < 1000
     assert "val/dice" in metrics and (tmp_path / "checkpoints" / "last.pt").is_file()
+    # The seconds all validations took, part of the run's time (the budget's share spent validating).
+    assert 0 < metrics["validation_s"] < metrics["time_s"]
+    assert torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["state"]["validation_total_s"] > 0
 
 
 def test_deep_supervision_and_multiclass_train(tmp_path):

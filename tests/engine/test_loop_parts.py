@@ -230,6 +230,7 @@ def test_checkpointer_writes_a_loadable_checkpoint_and_clears_leftovers(tmp_path
         "progress": None,
         "validation_s": None,
         "checkpoint_s": 0.0,
+        "validation_total_s": 0.0,
         "val_every": 0,
         "validated_epoch": 0,
         "replans": [],

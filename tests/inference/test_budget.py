@@ -37,22 +37,33 @@ def pointwise_unet(depth: int = 2) -> nn.Module:
 def test_plan_is_the_whole_image_padded_to_the_size_multiple_when_it_fits():
     # 540 x 800 padded to multiples of 32: 544 x 800 pixels at 100 bytes each.
     fits = 544 * 800 * 100
-    assert plan_tiles(540, 800, 100.0, fits, 32, "test") == TilePlan(True, 800, 1)
+    assert plan_tiles((540, 800), 100.0, fits, (32, 32), "test") == TilePlan(True, (544, 800), 1)
     # One byte less: the largest square of multiples of 32 under 435,199 pixels is 640 (isqrt 659).
-    assert plan_tiles(540, 800, 100.0, fits - 1, 32, "test") == TilePlan(False, 640, 1)
+    assert plan_tiles((540, 800), 100.0, fits - 1, (32, 32), "test") == TilePlan(False, 640, 1)
     # The chunked path never takes the whole image.
-    assert plan_tiles(540, 800, 100.0, fits, 32, "test", whole=False) == TilePlan(False, 640, 1)
+    assert plan_tiles((540, 800), 100.0, fits, (32, 32), "test", whole=False) == TilePlan(False, 640, 1)
+
+
+def test_plan_of_a_volume_is_whole_or_cubes():
+    # 30 x 100 x 100 voxels, size multiples (2, 16, 16): padded to 30 x 112 x 112.
+    fits = 30 * 112 * 112 * 50
+    assert plan_tiles((30, 100, 100), 50.0, fits, (2, 16, 16), "test") == TilePlan(True, (30, 112, 112), 1)
+    # Half that: the cube root of 188,160 is 57, on the 16-voxel grid 48, under the smallest tile (64).
+    with pytest.raises(ConfigError, match="less than one 64x64x64 tile"):
+        plan_tiles((30, 100, 100), 50.0, fits // 2, (2, 16, 16), "test")
+    # 5 cubes of 64: the cube root of 1,310,720 is 109, on the 16-voxel grid 96, one per forward pass.
+    assert plan_tiles((300, 300, 300), 1.0, 5 * 64**3, (2, 16, 16), "test") == TilePlan(False, 96, 1)
 
 
 def test_plan_batches_capped_tiles_on_a_large_budget():
     # 3.5 tiles of 1024^2 fit: three per forward pass, 1024 px a side (the cap).
-    plan = plan_tiles(5000, 5000, 10.0, int(3.5 * 1024**2 * 10), 16, "test")
+    plan = plan_tiles((5000, 5000), 10.0, int(3.5 * 1024**2 * 10), (16, 16), "test")
     assert plan == TilePlan(False, 1024, 3)
 
 
 def test_a_budget_below_the_smallest_tile_is_refused_in_one_line():
     with pytest.raises(ConfigError) as err:
-        plan_tiles(500, 500, 1000.0, 2 * MIB, 16, "tile_memory")
+        plan_tiles((500, 500), 1000.0, 2 * MIB, (16, 16), "tile_memory")
     assert str(err.value) == (
         "A forward pass may take 2 MiB (tile_memory): 2,097 pixels of this model (1000 bytes a pixel), "
         "less than one 64x64 tile; raise tile_memory to 4 or more, or set tile_size."

@@ -194,3 +194,22 @@ def test_reported_margins_close_to_the_tile_size_predict(depth, tile, margin, sh
         prob = tiler.predict(image)
         assert prob.shape == (1, height, width) and torch.isfinite(prob).all()
         torch.testing.assert_close(chunked(tiler, image, chunk=32)[0], prob, atol=1e-6, rtol=0)
+
+
+def test_3d_tiles_blend_back_to_the_whole_volume():
+    """A pointwise model tiled over a volume (many overlapping, mirrored tiles) gives its whole-volume output; a
+    UNet in one tile without margin gives its own forward."""
+    torch.manual_seed(0)
+    volume = torch.rand(1, 11, 37, 29)
+    pointwise = torch.nn.Conv3d(1, 2, 1).eval()
+    predictor = TiledPredictor(pointwise, tile_size=[4, 16, 16], overlap=0.5, batch_size=3, channels_last=False)
+    assert predictor.num_tiles(11, 37, 29) > 20
+    whole = torch.softmax(pointwise(volume[None]), 1)[0]
+    assert torch.allclose(predictor.predict(volume), whole.detach(), atol=1e-6)
+    unet = UNet(in_channels=1, out_channels=1, base_channels=4, depth=2, spatial_dims=3,
+                pool_factors=[[1, 2, 2], [2, 2, 2]]).eval()  # fmt: skip
+    one_tile = TiledPredictor(unet, tile_size=[12, 40, 32], margin=0, channels_last=False, fold_bn=False)
+    assert one_tile.axes(3)[1] == [2, 4, 4]  # the grid follows the pooling: z is pooled once
+    with torch.no_grad():
+        expected = torch.sigmoid(unet(volume[None]))[0]
+    assert torch.allclose(one_tile.predict(volume), expected, atol=1e-6)

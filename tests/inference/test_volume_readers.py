@@ -9,7 +9,7 @@ import pytest
 import tifffile
 
 from unet_train.errors import DataError
-from unet_train.inference.sources import open_volume
+from unet_train.inference.volumes import open_volume
 
 # a (z, y, x) stack whose every voxel says where it is: value = 100 z + 10 y + x
 STACK = (np.arange(4)[:, None, None] * 100 + np.arange(5)[None, :, None] * 10 + np.arange(6)[None, None, :]).astype(

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Sampler
 
+from unet_train.data.dataset import SegmentationDataset, Split, array_to_tensor, image_to_tensor
+from unet_train.data.instances import InstanceTarget
 from unet_train.data.normalize import (
     describe,
     fill_dataset_stats,
@@ -31,7 +32,7 @@ from unet_train.data.normalize import (
     normalize_image,
     resolve_spec,
 )
-from unet_train.data.sampling import EpochSampler, reseed_transform
+from unet_train.data.sampling import EpochSampler
 from unet_train.data.splits import check_shared_images, kfold_indices
 from unet_train.data.transforms import padded_size
 from unet_train.errors import ConfigError, DataError
@@ -40,86 +41,7 @@ from unet_train.labels import IGNORE_INDEX, MAX_CLASSES
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test", "all")
-
-
-@dataclass
-class Split:
-    """Images of one split ``(H, W)`` or ``(H, W, C)``, int ``(H, W)`` masks (or None), names.
-
-    ``load_split`` returns the images as stored (any dtype); :meth:`SegmentationData.split` returns
-    them normalised: float32, or uint8 where the scheme is plain division by 255 (done in
-    :func:`image_to_tensor`, after augmentation). Mask values are classes ``0..num_classes-1``, or
-    ``IGNORE_INDEX`` where a pixel is unlabelled.
-    """
-
-    images: list[np.ndarray]
-    masks: list[np.ndarray] | None
-    names: list[str]
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-
-class SegmentationDataset(Dataset):
-    """Items of one split, augmented by an albumentations pipeline (or none)."""
-
-    def __init__(
-        self,
-        split: Split,
-        transform: Callable[..., dict[str, Any]] | None = None,
-        sample_weight: Callable[[np.ndarray], np.ndarray] | None = None,
-    ) -> None:
-        self.split = split
-        self.transform = transform
-        # Per-pixel loss weights from the augmented mask (a weighted loss's ``sample_weight``),
-        # computed here so that the loader's workers do it in parallel; returned as ``weight``.
-        self.sample_weight = sample_weight
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    @property
-    def has_masks(self) -> bool:
-        return self.split.masks is not None
-
-    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
-        # An EpochSampler passes (index, item_seed): the augmentation of this item is then fixed
-        # by the seed alone, whichever worker process draws it.
-        if isinstance(index, tuple):
-            index, item_seed = index
-            reseed_transform(self.transform, item_seed)
-        image = self.split.images[index]
-        mask = self.split.masks[index] if self.split.masks is not None else None
-        if self.transform is not None:
-            if mask is None:
-                image = self.transform(image=image)["image"]
-            else:
-                out = self.transform(image=image, mask=mask)
-                image, mask = out["image"], out["mask"]
-        item: dict[str, Any] = {"image": image_to_tensor(image), "name": self.split.names[index]}
-        if mask is not None:
-            item["mask"] = array_to_tensor(mask, np.int64)
-            if self.sample_weight is not None:
-                item["weight"] = array_to_tensor(self.sample_weight(mask), np.float32)
-        return item
-
-
-def array_to_tensor(array: np.ndarray, dtype: Any = None) -> torch.Tensor:
-    """``torch.from_numpy`` of a contiguous ``array`` (as ``dtype``), copied when it is read-only.
-
-    The cached splits are read-only; a tensor on their memory could be changed in place, and torch
-    warns about each one (``The given NumPy array is not writable``).
-    """
-    array = np.ascontiguousarray(array, dtype=dtype)
-    return torch.from_numpy(array if array.flags.writeable else array.copy())
-
-
-def image_to_tensor(image: np.ndarray) -> torch.Tensor:
-    """``(H, W)`` or ``(H, W, C)`` -> float32 ``(C, H, W)``; uint8 is divided by 255, float is kept as it is."""
-    if image.ndim == 2:
-        image = image[..., None]
-    tensor = array_to_tensor(image.transpose(2, 0, 1))
-    return tensor.float().div_(255.0) if tensor.dtype == torch.uint8 else tensor.float()
+__all__ = ["SPLITS", "SegmentationData", "SegmentationDataset", "Split", "array_to_tensor", "image_to_tensor"]
 
 
 class SegmentationData:
@@ -195,6 +117,10 @@ class SegmentationData:
         self.foreground_oversample = foreground_oversample
         self._cache: dict[str, Split] = {}
         self._raw_all: Split | None = None  # the all split as stored, when folds cut it
+
+    # Instance labels (the masks hold object ids): the training target drawn from them after augmentation
+    # (a name of :data:`unet_train.data.instances.TARGETS`), or None for class masks.
+    instance_target: str | None = None
 
     # -- to implement -------------------------------------------------------------------------
     def load_split(self, split: str) -> Split:
@@ -307,7 +233,7 @@ class SegmentationData:
                     f"{split.names[i]} has {channels} channel(s) but data.in_channels={self.in_channels}; "
                     f"set data.in_channels={channels}."
                 )
-            if split.masks is None:
+            if split.masks is None or self.instance_target is not None:  # ids: checked when read
                 continue
             mask = split.masks[i]
             if mask.shape != image.shape[:2]:
@@ -344,7 +270,9 @@ class SegmentationData:
         """The dataset of ``split``; training augmentation applies to ``train`` unless told otherwise."""
         augment = split == "train" if augment is None else augment
         transform = self.train_transform if augment else self.val_transform
-        return SegmentationDataset(self.split(split), transform, sample_weight)
+        items = self.split(split)  # loading decides instance_target where data.labels=auto
+        to_target = None if self.instance_target is None else InstanceTarget(self.instance_target)
+        return SegmentationDataset(items, transform, sample_weight, to_target)
 
     def dataloader(
         self,

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from unet_train.data.base import SegmentationData, Split
+from unet_train.data.instances import TARGETS, check_labels, encode_instances, looks_like_instances
 from unet_train.data.reading import (
     IMAGE_SUFFIXES,
     channels_of,
@@ -21,6 +22,7 @@ from unet_train.data.reading import (
     read_image,
     read_mask,
 )
+from unet_train.data.splits import random_split
 from unet_train.errors import ConfigError, DataError
 from unet_train.labels import IGNORE_INDEX
 
@@ -151,6 +153,10 @@ class ImageFolder(SegmentationData):
             segments and ``unet-predict instances=true instance_method=auto``: ``object`` (cells,
             nuclei, vessels: the segments are its connected components) or ``membrane`` (the
             border between cells, as in ISBI 2012: the segments are what it encloses).
+        labels: ``classes`` (mask values are class indices), ``instances`` (each value is one object's id; the
+            model learns ``target`` from them, :mod:`unet_train.data.instances`) or ``auto`` (instances when
+            ``num_classes`` is auto and the masks are 16/32-bit with many values; the log says what it found).
+        target: the training target drawn from instance ids after augmentation: ``boundary``.
         **kwargs: loader and transform settings of :class:`SegmentationData`.
     """
 
@@ -164,9 +170,18 @@ class ImageFolder(SegmentationData):
         ignore_index: int | None = None,
         valid_dir: str = "valid",
         foreground: str = "object",
+        labels: str = "auto",
+        target: str = "boundary",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        check_labels(labels, target)
+        self.target = target
+        if labels == "auto" and self._num_classes is not None:  # a number of classes says the masks are classes
+            labels = "classes"
+        self._labels = labels
+        if labels == "instances":
+            self._use_instances(given=self._num_classes)
         if foreground not in FOREGROUNDS:
             raise ConfigError(
                 f"data.foreground={foreground!r} must be object (the positive class is the thing segmented: cells, "
@@ -183,7 +198,26 @@ class ImageFolder(SegmentationData):
         self.images_dir, self.masks_dir = images_dir, masks_dir
         self._raw_masks: dict[Path, np.ndarray] = {}  # read while inferring num_classes, used once by _load
 
+    def _use_instances(self, given: int | None = None) -> None:
+        """The masks hold object ids: the model learns ``data.target``'s classes from them."""
+        classes = TARGETS[self.target]
+        if given is not None and given != classes:
+            raise ConfigError(
+                f"data.num_classes={given} does not fit data.labels=instances with data.target={self.target}, whose "
+                f"model predicts {classes} classes; set data.num_classes={classes} or auto."
+            )
+        self._labels, self.instance_target, self._num_classes = "instances", self.target, classes
+
+    @property
+    def labels(self) -> str:
+        """``classes`` or ``instances``; ``auto`` is decided from the masks on first use."""
+        if self._labels == "auto":
+            self.resolve_auto()
+        return self._labels
+
     def _check_ignore_index(self, num_classes: int) -> None:
+        if self.instance_target is not None:  # any id may mark unlabelled pixels
+            return
         if self.ignore_index is not None and not num_classes <= self.ignore_index <= 65535:
             raise ConfigError(
                 f"data.ignore_index={self.ignore_index} must be a mask value that is no class: at least "
@@ -215,6 +249,10 @@ class ImageFolder(SegmentationData):
                 raw = read_mask(path)
                 self._raw_masks[path] = raw
                 values.update(np.unique(raw).tolist())
+            if self._labels == "auto":
+                if self._detect_instances(list(self._raw_masks.values())):
+                    return
+                self._labels = "classes"
             if self.ignore_index is not None and self.ignore_index in values:  # unlabelled, not a class
                 values.discard(self.ignore_index)
                 if values <= {0}:
@@ -227,6 +265,19 @@ class ImageFolder(SegmentationData):
             self._num_classes = infer_num_classes(values, where, jpeg)
             self._check_ignore_index(self._num_classes)
             log.info("data.num_classes=auto: %d (mask values %s)", self._num_classes, value_list(values))
+
+    def _detect_instances(self, masks: list[np.ndarray]) -> bool:
+        """``labels: auto``: switch to instances if ``masks`` look like object ids, and say so."""
+        if not looks_like_instances(masks):
+            return False
+        self._use_instances()
+        ids = [len(np.unique(m[m != 0])) for m in masks]
+        log.info(
+            "data.labels=auto: instances (%s masks, %d to %d object ids per image) -> data.target=%s, %d classes; "
+            "data.labels=classes reads them as class indices",
+            "/".join(sorted({str(m.dtype) for m in masks})), min(ids), max(ids), self.target, self._num_classes,
+        )  # fmt: skip
+        return True
 
     def _pairs(self, base: Path, masks_required: bool) -> tuple[list[Path], list[Path] | None]:
         image_dir, mask_dir = base / self.images_dir, base / self.masks_dir
@@ -256,11 +307,7 @@ class ImageFolder(SegmentationData):
         return [images[s] for s in stems], [masks[s] for s in stems]
 
     def _split_stems(self, n: int) -> tuple[Sequence[int], Sequence[int]]:
-        order = np.random.default_rng(self.split_seed).permutation(n)
-        n_val = max(1, round(n * self.val_fraction)) if self.val_fraction > 0 else 0
-        if n_val >= n:
-            raise ConfigError(f"data.val_fraction={self.val_fraction} leaves no training image out of {n}.")
-        return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+        return random_split(n, self.val_fraction, self.split_seed)
 
     def _valid_files(self, base: Path) -> dict[str, Path]:
         """The valid-pixel masks in ``base/valid_dir`` by stem ({} without the folder); each must have an image."""
@@ -290,7 +337,10 @@ class ImageFolder(SegmentationData):
         masks = None
         if mask_paths is not None:
             raw = [self._raw_masks.pop(p) if p in self._raw_masks else read_mask(p) for p in mask_paths]
-            masks = [encode_mask(m, num_classes, p, self.ignore_index) for m, p in zip(raw, mask_paths)]
+            if self.instance_target is not None:
+                masks = [encode_instances(m, p, self.ignore_index) for m, p in zip(raw, mask_paths)]
+            else:
+                masks = [encode_mask(m, num_classes, p, self.ignore_index) for m, p in zip(raw, mask_paths)]
             valid_files = self._valid_files(base)
             for image, mask, path, image_path in zip(images, masks, mask_paths, image_paths):
                 if image.shape[:2] != mask.shape:

@@ -19,10 +19,12 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from unet_train.data.base import SegmentationData, Split
+from unet_train.data.base import Split
 from unet_train.data.reading import read_stack
 from unet_train.data.splits import check_disjoint, parse_indices
+from unet_train.data.volume_data import VolumeCase, VolumeData
 from unet_train.errors import ConfigError, DataError
+from unet_train.inference.volumes import Volume
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,7 @@ def download_isbi(root: str | Path, urls: Sequence[str] = DEFAULT_URLS, timeout:
             raise DataError(f"Could not download {name} into {root}:\n  " + "\n  ".join(errors))
 
 
-class ISBI2012(SegmentationData):
+class ISBI2012(VolumeData):
     """The ISBI 2012 stacks, split by slice index.
 
     Args:
@@ -96,7 +98,9 @@ class ISBI2012(SegmentationData):
         train_slices, val_slices: slice indices (``"0-24"`` or a list) of the annotated stack;
             unused when ``fold`` is set (k-fold over the 30 slices in order, see ``SegmentationData``).
         urls: download mirrors, each with ``{name}`` for the file name.
-        **kwargs: loader and transform settings of :class:`SegmentationData`.
+        **kwargs: loader and transform settings of :class:`SegmentationData`; with ``spatial_dims=3`` the
+            training slices are one anisotropic volume (and the validation slices another), cropped in 3D
+            (:class:`~unet_train.data.volume_data.VolumeData`: ``spacing``, ``volume_transform``).
     """
 
     def __init__(
@@ -152,6 +156,18 @@ class ISBI2012(SegmentationData):
         val = parse_indices(self.val_slices, total, "data.val_slices")
         check_disjoint(train, val, f"data.train_slices={self.train_slices} and data.val_slices={self.val_slices}")
         return train if split == "train" else val
+
+    def load_cases(self, split: str) -> list[VolumeCase]:
+        """The split's slices as one volume (the stack in memory: 30 x 512 x 512 bytes)."""
+        spacing = self.spacing_override or (1.0, 1.0, 1.0)
+        if split == "test":
+            return [VolumeCase(Volume(self._read("test-volume.tif"), "zyx", "test-volume"), None, "test", spacing)]
+        stored = self.load_split(split)
+        image = Volume(np.stack(stored.images), "zyx", f"train-volume.tif ({split} slices)")
+        assert stored.masks is not None
+        mask = Volume(np.stack(stored.masks), "zyx", f"train-labels.tif ({split} slices)")
+        first, last = stored.names[0].removeprefix("train-"), stored.names[-1].removeprefix("train-")
+        return [VolumeCase(image, mask, f"train-{first}-{last}", spacing)]
 
     def load_split(self, split: str) -> Split:
         if split == "test":

@@ -17,6 +17,15 @@ log = logging.getLogger(__name__)
 DISJOINT = ("train", "val", "test")
 
 
+def random_split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Train and val indices of ``n`` items: a ``val_fraction`` (at least one when > 0) shuffled with ``seed``."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
+    if n_val >= n:
+        raise ConfigError(f"data.val_fraction={val_fraction} leaves no training item out of {n}.")
+    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+
+
 def kfold_indices(total: int, fold: int, num_folds: int) -> tuple[list[int], list[int]]:
     """Train and val indices of fold ``fold`` of ``num_folds`` over ``0..total-1``.
 

@@ -26,6 +26,7 @@ from torch import nn
 
 from unet_train.engine.archive import ArchiveError, NotAnArchive, check_archive
 from unet_train.errors import CheckpointError
+from unet_train.objects.params import check_stored
 from unet_train.safe_io import write_atomic
 from unet_train.trust import check_config, file_borne_data
 
@@ -157,6 +158,10 @@ def check_structure(checkpoint: dict[str, Any], path: Path | str) -> None:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
         raise _unusable(path, "its 'model' entry is missing or not a state dict of named tensors")
+    try:  # tuned post-processing of an instance model: plain numbers in range, or the file is refused
+        check_stored(checkpoint.get("postprocess"), config["data"])
+    except ValueError as exc:
+        raise _unusable(path, str(exc)) from None
 
 
 def check_resumable(checkpoint: dict[str, Any], path: Path | str) -> None:

@@ -27,6 +27,7 @@ from unet_train.engine.checkpointer import Checkpointer
 from unet_train.engine.epoch import train_epoch
 from unet_train.engine.eta import RunClock
 from unet_train.engine.guard import NonFiniteGuard
+from unet_train.engine.objects import tune_after_training
 from unet_train.engine.preflight import check_numbers
 from unet_train.engine.run import COMPILE_MODES, Run, TrainState, build_run
 from unet_train.engine.signals import GracefulStop
@@ -96,6 +97,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                     started = time.monotonic()
                     last_metrics = validate_epoch(run, writer, checkpoints, epochs, train_loss, result.images_per_s)
                     budget.record_validation(time.monotonic() - started)
+                    state.validation_total_s += time.monotonic() - started
                     # trainer.val_share: validate less often when validation costs more than planned
                     validations.after_validation(budget.validation_s or 0.0, result.images_per_s)
                 elif validations.due(state.epoch):
@@ -113,6 +115,8 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                     break
                 if interrupt:
                     raise stop.interrupted(checkpoints.last, state.step, saved)
+        checkpoints.wait()  # tuning reads best.pt and writes its parameters into it and last.pt
+        last_metrics.update(tune_after_training(run, checkpoints.folder))
         return finish_run(run, run_dir, writer, last_metrics, train_loss, stop_reason, stop.elapsed, checkpoints)
     finally:
         checkpoints.wait()  # a background write in flight lands, also on errors
@@ -133,6 +137,7 @@ def finish_run(
         "epochs": state.epoch,
         "steps": state.step,
         "time_s": elapsed,
+        "validation_s": state.validation_total_s,
     }
     hparam_metrics = {f"hparam/{k}": v for k, v in metrics.items() if "/" in k}
     writer.add_hparams(hparams(cfg), hparam_metrics, run_name=".")

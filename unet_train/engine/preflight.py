@@ -63,5 +63,9 @@ def check_numbers(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
         if value is None or (key in AUTO and value == "auto"):
             continue
+        if key == "data.patch_size" and OmegaConf.is_list(value):  # [z, y, x] of a volume crop
+            if len(value) != 3 or not all(_is_number(v, int) and v >= 1 for v in value):
+                raise ConfigError(f"data.patch_size={list(value)} must be three positive integers [z, y, x].")
+            continue
         if not _is_number(value, kind) or value < low or (value == low and not inclusive):
             raise ConfigError(f"{key}={value!r} must be {_describe(kind, low, inclusive)}.")

@@ -93,7 +93,11 @@ class EvalReport:
                 self.sweep.add(boundary, cells, valid)
                 self.hd95.append(hd95(labels[i].numpy().astype(bool), truth_np, valid))
             if self.overlay_dir is not None or self.writer is not None:
-                panel = overlay(batch["image"][i], truth, labels[i], max(self.num_classes, 2))
+                image, shown, pred = batch["image"][i], truth, labels[i]
+                if truth.dim() == 3:  # a volume: its middle plane
+                    middle = truth.shape[0] // 2
+                    image, shown, pred = image[:, middle], truth[middle], pred[middle]
+                panel = overlay(image, shown, pred, max(self.num_classes, 2))
                 if self.overlay_dir is not None:
                     write_png(self.overlay_dir / f"{name}.png", panel, root=self.overlay_dir.parent)
                 if self.writer is not None:

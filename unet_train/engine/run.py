@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,7 @@ class TrainState:
     progress: float | None = None  # the time-based schedule's progress in [0, 1] (None: not recorded)
     validation_s: float | None = None  # the longest validation measured (None: not yet)
     checkpoint_s: float = 0.0  # the longest synchronous checkpoint write measured
+    validation_total_s: float = 0.0  # all validations together (metrics.json's validation_s: the budget's share)
     # Epochs between validations as trainer.val_share re-planned them from measured costs (0: trainer.val_every),
     # and the epoch of the last validation it counts from (engine/val_schedule.py).
     val_every: int = 0
@@ -138,7 +140,7 @@ def build_run(cfg: DictConfig) -> Run:
 
     data = build_data(cfg.data)
     resolve_data_config(cfg, data)  # data.in_channels/num_classes=auto and dataset statistics, before the model
-    check_monitor(cfg.monitor, data.num_classes)
+    check_monitor(cfg.monitor, data.num_classes, data.instance_target is not None)
     pin = runtime.device.type == "cuda"
     train_sampler = dist.train_sampler(len(data.dataset("train")), data.samples_per_epoch, cfg.seed)
     val_size = len(data.dataset("val"))
@@ -165,11 +167,14 @@ def build_run(cfg: DictConfig) -> Run:
         raise ConfigError(f"The training split has fewer images{share} than data.batch_size={cfg.data.batch_size}.")
     planned_steps = len(train_loader) * tcfg.max_epochs
     budget = TimeBudget(tcfg.max_time)
-    budget.pixels_per_step = int(cfg.data.batch_size) * int(cfg.data.get("patch_size", 256)) ** 2
+    patch = getattr(data, "patch", None) if getattr(data, "spatial_dims", 2) == 3 else None  # a 3D crop's sides
+    side = int(cfg.data.get("patch_size", 256)) if patch is None else 0
+    budget.pixels_per_step = int(cfg.data.batch_size) * (side**2 if patch is None else math.prod(patch))
     # The validation this rank does: its shard of the split or of trainer.val_subset, whose cost the reserve holds back.
     shard = list(val_sampler) if val_sampler is not None else range(val_size)
     images = data.split("val").images
-    budget.val_pixels = sum(int(images[i].shape[0]) * int(images[i].shape[1]) for i in shard)
+    budget.val_pixels = sum(getattr(images[i], "voxels", 0) or int(images[i].shape[0]) * int(images[i].shape[1])
+                            for i in shard)  # fmt: skip
     progress = budget.schedule_progress if tcfg.max_time is not None else None
     scheduler = build_scheduler(cfg, optimizer, total_steps=planned_steps, progress=progress)
     run = Run(

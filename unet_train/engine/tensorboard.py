@@ -26,7 +26,11 @@ def display_grey(image: torch.Tensor) -> torch.Tensor:
 
 
 def panel(image: torch.Tensor, mask: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
-    """One (3, H, 3W) panel: image | ground truth | prediction, grey in [0, 1]."""
+    """One (3, H, 3W) panel: image | ground truth | prediction, grey in [0, 1]; of a volume, its middle plane."""
+    if image.dim() == 4:  # (C, D, H, W)
+        middle = image.shape[1] // 2
+        image, logits = image[:, middle], logits[:, middle]
+        mask = None if mask is None else mask[middle]
     grey = display_grey(image)
     num_classes = max(logits.shape[0], 2)
     pred = predict_labels(logits.unsqueeze(0))[0].float() / (num_classes - 1)

@@ -16,9 +16,11 @@ from torch.utils.tensorboard import SummaryWriter
 from unet_train.data.foreground import boundary_positive
 from unet_train.engine import distributed
 from unet_train.engine.evaluate import evaluate
+from unet_train.engine.objects import ObjectReport, instance_target, params_for
 from unet_train.engine.report import EvalReport
 from unet_train.engine.tensorboard import panel
 from unet_train.errors import ConfigError
+from unet_train.objects.params import OBJECT_METRICS
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +63,10 @@ def validation_sampler(dist: distributed.Distributed, size: int, subset: int | N
     return ItemSampler(items[dist.rank :: dist.world_size])
 
 
-def validation_keys(num_classes: int) -> list[str]:
-    """The ``val/*`` keys a validation can report for a task of ``num_classes`` classes."""
-    keys = ["loss", "dice", "iou", "pixel_error"]
+def validation_keys(num_classes: int, instances: bool = False) -> list[str]:
+    """The ``val/*`` keys a validation can report for a task of ``num_classes`` classes (``instances``: and the
+    object metrics of an instance model)."""
+    keys = ["loss", "dice", "iou", "pixel_error", *(OBJECT_METRICS if instances else ())]
     if num_classes > 2:
         keys += [f"{name}_{k}" for k in range(1, num_classes) for name in ("dice", "iou")]
     else:
@@ -71,9 +74,9 @@ def validation_keys(num_classes: int) -> list[str]:
     return [f"val/{key}" for key in keys]
 
 
-def check_monitor(monitor: str, num_classes: int) -> None:
+def check_monitor(monitor: str, num_classes: int, instances: bool = False) -> None:
     """Refuse, before any training, a ``monitor`` that validation cannot report."""
-    keys = validation_keys(num_classes)
+    keys = validation_keys(num_classes, instances)
     if monitor not in keys:
         raise ConfigError(f"monitor={monitor!r} is not a validation metric; choose one of {', '.join(keys)}.")
 
@@ -122,6 +125,8 @@ def validate(
     extras = None
     if cfg.monitor.removeprefix("val/") in CHALLENGE_KEYS:
         extras = EvalReport(num_classes, boundary_positive=boundary_positive(cfg.data))  # as unet-eval decides
+    target = instance_target(cfg.data)
+    objects = None if target is None else ObjectReport(target, params_for(cfg, target, None))
 
     def collect(batch: dict[str, Any], logits: torch.Tensor) -> None:
         for i in range(len(batch["name"])):
@@ -130,8 +135,12 @@ def validate(
                 panels.append(panel(batch["image"][i], mask, logits[i]))
         if extras is not None:
             extras.on_batch(batch, logits)
+        if objects is not None:
+            objects.on_batch(batch, logits)
 
     result = evaluate(model, loader, runtime, num_classes, loss_fn=criterion, on_batch=collect)
+    if objects is not None:
+        objects.finish(result)  # per-image rows too, which DDP's gather averages
     if extras is not None:
         extras.finish(result)  # adds per-image rows too, so DDP's gather averages them like the others
     merged = dist.gather_eval(result) if dist is not None else result.metrics  # over all ranks' shards

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,11 +108,11 @@ def default_memory(device: torch.device) -> tuple[int, str]:
 
 @dataclass(frozen=True)
 class TilePlan:
-    """How an image is forwarded: ``whole`` (one pass, no tiles), or tiles of ``tile_size``, ``batch_size``
-    per pass."""
+    """How an input is forwarded: ``whole`` (one pass, no tiles; ``tile_size`` is its padded shape), or square
+    (cubic) tiles of side ``tile_size``, ``batch_size`` per pass."""
 
     whole: bool
-    tile_size: int
+    tile_size: int | tuple[int, ...]
     batch_size: int
 
 
@@ -120,25 +120,42 @@ def round_up(length: int, multiple: int) -> int:
     return -(-length // multiple) * multiple
 
 
-def plan_tiles(
-    height: int, width: int, bytes_per_pixel: float, memory: int, align: int, source: str, whole: bool = True
-) -> TilePlan:
-    """The plan for a ``height`` x ``width`` image (margins included) under ``memory`` bytes per forward pass.
+def integer_root(value: int, dims: int) -> int:
+    """The largest ``s`` with ``s ** dims <= value``."""
+    side = round(max(value, 0) ** (1 / dims))
+    while side > 0 and side**dims > value:
+        side -= 1
+    while (side + 1) ** dims <= value:
+        side += 1
+    return side
 
-    ``align`` is the model's size multiple (tiles are multiples of it). Without ``whole``, an image is tiled
-    even where it would fit (the chunked Zarr path, which reads windows). A budget below the smallest tile
-    (2 size multiples, at least 64 px a side) is refused naming the figures.
+
+def plan_tiles(
+    shape: Sequence[int],
+    bytes_per_pixel: float,
+    memory: int,
+    aligns: Sequence[int],
+    source: str,
+    whole: bool = True,
+) -> TilePlan:
+    """The plan for an input of spatial ``shape`` (margins included) under ``memory`` bytes per forward pass.
+
+    ``aligns`` are the model's size multiples per axis (tiles are multiples of them). Without ``whole``, an
+    input is tiled even where it would fit (the chunked Zarr path, which reads windows). A budget below the
+    smallest tile (2 size multiples, at least 64 px a side) is refused naming the figures.
     """
     fits = int(memory / bytes_per_pixel)
-    padded_h, padded_w = round_up(height, align), round_up(width, align)
-    if whole and padded_h * padded_w <= fits:
-        return TilePlan(True, max(padded_h, padded_w), 1)
-    side = min(math.isqrt(max(fits, 0)) // align * align, MAX_AUTO_TILE)
+    padded = tuple(round_up(n, a) for n, a in zip(shape, aligns))
+    if whole and math.prod(padded) <= fits:
+        return TilePlan(True, padded, 1)
+    align = max(aligns)
+    side = min(integer_root(fits, len(shape)) // align * align, MAX_AUTO_TILE)
     smallest = min(max(64, 2 * align) // align * align, MAX_AUTO_TILE)
     if side < smallest:
+        tile = "x".join([str(smallest)] * len(shape))
         raise ConfigError(
             f"A forward pass may take {memory / MIB:.3g} MiB ({source}): {fits:,} pixels of this model "
-            f"({bytes_per_pixel:.0f} bytes a pixel), less than one {smallest}x{smallest} tile; raise tile_memory "
-            f"to {math.ceil(smallest**2 * bytes_per_pixel / MIB)} or more, or set tile_size."
+            f"({bytes_per_pixel:.0f} bytes a pixel), less than one {tile} tile; raise tile_memory "
+            f"to {math.ceil(smallest ** len(shape) * bytes_per_pixel / MIB)} or more, or set tile_size."
         )
-    return TilePlan(False, side, max(1, min(fits // side**2, MAX_AUTO_BATCH)))
+    return TilePlan(False, side, max(1, min(fits // side ** len(shape), MAX_AUTO_BATCH)))

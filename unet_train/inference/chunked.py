@@ -75,7 +75,7 @@ class ChunkedPredictor:
         # Padded (mirrored) coordinate -> image row/column, as TiledPredictor gathers its tiles.
         self.rows = mirror_index(m, height, self.ys[-1] + self.tile_h - height - m)
         self.cols = mirror_index(m, width, self.xs[-1] + self.tile_w - width - m)
-        self.weight = predictor._weight(self.tile_h, self.tile_w)
+        self.weight = predictor._weight((self.tile_h, self.tile_w))
 
     def _span(self, starts: list[int], size: int, length: int, lo: int, hi: int) -> list[int]:
         """Indices of the tiles (along one axis) whose part on the image overlaps ``[lo, hi)``."""

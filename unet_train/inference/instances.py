@@ -30,6 +30,8 @@ from skimage.segmentation import watershed
 from unet_train.data.foreground import boundary_positive
 from unet_train.errors import ConfigError
 from unet_train.inference.zarr_output import stored_probabilities
+from unet_train.objects import params as pp
+from unet_train.objects.params import instance_target
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,16 @@ METHODS = ("membrane", "components", "distance")
 
 def resolve_method(method: str, stored_data: Any) -> str:
     """``auto``: ``membrane`` for a model of borders (ISBI with ``foreground: membrane``, the synthetic
-    membranes, a folder with ``data.foreground=membrane``), else ``components``: as unet-eval decides."""
+    membranes, a folder with ``data.foreground=membrane``), else ``components``: as unet-eval decides.
+    A model trained on instance labels has one method, its target's (``boundary``), with its tuned parameters."""
+    target = instance_target(stored_data)
+    if target is not None:
+        if method not in ("auto", target):
+            raise ConfigError(
+                f"instance_method={method} does not fit this model, trained on instance labels with "
+                f"data.target={target}; use instance_method=auto (its post-processing, tuned in training)."
+            )
+        return target
     if method == "auto":
         return "membrane" if boundary_positive(stored_data) else "components"
     if method not in METHODS:
@@ -51,8 +62,20 @@ def foreground(prob: np.ndarray, threshold: float) -> np.ndarray:
     return prob[0] > threshold if prob.shape[0] == 1 else prob.argmax(0) != 0
 
 
-def instance_labels(prob: np.ndarray, method: str, threshold: float = 0.5, min_distance: int = 5) -> np.ndarray:
-    """uint32 ``(H, W)`` instance labels (0 = background or border) of probabilities ``(K, H, W)``."""
+def instance_labels(
+    prob: np.ndarray,
+    method: str,
+    threshold: float = 0.5,
+    min_distance: int = 5,
+    params: dict[str, Any] | None = None,
+) -> np.ndarray:
+    """uint32 ``(H, W)`` instance labels (0 = background or border) of probabilities ``(K, H, W)``.
+
+    With ``params`` (an instance model's post-processing, :mod:`unet_train.objects.params`), ``method`` is
+    that model's target (``boundary``) and the rest is unused.
+    """
+    if params is not None:
+        return pp.instances(method, prob, params).astype(np.uint32)
     if method == "membrane":
         if prob.shape[0] != 1:
             raise ConfigError("instance_method=membrane needs a binary model of borders; use components or distance.")
@@ -87,7 +110,15 @@ def _relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:
     return (inverse + 1).astype(np.uint32), len(values)
 
 
-def label_chunks(store: Any, method: str, threshold: float, min_distance: int, halo: int, dist: Any) -> None:
+def label_chunks(
+    store: Any,
+    method: str,
+    threshold: float,
+    min_distance: int,
+    halo: int,
+    dist: Any,
+    params: dict[str, Any] | None = None,
+) -> None:
     """Label a chunked prediction into ``labels/instances/0``, consistently across chunk borders.
 
     1. Each chunk is labelled from its probabilities plus a halo of ``halo`` pixels of context and
@@ -119,10 +150,16 @@ def label_chunks(store: Any, method: str, threshold: float, min_distance: int, h
         return stored_probabilities(values[None] if store.binary else values)  # the values the mask was made of
 
     counts = {}
+    # An instance model's watershed leaves no gap between touching objects: two segments meeting on a chunk
+    # border are joined only where the chunk's own labelling (its halo reaches past the border) calls both
+    # sides one object. (For the other methods any touch joins, as documented above.)
+    agrees: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
     for z, cy, cx in mine:  # 1: local labels
         y0, y1, x0, x1 = bounds(cy, cx)
         wy0, wy1, wx0, wx1 = max(y0 - halo, 0), min(y1 + halo, height), max(x0 - halo, 0), min(x1 + halo, width)
-        local = instance_labels(read_prob(z, wy0, wy1, wx0, wx1), method, threshold, min_distance)
+        local = instance_labels(read_prob(z, wy0, wy1, wx0, wx1), method, threshold, min_distance, params)
+        if params is not None:
+            agrees[(z, cy, cx)] = _same_across(local, (y0 - wy0, y1 - wy0, x0 - wx0, x1 - wx0))
         local, n = _relabel(local[y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0])
         labels_array[where(z, y0, y1, x0, x1)] = local
         counts[(z, cy, cx)] = n
@@ -139,14 +176,15 @@ def label_chunks(store: Any, method: str, threshold: float, min_distance: int, h
 
     pairs = []
     for z, cy, cx in mine:  # 2: segments touching across the right and bottom borders
+        right, below = agrees.get((z, cy, cx), (True, True))
         if cx + 1 < nx:
             a = global_labels(z, cy, cx, slice(None), slice(-1, None))[:, 0]
             b = global_labels(z, cy, cx + 1, slice(None), slice(0, 1))[:, 0]
-            pairs.append(np.stack([a, b], 1)[(a > 0) & (b > 0)])
+            pairs.append(np.stack([a, b], 1)[(a > 0) & (b > 0) & right])
         if cy + 1 < ny:
             a = global_labels(z, cy, cx, slice(-1, None), slice(None))[0]
             b = global_labels(z, cy + 1, cx, slice(0, 1), slice(None))[0]
-            pairs.append(np.stack([a, b], 1)[(a > 0) & (b > 0)])
+            pairs.append(np.stack([a, b], 1)[(a > 0) & (b > 0) & below])
     edges = np.concatenate([p for p in _gather_list(pairs, dist) if len(p)] or [np.zeros((0, 2), np.int64)])
     graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(total + 1, total + 1))
     _, component = connected_components(graph, directed=False)
@@ -162,6 +200,19 @@ def label_chunks(store: Any, method: str, threshold: float, min_distance: int, h
         labels_array[where(z, y0, y1, x0, x1)] = final[global_labels(z, cy, cx, slice(None), slice(None))]
     dist.barrier()
     log.info("Instance labels: %d segments in %s", int(final.max(initial=0)), store.path)
+
+
+def _same_across(local: np.ndarray, box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Along the right and bottom borders of ``box`` (rows y0:y1, columns x0:x1 of a window's labels ``local``):
+    whether the pixel inside and the one just outside carry the same label (True where the window ends there)."""
+    y0, y1, x0, x1 = box
+    right = np.ones(y1 - y0, dtype=bool)
+    below = np.ones(x1 - x0, dtype=bool)
+    if x1 < local.shape[1]:
+        right = local[y0:y1, x1 - 1] == local[y0:y1, x1]
+    if y1 < local.shape[0]:
+        below = local[y1 - 1, x0:x1] == local[y1, x0:x1]
+    return right, below
 
 
 def _gather_dict(part: dict, dist: Any) -> dict:

@@ -16,8 +16,8 @@ from typing import Any
 
 from unet_train.engine.distributed import Distributed
 from unet_train.inference.chunked import ChunkedPredictor
-from unet_train.inference.sources import Volume
 from unet_train.inference.tiling import TiledPredictor
+from unet_train.inference.volumes import Volume
 from unet_train.inference.zarr_output import ZarrPrediction
 
 log = logging.getLogger(__name__)

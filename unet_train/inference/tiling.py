@@ -16,9 +16,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import itertools
-import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,8 +29,6 @@ from unet_train.engine.runtime import channels_last_format, to_channels_last
 from unet_train.errors import ConfigError
 from unet_train.inference.budget import default_memory, forward_bytes_per_pixel, plan_tiles
 from unet_train.inference.tta import predict_probabilities
-
-log = logging.getLogger(__name__)
 
 
 def tile_starts(length: int, tile: int, overlap: float, align: int = 1) -> list[int]:
@@ -54,12 +52,20 @@ def gaussian_weights(height: int, width: int, sigma_scale: float = 0.125) -> tor
     The same shape as MONAI's ``gaussian`` importance map with its default ``sigma_scale``; floored at
     1e-6 so that corners never underflow to zero.
     """
+    return gaussian_weights_nd((height, width), sigma_scale)
+
+
+def gaussian_weights_nd(shape: Sequence[int], sigma_scale: float = 0.125) -> torch.Tensor:
+    """:func:`gaussian_weights` of any number of axes (a ``(depth, height, width)`` tile of a volume)."""
 
     def axis(n: int) -> torch.Tensor:
         x = torch.arange(n, dtype=torch.float64) - (n - 1) / 2
         return torch.exp(-0.5 * (x / (sigma_scale * n)) ** 2)
 
-    return torch.outer(axis(height), axis(width)).float().clamp_min_(1e-6)
+    weight = axis(shape[0])
+    for n in shape[1:]:  # an outer product, axis by axis (in 2D exactly torch.outer's products)
+        weight = weight[..., None] * axis(n)
+    return weight.float().clamp_min_(1e-6)
 
 
 def mirror_index(before: int, length: int, after: int) -> np.ndarray:
@@ -70,7 +76,7 @@ def mirror_index(before: int, length: int, after: int) -> np.ndarray:
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """A copy of an eval-mode model with each BatchNorm2d that directly follows a Conv2d folded into it.
+    """A copy of an eval-mode model with each BatchNorm that directly follows a convolution (2D or 3D) folded into it.
 
     Saves one pass over each activation per layer at inference; the results agree with the model's
     to float rounding. Only ``nn.Sequential`` pairs are folded (the UNet's ConvNormAct blocks).
@@ -83,8 +89,10 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         for first, second in itertools.pairwise(names):
             conv, norm = module._modules[first], module._modules[second]
             if (
-                isinstance(conv, nn.Conv2d)
-                and isinstance(norm, nn.BatchNorm2d)
+                (
+                    (isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d))
+                    or (isinstance(conv, nn.Conv3d) and isinstance(norm, nn.BatchNorm3d))
+                )
                 and norm.track_running_stats
                 and norm.running_mean is not None
             ):
@@ -100,14 +108,12 @@ class TiledPredictor:
         model: a model returning logits, or several (an ensemble, e.g. the folds of a
             cross-validation) whose probabilities are averaged; put into eval mode (folded copies
             when ``fold_bn``).
-        tile_size: side of the square tiles; shrunk to the padded image where that is smaller.
-            ``None`` chooses per image from ``memory`` (:func:`~unet_train.inference.budget.plan_tiles`):
-            the whole image in one forward pass where it fits, else the largest tiles that fit.
+        tile_size: side of the square (cubic) tiles, or one side per axis (``[z, y, x]`` for a volume); shrunk
+            to the padded image where that is smaller.
         overlap: fraction of a tile shared with its neighbour (0 <= overlap < 1).
-        batch_size: tiles per forward pass; with the tile size this bounds the memory. ``None``: as many
-            as ``memory`` holds (with ``tile_size=None``), else 4.
+        batch_size: tiles per forward pass; with the tile size this bounds the memory.
         margin: pixels mirrored around the image, so border pixels get context; ``None`` uses
-            half the overlap, rounded to the model's pooling grid (and none for an image predicted whole).
+            half the overlap, rounded to the model's pooling grid.
         tta: average over the 8 flips and rotations of each tile batch (8x the cost).
         device: where the model runs; tiles are gathered on the CPU and moved there batch by batch.
         channels_last: use the channels-last memory layout for model and tiles.
@@ -116,14 +122,12 @@ class TiledPredictor:
         sigma_scale: Gaussian sigma as a fraction of the tile side.
         split_inputs: the input holds one model input after another along the channels (an
             ensemble of models normalised differently); model ``i`` gets the ``i``-th part.
-        memory: bytes one forward pass may take when ``tile_size`` is ``None``; ``None``: a share of the
-            device's free memory (:func:`~unet_train.inference.budget.default_memory`).
     """
 
     def __init__(
         self,
         model: nn.Module | Sequence[nn.Module],
-        tile_size: int | None = 256,
+        tile_size: int | Sequence[int] | None = 256,
         overlap: float = 0.25,
         batch_size: int | None = 4,
         margin: int | None = None,
@@ -136,7 +140,8 @@ class TiledPredictor:
         split_inputs: bool = False,
         memory: int | None = None,
     ) -> None:
-        if (tile_size is not None and tile_size < 1) or not 0 <= overlap < 1 or (batch_size or 1) < 1:
+        sides = [256] if tile_size is None else [tile_size] if isinstance(tile_size, int) else list(tile_size)
+        if min(sides) < 1 or not 0 <= overlap < 1 or (batch_size or 1) < 1:
             raise ConfigError(
                 f"tile_size={tile_size}, overlap={overlap}, batch_size={batch_size}: need tile_size >= 1, "
                 "0 <= overlap < 1 and batch_size >= 1."
@@ -148,60 +153,69 @@ class TiledPredictor:
             raise ConfigError("TiledPredictor needs at least one model.")
         self.model = self.models[0]
         # Tile starts on the pooling grid keep every tile's features aligned with the whole image's: a multiple
-        # of every model's size multiple on both axes (2**depth, or the product of its pool_factors).
+        # of every model's size multiple on both axes of an image (2**depth, or the product of its pool_factors).
         self.align = math.lcm(*(s for m in self.models for s in size_multiple(m)))
         self.overlap = overlap
+        # tile_size=None: chosen per input by for_shape from the memory budget (the whole input where it fits).
+        self.auto, self.auto_batch, self.requested_margin = tile_size is None, batch_size is None, margin
+        self.memory: int | None = memory or None  # None: default_memory, read when first needed
+        self.memory_source = "tile_memory" if memory else ""
+        self._bytes_per_pixel: dict[int, float] = {}
+        self._set_tiles(256 if tile_size is None else tile_size, 4 if batch_size is None else batch_size, margin)
         self.tta = tta
         self.autocast_dtype = autocast_dtype
         self.sigma_scale = sigma_scale
         self.split_inputs = split_inputs
-        self._weights: dict[tuple[int, int], torch.Tensor] = {}
-        self.memory: int | None = memory or None  # None: default_memory, read when first needed
-        self.memory_source = "tile_memory" if memory else ""
-        self._bytes_per_pixel: float | None = None
-        self.auto = tile_size is None
-        self.requested_margin = margin
-        self.tile_size = 0 if tile_size is None else tile_size  # set per image by for_shape when auto
-        self.batch_size = 4 if batch_size is None else batch_size
-        self.margin = 0
-        self.auto_batch = batch_size is None
-        if tile_size is not None:
-            self._set_tiles(tile_size, self.batch_size, margin)
+        self._weights: dict[tuple[int, ...], torch.Tensor] = {}
 
-    def _set_tiles(self, tile_size: int, batch_size: int, margin: int | None) -> None:
+    def _set_tiles(self, tile_size: int | Sequence[int], batch_size: int, margin: int | None) -> None:
+        sides = [tile_size] if isinstance(tile_size, int) else list(tile_size)
+        self.tile_size = tile_size if isinstance(tile_size, int) else tuple(int(s) for s in tile_size)
+        self.batch_size = batch_size
+        self._margin = margin  # per axis for volumes (see axes)
         if margin is None:
-            margin = int(tile_size * self.overlap / 2) // self.align * self.align
-        if not 0 <= int(margin) < tile_size:
+            margin = int(min(sides) * self.overlap / 2) // self.align * self.align
+        if not 0 <= int(margin) < min(sides):
             raise ConfigError(f"margin={margin} must be >= 0 and smaller than tile_size={tile_size} (null picks one).")
-        self.tile_size, self.batch_size, self.margin = tile_size, batch_size, int(margin)
+        self.margin = int(margin)
 
-    def bytes_per_pixel(self) -> float:
-        """What one forward pass holds per input pixel (measured once on a small probe, see budget.py)."""
-        if self._bytes_per_pixel is None:
-            side = max(64, 2 * self.align) // self.align * self.align
+    def bytes_per_pixel(self, dims: int = 2) -> float:
+        """What one forward pass holds per input pixel (voxel), measured once on a small probe (budget.py)."""
+        if dims not in self._bytes_per_pixel:
+            sides = [max(64 if dims == 2 else 16, 2 * a) // a * a for a in self.aligns(dims)]
             channels = sum(in_channels(m) for m in self.models) if self.split_inputs else in_channels(self.model)
-            probe = torch.rand(1, channels, side, side)
-            self._bytes_per_pixel = forward_bytes_per_pixel(self.forward_tiles, probe)
-        return self._bytes_per_pixel
+            probe = torch.rand(1, channels, *sides)
+            self._bytes_per_pixel[dims] = forward_bytes_per_pixel(self.forward_tiles, probe)
+        return self._bytes_per_pixel[dims]
 
-    def for_shape(self, height: int, width: int, whole: bool = True) -> TiledPredictor:
-        """This predictor with its tiles fixed for a ``height`` x ``width`` image: itself when ``tile_size`` was
-        given, else a copy sharing the models whose tile is the whole image (padded to the model's size
-        multiple, no margin) where one forward pass of it fits the memory budget, or the largest tile that fits.
-        Without ``whole`` an image is always tiled (the chunked path reads windows, never a whole plane)."""
+    def for_shape(self, *shape: int, whole: bool = True) -> TiledPredictor:
+        """This predictor with its tiles fixed for an input of spatial ``shape``: itself when ``tile_size`` was
+        given, else a copy sharing the models whose tile is the whole input (padded to the model's size
+        multiple, no margin) where one forward pass of it fits the memory budget, or the largest tiles that fit.
+        Without ``whole`` an input is always tiled (the chunked path reads windows, never a whole plane)."""
         if not self.auto:
             return self
         if self.memory is None:
             self.memory, self.memory_source = default_memory(self.device)
         m = self.requested_margin or 0
-        plan = plan_tiles(
-            height + 2 * m, width + 2 * m, self.bytes_per_pixel(), self.memory, self.align, self.memory_source, whole
-        )
+        padded = [n + 2 * m for n in shape]
+        per_pixel = self.bytes_per_pixel(len(shape))
+        plan = plan_tiles(padded, per_pixel, self.memory, self.aligns(len(shape)), self.memory_source, whole)
         fixed = copy.copy(self)
         fixed.auto = False
         margin = m if plan.whole else self.requested_margin
         fixed._set_tiles(plan.tile_size, plan.batch_size if self.auto_batch else self.batch_size, margin)
         return fixed
+
+    def aligns(self, dims: int) -> list[int]:
+        """The pooling grid per axis of a ``dims``-D input (tile starts and sides are multiples of it)."""
+        if dims == 2:
+            return [self.align] * 2
+        aligns = [1] * dims
+        for model in self.models:
+            factors = getattr(model, "pool_factors", None) or [[2] * dims] * int(getattr(model, "depth", 0))
+            aligns = [max(a, math.prod(f[i] for f in factors)) for i, a in enumerate(aligns)]
+        return aligns
 
     def _prepare(self, model: nn.Module, fold_bn: bool) -> nn.Module:
         model = model.eval()
@@ -210,31 +224,52 @@ class TiledPredictor:
         model = model.to(self.device)
         return to_channels_last(model) if self.channels_last else model
 
-    def _weight(self, height: int, width: int) -> torch.Tensor:
+    def _weight(self, shape: tuple[int, ...]) -> torch.Tensor:
         # Computed once per tile shape and reused by every tile and image.
-        key = (height, width)
-        if key not in self._weights:
-            self._weights[key] = gaussian_weights(height, width, self.sigma_scale)
-        return self._weights[key]
+        if shape not in self._weights:
+            self._weights[shape] = gaussian_weights_nd(shape, self.sigma_scale)
+        return self._weights[shape]
 
-    def grid(self, height: int, width: int) -> tuple[int, int, list[int], list[int]]:
-        """Tile shape and start offsets (in mirrored-image coordinates) for an image of this size.
+    def axes(self, dims: int) -> tuple[list[int], list[int], list[int]]:
+        """Tile side, pooling grid and mirrored margin per axis of a ``dims``-D input.
+
+        Images keep one grid and margin on both axes. A volume's grid on each axis is the product of the
+        model's pooling factors along it (an anisotropic model pools z less), and its margin half the overlap of
+        that axis's tile, on that grid (or ``margin`` on every axis where given)."""
+        sides = [self.tile_size] * dims if isinstance(self.tile_size, int) else list(self.tile_size)
+        if len(sides) != dims:
+            raise ConfigError(f"tile_size={list(sides)} has {len(sides)} sides; the model's inputs have {dims} axes.")
+        aligns = self.aligns(dims)
+        if dims == 2:
+            return sides, aligns, [self.margin] * 2
+        if self._margin is None:
+            margins = [int(s * self.overlap / 2) // a * a for s, a in zip(sides, aligns)]
+        else:
+            margins = [int(self._margin)] * dims
+        return sides, aligns, margins
+
+    def grid_nd(self, shape: Sequence[int]) -> tuple[tuple[int, ...], list[list[int]]]:
+        """Tile shape and start offsets per axis (in mirrored coordinates) for an input of spatial ``shape``.
 
         Tiles that lie wholly in the mirrored margin (a margin close to the tile size) are left out: they
         would add nothing to the image, and the others still cover every pixel.
         """
         if self.auto:
-            return self.for_shape(height, width).grid(height, width)
-        m = self.margin
-        padded_h, padded_w = height + 2 * m, width + 2 * m
-        tile_h, tile_w = min(self.tile_size, padded_h), min(self.tile_size, padded_w)
-        ys = [s for s in tile_starts(padded_h, tile_h, self.overlap, self.align) if -tile_h < s - m < height]
-        xs = [s for s in tile_starts(padded_w, tile_w, self.overlap, self.align) if -tile_w < s - m < width]
+            return self.for_shape(*shape).grid_nd(shape)
+        tiles, starts = [], []
+        for length, side, align, m in zip(shape, *self.axes(len(shape))):
+            tile = min(side, length + 2 * m)
+            tiles.append(tile)
+            starts.append([s for s in tile_starts(length + 2 * m, tile, self.overlap, align) if -tile < s - m < length])
+        return tuple(tiles), starts
+
+    def grid(self, height: int, width: int) -> tuple[int, int, list[int], list[int]]:
+        """:meth:`grid_nd` of an image: ``tile_h, tile_w, ys, xs``."""
+        (tile_h, tile_w), (ys, xs) = self.grid_nd((height, width))
         return tile_h, tile_w, ys, xs
 
-    def num_tiles(self, height: int, width: int) -> int:
-        _, _, ys, xs = self.grid(height, width)
-        return len(ys) * len(xs)
+    def num_tiles(self, *shape: int) -> int:
+        return math.prod(len(s) for s in self.grid_nd(shape)[1])
 
     def forward_tiles(self, batch: torch.Tensor, pad: bool = False) -> torch.Tensor:
         """Probabilities ``(N, K, h, w)`` float32 on the CPU of a batch of tiles ``(N, C, h, w)``.
@@ -268,45 +303,52 @@ class TiledPredictor:
         return total[:count].cpu()
 
     def predict(self, image: torch.Tensor, on_tiles: Callable[[int], None] | None = None) -> torch.Tensor:
-        """Probabilities ``(K, H, W)`` float32 on the CPU for one image ``(C, H, W)``.
+        """Probabilities ``(K, H, W)`` float32 on the CPU for one image ``(C, H, W)``; ``(K, D, H, W)`` for a
+        volume ``(C, D, H, W)`` (tiled on all three axes).
 
         ``on_tiles(n)`` is called after each batch of ``n`` tiles (for a progress bar).
         """
-        if image.ndim != 3:
-            raise ValueError(f"expected an image (C, H, W), got shape {tuple(image.shape)}")
+        if image.ndim not in (3, 4):
+            raise ValueError(f"expected an image (C, H, W) or a volume (C, D, H, W), got shape {tuple(image.shape)}")
         if self.auto:
             return self.for_shape(*image.shape[1:]).predict(image, on_tiles)
         image = image.float()
-        channels, height, width = image.shape
-        tile_h, tile_w, ys, xs = self.grid(height, width)
-        m = self.margin
-        if m == 0 and len(ys) == len(xs) == 1:  # the whole image in one pass: nothing to blend
+        channels, *shape = image.shape
+        tiles, starts = self.grid_nd(shape)
+        margins = self.axes(len(shape))[2]
+        if not any(margins) and all(len(s) == 1 for s in starts):  # the whole input in one pass: nothing to blend
             prob = self.forward_tiles(image[None])[0]
             if on_tiles is not None:
                 on_tiles(1)
             return prob
-        rows = torch.from_numpy(mirror_index(m, height, ys[-1] + tile_h - height - m))
-        cols = torch.from_numpy(mirror_index(m, width, xs[-1] + tile_w - width - m))
-        weight = self._weight(tile_h, tile_w)
-        out: torch.Tensor | None = None  # (K, H, W), allocated once K is known
-        weight_sum = torch.zeros(height, width)
-        buffer = torch.empty(min(self.batch_size, len(ys) * len(xs)), channels, tile_h, tile_w)
-        for starts in _batches([(y, x) for y in ys for x in xs], self.batch_size):
-            for i, (y, x) in enumerate(starts):
-                buffer[i] = _gather(image, rows, cols, m, y - m, x - m, tile_h, tile_w)
-            prob = self.forward_tiles(buffer[: len(starts)])
+        lookup = [
+            torch.from_numpy(mirror_index(m, n, s[-1] + t - n - m)) for m, n, s, t in zip(margins, shape, starts, tiles)
+        ]
+        weight = self._weight(tiles)
+        out: torch.Tensor | None = None  # (K, *shape), allocated once K is known
+        weight_sum = torch.zeros(shape)
+        corners = list(itertools.product(*starts))
+        buffer = torch.empty(min(self.batch_size, len(corners)), channels, *tiles)
+        for batch in _batches(corners, self.batch_size):
+            for i, corner in enumerate(batch):
+                buffer[i] = _gather(image, lookup, margins, [s - m for s, m in zip(corner, margins)], tiles)
+            prob = self.forward_tiles(buffer[: len(batch)])
             if out is None:
-                out = torch.zeros(prob.shape[1], height, width)
-            for i, (y, x) in enumerate(starts):
+                out = torch.zeros(prob.shape[1], *shape)
+            for i, corner in enumerate(batch):
                 # The part of the tile that lies on the image (mirrored margins are dropped).
-                y0, y1 = max(y - m, 0), min(y - m + tile_h, height)
-                x0, x1 = max(x - m, 0), min(x - m + tile_w, width)
-                ty, tx = y0 - (y - m), x0 - (x - m)
-                w = weight[ty : ty + y1 - y0, tx : tx + x1 - x0]
-                out[:, y0:y1, x0:x1].addcmul_(prob[i, :, ty : ty + y1 - y0, tx : tx + x1 - x0], w)
-                weight_sum[y0:y1, x0:x1].add_(w)
+                on_image, in_tile = [], []
+                for s, m, t, n in zip(corner, margins, tiles, shape):
+                    lo, hi = max(s - m, 0), min(s - m + t, n)
+                    on_image.append(slice(lo, hi))
+                    in_tile.append(slice(lo - (s - m), lo - (s - m) + hi - lo))
+                w = weight[tuple(in_tile)]
+                region: tuple[Any, ...] = (slice(None), *on_image)
+                source: tuple[Any, ...] = (i, slice(None), *in_tile)
+                out[region].addcmul_(prob[source], w)
+                weight_sum[tuple(on_image)].add_(w)
             if on_tiles is not None:
-                on_tiles(len(starts))
+                on_tiles(len(batch))
         assert out is not None
         return out.div_(weight_sum)
 
@@ -333,15 +375,18 @@ def _batches(items: list, size: int) -> Iterator[list]:
 
 
 def _gather(
-    image: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, margin: int, y: int, x: int, height: int, width: int
+    image: torch.Tensor,
+    lookup: Sequence[torch.Tensor],
+    margins: Sequence[int],
+    corner: Sequence[int],
+    size: Sequence[int],
 ) -> torch.Tensor:
-    """The ``(C, height, width)`` window at image coordinates ``(y, x)`` (negative inside the mirrored margin).
+    """The ``(C, *size)`` window at image coordinates ``corner`` (negative inside the mirrored margin).
 
-    ``rows``/``cols`` map mirrored coordinates (``-margin`` is index 0) to image coordinates.
+    ``lookup`` maps each axis's mirrored coordinates (``-margin`` is index 0) to image coordinates.
     """
-    _, full_h, full_w = image.shape
-    if y >= 0 and x >= 0 and y + height <= full_h and x + width <= full_w:
-        return image[:, y : y + height, x : x + width]  # inside the image: a view, no gather
-    r = rows[y + margin : y + margin + height]
-    c = cols[x + margin : x + margin + width]
-    return image[:, r[:, None], c[None, :]]
+    if all(c >= 0 and c + s <= n for c, s, n in zip(corner, size, image.shape[1:])):
+        return image[(slice(None), *(slice(c, c + s) for c, s in zip(corner, size)))]  # inside: a view, no gather
+    index = [table[c + m : c + m + s] for table, c, m, s in zip(lookup, corner, margins, size)]
+    grid: tuple[Any, ...] = (slice(None), *torch.meshgrid(*index, indexing="ij"))
+    return image[grid]

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from unet_train.errors import ConfigError
-from unet_train.inference.sources import Volume, ngff_axes, require
+from unet_train.inference.sources import ngff_axes
+from unet_train.inference.volumes import Volume, require
 from unet_train.safe_io import confined
 
 log = logging.getLogger(__name__)

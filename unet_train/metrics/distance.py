@@ -1,32 +1,32 @@
-"""Boundary distance metrics: the 95th-percentile Hausdorff distance (HD95), in pixels."""
+"""Boundary distance metrics: the 95th-percentile Hausdorff distance (HD95), in pixels or voxels."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
 
-FOUR_CONNECTED = ndi.generate_binary_structure(2, 1)
-
 
 def contour(mask: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-    """Pixels of a boolean mask with a 4-neighbour outside it (the image edge does not count as outside).
+    """Pixels of a boolean mask with a face neighbour (4 in 2D, 6 in 3D) outside it (the image edge does not count).
 
     Pixels outside ``valid`` (unlabelled) do not count as outside either: an ignored region draws no contour.
     """
     mask = np.asarray(mask, dtype=bool)
     inside = mask if valid is None else mask | ~np.asarray(valid, dtype=bool)
-    return mask & ~ndi.binary_erosion(inside, structure=FOUR_CONNECTED, border_value=1)
+    faces = ndi.generate_binary_structure(mask.ndim, 1)
+    return mask & ~ndi.binary_erosion(inside, structure=faces, border_value=1)
 
 
 def frame(shape: tuple[int, ...]) -> np.ndarray:
-    """The one-pixel ring along the image edge."""
+    """The one-pixel ring along the image edge (the shell of a volume)."""
     ring = np.ones(shape, dtype=bool)
-    ring[1:-1, 1:-1] = False
+    ring[(slice(1, -1),) * len(shape)] = False
     return ring
 
 
 def hd95(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None) -> float:
-    """95th-percentile symmetric Hausdorff distance between the contours of two boolean masks ``(H, W)``.
+    """95th-percentile symmetric Hausdorff distance between the contours of two boolean masks ``(H, W)`` or
+    ``(D, H, W)``, in pixels (voxels).
 
     Each contour pixel's Euclidean distance to the other mask's contour is taken from a distance
     transform; the figure is the larger of the two directed 95th percentiles (MONAI's convention).
@@ -44,7 +44,7 @@ def hd95(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None) -
     if not pred.any() and not truth.any():
         return 0.0
     if not pred.any() or not truth.any():
-        return float(np.hypot(*pred.shape))
+        return float(np.linalg.norm(pred.shape))
     a, b = contour(pred, valid), contour(truth, valid)
     if not a.any() and not b.any():  # both full
         return 0.0

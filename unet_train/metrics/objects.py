@@ -221,7 +221,8 @@ def object_scores(
     """Every object metric of one image, under the keys validation, ``unet-eval`` and the CSV use.
 
     ``f1_50``, ``precision_50``, ``recall_50`` ... per threshold (``_75`` = IoU 0.75), ``map`` (DSB 2018 mean
-    AP over ``thresholds``), ``aji``, ``pq``/``sq``/``rq`` at 0.5, the counts ``tp``, ``fp``, ``fn`` at 0.5,
+    AP over ``thresholds``), ``ap_50`` (its term at 0.5: TP / (TP + FP + FN)),
+    ``aji``, ``pq``/``sq``/``rq`` at 0.5, the counts ``tp``, ``fp``, ``fn`` at 0.5,
     ``splits`` and ``merges``, and the number of true and predicted objects.
     """
     table = overlaps(true, pred, ignore)
@@ -236,7 +237,7 @@ def object_scores(
         aps.append(m.ap)
     out["map"] = float(np.mean(aps)) if aps else float("nan")
     half = matching(table, 0.5)
-    out.update(pq=half.pq, sq=half.mean_matched_iou, rq=half.f1, tp=half.tp, fp=half.fp, fn=half.fn)
+    out.update(pq=half.pq, sq=half.mean_matched_iou, rq=half.f1, tp=half.tp, fp=half.fp, fn=half.fn, ap_50=half.ap)
     out["aji"] = aji(table)
     out["splits"], out["merges"] = splits_and_merges(table)
     out["true_objects"], out["pred_objects"] = len(table.true_ids), len(table.pred_ids)

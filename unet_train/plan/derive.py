@@ -88,7 +88,12 @@ def derive_plan(fingerprint: dict, device: DeviceFacts, budget_s: float) -> list
     add("data.in_channels", channels, f"{fp['channels']} channels found" + (
         f"; grey images are repeated to {channels} channels" if mixed else ""))  # fmt: skip
     present = [int(k) for k in fp["classes"]]
-    add("data.num_classes", fp["num_classes"], f"mask values {present} (0 = background)")
+    if fp.get("labels") == "instances":
+        add("data.labels", "instances", "the masks hold object ids")
+        add("data.target", fp["target"], "background / interior / boundary: touching objects split at the boundary")
+        add("data.num_classes", fp["num_classes"], f"the target's classes {present}")
+    else:
+        add("data.num_classes", fp["num_classes"], f"mask values {present} (0 = background)")
     add("data.normalize", *_normalize(fp))
 
     patch, depth, batch = geometry(fp, device.kind)

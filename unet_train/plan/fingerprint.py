@@ -25,6 +25,7 @@ PERCENTILES = (0.5, 1.0, 50.0, 99.0, 99.8, 99.9)
 def training_split(data: Any) -> tuple[list[np.ndarray], list[np.ndarray], list[str], list[np.ndarray]]:
     """The training split's images (raw values), masks (class indices) and names, and the validation masks."""
     from unet_train.data.folder import ImageFolder, encode_mask
+    from unet_train.data.instances import InstanceTarget, encode_instances
 
     if isinstance(data, ImageFolder):
         image_paths, mask_paths = data._pairs(data.root, masks_required=True)
@@ -40,6 +41,9 @@ def training_split(data: Any) -> tuple[list[np.ndarray], list[np.ndarray], list[
         classes, ignore = data.num_classes, data.ignore_index
 
         def masks_of(indices: Sequence[int]) -> list[np.ndarray]:
+            if data.instance_target is not None:  # object ids: the classes the model learns from them
+                learnt = InstanceTarget(data.instance_target)
+                return [learnt(encode_instances(read_mask(mask_paths[i]), mask_paths[i], ignore))[0] for i in indices]
             return [encode_mask(read_mask(mask_paths[i]), classes, mask_paths[i], ignore) for i in indices]
 
         return images, masks_of(train), [image_paths[i].stem for i in train], masks_of(val)

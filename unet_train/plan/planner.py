@@ -105,6 +105,8 @@ def make_plan(
     (``plan=auto``), whose optimizer, precision and layout are timed."""
     data = build_data(data_cfg)
     fingerprint = compute_fingerprint(*training_split(data))
+    if data.instance_target is not None:  # the classes above are those the model learns from the object ids
+        fingerprint["labels"], fingerprint["target"] = "instances", data.instance_target
     device = resolve_device(device_name)
     kind = "cuda" if device.type == "cuda" else "cpu"
     patch, depth, batch = geometry(fingerprint, kind)

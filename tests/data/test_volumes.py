@@ -1,0 +1,279 @@
+"""data=volumes: a folder of 3D volumes read lazily in random crops, scaled per volume, augmented in 3D."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from unet_train.data.augment3d import IntensityJitter, RandomAxisSwap, RandomFlip3D, RandomRotate90InPlane
+from unet_train.data.volume_data import VolumeCase, VolumeDataset, crop_origin, patch_shape
+from unet_train.data.volumes import VolumeFolder, volume_stem
+from unet_train.errors import ConfigError, DataError
+from unet_train.inference.volumes import Volume
+from unet_train.labels import IGNORE_INDEX
+from unet_train.models.anisotropy import pool_factors_for_spacing
+
+from ..conftest import compose_config
+from .volume_folder import SPACING, ball_volume, make_volume_folder, write_tiff
+
+
+def folder(root, **kwargs):
+    return VolumeFolder(root=str(root), **{"num_workers": 0, "patch_size": [4, 16, 16], **kwargs})
+
+
+def array_case(image: np.ndarray, mask: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> VolumeCase:
+    case = VolumeCase(Volume(image, "zyx", "img"), Volume(mask, "zyx", "mask"), "case", spacing)
+    case.spec = {"scheme": "scale_linear", "gain": None, "offset": 0.0}
+    case.scan()
+    return case
+
+
+# -- pooling from the spacing -------------------------------------------------------------------
+
+
+def test_pool_factors_leave_a_thick_axis_alone_until_it_is_comparable():
+    # ISBI 2012: 50 nm sections, 4 nm pixels: z pooled only once y, x are 32 nm (50 <= 2 x 32)
+    factors, reasons = pool_factors_for_spacing([50, 4, 4], [16, 256, 256], 4)
+    assert factors == [[1, 2, 2], [1, 2, 2], [1, 2, 2], [2, 2, 2]]
+    assert reasons[0] == "z at pooling 0: voxel side 50 > 2x the finest 4"
+    # isotropic, but only 8 planes: z stops once the patch would keep fewer than 4
+    factors, reasons = pool_factors_for_spacing([1, 1, 1], [8, 32, 32], 3)
+    assert factors == [[2, 2, 2], [1, 2, 2], [1, 2, 2]]
+    assert reasons == [
+        "z at pooling 1: the patch would keep 2 < 4 voxels",
+        "z at pooling 2: the patch would keep 2 < 4 voxels",
+    ]
+
+
+def test_patch_size_forms():
+    assert patch_shape(16) == (16, 16, 16) and patch_shape([4, 32, 48]) == (4, 32, 48)
+    with pytest.raises(ConfigError, match=r"data.patch_size=\[4, 0, 8\] must be a positive int or three"):
+        patch_shape([4, 0, 8])
+
+
+# -- 3D transforms ------------------------------------------------------------------------------
+
+
+def coordinates(shape=(4, 4, 4)) -> np.ndarray:
+    z, y, x = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    return (100 * z + 10 * y + x).astype(np.float32)
+
+
+def test_flips_and_rotations_move_image_and_mask_together():
+    image = coordinates((2, 4, 4))
+    mask = image.astype(np.int64)
+    for transform in (RandomFlip3D(p=1.0), RandomRotate90InPlane(p=1.0)):
+        out, out_mask = transform(image[..., None], mask, np.random.default_rng(3), (1.0, 1.0, 1.0))
+        assert out.shape == (2, 4, 4, 1) and np.array_equal(out[..., 0], out_mask)
+    flipped, _ = RandomFlip3D(axes=[0], p=1.0)(image[..., None], None, np.random.default_rng(0), (1, 1, 1))
+    assert flipped[0, 1, 2, 0] == 112  # z 0 <- z 1
+    # a non-square plane is turned by 180 degrees only, so the crop keeps its shape
+    wide = coordinates((2, 4, 6))
+    turned, _ = RandomRotate90InPlane(p=1.0)(wide[..., None], None, np.random.default_rng(0), (1, 1, 1))
+    assert np.array_equal(turned[..., 0], wide[:, ::-1, ::-1])
+
+
+def test_axis_swaps_only_between_axes_of_comparable_spacing():
+    image = coordinates()[..., None]
+    swapped = [
+        RandomAxisSwap(p=1.0)(image, None, np.random.default_rng(seed), (4.0, 1.0, 1.0))[0] for seed in range(20)
+    ]
+    assert all(np.array_equal(s[..., 0], image[..., 0].swapaxes(1, 2)) for s in swapped)  # z never moves
+    isotropic = {
+        RandomAxisSwap(p=1.0)(image, None, np.random.default_rng(seed), (1.0, 1.0, 1.0))[0][1, 0, 0, 0]
+        for seed in range(30)
+    }
+    assert isotropic == {100.0, 10.0, 1.0}  # voxel (1,0,0) after a y<->x, z<->y or z<->x swap
+
+
+def test_intensity_jitter_keeps_the_mask_and_shifts_by_the_crops_contrast():
+    image = coordinates()[..., None]
+    out, mask = IntensityJitter(brightness=0.0, contrast=0.5, p=1.0)(image, "m", np.random.default_rng(0), (1, 1, 1))
+    gain = out.ravel()[1] / image.ravel()[1]
+    assert mask == "m" and 0.5 <= gain <= 1.5 and np.allclose(out, image * gain, rtol=1e-5)
+
+
+# -- crops --------------------------------------------------------------------------------------
+
+
+def test_foreground_oversampling_puts_a_small_object_in_every_crop():
+    mask = np.zeros((16, 64, 64), dtype=np.uint8)
+    mask[10:12, 40:43, 5:8] = 1  # 18 of 65536 voxels
+    case = array_case(np.zeros_like(mask), mask)
+    rng = np.random.default_rng(0)
+    size = (4, 16, 16)
+
+    def share(p: float) -> float:
+        hits = 0
+        for _ in range(200):
+            z, y, x = crop_origin(case, size, rng, p)
+            hits += bool(mask[z : z + 4, y : y + 16, x : x + 16].any())
+        return hits / 200
+
+    assert share(1.0) == 1.0
+    assert share(0.0) < 0.2  # uniform crops: about (5/13) * (18/49) * (18/49) = 0.05
+    assert 0.4 < share(0.5) < 0.65
+
+
+def test_crops_follow_the_item_seed_and_scale_per_volume(tmp_path):
+    """A crop of a zscore-per-image volume is scaled by the whole volume's statistics, not the crop's own."""
+    image = np.arange(8 * 16 * 16, dtype=np.float32).reshape(8, 16, 16)
+    mask = (image % 7 == 0).astype(np.uint8)
+    case = array_case(image, mask)
+    data_spec = {"scheme": "zscore", "per": "image"}
+    from unet_train.data.volume_data import volume_spec
+
+    case.spec = volume_spec(case.image, data_spec)
+    dataset = VolumeDataset([case], (4, 8, 8))
+    a, b = dataset[(0, 123)], dataset[(0, 123)]
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+    assert a["image"].shape == (1, 4, 8, 8) and a["mask"].shape == (4, 8, 8) and a["mask"].dtype == torch.int64
+    raw = (a["image"][0].numpy() * image.std()) + image.mean()  # undo the volume's z-score
+    z, y, x = (int(v) for v in np.argwhere(np.isclose(image, raw[0, 0, 0], atol=0.5))[0])
+    assert np.allclose(raw, image[z : z + 4, y : y + 8, x : x + 8], atol=1e-2)
+    assert np.array_equal(a["mask"].numpy(), mask[z : z + 4, y : y + 8, x : x + 8])
+    whole = VolumeDataset([case])[0]
+    assert whole["image"].shape == (1, 8, 16, 16)
+
+
+# -- the folder ---------------------------------------------------------------------------------
+
+
+def test_folder_reads_spacing_classes_and_splits(tmp_path):
+    root = make_volume_folder(tmp_path, count=5)
+    data = folder(root)
+    assert (data.in_channels, data.num_classes) == (1, 2)
+    assert data.spacing == pytest.approx(SPACING, rel=1e-4)
+    train, val = data.split("train"), data.split("val")
+    assert len(train) == 4 and len(val) == 1 and not set(train.names) & set(val.names)
+    item = data.dataset("train")[(0, 5)]
+    assert item["image"].shape == (1, 4, 16, 16) and set(item["mask"].unique().tolist()) <= {0, 1}
+    whole = data.dataset("val")[0]
+    expected = ball_volume(int(val.names[0][3:]))[1] // 255
+    assert np.array_equal(whole["mask"].numpy(), expected)  # {0, 255} read as {0, 1}
+    assert data.split("test").masks is None and data.split("test").names == ["test0"]
+    assert folder(root, spacing=[3, 1, 1]).spacing == (3.0, 1.0, 1.0)
+
+
+def test_folder_of_nifti_hdf5_and_zarr_volumes_reads_crops_from_the_files(tmp_path):
+    nibabel = pytest.importorskip("nibabel")
+    h5py = pytest.importorskip("h5py")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    volumes = {}
+    zarr = pytest.importorskip("zarr")
+    for i, kind in enumerate(["nii", "h5", "zarr"]):
+        image, mask = ball_volume(i)
+        volumes[f"v{i}"] = (image, mask)
+        if kind == "nii":  # NIfTI stores (x, y, z); 0.5 mm in-plane, 2 mm slices
+            for sub, array in (("images", image), ("masks", mask)):
+                affine = np.diag([0.5, 0.5, 2.0, 1.0])
+                nibabel.save(nibabel.Nifti1Image(array.transpose(2, 1, 0), affine), tmp_path / sub / f"v{i}.nii.gz")
+        elif kind == "zarr":  # an OME-Zarr image: its scale is the spacing
+            for sub, array in (("images", image), ("masks", mask)):
+                group = zarr.open_group(str(tmp_path / sub / f"v{i}.ome.zarr"), mode="w")
+                group.create_array("0", data=array, chunks=(4, 16, 16))
+                transform = [{"type": "scale", "scale": [2.0, 0.5, 0.5]}]
+                axes = [{"name": a, "type": "space"} for a in "zyx"]
+                group.attrs["multiscales"] = [
+                    {"axes": axes, "datasets": [{"path": "0", "coordinateTransformations": transform}]}
+                ]
+        else:
+            for sub, array in (("images", image), ("masks", mask)):
+                with h5py.File(tmp_path / sub / f"v{i}.h5", "w") as f:
+                    f.create_dataset("data", data=array, chunks=(4, 16, 16)).attrs["element_size_um"] = [2, 0.5, 0.5]
+    data = folder(tmp_path, val_fraction=0.0, num_classes=2)
+    cases = {c.name: c for c in data.split("train").images}
+    assert sorted(cases) == ["v0", "v1", "v2"]
+    assert all(c.spacing == (2.0, 0.5, 0.5) for c in cases.values())
+    for name, case in cases.items():
+        image, mask = volumes[name]
+        block = case.image.read_block((2, 3, 5), (4, 16, 16))
+        assert np.array_equal(block[..., 0], image[2:6, 3:19, 5:21])
+        assert np.array_equal(case.read_mask((2, 3, 5), (4, 16, 16)), mask[2:6, 3:19, 5:21] // 255)
+
+
+def test_ignore_index_and_channels_last(tmp_path):
+    root = tmp_path
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    image = np.random.default_rng(0).integers(0, 255, (8, 16, 16, 2), dtype=np.uint8)  # z, y, x, c
+    mask = np.zeros((8, 16, 16), dtype=np.uint8)
+    mask[2:4] = 1
+    mask[5] = 7  # unlabelled
+    tifffile.imwrite(root / "images" / "a.tif", image)  # no axis metadata: channels=last says where c is
+    write_tiff(root / "masks" / "a.tif", mask)
+    data = folder(root, val_fraction=0.0, channels="last", ignore_index=7, in_channels=2)
+    assert data.num_classes == 2
+    item = data.dataset("all", augment=False)[0]
+    assert item["image"].shape == (2, 8, 16, 16)
+    assert torch.equal(item["image"][1, 3], torch.from_numpy(image[3, :, :, 1] / 255).float())
+    assert set(item["mask"][5].unique().tolist()) == {IGNORE_INDEX} and item["mask"][2].eq(1).all()
+
+
+def test_folder_errors_are_one_line(tmp_path):
+    root = make_volume_folder(tmp_path, count=2)
+    (root / "masks" / "vol1.tif").rename(root / "masks" / "other.tif")
+    with pytest.raises(DataError, match=r"^Unmatched volumes in .*: images without a mask \['vol1'\], masks without"):
+        folder(root).split("train")
+    with pytest.raises(ConfigError, match=r"^data.channels='middle' must be auto, first"):
+        folder(root, channels="middle")
+    assert volume_stem(root / "a.nii.gz") == "a" and volume_stem(root / "b.ome.zarr") == "b"
+    assert volume_stem(root / "c.png") is None
+
+
+def test_volumes_config_composes_and_builds(tmp_path):
+    from unet_train.build import build_data
+
+    cfg = compose_config(["data=volumes", f"data.root={make_volume_folder(tmp_path, count=2)}"])
+    data = build_data(cfg.data)
+    assert isinstance(data, VolumeFolder) and data.spatial_dims == 3 and data.patch == (32, 96, 96)
+    assert [type(t).__name__ for t in data.volume_transform.transforms] == [
+        "RandomFlip3D",
+        "RandomRotate90InPlane",
+        "RandomAxisSwap",
+        "IntensityJitter",
+    ]
+
+
+def test_isbi_as_one_anisotropic_volume(isbi_root):
+    from unet_train.build import build_data, resolve_data_config
+
+    overrides = ["data=isbi", f"data.root={isbi_root}", "data.spatial_dims=3", "data.patch_size=[8,64,64]"]
+    cfg = compose_config([*overrides, "model.depth=4"])
+    data = build_data(cfg.data)
+    resolve_data_config(cfg, data)
+    (train,) = data.split("train").images
+    (val,) = data.split("val").images
+    assert train.shape[:3] == (25, 512, 512) and val.shape[:3] == (5, 512, 512) and train.spacing == (50, 4, 4)
+    assert cfg.model.spatial_dims == 3
+    # z is pooled only once y, x reach 32 nm; the patch keeps 8 planes, so it is pooled once, at the 4th level
+    assert cfg.model.pool_factors == [[1, 2, 2], [1, 2, 2], [1, 2, 2], [2, 2, 2]]
+    item = data.dataset("train")[(0, 1)]
+    assert item["image"].shape == (1, 8, 64, 64) and set(item["mask"].unique().tolist()) <= {0, 1}
+    with pytest.raises(ConfigError, match=r"^data.fold=0 cuts a dataset into 2D folds; with data.spatial_dims=3"):
+        build_data(compose_config([*overrides, "data.fold=0"]).data)
+    with pytest.raises(ConfigError, match=r"^data.patch_size=\[8, 64, 64\] is a list: give one int"):
+        build_data(compose_config([*overrides[:2], "data.patch_size=[8,64,64]"]).data)
+
+
+def test_loader_workers_reopen_the_files_and_read_the_same_crops(tmp_path):
+    """A crop follows from its seed in any worker; a forked worker reads through files of its own (sharing the
+    parent's handles shares their file offset, so concurrent seek-and-read could mix bytes)."""
+    root = make_volume_folder(tmp_path, count=3)
+    data = folder(root, val_fraction=0.0)
+    case = data.split("train").images[0]
+    first = case.image
+    case.pid = -1  # as in a process forked from this one
+    data.dataset("train")[(0, 1)]
+    assert case.image is not first and case.pid == os.getpid() and first.handle is not None
+    crops = []
+    for workers in (0, 2):
+        data = folder(root, val_fraction=0.0, num_workers=workers, batch_size=2, samples_per_epoch=8)
+        loader = data.dataloader("train", seed=3)
+        crops.append([batch["image"] for batch in loader])
+    assert len(crops[0]) == 4 and all(torch.equal(a, b) for a, b in zip(*crops, strict=True))

@@ -1,0 +1,106 @@
+"""3D end to end through the console scripts: unet-train on a folder of volumes, its exact resume, unet-eval."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from unet_train.engine.checkpoint import load_checkpoint
+
+from .data.volume_folder import SHAPE, make_volume_folder
+from .test_cli import BIN, run
+
+
+def train_args(root: Path, run_dir: Path, epochs: int) -> list[str]:
+    return [
+        str(BIN / "unet-train"),
+        "data=volumes",
+        f"data.root={root}",
+        "data.patch_size=[8,16,16]",
+        "data.batch_size=2",
+        "data.samples_per_epoch=8",
+        "data.num_workers=0",
+        "model.base_channels=4",
+        "model.depth=2",
+        "trainer=smoke",
+        "trainer.channels_last=false",
+        "trainer.deterministic=true",
+        "sched=none",  # a constant rate: the run stopped at 2 epochs and resumed to 4 is the 4-epoch run
+        f"trainer.max_epochs={epochs}",
+        f"hydra.run.dir={run_dir}",
+    ]
+
+
+@pytest.fixture(scope="module")
+def volumes(tmp_path_factory) -> Path:
+    return make_volume_folder(tmp_path_factory.mktemp("volumes"), count=4)
+
+
+@pytest.fixture(scope="module")
+def reference(volumes, tmp_path_factory) -> Path:
+    """Four epochs without a break."""
+    work = tmp_path_factory.mktemp("reference")
+    run(train_args(volumes, work / "run", 4), cwd=work)
+    return work / "run"
+
+
+def test_a_3d_run_learns_and_writes_its_checkpoints_and_metrics(reference):
+    log = (reference / "train.log").read_text()
+    assert "model.spatial_dims=3: the data are volumes" in log
+    # z (2 um) is 4x the in-plane side (0.5 um): not pooled at first, then pooled once y, x are 1 um
+    assert "model.pool_factors=[[1, 2, 2], [2, 2, 2]] from the voxel spacing [2.0, 0.5, 0.5]" in log
+    losses = [float(v) for v in re.findall(r"epoch \d+  train/loss ([\d.]+)", log)]
+    assert len(losses) == 4 and losses[-1] < 0.9 * losses[0]
+    assert {p.name for p in (reference / "checkpoints").iterdir()} == {"last.pt", "best.pt"}
+    metrics = json.loads((reference / "metrics.json").read_text())
+    assert 0 <= metrics["val/dice"] <= 1 and 0 <= metrics["val/iou"] <= metrics["val/dice"]
+    stored = load_checkpoint(reference / "checkpoints" / "best.pt")["config"]
+    assert stored["model"]["spatial_dims"] == 3 and stored["data"]["patch_size"] == [8, 16, 16]
+
+
+def test_a_3d_run_resumes_exactly(volumes, reference, tmp_path):
+    """The crops, their augmentation and the weights after the resume are those of the run never stopped."""
+    half = tmp_path / "run"
+    run(train_args(volumes, half, 2), cwd=tmp_path)
+    run([str(BIN / "unet-train"), f"ckpt={half / 'checkpoints' / 'last.pt'}", "trainer.max_epochs=4"], cwd=tmp_path)
+    resumed = load_checkpoint(half / "checkpoints" / "last.pt")
+    straight = load_checkpoint(reference / "checkpoints" / "last.pt")
+    assert resumed["state"]["step"] == straight["state"]["step"] == 16
+    for key, value in straight["model"].items():
+        assert (resumed["model"][key].double() - value.double()).abs().max().item() <= 1e-6, key
+
+
+def test_unet_eval_scores_the_validation_volume(reference, tmp_path):
+    result = run([str(BIN / "unet-eval"), f"ckpt={reference / 'checkpoints' / 'best.pt'}"], cwd=tmp_path)
+    assert "val/dice" in result.stdout and "val/iou" in result.stdout
+    (out,) = (tmp_path / "outputs" / "eval").glob("*/*")
+    metrics = json.loads((out / "metrics.json").read_text())
+    (row,) = metrics["details"]["per_image"]  # one validation volume, scored whole
+    assert row["name"].startswith("vol") and 0 <= row["dice"] <= 1
+    (prediction,) = (out / "predictions").iterdir()
+    labels = tifffile.imread(prediction)
+    assert labels.shape == SHAPE and set(np.unique(labels).tolist()) <= {0, 255}
+
+
+def test_unet_predict_writes_volumes_with_the_inputs_spacing_and_affine(volumes, reference, tmp_path):
+    nibabel = pytest.importorskip("nibabel")
+    image = tifffile.imread(volumes / "test" / "images" / "test0.tif")
+    affine = np.array([[0.0, 0.5, 0, 10], [0.5, 0, 0, -4], [0, 0, 2.0, 7], [0, 0, 0, 1]])  # x, y swapped: oblique
+    nibabel.save(nibabel.Nifti1Image(image.transpose(2, 1, 0), affine), tmp_path / "scan.nii.gz")
+    ckpt = f"ckpt={reference / 'checkpoints' / 'best.pt'}"
+    for source in (volumes / "test" / "images" / "test0.tif", tmp_path / "scan.nii.gz"):
+        run([str(BIN / "unet-predict"), ckpt, f"input={source}", "output=out", "tile_size=[8,16,16]"], cwd=tmp_path)
+    tiff = tifffile.TiffFile(tmp_path / "out" / "test0_mask.tif")
+    assert tiff.series[0].shape == SHAPE and tiff.imagej_metadata["spacing"] == 2.0
+    assert tiff.pages[0].tags["XResolution"].value == (2, 1)  # 2 pixels per micron: 0.5 um
+    mask = tiff.asarray()
+    prob = tifffile.imread(tmp_path / "out" / "test0_prob.tif")
+    assert prob.shape == SHAPE and np.array_equal(mask, (prob > 0.5).astype(np.uint8) * 255)
+    written = nibabel.load(tmp_path / "out" / "scan_mask.nii.gz")
+    assert np.array_equal(written.affine, affine)
+    assert np.array_equal(np.asarray(written.dataobj).transpose(2, 1, 0), mask)  # the same voxels, the same answer

@@ -1,0 +1,98 @@
+"""Instance labels as training data: object-id masks, read once, turned into a target after augmentation.
+
+An instance mask holds one integer id per object (0 = background). On loading, the ids are renumbered
+1..N per image, skipping :data:`~unet_train.labels.IGNORE_INDEX` (255), which marks unlabelled pixels here
+as in class masks (a ``valid/`` mask, ``data.ignore_index``, or the ``fill_mask: 255`` of a constant-border
+pad); they are kept as float32, which holds every id below 2**24 exactly and which albumentations resamples
+with nearest-neighbour interpolation for masks, so a flip, crop, rotation or elastic deformation moves whole
+ids and never blends two. :class:`InstanceTarget` then draws the training target from the augmented ids
+(:mod:`unet_train.objects.targets`) and keeps the ids for the object metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from unet_train.errors import ConfigError, DataError
+from unet_train.labels import IGNORE_INDEX
+from unet_train.objects.targets import boundary_target
+
+log = logging.getLogger(__name__)
+
+LABELS = ("auto", "classes", "instances")
+# Each target the model can learn from ids, with the classes it predicts. ``boundary``: background /
+# interior / boundary, the common nuclei recipe (touching objects are split by the predicted boundary and
+# the interiors are the seeds); it trains with the class losses (cross-entropy + Dice) unchanged.
+TARGETS = {"boundary": 3}
+# Targets of unet_train.objects.targets that need another model head and loss (not wired into training yet).
+NOT_YET = ("distance", "affinities")
+MAX_ID = 2**24  # float32 holds every integer below it exactly
+# labels=auto: masks of a 16/32-bit integer type with this many distinct values or more in one image are ids
+AUTO_MIN_VALUES = 16
+
+
+def check_labels(labels: str, target: str) -> None:
+    """Refuse an unknown ``data.labels`` or ``data.target`` in one line."""
+    if labels not in LABELS:
+        raise ConfigError(
+            f"data.labels={labels!r} must be classes (mask values are class indices), instances (each value is one "
+            "object's id) or auto (instances for 16/32-bit masks with many values)."
+        )
+    if target in NOT_YET:
+        raise ConfigError(
+            f"data.target={target} is not wired into training yet; use data.target=boundary (background / interior "
+            "/ boundary classes, the nuclei recipe)."
+        )
+    if target not in TARGETS:
+        raise ConfigError(f"data.target={target!r} is not known; choose one of {', '.join(TARGETS)}.")
+
+
+def looks_like_instances(masks: list[NDArray]) -> bool:
+    """``labels: auto``: every mask is a 16/32-bit integer image and one holds many distinct values."""
+    if not masks or any(m.dtype.kind not in "ui" or m.dtype.itemsize < 2 for m in masks):
+        return False
+    return any(len(np.unique(m)) >= AUTO_MIN_VALUES for m in masks)
+
+
+def encode_instances(mask: NDArray, path: Path | str, ignore_index: int | None = None) -> NDArray[np.float32]:
+    """Stored ids -> float32 ids 1..N (0 background; 255 skipped: it marks unlabelled pixels)."""
+    if mask.dtype.kind not in "uif":
+        raise DataError(f"Instance mask {path} holds {mask.dtype} values; object ids must be integers.")
+    ids = np.asarray(mask, dtype=np.int64)
+    ignored = ids == ignore_index if ignore_index is not None else None
+    if ignored is not None:
+        ids = np.where(ignored, 0, ids)
+    if ids.min(initial=0) < 0:
+        raise DataError(f"Instance mask {path} holds negative ids ({int(ids.min())}); ids are 0 (background) or more.")
+    values, inverse = np.unique(ids, return_inverse=True)
+    renumbered = (np.cumsum(values != 0) * (values != 0))[inverse.reshape(ids.shape)]
+    renumbered[renumbered >= IGNORE_INDEX] += 1  # 255 is no object: it marks unlabelled pixels
+    if renumbered.max(initial=0) >= MAX_ID:
+        raise DataError(f"Instance mask {path} has {len(values) - 1} objects; at most {MAX_ID - 2} per image fit.")
+    out = renumbered.astype(np.float32)
+    if ignored is not None:
+        out[ignored] = IGNORE_INDEX
+    return out
+
+
+class InstanceTarget:
+    """Augmented float32 ids (255 = unlabelled) -> (the ``target``'s class map with 255 kept, int64 ids).
+
+    A plain class (not a closure) so that the loader's worker processes can receive it.
+    """
+
+    def __init__(self, target: str) -> None:
+        check_labels("instances", target)
+        self.target = target
+
+    def __call__(self, mask: NDArray) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
+        ids = np.rint(np.asarray(mask, dtype=np.float64)).astype(np.int64)
+        ignored = ids == IGNORE_INDEX
+        ids[ignored] = 0
+        target = boundary_target(ids)  # the one target of TARGETS so far
+        target[ignored] = IGNORE_INDEX
+        return target, ids

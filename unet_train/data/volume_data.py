@@ -1,0 +1,308 @@
+"""Volumes for 3D training: cases read lazily, random 3D crops, and the data module base that serves them.
+
+A :class:`VolumeCase` is one image volume (a :class:`~unet_train.inference.volumes.Volume`, so TIFF, NIfTI,
+HDF5 and Zarr files, or an array in memory) with its label volume, voxel spacing and intensity scaling.
+Training reads random crops of ``data.patch_size`` (``[z, y, x]``, or one int for a cube) straight from the
+file where the format allows it (Zarr/HDF5 chunks, the NIfTI proxy); validation, ``unet-eval`` and the
+checks read whole volumes. A :class:`VolumeData` yields ``{"image": float32 (C, D, H, W), "mask": int64
+(D, H, W), "name": str}``; with ``spatial_dims=2`` it is the 2D data module it derives from.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from unet_train.data.base import SegmentationData, array_to_tensor
+from unet_train.data.folder import encode_mask
+from unet_train.data.normalize import fill_dataset_stats, needs_dataset_stats, normalize_image, resolve_spec
+from unet_train.errors import ConfigError, DataError
+from unet_train.inference.sources import sample_pixels
+from unet_train.inference.volumes import Volume
+
+log = logging.getLogger(__name__)
+
+MAX_FOREGROUND = 20_000  # foreground voxel positions kept per class and volume for oversampling
+Shape3 = tuple[int, ...]  # (z, y, x)
+
+
+def patch_shape(patch_size: int | Sequence[int]) -> Shape3:
+    """``data.patch_size`` as ``(z, y, x)``: an int is a cube; a list gives the three sides."""
+    sides = [patch_size] * 3 if isinstance(patch_size, int) else list(patch_size)
+    if len(sides) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sides):
+        raise ConfigError(f"data.patch_size={patch_size!r} must be a positive int or three of them [z, y, x].")
+    return (int(sides[0]), int(sides[1]), int(sides[2]))
+
+
+@dataclass
+class VolumeCase:
+    """One volume and its labels: ``image`` is ``(Z, Y, X, C)``, ``mask`` (``Z, Y, X``, one channel) or None.
+
+    ``spec`` is the intensity scaling of this volume (per-volume statistics already filled in); ``foreground``
+    maps each foreground class value to a sample of its voxel positions ``(N, 3)`` (filled by :meth:`scan`).
+    """
+
+    image: Volume
+    mask: Volume | None
+    name: str
+    spacing: tuple[float, ...]  # (z, y, x)
+    num_classes: int = 2
+    ignore_index: int | None = None
+    spec: dict[str, Any] = field(default_factory=dict)
+    foreground: dict[int, np.ndarray] = field(default_factory=dict)
+    # Opens the files again: a loader worker forked from this process must not share its open files (a TIFF or
+    # NIfTI is read by seek and read, and forked processes share the file offset). None: arrays in memory.
+    opener: Callable[[], tuple[Volume, Volume | None]] | None = None
+    pid: int = field(default_factory=os.getpid)
+
+    def _own_files(self) -> None:
+        if self.opener is not None and self.pid != os.getpid():
+            self.image, self.mask = self.opener()
+            self.pid = os.getpid()
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.image.shape
+
+    @property
+    def voxels(self) -> int:
+        return int(np.prod(self.image.shape[:3]))
+
+    def scan(self) -> set[int]:
+        """Read the mask plane by plane once: its values, and a sample of each foreground class's positions."""
+        if self.mask is None:
+            return set()
+        if self.mask.shape[:3] != self.image.shape[:3]:
+            raise DataError(f"{self.mask.name} is {self.mask.shape[:3]} (z, y, x) but its image is {self.shape[:3]}.")
+        values: set[int] = set()
+        found: dict[int, list[np.ndarray]] = {}
+        rng = np.random.default_rng(0)
+        per_plane = max(1, MAX_FOREGROUND // self.mask.depth)
+        for z in range(self.mask.depth):
+            plane = self.mask.read(z, 0, self.mask.shape[1], 0, self.mask.shape[2])[..., 0]
+            present = np.unique(plane)
+            values.update(int(v) for v in present)
+            for value in present:
+                if value == 0 or value == self.ignore_index:
+                    continue
+                ys, xs = np.nonzero(plane == value)
+                keep = rng.choice(len(ys), min(per_plane, len(ys)), replace=False)
+                found.setdefault(int(value), []).append(np.stack([np.full(len(keep), z), ys[keep], xs[keep]], 1))
+        self.foreground = {v: np.concatenate(parts) for v, parts in found.items()}
+        return values
+
+    def read_image(self, origin: Shape3, size: Shape3) -> np.ndarray:
+        """The normalised float32 ``(d, h, w, C)`` block at ``origin``."""
+        self._own_files()
+        block = self.image.read_block(origin, size)
+        d, h, w, c = block.shape
+        return normalize_image(block.reshape(d * h, w, c), self.spec).reshape(d, h, w, c).astype(np.float32)
+
+    def read_mask(self, origin: Shape3, size: Shape3) -> np.ndarray:
+        """Class indices ``(d, h, w)`` at ``origin``: {0,255} binary masks as {0,1}, ``ignore_index`` as 255."""
+        self._own_files()
+        assert self.mask is not None
+        block = self.mask.read_block(origin, size)[..., 0]
+        return encode_mask(block, self.num_classes, Path(self.mask.name), self.ignore_index)
+
+
+def crop_origin(case: VolumeCase, size: Shape3, rng: np.random.Generator, foreground_p: float) -> Shape3:
+    """A random crop corner; with probability ``foreground_p`` the crop is centred (kept inside the volume) on a
+    voxel of a foreground class drawn uniformly among those present, as nnU-Net's oversampling does."""
+    top = [s - p for s, p in zip(case.shape[:3], size)]
+    if foreground_p > 0 and rng.random() < foreground_p and case.foreground:
+        classes = sorted(case.foreground)
+        positions = case.foreground[classes[int(rng.integers(len(classes)))]]
+        centre = positions[int(rng.integers(len(positions)))]
+        return tuple(int(min(max(c - p // 2, 0), t)) for c, p, t in zip(centre, size, top))
+    return tuple(int(rng.integers(0, t + 1)) for t in top)
+
+
+class VolumeDataset(Dataset):
+    """Items of volume cases: random crops of ``size`` (training) or whole volumes (``size`` None)."""
+
+    def __init__(
+        self,
+        cases: Sequence[VolumeCase],
+        size: Shape3 | None = None,
+        transform: Callable[..., Any] | None = None,
+        foreground_p: float = 0.0,
+    ) -> None:
+        self.cases, self.size, self.transform, self.foreground_p = list(cases), size, transform, foreground_p
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    @property
+    def has_masks(self) -> bool:
+        return all(case.mask is not None for case in self.cases)
+
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
+        # An EpochSampler passes (index, item_seed): the crop and its augmentation follow from the seed alone.
+        draws = self.size is not None or self.transform is not None  # whole volumes, as validated, draw nothing
+        seed = index[1] if isinstance(index, tuple) else int(torch.randint(2**31 - 1, ()).item()) if draws else 0
+        case = self.cases[index[0] if isinstance(index, tuple) else index]
+        rng = np.random.default_rng(seed)
+        size = self.size or case.shape[:3]
+        origin = crop_origin(case, size, rng, self.foreground_p) if self.size else (0, 0, 0)
+        image = case.read_image(origin, size)
+        mask = None if case.mask is None else case.read_mask(origin, size)
+        if self.transform is not None:
+            image, mask = self.transform(image, mask, rng, case.spacing)
+        item: dict[str, Any] = {"image": array_to_tensor(np.moveaxis(image, -1, 0)), "name": case.name}
+        if mask is not None:
+            item["mask"] = array_to_tensor(mask, np.int64)
+        return item
+
+
+@dataclass
+class VolumeSplit:
+    """The cases of one split (``images`` holds them, as :class:`~unet_train.data.base.Split` holds images)."""
+
+    images: list[VolumeCase]
+    names: list[str]
+
+    @property
+    def masks(self) -> list[Volume] | None:
+        masks = [case.mask for case in self.images if case.mask is not None]
+        return masks if len(masks) == len(self.images) else None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+class VolumeData(SegmentationData):
+    """A data module that serves 3D volumes when ``spatial_dims=3`` (subclasses implement :meth:`load_cases`).
+
+    Args:
+        spatial_dims: 3 trains on volumes; 2 is the 2D data module of the subclass (slices).
+        spacing: voxel size ``[z, y, x]`` for every volume, over what the files state (None: from the files,
+            1 where a file states none).
+        volume_transform: the 3D training augmentation (a :class:`~unet_train.data.augment3d.Compose3D`).
+        patch_size: ``[z, y, x]`` or one int (a cube), each side at most the smallest training volume's.
+        **kwargs: as :class:`SegmentationData`.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        spacing: Sequence[float] | None = None,
+        volume_transform: Callable[..., Any] | None = None,
+        patch_size: int | Sequence[int] = 256,
+        **kwargs: Any,
+    ) -> None:
+        if spatial_dims not in (2, 3):
+            raise ConfigError(f"data.spatial_dims={spatial_dims} must be 2 (images, slices) or 3 (volumes).")
+        if spatial_dims == 2 and not isinstance(patch_size, int):
+            raise ConfigError(f"data.patch_size={patch_size!r} is a list: give one int, or data.spatial_dims=3.")
+        shape = patch_shape(patch_size)
+        super().__init__(patch_size=max(shape), **kwargs)
+        if spatial_dims == 3 and self.fold is not None:
+            raise ConfigError(
+                f"data.fold={self.fold} cuts a dataset into 2D folds; with data.spatial_dims=3 set data.fold=null "
+                "(and choose the split with the dataset's own settings)."
+            )
+        self.spatial_dims = spatial_dims
+        self.patch = shape
+        if spacing is not None and (len(spacing) != 3 or any(float(s) <= 0 for s in spacing)):
+            raise ConfigError(f"data.spacing={list(spacing)} must be three positive voxel sides [z, y, x], or null.")
+        self.spacing_override = None if spacing is None else tuple(float(s) for s in spacing)
+        self.volume_transform = volume_transform
+        self._cases: dict[str, VolumeSplit] = {}
+
+    # -- to implement -------------------------------------------------------------------------
+    def load_cases(self, split: str) -> list[VolumeCase]:
+        """The cases of ``split`` (train, val, test or all), opened but not read."""
+        raise NotImplementedError
+
+    # -- shared -------------------------------------------------------------------------------
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        """The training volumes' voxel size ``(z, y, x)`` (their median per axis)."""
+        cases = self.split("train").images
+        return tuple(float(np.median([c.spacing[a] for c in cases])) for a in range(3))
+
+    def split(self, name: str) -> Any:
+        if self.spatial_dims == 2:
+            return super().split(name)
+        if name not in ("train", "val", "test", "all"):
+            raise ConfigError(f"split={name!r} is not known; choose one of train, val, test, all.")
+        if name not in self._cases:
+            if name != "train" and needs_dataset_stats(self.normalize):
+                self.split("train")  # the dataset statistics every split is scaled with
+            cases = self.load_cases(name)
+            if not cases:
+                raise DataError(f"The {name!r} split of {type(self).__name__} is empty; check data.root and the split.")
+            for case in cases:
+                self._check_case(case)
+            if needs_dataset_stats(self.normalize):  # only the training split gets here
+                self.normalize = fill_dataset_stats(self.normalize, [_pixels(c.image) for c in cases])
+            for case in cases:
+                case.spec = volume_spec(case.image, self.normalize)
+            if name == "train":
+                self._fit_patch(cases)
+            self._cases[name] = VolumeSplit(cases, [c.name for c in cases])
+            log.info("%s split: %d volume(s) %s, spacing %s", name, len(cases),
+                     ", ".join(f"{c.name} {c.shape[:3]}" for c in cases[:4]), cases[0].spacing)  # fmt: skip
+        return self._cases[name]
+
+    def _check_case(self, case: VolumeCase) -> None:
+        if case.shape[3] != self.in_channels:
+            raise DataError(
+                f"{case.image.name} has {case.shape[3]} channel(s) but data.in_channels={self.in_channels}; set "
+                f"data.in_channels={case.shape[3]} (or data.channels=first|last if the channels were read as z)."
+            )
+        case.num_classes, case.ignore_index = self.num_classes, getattr(self, "ignore_index", None)
+        values = case.scan() - ({case.ignore_index} if case.ignore_index is not None else set())
+        binary = self.num_classes == 2 and values <= {0, 255}
+        if values and not binary and (max(values) >= self.num_classes or min(values) < 0):
+            raise DataError(
+                f"{case.mask.name if case.mask else case.name}: mask values {sorted(values)[:10]} are outside the "
+                f"classes 0..{self.num_classes - 1}; set data.num_classes, data.ignore_index, or fix the mask."
+            )
+
+    def _fit_patch(self, cases: Sequence[VolumeCase]) -> None:
+        smallest = tuple(min(c.shape[a] for c in cases) for a in range(3))
+        fitted = tuple(min(p, s) for p, s in zip(self.patch, smallest))
+        if fitted != self.patch:
+            log.info("data.patch_size %s is cut to %s, the smallest training volume (z, y, x)", self.patch, fitted)
+        self.patch = fitted
+
+    def dataset(
+        self, split: str, augment: bool | None = None, sample_weight: Callable[[np.ndarray], np.ndarray] | None = None
+    ) -> Any:
+        if self.spatial_dims == 2:
+            return super().dataset(split, augment, sample_weight)
+        if sample_weight is not None:
+            raise ConfigError("Per-pixel loss weights (loss=weighted_bce) are 2D only; choose another loss for 3D.")
+        augment = split == "train" if augment is None else augment
+        cases = self.split(split).images
+        if not augment:
+            return VolumeDataset(cases)
+        return VolumeDataset(cases, self.patch, self.volume_transform, self.foreground_oversample)
+
+
+def _pixels(volume: Volume) -> np.ndarray:
+    """A sample of a volume's pixels as an ``(N, 1, C)`` image (what :func:`fill_dataset_stats` reads)."""
+    planes = None if volume.depth > 64 else list(range(volume.depth))  # small volumes: every plane
+    pixels = sample_pixels(volume, 1_000_000, planes)
+    return pixels[:, None, :]
+
+
+def volume_spec(volume: Volume, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """``spec`` for one volume: ``per: image`` statistics (percentile, zscore) taken over the whole volume (on a
+    regular sample of planes and windows for large ones) and fixed, so every crop of it is scaled alike."""
+    spec = resolve_spec(spec)
+    if spec["scheme"] not in ("percentile", "zscore") or spec["per"] != "image":
+        return spec
+    keys = ("min_value", "max_value") if spec["scheme"] == "percentile" else ("mean", "std")
+    fixed = fill_dataset_stats({**spec, "per": "dataset", **dict.fromkeys(keys)}, [_pixels(volume)])
+    return fixed

@@ -1,0 +1,176 @@
+"""A folder of 3D volumes: ``root/images/*`` and ``root/masks/*`` matched by name (``data=volumes``).
+
+TIFF stacks, NIfTI (``.nii``, ``.nii.gz``), HDF5 (``.h5``, ``.hdf5``) and Zarr/OME-Zarr stores, read
+lazily through :func:`~unet_train.inference.volumes.open_volume`; the voxel spacing comes from each file
+(ImageJ ``spacing``, OME ``PhysicalSize*``, NIfTI ``pixdim``, OME-NGFF ``scale``, HDF5
+``element_size_um``) unless ``data.spacing`` gives it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from unet_train.data.folder import FOREGROUNDS, infer_num_classes, value_list
+from unet_train.data.splits import random_split
+from unet_train.data.volume_data import VolumeCase, VolumeData
+from unet_train.errors import ConfigError, DataError
+from unet_train.inference.volumes import HDF5_SUFFIXES, NIFTI_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIXES, Volume
+from unet_train.inference.volumes import open_volume as _open
+
+log = logging.getLogger(__name__)
+
+VOLUME_SUFFIXES = (*NIFTI_SUFFIXES, *ZARR_SUFFIXES, *TIFF_SUFFIXES, *HDF5_SUFFIXES)  # longest first matters below
+CHANNELS = {"auto": None, "first": "czyx", "last": "zyxc"}
+
+
+def volume_stem(path: Path) -> str | None:
+    """``a`` for ``a.nii.gz``, ``a.ome.zarr``, ``a.tif``...; None for a file that is no volume."""
+    name = path.name.lower()
+    for suffix in sorted(VOLUME_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            stem = path.name[: -len(suffix)]
+            return stem.removesuffix(".ome") if stem.lower().endswith(".ome") else stem
+    return None
+
+
+def volume_files(folder: Path) -> dict[str, Path]:
+    """The volumes in ``folder`` by stem; two files of one stem are refused."""
+    by_stem: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        stem = volume_stem(path)
+        if stem is None or path.name.startswith("."):
+            continue
+        if stem in by_stem:
+            raise DataError(
+                f"{folder.resolve()} holds {by_stem[stem].name} and {path.name}, two volumes of one stem; keep one."
+            )
+        by_stem[stem] = path
+    return by_stem
+
+
+class VolumeFolder(VolumeData):
+    """3D images and label volumes in ``root/images`` and ``root/masks`` with matching stems.
+
+    A deterministic ``val_fraction`` of the volumes (shuffled with ``split_seed``) validates; an optional
+    ``root/test/images`` is the test split.
+
+    Args:
+        root: dataset folder.
+        val_fraction, split_seed: the train/val split (at least one volume validates when > 0).
+        images_dir, masks_dir: sub-folder names.
+        image_key, mask_key: the dataset (HDF5) or array (Zarr) in each file, where one holds several.
+        channels: ``auto`` (from the file's axes or its shape), ``first`` (``c, z, y, x``) or ``last``
+            (``z, y, x, c``) for 4D images without axis metadata.
+        ignore_index: mask value of unlabelled voxels (not a class), or None.
+        foreground: ``object`` or ``membrane`` (see ``data=folder``).
+        **kwargs: as :class:`VolumeData` (spacing, patch_size, loader settings...).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        val_fraction: float = 0.2,
+        split_seed: int = 0,
+        images_dir: str = "images",
+        masks_dir: str = "masks",
+        image_key: str | None = None,
+        mask_key: str | None = None,
+        channels: str = "auto",
+        ignore_index: int | None = None,
+        foreground: str = "object",
+        train_transform: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(spatial_dims=3, volume_transform=train_transform, **kwargs)
+        if channels not in CHANNELS:
+            raise ConfigError(f"data.channels={channels!r} must be auto, first (c, z, y, x) or last (z, y, x, c).")
+        if foreground not in FOREGROUNDS:
+            raise ConfigError(f"data.foreground={foreground!r} must be object or membrane.")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction={val_fraction} must be in [0, 1).")
+        self.root = Path(root).expanduser()
+        self.val_fraction, self.split_seed = val_fraction, split_seed
+        self.images_dir, self.masks_dir = images_dir, masks_dir
+        self.image_key, self.mask_key, self.channels = image_key, mask_key, channels
+        self.ignore_index, self.foreground = ignore_index, foreground
+
+    def _open(self, path: Path, key: str | None, channels: int) -> Volume:
+        volume = _open(path, key, None, channels)
+        axes = CHANNELS[self.channels]
+        if axes is not None and len(volume.array.shape) == 4 and volume.axes != axes:
+            volume = Volume(volume.array, axes, volume.name, volume.scale, volume.units, handle=volume.handle)
+        return volume
+
+    def _open_pair(self, image_path: Path, mask_path: Path | None, channels: int) -> tuple[Volume, Volume | None]:
+        image = self._open(image_path, self.image_key, channels)
+        mask = None if mask_path is None else _open(mask_path, self.mask_key, None, 1)
+        if mask is not None and mask.shape[3] != 1:
+            raise DataError(f"Mask {mask_path} has {mask.shape[3]} channels; a label volume has one.")
+        return image, mask
+
+    def _pairs(self, base: Path, masks_required: bool) -> list[tuple[str, Path, Path | None]]:
+        image_dir, mask_dir = base / self.images_dir, base / self.masks_dir
+        if not image_dir.is_dir():
+            raise DataError(
+                f"Image folder {image_dir.resolve()} does not exist; data=volumes expects "
+                f"<data.root>/{self.images_dir}/ and <data.root>/{self.masks_dir}/ (set data.root)."
+            )
+        images = volume_files(image_dir)
+        if not images:
+            raise DataError(f"No volumes (TIFF, NIfTI, HDF5, Zarr) in {image_dir.resolve()}.")
+        if not mask_dir.is_dir():
+            if masks_required:
+                raise DataError(f"Mask folder {mask_dir.resolve()} does not exist.")
+            return [(stem, path, None) for stem, path in images.items()]
+        masks = volume_files(mask_dir)
+        missing, extra = sorted(set(images) - set(masks)), sorted(set(masks) - set(images))
+        if missing or extra:
+            raise DataError(
+                f"Unmatched volumes in {base.resolve()}: images without a mask {missing[:5]}, masks without an "
+                f"image {extra[:5]}; name each mask after its image."
+            )
+        return [(stem, images[stem], masks[stem]) for stem in sorted(images)]
+
+    def _open_cases(self, pairs: Sequence[tuple[str, Path, Path | None]], channels: int) -> list[VolumeCase]:
+        cases = []
+        for stem, image_path, mask_path in pairs:
+            opener = functools.partial(self._open_pair, image_path, mask_path, channels)
+            image, mask = opener()
+            stated = tuple(float(image.scale.get(axis, 1.0)) for axis in "zyx")
+            spacing = self.spacing_override or stated
+            if self.spacing_override and image.scale and stated != self.spacing_override:
+                log.info("%s: data.spacing %s replaces the file's %s", image.name, self.spacing_override, stated)
+            cases.append(VolumeCase(image, mask, stem, spacing, opener=opener))
+        return cases
+
+    def resolve_auto(self) -> None:
+        """``auto`` channels (the first image's) and classes (2 for {0,255}/{0,1}, else the largest value + 1)."""
+        cases = self._open_cases(self._pairs(self.root, masks_required=True), 3)
+        if self._in_channels is None:
+            self._in_channels = cases[0].shape[3]
+            log.info("data.in_channels=auto: %d", self._in_channels)
+        if self._num_classes is None:
+            values: set[int] = set()
+            for case in cases:
+                case.ignore_index = self.ignore_index
+                values |= case.scan()
+            values.discard(self.ignore_index)
+            self._num_classes = infer_num_classes(values, str(self.root.resolve()))
+            log.info("data.num_classes=auto: %d (mask values %s)", self._num_classes, value_list(values))
+        for case in cases:
+            case.image.close()
+            if case.mask is not None:
+                case.mask.close()
+
+    def load_cases(self, split: str) -> list[VolumeCase]:
+        if split == "test":
+            return self._open_cases(self._pairs(self.root / "test", masks_required=False), self.in_channels)
+        pairs = self._pairs(self.root, masks_required=True)
+        if split != "all":
+            train, val = random_split(len(pairs), self.val_fraction, self.split_seed)
+            pairs = [pairs[i] for i in (train if split == "train" else val)]
+        return self._open_cases(pairs, self.in_channels)

@@ -1,0 +1,152 @@
+"""Object metrics of an instance model, in validation and ``unet-eval``, and its post-processing tuned after training.
+
+One function turns a batch's logits into instances and scores them (:class:`ObjectReport`), so validation and
+``unet-eval`` report the same figures for the same checkpoint and parameters. After training,
+:func:`tune_after_training` predicts the validation split once with the best weights, searches the
+post-processing grid for ``objects.tune_time`` seconds (:mod:`unet_train.objects.tune`) and stores the winner
+in ``best.pt`` and ``last.pt`` under ``postprocess`` (read back by :func:`stored_postprocess`).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from unet_train.engine.checkpoint import load_checkpoint, save_atomic, unwrap
+from unet_train.engine.evaluate import EvalResult, evaluate, probabilities
+from unet_train.errors import ConfigError
+from unet_train.labels import IGNORE_INDEX
+from unet_train.metrics.objects import object_scores
+from unet_train.objects import params as pp
+from unet_train.objects import tune
+from unet_train.objects.params import instance_target
+
+__all__ = ["EVAL_METRICS", "ObjectReport", "instance_target", "params_for", "stored_postprocess", "tune_after_training"]
+
+log = logging.getLogger(__name__)
+
+
+def tune_metric(cfg: DictConfig) -> str:
+    """What tuning maximises: ``objects.tune_metric``, or the monitored object metric, or ``f1_50``."""
+    chosen = (cfg.get("objects") or {}).get("tune_metric")
+    monitored = str(cfg.get("monitor", "")).removeprefix("val/")
+    metric = chosen or (monitored if monitored in pp.OBJECT_METRICS else "f1_50")
+    if metric not in pp.OBJECT_METRICS:
+        raise ConfigError(
+            f"objects.tune_metric={metric!r} is not an object metric; choose {', '.join(pp.OBJECT_METRICS)}."
+        )
+    return str(metric)
+
+
+# What unet-eval reports besides OBJECT_METRICS: precision and recall, a stricter F1, PQ's parts, the counts
+EVAL_METRICS = (*pp.OBJECT_METRICS, "precision_50", "recall_50", "f1_75", "sq", "rq", "tp", "fp", "fn", "splits",
+                "merges", "true_objects", "pred_objects")  # fmt: skip
+
+
+class ObjectReport:
+    """Per image: logits -> instances (``params``) -> object scores against the batch's ``instances``.
+
+    ``keys``: the scores kept (validation: :data:`~unet_train.objects.params.OBJECT_METRICS`); ``on_labels``
+    sees each image's name and predicted instance labels (``unet-eval`` writes them).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        params: dict[str, Any],
+        keys: tuple[str, ...] = pp.OBJECT_METRICS,
+        on_labels: Callable[[str, np.ndarray], None] | None = None,
+    ) -> None:
+        self.target, self.params, self.keys, self.on_labels = target, params, keys, on_labels
+        self.rows: list[dict[str, float]] = []
+
+    def on_batch(self, batch: dict[str, Any], logits: torch.Tensor) -> None:
+        probs = probabilities(logits).numpy()
+        for i in range(len(probs)):
+            pred = pp.instances(self.target, probs[i], self.params)
+            if self.on_labels is not None:
+                self.on_labels(batch["name"][i], pred)
+            if "instances" not in batch:  # an unlabelled split: predicted, not scored
+                continue
+            ignore = (batch["mask"][i] == IGNORE_INDEX).numpy()
+            scores = object_scores(batch["instances"][i].numpy(), pred, ignore if ignore.any() else None)
+            self.rows.append({key: float(scores[key]) for key in self.keys})
+
+    def finish(self, result: EvalResult) -> None:
+        """Add the scores to ``result``'s per-image rows (scored in the same order) and means."""
+        if not self.rows:
+            return
+        for row, scores in zip(result.per_image, self.rows, strict=True):
+            row.update(scores)
+        for key in self.keys:
+            result.metrics[key] = float(np.mean([row[key] for row in self.rows]))
+
+
+def stored_postprocess(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+    """The tuned parameters of a loaded checkpoint (checked by load_checkpoint), or None."""
+    return pp.check_stored(checkpoint.get("postprocess"), checkpoint["config"]["data"])
+
+
+def params_for(cfg: DictConfig, target: str, stored: dict[str, Any] | None) -> dict[str, Any]:
+    """The parameters a command uses: defaults < the checkpoint's tuned ones < the command line's ``objects.*``."""
+    given = {k: v for k, v in (cfg.get("objects") or {}).items() if k in pp.RANGES}
+    params = pp.merged(target, stored, given)
+    try:
+        return pp.check_params(params, target, "objects")
+    except ValueError as exc:
+        raise ConfigError(f"{exc}.") from None
+
+
+def tune_after_training(run: Any, folder: Path) -> dict[str, float]:
+    """Tune the post-processing on the validation split with ``best.pt``'s weights; store it in the checkpoints.
+
+    Returns figures for ``metrics.json`` (``tuned/<metric>``, ``untuned/<metric>``); nothing when the data
+    are not instances, ``objects.tune_time`` is 0, or no checkpoint was written.
+    """
+    cfg = run.cfg
+    target = instance_target(cfg.data)
+    limit = float((cfg.get("objects") or {}).get("tune_time", 0) or 0)
+    best, last = folder / "best.pt", folder / "last.pt"
+    if target is None or limit <= 0 or not best.is_file():
+        return {}
+    model = copy.deepcopy(unwrap(run.model))
+    model.load_state_dict(load_checkpoint(best, trust=True)["model"])
+    outputs: list[dict[str, Any]] = []
+    truths: list[np.ndarray] = []
+    ignores: list[np.ndarray | None] = []
+
+    def collect(batch: dict[str, Any], logits: torch.Tensor) -> None:
+        probs = probabilities(logits).numpy()
+        for i in range(len(probs)):
+            outputs.append(pp.outputs_of(target, probs[i]))
+            truths.append(batch["instances"][i].numpy())
+            ignore = (batch["mask"][i] == IGNORE_INDEX).numpy()
+            ignores.append(ignore if ignore.any() else None)
+
+    if not run.dist.is_main:  # rank 0 tunes on the whole split and writes the checkpoints
+        return {}
+    loader = run.data.dataloader("val", shuffle=False, training=False)
+    evaluate(model, loader, run.runtime, run.data.num_classes, on_batch=collect)
+    metric = tune_metric(cfg)
+    # the search starts from the run's own objects.* values, the parameters validation used
+    start = params_for(cfg, target, None)
+    grid = {
+        name: [start[name], *(v for v in values if v != start[name])] for name, values in tune.GRIDS[target].items()
+    }
+    result = tune.tune(target, outputs, truths, ignores, metric=metric, grid=grid, time_limit=limit)
+    entry = {"target": target, "params": result.params, "metric": metric, "score": result.score,
+             "default_score": result.default_score, "tried": result.tried, "total": result.total}  # fmt: skip
+    for path in (best, last):
+        if path.is_file():
+            checkpoint = load_checkpoint(path, trust=True)
+            checkpoint["postprocess"] = entry
+            save_atomic(checkpoint, path, root=folder)
+    log.info("Tuned post-processing stored in %s: %s", best.name, result.params)
+    return {f"tuned/{metric}": result.score, f"untuned/{metric}": result.default_score}
