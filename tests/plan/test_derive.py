@@ -56,6 +56,29 @@ def test_sparse_foreground_is_oversampled_and_dense_is_not():
     assert values(fingerprint(foreground=0.3))["data.foreground_oversample"] == 0.0
 
 
+def test_rare_classes_are_oversampled_per_class_and_named_though_the_foreground_is_not_sparse():
+    # A chest X-ray set: lungs 29 %, heart 9 %, clavicles 2 % (in half the images); the foreground is 40 %.
+    fp = fingerprint(classes={"0": 0.6, "1": 0.29, "2": 0.09, "3": 0.02}, foreground=0.4)
+    fp["class_images"] = {"0": 1.0, "1": 1.0, "2": 1.0, "3": 0.5}
+    got = {c.key: c for c in derive_plan(fp, CPU, 600.0)}
+    assert got["data.foreground_oversample"].value == 0.33
+    assert got["data.oversample_classes"].value == "per_class"
+    assert got["data.foreground_oversample"].reason == (
+        "class 2 9.0%, class 3 2.0% (in 50% of the images) of the pixels: a third of the crops centred on a class "
+        "chosen uniformly among those present"
+    )
+    assert got["loss"].reason.startswith("soft Dice averaged over the classes")
+
+
+def test_classes_that_are_all_large_are_not_oversampled_and_the_reason_lists_them():
+    fp = fingerprint(classes={"0": 0.5, "1": 0.3, "2": 0.2}, foreground=0.5)
+    got = {c.key: c for c in derive_plan(fp, CPU, 600.0)}  # an old fingerprint: no class_images
+    assert got["data.foreground_oversample"].value == 0.0
+    assert got["data.foreground_oversample"].reason == (
+        "every class is at least 10% of the pixels (class 1 30%, class 2 20%): random crops see them"
+    )
+
+
 def test_rgb_and_mixed_grey_images_get_three_channels():
     assert values(fingerprint(channels=(3,)))["data.in_channels"] == 3
     reasons = {c.key: c.reason for c in derive_plan(fingerprint(channels=(1, 3)), CPU, 600)}
