@@ -18,7 +18,12 @@ MIN_BOTTLENECK = 8  # pixels of context the deepest level keeps per side
 MAX_DEPTH = 5
 PATCH_CAP = {"cpu": 256, "cuda": 512}  # crop sides a step of the device handles in a useful time
 BATCH = {"cpu": 4, "cuda": 16}
-MIN_STEPS = 600  # optimizer steps a budget should buy; the widest measured width that reaches them wins
+# Width by what the budget buys (choose_width, where the measurements are): the widest width that buys
+# MIN_STEPS steps; failing that the narrowest if it buys NARROW_STEPS, else FLOOR_WIDTH. measure.py times
+# every width up to FLOOR_WIDTH and stops at the first wider one that cannot reach MIN_STEPS.
+MIN_STEPS = 600
+NARROW_STEPS = 300
+FLOOR_WIDTH = 16
 SPARSE_FOREGROUND = 0.1  # a foreground class (or a binary foreground) under this share of the pixels is rare
 FOREGROUND_OVERSAMPLE = 0.33  # nnU-Net's share of foreground-centred crops
 
@@ -63,17 +68,33 @@ def geometry(fingerprint: dict, kind: str) -> tuple[int, int, int]:
 
 
 def choose_width(device: DeviceFacts, train_seconds: float) -> tuple[int, float, str]:
-    """The widest measured width that still buys ``MIN_STEPS`` steps in ``train_seconds`` (else the narrowest)."""
+    """The width whose steps in ``train_seconds`` buy the most quality, by three measured regimes.
+
+    1. The widest width that buys ``MIN_STEPS`` steps: enough steps for a wider net to pay off.
+    2. Else the narrowest, if it buys ``NARROW_STEPS``: more steps beat width here (issue 28, ultrasound,
+       300 s idle: width 8 / depth 5 after 432 steps 0.639 Dice against width 16 after 179 steps 0.596).
+    3. Else ``FLOOR_WIDTH`` (16): with a hundred steps or fewer the narrow net has not left all-background
+       while width 16 learns (issue 28, ultrasound under load: width 8 after 49 steps 0.026 against width 16
+       after 52 steps 0.487; step-matched at 100 steps, scripts/short_horizon.py, docs/performance.md).
+       The old single rule fell back to the narrowest here, the plan that lost to the plain page of PyTorch.
+    """
     if not device.step_seconds:
         return 16, math.nan, "no step was timed; width 16 is a safe middle"
     widths = sorted(device.step_seconds)
     fitting = [w for w in widths if train_seconds / device.step_seconds[w] >= MIN_STEPS]
-    width = fitting[-1] if fitting else widths[0]
+    narrow_steps = train_seconds / device.step_seconds[widths[0]]
+    if fitting:
+        width, why = fitting[-1], f"the widest with {MIN_STEPS}+ steps:"
+    elif narrow_steps >= NARROW_STEPS:
+        width, why = widths[0], f"none reaches {MIN_STEPS} steps; the narrowest still buys {NARROW_STEPS}+:"
+    else:
+        width = max([w for w in widths if w <= FLOOR_WIDTH], default=widths[0])
+        why = (f"under {NARROW_STEPS} steps even at the narrowest, where width {FLOOR_WIDTH} learns per step what "
+               f"narrower nets do not:")  # fmt: skip
     seconds = device.step_seconds[width]
-    steps = int(train_seconds / seconds)
     timed = ", ".join(f"{w}: {device.step_seconds[w] * 1000:.0f} ms" for w in widths)
-    why = "the widest" if fitting else f"none reaches {MIN_STEPS} steps; the narrowest"
-    return width, seconds, f"{why} measured width with ~{steps} steps in the budget (per step {timed}, {device.name})"
+    steps = int(train_seconds / seconds)
+    return width, seconds, f"{why} width {width}, ~{steps} steps (per step {timed}, {device.name})"
 
 
 def derive_plan(fingerprint: dict, device: DeviceFacts, budget_s: float) -> list[Choice]:

@@ -67,7 +67,8 @@ def compute_fingerprint(
     Intensity percentiles are over all pixels of all images, per channel, on the raw values; classes
     come from every mask training reads (``val_masks`` too: a class only a validation image holds is
     still a class), their shares over the labelled pixels (not ``IGNORE_INDEX``) and the share of the
-    training images holding each (``class_images``); foreground (every class but 0) is per training image. ``val_masks`` also give the validation split's size.
+    training images holding each (``class_images``); foreground (every class but 0) is per training
+    image. ``val_masks`` also give the validation split's size.
     """
     if not images:
         raise DataError("The training split is empty; unet-plan needs at least one image.")
