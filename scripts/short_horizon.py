@@ -102,7 +102,7 @@ def run_planned(root: Path, steps: int, sets: list[str]) -> tuple[dict, list[str
             "trainer.max_epochs=1", "trainer.max_time=null", *overrides])  # fmt: skip
     with open_dict(cfg):
         for key, value in nodes:  # a planned node replaces the group's option, as apply_plan does
-            if not any(s.startswith(f"{key}=") for s in sets):
+            if not any(s.split("=")[0] in (key, key.replace(".", "/")) for s in sets):  # unless --set chose it
                 OmegaConf.update(cfg, key, value, merge=False)
         cfg.data.samples_per_epoch = steps * int(cfg.data.batch_size)
     run = build_run(cfg)

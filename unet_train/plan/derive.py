@@ -75,7 +75,9 @@ def choose_width(device: DeviceFacts, train_seconds: float) -> tuple[int, float,
        300 s idle: width 8 / depth 5 after 432 steps 0.639 Dice against width 16 after 179 steps 0.596).
     3. Else ``FLOOR_WIDTH`` (16): with a hundred steps or fewer the narrow net has not left all-background
        while width 16 learns (issue 28, ultrasound under load: width 8 after 49 steps 0.026 against width 16
-       after 52 steps 0.487; step-matched at 100 steps, scripts/short_horizon.py, docs/performance.md).
+       after 52 steps 0.487). Step-matched at 100 steps on DSB nuclei (scripts/short_horizon.py, one seed,
+       docs/performance.md): width 8 / depth 5 0.655 Dice, width 16 / depth 5 0.690, width 16 / depth 4
+       0.678; width 16 learns more per step, though width alone is not the plain page's lead (0.788).
        The old single rule fell back to the narrowest here, the plan that lost to the plain page of PyTorch.
     """
     if not device.step_seconds:
