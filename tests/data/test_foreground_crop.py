@@ -10,6 +10,7 @@ from unet_train.build import build_data
 from unet_train.data import ForegroundCrop, SyntheticMembranes
 from unet_train.data.base import Split
 from unet_train.data.sampling import reseed_transform
+from unet_train.errors import ConfigError
 from unet_train.labels import IGNORE_INDEX
 
 from ..conftest import compose_config
@@ -101,3 +102,41 @@ def test_the_data_configs_oversample_by_data_foreground_oversample():
         again = [dataset[(0, seed)]["mask"].numpy() for seed in range(20)]
         assert all(np.array_equal(a, b) for a, b in zip(items[:20], again))
     assert shares[0.0] < 0.03 and abs(shares[0.5] - 0.5) < 0.07, shares
+
+
+def rare_class_image() -> tuple[np.ndarray, np.ndarray]:
+    """200x200: class 1 fills a 60x60 block (3,600 px), class 2 is a 2x2 speck (4 px, 0.01 % of the image)."""
+    image = np.random.default_rng(1).integers(0, 255, (200, 200), dtype=np.uint8)
+    mask = np.zeros((200, 200), np.uint8)
+    mask[20:80, 20:80] = 1
+    mask[150:152, 160:162] = 2
+    return image, mask
+
+
+@pytest.mark.parametrize(("rule", "expected"), [("per_class", 0.33 / 2), ("foreground", 0.33 * 4 / 3604)])
+def test_a_class_of_four_pixels_is_the_centre_as_often_as_the_rule_says(rule, expected):
+    """per_class: half the oversampled crops (two classes present) hold the speck; foreground: 4 in 3,604."""
+    image, mask = rare_class_image()
+    transform = A.Compose([ForegroundCrop(16, 16, foreground_p=0.33, classes=rule)])
+    drawn = crops(transform, image, mask, range(3000))
+    # A uniform 16 px crop holds the speck with probability (17 / 185) ** 2 = 0.8 %, on top of the centred ones.
+    uniform = 0.67 * (17 / 185) ** 2
+    share = np.mean([(m == 2).any() for m in drawn])
+    assert abs(share - (expected + uniform)) < 0.02, share
+    again = crops(transform, image, mask, range(3000))  # seeded: the same crops again
+    assert np.mean([(m == 2).any() for m in again]) == share
+
+
+def test_data_oversample_classes_reaches_the_crop_and_a_wrong_value_is_one_line():
+    image, mask = rare_class_image()
+    shares = {}
+    for rule in ("per_class", "foreground"):
+        overrides = ["data=synthetic", "data.patch_size=16", "data.foreground_oversample=1.0"]
+        data = build_data(compose_config([*overrides, f"data.oversample_classes={rule}"]).data)
+        assert data.oversample_classes == rule
+        data._cache["train"] = Split([image], [mask], ["rare"])
+        dataset = data.dataset("train")
+        shares[rule] = np.mean([(dataset[(0, seed)]["mask"].numpy() == 2).any() for seed in range(400)])
+    assert abs(shares["per_class"] - 0.5) < 0.08 and shares["foreground"] < 0.03, shares
+    with pytest.raises(ConfigError, match=r"^data.oversample_classes='pixels': choose per_class or foreground.$"):
+        build_data(compose_config(["data=synthetic", "data.oversample_classes=pixels"]).data)

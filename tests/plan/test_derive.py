@@ -47,13 +47,52 @@ def test_width_is_the_widest_that_buys_enough_steps():
     # 540 s of training: width 8 gives 5400 steps, 16 gives 1080, 32 only 270 (< 600).
     assert values(fingerprint())["model.base_channels"] == 16
     assert values(fingerprint(), budget=3600.0)["model.base_channels"] == 32
-    assert values(fingerprint(), budget=30.0)["model.base_channels"] == 8  # none reaches 600: the narrowest
+    assert values(fingerprint(), budget=30.0)["model.base_channels"] == 16  # width 8 buys 270 steps (< 300)
     assert values(fingerprint(), GPU)["model.base_channels"] == 64
+
+
+def test_width_by_what_the_budget_buys_wide_then_narrow_then_sixteen():
+    slow = DeviceFacts(kind="cpu", name="loaded CPU", step_seconds={8: 0.5, 16: 1.2, 32: 3.0})
+    # 900 s of training: 16 buys 750 steps (>= 600), 32 only 300: the widest with 600.
+    assert values(fingerprint(), slow, 1000.0)["model.base_channels"] == 16
+    # 270 s: nothing buys 600; width 8 buys 540 (>= 300): more steps beat width.
+    assert values(fingerprint(), slow, 300.0)["model.base_channels"] == 8
+    # 63 s: width 8 buys 126 steps, too few for it to leave all-background; width 16 (52 steps) learns.
+    # The old rule fell back to width 8 here.
+    got = {c.key: c for c in derive_plan(fingerprint(), slow, 70.0)}
+    assert got["model.base_channels"].value == 16
+    assert got["model.base_channels"].reason.startswith(
+        "under 300 steps even at the narrowest, where width 16 learns per step what narrower nets do not: width 16, "
+        "~52 steps (per step 8: 500 ms, 16: 1200 ms, 32: 3000 ms, loaded CPU)"
+    )
 
 
 def test_sparse_foreground_is_oversampled_and_dense_is_not():
     assert values(fingerprint(foreground=0.02))["data.foreground_oversample"] == 0.33
     assert values(fingerprint(foreground=0.3))["data.foreground_oversample"] == 0.0
+
+
+def test_rare_classes_are_oversampled_per_class_and_named_though_the_foreground_is_not_sparse():
+    # A chest X-ray set: lungs 29 %, heart 9 %, clavicles 2 % (in half the images); the foreground is 40 %.
+    fp = fingerprint(classes={"0": 0.6, "1": 0.29, "2": 0.09, "3": 0.02}, foreground=0.4)
+    fp["class_images"] = {"0": 1.0, "1": 1.0, "2": 1.0, "3": 0.5}
+    got = {c.key: c for c in derive_plan(fp, CPU, 600.0)}
+    assert got["data.foreground_oversample"].value == 0.33
+    assert got["data.oversample_classes"].value == "per_class"
+    assert got["data.foreground_oversample"].reason == (
+        "class 2 9.0%, class 3 2.0% (in 50% of the images) of the pixels: a third of the crops centred on a class "
+        "chosen uniformly among those present"
+    )
+    assert got["loss"].reason.startswith("soft Dice averaged over the classes")
+
+
+def test_classes_that_are_all_large_are_not_oversampled_and_the_reason_lists_them():
+    fp = fingerprint(classes={"0": 0.5, "1": 0.3, "2": 0.2}, foreground=0.5)
+    got = {c.key: c for c in derive_plan(fp, CPU, 600.0)}  # an old fingerprint: no class_images
+    assert got["data.foreground_oversample"].value == 0.0
+    assert got["data.foreground_oversample"].reason == (
+        "every class is at least 10% of the pixels (class 1 30%, class 2 20%): random crops see them"
+    )
 
 
 def test_rgb_and_mixed_grey_images_get_three_channels():

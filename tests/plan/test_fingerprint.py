@@ -120,3 +120,18 @@ def test_the_fingerprint_reads_raw_values_of_every_data_config():
     assert got["intensity"][0]["max"] > 1.0
     normalize = {c.key: c.value for c in derive_plan(got, DeviceFacts("cpu", "test"), 60.0)}["data.normalize"]
     assert normalize["scheme"] == "scale_linear"  # 8-bit data: divide by 255, not a percentile scheme
+
+
+def test_each_class_has_its_pixel_share_and_its_share_of_images_and_a_rare_one_is_planned():
+    # Four 10x10 training masks: class 1 fills half of each; class 2 is 2 px in one of them (0.5 % of the pixels).
+    masks = [np.zeros((10, 10), np.uint8) for _ in range(4)]
+    for mask in masks:
+        mask[:5] = 1
+    masks[3][9, :2] = 2
+    images = [np.zeros((10, 10), np.uint8) for _ in masks]
+    got = compute_fingerprint(images, masks, ["a", "b", "c", "d"])
+    assert got["classes"] == {"0": pytest.approx(198 / 400), "1": pytest.approx(0.5), "2": pytest.approx(2 / 400)}
+    assert got["class_images"] == {"0": 1.0, "1": 1.0, "2": 0.25}
+    plan = {c.key: c for c in derive_plan(got, DeviceFacts(kind="cpu", name="t", step_seconds={8: 0.01}), 600.0)}
+    assert plan["data.foreground_oversample"].value == 0.33
+    assert plan["data.foreground_oversample"].reason.startswith("class 2 0.5% (in 25% of the images) of the pixels")

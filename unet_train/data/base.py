@@ -32,7 +32,7 @@ from unet_train.data.normalize import (
     normalize_image,
     resolve_spec,
 )
-from unet_train.data.sampling import EpochSampler
+from unet_train.data.sampling import EpochSampler, check_oversample_classes
 from unet_train.data.splits import check_shared_images, kfold_indices
 from unet_train.data.transforms import padded_size
 from unet_train.errors import ConfigError, DataError
@@ -65,6 +65,8 @@ class SegmentationData:
             of the ``all`` split (see :func:`kfold_indices`) instead of the dataset's own split.
         foreground_oversample: share of training crops centred on a foreground pixel; the
             crop transform reads it (``unet_train.data.transforms.ForegroundCrop``).
+        oversample_classes: how that pixel's class is drawn: ``per_class`` (uniformly among the
+            classes present, so rare classes are seen) or ``foreground`` (by pixel count).
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class SegmentationData:
         fold: int | None = None,
         num_folds: int = 5,
         foreground_oversample: float = 0.0,
+        oversample_classes: str = "per_class",
     ) -> None:
         for name, value in (("patch_size", patch_size), ("batch_size", batch_size)):
             if int(value) < 1:
@@ -115,6 +118,7 @@ class SegmentationData:
         self.device_augment = device_augment
         self.fold, self.num_folds = fold, num_folds
         self.foreground_oversample = foreground_oversample
+        self.oversample_classes = check_oversample_classes(oversample_classes)
         self._cache: dict[str, Split] = {}
         self._raw_all: Split | None = None  # the all split as stored, when folds cut it
 

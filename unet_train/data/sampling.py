@@ -21,9 +21,22 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from unet_train.errors import ConfigError
+
+# How a foreground-centred crop draws its centre's class (data.oversample_classes, ForegroundCrop's ``classes``):
+# uniformly among the classes present (nnU-Net's rule: rare classes are seen) or by pixel count.
+OVERSAMPLE_CLASSES = ("per_class", "foreground")
+
 # Independent streams derived from the same (seed, epoch).
 SAMPLER_STREAM = 0
 GLOBAL_STREAM = 1
+
+
+def check_oversample_classes(value: object) -> str:
+    """``value`` if it is one of :data:`OVERSAMPLE_CLASSES`, else one line naming the key and the choices."""
+    if value not in OVERSAMPLE_CLASSES:
+        raise ConfigError(f"data.oversample_classes={value!r}: choose {' or '.join(OVERSAMPLE_CLASSES)}.")
+    return str(value)
 
 
 def epoch_seed(seed: int, epoch: int, stream: int = SAMPLER_STREAM) -> int:

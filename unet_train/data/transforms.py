@@ -17,16 +17,20 @@ import cv2
 import numpy as np
 from pydantic import Field
 
+from unet_train.data.sampling import check_oversample_classes
 from unet_train.labels import IGNORE_INDEX
 
 
 class ForegroundCrop(A.RandomCrop):
     """A ``RandomCrop`` that centres a share ``foreground_p`` of its crops on a foreground pixel.
 
-    For such a crop, a class is drawn uniformly among the foreground classes present in the mask
-    (values ``>= 1``; unlabelled pixels are no class), then a pixel uniformly among that class's
-    pixels; the crop is centred on it and shifted inside the image where the image edge is
-    nearer than half a crop, so the pixel always lies in the crop. The other crops, and every
+    For such a crop with ``classes="per_class"`` (nnU-Net's rule), a class is drawn uniformly among
+    the foreground classes present in the mask (values ``>= 1``; unlabelled pixels are no class),
+    then a pixel uniformly among that class's pixels, so a class of 2 % of the pixels is the centre
+    as often as one of 30 %; with ``classes="foreground"`` the pixel is drawn uniformly among all
+    foreground pixels (each class in proportion to its pixels). The crop is centred on it and
+    shifted inside the image where the image edge is nearer than half a crop, so the pixel always
+    lies in the crop. The other crops, and every
     crop of a mask without foreground, are ``RandomCrop``'s uniform ones.
 
     Every draw comes from the transform's own generators, which the dataset reseeds from each
@@ -37,17 +41,20 @@ class ForegroundCrop(A.RandomCrop):
     Args:
         height, width: crop size.
         foreground_p: share of crops centred on a foreground pixel, in [0, 1].
+        classes: ``per_class`` or ``foreground``: how the centre's class is drawn (above).
         pad_if_needed, pad_position, border_mode, fill, fill_mask, p: as ``RandomCrop``.
     """
 
     class InitSchema(A.RandomCrop.InitSchema):
         foreground_p: float = Field(ge=0, le=1)
+        classes: str = "per_class"  # checked by check_oversample_classes: one line naming data.oversample_classes
 
     def __init__(
         self,
         height: int,
         width: int,
         foreground_p: float = 0.0,
+        classes: str = "per_class",
         pad_if_needed: bool = False,
         pad_position: Literal["center", "top_left", "top_right", "bottom_left", "bottom_right", "random"] = "center",
         border_mode: int = cv2.BORDER_CONSTANT,
@@ -66,6 +73,7 @@ class ForegroundCrop(A.RandomCrop):
             p=p,
         )
         self.foreground_p = foreground_p
+        self.classes = check_oversample_classes(classes)
 
     def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
         # The coin is drawn only when oversampling is on: at 0 the random stream is RandomCrop's.
@@ -78,7 +86,7 @@ class ForegroundCrop(A.RandomCrop):
         return super().get_params_dependent_on_data(params, data)
 
     def _foreground_pixel(self, mask: np.ndarray) -> tuple[int, int] | None:
-        """``(row, col)`` of a pixel of a foreground class drawn uniformly among those present; None if none is."""
+        """``(row, col)`` of a foreground pixel drawn as ``classes`` says; None if the mask has no foreground."""
         if mask.ndim == 3:  # (H, W, 1)
             mask = mask[..., 0]
         flat = mask.reshape(-1)
@@ -86,8 +94,11 @@ class ForegroundCrop(A.RandomCrop):
         present = [c for c in range(1, len(counts)) if counts[c] and c != IGNORE_INDEX]
         if not present:
             return None
-        cls = present[self.py_random.randrange(len(present))]
-        index = int(np.flatnonzero(flat == cls)[self.py_random.randrange(int(counts[cls]))])
+        if self.classes == "foreground":  # every foreground pixel equally likely: large classes dominate
+            pixels = np.flatnonzero((flat > 0) & (flat != IGNORE_INDEX))
+        else:
+            pixels = np.flatnonzero(flat == present[self.py_random.randrange(len(present))])
+        index = int(pixels[self.py_random.randrange(len(pixels))])
         return divmod(index, mask.shape[1])
 
     def _crop_around(self, pixel: tuple[int, int], shape: tuple[int, int]) -> dict[str, Any]:

@@ -18,8 +18,13 @@ MIN_BOTTLENECK = 8  # pixels of context the deepest level keeps per side
 MAX_DEPTH = 5
 PATCH_CAP = {"cpu": 256, "cuda": 512}  # crop sides a step of the device handles in a useful time
 BATCH = {"cpu": 4, "cuda": 16}
-MIN_STEPS = 600  # optimizer steps a budget should buy; the widest measured width that reaches them wins
-SPARSE_FOREGROUND = 0.1  # mean foreground share below which crops are centred on foreground
+# Width by what the budget buys (choose_width, where the measurements are): the widest width that buys
+# MIN_STEPS steps; failing that the narrowest if it buys NARROW_STEPS, else FLOOR_WIDTH. measure.py times
+# every width up to FLOOR_WIDTH and stops at the first wider one that cannot reach MIN_STEPS.
+MIN_STEPS = 600
+NARROW_STEPS = 300
+FLOOR_WIDTH = 16
+SPARSE_FOREGROUND = 0.1  # a foreground class (or a binary foreground) under this share of the pixels is rare
 FOREGROUND_OVERSAMPLE = 0.33  # nnU-Net's share of foreground-centred crops
 
 
@@ -63,17 +68,35 @@ def geometry(fingerprint: dict, kind: str) -> tuple[int, int, int]:
 
 
 def choose_width(device: DeviceFacts, train_seconds: float) -> tuple[int, float, str]:
-    """The widest measured width that still buys ``MIN_STEPS`` steps in ``train_seconds`` (else the narrowest)."""
+    """The width whose steps in ``train_seconds`` buy the most quality, by three measured regimes.
+
+    1. The widest width that buys ``MIN_STEPS`` steps: enough steps for a wider net to pay off.
+    2. Else the narrowest, if it buys ``NARROW_STEPS``: more steps beat width here (issue 28, ultrasound,
+       300 s idle: width 8 / depth 5 after 432 steps 0.639 Dice against width 16 after 179 steps 0.596).
+    3. Else ``FLOOR_WIDTH`` (16): with a hundred steps or fewer the narrow net has not left all-background
+       while width 16 learns (issue 28, ultrasound under load: width 8 after 49 steps 0.026 against width 16
+       after 52 steps 0.487). Step-matched at 100 steps on DSB nuclei (scripts/short_horizon.py, one seed,
+       docs/performance.md): width 8 / depth 5 0.655 Dice, width 16 / depth 5 0.690, width 16 / depth 4
+       0.678; width 16 learns more per step, though width alone is not the plain page's lead (0.788).
+       The old single rule fell back to the narrowest here, the plan that lost to the plain page of PyTorch.
+    """
     if not device.step_seconds:
         return 16, math.nan, "no step was timed; width 16 is a safe middle"
     widths = sorted(device.step_seconds)
     fitting = [w for w in widths if train_seconds / device.step_seconds[w] >= MIN_STEPS]
-    width = fitting[-1] if fitting else widths[0]
+    narrow_steps = train_seconds / device.step_seconds[widths[0]]
+    if fitting:
+        width, why = fitting[-1], f"the widest with {MIN_STEPS}+ steps:"
+    elif narrow_steps >= NARROW_STEPS:
+        width, why = widths[0], f"none reaches {MIN_STEPS} steps; the narrowest still buys {NARROW_STEPS}+:"
+    else:
+        width = max([w for w in widths if w <= FLOOR_WIDTH], default=widths[0])
+        why = (f"under {NARROW_STEPS} steps even at the narrowest, where width {FLOOR_WIDTH} learns per step what "
+               f"narrower nets do not:")  # fmt: skip
     seconds = device.step_seconds[width]
-    steps = int(train_seconds / seconds)
     timed = ", ".join(f"{w}: {device.step_seconds[w] * 1000:.0f} ms" for w in widths)
-    why = "the widest" if fitting else f"none reaches {MIN_STEPS} steps; the narrowest"
-    return width, seconds, f"{why} measured width with ~{steps} steps in the budget (per step {timed}, {device.name})"
+    steps = int(train_seconds / seconds)
+    return width, seconds, f"{why} width {width}, ~{steps} steps (per step {timed}, {device.name})"
 
 
 def derive_plan(fingerprint: dict, device: DeviceFacts, budget_s: float) -> list[Choice]:
@@ -118,16 +141,67 @@ def derive_plan(fingerprint: dict, device: DeviceFacts, budget_s: float) -> list
     add("trainer.max_epochs", 1_000_000, "the time budget ends the run, not an epoch count")
     add("sched.warmup_steps", min(200, steps // 50), f"about 2% of the ~{steps} steps (at most 200)")
 
-    loss_kind = "BCE" if fp["num_classes"] == 2 else "cross-entropy"
-    add("loss", {"_target_": "unet_train.losses.BCEDiceLoss", "bce_weight": 1.0, "dice_weight": 1.0, "smooth": 1.0},
-        f"soft Dice + {loss_kind}: overlap and calibrated pixels")  # fmt: skip
-    share = fp["foreground_share"]["mean"]
-    if share < SPARSE_FOREGROUND:
-        add("data.foreground_oversample", FOREGROUND_OVERSAMPLE,
-            f"foreground is {share:.1%} of the pixels: a third of the crops centred on it")  # fmt: skip
-    else:
-        add("data.foreground_oversample", 0.0, f"foreground is {share:.0%} of the pixels: random crops see it")
+    for key, value, reason in [*loss_choice(fp), *oversampling(fp)]:
+        add(key, value, reason)
     return choices
+
+
+def loss_choice(fp: dict) -> list[tuple[str, Any, str]]:
+    """Soft Dice + (binary) cross-entropy, unweighted.
+
+    Rare classes need no class weights here: the Dice term is computed per class over the batch and
+    averaged over the foreground classes, so a class of 2 % of the pixels weighs as much in it as one of
+    30 %, and its gradient does not shrink with the class's size. Weighting the cross-entropy as well
+    (inverse frequency) would push rare classes into false positives and lose the calibrated
+    probabilities the CE term is there for; per-class crops (:func:`oversampling`) are what put the rare
+    pixels into the batches at all.
+    """
+    loss = {"_target_": "unet_train.losses.BCEDiceLoss", "bce_weight": 1.0, "dice_weight": 1.0, "smooth": 1.0}
+    if fp["num_classes"] == 2:
+        return [("loss", loss, "soft Dice + BCE: overlap and calibrated pixels")]
+    why = "soft Dice averaged over the classes (a small class weighs as much as a large one) + cross-entropy"
+    return [("loss", loss, f"{why} (calibrated pixels), no class weights")]
+
+
+def _percent(share: float) -> str:
+    return f"{share:.0%}" if share >= 0.1 else f"{share:.1%}"
+
+
+def oversampling(fp: dict) -> list[tuple[str, Any, str]]:
+    """``data.foreground_oversample`` and ``data.oversample_classes`` from the classes' pixel shares.
+
+    Each foreground class is judged on its own (nnU-Net's rule): a class under ``SPARSE_FOREGROUND`` of
+    the pixels is rare, even where the foreground as a whole is not (lungs 29 % hide a heart of 9 % and
+    clavicles of 2 %). With a rare class, a third of the crops are centred on a pixel of a class drawn
+    uniformly among those present in the image (``per_class``), so the 2 % class is the centre as often
+    as the 29 % one; random crops would hold it in proportion to its pixels.
+    """
+    shares = {int(k): float(v) for k, v in fp["classes"].items() if int(k) > 0}
+    in_images = {int(k): float(v) for k, v in fp.get("class_images", {}).items()}
+    rare = [c for c in sorted(shares) if shares[c] < SPARSE_FOREGROUND]
+    rule = "per_class"
+    if len(shares) <= 1:  # binary: the one foreground class
+        share = fp["foreground_share"]["mean"]
+        if share < SPARSE_FOREGROUND:
+            return [("data.foreground_oversample", FOREGROUND_OVERSAMPLE,
+                     f"foreground is {_percent(share)} of the pixels: a third of the crops centred on it"),
+                    ("data.oversample_classes", rule, "one foreground class: its pixels are the centres")]  # fmt: skip
+        return [("data.foreground_oversample", 0.0, f"foreground is {share:.0%} of the pixels: random crops see it"),
+                ("data.oversample_classes", rule, "one foreground class (not oversampled)")]  # fmt: skip
+
+    def named(classes: list[int]) -> str:
+        where = {c: f" (in {in_images[c]:.0%} of the images)" if in_images.get(c, 1.0) < 1 else "" for c in classes}
+        return ", ".join(f"class {c} {_percent(shares[c])}{where[c]}" for c in classes)
+
+    if rare:
+        return [("data.foreground_oversample", FOREGROUND_OVERSAMPLE,
+                 f"{named(rare)} of the pixels: a third of the crops centred on a class chosen uniformly among those "
+                 "present"),
+                ("data.oversample_classes", rule, "rare classes are centred as often as large ones (nnU-Net's rule), "
+                 "not in proportion to their pixels")]  # fmt: skip
+    return [("data.foreground_oversample", 0.0, f"every class is at least {SPARSE_FOREGROUND:.0%} of the pixels "
+             f"({named(sorted(shares))}): random crops see them"),
+            ("data.oversample_classes", rule, "no rare class (not oversampled)")]  # fmt: skip
 
 
 def _normalize(fp: dict) -> tuple[dict, str]:

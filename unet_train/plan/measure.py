@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from unet_train.config import config_dir
-from unet_train.plan.derive import MIN_STEPS, DeviceFacts, choose_width
+from unet_train.plan.derive import FLOOR_WIDTH, MIN_STEPS, DeviceFacts, choose_width
 from unet_train.plan.validation_plan import VAL_SHARE
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,8 @@ def measure_device(
 
     ``channels_last``/``precision`` ``auto`` on a CPU: both settings are timed and the faster one's time is the
     width's (engine/autotune.py; cached, so the run reuses the measurement); otherwise ``steps`` steps after a
-    warm-up one. Wider widths are not timed once a narrower one is already too slow for ``MIN_STEPS`` steps in
-    ``budget_s``.
+    warm-up one. Widths above ``FLOOR_WIDTH`` are not timed once a narrower one is already too slow for
+    ``MIN_STEPS`` steps in ``budget_s``.
     """
     from unet_train.engine import autotune
     from unet_train.engine.run import trial_steps
@@ -77,8 +77,8 @@ def measure_device(
         runtimes[width] = chosen
         log.info("width %d: %.0f ms per step (%d x %d px crops, %s, %s)", width, timed[width] * 1000, batch, patch,
                  "channels-last" if chosen.channels_last else "NCHW", chosen.precision)  # fmt: skip
-        if budget_s is not None and timed[width] * MIN_STEPS > budget_s:
-            break  # a wider one would be slower still
+        if budget_s is not None and width >= FLOOR_WIDTH and timed[width] * MIN_STEPS > budget_s:
+            break  # a wider one would be slower still; up to FLOOR_WIDTH every width is timed (choose_width)
     facts = DeviceFacts(kind=kind, name=name, step_seconds=timed)
     if val_size is None or budget_s is None:
         return facts
