@@ -123,6 +123,19 @@ def test_a_slow_validation_is_spaced_out_and_a_resume_keeps_the_decision(tmp_pat
     assert torch.equal(a[next(iter(a))], b[next(iter(b))])
 
 
+@pytest.mark.slow
+def test_a_cold_first_validation_does_not_space_out_the_later_ones(tmp_path, caplog):
+    """The first validation pays one-time costs: the interval it sets goes back once a warm one is measured."""
+    cold = [*SLOW_VALIDATION, "+loss.eval_sleep_s=0.02", "+loss.cold_eval_sleep_s=1.5", "trainer.max_epochs=12"]
+    with caplog.at_level(logging.INFO, logger="unet_train.engine.val_schedule"):
+        fit(compose_config([o for o in cold if not o.startswith("+loss.eval_sleep_s=0.45")]), tmp_path)
+    changes = [line for line in caplog.messages if "instead of every" in line]
+    assert len(changes) == 2, changes
+    assert "instead of every 1," in changes[0]  # the cold one spaced them out ...
+    assert "validating every 1 steps (1 epoch) instead of every" in changes[1]  # ... the next warm one undid it
+    assert validated_steps(tmp_path)[-3:] == [10, 11, 12]
+
+
 def test_the_validation_subset_is_one_fixed_sample_shared_by_the_ranks():
     from unet_train.engine.validation import validation_sampler, validation_subset
 

@@ -96,10 +96,12 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                 if due or last_epoch:
                     started = time.monotonic()
                     last_metrics = validate_epoch(run, writer, checkpoints, epochs, train_loss, result.images_per_s)
-                    budget.record_validation(time.monotonic() - started)
-                    state.validation_total_s += time.monotonic() - started
-                    # trainer.val_share: validate less often when validation costs more than planned
-                    validations.after_validation(budget.validation_s or 0.0, result.images_per_s)
+                    seconds = time.monotonic() - started
+                    budget.record_validation(seconds)  # the longest: the reserve for the final validation
+                    state.validation_total_s += seconds
+                    # trainer.val_share: validate less often when validation costs more than planned. The latest
+                    # validation, not the longest: the first one pays one-time costs (kernels for a new shape).
+                    validations.after_validation(seconds, result.images_per_s)
                 elif validations.due(state.epoch):
                     log.info("epoch %d: validation skipped, the final one must fit in trainer.max_time", state.epoch)
                 writer.flush()  # events up to this step are on disk before the checkpoint that resumes after them

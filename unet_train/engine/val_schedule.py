@@ -1,14 +1,15 @@
 """How often a run validates: every ``trainer.val_every`` epochs, or less often when validation costs more than
-``trainer.val_share`` of the training time between two validations (a plan measured on an idle machine, a run on
-a loaded one, or a validation slower than planned).
+``trainer.val_share`` of the training time between two validations (a plan measured on an idle machine, a run on a
+loaded one, or a validation slower than planned).
 
-After every validation the run compares what it measured: the longest validation so far (the budget's
-``validation_s``) against the training time of the epochs between two validations (the last epoch's seconds per
-step, loading included). Validation stays within the share when an interval of ``n`` steps of ``step_s`` holds
+After every validation the run compares what it measured: that validation's seconds (the latest, not the longest:
+the first validation pays one-time costs such as kernels for a new image size, and would space every later one too
+far apart) against the training time of the epochs between two validations (the last epoch's seconds per step,
+loading included). Validation stays within the share when an interval of ``n`` steps of ``step_s`` holds
 ``validation_s * (1 - share) / share`` seconds of training, so the interval becomes the fewest whole epochs that
-hold it (never fewer than ``trainer.val_every``). A machine slower at both training and validation keeps its
-share (both grow alike) and changes nothing. The decision travels in the checkpoint (``TrainState.val_every``),
-so a resumed run validates on the same epochs, and under DDP every rank takes rank 0's figures.
+hold it (never fewer than ``trainer.val_every``). A machine slower at both training and validation keeps its share
+(both grow alike) and changes nothing. The decision travels in the checkpoint (``TrainState.val_every``), so a
+resumed run validates on the same epochs, and under DDP every rank takes rank 0's figures.
 """
 
 from __future__ import annotations
