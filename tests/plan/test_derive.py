@@ -101,13 +101,13 @@ def test_rgb_and_mixed_grey_images_get_three_channels():
     assert "grey images are repeated to 3 channels" in reasons["data.in_channels"]
 
 
-def test_sixteen_bit_gets_percentile_scaling_and_eight_bit_scale_linear():
-    assert values(fingerprint(dtypes=("u2",), bits=16))["data.normalize"] == {
-        "scheme": "percentile", "low": 1.0, "high": 99.8, "per": "image", "min_value": None, "max_value": None,
-        "clip": False,
-    }  # fmt: skip
-    assert values(fingerprint(dtypes=("f4",), bits="float"))["data.normalize"]["scheme"] == "percentile"
-    assert values(fingerprint())["data.normalize"] == {"scheme": "scale_linear", "gain": None, "offset": 0.0}
+def test_every_bit_depth_gets_clipped_per_image_percentile_scaling():
+    clipped = {"scheme": "percentile", "low": 1.0, "high": 99.8, "per": "image", "min_value": None,
+               "max_value": None, "clip": True}  # fmt: skip
+    for fp in (fingerprint(dtypes=("u2",), bits=16), fingerprint(dtypes=("f4",), bits="float"), fingerprint()):
+        assert values(fp)["data.normalize"] == clipped
+    reason = {c.key: c.reason for c in derive_plan(fingerprint(dtypes=("u2",), bits=16), CPU, 600)}["data.normalize"]
+    assert reason.startswith("16-bit images (99.8th percentile ") and "clipped to [0, 1]" in reason
 
 
 def test_many_classes_and_the_budget_and_validation_share():
@@ -127,7 +127,7 @@ def test_plan_yaml_reads_back_with_a_reason_per_choice_and_unsupported_keys_comm
     assert text.startswith("# @package _global_\n# header line\n")
     loaded = yaml.safe_load(text)
     assert loaded["data"]["patch_size"] == 64 and loaded["model"]["depth"] == 3
-    assert "normalize" not in loaded["data"] and "  # normalize: {scheme: scale_linear" in text
+    assert "normalize" not in loaded["data"] and "  # normalize: {scheme: percentile" in text
     assert loaded["loss"]["dice_weight"] == 1.0
     lines = text.splitlines()
     for choice in choices:  # every value line follows its reason

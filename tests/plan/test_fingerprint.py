@@ -119,7 +119,8 @@ def test_the_fingerprint_reads_raw_values_of_every_data_config():
     assert got["intensity"][0]["mean"] == pytest.approx(np.mean(np.stack(raw).astype(np.float64)))
     assert got["intensity"][0]["max"] > 1.0
     normalize = {c.key: c.value for c in derive_plan(got, DeviceFacts("cpu", "test"), 60.0)}["data.normalize"]
-    assert normalize["scheme"] == "scale_linear"  # 8-bit data: divide by 255, not a percentile scheme
+    reasons = {c.key: c.reason for c in derive_plan(got, DeviceFacts("cpu", "test"), 60.0)}
+    assert normalize["scheme"] == "percentile" and reasons["data.normalize"].startswith("8-bit images")  # raw dtype
 
 
 def test_each_class_has_its_pixel_share_and_its_share_of_images_and_a_rare_one_is_planned():

@@ -205,14 +205,22 @@ def oversampling(fp: dict) -> list[tuple[str, Any, str]]:
 
 
 def _normalize(fp: dict) -> tuple[dict, str]:
-    if fp["bit_depth"] == 8 and fp["dtypes"] == ["u1"]:
-        return {"scheme": "scale_linear", "gain": None, "offset": 0.0}, "8-bit images: divide by 255"
+    """Per-image 1-99.8 percentile scaling, clipped to [0, 1], for every bit depth.
+
+    Measured at short horizons (100 steps, one thread): on the DSB 2018 nuclei (8-bit, exposures that differ
+    from image to image) dividing by 255 reached test Dice 0.678 where this reached 0.782; on generated 16-bit
+    nuclei with hot pixels at 65535 (99.8th percentile ~1,500), the unclipped scaling put those pixels at ~40
+    and a 120 s planned run stayed near Dice 0.1 while the clipped plain recipe reached 0.75.
+    """
     kind = "float" if fp["bit_depth"] == "float" else f"{fp['bit_depth']}-bit"
     top = max(c["max"] for c in fp["intensity"])
     high = max(c["percentiles"]["99.8"] for c in fp["intensity"])
     scheme = {"scheme": "percentile", "low": 1.0, "high": 99.8, "per": "image", "min_value": None, "max_value": None,
-              "clip": False}  # fmt: skip
-    return scheme, f"{kind} images (99.8th percentile {high:g}, max {top:g}): per-image 1-99.8 percentile scaling"
+              "clip": True}  # fmt: skip
+    return scheme, (
+        f"{kind} images (99.8th percentile {high:g}, max {top:g}): per-image 1-99.8 percentile scaling, clipped to "
+        "[0, 1] (exposures differ per image; outliers such as hot pixels do not dominate the first layer)"
+    )
 
 
 def _value(value: Any) -> str:
