@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,11 @@ class VolumeFolder(VolumeData):
             image, mask = opener()
             stated = tuple(float(image.scale.get(axis, 1.0)) for axis in "zyx")
             spacing = self.spacing_override or stated
+            if not all(math.isfinite(side) and side > 0 for side in spacing):  # a forged or broken header
+                raise DataError(
+                    f"{image.name} states the voxel spacing {list(stated)} (z, y, x); a side must be a positive "
+                    "number: fix its header, or set data.spacing=[z,y,x] for every volume."
+                )
             if self.spacing_override and image.scale and stated != self.spacing_override:
                 log.info("%s: data.spacing %s replaces the file's %s", image.name, self.spacing_override, stated)
             cases.append(VolumeCase(image, mask, stem, spacing, opener=opener))
