@@ -177,6 +177,8 @@ def _predict_all(
     runtime = make_runtime(dist.device, cfg.trainer.precision, cfg.trainer.channels_last, deterministic=False)
 
     spatial_dims = int(stored.model.get("spatial_dims", 2))  # 3: each input is one volume (volume_predict.py)
+    if spatial_dims == 3:  # a folder's NIfTI, HDF5 and Zarr volumes are inputs too
+        files = find_inputs(cfg.input, volumes=True)
 
     def predictor_for(rt: Runtime, nets: list[nn.Module]) -> TiledPredictor:
         return TiledPredictor(
