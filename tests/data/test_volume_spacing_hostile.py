@@ -1,5 +1,6 @@
 """A volume's stated voxel spacing is header data: a side that is no positive number (negative, zero, NaN,
-text) is refused in one line instead of deciding the model's pooling; ``data.spacing`` overrides it."""
+text) is refused in one line instead of deciding the model's pooling; ``data.spacing`` overrides it. A file
+of several arrays names the data.image_key / data.mask_key options, not unet-predict's input_key."""
 
 from __future__ import annotations
 
@@ -50,3 +51,22 @@ def test_an_ome_physical_size_that_is_no_number_is_refused_in_one_line(tmp_path)
     data = folder(stacks(tmp_path, {"PhysicalSizeZ": "abc"}, ome=True))
     with pytest.raises(DataError, match=r"its PhysicalSizeZ 'abc' is not a number; fix its metadata"):
         data.split("train")
+
+
+KEYS = [
+    ({}, "choose one with data.image_key=NAME"),
+    ({"image_key": "raw"}, "choose one with data.mask_key=NAME"),
+    ({"image_key": "nope"}, "data.image_key=nope is not a dataset"),
+]
+
+
+@pytest.mark.parametrize(("keys", "said"), KEYS)
+def test_an_hdf5_volume_of_several_datasets_names_the_data_key_options(tmp_path, keys, said):
+    h5py = pytest.importorskip("h5py")
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+        for i in range(3):
+            with h5py.File(tmp_path / sub / f"v{i}.h5", "w") as f:
+                f["raw"] = f["other"] = np.zeros((8, 32, 32), np.uint8)
+    with pytest.raises(DataError, match=said):
+        folder(tmp_path, **keys).split("train")
