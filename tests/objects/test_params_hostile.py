@@ -5,9 +5,15 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
+from unet_train.engine.fit import fit
 from unet_train.engine.objects import params_for
 from unet_train.errors import ConfigError
 from unet_train.objects.params import check_stored
+
+from ..conftest import compose_config
+from ..test_cli import BIN, run
+from .discs import write_discs
+from .test_training import disc_overrides
 
 INSTANCES = {"labels": "instances", "target": "boundary"}
 GOOD = {"threshold": 0.5, "seed_threshold": 0.5, "min_size": 1}
@@ -24,3 +30,19 @@ def test_an_override_too_large_for_a_float_is_a_config_error():
     cfg = OmegaConf.create({"objects": {"min_size": 10**40}})
     with pytest.raises(ConfigError, match=r"objects.min_size=10+ must be a whole number"):
         params_for(cfg, "boundary", None)
+
+
+def test_a_negative_instance_halo_is_refused_in_one_line_and_writes_nothing(tmp_path):
+    """It used to end in a broadcast traceback once the chunks were labelled (a window smaller than its chunk)."""
+    root = write_discs(tmp_path / "discs", 4)
+    overrides = [*disc_overrides(root), "trainer.max_epochs=1", "data.samples_per_epoch=4", "objects.tune_time=0"]
+    fit(compose_config(overrides), tmp_path / "run")
+    image = sorted((root / "images").iterdir())[0]
+    ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
+    args = [str(BIN / "unet-predict"), f"ckpt={ckpt}", f"input={image}", "output=out.zarr", "chunk_size=32"]
+    result = run([*args, "instance_halo=-8"], cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip().splitlines()[-1].endswith("instance_halo=-8 must be a whole number of pixels, 0 or more.")
+    )
+    assert not (tmp_path / "out.zarr").exists()
