@@ -226,9 +226,10 @@ def _predict_all(
     params = params_for(cfg, target, stored.get("tuned_postprocess")) if target else None
     if params is not None:
         log.info("Instances by the %s post-processing: %s", target, params)
-    halo = cfg.get("instance_halo", 0)
-    if isinstance(halo, bool) or not isinstance(halo, int) or halo < 0:
-        raise ConfigError(f"instance_halo={halo!r} must be a whole number of pixels, 0 or more.")
+    for key, least in (("instance_halo", 0), ("chunk_size", 1)):
+        value = cfg.get(key, least)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigError(f"{key}={value!r} must be a whole number of pixels, {least} or more.")
     written: list[Path] = []
     start = time.monotonic()
     volumes: list[tuple[Path, Volume]] = [(path, open_input(path, cfg, in_channels)) for path in files]

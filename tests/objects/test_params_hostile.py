@@ -32,17 +32,21 @@ def test_an_override_too_large_for_a_float_is_a_config_error():
         params_for(cfg, "boundary", None)
 
 
-def test_a_negative_instance_halo_is_refused_in_one_line_and_writes_nothing(tmp_path):
-    """It used to end in a broadcast traceback once the chunks were labelled (a window smaller than its chunk)."""
+def test_a_negative_instance_halo_or_chunk_size_is_refused_in_one_line_and_writes_nothing(tmp_path):
+    """They ended in tracebacks: a broadcast error once the chunks of an instance model were labelled (a window
+    smaller than its chunk), a division by zero, a negative shape."""
     root = write_discs(tmp_path / "discs", 4)
     overrides = [*disc_overrides(root), "trainer.max_epochs=1", "data.samples_per_epoch=4", "objects.tune_time=0"]
     fit(compose_config(overrides), tmp_path / "run")
     image = sorted((root / "images").iterdir())[0]
     ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
-    args = [str(BIN / "unet-predict"), f"ckpt={ckpt}", f"input={image}", "output=out.zarr", "chunk_size=32"]
-    result = run([*args, "instance_halo=-8"], cwd=tmp_path, check=False)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert (
-        result.stderr.strip().splitlines()[-1].endswith("instance_halo=-8 must be a whole number of pixels, 0 or more.")
-    )
-    assert not (tmp_path / "out.zarr").exists()
+    args = [str(BIN / "unet-predict"), f"ckpt={ckpt}", f"input={image}", "output=out.zarr"]
+    for wrong, said in (
+        ("instance_halo=-8", "0 or more."),
+        ("chunk_size=0", "1 or more."),
+        ("chunk_size=-32", "1 or more."),
+    ):
+        result = run([*args, "chunk_size=32", wrong], cwd=tmp_path, check=False)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines()[-1].endswith(f"{wrong} must be a whole number of pixels, {said}")
+        assert not (tmp_path / "out.zarr").exists()
