@@ -11,7 +11,7 @@ import pytest
 import tifffile
 
 from unet_train.data.volumes import VolumeFolder
-from unet_train.errors import DataError
+from unet_train.errors import ConfigError, DataError
 
 
 def stacks(root: Path, metadata: dict, ome: bool = False) -> Path:
@@ -70,3 +70,9 @@ def test_an_hdf5_volume_of_several_datasets_names_the_data_key_options(tmp_path,
                 f["raw"] = f["other"] = np.zeros((8, 32, 32), np.uint8)
     with pytest.raises(DataError, match=said):
         folder(tmp_path, **keys).split("train")
+
+
+@pytest.mark.parametrize("side", [float("nan"), float("inf"), 0.0])
+def test_a_data_spacing_that_is_no_positive_finite_number_is_a_config_error(tmp_path, side):
+    with pytest.raises(ConfigError, match=r"data.spacing=\[.*\] must be three positive, finite voxel sides"):
+        folder(stacks(tmp_path, {}), spacing=[side, 4, 4])

@@ -11,6 +11,7 @@ checks read whole volumes. A :class:`VolumeData` yields ``{"image": float32 (C, 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -214,8 +215,10 @@ class VolumeData(SegmentationData):
             )
         self.spatial_dims = spatial_dims
         self.patch = shape
-        if spacing is not None and (len(spacing) != 3 or any(float(s) <= 0 for s in spacing)):
-            raise ConfigError(f"data.spacing={list(spacing)} must be three positive voxel sides [z, y, x], or null.")
+        if spacing is not None and (len(spacing) != 3 or any(not 0 < float(s) < math.inf for s in spacing)):
+            raise ConfigError(
+                f"data.spacing={list(spacing)} must be three positive, finite voxel sides [z, y, x], or null."
+            )
         self.spacing_override = None if spacing is None else tuple(float(s) for s in spacing)
         self.volume_transform = volume_transform
         self._cases: dict[str, VolumeSplit] = {}
