@@ -104,3 +104,19 @@ def test_unet_predict_writes_volumes_with_the_inputs_spacing_and_affine(volumes,
     written = nibabel.load(tmp_path / "out" / "scan_mask.nii.gz")
     assert np.array_equal(written.affine, affine)
     assert np.array_equal(np.asarray(written.dataobj).transpose(2, 1, 0), mask)  # the same voxels, the same answer
+
+
+def test_unet_predict_on_a_folder_predicts_its_nifti_hdf5_and_zarr_volumes_too(volumes, reference, tmp_path):
+    nibabel, h5py, zarr = (pytest.importorskip(m) for m in ("nibabel", "h5py", "zarr"))
+    image = tifffile.imread(volumes / "test" / "images" / "test0.tif")
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    tifffile.imwrite(folder / "a.tif", image)
+    nibabel.save(nibabel.Nifti1Image(image.transpose(2, 1, 0), np.eye(4)), folder / "b.nii.gz")
+    with h5py.File(folder / "c.h5", "w") as f:
+        f["raw"] = image
+    zarr.create_array(str(folder / "d.zarr"), data=image, chunks=(4, 16, 16))
+    ckpt = f"ckpt={reference / 'checkpoints' / 'best.pt'}"
+    run([str(BIN / "unet-predict"), ckpt, f"input={folder}", "output=out", "tile_size=[8,16,16]"], cwd=tmp_path)
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert [n for n in written if "_mask" in n] == ["a_mask.tif", "b_mask.nii.gz", "c_mask.tif", "d_mask.tif"]

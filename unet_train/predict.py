@@ -177,6 +177,8 @@ def _predict_all(
     runtime = make_runtime(dist.device, cfg.trainer.precision, cfg.trainer.channels_last, deterministic=False)
 
     spatial_dims = int(stored.model.get("spatial_dims", 2))  # 3: each input is one volume (volume_predict.py)
+    if spatial_dims == 3:  # a folder's NIfTI, HDF5 and Zarr volumes are inputs too
+        files = find_inputs(cfg.input, volumes=True)
 
     def predictor_for(rt: Runtime, nets: list[nn.Module]) -> TiledPredictor:
         return TiledPredictor(
@@ -224,6 +226,10 @@ def _predict_all(
     params = params_for(cfg, target, stored.get("tuned_postprocess")) if target else None
     if params is not None:
         log.info("Instances by the %s post-processing: %s", target, params)
+    for key, least in (("instance_halo", 0), ("chunk_size", 1)):
+        value = cfg.get(key, least)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigError(f"{key}={value!r} must be a whole number of pixels, {least} or more.")
     written: list[Path] = []
     start = time.monotonic()
     volumes: list[tuple[Path, Volume]] = [(path, open_input(path, cfg, in_channels)) for path in files]

@@ -26,11 +26,24 @@ from unet_train.safe_io import cleared, confined
 OUTPUT_SUFFIXES = ("_prob.tif", ".png", "_labels.tif", "_mask.tif")
 
 
-def find_inputs(spec: str | Path) -> list[Path]:
-    """The inputs named by ``input``: one file or store, or the images of a folder (sorted by name)."""
+def find_inputs(spec: str | Path, volumes: bool = False) -> list[Path]:
+    """The inputs named by ``input``: one file or store, or the images of a folder (sorted by name); with
+    ``volumes`` (a 3D model) a folder's volumes too (NIfTI, HDF5, Zarr stores, as ``data=volumes`` reads)."""
+    from unet_train.data.volumes import volume_stem  # imports the inference modules
+
     path = Path(spec).expanduser()
     if path.is_dir() and not is_zarr_path(path):
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(
+            p
+            for p in path.iterdir()
+            if (p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            or (
+                volumes
+                and not p.name.startswith(".")
+                and volume_stem(p) is not None
+                and (p.is_file() or is_zarr_path(p))
+            )
+        )
         if not files:
             raise DataError(f"input={path} is a folder without images ({', '.join(IMAGE_SUFFIXES)}).")
         return files

@@ -21,6 +21,7 @@ import tifffile
 import torch
 from omegaconf import DictConfig
 
+from unet_train.data.limits import check_pixels
 from unet_train.data.volume_data import VolumeCase, volume_spec
 from unet_train.data.volumes import volume_stem
 from unet_train.errors import ConfigError, DataError
@@ -60,6 +61,7 @@ def model_input(volume: Volume, inputs: list[Any]) -> torch.Tensor:
             f"{volume.name} has {volume.shape[3]} channel(s) (axes {volume.axes}) but the model takes {in_channels}; "
             "set input_axes (e.g. czyx or zyxc)."
         )
+    check_pixels(volume.name, volume.shape, "a 3D model predicts each volume whole: ")  # before reading a pixel
     parts = []
     for data in inputs:
         case = VolumeCase(volume, None, volume.name, (1.0, 1.0, 1.0), spec=volume_spec(volume, data.get("normalize")))

@@ -11,6 +11,7 @@ checks read whole volumes. A :class:`VolumeData` yields ``{"image": float32 (C, 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from torch.utils.data import Dataset
 
 from unet_train.data.base import SegmentationData, array_to_tensor
 from unet_train.data.folder import encode_mask
+from unet_train.data.limits import check_pixels
 from unet_train.data.normalize import fill_dataset_stats, needs_dataset_stats, normalize_image, resolve_spec
 from unet_train.errors import ConfigError, DataError
 from unet_train.inference.sources import sample_pixels
@@ -82,6 +84,7 @@ class VolumeCase:
             return set()
         if self.mask.shape[:3] != self.image.shape[:3]:
             raise DataError(f"{self.mask.name} is {self.mask.shape[:3]} (z, y, x) but its image is {self.shape[:3]}.")
+        check_pixels(self.mask.name, self.mask.shape[1:3], "its planes are read whole: ")  # before reading one
         values: set[int] = set()
         found: dict[int, list[np.ndarray]] = {}
         rng = np.random.default_rng(0)
@@ -212,8 +215,10 @@ class VolumeData(SegmentationData):
             )
         self.spatial_dims = spatial_dims
         self.patch = shape
-        if spacing is not None and (len(spacing) != 3 or any(float(s) <= 0 for s in spacing)):
-            raise ConfigError(f"data.spacing={list(spacing)} must be three positive voxel sides [z, y, x], or null.")
+        if spacing is not None and (len(spacing) != 3 or any(not 0 < float(s) < math.inf for s in spacing)):
+            raise ConfigError(
+                f"data.spacing={list(spacing)} must be three positive, finite voxel sides [z, y, x], or null."
+            )
         self.spacing_override = None if spacing is None else tuple(float(s) for s in spacing)
         self.volume_transform = volume_transform
         self._cases: dict[str, VolumeSplit] = {}
@@ -242,6 +247,8 @@ class VolumeData(SegmentationData):
             if not cases:
                 raise DataError(f"The {name!r} split of {type(self).__name__} is empty; check data.root and the split.")
             for case in cases:
+                if name != "train":  # read a whole volume at a time (training reads random crops)
+                    check_pixels(case.image.name, case.shape)
                 self._check_case(case)
             if needs_dataset_stats(self.normalize):  # only the training split gets here
                 self.normalize = fill_dataset_stats(self.normalize, [_pixels(c.image) for c in cases])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -98,8 +99,16 @@ class VolumeFolder(VolumeData):
         self.image_key, self.mask_key, self.channels = image_key, mask_key, channels
         self.ignore_index, self.foreground = ignore_index, foreground
 
+    @staticmethod
+    def _open_keyed(path: Path, key: str | None, channels: int, option: str) -> Volume:
+        """:func:`open_volume`, its refusals naming this config's key option (``data.image_key``...)."""
+        try:
+            return _open(path, key, None, channels)
+        except DataError as exc:
+            raise DataError(str(exc).replace("input_key", option)) from None
+
     def _open(self, path: Path, key: str | None, channels: int) -> Volume:
-        volume = _open(path, key, None, channels)
+        volume = self._open_keyed(path, key, channels, "data.image_key")
         axes = CHANNELS[self.channels]
         if axes is not None and len(volume.array.shape) == 4 and volume.axes != axes:
             volume = Volume(volume.array, axes, volume.name, volume.scale, volume.units, handle=volume.handle)
@@ -107,7 +116,7 @@ class VolumeFolder(VolumeData):
 
     def _open_pair(self, image_path: Path, mask_path: Path | None, channels: int) -> tuple[Volume, Volume | None]:
         image = self._open(image_path, self.image_key, channels)
-        mask = None if mask_path is None else _open(mask_path, self.mask_key, None, 1)
+        mask = None if mask_path is None else self._open_keyed(mask_path, self.mask_key, 1, "data.mask_key")
         if mask is not None and mask.shape[3] != 1:
             raise DataError(f"Mask {mask_path} has {mask.shape[3]} channels; a label volume has one.")
         return image, mask
@@ -142,6 +151,11 @@ class VolumeFolder(VolumeData):
             image, mask = opener()
             stated = tuple(float(image.scale.get(axis, 1.0)) for axis in "zyx")
             spacing = self.spacing_override or stated
+            if not all(math.isfinite(side) and side > 0 for side in spacing):  # a forged or broken header
+                raise DataError(
+                    f"{image.name} states the voxel spacing {list(stated)} (z, y, x); a side must be a positive "
+                    "number: fix its header, or set data.spacing=[z,y,x] for every volume."
+                )
             if self.spacing_override and image.scale and stated != self.spacing_override:
                 log.info("%s: data.spacing %s replaces the file's %s", image.name, self.spacing_override, stated)
             cases.append(VolumeCase(image, mask, stem, spacing, opener=opener))

@@ -33,7 +33,7 @@ def tiff_spacing(tif: tifffile.TiffFile) -> tuple[dict[str, float], dict[str, st
         for axis in "zyx":
             size = pixels.get(f"PhysicalSize{axis.upper()}")
             if size:
-                scale[axis] = float(size)
+                scale[axis] = _number(size, f"PhysicalSize{axis.upper()}", tif)
                 unit = UNITS.get(str(pixels.get(f"PhysicalSize{axis.upper()}Unit", "µm")))  # OME's default: µm
                 if unit:  # a unit this tool cannot name is left out rather than called micrometer
                     units[axis] = unit
@@ -47,7 +47,7 @@ def tiff_spacing(tif: tifffile.TiffFile) -> tuple[dict[str, float], dict[str, st
                 scale[axis] = denominator / numerator
     imagej = tif.imagej_metadata or {}
     if imagej.get("spacing"):
-        scale["z"] = float(imagej["spacing"])
+        scale["z"] = _number(imagej["spacing"], "ImageJ spacing", tif)
     unit = UNITS.get(str(imagej.get("unit", "")).strip())
     if unit:
         units = dict.fromkeys(scale, unit)
@@ -57,6 +57,15 @@ def tiff_spacing(tif: tifffile.TiffFile) -> tuple[dict[str, float], dict[str, st
         if resolution_unit:
             units = dict.fromkeys(scale, resolution_unit)
     return scale, units
+
+
+def _number(value: Any, what: str, tif: tifffile.TiffFile) -> float:
+    """A metadata value as a float; a value that is no number is refused in one line."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise DataError(f"TIFF {tif.filehandle.path}: its {what} {shown} is not a number; fix its metadata.") from None
 
 
 class TiffPages:

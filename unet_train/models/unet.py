@@ -7,6 +7,7 @@ builds in 2D or 3D (``spatial_dims``) with per-level, per-axis pooling (``pool_f
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -18,6 +19,7 @@ from unet_train.models.skips import make_skip
 
 ENCODERS = ("double_conv", "dilated")
 UPSAMPLES = ("transpose", "bilinear")  # bilinear is trilinear in 3D
+MAX_TOTAL_POOLING = 256  # per axis, over all levels, for explicit pool_factors (2**depth where that is more)
 
 
 def resolve_pool_factors(
@@ -48,6 +50,15 @@ def resolve_pool_factors(
             )
         if any(isinstance(f, bool) or not isinstance(f, int) or f < 1 for f in level):
             raise ConfigError(f"model.pool_factors[{index}]={level} must hold integers of at least 1.")
+    # The model pads every input to the total pooling per axis: a file-borne config must not make that huge.
+    limit = max(MAX_TOTAL_POOLING, 2**depth)
+    for axis in range(spatial_dims):
+        total = math.prod(int(level[axis]) for level in levels)
+        if total > limit:
+            raise ConfigError(
+                f"model.pool_factors={levels} pools axis {axis} by {total} in all; at most {limit} (each input is "
+                "padded to a multiple of it): use factors of 1 or 2."
+            )
     return [tuple(int(f) for f in level) for level in levels]
 
 

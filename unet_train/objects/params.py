@@ -47,7 +47,9 @@ def check_params(params: Any, target: str, where: str) -> dict[str, Any]:
         value = params[name]
         low, high, whole = RANGES[name]
         number = isinstance(value, int | float) and not isinstance(value, bool)
-        if not number or not math.isfinite(value) or not low <= value <= high or (whole and value != int(value)):
+        # an int is compared exactly (one too large for a float would overflow math.isfinite)
+        finite = number and (isinstance(value, int) or math.isfinite(value))
+        if not finite or not low <= value <= high or (whole and value != int(value)):
             kind = "a whole number" if whole else "a number"
             raise ValueError(f"{where}.{name}={value!r} must be {kind} in [{low}, {high}]")
         out[name] = int(value) if whole else float(value)
