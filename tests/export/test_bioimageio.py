@@ -75,7 +75,7 @@ def test_multiclass_package_validates_and_passes_the_model_test_for_every_weight
         if isinstance(node, (ast.Import, ast.ImportFrom))
         for alias in node.names
     }
-    assert imported <= {"__future__", "torch", "collections"}, imported
+    assert imported <= {"__future__", "torch", "collections", "math"}, imported  # torch and the standard library
     # bioimage.io's loading: the architecture file's callable, then torch.load(weights_only=True)
     namespace: dict = {}
     exec(compile(source, "unet_arch.py", "exec"), namespace)  # our own generated file

@@ -45,11 +45,11 @@ class BudgetedForward:
         self.model, self.runtime, self.memory = model, runtime, memory
         self.per_pixel: float | None = None
 
-    def pixels(self, dims: int = 2) -> int:
-        """The most pixels (voxels of a ``dims``-D input) one forward pass may take."""
+    def pixels(self, dims: int = 2, channels: int = 1) -> int:
+        """The most pixels (voxels of a ``dims``-D input of ``channels`` channels) one forward pass may take."""
         # Imported here: the inference package imports this module (probabilities) for its TTA.
         from unet_train.inference.budget import default_memory, forward_bytes_per_pixel
-        from unet_train.inference.tiling import in_channels, size_multiple
+        from unet_train.inference.tiling import size_multiple
 
         if self.memory is None:
             self.memory = default_memory(self.runtime.device)[0]
@@ -57,14 +57,15 @@ class BudgetedForward:
             multiples = size_multiple(self.model)
             multiples = multiples * dims if len(multiples) == 1 else multiples
             sides = [max(64 if dims == 2 else 16, 2 * m) // m * m for m in multiples]
-            probe = self.runtime.to_device(torch.rand(1, in_channels(self.model), *sides), image=True)
+            # The images' own channels: a model need not have a convolution to read them from.
+            probe = self.runtime.to_device(torch.rand(1, channels, *sides), image=True)
             with torch.inference_mode(), self.runtime.autocast():
                 self.per_pixel = forward_bytes_per_pixel(self.model, probe)
         return int(self.memory / self.per_pixel)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         pixels = math.prod(images.shape[2:])
-        fits = self.pixels(images.ndim - 2)
+        fits = self.pixels(images.ndim - 2, images.shape[1])
         if images.shape[0] * pixels <= fits:
             with self.runtime.autocast():
                 return self.model(images)
