@@ -21,12 +21,12 @@ import pytest
 import tifffile
 from PIL import Image
 
-from unet_train.cli import hold_resume_overrides, resume_overrides
 from unet_train.data.limits import available_memory, max_pixels, set_max_pixels
 from unet_train.data.reading import read_image, read_mask, read_stack
 from unet_train.engine.fit import fit
 from unet_train.errors import ConfigError, DataError
 from unet_train.inference.volumes import open_volume
+from unet_train.overrides import hold_resume_overrides, resume_overrides
 from unet_train.predict import run_predict
 
 from .conftest import TINY, compose_config

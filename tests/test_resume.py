@@ -9,8 +9,8 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from unet_train.cli import RESUME_ENV, apply_overrides, hold_resume_overrides
 from unet_train.errors import ConfigError
+from unet_train.overrides import RESUME_ENV, apply_overrides, hold_resume_overrides
 from unet_train.summarize import summarize
 
 from .conftest import TINY, compose_config

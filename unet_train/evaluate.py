@@ -27,15 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.tensorboard import SummaryWriter
 
 from unet_train.build import build_data, build_model
-from unet_train.cli import (
-    apply_overrides,
-    console_script,
-    eval_data_overrides,
-    exit_if_version_asked,
-    exit_on_user_error,
-    hold_eval_data_overrides,
-    run_dir,
-)
+from unet_train.cli import console_script, exit_if_version_asked, exit_on_user_error, run_dir
 from unet_train.config import config_dir
 from unet_train.data.foreground import boundary_positive
 from unet_train.data.limits import set_max_pixels
@@ -52,6 +44,7 @@ from unet_train.inference.budget import parse_memory
 from unet_train.inference.tiling import fold_batchnorm
 from unet_train.metrics import predict_labels
 from unet_train.objects.params import smallest_dtype
+from unet_train.overrides import apply_overrides, eval_data_overrides, hold_eval_data_overrides
 from unet_train.safe_io import confined, make_folder, write_atomic, write_csv, write_png
 from unet_train.trust import check_download_root
 

@@ -32,7 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from unet_train.build import build_model
-from unet_train.cli import console_script, exit_if_version_asked, exit_on_user_error, require_sweep_extra
+from unet_train.cli import console_script, exit_if_version_asked, exit_on_user_error
 from unet_train.config import config_dir
 from unet_train.data.folder import read_image
 from unet_train.data.limits import check_pixels, set_max_pixels
@@ -56,6 +56,7 @@ from unet_train.inference.sources import (
     open_volume,
 )
 from unet_train.objects.params import instance_target, smallest_dtype
+from unet_train.overrides import require_sweep_extra
 from unet_train.predict_files import (
     check_output_names,
     find_inputs,

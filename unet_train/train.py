@@ -26,18 +26,7 @@ from torch import nn
 
 from unet_train.added_keys import check_added_keys
 from unet_train.build import build_model, build_optimizer
-from unet_train.cli import (
-    apply_overrides,
-    console_script,
-    exit_if_version_asked,
-    exit_on_user_error,
-    hold_resume_overrides,
-    require_sweep_extra,
-    resume_overrides,
-    run_choices,
-    run_dir,
-    user_overrides,
-)
+from unet_train.cli import console_script, exit_if_version_asked, exit_on_user_error, run_dir, user_overrides
 from unet_train.config import config_dir
 from unet_train.data.limits import set_max_pixels
 from unet_train.engine import distributed
@@ -46,6 +35,13 @@ from unet_train.engine.checkpoint import check_model_size, check_optimizer_state
 from unet_train.engine.fit import fit
 from unet_train.engine.run_folder import check_run_folder, run_lock
 from unet_train.errors import ConfigError, UserError
+from unet_train.overrides import (
+    apply_overrides,
+    hold_resume_overrides,
+    require_sweep_extra,
+    resume_overrides,
+    run_choices,
+)
 from unet_train.safe_io import confined, write_atomic
 from unet_train.trust import check_download_root
 

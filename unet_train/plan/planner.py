@@ -183,7 +183,7 @@ def apply_plan(cfg: DictConfig, plan: DictConfig, overrides: list[str], source: 
     its group's schema or target does not take (an edited plan's ``trainer.max_tim``) is refused, naming ``source``.
     """
     from unet_train.added_keys import check_plan_keys
-    from unet_train.cli import _is_group, _is_override, _key, apply_overrides
+    from unet_train.overrides import _is_group, _is_override, _key, apply_overrides
 
     given = [o for o in overrides if _is_override(o)]
     chosen = {_group_path(_key(o)) for o in given if _is_group_choice(_key(o), _is_group)}
