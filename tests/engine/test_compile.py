@@ -26,3 +26,17 @@ def test_compiled_training_runs_and_saves_plain_weights(tmp_path):
     state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["model"]
     assert state and not any(key.startswith("_orig_mod.") for key in state)  # the unwrapped module is stored
     torch._dynamo.reset()
+
+
+def test_a_measured_step_takes_a_compiled_forward_without_asking_its_length():
+    """``trial_step(forward=torch.compile(model))`` (the benchmark's compiled case) keeps the compiled module;
+    it used to test ``forward or model``, and an OptimizedModule's truth value raised ``TypeError``."""
+    from unet_train.build import build_loss, build_model
+    from unet_train.engine.run import trial_step
+    from unet_train.engine.runtime import make_runtime
+
+    cfg = compose_config(TINY)
+    model = build_model(cfg.model)
+    compiled = torch.compile(model)  # wrapping compiles nothing until called
+    step = trial_step(cfg, model, build_loss(cfg), make_runtime("cpu", "32", False, False, False), forward=compiled)
+    assert step.model is compiled and step.params is model

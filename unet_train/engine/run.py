@@ -256,7 +256,9 @@ def trial_step(
         state=TrainState(), checkpoint=Path("last.pt"),
     )  # fmt: skip
     scaler = runtime.grad_scaler()
-    return TrainStep(forward or model, model, criterion, optimizer, scaler, None, runtime, guard, tcfg.grad_clip)
+    # not ``forward or model``: a compiled module's truth value asks for its len()
+    train_model = model if forward is None else forward
+    return TrainStep(train_model, model, criterion, optimizer, scaler, None, runtime, guard, tcfg.grad_clip)
 
 
 def _worker_weight_maps(criterion: nn.Module, data: Any) -> Any:
