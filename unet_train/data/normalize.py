@@ -307,11 +307,14 @@ def _fmt(values: Sequence[float]) -> str:
     return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
 
 
-def bioimageio_preprocessing(spec: Mapping[str, Any], dtype: np.dtype | str = "uint8") -> list[dict[str, Any]]:
+def bioimageio_preprocessing(
+    spec: Mapping[str, Any], dtype: np.dtype | str = "uint8", axes: Sequence[str] = ("y", "x")
+) -> list[dict[str, Any]]:
     """The bioimage.io (model spec 0.5) preprocessing operations that compute exactly what ``spec`` does.
 
     ``dtype`` is the images' stored type (it fixes ``gain: null``). Per-image statistics are
-    per channel, over the spatial axes (``axes: [y, x]``).
+    per channel, over the spatial ``axes`` (``[y, x]``; a volume's ``[z, y, x]``: training scales
+    each volume by statistics of the whole volume).
     """
     spec = resolve_spec(spec)
     scheme = spec["scheme"]
@@ -320,7 +323,7 @@ def bioimageio_preprocessing(spec: Mapping[str, Any], dtype: np.dtype | str = "u
         return [{"id": "scale_linear", "kwargs": {"gain": gain, "offset": spec["offset"]}}]
     if scheme == "zscore":
         if spec["per"] == "image":
-            return [{"id": "zero_mean_unit_variance", "kwargs": {"axes": ["y", "x"], "eps": EPS}}]
+            return [{"id": "zero_mean_unit_variance", "kwargs": {"axes": list(axes), "eps": EPS}}]
         # bioimage.io's fixed_zero_mean_unit_variance takes no eps: it goes into std, as training adds it
         std = [s + EPS for s in spec["std"]]
         return [
@@ -331,7 +334,7 @@ def bioimageio_preprocessing(spec: Mapping[str, Any], dtype: np.dtype | str = "u
             {
                 "id": "scale_range",
                 "kwargs": {
-                    "axes": ["y", "x"],
+                    "axes": list(axes),
                     "min_percentile": spec["low"],
                     "max_percentile": spec["high"],
                     "eps": EPS,

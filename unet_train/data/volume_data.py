@@ -36,6 +36,21 @@ MAX_FOREGROUND = 20_000  # foreground voxel positions kept per class and volume 
 Shape3 = tuple[int, ...]  # (z, y, x)
 
 
+def stated_unit(volume: Volume) -> str | None:
+    """The one unit (OME-NGFF name, e.g. ``micrometer``) of a volume's stated z, y, x sizes; None where the file
+    states no size, no unit, or different units on different axes."""
+    units = {volume.units.get(axis) for axis in "zyx" if axis in volume.scale}
+    return units.pop() if len(units) == 1 and None not in units else None
+
+
+def spacing_label(spacing: Sequence[float], unit: str | None) -> str:
+    """What a length measured with ``spacing`` is in: its ``unit``, ``voxel`` for unit sides without one, else
+    ``spacing unit`` (the file or data.spacing gave sizes but no unit)."""
+    if unit:
+        return unit
+    return "voxel" if all(float(s) == 1.0 for s in spacing) else "spacing unit"
+
+
 def patch_shape(patch_size: int | Sequence[int]) -> Shape3:
     """``data.patch_size`` as ``(z, y, x)``: an int is a cube; a list gives the three sides."""
     sides = [patch_size] * 3 if isinstance(patch_size, int) else list(patch_size)
@@ -56,6 +71,7 @@ class VolumeCase:
     mask: Volume | None
     name: str
     spacing: tuple[float, ...]  # (z, y, x)
+    unit: str | None = None  # of the spacing (OME-NGFF names), where the file states one and data.spacing is unset
     num_classes: int = 2
     ignore_index: int | None = None
     spec: dict[str, Any] = field(default_factory=dict)

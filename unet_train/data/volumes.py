@@ -17,7 +17,7 @@ from typing import Any
 
 from unet_train.data.folder import FOREGROUNDS, infer_num_classes, value_list
 from unet_train.data.splits import random_split
-from unet_train.data.volume_data import VolumeCase, VolumeData
+from unet_train.data.volume_data import VolumeCase, VolumeData, stated_unit
 from unet_train.errors import ConfigError, DataError
 from unet_train.inference.volumes import HDF5_SUFFIXES, NIFTI_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIXES, Volume
 from unet_train.inference.volumes import open_volume as _open
@@ -158,7 +158,8 @@ class VolumeFolder(VolumeData):
                 )
             if self.spacing_override and image.scale and stated != self.spacing_override:
                 log.info("%s: data.spacing %s replaces the file's %s", image.name, self.spacing_override, stated)
-            cases.append(VolumeCase(image, mask, stem, spacing, opener=opener))
+            unit = None if self.spacing_override else stated_unit(image)
+            cases.append(VolumeCase(image, mask, stem, spacing, unit, opener=opener))
         return cases
 
     def resolve_auto(self) -> None:

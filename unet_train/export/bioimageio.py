@@ -10,6 +10,7 @@ operations; the weights return logits and the postprocessing turns them into pro
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,11 @@ from skimage.transform import resize
 
 from unet_train.data.normalize import bioimageio_preprocessing, prepare_input
 from unet_train.data.reading import match_channels
-from unet_train.errors import ConfigError
+from unet_train.errors import ConfigError, DataError
 from unet_train.export.architecture import write_architecture
 from unet_train.export.model import ExportModel
 from unet_train.export.readme import package_readme
+from unet_train.export.volume import space_axes
 from unet_train.safe_io import write_atomic, write_png
 
 log = logging.getLogger(__name__)
@@ -94,8 +96,51 @@ def write_cover(path: Path, raw: np.ndarray, prob: np.ndarray) -> Path:
         return resize(a, (256, 256), order=1, anti_aliasing=True)
 
     positive = prob[0, 0] if prob.shape[1] == 1 else prob[0].argmax(0) / max(prob.shape[1] - 1, 1)
-    cover = np.concatenate([panel(raw[0, 0]), panel(positive)], axis=1)
+    image = raw[0, 0]
+    if image.ndim == 3:  # a volume: its middle plane
+        image, positive = image[image.shape[0] // 2], positive[positive.shape[0] // 2]
+    cover = np.concatenate([panel(image), panel(positive)], axis=1)
     return write_png(path, (cover * 255).round().astype(np.uint8))
+
+
+def test_tensors(exported: ExportModel, raw: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+    """The package's raw test input, cropped to its size grid, and the model input ``unet-predict`` makes of it.
+
+    An image ``(1, C, H, W)`` is given the model's channels as unet-predict does (grey copied to 3, RGB turned
+    grey); a volume ``(1, C, Z, Y, X)`` must have them. Either is scaled by the checkpoint's ``data.normalize``.
+    """
+    stored, channels = exported.config, exported.in_channels
+    if exported.spatial_dims == 3:
+        from unet_train.export.volume import volume_model_input
+
+        if raw.shape[1] != channels:
+            raise DataError(
+                f"The test volume has {raw.shape[1]} channel(s) but the model takes {channels}; "
+                "pass a bioimageio.test_image with its channels."
+            )
+        z, y, x = (s - s % m for s, m in zip(raw.shape[2:], exported.multiples))
+        raw = np.ascontiguousarray(raw[..., :z, :y, :x])
+        return raw, volume_model_input(raw, stored.data)
+    height, width = (s - s % exported.multiple for s in raw.shape[-2:])
+    image = np.moveaxis(raw[0, :, :height, :width], 0, -1)
+    image = match_channels(image[..., 0] if image.shape[-1] == 1 else image, channels, "the test image")
+    normalize = stored.data.get("normalize")  # a DictConfig (or None); resolve_spec reads either
+    return raw_to_nchw(image), torch.from_numpy(prepare_input(image, channels, normalize, "the test image")[None])
+
+
+def check_test_size(exported: ExportModel, raw: np.ndarray) -> None:
+    """Refuse a test image or volume smaller than the package's smallest input."""
+    sides, multiples = raw.shape[2:], exported.multiples
+    if exported.spatial_dims == 2 and exported.multiple > min(sides):
+        raise ConfigError(
+            f"The test image is {raw.shape[-2]}x{raw.shape[-1]} but the package's smallest input is "
+            f"{exported.multiple}x{exported.multiple} (2**model.depth); pass a larger test_image."
+        )
+    if exported.spatial_dims == 3 and any(m > s for m, s in zip(multiples, sides)):
+        raise ConfigError(
+            f"The test volume is {'x'.join(map(str, sides))} (z, y, x) but the package's smallest input is "
+            f"{'x'.join(map(str, multiples))} (the model's pooling per axis); pass a larger bioimageio.test_image."
+        )
 
 
 def build_package(
@@ -105,27 +150,21 @@ def build_package(
     info: PackageInfo,
     weights: dict[str, Path],
     metrics: dict[str, float] | None,
+    spacing: Sequence[float] | None = None,
+    unit: str | None = None,
 ) -> dict[str, Any]:
     """Write the package's files into ``folder`` and return the ``rdf.yaml`` content (relative paths).
 
-    ``weights`` maps ``onnx`` / ``torchscript`` to files already exported into ``folder``.
+    ``weights`` maps ``onnx`` / ``torchscript`` to files already exported into ``folder``. ``raw`` is the raw
+    test image ``(1, C, H, W)`` or, for a 3D model, volume ``(1, C, Z, Y, X)``; ``spacing`` (its voxel size,
+    ``z, y, x``) and ``unit`` become the space axes' ``scale`` and ``unit``.
     """
-    if exported.multiple > min(raw.shape[-2:]):
-        raise ConfigError(
-            f"The test image is {raw.shape[-2]}x{raw.shape[-1]} but the package's smallest input is "
-            f"{exported.multiple}x{exported.multiple} (2**model.depth); pass a larger test_image."
-        )
+    check_test_size(exported, raw)
     stored = exported.config
     normalize = stored.data.get("normalize")  # a DictConfig (or None); resolve_spec reads either
     channels = exported.in_channels
-    # The test input is cropped to the package's size grid (a multiple of 2**depth) and given the
-    # model's channels as unet-predict does (grey copied to 3, RGB turned grey).
-    height, width = (s - s % exported.multiple for s in raw.shape[-2:])
-    image = np.moveaxis(raw[0, :, :height, :width], 0, -1)
-    image = match_channels(image[..., 0] if image.shape[-1] == 1 else image, channels, "the test image")
-    raw = raw_to_nchw(image)
     # The test output is what unet-predict computes: the training normaliser, then the model.
-    x = torch.from_numpy(prepare_input(image, channels, normalize, "the test image")[None])
+    raw, x = test_tensors(exported, raw)
     with torch.inference_mode():
         prob = probabilities(exported.model(x)).numpy().astype(np.float32)
     write_atomic(folder / "test_input.npy", lambda handle: np.save(handle, raw))
@@ -144,7 +183,8 @@ def build_package(
     channel_names = info.channel_names or ([f"channel{c}" for c in range(channels)] if channels > 1 else ["raw"])
     if len(channel_names) != channels:
         raise ConfigError(f"bioimageio.channel_names={channel_names} needs {channels} names (data.in_channels).")
-    size = {"min": exported.multiple, "step": exported.multiple}
+    names = "yx" if exported.spatial_dims == 2 else "zyx"
+    input_axes, output_axes = space_axes(names, exported.multiples, spacing, unit)
     torch_version = torch.__version__.split("+")[0]
     weight_entries: dict[str, Any] = {
         "pytorch_state_dict": {
@@ -176,7 +216,8 @@ def build_package(
         "authors": info.authors,
         "cite": citations(exported.kwargs),
         "license": info.license,
-        "tags": list(dict.fromkeys([*info.tags, "unet", "segmentation", "2d", "pytorch", "onnx", "torchscript"])),
+        "tags": list(dict.fromkeys([*info.tags, "unet", "segmentation", f"{exported.spatial_dims}d", "pytorch", "onnx",
+                                    "torchscript"])),  # fmt: skip
         "documentation": "README.md",
         "covers": ["cover.png"],
         "inputs": [
@@ -186,8 +227,7 @@ def build_package(
                 "axes": [
                     {"type": "batch"},
                     {"type": "channel", "channel_names": channel_names},
-                    {"type": "space", "id": "y", "size": size},
-                    {"type": "space", "id": "x", "size": size},
+                    *input_axes,
                 ],
                 "test_tensor": {"source": "test_input.npy"},
                 # bioimage.io's `data` is the tensor after preprocessing, the model's float32 input.
@@ -195,7 +235,7 @@ def build_package(
                 # A cast to the model's float32, then data.normalize as bioimage.io operations.
                 "preprocessing": [
                     {"id": "ensure_dtype", "kwargs": {"dtype": "float32"}},
-                    *bioimageio_preprocessing(normalize, raw.dtype),
+                    *bioimageio_preprocessing(normalize, raw.dtype, names),
                 ],
             }
         ],
@@ -206,8 +246,7 @@ def build_package(
                 "axes": [
                     {"type": "batch"},
                     {"type": "channel", "channel_names": class_names},
-                    {"type": "space", "id": "y", "size": {"tensor_id": "raw", "axis_id": "y"}},
-                    {"type": "space", "id": "x", "size": {"tensor_id": "raw", "axis_id": "x"}},
+                    *output_axes,
                 ],
                 "test_tensor": {"source": "test_output.npy"},
                 "data": {"type": "float32", "range": [0.0, 1.0]},

@@ -22,6 +22,7 @@ from unet_train.export.model import (
     load_export_model,
     max_abs_difference,
     verification_inputs,
+    volume_sizes,
 )
 from unet_train.safe_io import check_outputs, make_folder, write_atomic
 
@@ -37,9 +38,26 @@ def chosen_formats(value: str) -> list[str]:
     return names
 
 
+def verification_sizes(exported: ExportModel, settings: DictConfig) -> list[list[int]]:
+    """``verify.sizes`` for a 2D model; for a 3D one ``verify.sizes_3d``, or sizes from its pooling grid."""
+    if exported.spatial_dims == 2:
+        return [list(size) for size in settings.sizes]
+    given = settings.get("sizes_3d")
+    if given is None:
+        return volume_sizes(exported.multiples)
+    sizes = [list(size) for size in given]
+    if not sizes or any(len(size) != 3 or not all(isinstance(s, int) and s > 0 for s in size) for size in sizes):
+        raise ConfigError(
+            f"verify.sizes_3d={OmegaConf.to_container(given)} must list [z, y, x] sizes of positive ints "
+            "for this 3D model, e.g. [[8,32,32],[12,48,40]], or null for sizes from its pooling."
+        )
+    return sizes
+
+
 def verify(exported: ExportModel, name: str, runner: Any, cfg: DictConfig) -> float:
     """Max |exported - PyTorch| over the verification sizes and batch sizes; fails above ``verify.atol``."""
-    inputs = verification_inputs(exported.in_channels, list(cfg.verify.sizes), list(cfg.verify.batch_sizes))
+    sizes = verification_sizes(exported, cfg.verify)
+    inputs = verification_inputs(exported.in_channels, sizes, list(cfg.verify.batch_sizes))
     diff = max_abs_difference(exported.folded, runner, inputs)
     shapes = ", ".join(f"{tuple(x.shape)}" for x in inputs)
     log.info("%s matches PyTorch to %.2e (max abs logit difference over %s)", name, diff, shapes)
@@ -111,8 +129,14 @@ def export_bioimageio(exported: ExportModel, out: Path, weights: dict[str, Path]
     folder.mkdir(parents=True)
     for path in weights.values():
         shutil.copy2(path, folder / path.name)
-    rdf = build_package(exported, test_image(exported, settings), folder, info, weights,
-                        read_metrics(settings.metrics))  # fmt: skip
+    if exported.spatial_dims == 3:
+        from unet_train.export.volume import read_test_volume
+
+        volume = read_test_volume(exported.config.data, settings.test_image, settings.data_root)
+        raw, spacing, unit = volume.raw, volume.spacing, volume.unit
+    else:
+        raw, spacing, unit = test_image(exported, settings), None, None
+    rdf = build_package(exported, raw, folder, info, weights, read_metrics(settings.metrics), spacing, unit)
     zip_path = save_package(rdf, folder, out / f"{name.replace(' ', '_')}.bioimageio.zip")
     log.info("Wrote %s", zip_path)
     result: dict[str, Any] = {"package": str(zip_path)}
@@ -127,6 +151,7 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     formats = chosen_formats(cfg.format)
     require_extra(formats)
     exported = load_export_model(cfg.ckpt, trust=cfg.get("trust_config", False))
+    verification_sizes(exported, cfg.verify)  # a malformed verify.sizes_3d is refused before anything is written
     out = Path(cfg.output).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output={out} is a file; pass a folder (it is created if missing).")
@@ -139,12 +164,14 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     if "onnx" in formats or "bioimageio" in formats:
         from unet_train.export.onnx import export_onnx, onnx_runner
 
-        weights["onnx"] = export_onnx(exported.folded, out / "model.onnx", exported.in_channels)
+        weights["onnx"] = export_onnx(exported.folded, out / "model.onnx", exported.in_channels,
+                                      example_size=exported.example_size)  # fmt: skip
         result["max_abs_diff"]["onnx"] = verify(exported, "ONNX (onnxruntime)", onnx_runner(weights["onnx"]), cfg)
     if "torchscript" in formats or "bioimageio" in formats:
         from unet_train.export.torchscript import torchscript_runner, trace_torchscript
 
-        weights["torchscript"] = trace_torchscript(exported.folded, out / "model.pt", exported.in_channels)
+        weights["torchscript"] = trace_torchscript(exported.folded, out / "model.pt", exported.in_channels,
+                                                   exported.example_size)  # fmt: skip
         runner = torchscript_runner(weights["torchscript"])
         result["max_abs_diff"]["torchscript"] = verify(exported, "TorchScript", runner, cfg)
     if "bioimageio" in formats:

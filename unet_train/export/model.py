@@ -15,7 +15,7 @@ from torch import nn
 from unet_train.build import build_model
 from unet_train.engine.checkpoint import check_model_size, load_checkpoint, load_model_state
 from unet_train.errors import CheckpointError
-from unet_train.inference.tiling import fold_batchnorm
+from unet_train.inference.tiling import fold_batchnorm, size_multiple
 from unet_train.models import UNet
 
 
@@ -52,6 +52,21 @@ class ExportModel:
         """The side multiple on which the model pads nothing (``2**depth``)."""
         return 2 ** int(self.kwargs.get("depth", 4))
 
+    @property
+    def spatial_dims(self) -> int:
+        return int(self.kwargs.get("spatial_dims", 2))
+
+    @property
+    def multiples(self) -> tuple[int, ...]:
+        """Per spatial axis (``y, x`` or ``z, y, x``), the side multiple on which the model pads nothing."""
+        multiples = size_multiple(self.model)
+        return multiples * self.spatial_dims if len(multiples) == 1 else multiples
+
+    @property
+    def example_size(self) -> tuple[int, ...]:
+        """The input size the exporters trace: no side 1 (export would fix it to 1) and none a multiple of anything."""
+        return (45, 37) if self.spatial_dims == 2 else (11, 45, 37)
+
 
 def load_export_model(path: str | Path, trust: bool | Sequence[str] = False) -> ExportModel:
     """Rebuild a checkpoint's model for export (CPU, float32, eval mode, no auxiliary heads).
@@ -81,13 +96,20 @@ def load_export_model(path: str | Path, trust: bool | Sequence[str] = False) -> 
 def verification_inputs(
     in_channels: int, sizes: list[list[int]], batch_sizes: list[int], seed: int = 0
 ) -> list[torch.Tensor]:
-    """Random normalised inputs for every (batch size, size) pair, fixed by ``seed``."""
+    """Random normalised inputs for every (batch size, size) pair, fixed by ``seed``; a size is ``(H, W)`` or
+    ``(D, H, W)``."""
     generator = torch.Generator().manual_seed(seed)
     return [
-        torch.rand(batch, in_channels, int(height), int(width), generator=generator)
-        for height, width in sizes
+        torch.rand(batch, in_channels, *(int(side) for side in size), generator=generator)
+        for size in sizes
         for batch in batch_sizes
     ]
+
+
+def volume_sizes(multiples: Sequence[int]) -> list[list[int]]:
+    """The sizes a 3D export is checked at (``verify.sizes_3d: null``): two on the model's pooling grid, which
+    differ on every axis, and one off it, which the graph pads."""
+    return [[2 * m for m in multiples], [3 * m for m in multiples], [2 * m + 1 for m in multiples]]
 
 
 def max_abs_difference(reference: nn.Module, run: Any, inputs: list[torch.Tensor]) -> float:

@@ -1,4 +1,4 @@
-"""ONNX export with ``torch.onnx.export(dynamo=True)``: dynamic batch, height and width, one file."""
+"""ONNX export with ``torch.onnx.export(dynamo=True)``: dynamic batch and spatial sizes (y, x or z, y, x), one file."""
 
 from __future__ import annotations
 
@@ -58,7 +58,9 @@ def export_onnx(
     # torch.export names the dynamic axes after its symbols (s77, s53); a reader of the file wants their meaning.
     shape = program.model.graph.inputs[0].shape
     if shape is not None and hasattr(program, "rename_axes"):  # torch 2.9+
-        axes = {shape[i]: name for i, name in ((0, "batch"), (2, "y"), (3, "x")) if not isinstance(shape[i], int)}
+        spatial = "zyx"[5 - example.ndim :]  # y, x or z, y, x
+        names = {0: "batch", **{2 + i: axis for i, axis in enumerate(spatial)}}
+        axes = {shape[i]: name for i, name in names.items() if not isinstance(shape[i], int)}
         program.rename_axes(axes)  # type: ignore[arg-type]
     # The exporter writes the file (and its .data beside it) itself: fresh files, not through planted links.
     cleared(path)

@@ -17,6 +17,22 @@ def validation_section(metrics: dict[str, float] | None) -> str:
     return "\n".join([*lines, ""])
 
 
+def sizes_sentence(exported: ExportModel) -> str:
+    """What input sizes work and which the package declares."""
+    if exported.spatial_dims == 2:
+        m = exported.multiple
+        return (
+            f"Inputs of any size work (the model pads to a multiple of {m} and crops back); the package "
+            f"declares sides of {m} + k x {m}, where nothing is padded."
+        )
+    z, y, x = exported.multiples
+    return (
+        f"Inputs are volumes (batch, channel, z, y, x). Any size works (the model pads z, y and x to multiples of "
+        f"{z}, {y} and {x}, its pooling per axis, and crops back); the package declares those multiples per axis, "
+        "where nothing is padded, and the training data's voxel size as the space axes' scale."
+    )
+
+
 def package_readme(exported: ExportModel, name: str, metrics: dict[str, float] | None) -> str:
     kwargs: dict[str, Any] = exported.kwargs
     classes = exported.out_channels
@@ -31,8 +47,7 @@ def package_readme(exported: ExportModel, name: str, metrics: dict[str, float] |
         "",
         "The weights return logits; the package's postprocessing turns them into probabilities "
         + ("(sigmoid)." if classes == 1 else "(softmax over the channel axis)."),
-        f"Inputs of any size work (the model pads to a multiple of {exported.multiple} and crops back); the package "
-        f"declares sides of {exported.multiple} + k x {exported.multiple}, where nothing is padded.",
+        sizes_sentence(exported),
         "Batch norms are folded into the convolutions in the ONNX and TorchScript weights.",
         "",
         validation_section(metrics),
