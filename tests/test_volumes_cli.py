@@ -82,6 +82,12 @@ def test_unet_eval_scores_the_validation_volume(reference, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     (row,) = metrics["details"]["per_image"]  # one validation volume, scored whole
     assert row["name"].startswith("vol") and 0 <= row["dice"] <= 1
+    # V-Rand/V-Info per section (the challenge's) and in 3D; HD95 in the volumes' micrometres (ImageJ spacing)
+    assert {"val/vrand", "val/vinfo", "val/vrand_3d", "val/vinfo_3d", "val/hd95"} <= set(metrics)
+    assert metrics["details"]["units"] == {"hd95": "micrometer"} and row["hd95_unit"] == "micrometer"
+    assert "hd95 is in micrometer" in result.stdout
+    header = (out / "per_image.csv").read_text().splitlines()[0].split(",")
+    assert {"vrand", "vrand_3d", "hd95", "hd95_unit"} <= set(header)
     (prediction,) = (out / "predictions").iterdir()
     labels = tifffile.imread(prediction)
     assert labels.shape == SHAPE and set(np.unique(labels).tolist()) <= {0, 255}

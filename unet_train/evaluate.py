@@ -5,8 +5,9 @@ else. ``split=test|train|val|all`` picks the images, each scored once, whole, wi
 ``data.root=DIR`` (or any ``data.KEY``, checked against the stored data config; ``+data.KEY`` adds one)
 changes the stored data settings; ``data=folder data.root=DIR`` evaluates on another dataset. ``tta=true`` averages the
 probabilities over the 8 flips and 90-degree rotations. Binary problems also get the ISBI
-challenge's V-Rand and V-Info (best threshold reported) and HD95; overlays of image, ground
-truth, prediction and errors go to ``overlays/`` and to TensorBoard under ``tensorboard/``.
+challenge's V-Rand and V-Info (best threshold reported; volumes per section and in 3D) and HD95 (volumes in
+the units of their voxel spacing); overlays of image, ground truth, prediction and errors go to ``overlays/``
+and to TensorBoard under ``tensorboard/``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from unet_train.engine.autotune import forward_step, tune
 from unet_train.engine.checkpoint import check_model_size, load_checkpoint
 from unet_train.engine.evaluate import evaluate
 from unet_train.engine.objects import EVAL_METRICS, ObjectReport, instance_target, params_for, stored_postprocess
-from unet_train.engine.report import EvalReport
+from unet_train.engine.report import EvalReport, volume_spacing
 from unet_train.engine.runtime import make_runtime, to_channels_last
 from unet_train.engine.signals import ignore_stop_signals
 from unet_train.errors import CheckpointError, ConfigError
@@ -170,11 +171,13 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     writer = SummaryWriter(str(confined(out / "tensorboard", out)))  # not through a link out of the run folder
     # The positive class is the border of the V-Rand segments only for membranes (ISBI's default,
     # data.foreground=membrane of a folder, the synthetic membranes); objects and cells are the segments.
+    spacing, unit = volume_spacing(loader.dataset)  # HD95 of a volume in the units of its voxel size
     report = EvalReport(
         data.num_classes,
         boundary_positive=boundary_positive(data),
         overlay_dir=out / "overlays" if cfg.save_predictions else None,
         writer=writer,
+        spacing=spacing,
     )
 
     objects = object_report(cfg, checkpoint, stored, pred_dir if cfg.save_predictions else None)
@@ -200,6 +203,10 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
         "metrics": metrics,
         "per_image": result.per_image,
     }
+    if "hd95" in result.metrics:  # the unit of the HD95 figures: pixel, voxel, or the volumes' (micrometer...)
+        summary["units"] = {"hd95": unit}
+        for row in result.per_image:
+            row["hd95_unit"] = unit
     for key, value in metrics.items():
         writer.add_scalar(key, value)
     writer.close()
@@ -207,6 +214,8 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     if result.per_image:
         write_csv(out / "per_image.csv", list(result.per_image[0]), result.per_image, root=out)
         print(format_table(metrics))
+        if "units" in summary:
+            print(f"hd95 is in {unit}")
     elif cfg.save_predictions:
         print(f"The {cfg.split!r} split has no masks: wrote predictions only.")
     else:

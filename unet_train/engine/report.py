@@ -6,6 +6,7 @@ from float32 probabilities on the CPU, image by image, as the loop hands each ba
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from unet_train.data.volume_data import spacing_label
 from unet_train.engine.evaluate import EvalResult, probabilities
 from unet_train.engine.tensorboard import display_grey
 from unet_train.labels import valid_pixels
@@ -48,8 +50,22 @@ def overlay(image: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor, num_cl
     return np.concatenate([p.astype(np.uint8) for p in panels] + [errors], axis=1)
 
 
+def volume_spacing(dataset: Any) -> tuple[dict[str, tuple[float, ...]], str]:
+    """The voxel size of each volume a dataset serves, by name, and the unit HD95 is then in (the cases' unit,
+    :func:`~unet_train.data.volume_data.spacing_label`); ``({}, "pixel")`` for a dataset of 2D images."""
+    cases = getattr(dataset, "cases", None)
+    if not cases:
+        return {}, "pixel"
+    labels = sorted({spacing_label(case.spacing, case.unit) for case in cases})
+    return {case.name: tuple(case.spacing) for case in cases}, labels[0] if len(labels) == 1 else "mixed units"
+
+
 class EvalReport:
     """Per-image extras for ``unet-eval``: V-Rand/V-Info sweep and HD95 (binary problems), overlays.
+
+    A volume ``(D, H, W)`` gets V-Rand/V-Info per z section averaged (``vrand``, ``vinfo``, as the ISBI
+    challenge scored its stack) and as one 3D segmentation (``vrand_3d``, ``vinfo_3d``), and its HD95 in the
+    units of its voxel spacing.
 
     Args:
         num_classes: classes of the problem (2 = binary, one logit channel).
@@ -57,6 +73,8 @@ class EvalReport:
             segmentation (ISBI with ``foreground: membrane``); otherwise the negative class is.
         overlay_dir: folder for overlay PNGs (None: none written).
         writer: TensorBoard writer for the same overlays (None: none logged).
+        spacing: each volume's voxel size ``(z, y, x)`` by name (:func:`volume_spacing`); a volume not in it,
+            and every 2D image, is measured in pixels (voxels).
     """
 
     def __init__(
@@ -65,13 +83,16 @@ class EvalReport:
         boundary_positive: bool = True,
         overlay_dir: Path | None = None,
         writer: SummaryWriter | None = None,
+        spacing: Mapping[str, Sequence[float]] | None = None,
     ) -> None:
         self.binary = num_classes <= 2
         self.num_classes = num_classes
         self.boundary_positive = boundary_positive
         self.overlay_dir = overlay_dir
         self.writer = writer
+        self.spacing = dict(spacing or {})
         self.sweep = RandInfoSweep()
+        self.sweep_3d = RandInfoSweep(suffix="_3d")  # volumes only
         self.hd95: list[float] = []
         if overlay_dir is not None:
             make_folder(overlay_dir, overlay_dir.parent)
@@ -90,8 +111,13 @@ class EvalReport:
                 truth_np = (truth == 1).numpy()
                 boundary = positive if self.boundary_positive else 1.0 - positive
                 cells = ~truth_np if self.boundary_positive else truth_np
-                self.sweep.add(boundary, cells, valid)
-                self.hd95.append(hd95(labels[i].numpy().astype(bool), truth_np, valid))
+                spacing = self.spacing.get(name) if truth.dim() == 3 else None
+                if truth.dim() == 3:  # a volume: per section as the challenge, and in 3D
+                    self.sweep.add_sections(boundary, cells, valid)
+                    self.sweep_3d.add(boundary, cells, valid, spacing)
+                else:
+                    self.sweep.add(boundary, cells, valid)
+                self.hd95.append(hd95(labels[i].numpy().astype(bool), truth_np, valid, spacing))
             if self.overlay_dir is not None or self.writer is not None:
                 image, shown, pred = batch["image"][i], truth, labels[i]
                 if truth.dim() == 3:  # a volume: its middle plane
@@ -107,9 +133,13 @@ class EvalReport:
         """Add the extras to ``result`` (per-image columns and means); returns the added means."""
         if not self.binary or not result.per_image:
             return {}
-        added = {**self.sweep.best(), "hd95": float(np.mean(self.hd95))}
-        for row, scores, distance in zip(result.per_image, self.sweep.per_slice(), self.hd95, strict=True):
+        added = {**self.sweep.best(), **self.sweep_3d.best(), "hd95": float(np.mean(self.hd95))}
+        volumes = self.sweep_3d.per_slice() or [{}] * len(self.hd95)
+        for row, scores, scores_3d, distance in zip(
+            result.per_image, self.sweep.per_slice(), volumes, self.hd95, strict=True
+        ):
             row.update(scores)
+            row.update(scores_3d)
             row["hd95"] = distance
         result.metrics.update(added)
         return added

@@ -140,7 +140,7 @@ def build_run(cfg: DictConfig) -> Run:
 
     data = build_data(cfg.data)
     resolve_data_config(cfg, data)  # data.in_channels/num_classes=auto and dataset statistics, before the model
-    check_monitor(cfg.monitor, data.num_classes, data.instance_target is not None)
+    check_monitor(cfg.monitor, data.num_classes, data.instance_target is not None, getattr(data, "spatial_dims", 2))
     pin = runtime.device.type == "cuda"
     train_sampler = dist.train_sampler(len(data.dataset("train")), data.samples_per_epoch, cfg.seed)
     val_size = len(data.dataset("val"))

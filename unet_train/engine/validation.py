@@ -17,7 +17,7 @@ from unet_train.data.foreground import boundary_positive
 from unet_train.engine import distributed
 from unet_train.engine.evaluate import evaluate
 from unet_train.engine.objects import ObjectReport, instance_target, params_for
-from unet_train.engine.report import EvalReport
+from unet_train.engine.report import EvalReport, volume_spacing
 from unet_train.engine.tensorboard import panel
 from unet_train.errors import ConfigError
 from unet_train.objects.params import OBJECT_METRICS
@@ -29,6 +29,7 @@ MINIMIZED = ("loss", "error", "hd95")
 # What unet-eval's EvalReport adds (binary tasks): a threshold sweep per image and distance transforms,
 # seconds per image on a CPU, so validation computes them only when one of them is monitored.
 CHALLENGE_KEYS = ("vrand", "vrand_threshold", "vinfo", "vinfo_threshold", "hd95")
+VOLUME_KEYS = ("vrand_3d", "vrand_3d_threshold", "vinfo_3d", "vinfo_3d_threshold")  # volumes: 3D segments
 # trainer.val_subset's sample is drawn with this seed, not the run's: every run of a sweep (and every validation
 # of a run, resumed or not) scores the same images, so their best values compare.
 VAL_SUBSET_SEED = 0
@@ -63,20 +64,20 @@ def validation_sampler(dist: distributed.Distributed, size: int, subset: int | N
     return ItemSampler(items[dist.rank :: dist.world_size])
 
 
-def validation_keys(num_classes: int, instances: bool = False) -> list[str]:
+def validation_keys(num_classes: int, instances: bool = False, spatial_dims: int = 2) -> list[str]:
     """The ``val/*`` keys a validation can report for a task of ``num_classes`` classes (``instances``: and the
-    object metrics of an instance model)."""
+    object metrics of an instance model; ``spatial_dims=3``: and the 3D V-Rand/V-Info of volumes)."""
     keys = ["loss", "dice", "iou", "pixel_error", *(OBJECT_METRICS if instances else ())]
     if num_classes > 2:
         keys += [f"{name}_{k}" for k in range(1, num_classes) for name in ("dice", "iou")]
     else:
-        keys += list(CHALLENGE_KEYS)
+        keys += [*CHALLENGE_KEYS, *(VOLUME_KEYS if spatial_dims == 3 else ())]
     return [f"val/{key}" for key in keys]
 
 
-def check_monitor(monitor: str, num_classes: int, instances: bool = False) -> None:
+def check_monitor(monitor: str, num_classes: int, instances: bool = False, spatial_dims: int = 2) -> None:
     """Refuse, before any training, a ``monitor`` that validation cannot report."""
-    keys = validation_keys(num_classes, instances)
+    keys = validation_keys(num_classes, instances, spatial_dims)
     if monitor not in keys:
         raise ConfigError(f"monitor={monitor!r} is not a validation metric; choose one of {', '.join(keys)}.")
 
@@ -123,8 +124,9 @@ def validate(
     panels: list[torch.Tensor] = []
     wanted = cfg.trainer.num_image_panels
     extras = None
-    if cfg.monitor.removeprefix("val/") in CHALLENGE_KEYS:
-        extras = EvalReport(num_classes, boundary_positive=boundary_positive(cfg.data))  # as unet-eval decides
+    if cfg.monitor.removeprefix("val/") in (*CHALLENGE_KEYS, *VOLUME_KEYS):
+        spacing, _ = volume_spacing(loader.dataset)  # HD95 of volumes in their units, as unet-eval reports it
+        extras = EvalReport(num_classes, boundary_positive=boundary_positive(cfg.data), spacing=spacing)
     target = instance_target(cfg.data)
     objects = None if target is None else ObjectReport(target, params_for(cfg, target, None))
 

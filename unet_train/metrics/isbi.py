@@ -25,6 +25,13 @@ doi:10.3389/fnana.2015.00142):
 The scores of every threshold 0.0, 0.1, ..., 1.0 are averaged over slices; the reported
 figure is the best mean, with its threshold (V-Rand and V-Info each pick their own).
 
+Volumes are scored both ways. As the challenge scored its stack, per section
+(:func:`section_scores`: each z section a 2D image as above, the scores averaged over the volume's
+sections; ``vrand``, ``vinfo``), and as one 3D segmentation (:func:`slice_scores` on the volume:
+6-connected segments, the watershed thins the predicted borders in 3D over distances measured in the
+voxel spacing; ``vrand_3d``, ``vinfo_3d``). A cell that the prediction cuts between two sections, or
+two cells it joins through one, costs only in the 3D figures.
+
 Differences from calling scikit-image directly:
 
 - scikit-image returns errors (``adapted_rand_error`` -> 1 - F; ``variation_of_information``
@@ -61,17 +68,18 @@ def ground_truth_segments(cells: np.ndarray) -> np.ndarray:
     return label(np.asarray(cells, dtype=bool), connectivity=1)
 
 
-def thinned_segments(cells: np.ndarray) -> np.ndarray:
+def thinned_segments(cells: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
     """Predicted segments from a boolean cell mask: cells grown by a watershed, 1-pixel border lines as singletons.
 
     Returns positive labels everywhere (no 0): watershed regions first, then one new label per line pixel.
+    ``spacing`` (a volume's voxel size) measures the distance the watershed floods over in physical units.
     """
     cells = np.asarray(cells, dtype=bool)
     markers = label(cells, connectivity=1)
     if markers.max() == 0:  # no cell at all: every pixel is border
         return np.arange(1, cells.size + 1, dtype=np.int64).reshape(cells.shape)
-    # Flood from the cells over the distance to them: borders are split down their middle.
-    distance = ndi.distance_transform_edt(~cells)
+    # Flood from the cells over the distance to them: borders are split down their (physical) middle.
+    distance = ndi.distance_transform_edt(~cells, sampling=spacing)
     regions = watershed(distance, markers, connectivity=1, watershed_line=True).astype(np.int64)
     lines = regions == 0
     regions[lines] = regions.max() + 1 + np.arange(int(lines.sum()), dtype=np.int64)
@@ -118,36 +126,70 @@ def slice_scores(
     truth_cells: np.ndarray,
     thresholds: Sequence[float] = THRESHOLDS,
     valid: np.ndarray | None = None,
+    spacing: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Scores of one slice at every threshold: array ``(len(thresholds), 2)`` of (V-Rand, V-Info).
+
+    A volume ``(D, H, W)`` given here is scored as one 3D segmentation (6-connected segments, the
+    watershed in 3D over distances measured with ``spacing``); :func:`section_scores` scores it per section.
 
     Args:
         boundary_prob: ``(H, W)`` predicted probability of the border (membrane) class.
         truth_cells: ``(H, W)`` boolean ground-truth cell mask (True = cell, False = membrane).
         thresholds: a pixel is predicted cell where ``boundary_prob <= threshold``.
         valid: ``(H, W)`` boolean map of the labelled pixels (None: all); the others are not scored.
+        spacing: the pixel or voxel size per axis (None: 1), for the watershed's distances.
     """
     labelled = np.ones(np.shape(truth_cells), dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
     truth = ground_truth_segments(np.asarray(truth_cells, dtype=bool) & labelled)
     out = np.empty((len(thresholds), 2), dtype=np.float64)
     for i, threshold in enumerate(thresholds):
-        out[i] = rand_info_scores(truth, thinned_segments((boundary_prob <= threshold) & labelled))
+        out[i] = rand_info_scores(truth, thinned_segments((boundary_prob <= threshold) & labelled, spacing))
     return out
+
+
+def section_scores(
+    boundary_prob: np.ndarray,
+    truth_cells: np.ndarray,
+    thresholds: Sequence[float] = THRESHOLDS,
+    valid: np.ndarray | None = None,
+) -> np.ndarray:
+    """A volume ``(D, H, W)`` scored as the ISBI challenge scored its stack: each z section on its own
+    (:func:`slice_scores`, 2D segments), the ``(len(thresholds), 2)`` scores averaged over the sections."""
+    sections = [
+        slice_scores(boundary_prob[z], truth_cells[z], thresholds, None if valid is None else valid[z])
+        for z in range(len(boundary_prob))
+    ]
+    return np.mean(sections, axis=0)
 
 
 @dataclass
 class RandInfoSweep:
     """Collects per-slice scores over thresholds and reports the challenge figures.
 
-    Call :meth:`add` once per slice, then :meth:`best` for the means at the best thresholds
-    and :meth:`per_slice` for each slice's scores at those thresholds.
+    Call :meth:`add` once per slice (or :meth:`add_sections` once per volume, scored per section), then
+    :meth:`best` for the means at the best thresholds and :meth:`per_slice` for each item's scores at those
+    thresholds. ``suffix`` names the keys (``vrand<suffix>``, ``vrand<suffix>_threshold``...): ``_3d`` for the
+    scores of volumes as 3D segmentations.
     """
 
     thresholds: Sequence[float] = THRESHOLDS
     scores: list[np.ndarray] = field(default_factory=list)
+    suffix: str = ""
 
-    def add(self, boundary_prob: np.ndarray, truth_cells: np.ndarray, valid: np.ndarray | None = None) -> None:
-        self.scores.append(slice_scores(boundary_prob, truth_cells, self.thresholds, valid))
+    def add(
+        self,
+        boundary_prob: np.ndarray,
+        truth_cells: np.ndarray,
+        valid: np.ndarray | None = None,
+        spacing: Sequence[float] | None = None,
+    ) -> None:
+        self.scores.append(slice_scores(boundary_prob, truth_cells, self.thresholds, valid, spacing))
+
+    def add_sections(self, boundary_prob: np.ndarray, truth_cells: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """One volume, scored per z section and averaged (:func:`section_scores`): one item, as every volume
+        weighs the same in the means over volumes whatever its depth."""
+        self.scores.append(section_scores(boundary_prob, truth_cells, self.thresholds, valid))
 
     def _best_index(self) -> tuple[int, int]:
         mean = np.mean(self.scores, axis=0)  # (T, 2)
@@ -160,11 +202,12 @@ class RandInfoSweep:
             return {}
         mean = np.mean(self.scores, axis=0)
         i_rand, i_info = self._best_index()
+        rand, info = f"vrand{self.suffix}", f"vinfo{self.suffix}"
         return {
-            "vrand": float(mean[i_rand, 0]),
-            "vrand_threshold": float(self.thresholds[i_rand]),
-            "vinfo": float(mean[i_info, 1]),
-            "vinfo_threshold": float(self.thresholds[i_info]),
+            rand: float(mean[i_rand, 0]),
+            f"{rand}_threshold": float(self.thresholds[i_rand]),
+            info: float(mean[i_info, 1]),
+            f"{info}_threshold": float(self.thresholds[i_info]),
         }
 
     def per_slice(self) -> list[dict[str, float]]:
@@ -172,4 +215,5 @@ class RandInfoSweep:
         if not self.scores:
             return []
         i_rand, i_info = self._best_index()
-        return [{"vrand": float(s[i_rand, 0]), "vinfo": float(s[i_info, 1])} for s in self.scores]
+        rand, info = f"vrand{self.suffix}", f"vinfo{self.suffix}"
+        return [{rand: float(s[i_rand, 0]), info: float(s[i_info, 1])} for s in self.scores]
