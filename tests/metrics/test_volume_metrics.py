@@ -121,3 +121,13 @@ def test_the_eval_report_scores_a_volume_per_section_in_3d_and_with_its_spacing(
     unscaled = EvalReport(2)  # a volume without a spacing is measured in voxels
     unscaled.on_batch({"name": ["vol"], "mask": torch.from_numpy(truth)[None]}, logits)
     assert unscaled.hd95 == [pytest.approx(1.0)]
+
+
+def test_a_3d_run_may_monitor_the_3d_figures_and_a_2d_run_may_not():
+    from unet_train.engine.validation import check_monitor
+    from unet_train.errors import ConfigError
+
+    check_monitor("val/vrand_3d", 2, spatial_dims=3)
+    check_monitor("val/vrand", 2, spatial_dims=3)  # the per-section figure, as for 2D runs
+    with pytest.raises(ConfigError, match="monitor='val/vrand_3d' is not a validation metric"):
+        check_monitor("val/vrand_3d", 2)

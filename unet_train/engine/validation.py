@@ -125,7 +125,7 @@ def validate(
     wanted = cfg.trainer.num_image_panels
     extras = None
     if cfg.monitor.removeprefix("val/") in (*CHALLENGE_KEYS, *VOLUME_KEYS):
-        spacing, _ = volume_spacing(loader.dataset)  # HD95 of volumes in their units, as unet-eval reports it
+        spacing, _ = volume_spacing(getattr(loader, "dataset", None))  # HD95 of volumes in their units, as unet-eval
         extras = EvalReport(num_classes, boundary_positive=boundary_positive(cfg.data), spacing=spacing)
     target = instance_target(cfg.data)
     objects = None if target is None else ObjectReport(target, params_for(cfg, target, None))

@@ -207,6 +207,7 @@ def build_package(
             "parent": "pytorch_state_dict",
             "opset_version": OPSET,
         }
+    dims_tag = f"{exported.spatial_dims}d"
     postprocessing = [{"id": "sigmoid"}] if out_channels == 1 else [{"id": "softmax", "kwargs": {"axis": "channel"}}]
     return {
         "type": "model",
@@ -216,8 +217,7 @@ def build_package(
         "authors": info.authors,
         "cite": citations(exported.kwargs),
         "license": info.license,
-        "tags": list(dict.fromkeys([*info.tags, "unet", "segmentation", f"{exported.spatial_dims}d", "pytorch", "onnx",
-                                    "torchscript"])),  # fmt: skip
+        "tags": list(dict.fromkeys([*info.tags, "unet", "segmentation", dims_tag, "pytorch", "onnx", "torchscript"])),
         "documentation": "README.md",
         "covers": ["cover.png"],
         "inputs": [

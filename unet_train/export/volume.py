@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, cast, get_args
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from unet_train.data.volume_data import stated_unit
+from unet_train.data.volume_data import VolumeCase, stated_unit
 from unet_train.errors import ConfigError, DataError
 from unet_train.inference.volumes import Volume, open_volume
 
@@ -53,13 +53,13 @@ def read_test_volume(data_cfg: DictConfig, test_image: str | None, data_root: st
             volume.close()
     from unet_train.build import build_data
 
-    data_cfg = OmegaConf.create(OmegaConf.to_container(data_cfg, resolve=True))
-    assert isinstance(data_cfg, DictConfig)
+    resolved = OmegaConf.create(OmegaConf.to_container(data_cfg, resolve=True))
+    assert isinstance(resolved, DictConfig)
     if data_root:
-        with open_dict(data_cfg):
-            data_cfg.root = str(data_root)
+        with open_dict(resolved):
+            resolved.root = str(data_root)
     try:
-        case = build_data(data_cfg).split("val").images[0]
+        case = cast(VolumeCase, build_data(resolved).split("val").images[0])  # a 3D data module's split
     except (DataError, ConfigError, OSError) as exc:
         raise DataError(
             f"No test volume: the checkpoint's val split could not be read ({exc}); "
