@@ -104,7 +104,8 @@ def test_the_volume_plan_writes_3d_keys_with_reasons_and_the_schedule():
     assert plan["model.base_channels"].value == 16 and plan["trainer.val_share"].value == 0.1
     assert plan["trainer.max_time"].value == 600.0 and plan["data.normalize"].value["scheme"] == "percentile"
     isbi = {c.key: c for c in derive_volume_plan(em, CPU, 600.0, layout, dims_key=True)}
-    assert isbi["data.spatial_dims"].value == 3 and "data.spatial_dims=3 asks for 3D" in isbi["data.spatial_dims"].reason
+    assert isbi["data.spatial_dims"].value == 3
+    assert "data.spatial_dims=3 asks for 3D" in isbi["data.spatial_dims"].reason
     written = yaml.safe_load(plan_yaml(list(plan.values()), ["a volume plan"]))
     assert written["model"]["pool_factors"] == [[1, 2, 2]] * 4 and written["data"]["patch_size"] == [7, 80, 80]
     # Validation is timed on at most twice the crop per axis, and scaled to the whole volumes.

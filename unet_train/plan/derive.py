@@ -125,8 +125,11 @@ def data_choices(fp: dict) -> list[Choice]:
     present = [int(k) for k in fp["classes"]]
     if fp.get("labels") == "instances":
         choices.append(Choice("data.labels", "instances", "the masks hold object ids"))
-        choices.append(Choice("data.target", fp["target"],
-                              "background / interior / boundary: touching objects split at the boundary"))
+        choices.append(
+            Choice(
+                "data.target", fp["target"], "background / interior / boundary: touching objects split at the boundary"
+            )
+        )
         choices.append(Choice("data.num_classes", fp["num_classes"], f"the target's classes {present}"))
     else:
         choices.append(Choice("data.num_classes", fp["num_classes"], f"mask values {present} (0 = background)"))
@@ -149,7 +152,8 @@ def schedule_choices(fp: dict, device: DeviceFacts, budget_s: float, batch: int,
     steps = plan.steps
     for key, value, reason in validation_choices(plan, batch, budget_s, None if timed else GUESSED_STEP_S):
         choices.append(Choice(key, value, reason))
-    return choices + [
+    return [
+        *choices,
         Choice("trainer.max_time", float(budget_s), f"the budget ({budget_s:g} s): the schedule anneals over it"),
         Choice("trainer.max_epochs", 1_000_000, "the time budget ends the run, not an epoch count"),
         Choice("sched.warmup_steps", min(200, steps // 50), f"about 2% of the ~{steps} steps (at most 200)"),

@@ -114,8 +114,13 @@ def make_plan(
     if is_volume_data(data):  # volumes: spacing, shapes and a 3D crop with pooling per axis (volume_derive.py)
         fingerprint = volume_fingerprint(data)
         layout = volume_layout(fingerprint, kind)
-        shape: dict[str, Any] = {"patch": layout.patch, "depth": layout.depth, "batch": layout.batch,
-                                 "pool_factors": layout.pool_factors, "val_size": validation_block(fingerprint, layout)}
+        shape: dict[str, Any] = {
+            "patch": layout.patch,
+            "depth": layout.depth,
+            "batch": layout.batch,
+            "pool_factors": layout.pool_factors,
+            "val_size": validation_block(fingerprint, layout),
+        }
         dims_key = "spatial_dims" in data_cfg  # data=isbi takes it; data=volumes is 3D only
         derive = functools.partial(derive_volume_plan, fingerprint, budget_s=budget_s, layout=layout, dims_key=dims_key)
     else:
@@ -123,12 +128,20 @@ def make_plan(
         if data.instance_target is not None:  # the classes above are those the model learns from the object ids
             fingerprint["labels"], fingerprint["target"] = "instances", data.instance_target
         patch, depth, batch = geometry(fingerprint, kind)
-        shape = {"patch": patch, "depth": depth, "batch": batch,
-                 "val_size": (int(fingerprint["height"]["median"]), int(fingerprint["width"]["median"]))}
+        shape = {
+            "patch": patch,
+            "depth": depth,
+            "batch": batch,
+            "val_size": (int(fingerprint["height"]["median"]), int(fingerprint["width"]["median"])),
+        }
         derive = functools.partial(derive_plan, fingerprint, budget_s=budget_s)
     facts = (
         measure_device(
-            device, max(fingerprint["channels"]), fingerprint["num_classes"], budget_s=budget_s, run_cfg=run_cfg,
+            device,
+            max(fingerprint["channels"]),
+            fingerprint["num_classes"],
+            budget_s=budget_s,
+            run_cfg=run_cfg,
             **shape,
         )
         if measure
