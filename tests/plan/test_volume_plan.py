@@ -168,3 +168,33 @@ def test_plan_auto_on_a_folder_of_volumes_plans_3d_and_trains(tmp_path):
     assert resolved["data"]["patch_size"] == [8, 16, 16] and resolved["trainer"]["max_time"] == 4.0
     assert json.loads((run / "metrics.json").read_text())["steps"] >= 1
     assert (run / "checkpoints" / "best.pt").is_file()
+
+
+def test_a_volume_plan_times_3d_steps_and_a_3d_validation_block_and_stops_at_a_width_out_of_memory(monkeypatch):
+    import torch
+
+    from unet_train.engine import autotune
+    from unet_train.engine import evaluate as evaluate_module
+    from unet_train.plan.measure import measure_device
+
+    shapes, real_tune, real_evaluate = [], autotune.tune, evaluate_module.evaluate
+
+    def tune(runtime, phase, make_step, what, shape, *args, **kwargs):
+        shapes.append(shape)
+        if len(shapes) == 3:  # the third width does not fit the device's memory
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return real_tune(runtime, phase, make_step, what, shape, *args, **kwargs)
+
+    def evaluate(model, loader, runtime, num_classes, loss_fn=None, on_batch=None):
+        (batch,) = loader
+        shapes.append(tuple(batch["image"].shape))
+        assert model.pool_factors == [(1, 2, 2)]  # the planned pooling per axis, in 3D
+        return real_evaluate(model, loader, runtime, num_classes, loss_fn=loss_fn, on_batch=on_batch)
+
+    monkeypatch.setattr(autotune, "tune", tune)
+    monkeypatch.setattr(evaluate_module, "evaluate", evaluate)
+    facts = measure_device(torch.device("cpu"), 1, 2, patch=(4, 8, 8), depth=1, batch=2, channels_last=False, steps=1,
+                           budget_s=1e6, val_size=(6, 12, 12), pool_factors=[[1, 2, 2]])  # fmt: skip
+    assert shapes[:3] == [(2, 1, 4, 8, 8)] * 3 and shapes[3] == (1, 1, 6, 12, 12)
+    assert sorted(facts.step_seconds) == [8, 16]  # the width out of memory is not planned; the narrower ones are
+    assert list(facts.val_seconds) == [16] and facts.val_pixels == 6 * 12 * 12
