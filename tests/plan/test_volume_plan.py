@@ -109,7 +109,9 @@ def test_the_volume_plan_writes_3d_keys_with_reasons_and_the_schedule():
     written = yaml.safe_load(plan_yaml(list(plan.values()), ["a volume plan"]))
     assert written["model"]["pool_factors"] == [[1, 2, 2]] * 4 and written["data"]["patch_size"] == [7, 80, 80]
     # Validation is timed on at most twice the crop per axis, and scaled to the whole volumes.
-    assert validation_block(fingerprint((1.0, 1.0, 1.0), (64, 64, 64), (100, 200, 200)), layout) == (14, 160, 160)
+    iso = fingerprint((1.0, 1.0, 1.0), (64, 64, 64), (100, 200, 200))
+    assert validation_block(iso, layout) == (14, 160, 160)
+    assert validation_block({**iso, "val_shape": [5, 512, 100]}, layout) == (5, 160, 100)  # the validation volumes
 
 
 def test_the_fingerprint_reads_spacing_from_a_nifti_and_a_tiff_and_samples_planes(tmp_path, monkeypatch):
@@ -145,7 +147,7 @@ def test_the_fingerprint_reads_spacing_from_a_nifti_and_a_tiff_and_samples_plane
     planes = sampled_planes(40)
     voxels = (mask > 0).sum() + (deep_mask[planes] > 0).sum()
     assert fp["classes"]["1"] == pytest.approx(voxels / (mask.size + deep_mask[planes].size))
-    assert fp["num_images"] == 2 and fp["num_val_images"] == 0 and fp["num_classes"] == 2
+    assert fp["num_images"] == 2 and fp["num_val_images"] == 0 and fp["num_classes"] == 2 and fp["val_shape"] is None
 
 
 @pytest.mark.slow
@@ -160,7 +162,7 @@ def test_plan_auto_on_a_folder_of_volumes_plans_3d_and_trains(tmp_path):
     run = tmp_path / "run"
     plan = yaml.safe_load((run / "experiment" / "plan.yaml").read_text())
     fp = json.loads((run / "fingerprint.json").read_text())
-    assert fp["spacing"]["median"] == [2.0, 0.5, 0.5] and fp["shape"]["min"] == [8, 16, 16]
+    assert fp["spacing"]["median"] == [2.0, 0.5, 0.5] and fp["shape"]["min"] == fp["val_shape"] == [8, 16, 16]
     # z (2 um) waits one pooling of y, x (0.5 -> 1 um); the 16 px sides stop at 4 after two poolings.
     assert plan["model"]["pool_factors"] == [[1, 2, 2], [2, 2, 2]] and plan["data"]["patch_size"] == [8, 16, 16]
     resolved = yaml.safe_load((run / "resolved_config.yaml").read_text())

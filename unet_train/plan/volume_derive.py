@@ -90,10 +90,10 @@ def volume_layout(fp: dict, kind: str) -> VolumeLayout:
 
 
 def validation_block(fp: dict, layout: VolumeLayout) -> tuple[int, int, int]:
-    """The block whose validation is timed: the median volume, at most twice the crop per axis (a forward's cost
-    is about linear in the voxels, so the plan scales the time to the whole volumes; a large volume is not
-    forwarded whole while planning)."""
-    median = fp["shape"]["median"]
+    """The block whose validation is timed: the median validation volume (else training volume), at most twice
+    the crop per axis (a forward's cost is about linear in the voxels, so the plan scales the time to the whole
+    volumes; a large volume is not forwarded whole while planning)."""
+    median = fp.get("val_shape") or fp["shape"]["median"]
     block = [min(int(m), 2 * p) for m, p in zip(median, layout.patch)]
     return (block[0], block[1], block[2])
 

@@ -121,6 +121,8 @@ def compute_volume_fingerprint(
         "foreground_share": {**_stats(foreground), "mean": float(np.mean(foreground))},
         "foreground_share_per_image": dict(zip(names, foreground)),
         "num_val_images": len(val),
+        # the validation volumes' median shape: a validation's time per voxel depends on it (few planes cost more)
+        "val_shape": [int(v) for v in np.median([case.shape[:3] for case in val], axis=0)] if val else None,
         "val_pixels": int(sum(case.voxels for case in val)),  # voxels one validation pass reads
         "sampled_planes": SAMPLED_PLANES,
     }
