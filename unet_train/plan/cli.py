@@ -34,6 +34,8 @@ def plan(cfg: DictConfig) -> Path:
     check_writable(output)
     fingerprint = make_plan(cfg.data, budget, cfg.device, output, measure=cfg.measure)
     summary = {k: v for k, v in fingerprint.items() if k != "foreground_share_per_image"}
+    if "spacing" in summary:  # volumes: the median is printed, each volume's spacing is in the file
+        summary["spacing"] = {k: v for k, v in summary["spacing"].items() if k != "per_volume"}
     sys.stdout.write(json.dumps(summary, indent=2) + "\n\n" + output.read_text())
     log.info("Fingerprint: %s", fingerprint_path(output))
     log.info("Plan: %s  (train with: unet-train ... +plan=%s)", output, output)

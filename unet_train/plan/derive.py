@@ -101,49 +101,68 @@ def choose_width(device: DeviceFacts, train_seconds: float) -> tuple[int, float,
 
 def derive_plan(fingerprint: dict, device: DeviceFacts, budget_s: float) -> list[Choice]:
     """The training plan for ``fingerprint`` on ``device`` within ``budget_s`` seconds."""
-    fp, choices = fingerprint, []
-
-    def add(key: str, value: Any, reason: str) -> None:
-        choices.append(Choice(key, value, reason))
-
-    channels = max(fp["channels"])
-    mixed = len(fp["channels"]) > 1
-    add("data.in_channels", channels, f"{fp['channels']} channels found" + (
-        f"; grey images are repeated to {channels} channels" if mixed else ""))  # fmt: skip
-    present = [int(k) for k in fp["classes"]]
-    if fp.get("labels") == "instances":
-        add("data.labels", "instances", "the masks hold object ids")
-        add("data.target", fp["target"], "background / interior / boundary: touching objects split at the boundary")
-        add("data.num_classes", fp["num_classes"], f"the target's classes {present}")
-    else:
-        add("data.num_classes", fp["num_classes"], f"mask values {present} (0 = background)")
-    add("data.normalize", *_normalize(fp))
-
+    fp = fingerprint
+    choices = data_choices(fp)
     patch, depth, batch = geometry(fp, device.kind)
     smallest = int(min(fp["height"]["min"], fp["width"]["min"]))
-    add("data.patch_size", patch, f"smallest image side {smallest} px, capped at {PATCH_CAP.get(device.kind, 256)} "
-        f"on {device.kind}, a multiple of 2**depth")  # fmt: skip
-    add("data.batch_size", batch, f"{batch} crops of {patch} px per step on {device.kind}")
-    add("model.depth", depth, f"{depth} poolings leave a {patch // 2**depth} px bottleneck (at least {MIN_BOTTLENECK})")
+    choices += [
+        Choice("data.patch_size", patch, f"smallest image side {smallest} px, capped at "
+               f"{PATCH_CAP.get(device.kind, 256)} on {device.kind}, a multiple of 2**depth"),
+        Choice("data.batch_size", batch, f"{batch} crops of {patch} px per step on {device.kind}"),
+        Choice("model.depth", depth, f"{depth} poolings leave a {patch // 2**depth} px bottleneck (at least "
+               f"{MIN_BOTTLENECK})"),
+    ]  # fmt: skip
+    return choices + schedule_choices(fp, device, budget_s, batch, batch * patch * patch) + label_choices(fp)
 
+
+def data_choices(fp: dict) -> list[Choice]:
+    """Channels, classes (or the instance target) and the normalisation, from the fingerprint."""
+    choices = []
+    channels = max(fp["channels"])
+    mixed = len(fp["channels"]) > 1
+    choices.append(Choice("data.in_channels", channels, f"{fp['channels']} channels found" + (
+        f"; grey images are repeated to {channels} channels" if mixed else "")))  # fmt: skip
+    present = [int(k) for k in fp["classes"]]
+    if fp.get("labels") == "instances":
+        choices.append(Choice("data.labels", "instances", "the masks hold object ids"))
+        choices.append(
+            Choice(
+                "data.target", fp["target"], "background / interior / boundary: touching objects split at the boundary"
+            )
+        )
+        choices.append(Choice("data.num_classes", fp["num_classes"], f"the target's classes {present}"))
+    else:
+        choices.append(Choice("data.num_classes", fp["num_classes"], f"mask values {present} (0 = background)"))
+    choices.append(Choice("data.normalize", *_normalize(fp)))
+    return choices
+
+
+def schedule_choices(fp: dict, device: DeviceFacts, budget_s: float, batch: int, step_pixels: int) -> list[Choice]:
+    """Width, validation, budget and warm-up: the time-budgeted schedule, for images and volumes alike.
+
+    ``step_pixels``: the pixels (voxels) of one training step, which scale an untimed validation guess."""
     train_guess = budget_s * (1 - VAL_SHARE)
     width, step_s, width_reason = choose_width(device, train_guess)
-    add("model.base_channels", width, width_reason)
+    choices = [Choice("model.base_channels", width, width_reason)]
     timed = not math.isnan(step_s)
     if not timed:
         step_s = GUESSED_STEP_S
     # Which validation images, how often: validation_plan.py's rule, from a timed whole-image validation.
-    plan = plan_validation(fp, device, width, step_s, budget_s, batch * patch * patch)
+    plan = plan_validation(fp, device, width, step_s, budget_s, step_pixels)
     steps = plan.steps
     for key, value, reason in validation_choices(plan, batch, budget_s, None if timed else GUESSED_STEP_S):
-        add(key, value, reason)
-    add("trainer.max_time", float(budget_s), f"the budget ({budget_s:g} s): the schedule anneals over it")
-    add("trainer.max_epochs", 1_000_000, "the time budget ends the run, not an epoch count")
-    add("sched.warmup_steps", min(200, steps // 50), f"about 2% of the ~{steps} steps (at most 200)")
+        choices.append(Choice(key, value, reason))
+    return [
+        *choices,
+        Choice("trainer.max_time", float(budget_s), f"the budget ({budget_s:g} s): the schedule anneals over it"),
+        Choice("trainer.max_epochs", 1_000_000, "the time budget ends the run, not an epoch count"),
+        Choice("sched.warmup_steps", min(200, steps // 50), f"about 2% of the ~{steps} steps (at most 200)"),
+    ]
 
-    for key, value, reason in [*loss_choice(fp), *oversampling(fp)]:
-        add(key, value, reason)
-    return choices
+
+def label_choices(fp: dict) -> list[Choice]:
+    """The loss and the foreground oversampling, from the classes' shares."""
+    return [Choice(key, value, reason) for key, value, reason in [*loss_choice(fp), *oversampling(fp)]]
 
 
 def loss_choice(fp: dict) -> list[tuple[str, Any, str]]:

@@ -4,8 +4,9 @@ the run will take them."""
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, cast
 
@@ -26,15 +27,16 @@ def measure_device(
     device: torch.device,
     in_channels: int,
     num_classes: int,
-    patch: int,
+    patch: int | Sequence[int],
     depth: int,
     batch: int,
     steps: int = 2,
     budget_s: float | None = None,
     precision: str = "32",
     channels_last: bool | str = "auto",
-    val_size: tuple[int, int] | None = None,
+    val_size: tuple[int, ...] | None = None,
     run_cfg: DictConfig | None = None,
+    pool_factors: list[list[int]] | None = None,
 ) -> DeviceFacts:
     """Seconds per training step of the vanilla UNet at each width of ``WIDTHS``: the step ``unet-train`` takes
     (BCE + Dice, fused Adam, gradient clipping) in the layout and precision it will take them.
@@ -42,7 +44,8 @@ def measure_device(
     ``channels_last``/``precision`` ``auto`` on a CPU: both settings are timed and the faster one's time is the
     width's (engine/autotune.py; cached, so the run reuses the measurement); otherwise ``steps`` steps after a
     warm-up one. Widths above ``FLOOR_WIDTH`` are not timed once a narrower one is already too slow for
-    ``MIN_STEPS`` steps in ``budget_s``.
+    ``MIN_STEPS`` steps in ``budget_s``. ``patch`` as ``(z, y, x)`` times a 3D UNet with ``pool_factors`` on
+    crops of that size (a volume plan); ``val_size`` then is a ``(z, y, x)`` block.
     """
     from unet_train.engine import autotune
     from unet_train.engine.run import trial_steps
@@ -53,8 +56,14 @@ def measure_device(
     kind = "cuda" if device.type == "cuda" else "cpu"
     name = torch.cuda.get_device_name(device) if kind == "cuda" else cpu_name(torch.get_num_threads())
     out_channels = 1 if num_classes <= 2 else num_classes
-    images = torch.rand(batch, in_channels, patch, patch)
-    target = torch.randint(0, max(2, num_classes), (batch, patch, patch))
+    sides = (patch, patch) if isinstance(patch, int) else tuple(int(p) for p in patch)
+
+    def net(width: int) -> torch.nn.Module:
+        return UNet(in_channels=in_channels, out_channels=out_channels, base_channels=width, depth=depth,
+                    spatial_dims=len(sides), pool_factors=pool_factors).to(device)  # fmt: skip
+
+    images = torch.rand(batch, in_channels, *sides)
+    target = torch.randint(0, max(2, num_classes), (batch, *sides))
     if out_channels == 1:
         target = target.clamp(max=1)
     loss_fn = BCEDiceLoss()
@@ -67,15 +76,25 @@ def measure_device(
     timed: dict[int, float] = {}
     runtimes: dict[int, Any] = {}
     for width in WIDTHS[kind]:
-        model = UNet(in_channels=in_channels, out_channels=out_channels, base_channels=width, depth=depth).to(device)
+        model = net(width)
         make_step, what = trial_steps(cfg, model, loss_fn, {"image": images, "mask": target})
-        chosen, seconds = autotune.tune(runtime, "training", make_step, what, tuple(images.shape))
-        if seconds:
-            timed[width] = seconds[autotune.Setting(chosen.channels_last, chosen.precision).name]
-        else:
-            timed[width] = _seconds_per_call(make_step(chosen), steps, device)
+        try:
+            chosen, seconds = autotune.tune(runtime, "training", make_step, what, tuple(images.shape))
+            if seconds:
+                timed[width] = seconds[autotune.Setting(chosen.channels_last, chosen.precision).name]
+            else:
+                timed[width] = _seconds_per_call(make_step(chosen), steps, device)
+        except torch.cuda.OutOfMemoryError:  # the device's memory: a wider net does not fit this crop and batch
+            if not timed:
+                raise
+            log.info("width %d: out of GPU memory for %d crops of %s; planning the narrower widths", width, batch,
+                     "x".join(map(str, sides)))  # fmt: skip
+            del model, make_step
+            torch.cuda.empty_cache()
+            break
         runtimes[width] = chosen
-        log.info("width %d: %.0f ms per step (%d x %d px crops, %s, %s)", width, timed[width] * 1000, batch, patch,
+        log.info("width %d: %.0f ms per step (%d x %s px crops, %s, %s)", width, timed[width] * 1000, batch,
+                 "x".join(map(str, sides)),
                  "channels-last" if chosen.channels_last else "NCHW", chosen.precision)  # fmt: skip
         if budget_s is not None and width >= FLOOR_WIDTH and timed[width] * MIN_STEPS > budget_s:
             break  # a wider one would be slower still; up to FLOOR_WIDTH every width is timed (choose_width)
@@ -83,15 +102,15 @@ def measure_device(
     if val_size is None or budget_s is None:
         return facts
     width = choose_width(facts, budget_s * (1 - VAL_SHARE))[0]
-    model = UNet(in_channels=in_channels, out_channels=out_channels, base_channels=width, depth=depth).to(device)
+    model = net(width)
     val_s = time_validation(model, runtimes[width], loss_fn, in_channels, num_classes, val_size)
-    log.info("width %d: %.2f s to validate one whole %dx%d image", width, val_s, *val_size)
-    return replace(facts, val_seconds={width: val_s}, val_pixels=val_size[0] * val_size[1])
+    log.info("width %d: %.2f s to validate one whole %s image", width, val_s, "x".join(map(str, val_size)))
+    return replace(facts, val_seconds={width: val_s}, val_pixels=math.prod(val_size))
 
 
 def time_validation(
     model: torch.nn.Module, runtime: Any, loss_fn: torch.nn.Module, in_channels: int, num_classes: int,
-    size: tuple[int, int], calls: int = 2,
+    size: tuple[int, ...], calls: int = 2,
 ) -> float:  # fmt: skip
     """Seconds to validate one whole ``size`` image: the run's own :func:`~unet_train.engine.evaluate.evaluate`
     (forward, loss, scores) in ``runtime``'s layout and precision; the faster of ``calls`` calls after a warm-up one,
@@ -103,9 +122,9 @@ def time_validation(
     # A mask of a few regions, as real masks are: random pixel noise made thousands of one-pixel segments, and
     # the per-segment scores took ten times the forward pass (5.3 s for one 256x320 image on a CPU).
     target = torch.zeros((1, *size), dtype=torch.long)
-    h, w = size
-    for k in range(1, max(2, num_classes)):
-        target[:, h * k // (2 * num_classes + 2) : h // 2, w // 4 : 3 * w // 4] = k
+    h, w = size[-2:]
+    for k in range(1, max(2, num_classes)):  # a volume's block: the same regions in every plane
+        target[..., h * k // (2 * num_classes + 2) : h // 2, w // 4 : 3 * w // 4] = k
     loader = cast(Any, [{"image": torch.rand(1, in_channels, *size), "mask": target, "name": ["timed"]}])
     times: list[float] = []
     for _ in range(calls + 1):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import logging
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from unet_train.build import build_data
 from unet_train.engine.runtime import resolve_device
 from unet_train.errors import ConfigError
-from unet_train.plan.derive import DeviceFacts, derive_plan, geometry, plan_yaml
+from unet_train.plan.derive import Choice, DeviceFacts, derive_plan, geometry, plan_yaml
 from unet_train.plan.fingerprint import compute_fingerprint, training_split
 from unet_train.plan.measure import measure_device
+from unet_train.plan.volume_derive import derive_volume_plan, validation_block, volume_layout
+from unet_train.plan.volume_fingerprint import is_volume_data, volume_fingerprint
 from unet_train.safe_io import write_atomic
 from unet_train.trust import check_config, check_plan_keys, check_plan_sizes, read_yaml
 
@@ -104,28 +108,46 @@ def make_plan(
     image at the chosen one), write the plan to ``output``; returns the fingerprint. ``run_cfg``: the run's config
     (``plan=auto``), whose optimizer, precision and layout are timed."""
     data = build_data(data_cfg)
-    fingerprint = compute_fingerprint(*training_split(data))
-    if data.instance_target is not None:  # the classes above are those the model learns from the object ids
-        fingerprint["labels"], fingerprint["target"] = "instances", data.instance_target
     device = resolve_device(device_name)
     kind = "cuda" if device.type == "cuda" else "cpu"
-    patch, depth, batch = geometry(fingerprint, kind)
+    derive: Callable[[DeviceFacts], list[Choice]]
+    if is_volume_data(data):  # volumes: spacing, shapes and a 3D crop with pooling per axis (volume_derive.py)
+        fingerprint = volume_fingerprint(data)
+        layout = volume_layout(fingerprint, kind)
+        shape: dict[str, Any] = {
+            "patch": layout.patch,
+            "depth": layout.depth,
+            "batch": layout.batch,
+            "pool_factors": layout.pool_factors,
+            "val_size": validation_block(fingerprint, layout),
+        }
+        dims_key = "spatial_dims" in data_cfg  # data=isbi takes it; data=volumes is 3D only
+        derive = functools.partial(derive_volume_plan, fingerprint, budget_s=budget_s, layout=layout, dims_key=dims_key)
+    else:
+        fingerprint = compute_fingerprint(*training_split(data))
+        if data.instance_target is not None:  # the classes above are those the model learns from the object ids
+            fingerprint["labels"], fingerprint["target"] = "instances", data.instance_target
+        patch, depth, batch = geometry(fingerprint, kind)
+        shape = {
+            "patch": patch,
+            "depth": depth,
+            "batch": batch,
+            "val_size": (int(fingerprint["height"]["median"]), int(fingerprint["width"]["median"])),
+        }
+        derive = functools.partial(derive_plan, fingerprint, budget_s=budget_s)
     facts = (
         measure_device(
             device,
             max(fingerprint["channels"]),
             fingerprint["num_classes"],
-            patch,
-            depth,
-            batch,
             budget_s=budget_s,
-            val_size=(int(fingerprint["height"]["median"]), int(fingerprint["width"]["median"])),
             run_cfg=run_cfg,
+            **shape,
         )
         if measure
         else DeviceFacts(kind=kind, name=f"{kind}, not timed (measure=false)")
     )
-    choices = derive_plan(fingerprint, facts, budget_s)
+    choices = derive(facts)
     accepted = data_keys(data_cfg)
     unsupported = frozenset(c.key for c in choices if c.key.startswith("data.") and c.key[5:] not in accepted)
     root = data_cfg.get("root")
@@ -148,7 +170,8 @@ def make_plan(
 
 def _data_choice(data_cfg: DictConfig) -> str:
     target = str(data_cfg._target_)
-    name = {"ImageFolder": "folder", "ISBI2012": "isbi", "SyntheticMembranes": "synthetic"}.get(target.rsplit(".")[-1])
+    names = {"ImageFolder": "folder", "ISBI2012": "isbi", "SyntheticMembranes": "synthetic", "VolumeFolder": "volumes"}
+    name = names.get(target.rsplit(".")[-1])
     root = data_cfg.get("root")
     return " ".join(x for x in (f"data={name}" if name else "", f"data.root={root}" if root else "") if x)
 

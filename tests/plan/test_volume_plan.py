@@ -1,0 +1,202 @@
+"""Plans for volumes: the fingerprint read lazily from the files (spacing, shapes), the dims rule, the crop and
+the pooling per axis for isotropic, anisotropic EM and thick-slice MR volumes, and plan=auto on a folder."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import compose_config
+from tests.data.volume_folder import ball_volume, make_volume_folder, write_tiff
+from unet_train.build import build_data
+from unet_train.inference.volumes import Volume
+from unet_train.plan.derive import DeviceFacts, plan_yaml
+from unet_train.plan.volume_derive import (
+    CROP_VOXELS,
+    derive_volume_plan,
+    preferred_dims,
+    validation_block,
+    volume_layout,
+)
+from unet_train.plan.volume_fingerprint import SAMPLED_PLANES, sampled_planes, volume_fingerprint
+
+BIN = Path(sys.executable).parent
+CPU = DeviceFacts(kind="cpu", name="test CPU", step_seconds={8: 0.1, 16: 0.3, 32: 1.0})
+
+
+def fingerprint(spacing, smallest, median=None, volumes=10, val=2):
+    """A volume fingerprint: ``smallest``/``median`` shapes and the median ``spacing``, all z, y, x."""
+    median = median or smallest
+    return {
+        "num_images": volumes, "num_volumes": volumes, "num_val_images": val, "val_pixels": val * math.prod(median),
+        "shape": {"min": list(smallest), "median": list(median)}, "spacing": {"median": list(spacing)},
+        "anisotropy": max(spacing) / min(spacing),
+        "height": {"min": smallest[1], "median": median[1], "max": median[1]},
+        "width": {"min": smallest[2], "median": median[2], "max": median[2]},
+        "channels": [1], "dtypes": ["i2"], "bit_depth": 16,
+        "intensity": [{"min": -1000.0, "max": 3000.0, "percentiles": {"99.8": 1500.0}}],
+        "classes": {"0": 0.9, "1": 0.1}, "class_images": {"0": 1.0, "1": 1.0}, "num_classes": 2,
+        "foreground_share": {"min": 0.1, "median": 0.1, "max": 0.1, "mean": 0.1},
+    }  # fmt: skip
+
+
+def test_isotropic_volumes_are_planned_3d_with_cubic_crops_pooled_on_every_axis():
+    small = fingerprint((1.0, 1.0, 1.0), (64, 64, 64))
+    assert preferred_dims(small)[0] == 3
+    # A GPU holds the whole 64^3 volume (2^18 <= 2^21 voxels): pooled 4 times to a 4^3 bottleneck (8 // 2 = 4, then
+    # 4 // 2 = 2 < 4 stops); the step keeps 2^21 voxels with 8x more crops (16, the cap).
+    gpu = volume_layout(small, "cuda")
+    assert (gpu.patch, gpu.pool_factors, gpu.batch, gpu.bottleneck) == ((64, 64, 64), [[2, 2, 2]] * 4, 16, [4, 4, 4])
+    # A CPU (2^16 voxels): each axis in turn (the longest, z first on ties) 64 -> 57 -> 51 -> 45 -> 40; 40x40x45 =
+    # 72,000 is still over 65,536, 40^3 = 64,000 is not. 40 -> 20 -> 10 -> 5: three poolings (5 // 2 = 2 < 4).
+    cpu = volume_layout(small, "cpu")
+    assert math.prod(cpu.patch) <= CROP_VOXELS["cpu"]
+    assert (cpu.patch, cpu.pool_factors, cpu.batch, cpu.bottleneck) == ((40, 40, 40), [[2, 2, 2]] * 3, 2, [5, 5, 5])
+
+
+def test_anisotropic_em_pools_the_plane_first_and_prefers_2d_for_a_short_stack():
+    em = fingerprint((50.0, 4.0, 4.0), (25, 512, 512), (30, 512, 512))  # ISBI-like serial sections, nm
+    dims, reason = preferred_dims(em)
+    assert dims == 2 and "anisotropy 12.5" in reason and "30 planes per volume" in reason
+    layout = volume_layout(em, "cuda")
+    # z (50 nm) waits until y, x are pooled to 32 nm (50 <= 2 x 32), then pools with them: 20 -> 10 -> 5.
+    assert layout.pool_factors == [[1, 2, 2], [1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2]]
+    assert layout.patch == (20, 288, 288) and layout.bottleneck == [5, 9, 9]
+    assert "z at pooling 0: voxel side 50 > 2x the finest 4" in layout.not_pooled
+    # The crop spans about as much physical length on every axis (z 20 x 50 = 1000 nm, y 288 x 4 = 1152 nm).
+    cpu = volume_layout(em, "cpu")
+    assert cpu.patch == (7, 80, 80) and cpu.pool_factors == [[1, 2, 2]] * 4 and min(cpu.bottleneck) >= 4
+    # A deep stack of the same sections: 3D sees z once its planes are pooled.
+    assert preferred_dims(fingerprint((50.0, 4.0, 4.0), (200, 512, 512)))[0] == 3
+
+
+def test_thick_slice_mr_waits_two_poolings_before_pooling_z():
+    mr = fingerprint((5.0, 1.0, 1.0), (24, 256, 256))  # 5 mm slices, 1 mm in-plane
+    assert preferred_dims(mr)[0] == 2
+    layout = volume_layout(mr, "cuda")  # the whole 24x256x256 volume fits 2^21 voxels
+    # z at 5 mm > 2 x 1, > 2 x 2, then <= 2 x 4: pooled at the third level; 6 // 2 = 3 < 4 stops it at the fifth.
+    assert layout.patch == (24, 256, 256)
+    assert layout.pool_factors == [[1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]]
+    assert layout.bottleneck == [6, 8, 8] and "z at pooling 4: the patch would keep 3 < 4 voxels" in layout.not_pooled
+    # Not a thick z (the coarse axis is x): 3D whatever the planes.
+    assert preferred_dims(fingerprint((1.0, 1.0, 5.0), (24, 256, 256)))[0] == 3
+
+
+def test_the_volume_plan_writes_3d_keys_with_reasons_and_the_schedule():
+    em = fingerprint((50.0, 4.0, 4.0), (25, 512, 512))
+    layout = volume_layout(em, "cpu")
+    plan = {c.key: c for c in derive_volume_plan(em, CPU, 600.0, layout)}
+    assert plan["data.patch_size"].value == [7, 80, 80] and plan["data.batch_size"].value == 2
+    assert plan["model.spatial_dims"].value == 3 and plan["model.depth"].value == 4
+    assert plan["model.pool_factors"].value == [[1, 2, 2]] * 4
+    assert "data=volumes serves volumes only in this version (2.5D, data.context_slices, would go here)" in (
+        plan["model.spatial_dims"].reason
+    )
+    assert "data.spatial_dims" not in plan  # data=volumes takes no such key
+    # The same time-budgeted schedule as images: width from the timed steps, validation in 10 % of the budget.
+    assert plan["model.base_channels"].value == 16 and plan["trainer.val_share"].value == 0.1
+    assert plan["trainer.max_time"].value == 600.0 and plan["data.normalize"].value["scheme"] == "percentile"
+    isbi = {c.key: c for c in derive_volume_plan(em, CPU, 600.0, layout, dims_key=True)}
+    assert isbi["data.spatial_dims"].value == 3
+    assert "data.spatial_dims=3 asks for 3D" in isbi["data.spatial_dims"].reason
+    written = yaml.safe_load(plan_yaml(list(plan.values()), ["a volume plan"]))
+    assert written["model"]["pool_factors"] == [[1, 2, 2]] * 4 and written["data"]["patch_size"] == [7, 80, 80]
+    # Validation is timed on at most twice the crop per axis, and scaled to the whole volumes.
+    iso = fingerprint((1.0, 1.0, 1.0), (64, 64, 64), (100, 200, 200))
+    assert validation_block(iso, layout) == (14, 160, 160)
+    assert validation_block({**iso, "val_shape": [5, 512, 100]}, layout) == (5, 160, 100)  # the validation volumes
+
+
+def test_the_fingerprint_reads_spacing_from_a_nifti_and_a_tiff_and_samples_planes(tmp_path, monkeypatch):
+    nibabel = pytest.importorskip("nibabel")
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    image, mask = ball_volume(0, (8, 32, 32))
+    for sub, array in (("images", image), ("masks", mask)):  # NIfTI stores (x, y, z): zooms 0.7, 0.8, 3 mm
+        volume = nibabel.Nifti1Image(array.transpose(2, 1, 0), np.diag([0.7, 0.8, 3.0, 1.0]))
+        nibabel.save(volume, tmp_path / sub / "a.nii.gz")
+    deep_image, deep_mask = ball_volume(1, (40, 24, 32))
+    write_tiff(tmp_path / "images" / "b.tif", deep_image, (2.0, 0.5, 0.5))
+    write_tiff(tmp_path / "masks" / "b.tif", deep_mask, (2.0, 0.5, 0.5))
+    read: list[tuple[str, int]] = []
+    real = Volume.read_block
+
+    def spy(self, origin, size):
+        read.append((Path(self.name).name, size[0]))
+        return real(self, origin, size)
+
+    data = build_data(compose_config(["data=volumes", f"data.root={tmp_path}", "data.val_fraction=0"]).data)
+    monkeypatch.setattr(Volume, "read_block", spy)
+    fp = volume_fingerprint(data)
+    assert fp["spacing"]["per_volume"] == {"a": [3.0, pytest.approx(0.8), pytest.approx(0.7)], "b": [2.0, 0.5, 0.5]}
+    assert fp["spacing"]["median"] == pytest.approx([2.5, 0.65, 0.6])
+    assert fp["anisotropy"] == pytest.approx(2.5 / 0.6)
+    assert fp["shape"] == {"median": [24, 28, 32], "min": [8, 24, 32]} and fp["sizes"] == {"8x32x32": 1, "40x24x32": 1}
+    # Lazy: masks read plane by plane, every plane of the 8-plane volume, 16 spread planes of the 40-plane one.
+    assert all(depth == 1 for _, depth in read)
+    assert sorted(read).count(("b.tif", 1)) == SAMPLED_PLANES and sorted(read).count(("a.nii.gz", 1)) == 8
+    assert sampled_planes(40) == [0, 3, 5, 8, 10, 13, 16, 18, 21, 23, 26, 29, 31, 34, 36, 39]
+    # Class shares over the planes read: all of a, b's sampled planes.
+    planes = sampled_planes(40)
+    voxels = (mask > 0).sum() + (deep_mask[planes] > 0).sum()
+    assert fp["classes"]["1"] == pytest.approx(voxels / (mask.size + deep_mask[planes].size))
+    assert fp["num_images"] == 2 and fp["num_val_images"] == 0 and fp["num_classes"] == 2 and fp["val_shape"] is None
+
+
+@pytest.mark.slow
+def test_plan_auto_on_a_folder_of_volumes_plans_3d_and_trains(tmp_path):
+    root = make_volume_folder(tmp_path / "data", count=3, shape=(8, 16, 16))
+    result = subprocess.run(
+        [str(BIN / "unet-train"), "data=volumes", f"data.root={root}", "plan=auto", "trainer=cpu",
+         "trainer.max_time=4", "data.num_workers=0", "trainer.progress=never", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "run"
+    plan = yaml.safe_load((run / "experiment" / "plan.yaml").read_text())
+    fp = json.loads((run / "fingerprint.json").read_text())
+    assert fp["spacing"]["median"] == [2.0, 0.5, 0.5] and fp["shape"]["min"] == fp["val_shape"] == [8, 16, 16]
+    # z (2 um) waits one pooling of y, x (0.5 -> 1 um); the 16 px sides stop at 4 after two poolings.
+    assert plan["model"]["pool_factors"] == [[1, 2, 2], [2, 2, 2]] and plan["data"]["patch_size"] == [8, 16, 16]
+    resolved = yaml.safe_load((run / "resolved_config.yaml").read_text())
+    assert resolved["model"]["spatial_dims"] == 3 and resolved["model"]["pool_factors"] == [[1, 2, 2], [2, 2, 2]]
+    assert resolved["data"]["patch_size"] == [8, 16, 16] and resolved["trainer"]["max_time"] == 4.0
+    assert json.loads((run / "metrics.json").read_text())["steps"] >= 1
+    assert (run / "checkpoints" / "best.pt").is_file()
+
+
+def test_a_volume_plan_times_3d_steps_and_a_3d_validation_block_and_stops_at_a_width_out_of_memory(monkeypatch):
+    import torch
+
+    from unet_train.engine import autotune
+    from unet_train.engine import evaluate as evaluate_module
+    from unet_train.plan.measure import measure_device
+
+    shapes, real_tune, real_evaluate = [], autotune.tune, evaluate_module.evaluate
+
+    def tune(runtime, phase, make_step, what, shape, *args, **kwargs):
+        shapes.append(shape)
+        if len(shapes) == 3:  # the third width does not fit the device's memory
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return real_tune(runtime, phase, make_step, what, shape, *args, **kwargs)
+
+    def evaluate(model, loader, runtime, num_classes, loss_fn=None, on_batch=None):
+        (batch,) = loader
+        shapes.append(tuple(batch["image"].shape))
+        assert model.pool_factors == [(1, 2, 2)]  # the planned pooling per axis, in 3D
+        return real_evaluate(model, loader, runtime, num_classes, loss_fn=loss_fn, on_batch=on_batch)
+
+    monkeypatch.setattr(autotune, "tune", tune)
+    monkeypatch.setattr(evaluate_module, "evaluate", evaluate)
+    facts = measure_device(torch.device("cpu"), 1, 2, patch=(4, 8, 8), depth=1, batch=2, channels_last=False, steps=1,
+                           budget_s=1e6, val_size=(6, 12, 12), pool_factors=[[1, 2, 2]])  # fmt: skip
+    assert shapes[:3] == [(2, 1, 4, 8, 8)] * 3 and shapes[3] == (1, 1, 6, 12, 12)
+    assert sorted(facts.step_seconds) == [8, 16]  # the width out of memory is not planned; the narrower ones are
+    assert list(facts.val_seconds) == [16] and facts.val_pixels == 6 * 12 * 12

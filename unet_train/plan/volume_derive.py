@@ -1,0 +1,137 @@
+"""Plans for volumes: 2D, 2.5D or 3D, the crop and the pooling per axis, from the voxel spacing.
+
+The rules (each plan's comments quote them with its own figures), nnU-Net's ideas restated:
+
+* **Pooling per axis** (:func:`~unet_train.models.anisotropy.pool_factors_for_spacing`): at each level an axis
+  is pooled only while its current voxel side is within ``2x`` of the finest current side, and only while
+  the crop keeps at least ``MIN_BOTTLENECK`` voxels along it after the pooling. A thick axis waits until
+  pooling the fine ones has made the voxels comparable; the net is as deep as some axis can still be pooled
+  (at most ``MAX_DEPTH``), so the bottleneck keeps ``MIN_BOTTLENECK``+ voxels of context on every axis.
+* **The crop**: the smallest training volume, shrunk one axis at a time (the one spanning the most physical
+  length) until it holds at most ``CROP_VOXELS`` voxels for the device, so it covers about as many
+  micrometres (millimetres) on every axis; then cut to the pooling grid (a multiple of each axis's total
+  pooling). Small volumes give small crops and more of them per step (``batch``), up to ``MAX_BATCH``.
+* **2D / 2.5D or 3D**: above an anisotropy of ``ANISOTROPY_2D`` (coarsest over finest median voxel side, the
+  coarse axis being z) with fewer than ``FEW_PLANES`` planes per volume, a 3D net sees z only through a
+  few unpooled planes and learns from fewer distinct crops than a 2D net has planes: 2D (or 2.5D, the
+  neighbouring planes as channels) is preferred. Otherwise 3D. The preference is applied where the data
+  config leaves the dimensions open and can serve planes; ``data=volumes`` serves only volumes in this
+  version and a config that sets ``data.spatial_dims=3`` (``data=isbi``) asked for 3D, so those plans stay
+  3D with in-plane pooling first and say what the rule would choose.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from unet_train.models.anisotropy import pool_factors_for_spacing
+from unet_train.plan.derive import Choice, DeviceFacts, data_choices, label_choices, schedule_choices
+
+ANISOTROPY_2D = 3.0  # coarsest / finest voxel side above which 2D (2.5D) is preferred ...
+FEW_PLANES = 64  # ... when the volumes hold fewer planes than this (median)
+MIN_BOTTLENECK = 4  # voxels of context the deepest level keeps per axis
+MAX_DEPTH = 5
+# One crop: 16x64x64 (or 40^3) on a CPU, 128^3 on a GPU. A 3x3x3 convolution costs 3x a 3x3 one per voxel, so a
+# CPU step of 2 such crops costs about what a 2D step of 4 crops of 256 px does (the 2D plan's).
+CROP_VOXELS = {"cpu": 2**16, "cuda": 2**21}
+BATCH = 2  # crops per step at the full crop size (nnU-Net's 3D batch)
+MAX_BATCH = 16  # small volumes: more, smaller crops per step, as many voxels per step
+
+
+@dataclass(frozen=True)
+class VolumeLayout:
+    """The 3D geometry of a plan: crop ``patch`` (z, y, x), ``pool_factors`` per level and axis, ``batch``."""
+
+    patch: tuple[int, int, int]
+    pool_factors: list[list[int]]
+    batch: int
+    not_pooled: list[str]
+
+    @property
+    def depth(self) -> int:
+        return len(self.pool_factors)
+
+    @property
+    def bottleneck(self) -> list[int]:
+        return [side // math.prod(level[a] for level in self.pool_factors) for a, side in enumerate(self.patch)]
+
+
+def preferred_dims(fp: dict) -> tuple[int, str]:
+    """2 (2D, or 2.5D) or 3 by the anisotropy and the planes per volume, with the reason (see the module)."""
+    spacing, planes = fp["spacing"]["median"], int(fp["shape"]["median"][0])
+    ratio, thick_z = float(fp["anisotropy"]), spacing[0] == max(spacing)
+    figures = f"anisotropy {ratio:.1f} (voxel {_sides(spacing)}, z y x), {planes} planes per volume (median)"
+    if ratio > ANISOTROPY_2D and thick_z and planes < FEW_PLANES:
+        return 2, (f"{figures}: above {ANISOTROPY_2D:g} with under {FEW_PLANES} planes, 2D (2.5D: neighbouring "
+                   "planes as channels) is preferred")  # fmt: skip
+    if ratio > ANISOTROPY_2D and thick_z:
+        return 3, f"{figures}: {FEW_PLANES}+ planes give a 3D net context along z once the planes are pooled"
+    return 3, f"{figures}: voxels within {ANISOTROPY_2D:g}x of each other, 3D"
+
+
+def volume_layout(fp: dict, kind: str) -> VolumeLayout:
+    """The crop, the pooling per axis and the batch for the fingerprint's volumes on a ``kind`` device."""
+    spacing, smallest = fp["spacing"]["median"], [int(s) for s in fp["shape"]["min"]]
+    cap = CROP_VOXELS.get(kind, CROP_VOXELS["cpu"])
+    patch = list(smallest)
+    while math.prod(patch) > cap:  # shrink the axis spanning the most physical length, ~10 % at a time
+        axis = max((a for a in range(3) if patch[a] > MIN_BOTTLENECK), key=lambda a: patch[a] * spacing[a])
+        patch[axis] = max(MIN_BOTTLENECK, min(patch[axis] - 1, int(patch[axis] * 0.9)))
+    factors = pool_factors_for_spacing(spacing, patch, MAX_DEPTH, min_size=MIN_BOTTLENECK)[0]
+    # The net is as deep as some axis still pools (a level that pools nothing adds cost, not context); a volume
+    # too small to pool at all gets one level that keeps every side.
+    depth = max(1, sum(level != [1, 1, 1] for level in factors))
+    factors, reasons = pool_factors_for_spacing(spacing, patch, depth, min_size=MIN_BOTTLENECK)
+    totals = [math.prod(level[a] for level in factors) for a in range(3)]
+    grid = tuple(max(t, side // t * t) for side, t in zip(patch, totals))
+    batch = int(min(MAX_BATCH, BATCH * max(1, cap // math.prod(grid))))
+    return VolumeLayout((grid[0], grid[1], grid[2]), factors, batch, reasons)
+
+
+def validation_block(fp: dict, layout: VolumeLayout) -> tuple[int, int, int]:
+    """The block whose validation is timed: the median validation volume (else training volume), at most twice
+    the crop per axis (a forward's cost is about linear in the voxels, so the plan scales the time to the whole
+    volumes; a large volume is not forwarded whole while planning)."""
+    median = fp.get("val_shape") or fp["shape"]["median"]
+    block = [min(int(m), 2 * p) for m, p in zip(median, layout.patch)]
+    return (block[0], block[1], block[2])
+
+
+def derive_volume_plan(
+    fp: dict, device: DeviceFacts, budget_s: float, layout: VolumeLayout, dims_key: bool = False
+) -> list[Choice]:
+    """The 3D training plan for a volume fingerprint; ``dims_key``: the data config takes ``data.spatial_dims``."""
+    dims, why = preferred_dims(fp)
+    choices = data_choices(fp)
+    if dims == 2 and dims_key:
+        why += "; data.spatial_dims=3 asks for 3D (data.spatial_dims=2 plans 2D)"
+    elif dims == 2:
+        why += "; data=volumes serves volumes only in this version (2.5D, data.context_slices, would go here): 3D"
+    if dims_key:
+        choices.append(Choice("data.spatial_dims", 3, why))
+    voxels = math.prod(layout.patch)
+    smallest = "x".join(str(int(s)) for s in fp["shape"]["min"])
+    choices += [
+        Choice("data.patch_size", list(layout.patch),
+               f"z y x: the smallest volume ({smallest}) shrunk along its longest physical side to at most "
+               f"{CROP_VOXELS.get(device.kind, CROP_VOXELS['cpu'])} voxels on {device.kind}, on the pooling grid"),
+        Choice("data.batch_size", layout.batch, f"{layout.batch} crops of {voxels} voxels per step on {device.kind}"),
+        Choice("model.spatial_dims", 3, why if not dims_key else "volumes: a 3D UNet"),
+        Choice("model.depth", layout.depth, f"{layout.depth} poolings leave a {_sides(layout.bottleneck)} voxel "
+               f"bottleneck (z y x; at least {MIN_BOTTLENECK} on every axis the crop allows)"),
+        Choice("model.pool_factors", layout.pool_factors, _pooling_reason(fp, layout)),
+    ]  # fmt: skip
+    return choices + schedule_choices(fp, device, budget_s, layout.batch, layout.batch * voxels) + label_choices(fp)
+
+
+def _sides(values: list) -> str:
+    return "x".join(f"{v:g}" for v in values)
+
+
+def _pooling_reason(fp: dict, layout: VolumeLayout) -> str:
+    spacing = fp["spacing"]["median"]
+    rule = f"an axis is pooled while its voxel side is within 2x of the finest (voxel {_sides(spacing)}, z y x)"
+    if not layout.not_pooled:
+        return rule + f" and the crop keeps {MIN_BOTTLENECK}+ voxels: every axis at every level"
+    return rule + f" and the crop keeps {MIN_BOTTLENECK}+ voxels; not pooled: " + "; ".join(layout.not_pooled)
