@@ -44,15 +44,26 @@ def test_plan_is_the_whole_image_padded_to_the_size_multiple_when_it_fits():
     assert plan_tiles((540, 800), 100.0, fits, (32, 32), "test", whole=False) == TilePlan(False, 640, 1)
 
 
-def test_plan_of_a_volume_is_whole_or_cubes():
+def test_plan_of_a_volume_is_whole_or_tiles_that_take_short_axes_whole():
     # 30 x 100 x 100 voxels, size multiples (2, 16, 16): padded to 30 x 112 x 112.
     fits = 30 * 112 * 112 * 50
     assert plan_tiles((30, 100, 100), 50.0, fits, (2, 16, 16), "test") == TilePlan(True, (30, 112, 112), 1)
-    # Half that: the cube root of 188,160 is 57, on the 16-voxel grid 48, under the smallest tile (64).
-    with pytest.raises(ConfigError, match="less than one 64x64x64 tile"):
-        plan_tiles((30, 100, 100), 50.0, fits // 2, (2, 16, 16), "test")
-    # 5 cubes of 64: the cube root of 1,310,720 is 109, on the 16-voxel grid 96, one per forward pass.
-    assert plan_tiles((300, 300, 300), 1.0, 5 * 64**3, (2, 16, 16), "test") == TilePlan(False, 96, 1)
+    # Half that (188,160 voxels): z (30) is shorter than a cube's share (57) and is taken whole; the 6,272 voxels
+    # a plane may hold go to y (79, on the grid 64) and then to x (98, on the grid 96).
+    assert plan_tiles((30, 100, 100), 50.0, fits // 2, (2, 16, 16), "test") == TilePlan(False, (30, 64, 96), 1)
+    # Below 30 x 64 x 64 nothing fits.
+    with pytest.raises(ConfigError, match="less than one 30x64x64 tile"):
+        plan_tiles((30, 100, 100), 1.0, 30 * 64 * 64 - 1, (2, 16, 16), "test")
+    # 5 cubes of 64 (1,310,720 voxels): the cube root 109 on z's grid of 2 is 108; 12,136 voxels a plane give y
+    # 110 -> 96 and x 126 -> 112 on the 16-voxel grid; one tile per forward pass.
+    assert plan_tiles((300, 300, 300), 1.0, 5 * 64**3, (2, 16, 16), "test") == TilePlan(False, (108, 96, 112), 1)
+
+
+def test_a_thin_volume_is_tiled_in_plane_only():
+    """The ISBI validation volume (5 x 512 x 512, unpooled z): cubic 64^3 tiles were 59 mirrored planes in 64,
+    and a budgeted validation took 4.5x a whole-plane forward."""
+    plan = plan_tiles((5, 512, 512), 1.0, 508_000, (1, 16, 16), "test")
+    assert plan == TilePlan(False, (5, 304, 320), 1)
 
 
 def test_plan_batches_capped_tiles_on_a_large_budget():

@@ -149,13 +149,33 @@ def plan_tiles(
     if whole and math.prod(padded) <= fits:
         return TilePlan(True, padded, 1)
     align = max(aligns)
-    side = min(integer_root(fits, len(shape)) // align * align, MAX_AUTO_TILE)
     smallest = min(max(64, 2 * align) // align * align, MAX_AUTO_TILE)
-    if side < smallest:
-        tile = "x".join([str(smallest)] * len(shape))
+    # The smallest tile: that side on every axis, or the whole axis where it is shorter (a thin volume).
+    minimal = [min(smallest, n) for n in padded] if len(shape) == 3 else [smallest] * len(shape)
+    if math.prod(minimal) > fits:
         raise ConfigError(
             f"A forward pass may take {memory / MIB:.3g} MiB ({source}): {fits:,} pixels of this model "
-            f"({bytes_per_pixel:.0f} bytes a pixel), less than one {tile} tile; raise tile_memory "
-            f"to {math.ceil(smallest ** len(shape) * bytes_per_pixel / MIB)} or more, or set tile_size."
+            f"({bytes_per_pixel:.0f} bytes a pixel), less than one {'x'.join(map(str, minimal))} tile; raise "
+            f"tile_memory to {math.ceil(math.prod(minimal) * bytes_per_pixel / MIB)} or more, or set tile_size."
         )
+    if len(shape) == 3:
+        sides = volume_tile_sides(padded, fits, aligns)
+        return TilePlan(False, sides, max(1, min(fits // math.prod(sides), MAX_AUTO_BATCH)))
+    side = min(integer_root(fits, len(shape)) // align * align, MAX_AUTO_TILE)
     return TilePlan(False, side, max(1, min(fits // side ** len(shape), MAX_AUTO_BATCH)))
+
+
+def volume_tile_sides(padded: Sequence[int], fits: int, aligns: Sequence[int]) -> tuple[int, ...]:
+    """Tile sides of a volume holding at most ``fits`` voxels: an axis shorter than its share of a cube is taken
+    whole, and what it leaves goes to the others (a 5-plane EM volume gets 5 x 304 x 304 tiles, not 64^3 ones
+    that are 59 mirrored planes out of 64). Sides are multiples of each axis's pooling grid."""
+    sides = list(padded)
+    left = fits
+    order = sorted(range(len(padded)), key=lambda i: padded[i])
+    for done, axis in enumerate(order):
+        share = integer_root(left, len(padded) - done)
+        if padded[axis] > share:
+            smallest = min(max(16, 2 * aligns[axis]) // aligns[axis] * aligns[axis], padded[axis])
+            sides[axis] = max(smallest, min(share, MAX_AUTO_TILE) // aligns[axis] * aligns[axis])
+        left //= sides[axis]
+    return tuple(sides)
