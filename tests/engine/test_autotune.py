@@ -199,10 +199,19 @@ def test_the_log_lines_give_the_choice_and_both_timings(cpu, cache, caplog):
     ]
 
 
-def test_a_3d_batch_is_measured_in_nchw_only(cpu, cache):
+def test_a_3d_batch_is_measured_in_both_layouts(cpu, cache):
+    """Volumes are timed in NCDHW and channels_last_3d (it was NCDHW only, 1.5x slower for a 3D UNet here)."""
     clock = FakeClock()
-    tuned, seconds = tune(make_runtime("cpu", "32", "auto"), "training", clock.steps({}), WHAT, (2, 1, 8, 8, 8), cache)
-    assert tuned.channels_last is False and seconds == {} and clock.built == []
+    tuned, seconds = tune(
+        make_runtime("cpu", "32", "auto"),
+        "training",
+        clock.steps({CL32: 1.4, NCHW32: 2.2}),
+        WHAT,
+        (2, 1, 8, 8, 8),
+        cache,
+        clock,
+    )
+    assert tuned.channels_last is True and seconds == pytest.approx({"channels_last/32": 1.4, "nchw/32": 2.2})
 
 
 def test_on_a_gpu_auto_is_channels_last_without_measuring(monkeypatch):
