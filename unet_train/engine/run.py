@@ -167,14 +167,15 @@ def build_run(cfg: DictConfig) -> Run:
         raise ConfigError(f"The training split has fewer images{share} than data.batch_size={cfg.data.batch_size}.")
     planned_steps = len(train_loader) * tcfg.max_epochs
     budget = TimeBudget(tcfg.max_time)
-    patch = getattr(data, "patch", None) if getattr(data, "spatial_dims", 2) == 3 else None  # a 3D crop's sides
+    sections = getattr(data, "from_sections", False)  # 2.5D: (1, y, x) crops of volumes, one item per val section
+    patch = getattr(data, "patch", None) if getattr(data, "spatial_dims", 2) == 3 or sections else None  # crop sides
     side = int(cfg.data.get("patch_size", 256)) if patch is None else 0
     budget.pixels_per_step = int(cfg.data.batch_size) * (side**2 if patch is None else math.prod(patch))
     # The validation this rank does: its shard of the split or of trainer.val_subset, whose cost the reserve holds back.
     shard = list(val_sampler) if val_sampler is not None else range(val_size)
-    images = data.split("val").images
-    budget.val_pixels = sum(getattr(images[i], "voxels", 0) or int(images[i].shape[0]) * int(images[i].shape[1])
-                            for i in shard)  # fmt: skip
+    images = data.dataset("val").item_pixels() if sections else data.split("val").images
+    budget.val_pixels = sum(images[i] if sections else getattr(images[i], "voxels", 0)
+                            or int(images[i].shape[0]) * int(images[i].shape[1]) for i in shard)  # fmt: skip
     progress = budget.schedule_progress if tcfg.max_time is not None else None
     scheduler = build_scheduler(cfg, optimizer, total_steps=planned_steps, progress=progress)
     run = Run(
