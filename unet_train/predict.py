@@ -172,7 +172,7 @@ def run_predict(cfg: DictConfig) -> list[Path]:
 def _predict_all(
     cfg: DictConfig, files: list[Path], models: list[nn.Module], stored: DictConfig, inputs: list[Any], dist: Any
 ) -> list[Path]:
-    from unet_train.volume_predict import check_volume_output, predict_volume, tile_setting  # imports this module
+    from unet_train.volume_predict import check_volume_output, predict_volume, split_inputs, tile_setting  # cyclic
 
     in_channels = int(stored.data.in_channels)
     runtime = make_runtime(dist.device, cfg.trainer.precision, cfg.trainer.channels_last, deterministic=False)
@@ -234,7 +234,7 @@ def _predict_all(
     written: list[Path] = []
     start = time.monotonic()
     volumes: list[tuple[Path, Volume]] = [(path, open_input(path, cfg, in_channels)) for path in files]
-    planar = [] if as_volumes else volumes  # a 3D or 2.5D model predicts each input whole, below
+    planar, by_volume = split_inputs(volumes, as_volumes, to_zarr)  # a 3D or 2.5D model's, a NIfTI: predicted whole, below
     try:
         whole = [(p, v) for p, v in planar if not (to_zarr or is_chunked_input(p))]
         for path, volume in whole:  # read one plane at a time, but each plane whole
@@ -255,8 +255,8 @@ def _predict_all(
                     written.append(predict_store(cfg, predictor, volume, store, classes, inputs, method, dist, params))
                 elif (path, volume) in in_memory:
                     written += predict_in_memory(cfg, predictor, path, volume, out, method, on_tiles, inputs, params)
-        for path, volume in volumes[dist.rank :: dist.world_size] if as_volumes else []:
-            written += predict_volume(cfg, predictor, path, volume, out, inputs, None)
+        for path, volume in by_volume[dist.rank :: dist.world_size]:
+            written += predict_volume(cfg, predictor, path, volume, out, inputs, spatial_dims)
     finally:
         for _, volume in volumes:
             volume.close()

@@ -23,6 +23,7 @@ import torch
 from omegaconf import DictConfig
 
 from unet_train.data.limits import check_pixels
+from unet_train.data.normalize import resolve_spec
 from unet_train.data.sections import read_sections, stack_sections
 from unet_train.data.volume_data import VolumeCase, volume_spec
 from unet_train.data.volumes import volume_stem
@@ -78,12 +79,14 @@ def predict_sections(predictor: TiledPredictor, volume: Volume, inputs: list[Any
     training): ``(K, Z, Y, X)``."""
     context = int(inputs[0].get("context_slices") or 0)
     channels = int(inputs[0].in_channels)
+    # k = 0, a plain 2D model: each plane scaled on its own, as a 2D model's TIFF stack is (predict_in_memory).
+    spec_of = volume_spec if context else lambda _, spec: resolve_spec(spec)
     if volume.shape[3] != channels:
         raise DataError(f"{volume.name} has {volume.shape[3]} channel(s) (axes {volume.axes}) but the model's "
                         f"sections have {channels}; set input_axes (e.g. czyx or zyxc).")  # fmt: skip
-    check_pixels(volume.name, volume.shape, "a 2.5D model predicts each volume whole: ")
+    check_pixels(volume.name, volume.shape, "a 2D model predicts a volume input whole: ")
     depth, height, width, _ = volume.shape
-    cases = [VolumeCase(volume, None, volume.name, (1.0, 1.0, 1.0), spec=volume_spec(volume, d.get("normalize")))
+    cases = [VolumeCase(volume, None, volume.name, (1.0, 1.0, 1.0), spec=spec_of(volume, d.get("normalize")))
              for d in inputs]  # fmt: skip
     plane = predictor.for_shape(height, width)
     out = []
@@ -94,11 +97,19 @@ def predict_sections(predictor: TiledPredictor, volume: Volume, inputs: list[Any
     return torch.stack(out, dim=1)
 
 
+def split_inputs(volumes: list[tuple[Path, Volume]], as_volumes: bool, to_zarr: bool) -> tuple[list[Any], list[Any]]:
+    """The inputs predicted plane by plane into images, stacks or Zarr, and those predicted as volumes (every input
+    of a 3D or 2.5D model; a 2D model's NIfTI inputs, whose outputs then keep the NIfTI header)."""
+    whole = [as_volumes or (not to_zarr and path.name.lower().endswith(NIFTI_SUFFIXES)) for path, _ in volumes]
+    return [v for v, w in zip(volumes, whole) if not w], [v for v, w in zip(volumes, whole) if w]
+
+
 def predict_volume(
-    cfg: DictConfig, predictor: TiledPredictor, path: Path, volume: Volume, out: Path, inputs: list[Any], on_tiles: Any
-) -> list[Path]:
+    cfg: DictConfig, predictor: TiledPredictor, path: Path, volume: Volume, out: Path, inputs: list[Any],
+    spatial_dims: int = 3, on_tiles: Any = None,
+) -> list[Path]:  # fmt: skip
     """One input volume -> ``<name>_prob`` and ``<name>_mask`` in ``out`` (NIfTI for a NIfTI input, else TIFF)."""
-    if inputs[0].get("context_slices"):  # a 2.5D model: section by section
+    if spatial_dims == 2:  # a 2D or 2.5D model: section by section
         prob = predict_sections(predictor, volume, inputs, on_tiles)
     else:
         prob = predictor.predict(model_input(volume, inputs), on_tiles=on_tiles)  # (K, Z, Y, X)
