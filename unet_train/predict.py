@@ -234,7 +234,7 @@ def _predict_all(
     written: list[Path] = []
     start = time.monotonic()
     volumes: list[tuple[Path, Volume]] = [(path, open_input(path, cfg, in_channels)) for path in files]
-    planar, by_volume = split_inputs(volumes, as_volumes, to_zarr)  # a 3D or 2.5D model's, a NIfTI: predicted whole, below
+    planar, by_volume = split_inputs(volumes, as_volumes, to_zarr)  # by_volume: predicted whole, below
     try:
         whole = [(p, v) for p, v in planar if not (to_zarr or is_chunked_input(p))]
         for path, volume in whole:  # read one plane at a time, but each plane whole

@@ -5,8 +5,8 @@ The volume is read whole and scaled as training scaled each volume (the checkpoi
 (:class:`~unet_train.inference.tiling.TiledPredictor`), and written as ``<name>_prob`` (float32: the positive
 class ``(Z, Y, X)`` of a binary model, else ``(K, Z, Y, X)``) and ``<name>_mask`` (uint8: 0/255, or class
 indices). A 2.5D model (``data.context_slices`` > 0) is applied section by section with its neighbouring
-sections as channels (:func:`predict_sections`). A NIfTI input gives ``.nii.gz`` outputs with its affine; any other gives ImageJ TIFF stacks
-with the input's voxel spacing and unit.
+sections as channels, and so is a 2D model's NIfTI input (:func:`predict_sections`). A NIfTI input gives
+``.nii.gz`` outputs with its affine; any other gives ImageJ TIFF stacks with the input's voxel spacing and unit.
 """
 
 from __future__ import annotations
@@ -73,7 +73,9 @@ def model_input(volume: Volume, inputs: list[Any]) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-def predict_sections(predictor: TiledPredictor, volume: Volume, inputs: list[Any], on_tiles: Any = None) -> torch.Tensor:
+def predict_sections(
+    predictor: TiledPredictor, volume: Volume, inputs: list[Any], on_tiles: Any = None
+) -> torch.Tensor:
     """A 2.5D model (``data.context_slices=k``) over a volume, section by section, each with its ``2k + 1`` sections
     as channels (:mod:`unet_train.data.sections`: section-major, mirrored at the ends, scaled per volume as in
     training): ``(K, Z, Y, X)``."""
