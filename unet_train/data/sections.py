@@ -16,7 +16,7 @@ The conventions, the same in training, ``unet-eval``, ``unet-predict`` and ``une
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from unet_train.data.dataset import array_to_tensor
+from unet_train.data.normalize import resolve_spec
 from unet_train.data.sampling import reseed_transform
 from unet_train.errors import ConfigError
 
@@ -67,6 +68,31 @@ def read_sections(case: Any, z: int, k: int, window: Block) -> np.ndarray:
     low, high = min(indices), max(indices)
     block = case.read_image((low, y0, x0), (high - low + 1, height, width))
     return block[np.asarray(indices) - low]
+
+
+def raw_sections(volume: Any, z: int, k: int) -> np.ndarray:
+    """The whole sections ``z - k .. z + k`` of a :class:`~unet_train.inference.volumes.Volume` as stored (its own
+    dtype), stacked: ``(Y, X, (2k + 1) * C)``, what a 2.5D model's exported package takes as its input."""
+    indices = context_indices(z, volume.depth, k)
+    low, high = min(indices), max(indices)
+    block = volume.read_block((low, 0, 0), (high - low + 1, *volume.shape[1:3]))
+    return stack_sections(block[np.asarray(indices) - low])
+
+
+def section_spec(spec: Mapping[str, Any], k: int) -> dict[str, Any]:
+    """``data.normalize`` for the ``(2k + 1) * C`` stacked channels: per-channel values repeated for each section
+    (section-major), so the stack is scaled as each section was in training."""
+    spec = resolve_spec(spec)
+    for key in ("min_value", "max_value", "mean", "std"):
+        if isinstance(spec.get(key), list):
+            spec[key] = list(spec[key]) * (2 * k + 1)
+    return spec
+
+
+def section_names(k: int, channels: int) -> list[str]:
+    """Channel names of a 2.5D input: ``z-1``, ``z+0``, ``z+1`` (with ``:c0``, ``:c1``... for several channels)."""
+    offsets = [f"z{j:+d}" for j in range(-k, k + 1)]
+    return offsets if channels == 1 else [f"{o}:c{c}" for o in offsets for c in range(channels)]
 
 
 def stack_sections(block: np.ndarray) -> np.ndarray:
