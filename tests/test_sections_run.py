@@ -88,7 +88,8 @@ def test_unet_eval_scores_each_validation_section_with_its_neighbours(ckpt, tmp_
     from .models.test_variants import eval_in_process
 
     metrics = eval_in_process(ckpt, tmp_path / "eval")
-    names = [row["name"] for row in json.loads((tmp_path / "eval" / "metrics.json").read_text())["details"]["per_image"]]
+    details = json.loads((tmp_path / "eval" / "metrics.json").read_text())["details"]
+    names = [row["name"] for row in details["per_image"]]
     assert len(names) == 8 and names[0].endswith("-z000") and names[-1].endswith("-z007")  # one val volume of 8
     assert 0 <= metrics["val/dice"] <= 1
 
