@@ -84,7 +84,7 @@ def test_image(exported: ExportModel, settings: DictConfig) -> np.ndarray:
         with open_dict(data_cfg):
             data_cfg.root = str(settings.data_root)
     try:
-        data = build_data(data_cfg)
+        data: Any = build_data(data_cfg)
         if getattr(data, "from_sections", False):  # 2.5D: the middle section of a val volume with its neighbours
             volume = data.split("val").images[0].image
             return raw_to_nchw(raw_sections(volume, volume.depth // 2, int(data.context_slices)))
