@@ -176,7 +176,6 @@ def _predict_all(
 
     in_channels = int(stored.data.in_channels)
     runtime = make_runtime(dist.device, cfg.trainer.precision, cfg.trainer.channels_last, deterministic=False)
-
     spatial_dims = int(stored.model.get("spatial_dims", 2))
     as_volumes = spatial_dims == 3 or bool(stored.data.get("context_slices"))  # 3D, 2.5D: each input one volume
     if as_volumes:  # a folder's NIfTI, HDF5 and Zarr volumes are inputs too (volume_predict.py)
