@@ -15,6 +15,7 @@ from torch import nn
 
 from unet_train.data.base import SegmentationData
 from unet_train.data.limits import available_memory
+from unet_train.data.sections import check_context_slices
 from unet_train.errors import ConfigError, UserError
 from unet_train.losses import DeepSupervisionLoss
 from unet_train.models.anisotropy import pool_factors_for_spacing
@@ -61,6 +62,19 @@ def resolve_data_config(cfg: DictConfig, data: SegmentationData) -> None:
             cfg.data.labels = "classes" if getattr(data, "instance_target", None) is None else "instances"
         if getattr(data, "spatial_dims", 2) == 3:
             _volume_model(cfg, data)
+        if getattr(data, "context_slices", 0):
+            _context_model(cfg, data)
+
+
+def _context_model(cfg: DictConfig, data: Any) -> None:
+    """2.5D: a 2D model of ``(2k + 1) * C`` input channels, the sections stacked section-major."""
+    check_context_slices(data.context_slices, int(cfg.model.get("spatial_dims", 2)))
+    channels = (2 * data.context_slices + 1) * data.in_channels
+    cfg.model.in_channels = channels
+    log.info(
+        "model.in_channels=%d: data.context_slices=%d gives %d sections of %d channel(s) each",
+        channels, data.context_slices, 2 * data.context_slices + 1, data.in_channels,
+    )  # fmt: skip
 
 
 def _volume_model(cfg: DictConfig, data: Any) -> None:

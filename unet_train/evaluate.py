@@ -65,6 +65,8 @@ def eval_data_config(cfg: DictConfig, stored: DictConfig) -> DictConfig:
                 data.labels, data.target = "instances", stored.data.target
             # The model takes inputs normalised as in training: the checkpoint's scheme and statistics.
             data.normalize = stored.data.get("normalize")
+            if stored.data.get("context_slices"):  # a 2.5D model takes its neighbouring sections as in training
+                data.context_slices = stored.data.context_slices
     elif held is not None:  # from the console script: checked against the stored data config
         data = apply_overrides(OmegaConf.create({"data": stored.data}), held).data
         check_download_root(data, held, f"checkpoint {cfg.ckpt}")

@@ -172,13 +172,13 @@ def run_predict(cfg: DictConfig) -> list[Path]:
 def _predict_all(
     cfg: DictConfig, files: list[Path], models: list[nn.Module], stored: DictConfig, inputs: list[Any], dist: Any
 ) -> list[Path]:
-    from unet_train.volume_predict import check_volume_output, predict_volume, tile_setting  # imports this module
+    from unet_train.volume_predict import check_volume_output, predict_volume, split_inputs, tile_setting  # cyclic
 
     in_channels = int(stored.data.in_channels)
     runtime = make_runtime(dist.device, cfg.trainer.precision, cfg.trainer.channels_last, deterministic=False)
-
-    spatial_dims = int(stored.model.get("spatial_dims", 2))  # 3: each input is one volume (volume_predict.py)
-    if spatial_dims == 3:  # a folder's NIfTI, HDF5 and Zarr volumes are inputs too
+    spatial_dims = int(stored.model.get("spatial_dims", 2))
+    as_volumes = spatial_dims == 3 or bool(stored.data.get("context_slices"))  # 3D, 2.5D: each input one volume
+    if as_volumes:  # a folder's NIfTI, HDF5 and Zarr volumes are inputs too (volume_predict.py)
         files = find_inputs(cfg.input, volumes=True)
 
     def predictor_for(rt: Runtime, nets: list[nn.Module]) -> TiledPredictor:
@@ -200,7 +200,7 @@ def _predict_all(
     if runtime.auto:  # channels_last/precision=auto on a CPU: one batch of full tiles timed in each setting
         tile = tile_setting(cfg.tile_size) or 256  # tile_size=null: a mid-size input stands in for every size
         sides = [tile] * spatial_dims if isinstance(tile, int) else list(tile)
-        shape = (int(cfg.batch_size or 1), in_channels * len(inputs), *sides)
+        shape = (int(cfg.batch_size or 1), int(stored.model.get("in_channels", in_channels)) * len(inputs), *sides)
 
         def make_step(rt: Runtime) -> Callable[[], object]:
             trial, tiles = predictor_for(rt, copy.deepcopy(models)), torch.rand(shape)
@@ -218,8 +218,7 @@ def _predict_all(
             "pass output=FOLDER (each Zarr/HDF5 input gets FOLDER/<name>.zarr)."
         )
     check_output_names(files, out, to_zarr)
-    if spatial_dims == 3:
-        check_volume_output(out, to_zarr)
+    check_volume_output(out, to_zarr and as_volumes)
     classes = int(stored.data.num_classes)
     classes = 1 if classes <= 2 else classes
     target = instance_target(stored.data)  # an instance model always writes its instances
@@ -234,7 +233,7 @@ def _predict_all(
     written: list[Path] = []
     start = time.monotonic()
     volumes: list[tuple[Path, Volume]] = [(path, open_input(path, cfg, in_channels)) for path in files]
-    planar = [] if spatial_dims == 3 else volumes  # a 3D model predicts each input whole, below
+    planar, by_volume = split_inputs(volumes, as_volumes, to_zarr)  # by_volume: predicted whole, below
     try:
         whole = [(p, v) for p, v in planar if not (to_zarr or is_chunked_input(p))]
         for path, volume in whole:  # read one plane at a time, but each plane whole
@@ -255,8 +254,8 @@ def _predict_all(
                     written.append(predict_store(cfg, predictor, volume, store, classes, inputs, method, dist, params))
                 elif (path, volume) in in_memory:
                     written += predict_in_memory(cfg, predictor, path, volume, out, method, on_tiles, inputs, params)
-        for path, volume in volumes[dist.rank :: dist.world_size] if spatial_dims == 3 else []:
-            written += predict_volume(cfg, predictor, path, volume, out, inputs, None)
+        for path, volume in by_volume[dist.rank :: dist.world_size]:
+            written += predict_volume(cfg, predictor, path, volume, out, inputs, spatial_dims)
     finally:
         for _, volume in volumes:
             volume.close()

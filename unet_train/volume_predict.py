@@ -1,11 +1,12 @@
-"""``unet-predict`` with a 3D model: each input (TIFF stack, NIfTI, HDF5, Zarr) predicted as one volume.
+"""``unet-predict`` with a 3D or 2.5D model: each input (TIFF stack, NIfTI, HDF5, Zarr) predicted as one volume.
 
 The volume is read whole and scaled as training scaled each volume (the checkpoint's ``data.normalize``, with
 ``per: image`` statistics of this volume), tiled in 3D with Gaussian blending
 (:class:`~unet_train.inference.tiling.TiledPredictor`), and written as ``<name>_prob`` (float32: the positive
 class ``(Z, Y, X)`` of a binary model, else ``(K, Z, Y, X)``) and ``<name>_mask`` (uint8: 0/255, or class
-indices). A NIfTI input gives ``.nii.gz`` outputs with its affine; any other gives ImageJ TIFF stacks
-with the input's voxel spacing and unit.
+indices). A 2.5D model (``data.context_slices`` > 0) is applied section by section with its neighbouring
+sections as channels, and so is a 2D model's NIfTI input (:func:`predict_sections`). A NIfTI input gives
+``.nii.gz`` outputs with its affine; any other gives ImageJ TIFF stacks with the input's voxel spacing and unit.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import torch
 from omegaconf import DictConfig
 
 from unet_train.data.limits import check_pixels
+from unet_train.data.normalize import resolve_spec
+from unet_train.data.sections import read_sections, stack_sections
 from unet_train.data.volume_data import VolumeCase, volume_spec
 from unet_train.data.volumes import volume_stem
 from unet_train.errors import ConfigError, DataError
@@ -49,7 +52,7 @@ def tile_setting(value: Any) -> int | tuple[int, ...] | None:
 def check_volume_output(out: Path, to_zarr: bool) -> None:
     if to_zarr:
         raise ConfigError(
-            f"output={out}: a 3D model writes TIFF or NIfTI volumes, not yet a Zarr store; pass output=FOLDER."
+            f"output={out}: a 3D or 2.5D model writes TIFF or NIfTI volumes, not yet a Zarr store; pass output=FOLDER."
         )
 
 
@@ -70,11 +73,48 @@ def model_input(volume: Volume, inputs: list[Any]) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
+def predict_sections(
+    predictor: TiledPredictor, volume: Volume, inputs: list[Any], on_tiles: Any = None
+) -> torch.Tensor:
+    """A 2.5D model (``data.context_slices=k``) over a volume, section by section, each with its ``2k + 1`` sections
+    as channels (:mod:`unet_train.data.sections`: section-major, mirrored at the ends, scaled per volume as in
+    training): ``(K, Z, Y, X)``."""
+    context = int(inputs[0].get("context_slices") or 0)
+    channels = int(inputs[0].in_channels)
+    # k = 0, a plain 2D model: each plane scaled on its own, as a 2D model's TIFF stack is (predict_in_memory).
+    spec_of = volume_spec if context else lambda _, spec: resolve_spec(spec)
+    if volume.shape[3] != channels:
+        raise DataError(f"{volume.name} has {volume.shape[3]} channel(s) (axes {volume.axes}) but the model's "
+                        f"sections have {channels}; set input_axes (e.g. czyx or zyxc).")  # fmt: skip
+    check_pixels(volume.name, volume.shape, "a 2D model predicts a volume input whole: ")
+    depth, height, width, _ = volume.shape
+    cases = [VolumeCase(volume, None, volume.name, (1.0, 1.0, 1.0), spec=spec_of(volume, d.get("normalize")))
+             for d in inputs]  # fmt: skip
+    plane = predictor.for_shape(height, width)
+    out = []
+    for z in range(depth):
+        parts = [stack_sections(read_sections(case, z, context, (0, 0, height, width))) for case in cases]
+        image = torch.from_numpy(np.ascontiguousarray(np.concatenate(parts, axis=2).transpose(2, 0, 1)))
+        out.append(plane.predict(image, on_tiles=on_tiles))
+    return torch.stack(out, dim=1)
+
+
+def split_inputs(volumes: list[tuple[Path, Volume]], as_volumes: bool, to_zarr: bool) -> tuple[list[Any], list[Any]]:
+    """The inputs predicted plane by plane into images, stacks or Zarr, and those predicted as volumes (every input
+    of a 3D or 2.5D model; a 2D model's NIfTI inputs, whose outputs then keep the NIfTI header)."""
+    whole = [as_volumes or (not to_zarr and path.name.lower().endswith(NIFTI_SUFFIXES)) for path, _ in volumes]
+    return [v for v, w in zip(volumes, whole) if not w], [v for v, w in zip(volumes, whole) if w]
+
+
 def predict_volume(
-    cfg: DictConfig, predictor: TiledPredictor, path: Path, volume: Volume, out: Path, inputs: list[Any], on_tiles: Any
-) -> list[Path]:
+    cfg: DictConfig, predictor: TiledPredictor, path: Path, volume: Volume, out: Path, inputs: list[Any],
+    spatial_dims: int = 3, on_tiles: Any = None,
+) -> list[Path]:  # fmt: skip
     """One input volume -> ``<name>_prob`` and ``<name>_mask`` in ``out`` (NIfTI for a NIfTI input, else TIFF)."""
-    prob = predictor.predict(model_input(volume, inputs), on_tiles=on_tiles)  # (K, Z, Y, X)
+    if spatial_dims == 2:  # a 2D or 2.5D model: section by section
+        prob = predict_sections(predictor, volume, inputs, on_tiles)
+    else:
+        prob = predictor.predict(model_input(volume, inputs), on_tiles=on_tiles)  # (K, Z, Y, X)
     mask = mask_of(prob, float(cfg.threshold))
     probability = probability_array(prob)
     name = volume_stem(path) or path.stem

@@ -100,7 +100,9 @@ class ISBI2012(VolumeData):
         urls: download mirrors, each with ``{name}`` for the file name.
         **kwargs: loader and transform settings of :class:`SegmentationData`; with ``spatial_dims=3`` the
             training slices are one anisotropic volume (and the validation slices another), cropped in 3D
-            (:class:`~unet_train.data.volume_data.VolumeData`: ``spacing``, ``volume_transform``).
+            (:class:`~unet_train.data.volume_data.VolumeData`: ``spacing``, ``volume_transform``); with
+            ``context_slices`` > 0 (2.5D) each slice's neighbours in those volumes are its extra channels, and
+            ``train_transform`` augments the stacked slices.
     """
 
     def __init__(
@@ -163,6 +165,12 @@ class ISBI2012(VolumeData):
         if split == "test":
             return [VolumeCase(Volume(self._read("test-volume.tif"), "zyx", "test-volume"), None, "test", spacing)]
         stored = self.load_split(split)
+        numbers = [int(name.rsplit("-", 1)[1]) for name in stored.names]
+        if self.context_slices and numbers != list(range(numbers[0], numbers[0] + len(numbers))):
+            raise ConfigError(
+                f"data.context_slices={self.context_slices} reads each slice's neighbours in its split, but the "
+                f"{split} slices {numbers} are not consecutive; give data.{split}_slices as one range (e.g. 0-24)."
+            )
         image = Volume(np.stack(stored.images), "zyx", f"train-volume.tif ({split} slices)")
         assert stored.masks is not None
         mask = Volume(np.stack(stored.masks), "zyx", f"train-labels.tif ({split} slices)")

@@ -26,6 +26,7 @@ from unet_train.data.base import SegmentationData, array_to_tensor
 from unet_train.data.folder import encode_mask
 from unet_train.data.limits import check_pixels
 from unet_train.data.normalize import fill_dataset_stats, needs_dataset_stats, normalize_image, resolve_spec
+from unet_train.data.sections import SectionDataset, check_context_slices
 from unet_train.errors import ConfigError, DataError
 from unet_train.inference.sources import sample_pixels
 from unet_train.inference.volumes import Volume
@@ -145,6 +146,14 @@ def crop_origin(case: VolumeCase, size: Shape3, rng: np.random.Generator, foregr
     return tuple(int(rng.integers(0, t + 1)) for t in top)
 
 
+def item_seed(index: int | tuple[int, int], draws: bool) -> tuple[int, int]:
+    """The item and its seed: an EpochSampler passes ``(index, item_seed)``, so the crop and its augmentation follow
+    from the seed alone; a plain index draws a seed where the item ``draws`` (whole volumes, as validated, do not)."""
+    if isinstance(index, tuple):
+        return index
+    return index, int(torch.randint(2**31 - 1, ()).item()) if draws else 0
+
+
 class VolumeDataset(Dataset):
     """Items of volume cases: random crops of ``size`` (training) or whole volumes (``size`` None)."""
 
@@ -165,10 +174,8 @@ class VolumeDataset(Dataset):
         return all(case.mask is not None for case in self.cases)
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
-        # An EpochSampler passes (index, item_seed): the crop and its augmentation follow from the seed alone.
-        draws = self.size is not None or self.transform is not None  # whole volumes, as validated, draw nothing
-        seed = index[1] if isinstance(index, tuple) else int(torch.randint(2**31 - 1, ()).item()) if draws else 0
-        case = self.cases[index[0] if isinstance(index, tuple) else index]
+        index, seed = item_seed(index, self.size is not None or self.transform is not None)
+        case = self.cases[index]
         rng = np.random.default_rng(seed)
         size = self.size or case.shape[:3]
         origin = crop_origin(case, size, rng, self.foreground_p) if self.size else (0, 0, 0)
@@ -206,7 +213,10 @@ class VolumeData(SegmentationData):
         spacing: voxel size ``[z, y, x]`` for every volume, over what the files state (None: from the files,
             1 where a file states none).
         volume_transform: the 3D training augmentation (a :class:`~unet_train.data.augment3d.Compose3D`).
-        patch_size: ``[z, y, x]`` or one int (a cube), each side at most the smallest training volume's.
+        patch_size: ``[z, y, x]`` or one int (a cube), each side at most the smallest training volume's; a 2.5D
+            run crops ``[y, x]`` of it.
+        context_slices: ``k`` > 0 trains a 2.5D model (``spatial_dims=2``): ``2k + 1`` sections as channels, the
+            centre one's mask (:mod:`unet_train.data.sections`); 0: off.
         **kwargs: as :class:`SegmentationData`.
     """
 
@@ -216,17 +226,23 @@ class VolumeData(SegmentationData):
         spacing: Sequence[float] | None = None,
         volume_transform: Callable[..., Any] | None = None,
         patch_size: int | Sequence[int] = 256,
+        context_slices: int = 0,
         **kwargs: Any,
     ) -> None:
         if spatial_dims not in (2, 3):
             raise ConfigError(f"data.spatial_dims={spatial_dims} must be 2 (images, slices) or 3 (volumes).")
-        if spatial_dims == 2 and not isinstance(patch_size, int):
+        self.context_slices = check_context_slices(context_slices, spatial_dims)
+        # A 2D run reads its sections from the volume cases (lazily, with their context) where it has context or
+        # the dataset has no 2D images of its own (data=volumes); else it is the 2D data module (load_split).
+        self.from_sections = spatial_dims == 2 and (context_slices > 0 or self.planes_from_volumes)
+        if spatial_dims == 2 and not self.from_sections and not isinstance(patch_size, int):
             raise ConfigError(f"data.patch_size={patch_size!r} is a list: give one int, or data.spatial_dims=3.")
         shape = patch_shape(patch_size)
         super().__init__(patch_size=max(shape), **kwargs)
-        if spatial_dims == 3 and self.fold is not None:
+        if (spatial_dims == 3 or self.from_sections) and self.fold is not None:
+            what = "data.spatial_dims=3" if spatial_dims == 3 else f"data.context_slices={context_slices}"
             raise ConfigError(
-                f"data.fold={self.fold} cuts a dataset into 2D folds; with data.spatial_dims=3 set data.fold=null "
+                f"data.fold={self.fold} cuts a dataset into 2D folds; with {what} set data.fold=null "
                 "(and choose the split with the dataset's own settings)."
             )
         self.spatial_dims = spatial_dims
@@ -238,6 +254,9 @@ class VolumeData(SegmentationData):
         self.spacing_override = None if spacing is None else tuple(float(s) for s in spacing)
         self.volume_transform = volume_transform
         self._cases: dict[str, VolumeSplit] = {}
+
+    # Whether a 2D run (without context) also reads sections of the volume cases (data=volumes has no load_split).
+    planes_from_volumes = False
 
     # -- to implement -------------------------------------------------------------------------
     def load_cases(self, split: str) -> list[VolumeCase]:
@@ -252,7 +271,7 @@ class VolumeData(SegmentationData):
         return tuple(float(np.median([c.spacing[a] for c in cases])) for a in range(3))
 
     def split(self, name: str) -> Any:
-        if self.spatial_dims == 2:
+        if self.spatial_dims == 2 and not self.from_sections:
             return super().split(name)
         if name not in ("train", "val", "test", "all"):
             raise ConfigError(f"split={name!r} is not known; choose one of train, val, test, all.")
@@ -294,20 +313,31 @@ class VolumeData(SegmentationData):
 
     def _fit_patch(self, cases: Sequence[VolumeCase]) -> None:
         smallest = tuple(min(c.shape[a] for c in cases) for a in range(3))
+        if self.from_sections:  # a 2.5D or 2D crop is one section deep (its context is not the patch's z)
+            smallest = (1, *smallest[1:])
         fitted = tuple(min(p, s) for p, s in zip(self.patch, smallest))
-        if fitted != self.patch:
+        if fitted[1:] != self.patch[1:] or (fitted != self.patch and not self.from_sections):
             log.info("data.patch_size %s is cut to %s, the smallest training volume (z, y, x)", self.patch, fitted)
         self.patch = fitted
 
     def dataset(
         self, split: str, augment: bool | None = None, sample_weight: Callable[[np.ndarray], np.ndarray] | None = None
     ) -> Any:
-        if self.spatial_dims == 2:
+        if self.spatial_dims == 2 and not self.from_sections:
             return super().dataset(split, augment, sample_weight)
         if sample_weight is not None:
-            raise ConfigError("Per-pixel loss weights (loss=weighted_bce) are 2D only; choose another loss for 3D.")
+            raise ConfigError(
+                "Per-pixel loss weights (loss=weighted_bce) are for 2D images; choose another loss for 3D and 2.5D."
+            )
         augment = split == "train" if augment is None else augment
         cases = self.split(split).images
+        if self.from_sections:
+            if not augment:
+                return SectionDataset(cases, self.context_slices)
+            plane = self.train_transform  # data=isbi's albumentations (it crops); else crops read, the 3D transform
+            crop = None if plane is not None else (self.patch[1], self.patch[2])
+            block = None if plane is not None else self.volume_transform
+            return SectionDataset(cases, self.context_slices, True, crop, plane, block, self.foreground_oversample)
         if not augment:
             return VolumeDataset(cases)
         return VolumeDataset(cases, self.patch, self.volume_transform, self.foreground_oversample)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from unet_train.data.folder import FOREGROUNDS, infer_num_classes, value_list
+from unet_train.data.sections import check_context_slices
 from unet_train.data.splits import random_split
 from unet_train.data.volume_data import VolumeCase, VolumeData, stated_unit
 from unet_train.errors import ConfigError, DataError
@@ -68,8 +69,12 @@ class VolumeFolder(VolumeData):
             (``z, y, x, c``) for 4D images without axis metadata.
         ignore_index: mask value of unlabelled voxels (not a class), or None.
         foreground: ``object`` or ``membrane`` (see ``data=folder``).
+        spatial_dims: 3 (a 3D UNet) or 2 (a 2D UNet on the sections); None: 3, or 2 with ``context_slices`` > 0.
+        context_slices: ``k`` neighbouring sections on each side as channels of a 2D model (2.5D); 0: off.
         **kwargs: as :class:`VolumeData` (spacing, patch_size, loader settings...).
     """
+
+    planes_from_volumes = True  # a 2D run trains on the volumes' sections
 
     def __init__(
         self,
@@ -84,9 +89,12 @@ class VolumeFolder(VolumeData):
         ignore_index: int | None = None,
         foreground: str = "object",
         train_transform: Any = None,
+        spatial_dims: int | None = None,
+        context_slices: int = 0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(spatial_dims=3, volume_transform=train_transform, **kwargs)
+        dims = spatial_dims or (2 if check_context_slices(context_slices) else 3)
+        super().__init__(dims, volume_transform=train_transform, context_slices=context_slices, **kwargs)
         if channels not in CHANNELS:
             raise ConfigError(f"data.channels={channels!r} must be auto, first (c, z, y, x) or last (z, y, x, c).")
         if foreground not in FOREGROUNDS:

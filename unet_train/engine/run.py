@@ -167,14 +167,15 @@ def build_run(cfg: DictConfig) -> Run:
         raise ConfigError(f"The training split has fewer images{share} than data.batch_size={cfg.data.batch_size}.")
     planned_steps = len(train_loader) * tcfg.max_epochs
     budget = TimeBudget(tcfg.max_time)
-    patch = getattr(data, "patch", None) if getattr(data, "spatial_dims", 2) == 3 else None  # a 3D crop's sides
+    sections = getattr(data, "from_sections", False)  # 2D and 2.5D crops of volumes: (1, y, x)
+    patch = getattr(data, "patch", None) if getattr(data, "spatial_dims", 2) == 3 or sections else None  # crop sides
     side = int(cfg.data.get("patch_size", 256)) if patch is None else 0
     budget.pixels_per_step = int(cfg.data.batch_size) * (side**2 if patch is None else math.prod(patch))
     # The validation this rank does: its shard of the split or of trainer.val_subset, whose cost the reserve holds back.
     shard = list(val_sampler) if val_sampler is not None else range(val_size)
-    images = data.split("val").images
-    budget.val_pixels = sum(getattr(images[i], "voxels", 0) or int(images[i].shape[0]) * int(images[i].shape[1])
-                            for i in shard)  # fmt: skip
+    sizes: list[Any] = getattr(data.dataset("val"), "item_pixels", lambda: data.split("val").images)()  # 2.5D: ints
+    budget.val_pixels = sum(s if isinstance(s, int) else getattr(s, "voxels", 0) or int(s.shape[0]) * int(s.shape[1])
+                            for s in (sizes[i] for i in shard))  # fmt: skip
     progress = budget.schedule_progress if tcfg.max_time is not None else None
     scheduler = build_scheduler(cfg, optimizer, total_steps=planned_steps, progress=progress)
     run = Run(

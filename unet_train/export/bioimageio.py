@@ -21,6 +21,7 @@ from skimage.transform import resize
 
 from unet_train.data.normalize import bioimageio_preprocessing, prepare_input
 from unet_train.data.reading import match_channels
+from unet_train.data.sections import section_names, section_spec
 from unet_train.errors import ConfigError, DataError
 from unet_train.export.architecture import write_architecture
 from unet_train.export.model import ExportModel
@@ -124,8 +125,16 @@ def test_tensors(exported: ExportModel, raw: np.ndarray) -> tuple[np.ndarray, to
     height, width = (s - s % exported.multiple for s in raw.shape[-2:])
     image = np.moveaxis(raw[0, :, :height, :width], 0, -1)
     image = match_channels(image[..., 0] if image.shape[-1] == 1 else image, channels, "the test image")
-    normalize = stored.data.get("normalize")  # a DictConfig (or None); resolve_spec reads either
+    normalize = package_spec(exported)
     return raw_to_nchw(image), torch.from_numpy(prepare_input(image, channels, normalize, "the test image")[None])
+
+
+def package_spec(exported: ExportModel) -> Any:
+    """The checkpoint's ``data.normalize`` for the package's input channels: of a 2.5D model, the ``2k + 1``
+    stacked sections, per-channel values repeated per section (:func:`~unet_train.data.sections.section_spec`)."""
+    normalize = exported.config.data.get("normalize")  # a DictConfig (or None); resolve_spec reads either
+    context = int(exported.config.data.get("context_slices") or 0)
+    return section_spec(normalize, context) if context else normalize
 
 
 def check_test_size(exported: ExportModel, raw: np.ndarray) -> None:
@@ -161,8 +170,9 @@ def build_package(
     """
     check_test_size(exported, raw)
     stored = exported.config
-    normalize = stored.data.get("normalize")  # a DictConfig (or None); resolve_spec reads either
+    normalize = package_spec(exported)
     channels = exported.in_channels
+    context = int(stored.data.get("context_slices") or 0)  # 2.5D: 2k + 1 sections as channels, section-major
     # The test output is what unet-predict computes: the training normaliser, then the model.
     raw, x = test_tensors(exported, raw)
     with torch.inference_mode():
@@ -180,7 +190,10 @@ def build_package(
     )
     if len(class_names) != out_channels:
         raise ConfigError(f"bioimageio.class_names={class_names} needs {out_channels} names (the model's outputs).")
-    channel_names = info.channel_names or ([f"channel{c}" for c in range(channels)] if channels > 1 else ["raw"])
+    channel_names = info.channel_names or (
+        section_names(context, channels // (2 * context + 1)) if context
+        else [f"channel{c}" for c in range(channels)] if channels > 1 else ["raw"]
+    )  # fmt: skip
     if len(channel_names) != channels:
         raise ConfigError(f"bioimageio.channel_names={channel_names} needs {channels} names (data.in_channels).")
     names = "yx" if exported.spatial_dims == 2 else "zyx"
@@ -223,7 +236,8 @@ def build_package(
         "inputs": [
             {
                 "id": "raw",
-                "description": "raw image in its own dtype; the preprocessing normalises it as in training",
+                "description": "raw image in its own dtype; the preprocessing normalises it as in training"
+                + (f"; sections z-{context}..z+{context} as channels, section-major" if context else ""),
                 "axes": [
                     {"type": "batch"},
                     {"type": "channel", "channel_names": channel_names},

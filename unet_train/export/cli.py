@@ -70,6 +70,7 @@ def test_image(exported: ExportModel, settings: DictConfig) -> np.ndarray:
     """The raw test image ``(1, C, H, W)``: ``test_image`` or the first image of the checkpoint's val split."""
     from unet_train.build import build_data
     from unet_train.data.folder import read_image
+    from unet_train.data.sections import raw_sections
     from unet_train.export.bioimageio import raw_to_nchw
 
     if settings.test_image:
@@ -83,7 +84,11 @@ def test_image(exported: ExportModel, settings: DictConfig) -> np.ndarray:
         with open_dict(data_cfg):
             data_cfg.root = str(settings.data_root)
     try:
-        images = build_data(data_cfg).load_split("val").images
+        data: Any = build_data(data_cfg)
+        if getattr(data, "from_sections", False):  # 2.5D: the middle section of a val volume with its neighbours
+            volume = data.split("val").images[0].image
+            return raw_to_nchw(raw_sections(volume, volume.depth // 2, int(data.context_slices)))
+        images = data.load_split("val").images
     except (DataError, ConfigError, OSError) as exc:
         raise DataError(
             f"No test image: the checkpoint's val split could not be read ({exc}); "

@@ -33,6 +33,22 @@ def sizes_sentence(exported: ExportModel) -> str:
     )
 
 
+def context_lines(exported: ExportModel) -> list[str]:
+    """2.5D (``data.context_slices=k``): the input is ``2k + 1`` sections as channels, the output the centre's mask."""
+    k = int(exported.config.get("data", {}).get("context_slices") or 0)
+    if not k:
+        return []
+    per = exported.in_channels // (2 * k + 1)
+    return [
+        "",
+        f"A 2.5D model: the input is {2 * k + 1} neighbouring sections of a volume as channels, z-{k} .. z+{k} in "
+        f"order ({per} channel(s) each, section-major: channel j x {per} + c is channel c of section z-{k}+j), and "
+        "the output is the segmentation of the centre section z. At the volume's ends the missing sections are "
+        "mirrored without repeating the end one (for section 0, z-1 is section 1). unet-predict applies it to a "
+        "whole volume section by section.",
+    ]
+
+
 def package_readme(exported: ExportModel, name: str, metrics: dict[str, float] | None) -> str:
     kwargs: dict[str, Any] = exported.kwargs
     classes = exported.out_channels
@@ -44,6 +60,7 @@ def package_readme(exported: ExportModel, name: str, metrics: dict[str, float] |
         f"encoder `{kwargs.get('encoder')}`, skip `{kwargs.get('skip')}`, depth {kwargs.get('depth')}, base width "
         f"{kwargs.get('base_channels')}, {exported.in_channels} input channel(s), "
         + ("one logit (binary segmentation)." if classes == 1 else f"{classes} classes."),
+        *context_lines(exported),
         "",
         "The weights return logits; the package's postprocessing turns them into probabilities "
         + ("(sigmoid)." if classes == 1 else "(softmax over the channel axis)."),

@@ -111,6 +111,12 @@ def make_plan(
     device = resolve_device(device_name)
     kind = "cuda" if device.type == "cuda" else "cpu"
     derive: Callable[[DeviceFacts], list[Choice]]
+    if getattr(data, "from_sections", False):  # 2D and 2.5D runs on volumes: planned as 3D only in this version
+        context = getattr(data, "context_slices", 0)
+        raise ConfigError(
+            f"plan=auto (unet-plan) plans 3D runs of volumes; data.context_slices={context} and data.spatial_dims=2 "
+            "runs are not planned yet: drop the plan, or plan the 3D run (data.context_slices=0)."
+        )
     if is_volume_data(data):  # volumes: spacing, shapes and a 3D crop with pooling per axis (volume_derive.py)
         fingerprint = volume_fingerprint(data)
         layout = volume_layout(fingerprint, kind)
@@ -121,7 +127,7 @@ def make_plan(
             "pool_factors": layout.pool_factors,
             "val_size": validation_block(fingerprint, layout),
         }
-        dims_key = "spatial_dims" in data_cfg  # data=isbi takes it; data=volumes is 3D only
+        dims_key = data_cfg.get("spatial_dims") is not None  # data=isbi sets it; data=volumes leaves it null (3D)
         derive = functools.partial(derive_volume_plan, fingerprint, budget_s=budget_s, layout=layout, dims_key=dims_key)
     else:
         fingerprint = compute_fingerprint(*training_split(data))
