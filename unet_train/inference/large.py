@@ -89,7 +89,7 @@ def predict_to_zarr(
     store = ZarrPrediction(path, threshold)
     done = store.done()
     depth, height, width, _ = volume.shape
-    planner = ChunkedPredictor(predictor, height, width, chunk)
+    planner = ChunkedPredictor(predictor, (height, width), chunk)
     work = []
     for z in range(depth):
         for block in planner.grid.blocks(BLOCK_PIXELS):
