@@ -1,4 +1,4 @@
-"""A 3D model chunk by chunk into OME-Zarr: equal to the whole-volume prediction, resumable, shared, with the spacing."""
+"""A 3D model chunk by chunk into OME-Zarr: equal to the whole-volume prediction, resumable, shared, with spacing."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import pytest
 import torch
 
 from unet_train.engine.distributed import Distributed
-from unet_train.inference import TiledPredictor
-from unet_train.inference import large
+from unet_train.inference import TiledPredictor, large
 from unet_train.inference.chunked import ChunkedPredictor
 from unet_train.inference.volumes import open_volume
 from unet_train.inference.zarr_output import ZarrPrediction, read_scale_of
