@@ -40,7 +40,8 @@ import torch
 
 
 def build_model(base_channels: int, depth: int) -> torch.nn.Module:
-    """A random 3D UNet (seeded) whose batch norms are not the identity, so folding them is measured."""
+    """A random 3D UNet (seeded) whose batch norms are not the identity, so folding them is measured, and whose
+    probabilities on noise spread over (0, 1)."""
     from unet_train.models import UNet
 
     torch.manual_seed(0)
@@ -50,6 +51,10 @@ def build_model(base_channels: int, depth: int) -> torch.nn.Module:
             assert module.running_mean is not None and module.running_var is not None
             module.running_mean.uniform_(-0.2, 0.2)
             module.running_var.uniform_(0.5, 2.0)
+    with torch.no_grad():  # logits of spread ~1 on noise, so that outputs compared are not all 0.5
+        logits = model(torch.rand(1, 1, 16, 32, 32, generator=torch.Generator().manual_seed(2)))
+        model.head.weight /= logits.std()
+        model.head.bias.copy_((model.head.bias - logits.mean()) / logits.std())
     return model
 
 
@@ -72,7 +77,8 @@ def write_volume(path: Path, size: int, slab: int = 64) -> None:
 
 
 def memory_case(args: argparse.Namespace) -> dict[str, Any]:
-    """One size in this (fresh) process: the volume written, then predicted chunk by chunk into a store."""
+    """One volume (``--source``, written by the parent) predicted chunk by chunk into a store, in this fresh
+    process: its peak RSS is the prediction's alone."""
     from omegaconf import OmegaConf
 
     from unet_train.engine.distributed import Distributed
@@ -82,9 +88,7 @@ def memory_case(args: argparse.Namespace) -> dict[str, Any]:
     from unet_train.volume_predict import volume_reader
 
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-        source = Path(tmp) / "in.zarr"
-        write_volume(source, args.size)
-        volume = open_volume(source, None, "zyx", 1)
+        volume = open_volume(args.source, None, "zyx", 1)
         model = build_model(args.base_channels, args.depth)
         predictor = TiledPredictor(
             model,
@@ -184,6 +188,7 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--source", type=Path, default=None, help=argparse.SUPPRESS)  # _case: the volume
     parser.add_argument("--tmp", default=None, help="folder for the temporary volumes (default: the system's)")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     args = parser.parse_args()
@@ -196,12 +201,15 @@ def main() -> None:
     else:
         results = []
         for size in args.sizes:  # each size in a fresh process: one size's peak cannot hide another's
-            argv = [sys.executable, __file__, "_case", "--size", str(size)]
-            for key in ("tile", "chunk", "overlap", "batch", "base_channels", "depth", "device"):
-                argv += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
-            argv += ["--tmp", args.tmp] if args.tmp else []
-            line = subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-            results.append(json.loads(line))
+            with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+                source = Path(tmp) / "in.zarr"
+                write_volume(source, size)  # here, so the writing's memory is not the prediction's
+                argv = [sys.executable, __file__, "_case", "--size", str(size), "--source", str(source)]
+                for key in ("tile", "chunk", "overlap", "batch", "base_channels", "depth", "device"):
+                    argv += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+                argv += ["--tmp", args.tmp] if args.tmp else []
+                out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+            results.append(json.loads(out.strip().splitlines()[-1]))
             print(json.dumps(results[-1]))
     if args.out:
         args.out.write_text(json.dumps(results, indent=1) + "\n")

@@ -38,8 +38,21 @@ SETTINGS = [
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt3d") / "tiny3d.pt", ["model.spatial_dims=3"], seed=3)
+def ckpt(tmp_path_factory, source) -> Path:
+    """A tiny 3D checkpoint: batch norms that are not the identity, logits of spread ~1 on ``source``."""
+    path = make_checkpoint(tmp_path_factory.mktemp("ckpt3d") / "tiny3d.pt", ["model.spatial_dims=3"], seed=3)
+    model, stored = load_model(path)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm3d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+        logits = model(model_input(open_volume(source, None, None, 1), [stored.data])[None])
+        model.head.weight /= logits.std()
+        model.head.bias.copy_((model.head.bias - logits.mean()) / logits.std())
+    checkpoint = torch.load(path, weights_only=True)
+    torch.save({**checkpoint, "model": model.state_dict()}, path)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +92,7 @@ def test_chunked_3d_prediction_equals_the_whole_volume_and_keeps_the_spacing(ckp
     group = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
     prob = group["0"]
     assert prob.shape == SHAPE and prob.chunks == tuple(CHUNK)  # 3D chunks, not one z plane each
+    assert expected.std() > 0.01 and 0.05 < (expected > 0.5).mean() < 0.95  # outputs that say something
     np.testing.assert_allclose(prob[...], expected, atol=1e-5, rtol=0)
     assert np.array_equal(group["labels/mask/0"][...], (prob[...] > 0.5).astype(np.uint8))
     assert group["done"].shape == (3, 3, 3) and group["done"][...].all()
