@@ -27,5 +27,5 @@ def test_the_plain_sliding_window_equals_the_tiled_predictor_without_margin():
     ours = TiledPredictor(model, tile_size=16, overlap=0.5, batch_size=3, margin=0).predict(image)
     plain = script.reference_sliding_window(model, image, tile=16, overlap=0.5, batch=3, align=4)
     assert ours.shape == plain.shape == (1, 20, 28, 24)
-    assert 0.01 < float(ours.std())  # the model's output varies, so agreement says something
+    assert float(ours.std()) > 0.01  # the model's output varies, so agreement says something
     torch.testing.assert_close(ours, plain, atol=1e-5, rtol=0)
