@@ -53,8 +53,9 @@ def build_model(base_channels: int, depth: int) -> torch.nn.Module:
             module.running_var.uniform_(0.5, 2.0)
     with torch.no_grad():  # logits of spread ~1 on noise, so that outputs compared are not all 0.5
         logits = model(torch.rand(1, 1, 16, 32, 32, generator=torch.Generator().manual_seed(2)))
-        model.head.weight /= logits.std()
-        model.head.bias.copy_((model.head.bias - logits.mean()) / logits.std())
+        head: Any = model.head
+        head.weight /= logits.std()
+        head.bias.copy_((head.bias - logits.mean()) / logits.std())
     return model
 
 
