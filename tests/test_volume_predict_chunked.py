@@ -104,11 +104,16 @@ def test_chunked_3d_prediction_equals_the_whole_volume_and_keeps_the_spacing(ckp
     assert group.attrs["unet_predict"]["complete"] is True
 
 
-def test_a_large_zarr_input_is_predicted_chunk_by_chunk_into_the_output_folder(ckpt, source, expected, tmp_path):
+def test_a_large_zarr_input_is_predicted_chunk_by_chunk_into_the_output_folder(
+    ckpt, source, expected, tmp_path, caplog
+):
     # Over max_pixels a Zarr volume is not read whole: it goes chunk by chunk into FOLDER/<name>.zarr.
-    predict(ckpt, source, tmp_path / "pred", f"max_pixels={np.prod(SHAPE) - 1}")
+    with caplog.at_level(logging.INFO):
+        predict(ckpt, source, tmp_path / "pred", f"max_pixels={np.prod(SHAPE) - 1}", "instances=true")
     prob = zarr.open_group(str(tmp_path / "pred" / "vol.zarr"), mode="r")["0"][...]
     np.testing.assert_allclose(prob, expected, atol=1e-5, rtol=0)
+    assert "vol.ome.zarr is larger than can be read whole: predicted chunk by chunk into" in caplog.text
+    assert "instances=true: a 3D model's instance labels are not written yet" in caplog.text
 
 
 def test_a_killed_prediction_resumes_without_recomputing_the_written_chunks(

@@ -110,6 +110,8 @@ def predict_volumes(
     dist: Any,
 ) -> list[Path]:
     """Every input volume predicted whole (each by one rank) or chunk by chunk (by every rank); the files written."""
+    if cfg.get("instances") and dist.is_main:
+        log.warning("instances=true: a 3D model's instance labels are not written yet (its probabilities and mask are)")
     written: list[Path] = []
     chunked = [is_chunked(path, volume, to_zarr) for path, volume in volumes]
     mine = [i for i, c in enumerate(chunked) if not c][dist.rank :: dist.world_size]
