@@ -46,7 +46,7 @@ from unet_train.errors import CheckpointError, ConfigError, DataError, UserError
 from unet_train.inference import TiledPredictor
 from unet_train.inference.budget import parse_memory
 from unet_train.inference.instances import instance_labels, label_chunks, resolve_method
-from unet_train.inference.large import Throughput, predict_to_zarr
+from unet_train.inference.large import Throughput, chunk_setting, predict_to_zarr, store_settings
 from unet_train.inference.sources import (
     NIFTI_SUFFIXES,
     TIFF_SUFFIXES,
@@ -93,6 +93,11 @@ def checkpoint_paths(spec: Any) -> list[str]:
     if not paths:
         raise ConfigError("ckpt=[] names no checkpoint; pass ckpt=PATH or ckpt=[a.pt,b.pt].")
     return paths
+
+
+def resolved_paths(spec: Any) -> list[str]:
+    """The checkpoints' absolute paths (a store records them, so a resume with others is refused)."""
+    return [str(Path(p).expanduser().resolve()) for p in checkpoint_paths(spec)]
 
 
 def load_models(spec: Any, trust: bool | Sequence[str] = False) -> tuple[list[nn.Module], list[DictConfig]]:
@@ -172,7 +177,7 @@ def run_predict(cfg: DictConfig) -> list[Path]:
 def _predict_all(
     cfg: DictConfig, files: list[Path], models: list[nn.Module], stored: DictConfig, inputs: list[Any], dist: Any
 ) -> list[Path]:
-    from unet_train.volume_predict import check_volume_output, predict_volume, split_inputs, tile_setting  # cyclic
+    from unet_train.volume_predict import check_volume_output, predict_volumes, split_inputs, tile_setting  # cyclic
 
     in_channels = int(stored.data.in_channels)
     runtime = make_runtime(dist.device, cfg.trainer.precision, cfg.trainer.channels_last, deterministic=False)
@@ -218,7 +223,7 @@ def _predict_all(
             "pass output=FOLDER (each Zarr/HDF5 input gets FOLDER/<name>.zarr)."
         )
     check_output_names(files, out, to_zarr)
-    check_volume_output(out, to_zarr and as_volumes)
+    check_volume_output(out, to_zarr and as_volumes and spatial_dims == 2)
     classes = int(stored.data.num_classes)
     classes = 1 if classes <= 2 else classes
     target = instance_target(stored.data)  # an instance model always writes its instances
@@ -226,10 +231,10 @@ def _predict_all(
     params = params_for(cfg, target, stored.get("tuned_postprocess")) if target else None
     if params is not None:
         log.info("Instances by the %s post-processing: %s", target, params)
-    for key, least in (("instance_halo", 0), ("chunk_size", 1)):
-        value = cfg.get(key, least)
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ConfigError(f"{key}={value!r} must be a whole number of pixels, {least} or more.")
+    halo = cfg.get("instance_halo", 0)
+    if isinstance(halo, bool) or not isinstance(halo, int) or halo < 0:
+        raise ConfigError(f"instance_halo={halo!r} must be a whole number of pixels, 0 or more.")
+    chunk = chunk_setting(cfg.get("chunk_size"), spatial_dims)
     written: list[Path] = []
     start = time.monotonic()
     volumes: list[tuple[Path, Volume]] = [(path, open_input(path, cfg, in_channels)) for path in files]
@@ -254,8 +259,8 @@ def _predict_all(
                     written.append(predict_store(cfg, predictor, volume, store, classes, inputs, method, dist, params))
                 elif (path, volume) in in_memory:
                     written += predict_in_memory(cfg, predictor, path, volume, out, method, on_tiles, inputs, params)
-        for path, volume in by_volume[dist.rank :: dist.world_size]:
-            written += predict_volume(cfg, predictor, path, volume, out, inputs, spatial_dims)
+        # a 3D model: whole, or chunk by chunk into OME-Zarr (output=NAME.zarr, large Zarr/HDF5 inputs)
+        written += predict_volumes(cfg, predictor, by_volume, out, to_zarr, chunk, classes, inputs, dist, spatial_dims)
     finally:
         for _, volume in volumes:
             volume.close()
@@ -278,20 +283,11 @@ def predict_store(
 ) -> Path:
     """One input into an OME-Zarr store, chunk by chunk (resumes a store of the same settings)."""
     predictor = predictor.for_shape(*volume.shape[1:3], whole=False)  # tile_size=null: tiles fit tile_memory
-    settings = {
-        "ckpt": [str(Path(p).expanduser().resolve()) for p in checkpoint_paths(cfg.ckpt)],
-        "input": volume.name,
-        "input_shape": list(volume.shape),
-        "tile_size": predictor.tile_size,
-        "overlap": predictor.overlap,
-        "margin": predictor.margin,
-        "batch_size": predictor.batch_size,
-        "tta": predictor.tta,
-        "threshold": float(cfg.threshold),
-        "instances": method,
-        "postprocess": params,
-    }
+    more = {"ckpt": resolved_paths(cfg.ckpt), "threshold": float(cfg.threshold), "instances": method}
+    settings = store_settings(predictor, volume, 2, **more, postprocess=params)
     scalings = [PlaneScaling(volume, data) for data in inputs]
+    chunk = chunk_setting(cfg.get("chunk_size"), 2)
+    assert isinstance(chunk, int)  # a 2D model's chunks have one side
 
     def scaling(raw: np.ndarray, z: int) -> torch.Tensor:
         return scalings[0](z)(raw) if len(scalings) == 1 else torch.cat([s(z)(raw) for s in scalings])
@@ -307,7 +303,7 @@ def predict_store(
             scaling,
             store,
             classes,
-            int(cfg.chunk_size),
+            chunk,
             str(cfg.prob_dtype),
             float(cfg.threshold),
             settings,

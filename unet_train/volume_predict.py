@@ -1,12 +1,16 @@
-"""``unet-predict`` with a 3D or 2.5D model: each input (TIFF stack, NIfTI, HDF5, Zarr) predicted as one volume.
+"""``unet-predict`` with a 3D model: each input (TIFF stack, NIfTI, HDF5, Zarr) predicted as one volume.
 
 The volume is read whole and scaled as training scaled each volume (the checkpoint's ``data.normalize``, with
 ``per: image`` statistics of this volume), tiled in 3D with Gaussian blending
 (:class:`~unet_train.inference.tiling.TiledPredictor`), and written as ``<name>_prob`` (float32: the positive
 class ``(Z, Y, X)`` of a binary model, else ``(K, Z, Y, X)``) and ``<name>_mask`` (uint8: 0/255, or class
-indices). A 2.5D model (``data.context_slices`` > 0) is applied section by section with its neighbouring
-sections as channels, and so is a 2D model's NIfTI input (:func:`predict_sections`). A NIfTI input gives
-``.nii.gz`` outputs with its affine; any other gives ImageJ TIFF stacks with the input's voxel spacing and unit.
+indices). A NIfTI input gives ``.nii.gz`` outputs with its affine; any other gives ImageJ TIFF stacks
+with the input's voxel spacing and unit.
+
+With ``output=NAME.zarr``, and for a Zarr/HDF5 input larger than can be read whole (``max_pixels``), the
+volume is predicted chunk ``(z, y, x)`` by chunk into an OME-Zarr store instead
+(:func:`~unet_train.inference.large.predict_volume_to_zarr`): bounded memory, resumable, shared between
+torchrun's processes, equal to the whole-volume prediction.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +28,16 @@ import tifffile
 import torch
 from omegaconf import DictConfig
 
-from unet_train.data.limits import check_pixels
+from unet_train.data.limits import check_pixels, max_pixels
 from unet_train.data.normalize import resolve_spec
 from unet_train.data.sections import read_sections, stack_sections
 from unet_train.data.volume_data import VolumeCase, volume_spec
 from unet_train.data.volumes import volume_stem
-from unet_train.errors import ConfigError, DataError
+from unet_train.errors import ConfigError, DataError, UserError
+from unet_train.inference.large import predict_volume_to_zarr, store_settings
 from unet_train.inference.tiling import TiledPredictor
-from unet_train.inference.volumes import NIFTI_SUFFIXES, Volume, require
+from unet_train.inference.volumes import NIFTI_SUFFIXES, Volume, is_chunked_input, require
+from unet_train.predict import resolved_paths
 from unet_train.predict_files import mask_of, probability_array, removed_on_failure, written_whole
 from unet_train.safe_io import make_folder
 
@@ -49,28 +57,48 @@ def tile_setting(value: Any) -> int | tuple[int, ...] | None:
         raise ConfigError(f"tile_size={value!r} must be an int or a list of ints ([z, y, x] for a volume).") from None
 
 
-def check_volume_output(out: Path, to_zarr: bool) -> None:
-    if to_zarr:
-        raise ConfigError(
-            f"output={out}: a 3D or 2.5D model writes TIFF or NIfTI volumes, not yet a Zarr store; pass output=FOLDER."
-        )
-
-
-def model_input(volume: Volume, inputs: list[Any]) -> torch.Tensor:
-    """The whole volume as the model's input ``(C, Z, Y, X)``: one part per normalisation (see ``input_specs``)."""
+def check_channels(volume: Volume, inputs: list[Any]) -> None:
     in_channels = int(inputs[0].in_channels)
     if volume.shape[3] != in_channels:
         raise DataError(
             f"{volume.name} has {volume.shape[3]} channel(s) (axes {volume.axes}) but the model takes {in_channels}; "
             "set input_axes (e.g. czyx or zyxc)."
         )
-    check_pixels(volume.name, volume.shape, "a 3D model predicts each volume whole: ")  # before reading a pixel
-    parts = []
-    for data in inputs:
-        case = VolumeCase(volume, None, volume.name, (1.0, 1.0, 1.0), spec=volume_spec(volume, data.get("normalize")))
-        scaled = case.read_image((0, 0, 0), volume.shape[:3])  # (Z, Y, X, C)
-        parts.append(torch.from_numpy(np.ascontiguousarray(np.moveaxis(scaled, -1, 0))))
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def volume_reader(volume: Volume, inputs: list[Any]) -> Callable[..., torch.Tensor]:
+    """``read(z0, z1, y0, y1, x0, x1)``: the model's input ``(C, d, h, w)`` of a window, one part per normalisation
+    (see ``input_specs``), each scaled by statistics of the whole volume (as training scaled each volume)."""
+    check_channels(volume, inputs)
+    cases = [
+        VolumeCase(volume, None, volume.name, (1.0, 1.0, 1.0), spec=volume_spec(volume, data.get("normalize")))
+        for data in inputs
+    ]
+
+    def read(z0: int, z1: int, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+        parts = []
+        for case in cases:
+            scaled = case.read_image((z0, y0, x0), (z1 - z0, y1 - y0, x1 - x0))  # (d, h, w, C)
+            parts.append(torch.from_numpy(np.ascontiguousarray(np.moveaxis(scaled, -1, 0))))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    return read
+
+
+def model_input(volume: Volume, inputs: list[Any]) -> torch.Tensor:
+    """The whole volume as the model's input ``(C, Z, Y, X)`` (see :func:`volume_reader`)."""
+    check_channels(volume, inputs)
+    hint = "a 3D model predicts each volume whole unless output=NAME.zarr: "
+    check_pixels(volume.name, volume.shape, hint)  # before reading a pixel
+    depth, height, width, _ = volume.shape
+    return volume_reader(volume, inputs)(0, depth, 0, height, 0, width)
+
+
+def check_volume_output(out: Path, to_zarr: bool) -> None:
+    if to_zarr:
+        raise ConfigError(
+            f"output={out}: a 2.5D model writes TIFF or NIfTI volumes, not yet a Zarr store; pass output=FOLDER."
+        )
 
 
 def predict_sections(
@@ -104,6 +132,67 @@ def split_inputs(volumes: list[tuple[Path, Volume]], as_volumes: bool, to_zarr: 
     of a 3D or 2.5D model; a 2D model's NIfTI inputs, whose outputs then keep the NIfTI header)."""
     whole = [as_volumes or (not to_zarr and path.name.lower().endswith(NIFTI_SUFFIXES)) for path, _ in volumes]
     return [v for v, w in zip(volumes, whole) if not w], [v for v, w in zip(volumes, whole) if w]
+
+
+def is_chunked(path: Path, volume: Volume, to_zarr: bool) -> bool:
+    """Whether a 3D model predicts ``volume`` chunk by chunk into OME-Zarr: when ``output=NAME.zarr`` asks for it,
+    or for a Zarr/HDF5 input larger than can be read whole (``max_pixels``); otherwise it is predicted whole."""
+    return to_zarr or (is_chunked_input(path) and math.prod(volume.shape) > max_pixels()[0])
+
+
+def predict_volumes(
+    cfg: DictConfig,
+    predictor: TiledPredictor,
+    volumes: list[tuple[Path, Volume]],
+    out: Path,
+    to_zarr: bool,
+    chunk: Any,
+    classes: int,
+    inputs: list[Any],
+    dist: Any,
+    spatial_dims: int = 3,
+) -> list[Path]:
+    """Every input volume predicted whole (each by one rank) or, by a 3D model, chunk by chunk (by every rank); the
+    files written. A 2D or 2.5D model predicts a volume section by section, whole."""
+    if cfg.get("instances") and volumes and dist.is_main:
+        log.warning("instances=true: a volume's instance labels are not written yet (its probabilities and mask are)")
+    written: list[Path] = []
+    chunked = [spatial_dims == 3 and is_chunked(path, volume, to_zarr) for path, volume in volumes]
+    mine = [i for i, c in enumerate(chunked) if not c][dist.rank :: dist.world_size]
+    for i, (path, volume) in enumerate(volumes):
+        if chunked[i]:
+            store = out if to_zarr else out / f"{volume_stem(path) or path.name.split('.')[0]}.zarr"
+            if not to_zarr:
+                log.info("%s is larger than can be read whole: predicted chunk by chunk into %s", path.name, store)
+            written.append(predict_volume_store(cfg, predictor, volume, store, chunk, classes, inputs, dist))
+        elif i in mine:
+            written += predict_volume(cfg, predictor, path, volume, out, inputs, spatial_dims)
+    return written
+
+
+def predict_volume_store(
+    cfg: DictConfig,
+    predictor: TiledPredictor,
+    volume: Volume,
+    store: Path,
+    chunk: tuple[int, ...],
+    classes: int,
+    inputs: list[Any],
+    dist: Any,
+) -> Path:
+    """One volume into an OME-Zarr store, chunk ``(z, y, x)`` by chunk (resumes a store of the same settings)."""
+    predictor = predictor.for_shape(*volume.shape[:3], whole=False)  # tile_size=null: tiles fit tile_memory
+    chunk = tuple(min(c, n) for c, n in zip(chunk, volume.shape[:3]))  # no chunk larger than the volume
+    threshold = float(cfg.threshold)
+    settings = store_settings(predictor, volume, 3, ckpt=resolved_paths(cfg.ckpt), threshold=threshold)
+    read = volume_reader(volume, inputs)
+    created = [] if dist.enabled else [store.parent, store]  # a store that existed is kept to resume
+    with removed_on_failure(created, (UserError,)):
+        store.parent.mkdir(parents=True, exist_ok=True)
+        prob_dtype = str(cfg.prob_dtype)
+        predict_volume_to_zarr(predictor, volume, read, store, classes, chunk, prob_dtype, threshold, settings, dist)
+    log.info("%s: predicted chunk by chunk %s into %s, spacing %s", volume.name, chunk, store, volume.scale or "-")
+    return store
 
 
 def predict_volume(

@@ -16,7 +16,7 @@ from .test_tiling import random_unet, smooth_image
 def chunked(predictor: TiledPredictor, image: torch.Tensor, chunk: int, block: int = 4096) -> tuple[torch.Tensor, int]:
     """Blend chunk by chunk into a full array (for comparison); returns it and the tiles computed."""
     _, height, width = image.shape
-    planner = ChunkedPredictor(predictor, height, width, chunk)
+    planner = ChunkedPredictor(predictor, (height, width), chunk)
     out = torch.full((1, height, width), float("nan"))
     written: list[tuple[int, int]] = []
     counted = []
@@ -70,7 +70,7 @@ def test_chunk_borders_leave_no_seam():
 
 
 def test_chunk_grid_covers_the_plane_in_blocks():
-    grid = ChunkGrid(300, 500, 64)
+    grid = ChunkGrid((300, 500), 64)
     assert grid.shape == (5, 8)
     assert grid.bounds((4, 7)) == (256, 300, 448, 500)
     blocks = grid.blocks(128)

@@ -1,20 +1,24 @@
 """A whole volume into an OME-Zarr store: chunk-wise blending, resume, and work shared between ranks.
 
-Each z plane is cut into blocks of chunks (:class:`~unet_train.inference.chunked.ChunkGrid`); the
-(plane, block) pairs are dealt out to the ranks in turn (rank ``r`` takes pairs ``r, r + N, ...``),
-so every rank writes whole chunks of its own. Chunks marked done in the store are skipped.
+For a 2D model each z plane is cut into blocks of chunks (:class:`~unet_train.inference.chunked.ChunkGrid`);
+the (plane, block) pairs are dealt out to the ranks in turn (rank ``r`` takes pairs ``r, r + N, ...``),
+so every rank writes whole chunks of its own. For a 3D model the volume is cut into 3D chunks and blocks of
+them, dealt out the same way (:func:`predict_volume_to_zarr`). Chunks marked done in the store are skipped.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omegaconf import ListConfig
+
 from unet_train.engine.distributed import Distributed
+from unet_train.errors import ConfigError
 from unet_train.inference.chunked import ChunkedPredictor
 from unet_train.inference.tiling import TiledPredictor
 from unet_train.inference.volumes import Volume
@@ -23,6 +27,7 @@ from unet_train.inference.zarr_output import ZarrPrediction
 log = logging.getLogger(__name__)
 
 BLOCK_PIXELS = 4096  # side of the blocks of chunks that share a tile cache (see chunked.py)
+BLOCK_VOXELS = 256  # the same for a 3D model's chunks: a block's cache holds about two layers of its tiles
 
 
 @dataclass
@@ -65,6 +70,70 @@ def format_seconds(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
+def chunk_setting(value: Any, dims: int) -> int | tuple[int, ...]:
+    """``chunk_size``: the side of a plane's chunks (null: 512), or for a 3D model a cube's side or ``[z, y, x]``
+    (null: 128 a side); refused in one line otherwise."""
+    if value is None:
+        return 512 if dims == 2 else (128,) * 3
+    sides = [value] * 3 if isinstance(value, int) else list(value) if isinstance(value, Sequence | ListConfig) else []
+    good = [s for s in sides if isinstance(s, int) and not isinstance(s, bool) and s >= 1]
+    if dims == 2 and isinstance(value, int) and good:
+        return int(value)
+    if dims == 2:
+        raise ConfigError(f"chunk_size={value!r} must be a whole number of pixels, 1 or more.")
+    if isinstance(value, str) or len(sides) != 3 or len(good) != 3:
+        raise ConfigError(
+            f"chunk_size={value!r} must be a whole number of voxels, 1 or more, or three of them [z, y, x] "
+            "for a 3D model's chunks."
+        )
+    return tuple(int(s) for s in sides)
+
+
+def store_settings(predictor: TiledPredictor, volume: Volume, dims: int, **more: Any) -> dict[str, Any]:
+    """What a store records of the prediction that writes it; resuming it with other settings is refused."""
+    tile = predictor.tile_size
+    margins = predictor.axes(dims)[2]
+    return {
+        "input": volume.name,
+        "input_shape": list(volume.shape),
+        "tile_size": tile if isinstance(tile, int) else list(tile),  # as JSON reads it back, to compare
+        "overlap": predictor.overlap,
+        "margin": margins[0] if dims == 2 else margins,
+        "batch_size": predictor.batch_size,
+        "tta": predictor.tta,
+        **more,
+    }
+
+
+def _open_store(
+    path: Path,
+    volume: Volume,
+    classes: int,
+    chunk: int | tuple[int, ...],
+    prob_dtype: str,
+    threshold: float,
+    settings: dict[str, Any],
+    dist: Distributed,
+) -> tuple[ZarrPrediction, Any]:
+    """The store at ``path`` (created by rank 0, or resumed) and its done-markers."""
+    if dist.is_main:
+        ZarrPrediction.create(path, volume, classes, chunk, prob_dtype, settings)
+    dist.barrier()
+    store = ZarrPrediction(path, threshold)
+    done = store.done()
+    skipped = int(done.sum())
+    if skipped:
+        log.info("Resuming %s: %d of %d chunks already written", path, skipped, done.size)
+    return store, done
+
+
+def _finish(store: ZarrPrediction, dist: Distributed) -> ZarrPrediction:
+    dist.barrier()
+    if dist.is_main:
+        store.finish()
+    return store
+
+
 def predict_to_zarr(
     predictor: TiledPredictor,
     volume: Volume,
@@ -78,26 +147,19 @@ def predict_to_zarr(
     dist: Distributed,
     on_chunk: Callable[[], None] | None = None,
 ) -> ZarrPrediction:
-    """Predict ``volume`` into the store at ``path`` (created by rank 0, or resumed); returns the store.
+    """Predict ``volume`` plane by plane into the store at ``path`` (created by rank 0, or resumed); returns it.
 
     ``scaling(raw, z)`` turns raw pixels ``(h, w, C)`` of plane ``z`` into the model input (that plane's
     :class:`InputScaling`, or several concatenated for an ensemble of models normalised differently).
     """
-    if dist.is_main:
-        ZarrPrediction.create(path, volume, classes, chunk, prob_dtype, settings)
-    dist.barrier()
-    store = ZarrPrediction(path, threshold)
-    done = store.done()
+    store, done = _open_store(path, volume, classes, chunk, prob_dtype, threshold, settings, dist)
     depth, height, width, _ = volume.shape
-    planner = ChunkedPredictor(predictor, height, width, chunk)
+    planner = ChunkedPredictor(predictor, (height, width), chunk)
     work = []
     for z in range(depth):
         for block in planner.grid.blocks(BLOCK_PIXELS):
             work.append((z, [c for c in block if not done[z, c[0], c[1]]]))
     mine = [(z, block) for i, (z, block) in enumerate(work) if i % dist.world_size == dist.rank and block]
-    skipped = int(done.sum())
-    if skipped:
-        log.info("Resuming %s: %d of %d chunks already written", path, skipped, done.size)
     total = sum(planner.count_tiles([block]) for _, block in mine)
     report = Throughput(total, f"rank {dist.rank}" if dist.enabled else "predict")
     for z, block in mine:
@@ -105,13 +167,46 @@ def predict_to_zarr(
         def read(y0: int, y1: int, x0: int, x1: int, z: int = z) -> Any:
             return scaling(volume.read(z, y0, y1, x0, x1), z)
 
-        def write(c: tuple[int, int], prob: Any, z: int = z) -> None:
-            store.write_chunk(z, c, planner.grid.bounds(c), prob)
+        def write(c: tuple[int, ...], prob: Any, z: int = z) -> None:
+            store.write_chunk(z, (c[0], c[1]), planner.grid.bounds(c), prob)
             if on_chunk is not None:
                 on_chunk()
 
         planner.run([block], read, write, on_tiles=report)
-    dist.barrier()
-    if dist.is_main:
-        store.finish()
-    return store
+    return _finish(store, dist)
+
+
+def predict_volume_to_zarr(
+    predictor: TiledPredictor,
+    volume: Volume,
+    read: Callable[..., Any],
+    path: Path,
+    classes: int,
+    chunk: tuple[int, ...],
+    prob_dtype: str,
+    threshold: float,
+    settings: dict[str, Any],
+    dist: Distributed,
+    on_chunk: Callable[[], None] | None = None,
+) -> ZarrPrediction:
+    """A 3D model's prediction of ``volume`` into the store at ``path``, chunk ``(z, y, x)`` by chunk.
+
+    Each chunk is blended from the tiles of the whole volume's 3D grid that touch it (its region plus up to a
+    tile of context per axis), so the store equals the whole-volume prediction. Blocks of chunks of about
+    :data:`BLOCK_VOXELS` a side (at least two tiles) share a tile cache and are dealt out to the ranks in turn.
+    ``read(z0, z1, y0, y1, x0, x1)`` gives the scaled model input ``(C, d, h, w)`` of a window.
+    """
+    store, done = _open_store(path, volume, classes, chunk, prob_dtype, threshold, settings, dist)
+    planner = ChunkedPredictor(predictor, volume.shape[:3], chunk)
+    block = [max(BLOCK_VOXELS, 2 * t) for t in planner.tile]
+    work = [[c for c in chunks if not done[c]] for chunks in planner.grid.blocks(block)]
+    mine = [chunks for i, chunks in enumerate(work) if i % dist.world_size == dist.rank and chunks]
+    report = Throughput(planner.count_tiles(mine), f"rank {dist.rank}" if dist.enabled else "predict")
+
+    def write(c: tuple[int, ...], prob: Any) -> None:
+        store.write_block(c, planner.grid.bounds(c), prob)
+        if on_chunk is not None:
+            on_chunk()
+
+    planner.run(mine, read, write, on_tiles=report)
+    return _finish(store, dist)

@@ -13,7 +13,8 @@ Layout of ``output=NAME.zarr``:
     with ``instances=true``: uint32 instance labels (0 = background), an NGFF label image.
 ``done``
     one uint8 per (z, chunk row, chunk column), set to 1 after that chunk's probabilities and mask
-    are written. A restarted prediction skips the chunks marked done; a chunk being written when
+    are written; for a 3D model's chunks ``(z, y, x)`` (``chunk_size=[z, y, x]``), one per chunk layer,
+    row and column. A restarted prediction skips the chunks marked done; a chunk being written when
     the process was killed is not marked and is written again. The settings that produced the
     store are kept in its ``unet_predict`` attribute; a restart with other settings is refused.
 """
@@ -60,7 +61,9 @@ class ZarrPrediction:
         self.path = path
         self.group = zarr.open_group(str(path), mode="r+")
         settings = self.group.attrs["unet_predict"]
-        self.chunk = int(settings["chunk_size"])
+        chunk = settings["chunk_size"]  # a plane's side, or a 3D model's [z, y, x]
+        self.sides = (1, chunk, chunk) if isinstance(chunk, int) else tuple(int(c) for c in chunk)
+        self.chunk = self.sides[-1]
         self.binary = bool(settings["binary"])
         self.has_z = bool(settings["has_z"])
         self.prob = self.group["0"]
@@ -70,14 +73,27 @@ class ZarrPrediction:
         self.prob_dtype = np.dtype(self.prob.dtype)
 
     @staticmethod
-    def create(path: Path, volume: Volume, classes: int, chunk: int, prob_dtype: str, settings: dict[str, Any]) -> None:
-        """Create the store, or check that an existing one was made with the same ``settings`` (to resume it)."""
+    def create(
+        path: Path,
+        volume: Volume,
+        classes: int,
+        chunk: int | tuple[int, ...],
+        prob_dtype: str,
+        settings: dict[str, Any],
+    ) -> None:
+        """Create the store, or check that an existing one was made with the same ``settings`` (to resume it).
+
+        ``chunk``: the side of a plane's chunks (each z plane is chunked on its own), or ``(z, y, x)`` sides of a
+        3D model's chunks."""
         zarr = require("zarr")
         if prob_dtype not in PROB_DTYPES:
             raise ConfigError(f"prob_dtype={prob_dtype!r} must be one of {', '.join(PROB_DTYPES)}.")
         depth, height, width, _ = volume.shape
         binary = classes == 1
-        settings = {**settings, "chunk_size": chunk, "binary": binary, "has_z": volume.has_z, "prob_dtype": prob_dtype}
+        sides = (1, chunk, chunk) if isinstance(chunk, int) else tuple(chunk)
+        has_z = volume.has_z or not isinstance(chunk, int)  # a 3D model's output always has z
+        stored_chunk = chunk if isinstance(chunk, int) else list(sides)
+        settings = {**settings, "chunk_size": stored_chunk, "binary": binary, "has_z": has_z, "prob_dtype": prob_dtype}
         if path.exists():
             check_links(path)
             try:
@@ -95,10 +111,9 @@ class ZarrPrediction:
                     "rerun with the same settings to resume, or choose another output."
                 )
             return
-        plane = (depth,) if volume.has_z else ()
-        spatial = (*plane, height, width)
-        spatial_chunks = (*((1,) if volume.has_z else ()), chunk, chunk)
-        names = (*(("z",) if volume.has_z else ()), "y", "x")
+        spatial = ((depth,) if has_z else ()) + (height, width)
+        spatial_chunks = sides if has_z else sides[1:]
+        names = (*(("z",) if has_z else ()), "y", "x")
         scale = [volume.scale.get(a, 1.0) for a in names]
         group = zarr.open_group(str(path), mode="w")
         prob_shape = spatial if binary else (classes, *spatial)
@@ -125,18 +140,18 @@ class ZarrPrediction:
             label.attrs["ome"] = {
                 "version": NGFF_VERSION,
                 "image-label": {"source": {"image": "../../"}},
-                "multiscales": _multiscales(kind, ngff_axes(volume.has_z, False, volume.units), scale),
+                "multiscales": _multiscales(kind, ngff_axes(has_z, False, volume.units), scale),
             }
         labels.attrs["ome"] = {"version": NGFF_VERSION, "labels": kinds}
-        ny, nx = -(-height // chunk), -(-width // chunk)
-        group.create_array("done", shape=(depth, ny, nx), chunks=(1, 1, 1), dtype="uint8", fill_value=0)
+        done = tuple(-(-n // c) for n, c in zip((depth, height, width), sides))
+        group.create_array("done", shape=done, chunks=(1, 1, 1), dtype="uint8", fill_value=0)
         prob_scale = scale if binary else [1.0, *scale]
         group.attrs.update(
             {
                 "ome": {
                     "version": NGFF_VERSION,
                     "multiscales": _multiscales(
-                        "probabilities", ngff_axes(volume.has_z, not binary, volume.units), prob_scale
+                        "probabilities", ngff_axes(has_z, not binary, volume.units), prob_scale
                     ),
                 },
                 "unet_predict": settings,
@@ -144,17 +159,22 @@ class ZarrPrediction:
         )
 
     def done(self) -> np.ndarray:
-        """``(Z, chunk rows, chunk columns)`` bool: the chunks already written."""
+        """``(Z, chunk rows, chunk columns)`` bool (chunk layers for a 3D model's): the chunks already written."""
         return np.asarray(self.done_array[...]).astype(bool)
 
     def _where(self, z: int, y0: int, y1: int, x0: int, x1: int) -> tuple[Any, ...]:
         return (*((z,) if self.has_z else ()), slice(y0, y1), slice(x0, x1))
 
-    def write_chunk(
-        self, z: int, chunk: tuple[int, int], bounds: tuple[int, int, int, int], prob: torch.Tensor
-    ) -> None:
+    def write_chunk(self, z: int, chunk: tuple[int, int], bounds: tuple[int, ...], prob: torch.Tensor) -> None:
         """Write one chunk's probabilities ``(K, h, w)`` and mask, then mark it done."""
-        where = self._where(z, *bounds)
+        self._write(self._where(z, *bounds), (z, *chunk), prob)
+
+    def write_block(self, chunk: tuple[int, ...], bounds: tuple[int, ...], prob: torch.Tensor) -> None:
+        """A 3D model's chunk ``(cz, cy, cx)``: probabilities ``(K, d, h, w)`` and mask at ``bounds``
+        ``(z0, z1, y0, y1, x0, x1)``, then marked done."""
+        self._write(tuple(slice(bounds[i], bounds[i + 1]) for i in range(0, 6, 2)), chunk, prob)
+
+    def _write(self, where: tuple[Any, ...], done: tuple[int, ...], prob: torch.Tensor) -> None:
         values = prob.numpy()
         if self.prob_dtype == np.uint8:
             stored = np.round(values * 255.0).astype(np.uint8)
@@ -166,7 +186,7 @@ class ZarrPrediction:
         values = stored_probabilities(stored)
         mask = (values[0] > self.threshold) if self.binary else values.argmax(0)
         self.mask[where] = mask.astype(np.uint8)
-        self.done_array[z, chunk[0], chunk[1]] = 1
+        self.done_array[done] = 1
 
     def finish(self) -> None:
         self.group.attrs["unet_predict"] = {**self.group.attrs["unet_predict"], "complete": True}
