@@ -90,7 +90,7 @@ def test_eval_reports_challenge_metrics_overlays_and_tta(tiny_ckpt, tmp_path):
     assert metrics["val/hd95"] >= 0
     rows = metrics["details"]["per_image"]
     assert set(rows[0]) >= {"name", "dice", "vrand", "vinfo", "hd95"}
-    assert (eval_dir / "per_image.csv").read_text().splitlines()[0].endswith("vrand,vinfo,hd95")
+    assert (eval_dir / "per_image.csv").read_text().splitlines()[0].endswith("vrand,vinfo,hd95,hd95_unit")
     overlays = sorted((eval_dir / "overlays").iterdir())
     assert [p.name for p in overlays] == ["val-000.png", "val-001.png"]
     assert skio.imread(overlays[0]).shape == (64, 256, 3)  # image | truth | prediction | errors
