@@ -58,7 +58,7 @@ def test_the_target_follows_the_augmented_ids(tmp_path):
 
 def test_touching_objects_get_a_boundary_between_them():
     _, labels = touching_discs(np.random.default_rng(0))
-    target, ids = InstanceTarget("boundary")(labels.astype(np.float32))
+    target, ids, _ = InstanceTarget("boundary")(labels.astype(np.float32))
     # the first pair (ids 1 and 2) touches: where they meet, both sides are boundary
     rows = (ids[:-1] == 1) & (ids[1:] == 2) | (ids[:-1] == 2) & (ids[1:] == 1)
     cols = (ids[:, :-1] == 1) & (ids[:, 1:] == 2) | (ids[:, :-1] == 2) & (ids[:, 1:] == 1)
@@ -106,7 +106,9 @@ def test_a_number_of_classes_keeps_masks_as_classes():
         ({"labels": "instances", "num_classes": 2}, "data.num_classes=2 does not fit data.labels=instances with "
          "data.target=boundary, whose model predicts 3 classes; set data.num_classes=3 or auto."),
         ({"labels": "objects"}, "data.labels='objects' must be classes"),
-        ({"labels": "instances", "target": "distance"}, "data.target=distance is not wired into training yet"),
+        ({"labels": "instances", "target": "affinities"}, "data.target=affinities is not wired into training yet"),
+        ({"labels": "instances", "target": "distance", "num_classes": 3}, "data.num_classes=3 does not fit "
+         "data.labels=instances with data.target=distance, whose model predicts 2 classes; set data.num_classes=2"),
         ({"labels": "instances", "target": "centroids"}, "data.target='centroids' is not known; choose one"),
     ],
 )  # fmt: skip

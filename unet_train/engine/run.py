@@ -35,6 +35,7 @@ from unet_train.engine.checkpoint import (
     load_model_state,
     load_optimizer_state,
 )
+from unet_train.engine.evaluate import LOSS_INPUTS
 from unet_train.engine.guard import NonFiniteGuard, can_skip_on_device
 from unet_train.engine.resume import restore_rng, resume_plan
 from unet_train.engine.runtime import Runtime, make_runtime, seed_everything, to_channels_last
@@ -125,7 +126,7 @@ class Run:
         if self.data.device_augment is not None:  # data.device_augment: batched augmentation on the device
             images, masks = self.data.device_augment(images, masks)
             images = self.runtime.to_device(images, image=True)  # back to channels-last when asked
-        extra = {"weight": self.runtime.to_device(batch["weight"])} if "weight" in batch else {}
+        extra = {k: self.runtime.to_device(batch[k]) for k in LOSS_INPUTS if k in batch}
         return images, masks, extra
 
 
@@ -141,6 +142,13 @@ def build_run(cfg: DictConfig) -> Run:
     data = build_data(cfg.data)
     resolve_data_config(cfg, data)  # data.in_channels/num_classes=auto and dataset statistics, before the model
     check_monitor(cfg.monitor, data.num_classes, data.instance_target is not None, getattr(data, "spatial_dims", 2))
+    if data.instance_target is not None and data.device_augment is not None:
+        # the target (classes, distance maps) is drawn from the ids in the workers; moving it afterwards on the
+        # device would leave the ids and the distance maps behind
+        raise ConfigError(
+            "data.device_augment augments masks after the instance target was drawn from the object ids; "
+            "set data.device_augment=null to train on instance labels (the workers augment the ids)."
+        )
     pin = runtime.device.type == "cuda"
     train_sampler = dist.train_sampler(len(data.dataset("train")), data.samples_per_epoch, cfg.seed)
     val_size = len(data.dataset("val"))
@@ -235,7 +243,7 @@ def trial_steps(
         trial = copy.deepcopy(model)
         step = trial_step(cfg, to_channels_last(trial) if rt.channels_last else trial, copy.deepcopy(criterion), rt)
         images, masks = rt.to_device(batch["image"], image=True), rt.to_device(batch["mask"])
-        extra = {"weight": rt.to_device(batch["weight"])} if "weight" in batch else {}
+        extra = {k: rt.to_device(batch[k]) for k in LOSS_INPUTS if k in batch}
         return lambda: step(images, masks, **extra)
 
     tcfg = cfg.get("trainer") or OmegaConf.structured(TrainerConfig)
