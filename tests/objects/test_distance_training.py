@@ -1,0 +1,83 @@
+"""data.target=distance end to end on touching discs: training, tuning past a bad default, unet-eval, unet-predict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from unet_train.engine.checkpoint import load_checkpoint
+from unet_train.engine.fit import fit
+from unet_train.losses.distance import ForegroundDistanceLoss
+from unet_train.losses.segmentation import BCELoss
+from unet_train.metrics.objects import object_scores
+
+from ..conftest import compose_config
+from .discs import write_discs
+from .test_training import BAD_SEED, UNTUNED, disc_overrides, evaluate
+
+# val/loss picks best.pt: with the bad seed threshold every pair of discs is one object (F1 0) until the tuning
+DISTANCE = ["data.target=distance", "monitor=val/loss"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path, dict]:
+    """(data root, run folder, metrics) of an 80-step distance run on 10 images of touching discs (7 train, 3 val)."""
+    root = write_discs(tmp_path_factory.mktemp("discs"), 10)
+    run_dir = tmp_path_factory.mktemp("run")
+    metrics = fit(compose_config([*disc_overrides(root), *DISTANCE]), run_dir)
+    return root, run_dir, metrics
+
+
+def test_the_model_outputs_foreground_and_distance_and_tuning_beats_the_bad_default(trained):
+    _, run_dir, metrics = trained
+    checkpoint = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    data, model = checkpoint["config"]["data"], checkpoint["config"]["model"]
+    assert (data["target"], data["num_classes"], model["out_channels"]) == ("distance", 2, 2)
+    assert metrics["tuned/f1_50"] > metrics["untuned/f1_50"] and metrics["tuned/f1_50"] >= 0.8
+    stored = checkpoint["postprocess"]
+    assert stored["target"] == "distance" and stored["params"]["seed_threshold"] > BAD_SEED
+    assert set(stored["params"]) == {"threshold", "seed_threshold", "min_size"}
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["postprocess"] == stored
+
+
+def test_predict_writes_the_tuned_instances_and_both_maps(trained, tmp_path):
+    """unet-predict (in process) uses the stored parameters; its _prob.tif holds foreground and distance."""
+    from unet_train.predict import run_predict
+
+    root, run_dir, _ = trained
+    image = sorted((root / "images").iterdir())[0]
+    for name, extra in (("tuned", []), ("bad", UNTUNED)):
+        settings = [f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", f"input={image}", f"output={tmp_path / name}"]
+        run_predict(compose_config([*settings, "trainer.channels_last=true", *extra], config_name="predict"))
+    truth = tifffile.imread(root / "masks" / f"{image.stem}.tif")
+    tuned = tifffile.imread(tmp_path / "tuned" / f"{image.stem}_labels.tif")
+    bad = tifffile.imread(tmp_path / "bad" / f"{image.stem}_labels.tif")
+    assert object_scores(truth, tuned)["tp"] > object_scores(truth, bad)["tp"]
+    prob = tifffile.imread(tmp_path / "tuned" / f"{image.stem}_prob.tif")
+    assert prob.shape == (2, *truth.shape)
+    # the distance map peaks inside the objects and is low on the background
+    assert prob[1][truth > 0].max() > 0.5 > prob[1][truth == 0].mean()
+
+
+@pytest.mark.slow
+def test_eval_scores_the_objects_with_the_tuned_parameters(trained, tmp_path):
+    _, run_dir, metrics = trained
+    tuned, _ = evaluate(run_dir / "checkpoints" / "best.pt", tmp_path / "a", "save_predictions=false")
+    assert tuned["val/f1_50"] == pytest.approx(metrics["tuned/f1_50"], abs=1e-6)
+    assert 0.0 <= tuned["val/dice"] <= 1.0  # the pixel metrics score the foreground channel alone
+
+
+def test_the_loss_scores_the_foreground_by_the_class_loss_and_the_distance_inside_the_labelled_pixels():
+    """By hand: one labelled pixel of each kind and one unlabelled pixel whose distance is wrong."""
+    logits = torch.tensor([[[[0.0, 0.0, 0.0]], [[0.0, 0.0, 5.0]]]])  # (1, 2, 1, 3)
+    target = torch.tensor([[[1, 0, 255]]])
+    distance = torch.tensor([[[1.0, 0.0, 0.0]]])
+    loss = ForegroundDistanceLoss(BCELoss())(logits, target, distance=distance)
+    # BCE of logit 0 is log 2 for either class; the distance's soft-target BCE at logit 0 is log 2 too
+    assert loss.item() == pytest.approx(2 * np.log(2), rel=1e-6)
+    with pytest.raises(ValueError, match="needs the batch's distance maps"):
+        ForegroundDistanceLoss(BCELoss())(logits, target)
