@@ -8,6 +8,7 @@ import albumentations as A
 import numpy as np
 import pytest
 import tifffile
+import torch
 
 from unet_train.data import ImageFolder
 from unet_train.data.instances import InstanceTarget, encode_instances, looks_like_instances
@@ -124,3 +125,19 @@ def test_dsb_labels_are_detected_as_instances(dsb_subset):
     item = data.dataset("val")[0]
     truth = tifffile.imread(next((dsb_subset / "masks").glob(f"{item['name']}.tif")))
     assert len(np.unique(item["instances"])) == len(np.unique(truth))
+
+
+def test_the_distance_target_follows_the_augmented_ids(tmp_path):
+    """data.target=distance: the mask is the foreground, the distance map that of exactly the rotated ids."""
+    from unet_train.objects.targets import distance_target
+
+    root = write_discs(tmp_path, 3)
+    rotate = A.Compose([A.Rotate(limit=(30, 30), p=1.0)])
+    data = ImageFolder(str(root), labels="instances", target="distance", num_classes="auto", val_fraction=0.0,
+                       num_workers=0, train_transform=rotate, patch_size=64)  # fmt: skip
+    assert data.num_classes == 2 and data.instance_target == "distance"
+    item = data.dataset("train")[0]
+    ids = item["instances"].numpy()
+    np.testing.assert_array_equal(item["mask"].numpy(), (ids > 0).astype(np.int64))
+    assert item["distance"].dtype == torch.float32
+    np.testing.assert_allclose(item["distance"].numpy(), distance_target(ids))

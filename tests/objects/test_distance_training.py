@@ -81,3 +81,19 @@ def test_the_loss_scores_the_foreground_by_the_class_loss_and_the_distance_insid
     assert loss.item() == pytest.approx(2 * np.log(2), rel=1e-6)
     with pytest.raises(ValueError, match="needs the batch's distance maps"):
         ForegroundDistanceLoss(BCELoss())(logits, target)
+
+
+def test_probabilities_read_class_logits_then_sigmoid_maps_and_invert():
+    """classes=1: every channel a sigmoid (foreground, distance); classes=3 of 4: softmax over 3, then a sigmoid;
+    logits_of gives logits whose probabilities are the same (what TTA and tiled evaluation rely on)."""
+    from unet_train.engine.evaluate import logits_of, probabilities
+
+    logits = torch.tensor([1.0, -2.0, 0.5, 3.0]).reshape(1, 4, 1, 1)
+    two = probabilities(logits[:, :2], classes=1)
+    torch.testing.assert_close(two, torch.sigmoid(logits[:, :2]))
+    mixed = probabilities(logits, classes=3)
+    torch.testing.assert_close(mixed[:, :3], torch.softmax(logits[:, :3], dim=1))
+    torch.testing.assert_close(mixed[:, 3], torch.sigmoid(logits[:, 3]))
+    torch.testing.assert_close(probabilities(logits), torch.softmax(logits, dim=1))  # a model of classes
+    for prob, classes in ((two, 1), (mixed, 3)):
+        torch.testing.assert_close(probabilities(logits_of(prob, classes), classes), prob)

@@ -204,6 +204,7 @@ def test_the_distance_item_and_model_outputs_round_trip_touching_discs_and_one_p
     assert set(np.unique(mask)) == {0, 1, 255} and (mask[40:44, 40:44] == 255).all()
     assert (extras["distance"][40:44, 40:44] == 0).all()
     clean = np.where(encoded == 255, 0, labels)
+    np.testing.assert_array_equal(ids, clean)  # the ids kept for the object metrics: unlabelled pixels are 0
     probabilities = np.stack([(mask == 1).astype(np.float32), extras["distance"]])
     found = pp.instances("distance", probabilities, pp.defaults("distance"))
     assert same_partition(clean, found) and found.max() == len(np.unique(clean)) - 1

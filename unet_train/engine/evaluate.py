@@ -59,7 +59,9 @@ class BudgetedForward:
     free memory (:func:`~unet_train.inference.budget.default_memory`).
     """
 
-    def __init__(self, model: nn.Module, runtime: Runtime, memory: int | None = None, classes: int | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, runtime: Runtime, memory: int | None = None, classes: int | None = None
+    ) -> None:
         self.model, self.runtime, self.memory, self.classes = model, runtime, memory, classes
         self.per_pixel: float | None = None
 

@@ -89,9 +89,7 @@ def choose_target(stats: dict[str, float | int]) -> tuple[str, str]:
             f"{measured}: touching often (>= {100 * TOUCHING_SHARE:.0f} %) and large enough: foreground + distance "
             "to the boundary, whose peaks seed each object however thin the seam between two is predicted"
         )
-    return "boundary", (
-        f"{measured}: objects mostly apart: background / interior / boundary, the common nuclei recipe"
-    )
+    return "boundary", (f"{measured}: objects mostly apart: background / interior / boundary, the common nuclei recipe")
 
 
 def image_fingerprint(data: Any) -> dict:

@@ -20,8 +20,8 @@ from unet_train.build import build_data
 from unet_train.engine.runtime import resolve_device
 from unet_train.errors import ConfigError
 from unet_train.plan.derive import Choice, DeviceFacts, derive_plan, geometry, plan_yaml
-from unet_train.plan.objects import image_fingerprint
 from unet_train.plan.measure import measure_device
+from unet_train.plan.objects import image_fingerprint
 from unet_train.plan.volume_derive import derive_volume_plan, validation_block, volume_layout
 from unet_train.plan.volume_fingerprint import is_volume_data, volume_fingerprint
 from unet_train.safe_io import write_atomic
