@@ -97,3 +97,20 @@ def test_probabilities_read_class_logits_then_sigmoid_maps_and_invert():
     torch.testing.assert_close(probabilities(logits), torch.softmax(logits, dim=1))  # a model of classes
     for prob, classes in ((two, 1), (mixed, 3)):
         torch.testing.assert_close(probabilities(logits_of(prob, classes), classes), prob)
+
+
+def test_the_bioimageio_package_describes_a_sigmoid_per_channel(trained, tmp_path):
+    pytest.importorskip("bioimageio.spec", reason='needs pip install "unet-train[export]"')
+    from unet_train.export.bioimageio import PackageInfo, build_package, raw_to_nchw
+    from unet_train.export.model import load_export_model
+
+    root, run_dir, _ = trained
+    exported = load_export_model(run_dir / "checkpoints" / "best.pt")
+    raw = tifffile.imread(sorted((root / "masks").iterdir())[0]).astype(np.uint8)  # any 64 px image will do
+    info = PackageInfo(name="distance model", description="a test", authors=[{"name": "t"}])
+    (tmp_path / "pkg").mkdir()
+    rdf = build_package(exported, raw_to_nchw(raw), tmp_path / "pkg", info, {}, None)
+    output = rdf["outputs"][0]
+    assert output["postprocessing"] == [{"id": "sigmoid"}]
+    assert output["axes"][1]["channel_names"] == ["foreground", "distance"]
+    assert "distance-to-the-boundary map" in (tmp_path / "pkg" / "README.md").read_text()
