@@ -114,3 +114,31 @@ def test_the_bioimageio_package_describes_a_sigmoid_per_channel(trained, tmp_pat
     assert output["postprocessing"] == [{"id": "sigmoid"}]
     assert output["axes"][1]["channel_names"] == ["foreground", "distance"]
     assert "distance-to-the-boundary map" in (tmp_path / "pkg" / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_zarr_chunks_and_tta_keep_the_distance_map_apart_from_the_classes(trained, tmp_path):
+    """Into a Zarr store of 32 px chunks with a 16 px halo the instances equal the whole image's; the store holds
+    both maps and a foreground mask; with tta=true each map is averaged over the flips and rotations through its
+    own sigmoid."""
+    zarr = pytest.importorskip("zarr")
+    from unet_train.predict import run_predict
+
+    root, run_dir, _ = trained
+    image = sorted((root / "images").iterdir())[-1]
+    whole, store, tta = tmp_path / "whole", tmp_path / "out.zarr", tmp_path / "tta"
+    for output, extra in ((whole, []), (store, ["chunk_size=32", "instance_halo=16"]), (tta, ["tta=true"])):
+        settings = [f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", f"input={image}", f"output={output}"]
+        run_predict(compose_config([*settings, "tile_size=256", "trainer.channels_last=true", *extra],
+                                   config_name="predict"))  # fmt: skip
+    expected = tifffile.imread(whole / f"{image.stem}_labels.tif")
+    group = zarr.open_group(str(store), mode="r")
+    assert expected.max() >= 4 and object_scores(expected, group["labels/instances/0"][...])["f1_75"] == 1.0
+    assert group["0"].shape == (2, *expected.shape)
+    stored = np.asarray(group["0"][0], dtype=np.float32)  # the stored foreground (float16 by default)
+    np.testing.assert_array_equal(group["labels/mask/0"][...], (stored > 0.5).astype(np.uint8))
+    prob = tifffile.imread(whole / f"{image.stem}_prob.tif")
+    # trained with flips and quarter turns, the model's averaged maps stay near its plain ones (a softmax over the
+    # two channels would turn the foreground into a contest with the distance)
+    averaged = tifffile.imread(tta / f"{image.stem}_prob.tif")
+    assert averaged.shape == prob.shape and np.abs(averaged - prob).mean(axis=(1, 2)).max() < 0.1
