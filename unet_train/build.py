@@ -62,7 +62,15 @@ def resolve_data_config(cfg: DictConfig, data: SegmentationData) -> None:
         cfg.data.normalize = dict(data.normalize)
         if "labels" in cfg.data:  # labels=auto resolved: evaluation and prediction read the ids the same way
             cfg.data.labels = "classes" if getattr(data, "instance_target", None) is None else "instances"
-        extra = extra_channels(getattr(data, "instance_target", None))
+        target = getattr(data, "instance_target", None)
+        if target is not None and getattr(data, "device_augment", None) is not None:
+            # the target (classes, distance maps) is drawn from the ids in the workers; moving it afterwards on
+            # the device would leave the ids and the distance maps behind
+            raise ConfigError(
+                "data.device_augment augments masks after the instance target was drawn from the object ids; "
+                "set data.device_augment=null to train on instance labels (the workers augment the ids)."
+            )
+        extra = extra_channels(target)
         if extra and "out_channels" in cfg.model:  # the target's maps after the class logits (objects/heads.py)
             cfg.model.out_channels = (1 if data.num_classes <= 2 else data.num_classes) + extra
         if getattr(data, "spatial_dims", 2) == 3:

@@ -59,6 +59,7 @@ from unet_train.objects.heads import class_channels, extra_channels
 from unet_train.objects.params import instance_target, smallest_dtype
 from unet_train.overrides import require_sweep_extra
 from unet_train.predict_files import (
+    check_ensemble,
     check_output_names,
     find_inputs,
     mask_of,
@@ -106,17 +107,7 @@ def load_models(spec: Any, trust: bool | Sequence[str] = False) -> tuple[list[nn
     and classes (each keeps its own ``data.normalize``, see :func:`input_specs`)."""
     paths = checkpoint_paths(spec)
     loaded = [load_model(path, trust=trust) for path in paths]
-    first = loaded[0][1]
-    for path, (_, stored) in zip(paths[1:], loaded[1:]):
-        for key in ("in_channels", "num_classes", "target"):
-            mine, theirs = stored.data.get(key), first.data.get(key)
-            if key == "target":  # the training target of an instance model (its output channels), else none
-                mine, theirs = instance_target(stored.data), instance_target(first.data)
-            if mine != theirs:
-                raise CheckpointError(
-                    f"ckpt ensemble: {path} has data.{key}={mine} but {paths[0]} has "
-                    f"{theirs}; an ensemble needs models of the same inputs and classes."
-                )
+    check_ensemble(paths, [stored.data for _, stored in loaded])
     return [model for model, _ in loaded], [stored for _, stored in loaded]
 
 

@@ -142,13 +142,6 @@ def build_run(cfg: DictConfig) -> Run:
     data = build_data(cfg.data)
     resolve_data_config(cfg, data)  # data.in_channels/num_classes=auto and dataset statistics, before the model
     check_monitor(cfg.monitor, data.num_classes, data.instance_target is not None, getattr(data, "spatial_dims", 2))
-    if data.instance_target is not None and data.device_augment is not None:
-        # the target (classes, distance maps) is drawn from the ids in the workers; moving it afterwards on the
-        # device would leave the ids and the distance maps behind
-        raise ConfigError(
-            "data.device_augment augments masks after the instance target was drawn from the object ids; "
-            "set data.device_augment=null to train on instance labels (the workers augment the ids)."
-        )
     pin = runtime.device.type == "cuda"
     train_sampler = dist.train_sampler(len(data.dataset("train")), data.samples_per_epoch, cfg.seed)
     val_size = len(data.dataset("val"))
