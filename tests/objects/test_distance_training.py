@@ -142,3 +142,19 @@ def test_zarr_chunks_and_tta_keep_the_distance_map_apart_from_the_classes(traine
     # two channels would turn the foreground into a contest with the distance)
     averaged = tifffile.imread(tta / f"{image.stem}_prob.tif")
     assert averaged.shape == prob.shape and np.abs(averaged - prob).mean(axis=(1, 2)).max() < 0.1
+
+
+def test_an_ensemble_of_a_distance_model_and_a_binary_model_is_refused_in_one_line():
+    """Both have 1 input channel and 2 classes; only the target says their second channel is a distance map."""
+    from unet_train.errors import CheckpointError
+    from unet_train.predict_files import check_ensemble
+
+    distance = {"in_channels": 1, "num_classes": 2, "labels": "instances", "target": "distance"}
+    binary = {"in_channels": 1, "num_classes": 2, "labels": "classes", "target": "boundary"}
+    check_ensemble(["a.pt", "b.pt"], [distance, dict(distance)])
+    with pytest.raises(CheckpointError) as caught:
+        check_ensemble(["a.pt", "b.pt"], [distance, binary])
+    assert str(caught.value) == (
+        "ckpt ensemble: b.pt has data.target=None but a.pt has distance; an ensemble needs models of the same "
+        "inputs and classes."
+    )
