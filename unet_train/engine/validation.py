@@ -132,12 +132,13 @@ def validate(
     objects = None if target is None else ObjectReport(target, params_for(cfg, target, None), classes=classes)
 
     def collect(batch: dict[str, Any], logits: torch.Tensor) -> None:
+        class_logits = logits if classes is None else logits[:, :classes]  # without a distance map
         for i in range(len(batch["name"])):
             if len(panels) < wanted:
                 mask = batch["mask"][i] if "mask" in batch else None
-                panels.append(panel(batch["image"][i], mask, logits[i] if classes is None else logits[i, :classes]))
+                panels.append(panel(batch["image"][i], mask, class_logits[i]))
         if extras is not None:
-            extras.on_batch(batch, logits)
+            extras.on_batch(batch, class_logits)
         if objects is not None:
             objects.on_batch(batch, logits)
 
