@@ -141,3 +141,18 @@ def test_the_distance_target_follows_the_augmented_ids(tmp_path):
     np.testing.assert_array_equal(item["mask"].numpy(), (ids > 0).astype(np.int64))
     assert item["distance"].dtype == torch.float32
     np.testing.assert_allclose(item["distance"].numpy(), distance_target(ids))
+
+
+def test_device_augmentation_of_instance_labels_is_refused_in_one_line(tmp_path):
+    from unet_train.build import resolve_data_config
+
+    from ..conftest import compose_config
+
+    root = write_discs(tmp_path, 3)
+    cfg = compose_config(["data=folder", f"data.root={root}", "data.labels=instances", "data.target=distance"])
+    data = ImageFolder(str(root), labels="instances", target="distance", num_workers=0, val_fraction=0.0,
+                       device_augment=lambda images, masks: (images, masks))  # fmt: skip
+    with pytest.raises(ConfigError) as caught:
+        resolve_data_config(cfg, data)
+    assert str(caught.value).startswith("data.device_augment augments masks after the instance target was drawn")
+    assert "\n" not in str(caught.value)
