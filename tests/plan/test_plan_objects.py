@@ -11,13 +11,14 @@ from unet_train.plan.objects import choose_target, object_fingerprint
 from .test_derive import CPU, fingerprint
 
 
-def test_object_statistics_by_hand():
+@pytest.mark.parametrize("big_id", [7, 70000])  # ids with gaps counted as they are, or renumbered first
+def test_object_statistics_by_hand(big_id):
     """Image 1: two touching 4x4 squares (16 px each) and a lone pixel; image 2: one 6x6 square (36 px), with an
     unlabelled strip (255) that is neither object nor counted pixel."""
     a = np.zeros((10, 10), dtype=np.float32)
     a[0:4, 0:4], a[0:4, 4:8], a[9, 9] = 1, 2, 3
     b = np.zeros((10, 10), dtype=np.float32)
-    b[2:8, 2:8] = 7
+    b[2:8, 2:8] = big_id
     b[:, 9] = 255
     stats = object_fingerprint([a, b])
     assert stats["objects"] == 4 and stats["objects_per_image"] == 2

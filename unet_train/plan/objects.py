@@ -45,18 +45,21 @@ def object_fingerprint(id_masks: Sequence[NDArray]) -> dict[str, float | int]:
     for mask in id_masks:
         raw = np.rint(np.asarray(mask, dtype=np.float64)).astype(np.int64)
         valid = raw != IGNORE_INDEX
-        ids = sequential_ids(np.where(valid, raw, 0))
-        count = int(ids.max(initial=0))
+        ids = np.where(valid, raw, 0)
+        if ids.max(initial=0) > ids.size:  # sparse ids: renumbered so that the counts below stay short
+            ids = sequential_ids(ids)
+        top = int(ids.max(initial=0))
         covered += int((ids > 0).sum())
         labelled += int(valid.sum())
-        if not count:
+        if not top:
             continue
-        areas.append(np.bincount(ids.ravel(), minlength=count + 1)[1:])
+        sizes = np.bincount(ids.ravel(), minlength=top + 1)[1:]
+        present = sizes > 0  # ids the encoding skipped (255) hold no pixel
+        areas.append(sizes[present])
         touches = neighbour_differs(ids, objects_only=True)
-        touching += int(np.count_nonzero(np.bincount(ids[touches], minlength=count + 1)[1:]))
-        objects += count
-    sizes = np.concatenate(areas) if areas else np.zeros(0)
-    median = float(np.median(sizes)) if len(sizes) else 0.0
+        touching += int(np.count_nonzero(np.bincount(ids[touches], minlength=top + 1)[1:][present]))
+        objects += int(present.sum())
+    median = float(np.median(np.concatenate(areas))) if areas else 0.0
     return {
         "objects": objects,
         "objects_per_image": objects / max(len(id_masks), 1),
