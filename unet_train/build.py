@@ -18,7 +18,9 @@ from unet_train.data.limits import available_memory
 from unet_train.data.sections import check_context_slices
 from unet_train.errors import ConfigError, UserError
 from unet_train.losses import DeepSupervisionLoss
+from unet_train.losses.distance import ForegroundDistanceLoss
 from unet_train.models.anisotropy import pool_factors_for_spacing
+from unet_train.objects.heads import class_channels, extra_channels
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,17 @@ def resolve_data_config(cfg: DictConfig, data: SegmentationData) -> None:
         cfg.data.normalize = dict(data.normalize)
         if "labels" in cfg.data:  # labels=auto resolved: evaluation and prediction read the ids the same way
             cfg.data.labels = "classes" if getattr(data, "instance_target", None) is None else "instances"
+        target = getattr(data, "instance_target", None)
+        if target is not None and getattr(data, "device_augment", None) is not None:
+            # the target (classes, distance maps) is drawn from the ids in the workers; moving it afterwards on
+            # the device would leave the ids and the distance maps behind
+            raise ConfigError(
+                "data.device_augment augments masks after the instance target was drawn from the object ids; "
+                "set data.device_augment=null to train on instance labels (the workers augment the ids)."
+            )
+        extra = extra_channels(target)
+        if extra and "out_channels" in cfg.model:  # the target's maps after the class logits (objects/heads.py)
+            cfg.model.out_channels = (1 if data.num_classes <= 2 else data.num_classes) + extra
         if getattr(data, "spatial_dims", 2) == 3:
             _volume_model(cfg, data)
         if getattr(data, "context_slices", 0):
@@ -120,8 +133,11 @@ def check_model_memory(cfg: DictConfig) -> None:
 
 
 def build_loss(cfg: DictConfig) -> nn.Module:
-    """The loss of ``cfg.loss``, wrapped in DeepSupervisionLoss when the model is deeply supervised."""
+    """The loss of ``cfg.loss``, with the distance target's regression term (``data.target=distance``), wrapped in
+    DeepSupervisionLoss when the model is deeply supervised."""
     loss = _instantiate(cfg.loss, "loss")
+    if class_channels(cfg.data) is not None:  # data.target=distance: the class loss scores the foreground logit
+        loss = ForegroundDistanceLoss(loss)
     if cfg.model.get("deep_supervision", False):
         loss = DeepSupervisionLoss(loss, cfg.get("deep_supervision_weights"))
     return loss

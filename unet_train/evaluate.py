@@ -44,6 +44,7 @@ from unet_train.inference import TTALogits
 from unet_train.inference.budget import parse_memory
 from unet_train.inference.tiling import fold_batchnorm
 from unet_train.metrics import predict_labels
+from unet_train.objects.heads import class_channels
 from unet_train.objects.params import smallest_dtype
 from unet_train.overrides import apply_overrides, eval_data_overrides, hold_eval_data_overrides
 from unet_train.safe_io import confined, make_folder, write_atomic, write_csv, write_png
@@ -119,7 +120,7 @@ def object_report(
         tifffile.imwrite(encoded, smallest_dtype(labels))
         write_atomic(folder / f"{name}_labels.tif", encoded.getvalue(), root=folder.parent)
 
-    return ObjectReport(target, params, EVAL_METRICS, save if folder is not None else None)
+    return ObjectReport(target, params, EVAL_METRICS, save if folder is not None else None, class_channels(stored.data))
 
 
 def format_table(rows: dict[str, float]) -> str:
@@ -149,8 +150,9 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
         ) from exc
     # Batch norms folded into their convolutions: the same results, one pass less per layer (as unet-predict).
     model = fold_batchnorm(model.eval()).to(runtime.device)
+    classes = class_channels(stored.data)  # the leading class channels; the rest a target's maps (distance)
     if cfg.get("tta", False):
-        model = TTALogits(model)
+        model = TTALogits(model, classes)
 
     data = build_data(data_cfg)
     # Every split is scored as validation is: each image once, whole, without augmentation (a
@@ -185,15 +187,16 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     objects = object_report(cfg, checkpoint, stored, pred_dir if cfg.save_predictions else None)
 
     def on_batch(batch: dict[str, Any], logits: torch.Tensor) -> None:
+        class_logits = logits if classes is None else logits[:, :classes]
         if cfg.save_predictions:
-            for name, item in zip(batch["name"], logits):
+            for name, item in zip(batch["name"], class_logits):
                 save_prediction(pred_dir, name, item)
-        report.on_batch(batch, logits)
+        report.on_batch(batch, class_logits)
         if objects is not None:
             objects.on_batch(batch, logits)
 
     memory = parse_memory(cfg.get("tile_memory"))  # each batch whole where it fits, else image by image or tiled
-    result = evaluate(model, loader, runtime, data.num_classes, on_batch=on_batch, memory=memory)
+    result = evaluate(model, loader, runtime, data.num_classes, on_batch=on_batch, memory=memory, classes=classes)
     if objects is not None:
         objects.finish(result)
     report.finish(result)

@@ -55,9 +55,11 @@ from unet_train.inference.sources import (
     is_chunked_input,
     open_volume,
 )
+from unet_train.objects.heads import class_channels, extra_channels
 from unet_train.objects.params import instance_target, smallest_dtype
 from unet_train.overrides import require_sweep_extra
 from unet_train.predict_files import (
+    check_ensemble,
     check_output_names,
     find_inputs,
     mask_of,
@@ -105,14 +107,7 @@ def load_models(spec: Any, trust: bool | Sequence[str] = False) -> tuple[list[nn
     and classes (each keeps its own ``data.normalize``, see :func:`input_specs`)."""
     paths = checkpoint_paths(spec)
     loaded = [load_model(path, trust=trust) for path in paths]
-    first = loaded[0][1]
-    for path, (_, stored) in zip(paths[1:], loaded[1:]):
-        for key in ("in_channels", "num_classes"):
-            if stored.data.get(key) != first.data.get(key):
-                raise CheckpointError(
-                    f"ckpt ensemble: {path} has data.{key}={stored.data.get(key)} but {paths[0]} has "
-                    f"{first.data.get(key)}; an ensemble needs models of the same inputs and classes."
-                )
+    check_ensemble(paths, [stored.data for _, stored in loaded])
     return [model for model, _ in loaded], [stored for _, stored in loaded]
 
 
@@ -200,6 +195,7 @@ def _predict_all(
             fold_bn=bool(cfg.fold_bn),
             split_inputs=len(inputs) > 1,
             memory=parse_memory(cfg.get("tile_memory")),
+            classes=class_channels(stored.data),
         )
 
     if runtime.auto:  # channels_last/precision=auto on a CPU: one batch of full tiles timed in each setting
@@ -224,9 +220,9 @@ def _predict_all(
         )
     check_output_names(files, out, to_zarr)
     check_volume_output(out, to_zarr and as_volumes and spatial_dims == 2)
-    classes = int(stored.data.num_classes)
-    classes = 1 if classes <= 2 else classes
     target = instance_target(stored.data)  # an instance model always writes its instances
+    classes = int(stored.data.num_classes)
+    classes = (1 if classes <= 2 else classes) + extra_channels(target)  # the channels stored: the target's maps too
     method = resolve_method(str(cfg.instance_method), stored.data) if cfg.instances or target else None
     params = params_for(cfg, target, stored.get("tuned_postprocess")) if target else None
     if params is not None:
@@ -284,7 +280,7 @@ def predict_store(
     """One input into an OME-Zarr store, chunk by chunk (resumes a store of the same settings)."""
     predictor = predictor.for_shape(*volume.shape[1:3], whole=False)  # tile_size=null: tiles fit tile_memory
     more = {"ckpt": resolved_paths(cfg.ckpt), "threshold": float(cfg.threshold), "instances": method}
-    settings = store_settings(predictor, volume, 2, **more, postprocess=params)
+    settings = store_settings(predictor, volume, 2, **more, postprocess=params, class_channels=predictor.classes)
     scalings = [PlaneScaling(volume, data) for data in inputs]
     chunk = chunk_setting(cfg.get("chunk_size"), 2)
     assert isinstance(chunk, int)  # a 2D model's chunks have one side
@@ -355,7 +351,7 @@ def predict_in_memory(
             make_folder(out, out)
             with written_whole(files) as temps:
                 tifffile.imwrite(temps[0], probability_array(prob))
-                skio.imsave(temps[1], mask_of(prob, threshold), check_contrast=False)
+                skio.imsave(temps[1], mask_of(prob[: plane.classes], threshold), check_contrast=False)
                 if labels is not None:  # an instance model's: uint16 where its ids fit
                     tifffile.imwrite(temps[2], smallest_dtype(labels) if params is not None else labels)
         return files
@@ -369,7 +365,7 @@ def predict_in_memory(
             try:
                 for prob, labels in planes():
                     writers[0].write(probability_array(prob), contiguous=True)
-                    writers[1].write(mask_of(prob, threshold), contiguous=True)
+                    writers[1].write(mask_of(prob[: plane.classes], threshold), contiguous=True)
                     if labels is not None:
                         writers[2].write(labels, contiguous=True)
             finally:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from unet_train.data.folder import IMAGE_SUFFIXES
-from unet_train.errors import ConfigError, DataError
+from unet_train.errors import CheckpointError, ConfigError, DataError
 from unet_train.inference.sources import (
     HDF5_SUFFIXES,
     NIFTI_SUFFIXES,
@@ -20,6 +21,7 @@ from unet_train.inference.sources import (
     is_chunked_input,
     is_zarr_path,
 )
+from unet_train.objects.params import instance_target
 from unet_train.safe_io import cleared, confined
 
 # What an image or stack predicted in memory writes: <name><suffix> (see predict_in_memory).
@@ -125,3 +127,18 @@ def written_whole(files: Sequence[Path]) -> Iterator[list[Path]]:
         raise
     for temp, final in zip(temps, files):
         os.replace(temp, final)
+
+
+def check_ensemble(paths: Sequence[str], data: Sequence[Mapping[str, Any]]) -> None:
+    """Refuse an ensemble whose models' data configs differ in channels, classes or instance target (each of
+    which changes what the outputs' channels mean), naming the first checkpoint that differs."""
+    first = data[0]
+    for path, other in zip(paths[1:], data[1:]):
+        for key in ("in_channels", "num_classes", "target"):
+            # the target of an instance model (its output channels), None for a model of classes
+            mine, theirs = (instance_target(d) if key == "target" else d.get(key) for d in (other, first))
+            if mine != theirs:
+                raise CheckpointError(
+                    f"ckpt ensemble: {path} has data.{key}={mine} but {paths[0]} has "
+                    f"{theirs}; an ensemble needs models of the same inputs and classes."
+                )

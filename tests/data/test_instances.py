@@ -8,6 +8,7 @@ import albumentations as A
 import numpy as np
 import pytest
 import tifffile
+import torch
 
 from unet_train.data import ImageFolder
 from unet_train.data.instances import InstanceTarget, encode_instances, looks_like_instances
@@ -58,7 +59,7 @@ def test_the_target_follows_the_augmented_ids(tmp_path):
 
 def test_touching_objects_get_a_boundary_between_them():
     _, labels = touching_discs(np.random.default_rng(0))
-    target, ids = InstanceTarget("boundary")(labels.astype(np.float32))
+    target, ids, _ = InstanceTarget("boundary")(labels.astype(np.float32))
     # the first pair (ids 1 and 2) touches: where they meet, both sides are boundary
     rows = (ids[:-1] == 1) & (ids[1:] == 2) | (ids[:-1] == 2) & (ids[1:] == 1)
     cols = (ids[:, :-1] == 1) & (ids[:, 1:] == 2) | (ids[:, :-1] == 2) & (ids[:, 1:] == 1)
@@ -106,7 +107,9 @@ def test_a_number_of_classes_keeps_masks_as_classes():
         ({"labels": "instances", "num_classes": 2}, "data.num_classes=2 does not fit data.labels=instances with "
          "data.target=boundary, whose model predicts 3 classes; set data.num_classes=3 or auto."),
         ({"labels": "objects"}, "data.labels='objects' must be classes"),
-        ({"labels": "instances", "target": "distance"}, "data.target=distance is not wired into training yet"),
+        ({"labels": "instances", "target": "affinities"}, "data.target=affinities is not wired into training yet"),
+        ({"labels": "instances", "target": "distance", "num_classes": 3}, "data.num_classes=3 does not fit "
+         "data.labels=instances with data.target=distance, whose model predicts 2 classes; set data.num_classes=2"),
         ({"labels": "instances", "target": "centroids"}, "data.target='centroids' is not known; choose one"),
     ],
 )  # fmt: skip
@@ -122,3 +125,34 @@ def test_dsb_labels_are_detected_as_instances(dsb_subset):
     item = data.dataset("val")[0]
     truth = tifffile.imread(next((dsb_subset / "masks").glob(f"{item['name']}.tif")))
     assert len(np.unique(item["instances"])) == len(np.unique(truth))
+
+
+def test_the_distance_target_follows_the_augmented_ids(tmp_path):
+    """data.target=distance: the mask is the foreground, the distance map that of exactly the rotated ids."""
+    from unet_train.objects.targets import distance_target
+
+    root = write_discs(tmp_path, 3)
+    rotate = A.Compose([A.Rotate(limit=(30, 30), p=1.0)])
+    data = ImageFolder(str(root), labels="instances", target="distance", num_classes="auto", val_fraction=0.0,
+                       num_workers=0, train_transform=rotate, patch_size=64)  # fmt: skip
+    assert data.num_classes == 2 and data.instance_target == "distance"
+    item = data.dataset("train")[0]
+    ids = item["instances"].numpy()
+    np.testing.assert_array_equal(item["mask"].numpy(), (ids > 0).astype(np.int64))
+    assert item["distance"].dtype == torch.float32
+    np.testing.assert_allclose(item["distance"].numpy(), distance_target(ids))
+
+
+def test_device_augmentation_of_instance_labels_is_refused_in_one_line(tmp_path):
+    from unet_train.build import resolve_data_config
+
+    from ..conftest import compose_config
+
+    root = write_discs(tmp_path, 3)
+    cfg = compose_config(["data=folder", f"data.root={root}", "data.labels=instances", "data.target=distance"])
+    data = ImageFolder(str(root), labels="instances", target="distance", num_workers=0, val_fraction=0.0,
+                       device_augment=lambda images, masks: (images, masks))  # fmt: skip
+    with pytest.raises(ConfigError) as caught:
+        resolve_data_config(cfg, data)
+    assert str(caught.value).startswith("data.device_augment augments masks after the instance target was drawn")
+    assert "\n" not in str(caught.value)

@@ -183,3 +183,28 @@ def test_a_ring_two_pixels_wide_stays_one_object_through_the_boundary_target():
     interior = (target == INTERIOR).astype(np.float32)
     boundary = (target == BOUNDARY).astype(np.float32)
     assert same_partition(labels, from_boundary(interior, boundary))
+
+
+def test_the_distance_item_and_model_outputs_round_trip_touching_discs_and_one_pixel_objects():
+    """The training item of data.target=distance (foreground classes, distance map) read back as the model's
+    probabilities ``(foreground, distance)`` gives the ids back with the default parameters, and unlabelled
+    pixels (255) are left out of both maps."""
+    from unet_train.data.instances import InstanceTarget
+    from unet_train.objects import params as pp
+
+    from .discs import touching_discs
+
+    _, labels = touching_discs(np.random.default_rng(3))
+    labels = labels.astype(np.int64)
+    labels[60, 1] = labels.max() + 1  # a one-pixel object next to nothing
+    labels[0, 0] = labels.max() + 1  # and one in the corner
+    encoded = labels.astype(np.float32)
+    encoded[40:44, 40:44] = 255  # unlabelled
+    mask, ids, extras = InstanceTarget("distance")(encoded)
+    assert set(np.unique(mask)) == {0, 1, 255} and (mask[40:44, 40:44] == 255).all()
+    assert (extras["distance"][40:44, 40:44] == 0).all()
+    clean = np.where(encoded == 255, 0, labels)
+    np.testing.assert_array_equal(ids, clean)  # the ids kept for the object metrics: unlabelled pixels are 0
+    probabilities = np.stack([(mask == 1).astype(np.float32), extras["distance"]])
+    found = pp.instances("distance", probabilities, pp.defaults("distance"))
+    assert same_partition(clean, found) and found.max() == len(np.unique(clean)) - 1

@@ -200,7 +200,8 @@ def test_eval_on_another_folder_reads_its_masks_as_object_ids(trained, tmp_path)
 
 
 def test_a_plan_of_instance_labels_plans_their_target(tmp_path):
-    """unet-plan fingerprints the classes the model learns from the ids, and the plan keeps labels=instances."""
+    """unet-plan fingerprints the classes the model learns from the ids, and the plan keeps labels=instances; every
+    disc touches its pair and is about 11 px across, so the plan picks the distance target (plan/objects.py)."""
     import yaml
 
     from unet_train.plan.planner import make_plan
@@ -209,9 +210,10 @@ def test_a_plan_of_instance_labels_plans_their_target(tmp_path):
     out = tmp_path / "plan.yaml"
     fingerprint = make_plan(compose_config(["data=folder", f"data.root={root}", "data.labels=instances"]).data, 60.0,
                             "cpu", out, measure=False)  # fmt: skip
-    assert set(fingerprint["classes"]) == {"0", "1", "2"} and fingerprint["target"] == "boundary"
+    assert set(fingerprint["classes"]) == {"0", "1"} and fingerprint["target"] == "distance"
+    assert fingerprint["objects"]["touching_share"] == 1.0 and fingerprint["objects"]["median_diameter"] >= 10
     planned = yaml.safe_load(out.read_text())["data"]
-    assert (planned["labels"], planned["target"], planned["num_classes"]) == ("instances", "boundary", 3)
+    assert (planned["labels"], planned["target"], planned["num_classes"]) == ("instances", "distance", 2)
 
 
 @pytest.mark.slow

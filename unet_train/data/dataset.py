@@ -40,12 +40,13 @@ class SegmentationDataset(Dataset):
         split: Split,
         transform: Callable[..., dict[str, Any]] | None = None,
         sample_weight: Callable[[np.ndarray], np.ndarray] | None = None,
-        to_target: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+        to_target: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] | None = None,
     ) -> None:
         self.split = split
         self.transform = transform
-        # Instance labels: the augmented id map -> (training target, ids), after augmentation so that
-        # every geometric transform moves the ids (nearest-neighbour) before boundaries are drawn.
+        # Instance labels: the augmented id map -> (training target, ids, extra target maps such as
+        # ``distance``), after augmentation so that every geometric transform moves the ids (nearest-neighbour)
+        # before boundaries and distances are drawn.
         self.to_target = to_target
         # Per-pixel loss weights from the augmented mask (a weighted loss's ``sample_weight``),
         # computed here so that the loader's workers do it in parallel; returned as ``weight``.
@@ -75,8 +76,9 @@ class SegmentationDataset(Dataset):
         item: dict[str, Any] = {"image": image_to_tensor(image), "name": self.split.names[index]}
         if mask is not None:
             if self.to_target is not None:
-                mask, ids = self.to_target(mask)
+                mask, ids, extras = self.to_target(mask)
                 item["instances"] = array_to_tensor(ids, np.int64)
+                item.update({name: array_to_tensor(value, np.float32) for name, value in extras.items()})
             item["mask"] = array_to_tensor(mask, np.int64)
             if self.sample_weight is not None:
                 item["weight"] = array_to_tensor(self.sample_weight(mask), np.float32)

@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 
 from unet_train.errors import ConfigError, DataError
 from unet_train.labels import IGNORE_INDEX
-from unet_train.objects.targets import boundary_target
+from unet_train.objects.targets import boundary_target, distance_target
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +27,12 @@ LABELS = ("auto", "classes", "instances")
 # Each target the model can learn from ids, with the classes it predicts. ``boundary``: background /
 # interior / boundary, the common nuclei recipe (touching objects are split by the predicted boundary and
 # the interiors are the seeds); it trains with the class losses (cross-entropy + Dice) unchanged.
-TARGETS = {"boundary": 3}
+# ``distance``: background / foreground (the class loss) plus a regression channel of each pixel's normalised
+# distance to its object's boundary (unet_train.objects.heads): its peaks seed a watershed, so objects that
+# touch along a long seam, whose boundary class is a thin and uncertain line, still get one seed each.
+TARGETS = {"boundary": 3, "distance": 2}
 # Targets of unet_train.objects.targets that need another model head and loss (not wired into training yet).
-NOT_YET = ("distance", "affinities")
+NOT_YET = ("affinities",)
 MAX_ID = 2**24  # float32 holds every integer below it exactly
 # labels=auto: masks of a 16/32-bit integer type with this many distinct values or more in one image are ids
 AUTO_MIN_VALUES = 16
@@ -45,7 +48,7 @@ def check_labels(labels: str, target: str) -> None:
     if target in NOT_YET:
         raise ConfigError(
             f"data.target={target} is not wired into training yet; use data.target=boundary (background / interior "
-            "/ boundary classes, the nuclei recipe)."
+            "/ boundary classes, the nuclei recipe) or data.target=distance (foreground + distance to the boundary)."
         )
     if target not in TARGETS:
         raise ConfigError(f"data.target={target!r} is not known; choose one of {', '.join(TARGETS)}.")
@@ -80,7 +83,8 @@ def encode_instances(mask: NDArray, path: Path | str, ignore_index: int | None =
 
 
 class InstanceTarget:
-    """Augmented float32 ids (255 = unlabelled) -> (the ``target``'s class map with 255 kept, int64 ids).
+    """Augmented float32 ids (255 = unlabelled) -> (the ``target``'s class map with 255 kept, int64 ids, the
+    target's extra maps by name: ``distance`` for the distance target, 0 where unlabelled).
 
     A plain class (not a closure) so that the loader's worker processes can receive it.
     """
@@ -89,10 +93,15 @@ class InstanceTarget:
         check_labels("instances", target)
         self.target = target
 
-    def __call__(self, mask: NDArray) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
+    def __call__(self, mask: NDArray) -> tuple[NDArray[np.uint8], NDArray[np.int64], dict[str, NDArray]]:
         ids = np.rint(np.asarray(mask, dtype=np.float64)).astype(np.int64)
         ignored = ids == IGNORE_INDEX
         ids[ignored] = 0
-        target = boundary_target(ids)  # the one target of TARGETS so far
+        extras: dict[str, NDArray] = {}
+        if self.target == "distance":
+            target = (ids > 0).astype(np.uint8)
+            extras["distance"] = distance_target(ids)  # 0 where unlabelled (no id there)
+        else:
+            target = boundary_target(ids)
         target[ignored] = IGNORE_INDEX
-        return target, ids
+        return target, ids, extras

@@ -25,10 +25,28 @@ class EvalResult:
     per_image: list[dict[str, Any]] = field(default_factory=list)
 
 
-def probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """Logits -> class probabilities in float32: sigmoid for one channel, softmax otherwise."""
+# Per-pixel inputs a loader batch may carry for the loss besides the mask: the weight map of a weighted loss,
+# the regression map of the distance target (unet_train.objects.heads).
+LOSS_INPUTS = ("weight", "distance")
+
+
+def probabilities(logits: torch.Tensor, classes: int | None = None) -> torch.Tensor:
+    """Logits -> probabilities in float32: of the first ``classes`` channels (None: all) sigmoid for one channel,
+    softmax otherwise; every channel after them (a target's regression maps) through its own sigmoid."""
     logits = logits.float()
-    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+    head, rest = (logits, None) if classes is None else (logits[:, :classes], logits[:, classes:])
+    prob = torch.sigmoid(head) if head.shape[1] == 1 else torch.softmax(head, dim=1)
+    return prob if rest is None or not rest.shape[1] else torch.cat([prob, torch.sigmoid(rest)], dim=1)
+
+
+def logits_of(prob: torch.Tensor, classes: int | None = None) -> torch.Tensor:
+    """The inverse of :func:`probabilities`: ``logit(p)`` for sigmoid channels, ``log(p)`` for softmax classes."""
+    head = prob.shape[1] if classes is None else classes
+    if head == 1:  # every channel a sigmoid
+        return torch.logit(prob, eps=1e-7)
+    rest = prob[:, head:]
+    out = torch.log(prob[:, :head].clamp_min(1e-12))
+    return out if not rest.shape[1] else torch.cat([out, torch.logit(rest, eps=1e-7)], dim=1)
 
 
 class BudgetedForward:
@@ -41,8 +59,10 @@ class BudgetedForward:
     free memory (:func:`~unet_train.inference.budget.default_memory`).
     """
 
-    def __init__(self, model: nn.Module, runtime: Runtime, memory: int | None = None) -> None:
-        self.model, self.runtime, self.memory = model, runtime, memory
+    def __init__(
+        self, model: nn.Module, runtime: Runtime, memory: int | None = None, classes: int | None = None
+    ) -> None:
+        self.model, self.runtime, self.memory, self.classes = model, runtime, memory, classes
         self.per_pixel: float | None = None
 
     def pixels(self, dims: int = 2, channels: int = 1) -> int:
@@ -86,9 +106,10 @@ class BudgetedForward:
             fold_bn=False,
             memory=self.memory,
             batch_size=None,
+            classes=self.classes,
         )
         prob = predictor.predict(image.float().cpu()).to(rt.device)
-        return torch.logit(prob, eps=1e-7) if prob.shape[0] == 1 else torch.log(prob.clamp_min(1e-12))
+        return logits_of(prob[None], self.classes)[0]
 
 
 def evaluate(
@@ -99,6 +120,7 @@ def evaluate(
     loss_fn: nn.Module | None = None,
     on_batch: BatchHook | None = None,
     memory: int | None = None,
+    classes: int | None = None,
 ) -> EvalResult:
     """Score ``model`` on every image of ``loader``.
 
@@ -106,8 +128,9 @@ def evaluate(
     predictions or draw panels). Scores are averaged over images; batches without masks
     (an unlabelled test split) are predicted but not scored. Each batch is forwarded whole where it fits
     ``memory`` bytes per forward pass, else image by image or in tiles (:class:`BudgetedForward`).
+    ``classes``: the leading class channels the pixel metrics score (None: all; see objects/heads.py).
     """
-    forward = BudgetedForward(model, runtime, memory)
+    forward = BudgetedForward(model, runtime, memory, classes)
     per_image: list[dict[str, Any]] = []
     loss_sum = torch.zeros((), device=runtime.device)
     loss_batches = 0
@@ -118,9 +141,11 @@ def evaluate(
             if "mask" in batch:
                 masks = runtime.to_device(batch["mask"])
                 if loss_fn is not None:
-                    loss_sum += loss_fn(logits.float(), masks).detach()
+                    extra = {k: runtime.to_device(batch[k]) for k in LOSS_INPUTS if k in batch}
+                    loss_sum += loss_fn(logits.float(), masks, **extra).detach()
                     loss_batches += 1
-                counts = confusion_counts(predict_labels(logits), masks, num_classes)
+                class_logits = logits if classes is None else logits[:, :classes]
+                counts = confusion_counts(predict_labels(class_logits), masks, num_classes)
                 scores = {k: v.cpu().tolist() for k, v in overlap_scores(counts).items()}
                 for i, name in enumerate(batch["name"]):
                     per_image.append({"name": name, **{k: float(v[i]) for k, v in scores.items()}})

@@ -26,6 +26,7 @@ from unet_train.labels import IGNORE_INDEX
 from unet_train.metrics.objects import object_scores
 from unet_train.objects import params as pp
 from unet_train.objects import tune
+from unet_train.objects.heads import class_channels
 from unet_train.objects.params import instance_target
 
 __all__ = ["EVAL_METRICS", "ObjectReport", "instance_target", "params_for", "stored_postprocess", "tune_after_training"]
@@ -54,7 +55,8 @@ class ObjectReport:
     """Per image: logits -> instances (``params``) -> object scores against the batch's ``instances``.
 
     ``keys``: the scores kept (validation: :data:`~unet_train.objects.params.OBJECT_METRICS`); ``on_labels``
-    sees each image's name and predicted instance labels (``unet-eval`` writes them).
+    sees each image's name and predicted instance labels (``unet-eval`` writes them). ``classes``: the leading
+    class channels of the logits (:func:`~unet_train.objects.heads.class_channels`).
     """
 
     def __init__(
@@ -63,12 +65,14 @@ class ObjectReport:
         params: dict[str, Any],
         keys: tuple[str, ...] = pp.OBJECT_METRICS,
         on_labels: Callable[[str, np.ndarray], None] | None = None,
+        classes: int | None = None,
     ) -> None:
         self.target, self.params, self.keys, self.on_labels = target, params, keys, on_labels
+        self.classes = classes
         self.rows: list[dict[str, float]] = []
 
     def on_batch(self, batch: dict[str, Any], logits: torch.Tensor) -> None:
-        probs = probabilities(logits).numpy()
+        probs = probabilities(logits, self.classes).numpy()
         for i in range(len(probs)):
             pred = pp.instances(self.target, probs[i], self.params)
             if self.on_labels is not None:
@@ -111,7 +115,7 @@ def tune_after_training(run: Any, folder: Path) -> dict[str, float]:
     are not instances, ``objects.tune_time`` is 0, or no checkpoint was written.
     """
     cfg = run.cfg
-    target = instance_target(cfg.data)
+    target, classes = instance_target(cfg.data), class_channels(cfg.data)
     limit = float((cfg.get("objects") or {}).get("tune_time", 0) or 0)
     best, last = folder / "best.pt", folder / "last.pt"
     if target is None or limit <= 0 or not best.is_file():
@@ -123,7 +127,7 @@ def tune_after_training(run: Any, folder: Path) -> dict[str, float]:
     ignores: list[np.ndarray | None] = []
 
     def collect(batch: dict[str, Any], logits: torch.Tensor) -> None:
-        probs = probabilities(logits).numpy()
+        probs = probabilities(logits, classes).numpy()
         for i in range(len(probs)):
             outputs.append(pp.outputs_of(target, probs[i]))
             truths.append(batch["instances"][i].numpy())
@@ -133,7 +137,7 @@ def tune_after_training(run: Any, folder: Path) -> dict[str, float]:
     if not run.dist.is_main:  # rank 0 tunes on the whole split and writes the checkpoints
         return {}
     loader = run.data.dataloader("val", shuffle=False, training=False)
-    evaluate(model, loader, run.runtime, run.data.num_classes, on_batch=collect)
+    evaluate(model, loader, run.runtime, run.data.num_classes, on_batch=collect, classes=classes)
     metric = tune_metric(cfg)
     # the search starts from the run's own objects.* values, the parameters validation used
     start = params_for(cfg, target, None)

@@ -35,6 +35,7 @@ from unet_train.engine.checkpoint import (
     load_model_state,
     load_optimizer_state,
 )
+from unet_train.engine.evaluate import LOSS_INPUTS
 from unet_train.engine.guard import NonFiniteGuard, can_skip_on_device
 from unet_train.engine.resume import restore_rng, resume_plan
 from unet_train.engine.runtime import Runtime, make_runtime, seed_everything, to_channels_last
@@ -125,7 +126,7 @@ class Run:
         if self.data.device_augment is not None:  # data.device_augment: batched augmentation on the device
             images, masks = self.data.device_augment(images, masks)
             images = self.runtime.to_device(images, image=True)  # back to channels-last when asked
-        extra = {"weight": self.runtime.to_device(batch["weight"])} if "weight" in batch else {}
+        extra = {k: self.runtime.to_device(batch[k]) for k in LOSS_INPUTS if k in batch}
         return images, masks, extra
 
 
@@ -235,7 +236,7 @@ def trial_steps(
         trial = copy.deepcopy(model)
         step = trial_step(cfg, to_channels_last(trial) if rt.channels_last else trial, copy.deepcopy(criterion), rt)
         images, masks = rt.to_device(batch["image"], image=True), rt.to_device(batch["mask"])
-        extra = {"weight": rt.to_device(batch["weight"])} if "weight" in batch else {}
+        extra = {k: rt.to_device(batch[k]) for k in LOSS_INPUTS if k in batch}
         return lambda: step(images, masks, **extra)
 
     tcfg = cfg.get("trainer") or OmegaConf.structured(TrainerConfig)

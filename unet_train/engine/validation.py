@@ -20,6 +20,7 @@ from unet_train.engine.objects import ObjectReport, instance_target, params_for
 from unet_train.engine.report import EvalReport, volume_spacing
 from unet_train.engine.tensorboard import panel
 from unet_train.errors import ConfigError
+from unet_train.objects.heads import class_channels
 from unet_train.objects.params import OBJECT_METRICS
 
 log = logging.getLogger(__name__)
@@ -127,20 +128,21 @@ def validate(
     if cfg.monitor.removeprefix("val/") in (*CHALLENGE_KEYS, *VOLUME_KEYS):
         spacing, _ = volume_spacing(getattr(loader, "dataset", None))  # HD95 of volumes in their units, as unet-eval
         extras = EvalReport(num_classes, boundary_positive=boundary_positive(cfg.data), spacing=spacing)
-    target = instance_target(cfg.data)
-    objects = None if target is None else ObjectReport(target, params_for(cfg, target, None))
+    target, classes = instance_target(cfg.data), class_channels(cfg.data)
+    objects = None if target is None else ObjectReport(target, params_for(cfg, target, None), classes=classes)
 
     def collect(batch: dict[str, Any], logits: torch.Tensor) -> None:
+        class_logits = logits if classes is None else logits[:, :classes]  # without a distance map
         for i in range(len(batch["name"])):
             if len(panels) < wanted:
                 mask = batch["mask"][i] if "mask" in batch else None
-                panels.append(panel(batch["image"][i], mask, logits[i]))
+                panels.append(panel(batch["image"][i], mask, class_logits[i]))
         if extras is not None:
-            extras.on_batch(batch, logits)
+            extras.on_batch(batch, class_logits)
         if objects is not None:
             objects.on_batch(batch, logits)
 
-    result = evaluate(model, loader, runtime, num_classes, loss_fn=criterion, on_batch=collect)
+    result = evaluate(model, loader, runtime, num_classes, loss_fn=criterion, on_batch=collect, classes=classes)
     if objects is not None:
         objects.finish(result)  # per-image rows too, which DDP's gather averages
     if extras is not None:

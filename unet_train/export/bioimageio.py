@@ -27,6 +27,7 @@ from unet_train.export.architecture import write_architecture
 from unet_train.export.model import ExportModel
 from unet_train.export.readme import package_readme
 from unet_train.export.volume import space_axes
+from unet_train.objects.heads import EXTRA_MAPS, class_channels
 from unet_train.safe_io import write_atomic, write_png
 
 log = logging.getLogger(__name__)
@@ -76,9 +77,10 @@ def citations(kwargs: dict[str, Any]) -> list[dict[str, str]]:
     ]
 
 
-def probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """The package's postprocessing: sigmoid for one logit channel, softmax over channels otherwise."""
-    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+def probabilities(logits: torch.Tensor, sigmoid: bool = False) -> torch.Tensor:
+    """The package's postprocessing: sigmoid for one logit channel (or, ``sigmoid``, for every channel: a
+    distance model's foreground and distance map), softmax over channels otherwise."""
+    return torch.sigmoid(logits) if logits.shape[1] == 1 or sigmoid else torch.softmax(logits, dim=1)
 
 
 def raw_to_nchw(raw: np.ndarray) -> np.ndarray:
@@ -87,8 +89,9 @@ def raw_to_nchw(raw: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array.transpose(2, 0, 1)[None])
 
 
-def write_cover(path: Path, raw: np.ndarray, prob: np.ndarray) -> Path:
-    """A 2:1 cover: the input (first channel, stretched) beside the probability of the first class."""
+def write_cover(path: Path, raw: np.ndarray, prob: np.ndarray, sigmoid: bool = False) -> Path:
+    """A 2:1 cover: the input (first channel, stretched) beside the probability of the first class (``sigmoid``:
+    of the first channel, a distance model's foreground)."""
 
     def panel(a: np.ndarray) -> np.ndarray:
         a = a.astype(np.float64)
@@ -96,7 +99,7 @@ def write_cover(path: Path, raw: np.ndarray, prob: np.ndarray) -> Path:
         a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
         return resize(a, (256, 256), order=1, anti_aliasing=True)
 
-    positive = prob[0, 0] if prob.shape[1] == 1 else prob[0].argmax(0) / max(prob.shape[1] - 1, 1)
+    positive = prob[0, 0] if prob.shape[1] == 1 or sigmoid else prob[0].argmax(0) / max(prob.shape[1] - 1, 1)
     image = raw[0, 0]
     if image.ndim == 3:  # a volume: its middle plane
         image, positive = image[image.shape[0] // 2], positive[positive.shape[0] // 2]
@@ -175,18 +178,23 @@ def build_package(
     context = int(stored.data.get("context_slices") or 0)  # 2.5D: 2k + 1 sections as channels, section-major
     # The test output is what unet-predict computes: the training normaliser, then the model.
     raw, x = test_tensors(exported, raw)
+    # data.target=distance: one foreground logit, then the distance map; each channel through its own sigmoid
+    sigmoid = class_channels(stored.data) == 1
     with torch.inference_mode():
-        prob = probabilities(exported.model(x)).numpy().astype(np.float32)
+        prob = probabilities(exported.model(x), sigmoid).numpy().astype(np.float32)
     write_atomic(folder / "test_input.npy", lambda handle: np.save(handle, raw))
     write_atomic(folder / "test_output.npy", lambda handle: np.save(handle, prob))
     write_atomic(folder / "weights.pt", lambda handle: torch.save(exported.model.state_dict(), handle))
     write_architecture(folder / "unet_arch.py")
-    write_cover(folder / "cover.png", raw, prob)
+    write_cover(folder / "cover.png", raw, prob, sigmoid)
     write_atomic(folder / "README.md", package_readme(exported, info.name, metrics))
 
     out_channels = exported.out_channels
-    class_names = info.class_names or (
-        ["foreground"] if out_channels == 1 else [f"class{k}" for k in range(out_channels)]
+    default_names = ["foreground", *EXTRA_MAPS[str(stored.data.get("target"))]] if sigmoid else None
+    class_names = (
+        info.class_names
+        or default_names
+        or (["foreground"] if out_channels == 1 else [f"class{k}" for k in range(out_channels)])
     )
     if len(class_names) != out_channels:
         raise ConfigError(f"bioimageio.class_names={class_names} needs {out_channels} names (the model's outputs).")
@@ -221,7 +229,8 @@ def build_package(
             "opset_version": OPSET,
         }
     dims_tag = f"{exported.spatial_dims}d"
-    postprocessing = [{"id": "sigmoid"}] if out_channels == 1 else [{"id": "softmax", "kwargs": {"axis": "channel"}}]
+    binary = out_channels == 1 or sigmoid
+    postprocessing = [{"id": "sigmoid"}] if binary else [{"id": "softmax", "kwargs": {"axis": "channel"}}]
     return {
         "type": "model",
         "format_version": FORMAT_VERSION,
@@ -256,7 +265,7 @@ def build_package(
         "outputs": [
             {
                 "id": "probabilities",
-                "description": "sigmoid of the logit" if out_channels == 1 else "softmax over the classes",
+                "description": "sigmoid of each logit" if binary else "softmax over the classes",
                 "axes": [
                     {"type": "batch"},
                     {"type": "channel", "channel_names": class_names},

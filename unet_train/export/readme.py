@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from unet_train.export.model import ExportModel
+from unet_train.objects.heads import class_channels
 
 
 def validation_section(metrics: dict[str, float] | None) -> str:
@@ -53,17 +54,30 @@ def package_readme(exported: ExportModel, name: str, metrics: dict[str, float] |
     kwargs: dict[str, Any] = exported.kwargs
     classes = exported.out_channels
     data = exported.config.get("data", {})
+    maps = class_channels(data) == 1  # data.target=distance: a foreground logit and a distance map, each a sigmoid
     lines = [
         f"# {name}",
         "",
         f"A {kwargs.get('spatial_dims', 2)}D UNet trained with unet-train on `{data.get('_target_', 'unknown data')}`: "
         f"encoder `{kwargs.get('encoder')}`, skip `{kwargs.get('skip')}`, depth {kwargs.get('depth')}, base width "
         f"{kwargs.get('base_channels')}, {exported.in_channels} input channel(s), "
-        + ("one logit (binary segmentation)." if classes == 1 else f"{classes} classes."),
+        + (
+            "one logit (binary segmentation)."
+            if classes == 1
+            else "a foreground logit and a distance-to-the-boundary map (instances by a seeded watershed)."
+            if maps
+            else f"{classes} classes."
+        ),
         *context_lines(exported),
         "",
         "The weights return logits; the package's postprocessing turns them into probabilities "
-        + ("(sigmoid)." if classes == 1 else "(softmax over the channel axis)."),
+        + (
+            "(sigmoid)."
+            if classes == 1
+            else "(sigmoid of each channel)."
+            if maps
+            else "(softmax over the channel axis)."
+        ),
         sizes_sentence(exported),
         "Batch norms are folded into the convolutions in the ONNX and TorchScript weights.",
         "",

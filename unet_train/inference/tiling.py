@@ -122,6 +122,8 @@ class TiledPredictor:
         sigma_scale: Gaussian sigma as a fraction of the tile side.
         split_inputs: the input holds one model input after another along the channels (an
             ensemble of models normalised differently); model ``i`` gets the ``i``-th part.
+        classes: the leading class channels of the models' outputs (None: all); the channels after them are
+            a target's own maps, each through a sigmoid (see :mod:`unet_train.objects.heads`).
     """
 
     def __init__(
@@ -139,6 +141,7 @@ class TiledPredictor:
         sigma_scale: float = 0.125,
         split_inputs: bool = False,
         memory: int | None = None,
+        classes: int | None = None,
     ) -> None:
         sides = [256] if tile_size is None else [tile_size] if isinstance(tile_size, int) else list(tile_size)
         if min(sides) < 1 or not 0 <= overlap < 1 or (batch_size or 1) < 1:
@@ -166,6 +169,7 @@ class TiledPredictor:
         self.autocast_dtype = autocast_dtype
         self.sigma_scale = sigma_scale
         self.split_inputs = split_inputs
+        self.classes = classes
         self._weights: dict[tuple[int, ...], torch.Tensor] = {}
 
     def _set_tiles(self, tile_size: int | Sequence[int], batch_size: int, margin: int | None) -> None:
@@ -295,7 +299,7 @@ class TiledPredictor:
                     else contextlib.nullcontext()
                 )
                 with precision:
-                    prob = predict_probabilities(model, inputs, self.tta).float()
+                    prob = predict_probabilities(model, inputs, self.tta, self.classes).float()
                 total = prob if total is None else total.add_(prob)
             assert total is not None
             if len(self.models) > 1:

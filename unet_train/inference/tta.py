@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from unet_train.engine.evaluate import probabilities
+from unet_train.engine.evaluate import logits_of, probabilities
 
 # (quarter turns, horizontal flip): the dihedral group of the square, identity first.
 DIHEDRAL: tuple[tuple[int, bool], ...] = tuple((k, flip) for flip in (False, True) for k in range(4))
@@ -28,17 +28,20 @@ def _inverse(x: torch.Tensor, k: int, flip: bool) -> torch.Tensor:
     return torch.flip(x, dims=(-1,)) if flip else x
 
 
-def predict_probabilities(model: nn.Module, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
+def predict_probabilities(
+    model: nn.Module, images: torch.Tensor, tta: bool = False, classes: int | None = None
+) -> torch.Tensor:
     """Class probabilities ``(N, K, H, W)`` in float32 (K = 1 for a binary model), optionally averaged over TTA.
+    ``classes``: the leading class channels (None: all), see :func:`unet_train.engine.evaluate.probabilities`.
 
     The transforms run one after the other rather than stacked into one batch, so memory stays that
     of a single forward pass. Rotations of a non-square input change its shape; the model pads any size.
     """
     if not tta:
-        return probabilities(model(images))
+        return probabilities(model(images), classes)
     total = None
     for k, flip in DIHEDRAL:
-        prob = _inverse(probabilities(model(_forward(images, k, flip))), k, flip)
+        prob = _inverse(probabilities(model(_forward(images, k, flip)), classes), k, flip)
         total = prob if total is None else total.add_(prob)
     assert total is not None
     return total.div_(len(DIHEDRAL))
@@ -51,12 +54,9 @@ class TTALogits(nn.Module):
     back the averaged probabilities, so code that expects logits (the evaluation loop) works unchanged.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, classes: int | None = None) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.classes = model, classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        prob = predict_probabilities(self.model, x, tta=True)
-        if prob.shape[1] == 1:
-            return torch.logit(prob, eps=1e-7)
-        return torch.log(prob.clamp_min(1e-12))
+        return logits_of(predict_probabilities(self.model, x, tta=True, classes=self.classes), self.classes)

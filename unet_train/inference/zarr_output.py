@@ -65,6 +65,8 @@ class ZarrPrediction:
         self.sides = (1, chunk, chunk) if isinstance(chunk, int) else tuple(int(c) for c in chunk)
         self.chunk = self.sides[-1]
         self.binary = bool(settings["binary"])
+        # the leading class channels the mask is drawn from (None: all); a distance model's map comes after them
+        self.class_channels = settings.get("class_channels")
         self.has_z = bool(settings["has_z"])
         self.prob = self.group["0"]
         self.mask = self.group["labels/mask/0"]
@@ -184,7 +186,8 @@ class ZarrPrediction:
         # The mask comes from the stored (possibly quantised) values, as the instance labels do: a pixel
         # at p = 0.5002 stored as float16 0.5 is background in both at threshold 0.5.
         values = stored_probabilities(stored)
-        mask = (values[0] > self.threshold) if self.binary else values.argmax(0)
+        head = values if self.class_channels is None else values[: self.class_channels]
+        mask = (head[0] > self.threshold) if len(head) == 1 else head.argmax(0)
         self.mask[where] = mask.astype(np.uint8)
         self.done_array[done] = 1
 

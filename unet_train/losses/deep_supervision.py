@@ -51,14 +51,14 @@ class DeepSupervisionLoss(nn.Module):
         self,
         outputs: torch.Tensor | Sequence[torch.Tensor],
         target: torch.Tensor,
-        weight: torch.Tensor | None = None,
+        **per_pixel: torch.Tensor,
     ) -> torch.Tensor:
-        """``weight``: per-pixel weights at full resolution, resized with the target for each head."""
+        """``per_pixel``: the loss's other full-resolution maps (``weight``, ``distance``), resized with the
+        target for each head."""
 
         def head_loss(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-            if weight is None:
-                return self.loss(logits, resize_target(target, size))
-            return self.loss(logits, resize_target(target, size), weight=resize_target(weight, size))
+            resized = {name: resize_target(value, size) for name, value in per_pixel.items()}
+            return self.loss(logits, resize_target(target, size), **resized)
 
         if isinstance(outputs, torch.Tensor):
             return head_loss(outputs, outputs.shape[2:])

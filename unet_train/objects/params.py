@@ -78,11 +78,13 @@ def outputs_of(target: str, probabilities: NDArray) -> dict[str, Any]:
     """The named maps :func:`unet_train.objects.tune.apply` takes, from one image's ``(C, H, W)`` probabilities."""
     if target == "boundary":
         return {"interior": probabilities[1], "boundary": probabilities[2]}
+    if target == "distance":  # the foreground's sigmoid, then the regressed distance (objects/heads.py)
+        return {"foreground": probabilities[0], "distance": probabilities[1]}
     raise ValueError(f"no post-processing for target {target!r}")
 
 
 def instances(target: str, probabilities: NDArray, params: Mapping[str, Any]) -> NDArray[np.uint32]:
-    """Instance labels of one image from its class probabilities ``(C, H, W)``."""
+    """Instance labels of one image from its probabilities ``(C, H, W)`` (classes, then the target's maps)."""
     return tune.apply(target, outputs_of(target, probabilities), dict(params))
 
 

@@ -24,7 +24,7 @@ from scipy import ndimage as ndi
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 
 
-def _sequential(labels: NDArray) -> NDArray[np.int64]:
+def sequential_ids(labels: NDArray) -> NDArray[np.int64]:
     """``labels`` with 0 kept and every other id (negative or near 2**32 too) renumbered 1..N in order, so the
     per-object tables below are N long, not as long as the largest id."""
     labels = np.asarray(labels)
@@ -43,7 +43,7 @@ def offset_slices(offset: tuple[int, ...], shape: tuple[int, ...]) -> tuple[tupl
     return here, there
 
 
-def _neighbour_differs(labels: NDArray, objects_only: bool = False) -> NDArray[np.bool_]:
+def neighbour_differs(labels: NDArray, objects_only: bool = False) -> NDArray[np.bool_]:
     """Pixels with a face neighbour (4-/6-connected) of another id (``objects_only``: another non-zero id);
     the image border is not a neighbour."""
     differs = np.zeros(labels.shape, dtype=bool)
@@ -65,9 +65,9 @@ def boundary_target(labels: NDArray) -> NDArray[np.uint8]:
     boundary. An object left without one connected interior (thinner than three pixels, or with parts that
     thin, as a ring two pixels wide: its interior would be seeds of several objects) keeps as interior those
     of its pixels that touch no other object, or all of them if every one does, so it has a seed."""
-    labels = _sequential(labels)
+    labels = sequential_ids(labels)
     target = np.where(labels > 0, INTERIOR, BACKGROUND).astype(np.uint8)
-    target[_neighbour_differs(labels) & (labels > 0)] = BOUNDARY
+    target[neighbour_differs(labels) & (labels > 0)] = BOUNDARY
     ids = np.unique(labels[labels > 0])
     if len(ids):
         n = int(ids.max()) + 1
@@ -77,7 +77,7 @@ def boundary_target(labels: NDArray) -> NDArray[np.uint8]:
         pairs = np.unique(labels[interior] * (int(pieces.max()) + 1) + pieces[interior])  # (object, piece) codes
         has_interior = np.bincount(pairs // (int(pieces.max()) + 1), minlength=n) == 1  # exactly one piece
         thin = ~has_interior[labels] & (labels > 0)
-        free = thin & ~_neighbour_differs(labels, objects_only=True)
+        free = thin & ~neighbour_differs(labels, objects_only=True)
         target[free] = INTERIOR
         has_interior[np.unique(labels[free])] = True
         target[~has_interior[labels] & (labels > 0)] = INTERIOR
@@ -89,16 +89,16 @@ def distance_target(labels: NDArray, spacing: tuple[float, ...] | None = None) -
     distance (so every object peaks at 1); 0 on background and on the pixels where two objects touch (so a
     watershed separates them there), except for an object that has no other pixel. ``spacing`` makes the
     distance physical (anisotropic volumes)."""
-    labels = _sequential(labels)
+    labels = sequential_ids(labels)
     if spacing is not None and (len(spacing) != labels.ndim or min(spacing) <= 0):
         raise ValueError(f"spacing {tuple(spacing)} needs {labels.ndim} positive sizes, one per axis of the labels")
     out = np.zeros(labels.shape, dtype=np.float32)
     objects = labels > 0
     if not objects.any():
         return out
-    inside = objects & ~_neighbour_differs(labels)
+    inside = objects & ~neighbour_differs(labels)
     distance = ndi.distance_transform_edt(inside, sampling=spacing) + objects  # edge pixels: one step
-    touching = _neighbour_differs(labels, objects_only=True) & objects
+    touching = neighbour_differs(labels, objects_only=True) & objects
     index = np.arange(int(labels.max()) + 1)
     # an object whose every pixel touches another (a pixel or a line between two objects) keeps its values
     untouched = np.asarray(ndi.maximum(~touching & objects, labels, index=index), dtype=bool)

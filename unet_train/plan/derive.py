@@ -125,11 +125,7 @@ def data_choices(fp: dict) -> list[Choice]:
     present = [int(k) for k in fp["classes"]]
     if fp.get("labels") == "instances":
         choices.append(Choice("data.labels", "instances", "the masks hold object ids"))
-        choices.append(
-            Choice(
-                "data.target", fp["target"], "background / interior / boundary: touching objects split at the boundary"
-            )
-        )
+        choices.append(Choice("data.target", fp["target"], fp.get("target_reason", "the data config's target")))
         choices.append(Choice("data.num_classes", fp["num_classes"], f"the target's classes {present}"))
     else:
         choices.append(Choice("data.num_classes", fp["num_classes"], f"mask values {present} (0 = background)"))

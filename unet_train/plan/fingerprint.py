@@ -22,8 +22,13 @@ from unet_train.labels import IGNORE_INDEX
 PERCENTILES = (0.5, 1.0, 50.0, 99.0, 99.8, 99.9)
 
 
-def training_split(data: Any) -> tuple[list[np.ndarray], list[np.ndarray], list[str], list[np.ndarray]]:
-    """The training split's images (raw values), masks (class indices) and names, and the validation masks."""
+def training_split(
+    data: Any, target: str | None = None, ids: list[np.ndarray] | None = None
+) -> tuple[list[np.ndarray], list[np.ndarray], list[str], list[np.ndarray]]:
+    """The training split's images (raw values), masks (class indices) and names, and the validation masks.
+
+    Instance data: the masks are the classes of ``target`` (default ``data.target``) drawn from the object ids,
+    and ``ids`` (when given) receives the training images' encoded ids."""
     from unet_train.data.folder import ImageFolder, encode_mask
     from unet_train.data.instances import InstanceTarget, encode_instances
 
@@ -42,8 +47,11 @@ def training_split(data: Any) -> tuple[list[np.ndarray], list[np.ndarray], list[
 
         def masks_of(indices: Sequence[int]) -> list[np.ndarray]:
             if data.instance_target is not None:  # object ids: the classes the model learns from them
-                learnt = InstanceTarget(data.instance_target)
-                return [learnt(encode_instances(read_mask(mask_paths[i]), mask_paths[i], ignore))[0] for i in indices]
+                learnt = InstanceTarget(target or data.instance_target)
+                encoded = [encode_instances(read_mask(mask_paths[i]), mask_paths[i], ignore) for i in indices]
+                if ids is not None and indices is train:
+                    ids.extend(encoded)
+                return [learnt(e)[0] for e in encoded]
             return [encode_mask(read_mask(mask_paths[i]), classes, mask_paths[i], ignore) for i in indices]
 
         return images, masks_of(train), [image_paths[i].stem for i in train], masks_of(val)

@@ -20,8 +20,8 @@ from unet_train.build import build_data
 from unet_train.engine.runtime import resolve_device
 from unet_train.errors import ConfigError
 from unet_train.plan.derive import Choice, DeviceFacts, derive_plan, geometry, plan_yaml
-from unet_train.plan.fingerprint import compute_fingerprint, training_split
 from unet_train.plan.measure import measure_device
+from unet_train.plan.objects import image_fingerprint
 from unet_train.plan.volume_derive import derive_volume_plan, validation_block, volume_layout
 from unet_train.plan.volume_fingerprint import is_volume_data, volume_fingerprint
 from unet_train.safe_io import write_atomic
@@ -130,9 +130,7 @@ def make_plan(
         dims_key = data_cfg.get("spatial_dims") is not None  # data=isbi sets it; data=volumes leaves it null (3D)
         derive = functools.partial(derive_volume_plan, fingerprint, budget_s=budget_s, layout=layout, dims_key=dims_key)
     else:
-        fingerprint = compute_fingerprint(*training_split(data))
-        if data.instance_target is not None:  # the classes above are those the model learns from the object ids
-            fingerprint["labels"], fingerprint["target"] = "instances", data.instance_target
+        fingerprint = image_fingerprint(data)  # of instance labels: with the target planned from the objects
         patch, depth, batch = geometry(fingerprint, kind)
         shape = {
             "patch": patch,

@@ -1,0 +1,86 @@
+"""The plan's instance target: object statistics measured by hand, the rule on hand-made statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from unet_train.plan.derive import derive_plan
+from unet_train.plan.objects import choose_target, object_fingerprint
+
+from .test_derive import CPU, fingerprint
+
+
+@pytest.mark.parametrize("big_id", [7, 70000])  # ids with gaps counted as they are, or renumbered first
+def test_object_statistics_by_hand(big_id):
+    """Image 1: two touching 4x4 squares (16 px each) and a lone pixel; image 2: one 6x6 square (36 px), with an
+    unlabelled strip (255) that is neither object nor counted pixel."""
+    a = np.zeros((10, 10), dtype=np.float32)
+    a[0:4, 0:4], a[0:4, 4:8], a[9, 9] = 1, 2, 3
+    b = np.zeros((10, 10), dtype=np.float32)
+    b[2:8, 2:8] = big_id
+    b[:, 9] = 255
+    stats = object_fingerprint([a, b])
+    assert stats["objects"] == 4 and stats["objects_per_image"] == 2
+    assert stats["median_area"] == 16  # of 1, 16, 16, 36
+    assert stats["median_diameter"] == pytest.approx(2 * np.sqrt(16 / np.pi))
+    assert stats["touching_share"] == pytest.approx(2 / 4)
+    assert stats["object_share"] == pytest.approx((33 + 36) / (100 + 90))
+
+
+def stats(diameter=20.0, touching=0.1, share=0.3):
+    return {"objects": 100, "objects_per_image": 10, "median_area": np.pi * diameter**2 / 4,
+            "median_diameter": diameter, "touching_share": touching, "object_share": share}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "target", "said"),
+    [
+        (stats(), "boundary", "objects mostly apart"),  # typical nuclei
+        (stats(touching=0.6), "distance", "touching often"),  # crowded, large cells
+        (stats(diameter=6.0, touching=0.6), "boundary", "objects under 10 px"),  # touching but tiny
+        (stats(touching=0.0, share=0.95), "boundary", "suit affinities"),  # EM: nearly every pixel an object
+    ],
+)
+def test_the_rule_on_hand_made_statistics(case, target, said):
+    chosen, why = choose_target(case)
+    assert chosen == target and said in why
+    assert f"median diameter {case['median_diameter']:.1f} px" in why  # the measured figures are stated
+
+
+def test_the_plan_writes_the_chosen_target_and_its_reason():
+    fp = fingerprint(classes={"0": 0.6, "1": 0.4})
+    target, why = choose_target(stats(touching=0.6))
+    fp.update(labels="instances", target=target, target_reason=why)
+    choice = next(c for c in derive_plan(fp, CPU, 600.0) if c.key == "data.target")
+    assert (choice.value, choice.reason) == ("distance", why)
+
+
+def test_a_plan_of_large_touching_objects_trains_the_distance_target(tmp_path):
+    """Rows of touching 12x12 squares: the plan picks distance and fingerprints its two classes."""
+    import tifffile
+    import yaml
+    from skimage import io as skio
+
+    from unet_train.plan.planner import make_plan
+
+    from ..conftest import compose_config
+
+    (tmp_path / "d" / "images").mkdir(parents=True)
+    (tmp_path / "d" / "masks").mkdir()
+    for i in range(3):
+        ids = np.zeros((48, 48), dtype=np.uint16)
+        for k in range(4):  # four squares side by side in each of two rows
+            ids[4:16, k * 12 : (k + 1) * 12] = k + 1
+            ids[30:42, k * 12 : (k + 1) * 12] = k + 5
+        skio.imsave(tmp_path / "d" / "images" / f"s{i}.png", (ids > 0).astype(np.uint8) * 200, check_contrast=False)
+        tifffile.imwrite(tmp_path / "d" / "masks" / f"s{i}.tif", ids)
+    out = tmp_path / "plan.yaml"
+    cfg = compose_config(["data=folder", f"data.root={tmp_path / 'd'}", "data.labels=instances"])
+    fingerprint = make_plan(cfg.data, 60.0, "cpu", out, measure=False)
+    assert fingerprint["target"] == "distance" and set(fingerprint["classes"]) == {"0", "1"}
+    assert fingerprint["objects"]["touching_share"] == 1.0 and fingerprint["objects"]["median_area"] == 144
+    text = out.read_text()
+    planned = yaml.safe_load(text)["data"]
+    assert (planned["labels"], planned["target"], planned["num_classes"]) == ("instances", "distance", 2)
+    assert "touching often" in text  # the reason, with the measured figures, is the plan's comment

@@ -1,0 +1,110 @@
+"""The plan's choice of an instance target, from cheap statistics of the training split's object ids.
+
+Measured per training image (one pass over the pixels each: a ``bincount`` and a comparison with each face
+neighbour): the objects' areas, the share of objects that touch another object (a face neighbour of another
+id, with no background between them), and the share of labelled pixels inside objects (density). The rule,
+first match wins:
+
+1. **dense, space-filling labels** (objects cover at least :data:`DENSE_SHARE` of the pixels, as EM neurons
+   do): ``affinities`` would suit them (objects are the components of the affinity graph, with no class of
+   their own for thin boundaries); it is not wired into training yet, so the plan says so and takes
+   ``boundary``.
+2. **small objects** (median equivalent diameter under :data:`SMALL_DIAMETER` px): ``boundary``. Such an
+   object has no room for a distance peak of its own; the boundary target keeps a thin object's pixels as
+   interior, so each still has a seed.
+3. **touching, large enough objects** (at least :data:`TOUCHING_SHARE` of the objects touch another):
+   ``distance``. A long seam between two objects is a thin, uncertain boundary line; the distance peaks stay
+   apart however the seam is predicted.
+4. otherwise ``boundary``: the common nuclei recipe (objects mostly apart, a predicted boundary splits the
+   few that touch).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from unet_train.labels import IGNORE_INDEX
+from unet_train.objects.targets import neighbour_differs, sequential_ids
+from unet_train.plan.fingerprint import compute_fingerprint, training_split
+
+DENSE_SHARE = 0.85  # objects cover this share of the labelled pixels or more: space-filling (EM)
+SMALL_DIAMETER = 10.0  # px: objects with a smaller median equivalent diameter need no distance map
+TOUCHING_SHARE = 0.3  # this share of the objects touching another: touching often
+
+
+def object_fingerprint(id_masks: Sequence[NDArray]) -> dict[str, float | int]:
+    """Statistics of the objects of ``id_masks`` (ids per image, 0 background, 255 unlabelled as encoded)."""
+    areas: list[NDArray] = []
+    touching = objects = 0
+    covered = labelled = 0
+    for mask in id_masks:
+        raw = np.rint(np.asarray(mask, dtype=np.float64)).astype(np.int64)
+        valid = raw != IGNORE_INDEX
+        ids = np.where(valid, raw, 0)
+        if ids.max(initial=0) > ids.size:  # sparse ids: renumbered so that the counts below stay short
+            ids = sequential_ids(ids)
+        top = int(ids.max(initial=0))
+        covered += int((ids > 0).sum())
+        labelled += int(valid.sum())
+        if not top:
+            continue
+        sizes = np.bincount(ids.ravel(), minlength=top + 1)[1:]
+        present = sizes > 0  # ids the encoding skipped (255) hold no pixel
+        areas.append(sizes[present])
+        touches = neighbour_differs(ids, objects_only=True)
+        touching += int(np.count_nonzero(np.bincount(ids[touches], minlength=top + 1)[1:][present]))
+        objects += int(present.sum())
+    median = float(np.median(np.concatenate(areas))) if areas else 0.0
+    return {
+        "objects": objects,
+        "objects_per_image": objects / max(len(id_masks), 1),
+        "median_area": median,
+        "median_diameter": 2.0 * math.sqrt(median / math.pi),  # of a disc of the median area
+        "touching_share": touching / max(objects, 1),
+        "object_share": covered / max(labelled, 1),
+    }
+
+
+def choose_target(stats: dict[str, float | int]) -> tuple[str, str]:
+    """The target for objects of ``stats`` (:func:`object_fingerprint`) and the reason, by the rule above."""
+    measured = (
+        f"{stats['objects']} objects, median diameter {stats['median_diameter']:.1f} px, "
+        f"{100 * stats['touching_share']:.0f} % touching another, {100 * stats['object_share']:.0f} % of the "
+        "pixels in objects"
+    )
+    if stats["object_share"] >= DENSE_SHARE:
+        return "boundary", (
+            f"{measured}: dense, space-filling labels (>= {100 * DENSE_SHARE:.0f} %) suit affinities, not wired "
+            "into training yet; background / interior / boundary instead"
+        )
+    if stats["median_diameter"] < SMALL_DIAMETER:
+        return "boundary", (
+            f"{measured}: objects under {SMALL_DIAMETER:g} px have no room for a distance peak; background / "
+            "interior / boundary, which keeps a thin object's pixels as its seed"
+        )
+    if stats["touching_share"] >= TOUCHING_SHARE:
+        return "distance", (
+            f"{measured}: touching often (>= {100 * TOUCHING_SHARE:.0f} %) and large enough: foreground + distance "
+            "to the boundary, whose peaks seed each object however thin the seam between two is predicted"
+        )
+    return "boundary", (f"{measured}: objects mostly apart: background / interior / boundary, the common nuclei recipe")
+
+
+def image_fingerprint(data: Any) -> dict:
+    """The fingerprint of an image dataset's training split; of instance labels, with the target the rule above
+    plans (``target``, ``target_reason``), the statistics (``objects``) and the classes that target learns."""
+    ids: list[NDArray] = []
+    split = training_split(data, ids=ids)
+    if data.instance_target is None:
+        return compute_fingerprint(*split)
+    objects = object_fingerprint(ids)
+    target, why = choose_target(objects)
+    if target != data.instance_target:  # the classes fingerprinted are those the planned target learns
+        split = training_split(data, target=target)
+    return {**compute_fingerprint(*split), "labels": "instances", "target": target, "target_reason": why,
+            "objects": objects}  # fmt: skip
