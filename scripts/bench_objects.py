@@ -164,7 +164,8 @@ def run_cell(name: str, budget: int, out: Path, limit: int | None) -> dict:
     truth = inst / "test" / "masks"
     arms = {
         "instance": {**score(predictions, truth), "steps": inst_metrics["steps"],
-                     "eval_f1_50": round(json.loads(eval_metrics.read_text())["test/f1_50"], 4)},
+                     "eval_f1_50": round(json.loads(eval_metrics.read_text())["test/f1_50"], 4),
+                     "tuning": {k: v for k, v in inst_metrics.items() if k.startswith(("tuned/", "untuned/"))}},
         "semantic": {**score(folder / "semantic" / "labels", truth), "steps": sem_metrics["steps"]},
         "plain": {**score(folder / "plain" / "labels", truth), "steps": plain["steps"]},
     }  # fmt: skip
