@@ -7,7 +7,13 @@ Scores ``<root>/test`` as unet-eval does (Dice and IoU per image and foreground 
 from both scoring 1, averaged over the classes and then the images; also Dice pooled over the
 images) and prints one JSON line.
 
+With ``--instances DIR`` the masks are object ids (issue 26): the UNet learns the foreground (ids > 0) with
+BCE + Dice, and each test image's objects come from the textbook scikit-image recipe (distance transform,
+``peak_local_max`` seeds at least ``MIN_DISTANCE`` px apart, watershed of the negated distance inside the
+foreground), written to ``DIR/<stem>_labels.tif`` for ``scripts/bench_objects.py`` to score.
+
     python scripts/baseline_plain.py --root /work/shared/data/usgra-seg --budget 180
+    python scripts/baseline_plain.py --root /tmp/objects/dsb/instances --budget 600 --instances /tmp/plain-labels
 """
 
 from __future__ import annotations
@@ -23,7 +29,13 @@ import tifffile
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from scipy import ndimage as ndi
+from skimage.feature import peak_local_max
+from skimage.measure import label
+from skimage.segmentation import watershed
 from torch import nn
+
+MIN_DISTANCE = 5  # px between two seeds: the scikit-image gallery's choice for touching discs
 
 
 def read(path: Path, mask: bool = False) -> np.ndarray:
@@ -111,38 +123,60 @@ def score(preds: list[np.ndarray], truths: list[np.ndarray], classes: int) -> tu
     return dice, iou, pooled
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", type=Path, required=True)
-    parser.add_argument("--budget", type=float, default=600.0, help="training seconds")
-    args = parser.parse_args()
+def distance_watershed(foreground: np.ndarray) -> np.ndarray:
+    """Touching objects of a boolean mask split by the textbook watershed of its distance transform."""
+    distance = ndi.distance_transform_edt(foreground)
+    peaks = peak_local_max(distance, min_distance=MIN_DISTANCE, labels=label(foreground), exclude_border=False)
+    markers = np.zeros(foreground.shape, dtype=np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    return watershed(-distance, markers, mask=foreground).astype(np.uint16)
+
+
+def train(images: list, masks: list, classes: int, budget: float) -> tuple[UNet, int, float]:
+    """The model trained for ``budget`` seconds, its steps and its training seconds."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    images, masks = load(args.root)
-    classes = max(2, max(int(m.max()) for m in masks) + 1)
     model = UNet(3, 1 if classes == 2 else classes)
     optim = torch.optim.Adam(model.parameters(), lr=1e-3)
     start, steps = time.monotonic(), 0
-    while (elapsed := time.monotonic() - start) < args.budget:
+    while (elapsed := time.monotonic() - start) < budget:
         for group in optim.param_groups:  # cosine over the budget
-            group["lr"] = 1e-3 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * elapsed / args.budget)))
+            group["lr"] = 1e-3 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * elapsed / budget)))
         x, y = crops(images, masks, rng, 256, 4)
         optim.zero_grad()
         loss_fn(model(x), y).backward()
         optim.step()
         steps += 1
-    train_s = time.monotonic() - start
-    model.eval()
+    return model.eval(), steps, time.monotonic() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--budget", type=float, default=600.0, help="training seconds")
+    parser.add_argument("--instances", type=Path, help="masks are object ids: write <stem>_labels.tif here")
+    args = parser.parse_args()
+    images, masks = load(args.root)
+    if args.instances:
+        masks = [(m > 0).astype(np.int64) for m in masks]  # the foreground of the objects
+    classes = max(2, max(int(m.max()) for m in masks) + 1)
+    model, steps, train_s = train(images, masks, classes, args.budget)
+    result = {"method": "baseline_plain", "steps": steps, "train_s": round(train_s, 1)}
+    test = sorted(p for p in (args.root / "test" / "images").iterdir() if not p.name.startswith("."))
     preds, truths = [], []
     with torch.no_grad():
-        for image, truth in zip(*load(args.root / "test")):
+        for path, image, truth in zip(test, *load(args.root / "test")):
             logits = model(torch.from_numpy(image)[None])
             preds.append(((logits[0, 0] > 0).long() if classes == 2 else logits[0].argmax(0)).numpy())
             truths.append(truth)
+            if args.instances:
+                args.instances.mkdir(parents=True, exist_ok=True)
+                tifffile.imwrite(args.instances / f"{path.stem}_labels.tif", distance_watershed(preds[-1] > 0))
+    if args.instances:
+        truths = [(t > 0).astype(np.int64) for t in truths]
     dice, iou, pooled = score(preds, truths, classes)
-    print(json.dumps({"method": "baseline_plain", "steps": steps, "train_s": round(train_s, 1),
-                      "test/dice": round(dice, 4), "test/iou": round(iou, 4),
-                      "test/dice_pooled": round(pooled, 4)}))  # fmt: skip
+    result.update({"test/dice": round(dice, 4), "test/iou": round(iou, 4), "test/dice_pooled": round(pooled, 4)})
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

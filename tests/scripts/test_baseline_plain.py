@@ -43,3 +43,12 @@ def test_scores_equal_unet_evals(classes):
     counts = confusion_counts(torch.from_numpy(np.stack(preds)), torch.from_numpy(np.stack(truths)), classes)
     scores = overlap_scores(counts)
     assert dice == pytest.approx(scores["dice"].mean().item()) and iou == pytest.approx(scores["iou"].mean().item())
+
+
+def test_distance_watershed_splits_touching_discs():
+    # two discs of radius 8 whose centres are 14 px apart overlap in a neck: one component, two objects
+    yy, xx = np.mgrid[:24, :40]
+    discs = ((yy - 12) ** 2 + (xx - 12) ** 2 <= 64) | ((yy - 12) ** 2 + (xx - 26) ** 2 <= 64)
+    labels = load_script().distance_watershed(discs)
+    assert labels.dtype == np.uint16 and set(np.unique(labels).tolist()) == {0, 1, 2}
+    assert labels[12, 12] != labels[12, 26] and ((labels > 0) == discs).all()
