@@ -3,8 +3,9 @@
 The plain network is what one writes by hand: ``2x[conv3x3x3-BN-ReLU]`` per level, 2x2x2 max-pool,
 2x2x2 transposed conv, concatenated skips, a 1x1x1 head. unet-train's UNet with ``spatial_dims=3``,
 batch norm, transposed upsampling and concatenated skips has the same layers and parameter count, plus
-its pad-to-a-multiple gather and crop. Both take a forward, a BCE-with-logits loss, a backward and an
-Adam step per round; rounds alternate between the two (the order flips every round) so a slow phase
+its pad-to-a-multiple gather and crop; it is timed in NCDHW order and in ``channels_last_3d`` (what
+``trainer.channels_last: auto`` takes where that measures faster). Each takes a forward, a BCE-with-logits
+loss, a backward and an Adam step per round; rounds alternate (the order flips every round) so a slow phase
 of a shared machine hits both, and the medians are compared.
 
     OMP_NUM_THREADS=1 python scripts/bench/plain3d.py --base 8 --depth 3 --size 32 64 64 --rounds 15
@@ -84,12 +85,23 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(args.batch, 1, *args.size, generator=generator).to(device)
     target = (torch.rand(args.batch, 1, *args.size, generator=generator) > 0.5).float().to(device)
+    torch.manual_seed(0)
     models = {
         "plain": PlainUNet3D(base=args.base, depth=args.depth),
         "unet-train": UNet(base_channels=args.base, depth=args.depth, spatial_dims=3),
+        # what trainer.channels_last=auto takes where it measures faster (engine/autotune.py)
+        "unet-train-cl": UNet(base_channels=args.base, depth=args.depth, spatial_dims=3),
     }
     params = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
-    steps = {name: train_step(m.to(device), images, target) for name, m in models.items()}
+    layout = {"unet-train-cl": torch.channels_last_3d}
+    steps = {
+        name: train_step(
+            m.to(device, memory_format=layout.get(name, torch.contiguous_format)),
+            images.contiguous(memory_format=layout.get(name, torch.contiguous_format)),
+            target,
+        )
+        for name, m in models.items()
+    }
     for step in steps.values():  # warm-up: allocator, oneDNN primitive caches
         step()
         step()
@@ -117,6 +129,7 @@ def main() -> None:
         "median_step_s": {name: round(m, 4) for name, m in medians.items()},
         "samples_s": {name: [round(x, 4) for x in s] for name, s in seconds.items()},
         "plain_over_unet_train": round(medians["plain"] / medians["unet-train"], 3),
+        "plain_over_unet_train_channels_last": round(medians["plain"] / medians["unet-train-cl"], 3),
     }
     print(json.dumps(result, indent=1))
 
