@@ -140,7 +140,7 @@ def main() -> None:
             tifffile.imwrite(args.pred / name, pred)
     dice, iou, pooled = score(preds, truths, classes)
     print(json.dumps({"method": "baseline_plain3d", "steps": steps, "train_s": round(train_s, 1),
-                      "final_loss": round(float(loss), 4) if steps else None,
+                      "final_loss": round(float(loss.detach()), 4) if steps else None,
                       "test/dice": round(dice, 4), "test/iou": round(iou, 4),
                       "test/dice_pooled": round(pooled, 4)}))  # fmt: skip
 

@@ -148,11 +148,13 @@ def plan_of(run: Path) -> str:
     """The planned net in a few words, from the run's saved config."""
     import yaml
 
-    (config_file,) = run.glob("outputs/*/*/.hydra/config.yaml")
+    (config_file,) = run.glob("outputs/*/*/resolved_config.yaml")  # after the plan
     cfg = yaml.safe_load(config_file.read_text())
     model, data = cfg["model"], cfg["data"]
     dims = model.get("spatial_dims") or 2
-    return (f"{dims}D w{model.get('base_channels')} d{model.get('depth')} patch {data.get('patch_size')} "
+    if data.get("context_slices"):  # 2.5D: neighbouring planes as channels
+        dims = f"2.5D ({data['context_slices']} planes)"
+    return (f"{dims}{'D' if isinstance(dims, int) else ''} w{model.get('base_channels')} d{model.get('depth')} patch {data.get('patch_size')} "
             f"batch {data.get('batch_size')}")  # fmt: skip
 
 
