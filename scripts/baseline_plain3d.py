@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baseline_plain import score  # noqa: E402  (scripts/ is not a package)
-from bench.plain3d import PlainUNet3D  # noqa: E402
+from baseline_plain import score
+from bench.plain3d import PlainUNet3D
 
 GRID = 8  # 2**depth: every axis of a crop or a forward is a multiple of it
 

@@ -151,11 +151,10 @@ def plan_of(run: Path) -> str:
     (config_file,) = run.glob("outputs/*/*/resolved_config.yaml")  # after the plan
     cfg = yaml.safe_load(config_file.read_text())
     model, data = cfg["model"], cfg["data"]
-    dims = model.get("spatial_dims") or 2
-    if data.get("context_slices"):  # 2.5D: neighbouring planes as channels
-        dims = f"2.5D ({data['context_slices']} planes)"
-    return (f"{dims}{'D' if isinstance(dims, int) else ''} w{model.get('base_channels')} d{model.get('depth')} patch {data.get('patch_size')} "
-            f"batch {data.get('batch_size')}")  # fmt: skip
+    context = data.get("context_slices")  # 2.5D: neighbouring planes as channels
+    kind = f"2.5D ({context} planes)" if context else f"{model.get('spatial_dims') or 2}D"
+    return f"{kind} w{model.get('base_channels')} d{model.get('depth')} patch {data.get('patch_size')} " + (
+        f"batch {data.get('batch_size')}")  # fmt: skip
 
 
 def stack_planes(folder: Path, name: str) -> np.ndarray:
@@ -205,7 +204,8 @@ def run_cell(cell: str, out: Path, side: int | None) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| dataset | budget | load | 3D plan | steps | Dice | 2D plan | steps | Dice | plain 3D: steps | Dice | 3D won |",
+        "| dataset | budget | load | 3D plan | steps | Dice | 2D plan | steps | Dice | plain 3D: steps | Dice "
+        "| 3D won |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
