@@ -161,6 +161,19 @@ def stack_planes(folder: Path, name: str) -> np.ndarray:
     return np.stack([np.asarray(Image.open(p)) for p in sorted(folder.glob(f"{name}_z*.png"))])
 
 
+def count_classes(folder: Path) -> int:
+    """The classes the nets learn from ``folder``'s training and test masks: one absent from the test
+    volumes still counts (scoring 1 where it is not predicted either), as in ``unet-eval``."""
+    masks = [read(path, mask=True) for path in sorted(folder.glob("**/masks/*.tif"))]
+    return max(2, max(int(m.max()) for m in masks) + 1)
+
+
+def score_volumes(volumes: list[np.ndarray], truths: list[np.ndarray], classes: int) -> list[float]:
+    """Dice of each predicted label volume (binary ones written 0/255): mean over the foreground classes."""
+    labels = [(v > 0).astype(np.int64) if classes == 2 else v.astype(np.int64) for v in volumes]
+    return [round(score([p], [t], classes)[0], 4) for p, t in zip(labels, truths)]
+
+
 def run_cell(cell: str, out: Path, side: int | None) -> dict:
     name, budget = cell.split(":")
     data, folder = prepare(name, out, side), out / "runs" / cell.replace(":", "_")
@@ -182,7 +195,7 @@ def run_cell(cell: str, out: Path, side: int | None) -> dict:
     planes_pred, planes_metrics = evaluate(folder / "planes", folder / "planes_eval.log")
     names = sorted(p.stem for p in (data / "vol" / "test" / "masks").glob("*.tif"))
     truths = [read(data / "vol" / "test" / "masks" / f"{n}.tif", mask=True) for n in names]
-    classes = max(2, max(int(t.max()) for t in truths) + 1)
+    classes = count_classes(data / "vol")
     preds = {
         "vol": [tifffile.imread(vol_pred / f"{n}.tif") for n in names],
         "planes": [stack_planes(planes_pred, n) for n in names],
@@ -192,8 +205,7 @@ def run_cell(cell: str, out: Path, side: int | None) -> dict:
     steps = {"vol": vol_metrics["steps"], "planes": planes_metrics["steps"], "plain": plain["steps"]}
     arms = {}
     for arm, volumes in preds.items():
-        labels = [(v > 0).astype(np.int64) if classes == 2 else v.astype(np.int64) for v in volumes]
-        per_volume = [round(score([p], [t], classes)[0], 4) for p, t in zip(labels, truths)]
+        per_volume = score_volumes(volumes, truths, classes)
         arms[arm] = {"steps": steps[arm], "dice": round(float(np.mean(per_volume)), 4), "per_volume": per_volume}
     arms["vol"].update(plan=plan_of(folder / "vol"), eval_dice=round(vol_metrics["test/dice"], 4))
     arms["planes"]["plan"] = plan_of(folder / "planes")

@@ -70,3 +70,20 @@ def test_ct_volumes_and_planes_written_alike(scripts, tmp_path):
     # organs are brighter than the body around them (contrast the nets can learn), air the darkest
     body = (image > 60) & (mask == 0)
     assert image[mask == 1].mean() > image[body].mean() + 5 and image[~body & (mask == 0)].mean() < 60
+
+
+def test_scoring_counts_a_class_missing_from_the_test_volume(scripts, tmp_path):
+    # Five classes learnt, class 4 only in the training masks: an all-background prediction scores 1 on
+    # class 4 and 0 on classes 1-3, 0.25 as unet-eval gives; counting classes from the test masks gave 0.
+    _, bench = scripts
+    for sub, top in (("masks", 4), ("test/masks", 3)):
+        (tmp_path / sub).mkdir(parents=True)
+        tifffile.imwrite(tmp_path / sub / "v.tif", np.arange(top + 1, dtype=np.uint8).reshape(-1, 1, 1) * np.ones(
+            (1, 2, 2), np.uint8))  # fmt: skip
+    truth = tifffile.imread(tmp_path / "test" / "masks" / "v.tif").astype(np.int64)
+    classes = bench.count_classes(tmp_path)
+    assert classes == 5
+    assert bench.score_volumes([np.zeros_like(truth)], [truth], classes) == [0.25]
+    assert bench.score_volumes([truth], [truth], classes) == [1.0]
+    binary = np.array([[[0, 255], [255, 0]]], np.uint8)  # a binary net's labels as unet-eval writes them
+    assert bench.score_volumes([binary], [(binary > 0).astype(np.int64)], 2) == [1.0]
