@@ -152,7 +152,7 @@ def plan_of(run: Path) -> str:
     cfg = yaml.safe_load(config_file.read_text())
     model, data = cfg["model"], cfg["data"]
     context = data.get("context_slices")  # 2.5D: neighbouring planes as channels
-    kind = f"2.5D ({context} planes)" if context else f"{model.get('spatial_dims') or 2}D"
+    kind = f"2.5D (+-{context} planes)" if context else f"{model.get('spatial_dims') or 2}D"
     return f"{kind} w{model.get('base_channels')} d{model.get('depth')} patch {data.get('patch_size')} " + (
         f"batch {data.get('batch_size')}")  # fmt: skip
 
