@@ -148,13 +148,3 @@ def test_isbi_with_context_trains_a_2d_model_on_stacked_slices(isbi_root):
     stack = val[1]["image"].numpy()  # slice 26, the last val slice: its neighbours are 25 and 25 mirrored
     assert np.array_equal(stack[0], stack[2]) and not np.array_equal(stack[0], stack[1])
     assert build_model(cfg.model)(item["image"][None]).shape == (1, 1, 64, 64)
-
-
-def test_a_plan_of_a_2_5d_run_is_refused_in_one_line(tmp_path):
-    from unet_train.plan.planner import make_plan
-
-    root = make_volume_folder(tmp_path / "volumes", count=2)
-    cfg = compose_config(["data=volumes", f"data.root={root}", "data.context_slices=1"])
-    with pytest.raises(ConfigError, match=r"^plan=auto \(unet-plan\) plans 3D runs of volumes; data.context_slices=1"):
-        make_plan(cfg.data, 60.0, "cpu", tmp_path / "plan.yaml", measure=False)
-    assert not (tmp_path / "plan.yaml").exists()

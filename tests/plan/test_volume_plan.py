@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from tests.conftest import compose_config
@@ -18,8 +19,11 @@ from tests.data.volume_folder import ball_volume, make_volume_folder, write_tiff
 from unet_train.build import build_data
 from unet_train.inference.volumes import Volume
 from unet_train.plan.derive import DeviceFacts, plan_yaml
+from unet_train.plan.planner import make_plan
 from unet_train.plan.volume_derive import (
     CROP_VOXELS,
+    choose_dims,
+    derive_section_plan,
     derive_volume_plan,
     preferred_dims,
     validation_block,
@@ -36,6 +40,7 @@ def fingerprint(spacing, smallest, median=None, volumes=10, val=2):
     median = median or smallest
     return {
         "num_images": volumes, "num_volumes": volumes, "num_val_images": val, "val_pixels": val * math.prod(median),
+        "num_planes": volumes * median[0], "num_val_planes": val * median[0],
         "shape": {"min": list(smallest), "median": list(median)}, "spacing": {"median": list(spacing)},
         "anisotropy": max(spacing) / min(spacing),
         "height": {"min": smallest[1], "median": median[1], "max": median[1]},
@@ -96,10 +101,8 @@ def test_the_volume_plan_writes_3d_keys_with_reasons_and_the_schedule():
     assert plan["data.patch_size"].value == [7, 80, 80] and plan["data.batch_size"].value == 2
     assert plan["model.spatial_dims"].value == 3 and plan["model.depth"].value == 4
     assert plan["model.pool_factors"].value == [[1, 2, 2]] * 4
-    assert "data=volumes serves volumes only in this version (2.5D, data.context_slices, would go here)" in (
-        plan["model.spatial_dims"].reason
-    )
-    assert "data.spatial_dims" not in plan  # data=volumes takes no such key
+    assert "anisotropy 12.5" in plan["model.spatial_dims"].reason
+    assert "data.spatial_dims" not in plan  # not asked for: derive_volume_plan is the rule's 3D plan
     # The same time-budgeted schedule as images: width from the timed steps, validation in 10 % of the budget.
     assert plan["model.base_channels"].value == 16 and plan["trainer.val_share"].value == 0.1
     assert plan["trainer.max_time"].value == 600.0 and plan["data.normalize"].value["scheme"] == "percentile"
@@ -150,8 +153,63 @@ def test_the_fingerprint_reads_spacing_from_a_nifti_and_a_tiff_and_samples_plane
     assert fp["num_images"] == 2 and fp["num_val_images"] == 0 and fp["num_classes"] == 2 and fp["val_shape"] is None
 
 
+def test_a_short_anisotropic_stack_gets_a_2_5d_plan_of_its_sections():
+    em = fingerprint((50.0, 4.0, 4.0), (25, 512, 512), (30, 512, 512))  # ISBI-like: 10 stacks, 2 validate
+    dims = choose_dims(em)
+    assert (dims.dims, dims.context) == (2, 1) and "anisotropy 12.5" in dims.reason
+    assert "at an anisotropy of 12.5 (at most 20)" in dims.context_reason
+    plan = {c.key: c for c in derive_section_plan(em, CPU, 600.0, dims)}
+    assert plan["data.spatial_dims"].value == 2 and plan["data.context_slices"].value == 1
+    assert "3 section(s) of 1 channel(s), a 3-channel input" in plan["data.context_slices"].reason
+    assert plan["model.spatial_dims"].value == 2 and "data.pool_factors" not in plan
+    assert plan["model.spatial_dims"].reason == "a 2D UNet on the 300 training and 60 validation sections"
+    # The image planner's geometry of a 512 px section on a CPU: 256 px crops, 5 poolings (8 px bottleneck), 4 per
+    # step; the width from the (3-channel) timed steps; the in_channels key stays the sections' own channels.
+    assert (plan["data.patch_size"].value, plan["model.depth"].value, plan["data.batch_size"].value) == (256, 5, 4)
+    assert plan["data.in_channels"].value == 1 and plan["model.base_channels"].value == 16
+    # Validation of whole sections: 60 of them, each scaled from the timed 512x512 one.
+    timed = DeviceFacts(kind="cpu", name="t", step_seconds={8: 0.1, 16: 0.3}, val_seconds={16: 0.5},
+                        val_pixels=512 * 512)  # fmt: skip
+    planned = {c.key: c for c in derive_section_plan(em, timed, 600.0, dims)}
+    assert "12 of the 60 validation images" in planned["trainer.val_subset"].reason  # 6 s per validation, 10 of them
+    # Extreme anisotropy (a neighbour 25 pixels away) or too few planes: plain 2D on the sections.
+    assert (choose_dims(fingerprint((100.0, 4.0, 4.0), (25, 512, 512))).context,
+            choose_dims(fingerprint((50.0, 4.0, 4.0), (2, 512, 512))).context) == (0, 0)  # fmt: skip
+
+
+def test_the_data_configs_dimensions_win_over_the_rule():
+    em, iso = fingerprint((50.0, 4.0, 4.0), (25, 512, 512)), fingerprint((1.0, 1.0, 1.0), (64, 64, 64))
+    assert choose_dims(iso).dims == 3 and choose_dims(iso).reason.endswith("voxels within 3x of each other, 3D")
+    forced = choose_dims(em, spatial_dims=3)
+    assert forced.dims == 3
+    assert forced.reason.endswith("; data.spatial_dims=3 asks for 3D (data.spatial_dims=2 plans 2D)")
+    asked = choose_dims(iso, context_slices=2)  # the rule says 3D; the user's k is kept
+    assert (asked.dims, asked.context, asked.context_reason) == (2, 2, "data.context_slices=2 as asked")
+    assert (choose_dims(em, spatial_dims=2).dims, choose_dims(em, spatial_dims=2).context) == (2, 0)
+
+
+def test_make_plan_on_volumes_writes_what_the_config_asks_for(tmp_path):
+    root = make_volume_folder(tmp_path / "data", count=3, shape=(8, 16, 16))  # 2 x 0.5 x 0.5: anisotropy 4
+
+    def planned(*overrides):
+        output = tmp_path / f"plan{len(list(tmp_path.glob('plan*.yaml')))}.yaml"
+        cfg = compose_config(["data=volumes", f"data.root={root}", "data.num_workers=0", *overrides])
+        make_plan(cfg.data, 60.0, "cpu", output, measure=False)
+        return yaml.safe_load(output.read_text())
+
+    rule = planned()
+    assert rule["data"]["spatial_dims"] == 2 and rule["data"]["context_slices"] == 1
+    assert rule["model"]["spatial_dims"] == 2 and rule["data"]["patch_size"] == 16
+    assert "pool_factors" not in rule["model"]
+    forced = planned("data.spatial_dims=3")
+    assert forced["data"]["spatial_dims"] == 3 and forced["model"]["spatial_dims"] == 3
+    assert forced["model"]["pool_factors"] == [[1, 2, 2], [2, 2, 2]] and forced["data"]["patch_size"] == [8, 16, 16]
+    mine = planned("data.context_slices=2")  # once refused: now a 2.5D plan with the user's k
+    assert (mine["data"]["spatial_dims"], mine["data"]["context_slices"], mine["model"]["spatial_dims"]) == (2, 2, 2)
+
+
 @pytest.mark.slow
-def test_plan_auto_on_a_folder_of_volumes_plans_3d_and_trains(tmp_path):
+def test_plan_auto_on_a_short_anisotropic_folder_trains_a_2_5d_model(tmp_path):
     root = make_volume_folder(tmp_path / "data", count=3, shape=(8, 16, 16))
     result = subprocess.run(
         [str(BIN / "unet-train"), "data=volumes", f"data.root={root}", "plan=auto", "trainer=cpu",
@@ -162,19 +220,17 @@ def test_plan_auto_on_a_folder_of_volumes_plans_3d_and_trains(tmp_path):
     run = tmp_path / "run"
     plan = yaml.safe_load((run / "experiment" / "plan.yaml").read_text())
     fp = json.loads((run / "fingerprint.json").read_text())
-    assert fp["spacing"]["median"] == [2.0, 0.5, 0.5] and fp["shape"]["min"] == fp["val_shape"] == [8, 16, 16]
-    # z (2 um) waits one pooling of y, x (0.5 -> 1 um); the 16 px sides stop at 4 after two poolings.
-    assert plan["model"]["pool_factors"] == [[1, 2, 2], [2, 2, 2]] and plan["data"]["patch_size"] == [8, 16, 16]
+    assert fp["spacing"]["median"] == [2.0, 0.5, 0.5] and (fp["num_planes"], fp["num_val_planes"]) == (16, 8)
+    # Anisotropy 4 > 3 with 8 planes: a 2D net on the sections, one neighbour on each side.
+    assert (plan["data"]["spatial_dims"], plan["data"]["context_slices"], plan["data"]["patch_size"]) == (2, 1, 16)
     resolved = yaml.safe_load((run / "resolved_config.yaml").read_text())
-    assert resolved["model"]["spatial_dims"] == 3 and resolved["model"]["pool_factors"] == [[1, 2, 2], [2, 2, 2]]
-    assert resolved["data"]["patch_size"] == [8, 16, 16] and resolved["trainer"]["max_time"] == 4.0
-    assert json.loads((run / "metrics.json").read_text())["steps"] >= 1
-    assert (run / "checkpoints" / "best.pt").is_file()
+    assert resolved["model"]["spatial_dims"] == 2 and resolved["data"]["context_slices"] == 1
+    assert resolved["trainer"]["max_time"] == 4.0 and json.loads((run / "metrics.json").read_text())["steps"] >= 1
+    trained = torch.load(run / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
+    assert trained["config"]["model"]["in_channels"] == 3  # the 3 sections of the grey volumes, stacked
 
 
 def test_a_volume_plan_times_3d_steps_and_a_3d_validation_block_and_stops_at_a_width_out_of_memory(monkeypatch):
-    import torch
-
     from unet_train.engine import autotune
     from unet_train.engine import evaluate as evaluate_module
     from unet_train.plan.measure import measure_device

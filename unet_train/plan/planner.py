@@ -22,7 +22,15 @@ from unet_train.errors import ConfigError
 from unet_train.plan.derive import Choice, DeviceFacts, derive_plan, geometry, plan_yaml
 from unet_train.plan.measure import measure_device
 from unet_train.plan.objects import image_fingerprint
-from unet_train.plan.volume_derive import derive_volume_plan, validation_block, volume_layout
+from unet_train.plan.volume_derive import (
+    choose_dims,
+    derive_section_plan,
+    derive_volume_plan,
+    section_fingerprint,
+    section_size,
+    validation_block,
+    volume_layout,
+)
 from unet_train.plan.volume_fingerprint import is_volume_data, volume_fingerprint
 from unet_train.safe_io import write_atomic
 from unet_train.trust import check_config, check_plan_keys, check_plan_sizes, read_yaml
@@ -111,24 +119,29 @@ def make_plan(
     device = resolve_device(device_name)
     kind = "cuda" if device.type == "cuda" else "cpu"
     derive: Callable[[DeviceFacts], list[Choice]]
-    if getattr(data, "from_sections", False):  # 2D and 2.5D runs on volumes: planned as 3D only in this version
-        context = getattr(data, "context_slices", 0)
-        raise ConfigError(
-            f"plan=auto (unet-plan) plans 3D runs of volumes; data.context_slices={context} and data.spatial_dims=2 "
-            "runs are not planned yet: drop the plan, or plan the 3D run (data.context_slices=0)."
-        )
-    if is_volume_data(data):  # volumes: spacing, shapes and a 3D crop with pooling per axis (volume_derive.py)
+    channels: int | None = None  # the timed net's input channels (a 2.5D net's: the sections' stacked)
+    if is_volume_data(data) or getattr(data, "from_sections", False):  # volumes, also served as sections
         fingerprint = volume_fingerprint(data)
-        layout = volume_layout(fingerprint, kind)
-        shape: dict[str, Any] = {
-            "patch": layout.patch,
-            "depth": layout.depth,
-            "batch": layout.batch,
-            "pool_factors": layout.pool_factors,
-            "val_size": validation_block(fingerprint, layout),
-        }
-        dims_key = data_cfg.get("spatial_dims") is not None  # data=isbi sets it; data=volumes leaves it null (3D)
-        derive = functools.partial(derive_volume_plan, fingerprint, budget_s=budget_s, layout=layout, dims_key=dims_key)
+        # The dims the data config asks for (data.spatial_dims, data.context_slices), else the rule's.
+        dims = choose_dims(fingerprint, data_cfg.get("spatial_dims"), int(getattr(data, "context_slices", 0)))
+        if dims.dims == 2:  # sections as images: the image planner's geometry on the in-plane shapes
+            patch, depth, batch = geometry(section_fingerprint(fingerprint), kind)
+            shape: dict[str, Any] = {"patch": patch, "depth": depth, "batch": batch}
+            shape["val_size"] = section_size(fingerprint)  # whole sections are validated
+            channels = (2 * dims.context + 1) * max(fingerprint["channels"])
+            derive = functools.partial(derive_section_plan, fingerprint, budget_s=budget_s, dims=dims)
+        else:  # spacing, shapes and a 3D crop with pooling per axis (volume_derive.py)
+            layout = volume_layout(fingerprint, kind)
+            shape = {
+                "patch": layout.patch,
+                "depth": layout.depth,
+                "batch": layout.batch,
+                "pool_factors": layout.pool_factors,
+                "val_size": validation_block(fingerprint, layout),
+            }
+            dims_key = data_cfg.get("spatial_dims") is not None  # data=isbi sets it; data=volumes leaves it null
+            derive = functools.partial(derive_volume_plan, fingerprint, budget_s=budget_s, layout=layout,
+                                       dims_key=dims_key)  # fmt: skip
     else:
         fingerprint = image_fingerprint(data)  # of instance labels: with the target planned from the objects
         patch, depth, batch = geometry(fingerprint, kind)
@@ -142,7 +155,7 @@ def make_plan(
     facts = (
         measure_device(
             device,
-            max(fingerprint["channels"]),
+            channels or max(fingerprint["channels"]),
             fingerprint["num_classes"],
             budget_s=budget_s,
             run_cfg=run_cfg,

@@ -13,11 +13,16 @@ The rules (each plan's comments quote them with its own figures), nnU-Net's idea
   pooling). Small volumes give small crops and more of them per step (``batch``), up to ``MAX_BATCH``.
 * **2D / 2.5D or 3D**: above an anisotropy of ``ANISOTROPY_2D`` (coarsest over finest median voxel side, the
   coarse axis being z) with fewer than ``FEW_PLANES`` planes per volume, a 3D net sees z only through a
-  few unpooled planes and learns from fewer distinct crops than a 2D net has planes: 2D (or 2.5D, the
-  neighbouring planes as channels) is preferred. Otherwise 3D. The preference is applied where the data
-  config leaves the dimensions open and can serve planes; ``data=volumes`` serves only volumes in this
-  version and a config that sets ``data.spatial_dims=3`` (``data=isbi``) asked for 3D, so those plans stay
-  3D with in-plane pooling first and say what the rule would choose.
+  few unpooled planes and learns from fewer distinct crops than a 2D net has planes: a 2D net on the sections
+  is planned (:func:`derive_section_plan`), seeing ``CONTEXT`` neighbouring section on each side as channels
+  (2.5D), or none (plain 2D) where the smallest volume has fewer than ``2 * CONTEXT + 1`` planes or the
+  anisotropy is above ``EXTREME_ANISOTROPY`` (a neighbour that far away shows other structures). Otherwise 3D.
+  A data config that states the dimensions is planned as it asks (:func:`choose_dims`): ``data.spatial_dims=3``
+  (``data=isbi data.spatial_dims=3`` too) in 3D, ``data.spatial_dims=2`` or ``data.context_slices=k`` in 2D
+  with that ``k``.
+* **2D and 2.5D geometry**: the image planner's (:mod:`unet_train.plan.derive`) on the sections seen as images
+  (:func:`section_fingerprint`): the crop ``[y, x]``, depth and batch from the in-plane shapes, the width from
+  2D steps timed with ``(2k + 1) * C`` input channels, validation of whole sections.
 """
 
 from __future__ import annotations
@@ -26,10 +31,12 @@ import math
 from dataclasses import dataclass
 
 from unet_train.models.anisotropy import pool_factors_for_spacing
-from unet_train.plan.derive import Choice, DeviceFacts, data_choices, label_choices, schedule_choices
+from unet_train.plan.derive import Choice, DeviceFacts, data_choices, derive_plan, label_choices, schedule_choices
 
 ANISOTROPY_2D = 3.0  # coarsest / finest voxel side above which 2D (2.5D) is preferred ...
 FEW_PLANES = 64  # ... when the volumes hold fewer planes than this (median)
+CONTEXT = 1  # a 2.5D plan's sections on each side of the centre one: 3 sections, only the first layer is wider
+EXTREME_ANISOTROPY = 20.0  # above this a neighbouring section is as far away as 20+ pixels: plain 2D (no context)
 MIN_BOTTLENECK = 4  # voxels of context the deepest level keeps per axis
 MAX_DEPTH = 5
 # One crop: 16x64x64 (or 40^3) on a CPU, 128^3 on a GPU. A 3x3x3 convolution costs 3x a 3x3 one per voxel, so a
@@ -70,6 +77,74 @@ def preferred_dims(fp: dict) -> tuple[int, str]:
     return 3, f"{figures}: voxels within {ANISOTROPY_2D:g}x of each other, 3D"
 
 
+@dataclass(frozen=True)
+class Dims:
+    """The dimensions of a volume plan: 3 (a 3D UNet) or 2 (a 2D UNet on the sections, ``context`` neighbouring
+    sections on each side as channels), with the reasons the plan's comments quote."""
+
+    dims: int
+    context: int
+    reason: str
+    context_reason: str = ""
+
+
+def choose_dims(fp: dict, spatial_dims: int | None = None, context_slices: int = 0) -> Dims:
+    """What the data config asks for (``data.spatial_dims``, ``data.context_slices``), else the rule
+    (:func:`preferred_dims`, :func:`context_for`)."""
+    rule, why = preferred_dims(fp)
+    if spatial_dims == 3:
+        asked = "; data.spatial_dims=3 asks for 3D (data.spatial_dims=2 plans 2D)" if rule == 2 else ""
+        return Dims(3, 0, why + asked)
+    if spatial_dims == 2 or context_slices:
+        asked = f"data.context_slices={context_slices}" if context_slices else "data.spatial_dims=2"
+        return Dims(2, context_slices, f"{why}; {asked} asks for a 2D net on the sections", f"{asked} as asked")
+    if rule == 3:
+        return Dims(3, 0, why)
+    context, context_reason = context_for(fp)
+    return Dims(2, context, why, context_reason)
+
+
+def context_for(fp: dict) -> tuple[int, str]:
+    """``data.context_slices`` of a plan the rule made 2D: ``CONTEXT`` unless planes are few or far apart."""
+    planes, ratio = int(fp["shape"]["min"][0]), float(fp["anisotropy"])
+    if planes < 2 * CONTEXT + 1:
+        return 0, (f"the smallest volume has {planes} plane(s): the neighbours would be mirrored copies of the "
+                   "centre; plain 2D")  # fmt: skip
+    if ratio > EXTREME_ANISOTROPY:
+        return 0, (f"neighbouring sections lie {ratio:.0f} pixels apart (over {EXTREME_ANISOTROPY:g}): a neighbour "
+                   "shows other structures; plain 2D")  # fmt: skip
+    return CONTEXT, (f"{CONTEXT} section on each side: at an anisotropy of {ratio:.1f} (at most "
+                     f"{EXTREME_ANISOTROPY:g}) a neighbour still shows the centre's structures, and the "
+                     f"{2 * CONTEXT + 1} sections widen only the first convolution's input")  # fmt: skip
+
+
+def section_fingerprint(fp: dict) -> dict:
+    """The volume fingerprint seen as 2D images, one per section (training and validation), for the image planner;
+    ``height``/``width`` are already the in-plane sides, and ``val_pixels`` the sections' pixels."""
+    return {**fp, "num_images": fp["num_planes"], "num_val_images": fp["num_val_planes"]}
+
+
+def section_size(fp: dict) -> tuple[int, int]:
+    """The median validation section ``(y, x)`` (else the training one), validated whole."""
+    median = fp.get("val_shape") or fp["shape"]["median"]
+    return int(median[1]), int(median[2])
+
+
+def derive_section_plan(fp: dict, device: DeviceFacts, budget_s: float, dims: Dims) -> list[Choice]:
+    """The 2D (2.5D) plan of a volume fingerprint: the image plan of its sections (:func:`section_fingerprint`;
+    ``device``'s steps timed with ``(2k + 1) * C`` channels) and the dimensions' keys."""
+    sections = 2 * dims.context + 1
+    channels = max(fp["channels"])
+    planes = f"{fp['num_planes']} training and {fp['num_val_planes']} validation sections"
+    return [
+        Choice("data.spatial_dims", 2, dims.reason),
+        Choice("data.context_slices", dims.context, f"{dims.context_reason}: {sections} section(s) of {channels} "
+               f"channel(s), a {sections * channels}-channel input (what the plan times)"),
+        Choice("model.spatial_dims", 2, f"a 2D UNet on the {planes}"),
+        *derive_plan(section_fingerprint(fp), device, budget_s),
+    ]  # fmt: skip
+
+
 def volume_layout(fp: dict, kind: str) -> VolumeLayout:
     """The crop, the pooling per axis and the batch for the fingerprint's volumes on a ``kind`` device."""
     spacing, smallest = fp["spacing"]["median"], [int(s) for s in fp["shape"]["min"]]
@@ -101,13 +176,9 @@ def validation_block(fp: dict, layout: VolumeLayout) -> tuple[int, int, int]:
 def derive_volume_plan(
     fp: dict, device: DeviceFacts, budget_s: float, layout: VolumeLayout, dims_key: bool = False
 ) -> list[Choice]:
-    """The 3D training plan for a volume fingerprint; ``dims_key``: the data config takes ``data.spatial_dims``."""
-    dims, why = preferred_dims(fp)
+    """The 3D training plan for a volume fingerprint; ``dims_key``: ``data.spatial_dims=3`` was asked for (written)."""
+    why = choose_dims(fp, 3 if dims_key else None).reason
     choices = data_choices(fp)
-    if dims == 2 and dims_key:
-        why += "; data.spatial_dims=3 asks for 3D (data.spatial_dims=2 plans 2D)"
-    elif dims == 2:
-        why += "; data=volumes serves volumes only in this version (2.5D, data.context_slices, would go here): 3D"
     if dims_key:
         choices.append(Choice("data.spatial_dims", 3, why))
     voxels = math.prod(layout.patch)

@@ -121,6 +121,8 @@ def compute_volume_fingerprint(
         "foreground_share": {**_stats(foreground), "mean": float(np.mean(foreground))},
         "foreground_share_per_image": dict(zip(names, foreground)),
         "num_val_images": len(val),
+        "num_planes": int(shapes[:, 0].sum()),  # sections: the images of a 2D or 2.5D plan (volume_derive.py)
+        "num_val_planes": int(sum(case.shape[0] for case in val)),
         # the validation volumes' median shape: a validation's time per voxel depends on it (few planes cost more)
         "val_shape": [int(v) for v in np.median([case.shape[:3] for case in val], axis=0)] if val else None,
         "val_pixels": int(sum(case.voxels for case in val)),  # voxels one validation pass reads
