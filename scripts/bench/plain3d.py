@@ -96,7 +96,7 @@ def main() -> None:
     layout = {"unet-train-cl": torch.channels_last_3d}
     steps = {
         name: train_step(
-            m.to(device, memory_format=layout.get(name, torch.contiguous_format)),
+            m.to(device).to(memory_format=layout.get(name, torch.contiguous_format)),  # type: ignore[call-overload]
             images.contiguous(memory_format=layout.get(name, torch.contiguous_format)),
             target,
         )
