@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -150,3 +153,16 @@ def test_a_too_small_budget_names_the_fix():
     predictor = TiledPredictor(random_unet(depth=2), tile_size=None, memory=4096)
     with pytest.raises(ConfigError, match=r"^A forward pass may take 0.00391 MiB \(tile_memory\): .* set tile_size.$"):
         predictor.predict(smooth_image(70, 90))
+
+
+def test_measuring_a_forward_does_not_import_dynamo():
+    """Entering a TorchDispatchMode imported torch._dynamo (4-9 s on 2 cores) at each run's first validation."""
+    code = (
+        "import sys, torch\n"
+        "from unet_train.inference.budget import forward_bytes_per_pixel\n"
+        "forward_bytes_per_pixel(torch.nn.Conv2d(1, 2, 3), torch.rand(1, 1, 16, 16))\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

@@ -41,6 +41,12 @@ MAX_AUTO_BATCH = 16
 class _LiveBytes(TorchDispatchMode):
     """Counts the bytes of the tensors alive during a forward pass (each storage once) and their peak."""
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # torch wraps a mode's __torch_dispatch__ to keep Dynamo out of it, and that import of torch._dynamo cost
+        # 4-9 s at the first validation of every run (and at unet-predict's start); nothing here is compiled.
+        return False
+
     def __init__(self) -> None:
         super().__init__()
         self.live: dict[int, list[int]] = {}  # storage address -> [bytes, tensors holding it]
