@@ -5,7 +5,8 @@ sigmoid per offset of ``data.affinity_offsets`` (:mod:`unet_train.objects.heads`
 cross-entropy is averaged over its own counted pairs (the neighbour inside the image, neither pixel unlabelled:
 the target holds 255 elsewhere, :class:`unet_train.data.instances.InstanceTarget`), then the channels are
 averaged, so a long offset with fewer counted pairs weighs as much as a short one. ``dice_weight`` adds a soft
-Dice per channel over the same pairs (it counts the rare 0-affinities of space-filling labels more).
+Dice per channel of the 0-affinities (the cuts) over the same pairs: it weighs the rare pairs that separate
+objects as much as the many inside them.
 """
 
 from __future__ import annotations
@@ -52,8 +53,10 @@ class ForegroundAffinityLoss(nn.Module):
         bce = F.binary_cross_entropy_with_logits(aff_logits, truth, reduction="none")
         term = ((bce * valid).sum(dims) / counted).mean()
         if self.dice_weight:
-            prob = torch.sigmoid(aff_logits) * valid
-            overlap = (prob * truth).sum(dims)
-            dice = (2 * overlap + 1) / (prob.sum(dims) + truth.sum(dims) + 1)
+            # of the 0-affinities (the cuts between objects and to the background): the rare, decisive pairs
+            cut = (1 - torch.sigmoid(aff_logits)) * valid
+            truth_cut = (1 - truth) * valid
+            overlap = (cut * truth_cut).sum(dims)
+            dice = (2 * overlap + 1) / (cut.sum(dims) + truth_cut.sum(dims) + 1)
             term = term + self.dice_weight * (1 - dice).mean()
         return loss + self.affinity_weight * term

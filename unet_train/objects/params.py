@@ -84,7 +84,10 @@ def outputs_of(target: str, probabilities: NDArray, offsets: list[tuple[int, ...
     if target == "affinities":  # the foreground's sigmoid, then one affinity per offset
         if offsets is None or len(offsets) != len(probabilities) - 1:
             raise ValueError(f"{len(probabilities) - 1} affinity maps need as many offsets (given {offsets})")
-        return {"foreground": probabilities[0], "affinities": probabilities[1:], "offsets": offsets}
+        # components join face neighbours only: a longer offset's edge would jump over a thin boundary (a membrane)
+        short = [k for k, offset in enumerate(offsets) if sum(map(abs, offset)) == 1] or list(range(len(offsets)))
+        affinities = probabilities[1:][short]
+        return {"foreground": probabilities[0], "affinities": affinities, "offsets": [offsets[k] for k in short]}
     raise ValueError(f"no post-processing for target {target!r}")
 
 
