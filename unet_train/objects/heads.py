@@ -36,7 +36,7 @@ def affinity_offsets(data: Mapping[str, Any] | None) -> list[tuple[int, ...]]:
                 f"data.affinity_offsets holds {offset!r}; each offset is a list of 2 (or 3, volumes) whole numbers, "
                 "not all 0, as long as the others, e.g. [[-1, 0], [0, -1], [-3, 0], [0, -3]]."
             )
-        out.append(tuple(values))
+        out.append(tuple(int(v) for v in values))
     if len(set(out)) != len(out):
         raise ConfigError(f"data.affinity_offsets lists an offset twice ({[list(o) for o in out]}); give each once.")
     return out
