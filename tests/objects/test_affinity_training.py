@@ -20,7 +20,7 @@ from unet_train.metrics.objects import object_scores
 
 from ..conftest import compose_config
 from .discs import write_discs
-from .test_training import disc_overrides
+from .test_training import disc_overrides, evaluate
 
 # a threshold of 0.02 joins every pair of touching discs into one object (F1 0) until the tuning
 BAD_THRESHOLD = 0.02
@@ -69,6 +69,14 @@ def test_predict_uses_the_tuned_threshold_and_refuses_tta(trained, tmp_path, cap
         "directions); run with tta=false."
     )
     assert not (tmp_path / "tta").exists()
+
+
+@pytest.mark.slow
+def test_eval_scores_the_objects_with_the_tuned_threshold(trained, tmp_path):
+    """unet-eval reads the offsets and the tuned threshold from the checkpoint: validation's tuned F1 again."""
+    _, run_dir, metrics = trained
+    scores, _ = evaluate(run_dir / "checkpoints" / "best.pt", tmp_path / "a", "save_predictions=false")
+    assert scores["val/f1_50"] == pytest.approx(metrics["tuned/f1_50"], abs=1e-6)
 
 
 def test_the_loss_by_hand_on_a_3x3_case():
