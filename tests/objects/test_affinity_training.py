@@ -104,3 +104,19 @@ def test_the_target_leaves_out_pairs_at_the_border_and_next_to_unlabelled_pixels
     np.testing.assert_array_equal(extras["affinities"][0], [[i, i, i], [1, i, 1], [0, i, 1]])
     np.testing.assert_array_equal(extras["affinities"][1], [[i, 1, 0], [i, i, i], [i, 0, 0]])
     assert kept[1, 1] == 0
+
+
+def test_the_bioimageio_package_names_the_foreground_and_each_offset(trained, tmp_path):
+    pytest.importorskip("bioimageio.spec", reason='needs pip install "unet-train[export]"')
+    from unet_train.export.bioimageio import PackageInfo, build_package, raw_to_nchw
+    from unet_train.export.model import load_export_model
+
+    root, run_dir, _ = trained
+    exported = load_export_model(run_dir / "checkpoints" / "best.pt")
+    raw = tifffile.imread(sorted((root / "masks").iterdir())[0]).astype(np.uint8)  # any 64 px image will do
+    info = PackageInfo(name="affinities model", description="a test", authors=[{"name": "t"}])
+    (tmp_path / "pkg").mkdir()
+    output = build_package(exported, raw_to_nchw(raw), tmp_path / "pkg", info, {}, None)["outputs"][0]
+    assert output["postprocessing"] == [{"id": "sigmoid"}]
+    names = ["foreground", "affinity_-1_0", "affinity_0_-1", "affinity_-3_0", "affinity_0_-3"]
+    assert output["axes"][1]["channel_names"] == names
