@@ -120,3 +120,7 @@ def test_the_bioimageio_package_names_the_foreground_and_each_offset(trained, tm
     assert output["postprocessing"] == [{"id": "sigmoid"}]
     names = ["foreground", "affinity_-1_0", "affinity_0_-1", "affinity_-3_0", "affinity_0_-3"]
     assert output["axes"][1]["channel_names"] == names
+    assert (
+        "4 affinity maps, one per neighbour offset [[-1, 0], [0, -1], [-3, 0], [0, -3]]"
+        in (tmp_path / "pkg" / "README.md").read_text()
+    )
