@@ -124,3 +124,18 @@ def test_the_bioimageio_package_names_the_foreground_and_each_offset(trained, tm
         "4 affinity maps, one per neighbour offset [[-1, 0], [0, -1], [-3, 0], [0, -3]]"
         in (tmp_path / "pkg" / "README.md").read_text()
     )
+
+
+def test_an_ensemble_of_affinities_models_of_other_offsets_is_refused_in_one_line():
+    from unet_train.errors import CheckpointError
+    from unet_train.predict_files import check_ensemble
+
+    a = {"in_channels": 1, "num_classes": 2, "labels": "instances", "target": "affinities"}  # the default offsets
+    b = {**a, "affinity_offsets": [[-1, 0], [0, -1], [-2, 0], [0, -2]]}
+    check_ensemble(["a.pt", "b.pt"], [a, {**a, "affinity_offsets": [[-1, 0], [0, -1], [-3, 0], [0, -3]]}])
+    with pytest.raises(CheckpointError) as caught:
+        check_ensemble(["a.pt", "b.pt"], [a, b])
+    assert str(caught.value) == (
+        "ckpt ensemble: b.pt has data.affinity_offsets=[[-1, 0], [0, -1], [-2, 0], [0, -2]] but a.pt has "
+        "[[-1, 0], [0, -1], [-3, 0], [0, -3]]; an ensemble needs models of the same inputs and classes."
+    )
