@@ -18,6 +18,7 @@ from unet_train.data.limits import available_memory
 from unet_train.data.sections import check_context_slices
 from unet_train.errors import ConfigError, UserError
 from unet_train.losses import DeepSupervisionLoss
+from unet_train.losses.affinities import ForegroundAffinityLoss
 from unet_train.losses.distance import ForegroundDistanceLoss
 from unet_train.models.anisotropy import pool_factors_for_spacing
 from unet_train.objects.heads import class_channels, extra_channels
@@ -70,7 +71,7 @@ def resolve_data_config(cfg: DictConfig, data: SegmentationData) -> None:
                 "data.device_augment augments masks after the instance target was drawn from the object ids; "
                 "set data.device_augment=null to train on instance labels (the workers augment the ids)."
             )
-        extra = extra_channels(target)
+        extra = extra_channels(target, cfg.data)
         if extra and "out_channels" in cfg.model:  # the target's maps after the class logits (objects/heads.py)
             cfg.model.out_channels = (1 if data.num_classes <= 2 else data.num_classes) + extra
         if getattr(data, "spatial_dims", 2) == 3:
@@ -136,8 +137,9 @@ def build_loss(cfg: DictConfig) -> nn.Module:
     """The loss of ``cfg.loss``, with the distance target's regression term (``data.target=distance``), wrapped in
     DeepSupervisionLoss when the model is deeply supervised."""
     loss = _instantiate(cfg.loss, "loss")
-    if class_channels(cfg.data) is not None:  # data.target=distance: the class loss scores the foreground logit
-        loss = ForegroundDistanceLoss(loss)
+    if class_channels(cfg.data) is not None:  # distance, affinities: the class loss scores the foreground logit
+        affinities = str(cfg.data.get("target")) == "affinities"
+        loss = ForegroundAffinityLoss(loss) if affinities else ForegroundDistanceLoss(loss)
     if cfg.model.get("deep_supervision", False):
         loss = DeepSupervisionLoss(loss, cfg.get("deep_supervision_weights"))
     return loss

@@ -44,7 +44,7 @@ from unet_train.inference import TTALogits
 from unet_train.inference.budget import parse_memory
 from unet_train.inference.tiling import fold_batchnorm
 from unet_train.metrics import predict_labels
-from unet_train.objects.heads import class_channels
+from unet_train.objects.heads import affinity_offsets, check_tta, class_channels
 from unet_train.objects.params import smallest_dtype
 from unet_train.overrides import apply_overrides, eval_data_overrides, hold_eval_data_overrides
 from unet_train.safe_io import confined, make_folder, write_atomic, write_csv, write_png
@@ -64,6 +64,7 @@ def eval_data_config(cfg: DictConfig, stored: DictConfig) -> DictConfig:
                     data[key] = stored.data.get(key)
             if instance_target(stored.data) and data.get("labels") == "auto":  # its masks hold ids as in training
                 data.labels, data.target = "instances", stored.data.target
+                data.affinity_offsets = stored.data.get("affinity_offsets")  # the model's, whatever the data says
             # The model takes inputs normalised as in training: the checkpoint's scheme and statistics.
             data.normalize = stored.data.get("normalize")
             if stored.data.get("context_slices"):  # a 2.5D model takes its neighbouring sections as in training
@@ -120,7 +121,9 @@ def object_report(
         tifffile.imwrite(encoded, smallest_dtype(labels))
         write_atomic(folder / f"{name}_labels.tif", encoded.getvalue(), root=folder.parent)
 
-    return ObjectReport(target, params, EVAL_METRICS, save if folder is not None else None, class_channels(stored.data))
+    on_labels = save if folder is not None else None
+    offsets = affinity_offsets(stored.data)
+    return ObjectReport(target, params, EVAL_METRICS, on_labels, class_channels(stored.data), offsets)
 
 
 def format_table(rows: dict[str, float]) -> str:
@@ -151,6 +154,7 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     # Batch norms folded into their convolutions: the same results, one pass less per layer (as unet-predict).
     model = fold_batchnorm(model.eval()).to(runtime.device)
     classes = class_channels(stored.data)  # the leading class channels; the rest a target's maps (distance)
+    check_tta(stored.data, bool(cfg.get("tta", False)))
     if cfg.get("tta", False):
         model = TTALogits(model, classes)
 

@@ -55,7 +55,7 @@ from unet_train.inference.sources import (
     is_chunked_input,
     open_volume,
 )
-from unet_train.objects.heads import class_channels, extra_channels
+from unet_train.objects.heads import affinity_offsets, check_tta, class_channels, extra_channels
 from unet_train.objects.params import instance_target, smallest_dtype
 from unet_train.overrides import require_sweep_extra
 from unet_train.predict_files import (
@@ -174,6 +174,7 @@ def _predict_all(
 ) -> list[Path]:
     from unet_train.volume_predict import check_volume_output, predict_volumes, split_inputs, tile_setting  # cyclic
 
+    check_tta(stored.data, bool(cfg.tta))
     in_channels = int(stored.data.in_channels)
     runtime = make_runtime(dist.device, cfg.trainer.precision, cfg.trainer.channels_last, deterministic=False)
     spatial_dims = int(stored.model.get("spatial_dims", 2))
@@ -222,7 +223,7 @@ def _predict_all(
     check_volume_output(out, to_zarr and as_volumes and spatial_dims == 2)
     target = instance_target(stored.data)  # an instance model always writes its instances
     classes = int(stored.data.num_classes)
-    classes = (1 if classes <= 2 else classes) + extra_channels(target)  # the channels stored: the target's maps too
+    classes = (1 if classes <= 2 else classes) + extra_channels(target, stored.data)  # with the target's maps
     method = resolve_method(str(cfg.instance_method), stored.data) if cfg.instances or target else None
     params = params_for(cfg, target, stored.get("tuned_postprocess")) if target else None
     if params is not None:
@@ -307,7 +308,8 @@ def predict_store(
         )
     if method is not None:
         halo = int(cfg.instance_halo)
-        label_chunks(result, method, float(cfg.threshold), int(cfg.min_distance), halo, dist, params)
+        offsets = affinity_offsets(inputs[0])
+        label_chunks(result, method, float(cfg.threshold), int(cfg.min_distance), halo, dist, params, offsets)
     return store
 
 
@@ -335,12 +337,12 @@ def predict_in_memory(
 
     _, height, width, _ = volume.shape
     plane = predictor.for_shape(height, width)  # tile_size=null: the whole plane where it fits tile_memory
-    threshold = float(cfg.threshold)
+    threshold, min_distance, offsets = float(cfg.threshold), int(cfg.min_distance), affinity_offsets(inputs[0])
 
     def planes() -> Any:
         for z in range(volume.depth):
             prob = plane.predict(model_input(volume.read(z, 0, height, 0, width)), on_tiles=on_tiles)
-            labels = instance_labels(prob.numpy(), method, threshold, int(cfg.min_distance), params) if method else None
+            labels = instance_labels(prob.numpy(), method, threshold, min_distance, params, offsets) if method else None
             yield prob, labels
 
     if not volume.has_z:

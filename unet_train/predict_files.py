@@ -21,6 +21,7 @@ from unet_train.inference.sources import (
     is_chunked_input,
     is_zarr_path,
 )
+from unet_train.objects.heads import affinity_offsets
 from unet_train.objects.params import instance_target
 from unet_train.safe_io import cleared, confined
 
@@ -129,14 +130,23 @@ def written_whole(files: Sequence[Path]) -> Iterator[list[Path]]:
         os.replace(temp, final)
 
 
+def _ensemble_fact(data: Mapping[str, Any], key: str) -> Any:
+    if key == "target":
+        return instance_target(data)
+    if key == "affinity_offsets":
+        return [list(o) for o in affinity_offsets(data)] if instance_target(data) == "affinities" else None
+    return data.get(key)
+
+
 def check_ensemble(paths: Sequence[str], data: Sequence[Mapping[str, Any]]) -> None:
     """Refuse an ensemble whose models' data configs differ in channels, classes or instance target (each of
-    which changes what the outputs' channels mean), naming the first checkpoint that differs."""
+    which changes what the outputs' channels mean) or in affinity offsets, naming the first checkpoint that differs."""
     first = data[0]
     for path, other in zip(paths[1:], data[1:]):
-        for key in ("in_channels", "num_classes", "target"):
-            # the target of an instance model (its output channels), None for a model of classes
-            mine, theirs = (instance_target(d) if key == "target" else d.get(key) for d in (other, first))
+        for key in ("in_channels", "num_classes", "target", "affinity_offsets"):
+            # the target of an instance model (its output channels), None for a model of classes; an affinities
+            # model's offsets (what each of its maps means)
+            mine, theirs = (_ensemble_fact(d, key) for d in (other, first))
             if mine != theirs:
                 raise CheckpointError(
                     f"ckpt ensemble: {path} has data.{key}={mine} but {paths[0]} has "

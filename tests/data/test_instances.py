@@ -107,7 +107,14 @@ def test_a_number_of_classes_keeps_masks_as_classes():
         ({"labels": "instances", "num_classes": 2}, "data.num_classes=2 does not fit data.labels=instances with "
          "data.target=boundary, whose model predicts 3 classes; set data.num_classes=3 or auto."),
         ({"labels": "objects"}, "data.labels='objects' must be classes"),
-        ({"labels": "instances", "target": "affinities"}, "data.target=affinities is not wired into training yet"),
+        ({"labels": "instances", "target": "affinities", "affinity_offsets": [[-1, 0], [0, 0]]},
+         "data.affinity_offsets holds [0, 0]; each offset is a list of 2 (or 3, volumes) whole numbers, not all 0"),
+        ({"labels": "instances", "target": "affinities", "affinity_offsets": [[-1, 0], [-1.5, 0]]},
+         "data.affinity_offsets holds [-1.5, 0]; each offset"),
+        ({"labels": "instances", "target": "affinities", "affinity_offsets": [[-1, 0], [0, -1, 0]]},
+         "data.affinity_offsets holds [0, -1, 0]; each offset"),
+        ({"labels": "instances", "target": "affinities", "affinity_offsets": [[-1, 0], [-1, 0]]},
+         "data.affinity_offsets lists an offset twice ([[-1, 0], [-1, 0]]); give each once."),
         ({"labels": "instances", "target": "distance", "num_classes": 3}, "data.num_classes=3 does not fit "
          "data.labels=instances with data.target=distance, whose model predicts 2 classes; set data.num_classes=2"),
         ({"labels": "instances", "target": "centroids"}, "data.target='centroids' is not known; choose one"),

@@ -74,6 +74,30 @@ def test_affinity_target_round_trips(make):
     assert same_partition(labels, from_affinities(affs.astype(np.float32), offsets, labels > 0))
 
 
+@pytest.mark.parametrize("make", [scene_2d, scene_3d])
+def test_affinity_target_with_long_offsets_and_unlabelled_pixels_round_trips(make):
+    """The default offsets (long ones too) and an unlabelled band: the post-processing of the item's maps (via the
+    channels it keeps, outputs_of) gives back the labels outside the band, touching and one-pixel objects too."""
+    from unet_train.data.instances import InstanceTarget
+    from unet_train.labels import IGNORE_INDEX
+    from unet_train.objects import params as pp
+
+    labels = make()
+    # the last offset points into the band from the labelled pixels before it
+    offsets = [(-1, 0), (0, -1), (-3, 0), (0, 2)] if labels.ndim == 2 else [*nearest_offsets(3), (0, 0, 2)]
+    ids = labels.astype(np.float32)
+    ids[..., -2:] = IGNORE_INDEX  # an unlabelled band along the last axis
+    classes, kept, extras = InstanceTarget("affinities", offsets)(ids)
+    affs = extras["affinities"]
+    band = ids == IGNORE_INDEX
+    assert (affs[:, band] == IGNORE_INDEX).all() and (classes[band] == IGNORE_INDEX).all()
+    # pairs that reach into the band are left out, the others (inside the image) counted
+    assert (affs[-1][..., -4:-2] == IGNORE_INDEX).all() and (affs[-1][..., :-4] != IGNORE_INDEX).all()
+    prob = np.concatenate([(kept > 0)[None], np.where(affs == IGNORE_INDEX, 0, affs)]).astype(np.float32)
+    labels_back = pp.instances("affinities", prob, {"threshold": 0.5, "min_size": 1}, offsets)
+    assert same_partition(np.where(band, 0, labels), labels_back)
+
+
 def test_boundary_classes_on_a_hand_built_case():
     labels = np.zeros((5, 8), dtype=np.int32)
     labels[1:4, 1:4] = 1
@@ -208,3 +232,17 @@ def test_the_distance_item_and_model_outputs_round_trip_touching_discs_and_one_p
     probabilities = np.stack([(mask == 1).astype(np.float32), extras["distance"]])
     found = pp.instances("distance", probabilities, pp.defaults("distance"))
     assert same_partition(clean, found) and found.max() == len(np.unique(clean)) - 1
+
+
+def test_the_affinity_post_processing_joins_face_neighbours_only():
+    """A long offset that wrongly says 'same object' across the seam of two touching boxes does not merge them."""
+    from unet_train.objects import params as pp
+
+    labels = np.zeros((6, 8), dtype=np.int32)
+    labels[1:5, 1:4], labels[1:5, 4:7] = 1, 2
+    offsets = [(-1, 0), (0, -1), (0, -3)]
+    affs, _ = affinity_target(labels, offsets)
+    affs[2] = 1  # the long-range map is all wrong
+    prob = np.concatenate([(labels > 0)[None], affs]).astype(np.float32)
+    assert pp.outputs_of("affinities", prob, offsets)["offsets"] == offsets[:2]
+    assert same_partition(labels, pp.instances("affinities", prob, {"threshold": 0.5, "min_size": 1}, offsets))

@@ -39,7 +39,8 @@ def stats(diameter=20.0, touching=0.1, share=0.3):
         (stats(), "boundary", "objects mostly apart"),  # typical nuclei
         (stats(touching=0.6), "distance", "touching often"),  # crowded, large cells
         (stats(diameter=6.0, touching=0.6), "boundary", "objects under 10 px"),  # touching but tiny
-        (stats(touching=0.0, share=0.95), "boundary", "suit affinities"),  # EM: nearly every pixel an object
+        (stats(touching=0.0, share=0.95), "affinities", "dense, space-filling labels (>= 85 %)"),  # EM
+        (stats(touching=0.0, share=0.85), "affinities", "foreground + affinities"),  # the threshold itself
     ],
 )
 def test_the_rule_on_hand_made_statistics(case, target, said):
@@ -56,8 +57,13 @@ def test_the_plan_writes_the_chosen_target_and_its_reason():
     assert (choice.value, choice.reason) == ("distance", why)
 
 
-def test_a_plan_of_large_touching_objects_trains_the_distance_target(tmp_path):
-    """Rows of touching 12x12 squares: the plan picks distance and fingerprints its two classes."""
+@pytest.mark.parametrize(
+    ("rows", "target", "said"),
+    [((4, 30), "distance", "touching often"), ((0, 12, 24, 36), "affinities", "dense, space-filling labels")],
+)
+def test_a_plan_of_large_touching_objects_trains_the_distance_or_affinities_target(tmp_path, rows, target, said):
+    """Rows of touching 12x12 squares: the plan picks distance (two rows) or affinities (the image tiled with
+    squares, as EM neurons fill it) and fingerprints its two classes."""
     import tifffile
     import yaml
     from skimage import io as skio
@@ -70,17 +76,17 @@ def test_a_plan_of_large_touching_objects_trains_the_distance_target(tmp_path):
     (tmp_path / "d" / "masks").mkdir()
     for i in range(3):
         ids = np.zeros((48, 48), dtype=np.uint16)
-        for k in range(4):  # four squares side by side in each of two rows
-            ids[4:16, k * 12 : (k + 1) * 12] = k + 1
-            ids[30:42, k * 12 : (k + 1) * 12] = k + 5
+        for r, top in enumerate(rows):  # four squares side by side in each row
+            for k in range(4):
+                ids[top : top + 12, k * 12 : (k + 1) * 12] = 4 * r + k + 1
         skio.imsave(tmp_path / "d" / "images" / f"s{i}.png", (ids > 0).astype(np.uint8) * 200, check_contrast=False)
         tifffile.imwrite(tmp_path / "d" / "masks" / f"s{i}.tif", ids)
     out = tmp_path / "plan.yaml"
     cfg = compose_config(["data=folder", f"data.root={tmp_path / 'd'}", "data.labels=instances"])
     fingerprint = make_plan(cfg.data, 60.0, "cpu", out, measure=False)
-    assert fingerprint["target"] == "distance" and set(fingerprint["classes"]) == {"0", "1"}
+    assert fingerprint["target"] == target and set(fingerprint["classes"]) == ({"1"} if len(rows) == 4 else {"0", "1"})
     assert fingerprint["objects"]["touching_share"] == 1.0 and fingerprint["objects"]["median_area"] == 144
     text = out.read_text()
     planned = yaml.safe_load(text)["data"]
-    assert (planned["labels"], planned["target"], planned["num_classes"]) == ("instances", "distance", 2)
-    assert "touching often" in text  # the reason, with the measured figures, is the plan's comment
+    assert (planned["labels"], planned["target"], planned["num_classes"]) == ("instances", target, 2)
+    assert said in text  # the reason, with the measured figures, is the plan's comment

@@ -125,6 +125,8 @@ class SegmentationData:
     # Instance labels (the masks hold object ids): the training target drawn from them after augmentation
     # (a name of :data:`unet_train.data.instances.TARGETS`), or None for class masks.
     instance_target: str | None = None
+    # The neighbour offsets of the ``affinities`` target (data.affinity_offsets, checked by objects/heads.py).
+    affinity_offsets: list[tuple[int, ...]] | None = None
 
     # -- to implement -------------------------------------------------------------------------
     def load_split(self, split: str) -> Split:
@@ -275,7 +277,8 @@ class SegmentationData:
         augment = split == "train" if augment is None else augment
         transform = self.train_transform if augment else self.val_transform
         items = self.split(split)  # loading decides instance_target where data.labels=auto
-        to_target = None if self.instance_target is None else InstanceTarget(self.instance_target)
+        target = self.instance_target
+        to_target = None if target is None else InstanceTarget(target, self.affinity_offsets)
         return SegmentationDataset(items, transform, sample_weight, to_target)
 
     def dataloader(

@@ -25,6 +25,7 @@ from unet_train.data.reading import (
 from unet_train.data.splits import random_split
 from unet_train.errors import ConfigError, DataError
 from unet_train.labels import IGNORE_INDEX
+from unet_train.objects import heads
 
 __all__ = ["IMAGE_SUFFIXES", "ImageFolder", "encode_mask", "infer_num_classes", "read_image", "read_mask", "read_valid"]
 
@@ -156,7 +157,9 @@ class ImageFolder(SegmentationData):
         labels: ``classes`` (mask values are class indices), ``instances`` (each value is one object's id; the
             model learns ``target`` from them, :mod:`unet_train.data.instances`) or ``auto`` (instances when
             ``num_classes`` is auto and the masks are 16/32-bit with many values; the log says what it found).
-        target: the training target drawn from instance ids after augmentation: ``boundary``.
+        target: the training target drawn from instance ids after augmentation: ``boundary``, ``distance`` or
+            ``affinities``.
+        affinity_offsets: the ``affinities`` target's neighbour offsets (None: short- and long-range along each axis).
         **kwargs: loader and transform settings of :class:`SegmentationData`.
     """
 
@@ -172,11 +175,13 @@ class ImageFolder(SegmentationData):
         foreground: str = "object",
         labels: str = "auto",
         target: str = "boundary",
+        affinity_offsets: list[list[int]] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         check_labels(labels, target)
         self.target = target
+        self.affinity_offsets = heads.affinity_offsets({"affinity_offsets": affinity_offsets})
         if labels == "auto" and self._num_classes is not None:  # a number of classes says the masks are classes
             labels = "classes"
         self._labels = labels

@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 
 from unet_train.errors import ConfigError, DataError
 from unet_train.labels import IGNORE_INDEX
-from unet_train.objects.targets import boundary_target, distance_target
+from unet_train.objects.targets import affinity_target, boundary_target, distance_target
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +30,9 @@ LABELS = ("auto", "classes", "instances")
 # ``distance``: background / foreground (the class loss) plus a regression channel of each pixel's normalised
 # distance to its object's boundary (unet_train.objects.heads): its peaks seed a watershed, so objects that
 # touch along a long seam, whose boundary class is a thin and uncertain line, still get one seed each.
-TARGETS = {"boundary": 3, "distance": 2}
-# Targets of unet_train.objects.targets that need another model head and loss (not wired into training yet).
-NOT_YET = ("affinities",)
+# ``affinities``: background / foreground (the class loss) plus, per offset of ``data.affinity_offsets``, whether a
+# pixel and its neighbour there are one object (EM: space-filling objects whose boundaries are one pixel thin).
+TARGETS = {"boundary": 3, "distance": 2, "affinities": 2}
 MAX_ID = 2**24  # float32 holds every integer below it exactly
 # labels=auto: masks of a 16/32-bit integer type with this many distinct values or more in one image are ids
 AUTO_MIN_VALUES = 16
@@ -44,11 +44,6 @@ def check_labels(labels: str, target: str) -> None:
         raise ConfigError(
             f"data.labels={labels!r} must be classes (mask values are class indices), instances (each value is one "
             "object's id) or auto (instances for 16/32-bit masks with many values)."
-        )
-    if target in NOT_YET:
-        raise ConfigError(
-            f"data.target={target} is not wired into training yet; use data.target=boundary (background / interior "
-            "/ boundary classes, the nuclei recipe) or data.target=distance (foreground + distance to the boundary)."
         )
     if target not in TARGETS:
         raise ConfigError(f"data.target={target!r} is not known; choose one of {', '.join(TARGETS)}.")
@@ -84,14 +79,17 @@ def encode_instances(mask: NDArray, path: Path | str, ignore_index: int | None =
 
 class InstanceTarget:
     """Augmented float32 ids (255 = unlabelled) -> (the ``target``'s class map with 255 kept, int64 ids, the
-    target's extra maps by name: ``distance`` for the distance target, 0 where unlabelled).
+    target's extra maps by name: ``distance`` for the distance target, 0 where unlabelled; ``affinities`` for the
+    affinities target, ``(len(offsets), *shape)``, 255 where a pair leaves the image or touches an unlabelled pixel).
 
     A plain class (not a closure) so that the loader's worker processes can receive it.
     """
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, offsets: list[tuple[int, ...]] | None = None) -> None:
         check_labels("instances", target)
-        self.target = target
+        self.target, self.offsets = target, list(offsets or [])
+        if target == "affinities" and not self.offsets:
+            raise ConfigError("data.target=affinities needs data.affinity_offsets, e.g. [[-1, 0], [0, -1]].")
 
     def __call__(self, mask: NDArray) -> tuple[NDArray[np.uint8], NDArray[np.int64], dict[str, NDArray]]:
         ids = np.rint(np.asarray(mask, dtype=np.float64)).astype(np.int64)
@@ -101,6 +99,10 @@ class InstanceTarget:
         if self.target == "distance":
             target = (ids > 0).astype(np.uint8)
             extras["distance"] = distance_target(ids)  # 0 where unlabelled (no id there)
+        elif self.target == "affinities":
+            target = (ids > 0).astype(np.uint8)
+            affs, valid = affinity_target(ids, self.offsets, ignored)
+            extras["affinities"] = np.where(valid, affs, IGNORE_INDEX).astype(np.float32)
         else:
             target = boundary_target(ids)
         target[ignored] = IGNORE_INDEX

@@ -26,8 +26,8 @@ class EvalResult:
 
 
 # Per-pixel inputs a loader batch may carry for the loss besides the mask: the weight map of a weighted loss,
-# the regression map of the distance target (unet_train.objects.heads).
-LOSS_INPUTS = ("weight", "distance")
+# the regression map of the distance target, the affinity maps of the affinities target (unet_train.objects.heads).
+LOSS_INPUTS = ("weight", "distance", "affinities")
 
 
 def probabilities(logits: torch.Tensor, classes: int | None = None) -> torch.Tensor:

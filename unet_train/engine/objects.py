@@ -26,7 +26,7 @@ from unet_train.labels import IGNORE_INDEX
 from unet_train.metrics.objects import object_scores
 from unet_train.objects import params as pp
 from unet_train.objects import tune
-from unet_train.objects.heads import class_channels
+from unet_train.objects.heads import affinity_offsets, class_channels
 from unet_train.objects.params import instance_target
 
 __all__ = ["EVAL_METRICS", "ObjectReport", "instance_target", "params_for", "stored_postprocess", "tune_after_training"]
@@ -56,7 +56,8 @@ class ObjectReport:
 
     ``keys``: the scores kept (validation: :data:`~unet_train.objects.params.OBJECT_METRICS`); ``on_labels``
     sees each image's name and predicted instance labels (``unet-eval`` writes them). ``classes``: the leading
-    class channels of the logits (:func:`~unet_train.objects.heads.class_channels`).
+    class channels of the logits (:func:`~unet_train.objects.heads.class_channels`); ``offsets``: the affinities
+    target's (:func:`~unet_train.objects.heads.affinity_offsets`).
     """
 
     def __init__(
@@ -66,15 +67,16 @@ class ObjectReport:
         keys: tuple[str, ...] = pp.OBJECT_METRICS,
         on_labels: Callable[[str, np.ndarray], None] | None = None,
         classes: int | None = None,
+        offsets: list[tuple[int, ...]] | None = None,
     ) -> None:
         self.target, self.params, self.keys, self.on_labels = target, params, keys, on_labels
-        self.classes = classes
+        self.classes, self.offsets = classes, offsets
         self.rows: list[dict[str, float]] = []
 
     def on_batch(self, batch: dict[str, Any], logits: torch.Tensor) -> None:
         probs = probabilities(logits, self.classes).numpy()
         for i in range(len(probs)):
-            pred = pp.instances(self.target, probs[i], self.params)
+            pred = pp.instances(self.target, probs[i], self.params, self.offsets)
             if self.on_labels is not None:
                 self.on_labels(batch["name"][i], pred)
             if "instances" not in batch:  # an unlabelled split: predicted, not scored
@@ -115,7 +117,7 @@ def tune_after_training(run: Any, folder: Path) -> dict[str, float]:
     are not instances, ``objects.tune_time`` is 0, or no checkpoint was written.
     """
     cfg = run.cfg
-    target, classes = instance_target(cfg.data), class_channels(cfg.data)
+    target, classes, offsets = instance_target(cfg.data), class_channels(cfg.data), affinity_offsets(cfg.data)
     limit = float((cfg.get("objects") or {}).get("tune_time", 0) or 0)
     best, last = folder / "best.pt", folder / "last.pt"
     if target is None or limit <= 0 or not best.is_file():
@@ -129,7 +131,7 @@ def tune_after_training(run: Any, folder: Path) -> dict[str, float]:
     def collect(batch: dict[str, Any], logits: torch.Tensor) -> None:
         probs = probabilities(logits, classes).numpy()
         for i in range(len(probs)):
-            outputs.append(pp.outputs_of(target, probs[i]))
+            outputs.append(pp.outputs_of(target, probs[i], offsets))
             truths.append(batch["instances"][i].numpy())
             ignore = (batch["mask"][i] == IGNORE_INDEX).numpy()
             ignores.append(ignore if ignore.any() else None)

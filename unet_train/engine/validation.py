@@ -20,7 +20,7 @@ from unet_train.engine.objects import ObjectReport, instance_target, params_for
 from unet_train.engine.report import EvalReport, volume_spacing
 from unet_train.engine.tensorboard import panel
 from unet_train.errors import ConfigError
-from unet_train.objects.heads import class_channels
+from unet_train.objects.heads import affinity_offsets, class_channels
 from unet_train.objects.params import OBJECT_METRICS
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,11 @@ def validate(
         spacing, _ = volume_spacing(getattr(loader, "dataset", None))  # HD95 of volumes in their units, as unet-eval
         extras = EvalReport(num_classes, boundary_positive=boundary_positive(cfg.data), spacing=spacing)
     target, classes = instance_target(cfg.data), class_channels(cfg.data)
-    objects = None if target is None else ObjectReport(target, params_for(cfg, target, None), classes=classes)
+    objects = (
+        None
+        if target is None
+        else ObjectReport(target, params_for(cfg, target, None), classes=classes, offsets=affinity_offsets(cfg.data))
+    )
 
     def collect(batch: dict[str, Any], logits: torch.Tensor) -> None:
         class_logits = logits if classes is None else logits[:, :classes]  # without a distance map

@@ -27,7 +27,7 @@ from unet_train.export.architecture import write_architecture
 from unet_train.export.model import ExportModel
 from unet_train.export.readme import package_readme
 from unet_train.export.volume import space_axes
-from unet_train.objects.heads import EXTRA_MAPS, class_channels
+from unet_train.objects.heads import class_channels, map_names
 from unet_train.safe_io import write_atomic, write_png
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ def build_package(
     write_atomic(folder / "README.md", package_readme(exported, info.name, metrics))
 
     out_channels = exported.out_channels
-    default_names = ["foreground", *EXTRA_MAPS[str(stored.data.get("target"))]] if sigmoid else None
+    default_names = ["foreground", *map_names(stored.data)] if sigmoid else None
     class_names = (
         info.class_names
         or default_names

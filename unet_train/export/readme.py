@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from unet_train.export.model import ExportModel
-from unet_train.objects.heads import class_channels
+from unet_train.objects.heads import affinity_offsets, class_channels
 
 
 def validation_section(metrics: dict[str, float] | None) -> str:
@@ -64,6 +64,9 @@ def package_readme(exported: ExportModel, name: str, metrics: dict[str, float] |
         + (
             "one logit (binary segmentation)."
             if classes == 1
+            else f"a foreground logit and {classes - 1} affinity maps, one per neighbour offset "
+            f"{[list(o) for o in affinity_offsets(data)]} (instances: components of the face-neighbour affinities)."
+            if maps and data.get("target") == "affinities"
             else "a foreground logit and a distance-to-the-boundary map (instances by a seeded watershed)."
             if maps
             else f"{classes} classes."

@@ -68,14 +68,15 @@ def instance_labels(
     threshold: float = 0.5,
     min_distance: int = 5,
     params: dict[str, Any] | None = None,
+    offsets: list[tuple[int, ...]] | None = None,
 ) -> np.ndarray:
     """uint32 ``(H, W)`` instance labels (0 = background or border) of probabilities ``(K, H, W)``.
 
     With ``params`` (an instance model's post-processing, :mod:`unet_train.objects.params`), ``method`` is
-    that model's target (``boundary``) and the rest is unused.
+    that model's target (``boundary``; ``offsets``: the affinities target's) and the rest is unused.
     """
     if params is not None:
-        return pp.instances(method, prob, params).astype(np.uint32)
+        return pp.instances(method, prob, params, offsets).astype(np.uint32)
     if method == "membrane":
         if prob.shape[0] != 1:
             raise ConfigError("instance_method=membrane needs a binary model of borders; use components or distance.")
@@ -118,6 +119,7 @@ def label_chunks(
     halo: int,
     dist: Any,
     params: dict[str, Any] | None = None,
+    aff_offsets: list[tuple[int, ...]] | None = None,
 ) -> None:
     """Label a chunked prediction into ``labels/instances/0``, consistently across chunk borders.
 
@@ -157,7 +159,7 @@ def label_chunks(
     for z, cy, cx in mine:  # 1: local labels
         y0, y1, x0, x1 = bounds(cy, cx)
         wy0, wy1, wx0, wx1 = max(y0 - halo, 0), min(y1 + halo, height), max(x0 - halo, 0), min(x1 + halo, width)
-        local = instance_labels(read_prob(z, wy0, wy1, wx0, wx1), method, threshold, min_distance, params)
+        local = instance_labels(read_prob(z, wy0, wy1, wx0, wx1), method, threshold, min_distance, params, aff_offsets)
         if params is not None:
             agrees[(z, cy, cx)] = _same_across(local, (y0 - wy0, y1 - wy0, x0 - wx0, x1 - wx0))
         local, n = _relabel(local[y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0])

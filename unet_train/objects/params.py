@@ -74,18 +74,28 @@ def merged(target: str, stored: Mapping[str, Any] | None, overrides: Mapping[str
     return params
 
 
-def outputs_of(target: str, probabilities: NDArray) -> dict[str, Any]:
-    """The named maps :func:`unet_train.objects.tune.apply` takes, from one image's ``(C, H, W)`` probabilities."""
+def outputs_of(target: str, probabilities: NDArray, offsets: list[tuple[int, ...]] | None = None) -> dict[str, Any]:
+    """The named maps :func:`unet_train.objects.tune.apply` takes, from one image's ``(C, H, W)`` probabilities
+    (``offsets``: the affinities target's, :func:`unet_train.objects.heads.affinity_offsets`)."""
     if target == "boundary":
         return {"interior": probabilities[1], "boundary": probabilities[2]}
     if target == "distance":  # the foreground's sigmoid, then the regressed distance (objects/heads.py)
         return {"foreground": probabilities[0], "distance": probabilities[1]}
+    if target == "affinities":  # the foreground's sigmoid, then one affinity per offset
+        if offsets is None or len(offsets) != len(probabilities) - 1:
+            raise ValueError(f"{len(probabilities) - 1} affinity maps need as many offsets (given {offsets})")
+        # components join face neighbours only: a longer offset's edge would jump over a thin boundary (a membrane)
+        short = [k for k, offset in enumerate(offsets) if sum(map(abs, offset)) == 1] or list(range(len(offsets)))
+        affinities = probabilities[1:][short]
+        return {"foreground": probabilities[0], "affinities": affinities, "offsets": [offsets[k] for k in short]}
     raise ValueError(f"no post-processing for target {target!r}")
 
 
-def instances(target: str, probabilities: NDArray, params: Mapping[str, Any]) -> NDArray[np.uint32]:
+def instances(
+    target: str, probabilities: NDArray, params: Mapping[str, Any], offsets: list[tuple[int, ...]] | None = None
+) -> NDArray[np.uint32]:
     """Instance labels of one image from its probabilities ``(C, H, W)`` (classes, then the target's maps)."""
-    return tune.apply(target, outputs_of(target, probabilities), dict(params))
+    return tune.apply(target, outputs_of(target, probabilities, offsets), dict(params))
 
 
 def smallest_dtype(labels: NDArray) -> NDArray:

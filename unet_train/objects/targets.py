@@ -108,9 +108,12 @@ def distance_target(labels: NDArray, spacing: tuple[float, ...] | None = None) -
     return out
 
 
-def affinity_target(labels: NDArray, offsets: list[tuple[int, ...]]) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
-    """``(len(offsets), *shape)`` affinities (1 = the pixel and the pixel at ``offset`` from it are the same
-    object) and a mask of where the neighbour exists (offsets leaving the image have no target there)."""
+def affinity_target(
+    labels: NDArray, offsets: list[tuple[int, ...]], ignored: NDArray | None = None
+) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
+    """``(len(offsets), *shape)`` affinities (1 = the pixel and the pixel at ``offset`` from it carry the same
+    non-zero id) and a mask of the pairs that count: the neighbour is inside the image and neither pixel is
+    ``ignored`` (unlabelled)."""
     labels = np.asarray(labels)
     affs = np.zeros((len(offsets), *labels.shape), dtype=np.uint8)
     valid = np.zeros((len(offsets), *labels.shape), dtype=bool)
@@ -118,7 +121,7 @@ def affinity_target(labels: NDArray, offsets: list[tuple[int, ...]]) -> tuple[ND
         here, there = offset_slices(offset, labels.shape)
         same = (labels[here] == labels[there]) & (labels[here] != 0)
         affs[k][here] = same
-        valid[k][here] = True
+        valid[k][here] = True if ignored is None else ~(ignored[here] | ignored[there])
     return affs, valid
 
 

@@ -35,7 +35,7 @@ GRIDS: dict[str, dict[str, list[Any]]] = {
         "seed_threshold": [0.5, 0.3, 0.4, 0.6, 0.7, 0.8],
         "min_size": [1, 4, 16, 32, 64],
     },
-    "affinities": {"threshold": [0.5, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9], "min_size": [1, 4, 16, 32, 64]},
+    "affinities": {"threshold": [0.5, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9, 0.95], "min_size": [1, 4, 16, 32, 64]},
 }
 
 

@@ -31,6 +31,7 @@ def training_split(
     and ``ids`` (when given) receives the training images' encoded ids."""
     from unet_train.data.folder import ImageFolder, encode_mask
     from unet_train.data.instances import InstanceTarget, encode_instances
+    from unet_train.objects.heads import affinity_offsets
 
     if isinstance(data, ImageFolder):
         image_paths, mask_paths = data._pairs(data.root, masks_required=True)
@@ -47,7 +48,8 @@ def training_split(
 
         def masks_of(indices: Sequence[int]) -> list[np.ndarray]:
             if data.instance_target is not None:  # object ids: the classes the model learns from them
-                learnt = InstanceTarget(target or data.instance_target)
+                offsets = affinity_offsets({"affinity_offsets": data.affinity_offsets})
+                learnt = InstanceTarget(target or data.instance_target, offsets)
                 encoded = [encode_instances(read_mask(mask_paths[i]), mask_paths[i], ignore) for i in indices]
                 if ids is not None and indices is train:
                     ids.extend(encoded)

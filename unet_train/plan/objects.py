@@ -6,9 +6,8 @@ id, with no background between them), and the share of labelled pixels inside ob
 first match wins:
 
 1. **dense, space-filling labels** (objects cover at least :data:`DENSE_SHARE` of the pixels, as EM neurons
-   do): ``affinities`` would suit them (objects are the components of the affinity graph, with no class of
-   their own for thin boundaries); it is not wired into training yet, so the plan says so and takes
-   ``boundary``.
+   do): ``affinities``. Objects are the components of the affinity graph: the cuts between neighbouring
+   objects are pairs of pixels, with no boundary class one or two pixels thin to learn.
 2. **small objects** (median equivalent diameter under :data:`SMALL_DIAMETER` px): ``boundary``. Such an
    object has no room for a distance peak of its own; the boundary target keeps a thin object's pixels as
    interior, so each still has a seed.
@@ -78,9 +77,9 @@ def choose_target(stats: dict[str, float | int]) -> tuple[str, str]:
         "pixels in objects"
     )
     if stats["object_share"] >= DENSE_SHARE:
-        return "boundary", (
-            f"{measured}: dense, space-filling labels (>= {100 * DENSE_SHARE:.0f} %) suit affinities, not wired "
-            "into training yet; background / interior / boundary instead"
+        return "affinities", (
+            f"{measured}: dense, space-filling labels (>= {100 * DENSE_SHARE:.0f} %): foreground + affinities to "
+            "the neighbours, whose components cut objects apart along pairs of pixels, not along a thin boundary class"
         )
     if stats["median_diameter"] < SMALL_DIAMETER:
         return "boundary", (
