@@ -164,3 +164,15 @@ def test_a_test_volume_that_cannot_be_packaged_is_refused_before_anything_is_exp
         export(volume_ckpt, tmp_path / "out", "format=bioimageio", image)
     assert stop.value.code == 2 and caplog.messages[-1].startswith("The test volume is 1x32x32 (z, y, x)")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_test_volume_of_other_channels_is_refused_before_anything_is_exported(volume_ckpt, tmp_path, caplog):
+    import tifffile
+
+    two = np.zeros((8, 2, 32, 32), np.uint8)  # z, c, y, x: two channels for a one-channel model
+    tifffile.imwrite(tmp_path / "two.tif", two, imagej=True, metadata={"axes": "ZCYX"})
+    image = f"bioimageio.test_image={tmp_path / 'two.tif'}"
+    with caplog.at_level(logging.ERROR, logger="unet_train"), pytest.raises(SystemExit) as stop:
+        export(volume_ckpt, tmp_path / "out", "format=bioimageio", image)
+    assert stop.value.code == 2 and caplog.messages[-1].startswith("The test volume has 2 channel(s) but the model")
+    assert not (tmp_path / "out").exists()
