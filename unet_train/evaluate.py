@@ -36,7 +36,7 @@ from unet_train.engine.autotune import forward_step, tune
 from unet_train.engine.checkpoint import check_model_size, load_checkpoint
 from unet_train.engine.evaluate import evaluate
 from unet_train.engine.objects import EVAL_METRICS, ObjectReport, instance_target, params_for, stored_postprocess
-from unet_train.engine.report import EvalReport, volume_spacing
+from unet_train.engine.report import EvalReport, volume_spacing, volume_units
 from unet_train.engine.runtime import make_runtime, to_channels_last
 from unet_train.engine.signals import ignore_stop_signals
 from unet_train.errors import CheckpointError, ConfigError
@@ -214,8 +214,9 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
     }
     if "hd95" in result.metrics:  # the unit of the HD95 figures: pixel, voxel, or the volumes' (micrometer...)
         summary["units"] = {"hd95": unit}
+        own = volume_units(loader.dataset) if unit == "mixed units" else {}  # each row in its volume's unit
         for row in result.per_image:
-            row["hd95_unit"] = unit
+            row["hd95_unit"] = own.get(str(row.get("name")), unit)
     for key, value in metrics.items():
         writer.add_scalar(key, value)
     writer.close()

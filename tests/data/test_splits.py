@@ -128,3 +128,12 @@ def test_slices_that_a_fold_would_ignore_are_refused(small_isbi):
         "data.fold=1 chooses the slices itself, so data.train_slices=0-24 and data.val_slices=20-29 would be "
         "ignored; set data.fold=null or leave the slices at their defaults (0-24, 25-29)."
     )
+
+
+def test_a_split_of_too_few_items_says_what_to_do():
+    from unet_train.data.splits import random_split
+
+    with pytest.raises(ConfigError, match=r"out of 1: validation takes at least one; add another"):
+        random_split(1, 0.2, 0)  # one volume in a folder
+    with pytest.raises(ConfigError, match=r"out of 4: validation takes at least one; lower data.val_fraction"):
+        random_split(4, 0.9, 0)

@@ -76,3 +76,10 @@ def test_an_hdf5_volume_of_several_datasets_names_the_data_key_options(tmp_path,
 def test_a_data_spacing_that_is_no_positive_finite_number_is_a_config_error(tmp_path, side):
     with pytest.raises(ConfigError, match=r"data.spacing=\[.*\] must be three positive, finite voxel sides"):
         folder(stacks(tmp_path, {}), spacing=[side, 4, 4])
+
+
+@pytest.mark.parametrize("spacing", ["abc", "123", [[1], [2], [3]], [True, 1, 1], [1, 1], ["1", "x", 1]])
+def test_a_data_spacing_that_is_no_list_of_three_numbers_is_refused_in_one_line(tmp_path, spacing):
+    """A string ("123" read as 1, 2, 3 before), nested lists or bools: one line, not an error in the target's call."""
+    with pytest.raises(ConfigError, match=r"^data.spacing=.* must be three positive, finite voxel sides \[z, y, x\]"):
+        folder(stacks(tmp_path, {}), spacing=spacing)

@@ -277,3 +277,13 @@ def test_loader_workers_reopen_the_files_and_read_the_same_crops(tmp_path):
         loader = data.dataloader("train", seed=3)
         crops.append([batch["image"] for batch in loader])
     assert len(crops[0]) == 4 and all(torch.equal(a, b) for a, b in zip(*crops, strict=True))
+
+
+def test_a_one_plane_crop_flipped_along_z_becomes_a_tensor():
+    """np.flip on an axis of length 1 leaves a negative stride that numpy calls contiguous and torch refused
+    (unet-train data=volumes plan=auto on single-plane volumes stopped with a ValueError traceback)."""
+    image = np.arange(16 * 16, dtype=np.uint8).reshape(1, 16, 16)
+    case = array_case(image, (image % 5 == 0).astype(np.uint8))
+    dataset = VolumeDataset([case], (1, 8, 8), transform=RandomFlip3D(axes=[0], p=1.0))
+    item = dataset[(0, 7)]
+    assert item["image"].shape == (1, 1, 8, 8) and item["mask"].shape == (1, 8, 8)

@@ -129,3 +129,50 @@ def test_space_axes_carry_scale_and_unit_only_where_known():
         {"type": "space", "id": "y", "size": {"min": 16, "step": 16}},
         {"type": "space", "id": "x", "size": {"min": 16, "step": 16}},
     ]
+
+
+@pytest.mark.parametrize(
+    "spacing", ["abc", [[1, 2], [3]], [0, 1, 1], [-1.0, 1.0, 1.0], ["nan", 1, 1], [1e308, 1e308, 1e308], [1, 1]]
+)
+def test_a_spacing_a_package_cannot_state_is_refused_in_one_line(tmp_path, spacing):
+    """A crafted checkpoint's data.spacing: a string, nested lists, zero, negative, NaN, an extent past a float."""
+    from unet_train.errors import DataError
+    from unet_train.export.volume import read_test_volume
+
+    write_tiff(tmp_path / "v.tif", np.zeros((4, 8, 12), np.uint8))
+    data = OmegaConf.create({"in_channels": 1, "spacing": spacing})
+    with pytest.raises(DataError, match=r"^The checkpoint's data.spacing gives the voxel spacing .* \(z, y, x\); a "):
+        read_test_volume(data, str(tmp_path / "v.tif"), None)
+
+
+def test_a_test_volume_whose_header_states_a_nan_spacing_is_refused(tmp_path):
+    nibabel = pytest.importorskip("nibabel")
+    from unet_train.errors import DataError
+    from unet_train.export.volume import read_test_volume
+
+    image = nibabel.Nifti1Image(np.zeros((12, 8, 4), np.uint8), np.eye(4))
+    image.header["pixdim"][1:4] = (0.5, 0.5, float("nan"))
+    nibabel.save(image, tmp_path / "v.nii.gz")
+    with pytest.raises(DataError, match=r"v.nii.gz gives the voxel spacing \[nan, 0.5, 0.5\] \(z, y, x\)"):
+        read_test_volume(OmegaConf.create({"in_channels": 1, "spacing": None}), str(tmp_path / "v.nii.gz"), None)
+
+
+def test_a_test_volume_that_cannot_be_packaged_is_refused_before_anything_is_exported(volume_ckpt, tmp_path, caplog):
+    write_tiff(tmp_path / "plane.tif", np.zeros((1, 32, 32), np.uint8))  # one plane: under the z pooling
+    image = f"bioimageio.test_image={tmp_path / 'plane.tif'}"
+    with caplog.at_level(logging.ERROR, logger="unet_train"), pytest.raises(SystemExit) as stop:
+        export(volume_ckpt, tmp_path / "out", "format=bioimageio", image)
+    assert stop.value.code == 2 and caplog.messages[-1].startswith("The test volume is 1x32x32 (z, y, x)")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_test_volume_of_other_channels_is_refused_before_anything_is_exported(volume_ckpt, tmp_path, caplog):
+    import tifffile
+
+    two = np.zeros((8, 2, 32, 32), np.uint8)  # z, c, y, x: two channels for a one-channel model
+    tifffile.imwrite(tmp_path / "two.tif", two, imagej=True, metadata={"axes": "ZCYX"})
+    image = f"bioimageio.test_image={tmp_path / 'two.tif'}"
+    with caplog.at_level(logging.ERROR, logger="unet_train"), pytest.raises(SystemExit) as stop:
+        export(volume_ckpt, tmp_path / "out", "format=bioimageio", image)
+    assert stop.value.code == 2 and caplog.messages[-1].startswith("The test volume has 2 channel(s) but the model")
+    assert not (tmp_path / "out").exists()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from unet_train.engine.evaluate import EvalResult
-from unet_train.engine.report import EvalReport, volume_spacing
+from unet_train.engine.report import EvalReport, volume_spacing, volume_units
 from unet_train.metrics import RandInfoSweep, confusion_counts, hd95, overlap_scores
 
 SPACING = (4.0, 0.5, 0.5)  # z, y, x: sections 8x thicker than their pixels
@@ -131,3 +131,15 @@ def test_a_3d_run_may_monitor_the_3d_figures_and_a_2d_run_may_not():
     check_monitor("val/vrand", 2, spatial_dims=3)  # the per-section figure, as for 2D runs
     with pytest.raises(ConfigError, match="monitor='val/vrand_3d' is not a validation metric"):
         check_monitor("val/vrand_3d", 2)
+
+
+def test_volumes_in_different_length_units_have_their_hd95_in_one_unit():
+    """A TIFF stack in micrometres and a NIfTI in millimetres: the mean of their HD95 was of mixed numbers."""
+    tiffs = [_Case("a", (2.0, 0.5, 0.5), "micrometer"), _Case("b", (2.0, 0.5, 0.5), "micrometer")]
+    spacing, unit = volume_spacing(_Volumes(*tiffs, _Case("n", (0.002, 0.0005, 0.0005), "millimeter")))
+    assert unit == "micrometer" and spacing["a"] == (2.0, 0.5, 0.5)
+    assert spacing["n"] == pytest.approx((2.0, 0.5, 0.5))  # the millimetre volume in micrometres
+    # A volume with no unit converts to none: the label says so and each row names its volume's own
+    unknown = _Volumes(_Case("a", (2.0, 0.5, 0.5), "micrometer"), _Case("s", (3.0, 1.0, 1.0), None))
+    assert volume_spacing(unknown) == ({"a": (2.0, 0.5, 0.5), "s": (3.0, 1.0, 1.0)}, "mixed units")
+    assert volume_units(unknown) == {"a": "micrometer", "s": "spacing unit"}

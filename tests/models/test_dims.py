@@ -266,3 +266,11 @@ def test_a_3d_model_and_batch_go_channels_last_3d():
     x = torch.randn(1, 1, 5, 12, 12).contiguous(memory_format=channels_last_format(5))
     assert x.is_contiguous(memory_format=torch.channels_last_3d) and model.eval()(x).shape == (1, 1, 5, 12, 12)
     assert channels_last_format(4) is torch.channels_last and channels_last_format(3) is torch.contiguous_format
+
+
+def test_a_3d_pool_factors_of_the_wrong_length_names_what_null_means_for_volumes():
+    """A hand-edited volume plan: null derives the factors from the spacing, not '2 everywhere'."""
+    with pytest.raises(ConfigError, match=r"model.pool_factors=null \(derived from the voxel spacing for volumes\)"):
+        UNet(depth=3, spatial_dims=3, pool_factors=[[1, 2, 2]])
+    with pytest.raises(ConfigError, match=r"model.pool_factors=null for 2 everywhere"):
+        UNet(depth=3, spatial_dims=2, pool_factors=[[2, 2]])

@@ -270,3 +270,20 @@ def test_a_plan_applied_to_other_data_says_so(folder, tmp_path, caplog):
         f"unet_train.data.ImageFolder at {tmp_path / 'other'}: its normalisation, crop size and classes may not "
         "suit this data; plan this data with unet-plan (or plan=auto)."
     ]
+
+
+def test_model_depth_typed_over_a_volume_plan_leaves_its_pool_factors_to_the_spacing(tmp_path):
+    """The plan's pool factors are one per pooling of its depth: kept, a typed depth was refused in one line."""
+    plan_path = tmp_path / "plan.yaml"
+    plan_path.write_text("# @package _global_\nmodel:\n  depth: 3\n  pool_factors: [[1, 2, 2], [2, 2, 2], [1, 2, 2]]\n")
+    typed = ["data=volumes", "data.root=x", "model.depth=1"]
+    merged = apply_plan(compose_config(typed), load_plan(plan_path), typed)
+    assert merged.model.depth == 1 and merged.model.pool_factors is None  # derived from the spacing at build
+    both = [*typed, "model.pool_factors=[[1,2,2]]"]  # typed as well: both as typed
+    assert apply_plan(compose_config(both), load_plan(plan_path), both).model.pool_factors == [[1, 2, 2]]
+    kept = ["data=volumes", "data.root=x"]
+    assert apply_plan(compose_config(kept), load_plan(plan_path), kept).model.pool_factors == [
+        [1, 2, 2],
+        [2, 2, 2],
+        [1, 2, 2],
+    ]

@@ -92,7 +92,10 @@ def array_to_tensor(array: np.ndarray, dtype: Any = None) -> torch.Tensor:
     warns about each one (``The given NumPy array is not writable``).
     """
     array = np.ascontiguousarray(array, dtype=dtype)
-    return torch.from_numpy(array if array.flags.writeable else array.copy())
+    # A flip along an axis of length 1 (a one-plane crop) leaves a negative stride that numpy still calls
+    # contiguous and torch refuses: copied as well.
+    fresh = array.flags.writeable and min(array.strides, default=0) >= 0
+    return torch.from_numpy(array if fresh else array.copy())
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:

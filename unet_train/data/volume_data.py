@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import ListConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from unet_train.data.base import SegmentationData, array_to_tensor
@@ -42,6 +43,21 @@ def stated_unit(volume: Volume) -> str | None:
     states no size, no unit, or different units on different axes."""
     units = {volume.units.get(axis) for axis in "zyx" if axis in volume.scale}
     return units.pop() if len(units) == 1 and None not in units else None
+
+
+def voxel_spacing(spacing: Any) -> tuple[float, float, float]:
+    """``data.spacing`` as three positive, finite voxel sides ``(z, y, x)``; anything else (a string, nested
+    lists, zero, NaN) is refused in one line."""
+    sides: list[float] = []
+    if isinstance(spacing, Sequence) and not isinstance(spacing, str | bytes):
+        try:
+            sides = [float(s) for s in spacing if not isinstance(s, bool)]
+        except (TypeError, ValueError):
+            sides = []
+    if len(sides) != 3 or len(sides) != len(spacing) or not all(0 < s < math.inf for s in sides):
+        shown = OmegaConf.to_container(spacing) if isinstance(spacing, ListConfig) else spacing
+        raise ConfigError(f"data.spacing={shown!r} must be three positive, finite voxel sides [z, y, x], or null.")
+    return (sides[0], sides[1], sides[2])
 
 
 def spacing_label(spacing: Sequence[float], unit: str | None) -> str:
@@ -247,11 +263,7 @@ class VolumeData(SegmentationData):
             )
         self.spatial_dims = spatial_dims
         self.patch = shape
-        if spacing is not None and (len(spacing) != 3 or any(not 0 < float(s) < math.inf for s in spacing)):
-            raise ConfigError(
-                f"data.spacing={list(spacing)} must be three positive, finite voxel sides [z, y, x], or null."
-            )
-        self.spacing_override = None if spacing is None else tuple(float(s) for s in spacing)
+        self.spacing_override = None if spacing is None else voxel_spacing(spacing)
         self.volume_transform = volume_transform
         self._cases: dict[str, VolumeSplit] = {}
 

@@ -6,6 +6,7 @@ from float32 probabilities on the CPU, image by image, as the loop hands each ba
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,14 +51,39 @@ def overlay(image: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor, num_cl
     return np.concatenate([p.astype(np.uint8) for p in panels] + [errors], axis=1)
 
 
+# The length units a volume's spacing may be in (OME-NGFF names, as the readers spell them), in metres
+METRES = {"angstrom": 1e-10, "picometer": 1e-12, "nanometer": 1e-9, "micrometer": 1e-6, "millimeter": 1e-3,
+          "centimeter": 1e-2, "meter": 1.0, "kilometer": 1e3, "inch": 0.0254}  # fmt: skip
+
+
 def volume_spacing(dataset: Any) -> tuple[dict[str, tuple[float, ...]], str]:
     """The voxel size of each volume a dataset serves, by name, and the unit HD95 is then in (the cases' unit,
-    :func:`~unet_train.data.volume_data.spacing_label`); ``({}, "pixel")`` for a dataset of 2D images."""
+    :func:`~unet_train.data.volume_data.spacing_label`); ``({}, "pixel")`` for a dataset of 2D images.
+
+    Volumes in different length units (a TIFF stack in micrometres, a NIfTI in millimetres) have their spacing
+    converted to the unit most of them state, so that their HD95 figures, and the mean of them, are in one
+    unit; where a volume states no unit, nothing converts and the unit is ``mixed units``
+    (:func:`volume_units` then names each volume's own).
+    """
     cases = getattr(dataset, "cases", None)
     if not cases:
         return {}, "pixel"
-    labels = sorted({spacing_label(case.spacing, case.unit) for case in cases})
-    return {case.name: tuple(case.spacing) for case in cases}, labels[0] if len(labels) == 1 else "mixed units"
+    spacing = {case.name: tuple(case.spacing) for case in cases}
+    labels = [spacing_label(case.spacing, case.unit) for case in cases]
+    if len(set(labels)) == 1:
+        return spacing, labels[0]
+    if not all(label in METRES for label in labels):
+        return spacing, "mixed units"
+    common = Counter(labels).most_common(1)[0][0]
+    for case, label in zip(cases, labels, strict=True):
+        spacing[case.name] = tuple(float(side) * METRES[label] / METRES[common] for side in case.spacing)
+    return spacing, common
+
+
+def volume_units(dataset: Any) -> dict[str, str]:
+    """Each volume's own unit by name (:func:`~unet_train.data.volume_data.spacing_label`), for the rows of
+    volumes whose units :func:`volume_spacing` could not bring to one."""
+    return {case.name: spacing_label(case.spacing, case.unit) for case in getattr(dataset, "cases", None) or []}
 
 
 class EvalReport:

@@ -117,11 +117,7 @@ def test_tensors(exported: ExportModel, raw: np.ndarray) -> tuple[np.ndarray, to
     if exported.spatial_dims == 3:
         from unet_train.export.volume import volume_model_input
 
-        if raw.shape[1] != channels:
-            raise DataError(
-                f"The test volume has {raw.shape[1]} channel(s) but the model takes {channels}; "
-                "pass a bioimageio.test_image with its channels."
-            )
+        check_test_size(exported, raw)  # its channels too
         z, y, x = (s - s % m for s, m in zip(raw.shape[2:], exported.multiples))
         raw = np.ascontiguousarray(raw[..., :z, :y, :x])
         return raw, volume_model_input(raw, stored.data)
@@ -141,8 +137,13 @@ def package_spec(exported: ExportModel) -> Any:
 
 
 def check_test_size(exported: ExportModel, raw: np.ndarray) -> None:
-    """Refuse a test image or volume smaller than the package's smallest input."""
+    """Refuse a test image or volume smaller than the package's smallest input, or a volume of other channels."""
     sides, multiples = raw.shape[2:], exported.multiples
+    if exported.spatial_dims == 3 and raw.shape[1] != exported.in_channels:
+        raise DataError(
+            f"The test volume has {raw.shape[1]} channel(s) but the model takes {exported.in_channels}; "
+            "pass a bioimageio.test_image with its channels."
+        )
     if exported.spatial_dims == 2 and exported.multiple > min(sides):
         raise ConfigError(
             f"The test image is {raw.shape[-2]}x{raw.shape[-1]} but the package's smallest input is "

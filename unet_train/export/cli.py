@@ -6,7 +6,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 import numpy as np
@@ -25,6 +25,9 @@ from unet_train.export.model import (
     volume_sizes,
 )
 from unet_train.safe_io import check_outputs, make_folder, write_atomic
+
+if TYPE_CHECKING:
+    from unet_train.export.volume import TestVolume
 
 log = logging.getLogger(__name__)
 FORMATS = ("onnx", "torchscript", "bioimageio")
@@ -109,7 +112,10 @@ def read_metrics(path: str | None) -> dict[str, float] | None:
     return {k: float(v) for k, v in content.items() if "/" in k and isinstance(v, (int, float))}
 
 
-def export_bioimageio(exported: ExportModel, out: Path, weights: dict[str, Path], cfg: DictConfig) -> dict[str, Any]:
+def export_bioimageio(
+    exported: ExportModel, out: Path, weights: dict[str, Path], cfg: DictConfig, volume: TestVolume | None = None
+) -> dict[str, Any]:
+    """Write and test the package; ``volume`` is a 3D model's test volume, read before anything was exported."""
     from unet_train.export.bioimageio import PackageInfo, build_package
     from unet_train.export.package import save_package, test_package
 
@@ -137,7 +143,7 @@ def export_bioimageio(exported: ExportModel, out: Path, weights: dict[str, Path]
     if exported.spatial_dims == 3:
         from unet_train.export.volume import read_test_volume
 
-        volume = read_test_volume(exported.config.data, settings.test_image, settings.data_root)
+        volume = volume or read_test_volume(exported.config.data, settings.test_image, settings.data_root)
         raw, spacing, unit = volume.raw, volume.spacing, volume.unit
     else:
         raw, spacing, unit = test_image(exported, settings), None, None
@@ -157,6 +163,13 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     require_extra(formats)
     exported = load_export_model(cfg.ckpt, trust=cfg.get("trust_config", False))
     verification_sizes(exported, cfg.verify)  # a malformed verify.sizes_3d is refused before anything is written
+    volume = None
+    if "bioimageio" in formats and exported.spatial_dims == 3:  # so is a test volume that cannot be packaged
+        from unet_train.export.bioimageio import check_test_size
+        from unet_train.export.volume import read_test_volume
+
+        volume = read_test_volume(exported.config.data, cfg.bioimageio.test_image, cfg.bioimageio.data_root)
+        check_test_size(exported, volume.raw)
     out = Path(cfg.output).expanduser()
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output={out} is a file; pass a folder (it is created if missing).")
@@ -180,7 +193,7 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
         runner = torchscript_runner(weights["torchscript"])
         result["max_abs_diff"]["torchscript"] = verify(exported, "TorchScript", runner, cfg)
     if "bioimageio" in formats:
-        result.update(export_bioimageio(exported, out, weights, cfg))
+        result.update(export_bioimageio(exported, out, weights, cfg, volume))
     result["files"] = {k: str(v) for k, v in weights.items()}
     write_atomic(out / "export.json", json.dumps(result, indent=2) + "\n")
     for fmt, diff in result["max_abs_diff"].items():

@@ -8,6 +8,7 @@ checkpoint's data config sets it, else what that volume's file states (1 where i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any, cast, get_args
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from unet_train.data.volume_data import VolumeCase, stated_unit
 from unet_train.errors import ConfigError, DataError
@@ -37,6 +38,25 @@ def _whole(volume: Volume) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(block, -1, 0)[None])
 
 
+def package_spacing(values: Any, source: str, sides: Sequence[int]) -> tuple[float, ...]:
+    """``values`` as the package's voxel size ``(z, y, x)``: three positive numbers whose extent over the
+    test volume's ``sides`` is finite (bioimage.io multiplies them), else one line naming ``source``."""
+    try:
+        spacing = tuple(float(v) for v in values)
+        usable = len(spacing) == 3 and all(
+            s > 0 and math.isfinite(s * max(n, 1)) for s, n in zip(spacing, sides, strict=True)
+        )
+    except (TypeError, ValueError):
+        usable = False
+    if not usable:
+        shown = OmegaConf.to_container(values) if isinstance(values, ListConfig) else values
+        raise DataError(
+            f"{source} gives the voxel spacing {shown!r} (z, y, x); a package needs three positive, finite sides: "
+            "fix it, or set data.spacing=[z,y,x] and export a checkpoint trained with it."
+        )
+    return spacing
+
+
 def read_test_volume(data_cfg: DictConfig, test_image: str | None, data_root: str | None) -> TestVolume:
     """The test volume of a 3D package (see the module docstring); ``data_cfg`` is the checkpoint's data config."""
     override = data_cfg.get("spacing")
@@ -45,10 +65,14 @@ def read_test_volume(data_cfg: DictConfig, test_image: str | None, data_root: st
         if not path.exists():
             raise DataError(f"bioimageio.test_image={path} does not exist; pass a volume (TIFF stack, NIfTI, ...).")
         volume = open_volume(path, None, None, int(data_cfg.in_channels))
-        stated = tuple(float(volume.scale.get(axis, 1.0)) for axis in "zyx")
-        spacing = tuple(float(s) for s in override) if override else stated
         try:
-            return TestVolume(_whole(volume), spacing, None if override else stated_unit(volume))
+            sides = volume.shape[:3]
+            if override is not None:
+                spacing = package_spacing(override, "The checkpoint's data.spacing", sides)
+            else:
+                stated = [volume.scale.get(axis, 1.0) for axis in "zyx"]
+                spacing = package_spacing(stated, f"bioimageio.test_image={path}", sides)
+            return TestVolume(_whole(volume), spacing, None if override is not None else stated_unit(volume))
         finally:
             volume.close()
     from unet_train.build import build_data
@@ -65,7 +89,8 @@ def read_test_volume(data_cfg: DictConfig, test_image: str | None, data_root: st
             f"No test volume: the checkpoint's val split could not be read ({exc}); "
             "pass bioimageio.test_image=FILE or bioimageio.data_root=DIR."
         ) from exc
-    return TestVolume(_whole(case.image), tuple(case.spacing), case.unit)
+    spacing = package_spacing(case.spacing, f"The test volume {case.name}", case.image.shape[:3])
+    return TestVolume(_whole(case.image), spacing, case.unit)
 
 
 def volume_model_input(raw: np.ndarray, stored_data: DictConfig) -> torch.Tensor:

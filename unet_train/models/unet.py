@@ -40,7 +40,8 @@ def resolve_pool_factors(
     if len(levels) != depth:
         raise ConfigError(
             f"model.pool_factors has {len(levels)} entries but model.depth={depth} needs {depth} (one per pooling, "
-            f"shallow first, each with {spatial_dims} per-axis factors), or model.pool_factors=null for 2 everywhere."
+            f"shallow first, each with {spatial_dims} per-axis factors), or model.pool_factors=null "
+            + ("(derived from the voxel spacing for volumes)." if spatial_dims == 3 else "for 2 everywhere.")
         )
     for index, level in enumerate(levels):
         if len(level) != spatial_dims:

@@ -233,6 +233,11 @@ def apply_plan(cfg: DictConfig, plan: DictConfig, overrides: list[str], source: 
     assert isinstance(planned, dict)
     for path in sorted(chosen):
         _drop_planned_option(planned, path)
+    typed_keys = {_key(o).lstrip("+~") for o in given}
+    model = planned.get("model")
+    depth_only = "model.depth" in typed_keys and "model.pool_factors" not in typed_keys
+    if depth_only and isinstance(model, dict) and model.pop("pool_factors", None) is not None:
+        log.info("model.depth typed: the plan's model.pool_factors (one per pooling of its depth) are left out")
     whole = {key: value for key, value in planned.items() if isinstance(value, dict) and "_target_" in value}
     with open_dict(merged):
         for key, value in whole.items():  # a whole option (loss): replaces the node, not merged into it
