@@ -166,3 +166,14 @@ def test_measuring_a_forward_does_not_import_dynamo():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_a_volume_probe_gives_bytes_per_voxel_whatever_its_depth():
+    """A 3D probe's peak was divided by its y*x columns, not its voxels: a 16-plane probe made each voxel 16 times
+    dearer, and a 5 x 512 x 512 validation volume that fits was cut into tiles (4x its whole-volume time)."""
+    net = nn.Conv3d(1, 4, 1).eval()
+    with torch.inference_mode():
+        thin = forward_bytes_per_pixel(net, torch.rand(1, 1, 2, 16, 16))
+        deep = forward_bytes_per_pixel(net, torch.rand(1, 1, 16, 16, 16))
+    # float32 input (4 B) and 4-channel output (16 B) per voxel, with the allowance for what the count misses
+    assert thin == pytest.approx(20 * OVERHEAD) and deep == pytest.approx(20 * OVERHEAD)

@@ -84,13 +84,13 @@ class _LiveBytes(TorchDispatchMode):
 
 
 def forward_bytes_per_pixel(forward: Callable[[torch.Tensor], object], batch: torch.Tensor) -> float:
-    """Bytes per input pixel that ``forward(batch)`` holds at its peak (its input included), with an allowance
+    """Bytes per input pixel (voxel) that ``forward(batch)`` holds at its peak (its input included), with an allowance
     (:data:`OVERHEAD`) for what a count of live tensors misses. Activations grow with the pixels, so one small
     probe (a few multiples of the model's size multiple a side) gives the figure for any size."""
     counter = _LiveBytes()
     with counter:
         forward(batch)
-    pixels = batch.shape[0] * batch.shape[-2] * batch.shape[-1]
+    pixels = batch.shape[0] * math.prod(batch.shape[2:])  # every spatial axis: a volume's voxels, not its columns
     return (counter.peak + batch.numel() * batch.element_size()) * OVERHEAD / pixels
 
 
