@@ -109,8 +109,10 @@ def predict_sections(
     training): ``(K, Z, Y, X)``."""
     context = int(inputs[0].get("context_slices") or 0)
     channels = int(inputs[0].in_channels)
-    # k = 0, a plain 2D model: each plane scaled on its own, as a 2D model's TIFF stack is (predict_in_memory).
-    spec_of = volume_spec if context else lambda _, spec: resolve_spec(spec)
+    # Sections of a model trained on volumes (any k: data=volumes, or data=isbi with a context) are scaled by their
+    # volume's statistics, as training scaled them; an image model's planes each on its own (predict_in_memory).
+    per_volume = context > 0 or str(inputs[0].get("_target_", "")).endswith("VolumeFolder")
+    spec_of = volume_spec if per_volume else lambda _, spec: resolve_spec(spec)
     if volume.shape[3] != channels:
         raise DataError(f"{volume.name} has {volume.shape[3]} channel(s) (axes {volume.axes}) but the model's "
                         f"sections have {channels}; set input_axes (e.g. czyx or zyxc).")  # fmt: skip

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tifffile
+import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from unet_train.build import build_data, build_model, resolve_data_config
 from unet_train.data.augment3d import Compose3D, RandomFlip3D, RandomRotate90InPlane
@@ -148,3 +151,39 @@ def test_isbi_with_context_trains_a_2d_model_on_stacked_slices(isbi_root):
     stack = val[1]["image"].numpy()  # slice 26, the last val slice: its neighbours are 25 and 25 mirrored
     assert np.array_equal(stack[0], stack[2]) and not np.array_equal(stack[0], stack[1])
     assert build_model(cfg.model)(item["image"][None]).shape == (1, 1, 64, 64)
+
+
+class _Logits(torch.nn.Module):
+    """Its input as the logit: the prediction shows how the input was scaled."""
+
+    depth = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 1, bias=False)
+        torch.nn.init.ones_(self.conv.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+@pytest.mark.parametrize(("target", "per_volume"), [("unet_train.data.VolumeFolder", True),
+                                                    ("unet_train.data.ImageFolder", False)])  # fmt: skip
+def test_a_plain_2d_model_of_volume_sections_is_fed_sections_scaled_per_volume(tmp_path, target, per_volume):
+    """k = 0 trained on data=volumes sections (scaled by the volume's statistics) was predicted with each plane
+    scaled on its own, as an image model's stack is; a dim plane then looked as bright as the others."""
+    from unet_train.inference.tiling import TiledPredictor
+    from unet_train.inference.volumes import open_volume
+    from unet_train.volume_predict import predict_sections
+
+    planes = np.stack([np.full((8, 8), 50 * (z + 1), np.uint8) for z in range(4)])
+    planes[:, 0, 0] = 0  # every plane spans 0..its level
+    tifffile.imwrite(tmp_path / "v.tif", planes)
+    data = OmegaConf.create({"_target_": target, "in_channels": 1, "context_slices": 0,
+                             "normalize": {"scheme": "percentile", "low": 0.0, "high": 100.0, "per": "image",
+                             "min_value": None, "max_value": None, "clip": False}})  # fmt: skip
+    predictor = TiledPredictor(_Logits(), tile_size=8, device=torch.device("cpu"), fold_bn=False)
+    prob = predict_sections(predictor, open_volume(tmp_path / "v.tif", None, "zyx", 1), [data])
+    levels = torch.logit(prob[0, :, 4, 4]).numpy()
+    expected = [0.25, 0.5, 0.75, 1.0] if per_volume else [1.0] * 4
+    np.testing.assert_allclose(levels, expected, atol=1e-4)
