@@ -50,3 +50,26 @@ def test_a_negative_instance_halo_or_chunk_size_is_refused_in_one_line_and_write
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert result.stderr.strip().splitlines()[-1].endswith(f"{wrong} must be a whole number of pixels, {said}")
         assert not (tmp_path / "out.zarr").exists()
+
+
+def test_a_checkpoint_of_an_unknown_target_is_refused_in_one_line_by_predict_and_export(tmp_path):
+    """unet-predict ended in a KeyError traceback (the post-processing's defaults looked up by the target); unet-export
+    wrote TorchScript first, then blamed the val split."""
+    import torch
+
+    root = write_discs(tmp_path / "discs", 4)
+    overrides = [*disc_overrides(root), "trainer.max_epochs=1", "data.samples_per_epoch=4", "objects.tune_time=0"]
+    fit(compose_config([*overrides, "data.target=distance"]), tmp_path / "run")
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
+    checkpoint["config"]["data"]["target"] = "blah"
+    crafted = tmp_path / "crafted.pt"
+    torch.save(checkpoint, crafted)
+    image = sorted((root / "images").iterdir())[0]
+    for args, out in (
+        ([str(BIN / "unet-predict"), f"input={image}", "output=out"], "out"),
+        ([str(BIN / "unet-export"), "format=torchscript", "output=exported"], "exported"),
+    ):
+        result = run([*args, f"ckpt={crafted}"], cwd=tmp_path, check=False)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert "its data.target='blah' is not known (one of boundary, distance, affinities)" in result.stderr
+        assert not (tmp_path / out).exists()

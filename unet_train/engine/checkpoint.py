@@ -26,7 +26,8 @@ from torch import nn
 
 from unet_train.engine.archive import ArchiveError, NotAnArchive, check_archive
 from unet_train.errors import CheckpointError
-from unet_train.objects.params import check_stored
+from unet_train.objects.params import check_stored, instance_target
+from unet_train.objects.tune import GRIDS
 from unet_train.safe_io import write_atomic
 from unet_train.trust import check_config, file_borne_data
 
@@ -158,6 +159,9 @@ def check_structure(checkpoint: dict[str, Any], path: Path | str) -> None:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
         raise _unusable(path, "its 'model' entry is missing or not a state dict of named tensors")
+    target = instance_target(config["data"])
+    if target is not None and target not in GRIDS:  # every command picks its maps and post-processing by it
+        raise _unusable(path, f"its data.target={target!r} is not known (one of {', '.join(GRIDS)})")
     try:  # tuned post-processing of an instance model: plain numbers in range, or the file is refused
         check_stored(checkpoint.get("postprocess"), config["data"])
     except ValueError as exc:
