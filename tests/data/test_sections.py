@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import tifffile
@@ -187,3 +189,32 @@ def test_a_plain_2d_model_of_volume_sections_is_fed_sections_scaled_per_volume(t
     levels = torch.logit(prob[0, :, 4, 4]).numpy()
     expected = [0.25, 0.5, 0.75, 1.0] if per_volume else [1.0] * 4
     np.testing.assert_allclose(levels, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("context", [10**9, -3, 5, "1", True])
+def test_a_checkpoint_whose_context_does_not_make_its_model_inputs_is_refused_in_one_line(tmp_path, context):
+    """A crafted context_slices reached the section reader: 10**9 built a list of 2 * 10**9 + 1 indices (a
+    MemoryError), -3 an empty one (a ValueError), 5 a forward of 11 channels into a 3-channel model (tracebacks)."""
+    from unet_train.engine.checkpoint import load_checkpoint
+    from unet_train.engine.fit import fit
+    from unet_train.errors import CheckpointError
+
+    from ..test_cli import BIN, run
+
+    root = make_volume_folder(tmp_path / "vols", count=3)
+    overrides = ["data=volumes", f"data.root={root}", "data.context_slices=1", "data.num_workers=0",
+                 "data.patch_size=32", "data.batch_size=2", "trainer=smoke", "trainer.max_epochs=1",
+                 "data.samples_per_epoch=2", "model.base_channels=4", "model.depth=2"]  # fmt: skip
+    fit(compose_config(overrides), tmp_path / "run")
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
+    checkpoint["config"]["data"]["context_slices"] = context
+    crafted = tmp_path / "crafted.pt"
+    torch.save(checkpoint, crafted)
+    said = f"its data.context_slices={context!r} of data.in_channels=1 each do not make its model's model.in_channels=3"
+    with pytest.raises(CheckpointError, match=re.escape(said)):
+        load_checkpoint(crafted)
+    if context == 10**9:
+        args = [str(BIN / "unet-predict"), f"ckpt={crafted}", f"input={root / 'test' / 'images'}", "output=out"]
+        result = run(args, cwd=tmp_path, check=False)
+        assert result.returncode == 2 and "Traceback" not in result.stderr and said in result.stderr
+        assert not (tmp_path / "out").exists()

@@ -159,7 +159,17 @@ def check_structure(checkpoint: dict[str, Any], path: Path | str) -> None:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
         raise _unusable(path, "its 'model' entry is missing or not a state dict of named tensors")
-    target = instance_target(config["data"])
+    data, model = config["data"], config["model"]
+    if data.get("context_slices"):  # 2.5D: (2k + 1) sections of data.in_channels each are the model's input
+        context, channels = data["context_slices"], data.get("in_channels")
+        counts = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (context, channels))
+        if not counts or model.get("in_channels") != (2 * context + 1) * channels:
+            raise _unusable(
+                path,
+                f"its data.context_slices={context!r} of data.in_channels={channels!r} each do not make its model's "
+                f"model.in_channels={model.get('in_channels')!r} (2 x context_slices + 1 sections)",
+            )
+    target = instance_target(data)
     if target is not None and target not in GRIDS:  # every command picks its maps and post-processing by it
         raise _unusable(path, f"its data.target={target!r} is not known (one of {', '.join(GRIDS)})")
     try:  # tuned post-processing of an instance model: plain numbers in range, or the file is refused
