@@ -287,3 +287,52 @@ def test_a_one_plane_crop_flipped_along_z_becomes_a_tensor():
     dataset = VolumeDataset([case], (1, 8, 8), transform=RandomFlip3D(axes=[0], p=1.0))
     item = dataset[(0, 7)]
     assert item["image"].shape == (1, 1, 8, 8) and item["mask"].shape == (1, 8, 8)
+
+
+def small_and_large_folder(root):
+    """vol0 (8, 32, 32) and vol1 (3, 10, 32): vol1 is shorter than a [4, 16, 16] crop on z and y."""
+    make_volume_folder(root, count=1)
+    image, mask = ball_volume(1, (3, 10, 32))
+    mask[:, :, :4] = 255  # labelled foreground at a known place, so the kept labels can be matched
+    write_tiff(root / "images" / "vol1.tif", image)
+    write_tiff(root / "masks" / "vol1.tif", mask)
+    return root, mask // 255
+
+
+def test_a_volume_smaller_than_the_crop_is_padded_and_its_padding_ignored(tmp_path, caplog):
+    """One small volume used to cut every crop to its size (nnU-Net pads it instead): every crop keeps
+    data.patch_size, the small volume lies whole in its crops and the voxels around it are ignored."""
+    root, small_mask = small_and_large_folder(tmp_path)
+    with caplog.at_level("INFO", logger="unet_train.data.volume_data"):
+        data = folder(root, val_fraction=0.0, batch_size=2, samples_per_epoch=12, foreground_oversample=0.5)
+        loader = data.dataloader("train", seed=1)
+    assert "1 training volume(s) smaller than the crop [4, 16, 16] (z, y, x) on some axis (vol1 (3, 10, 32))" in (
+        caplog.text
+    )
+    seen = set()
+    for batch in loader:
+        assert batch["image"].shape == (2, 1, 4, 16, 16) and batch["mask"].shape == (2, 4, 16, 16)
+        for name, image, mask in zip(batch["name"], batch["image"], batch["mask"]):
+            seen.add(name)
+            labelled = mask != IGNORE_INDEX
+            if name == "vol0":
+                assert labelled.all()
+                continue
+            zs, ys, xs = (torch.unique(i) for i in torch.nonzero(labelled, as_tuple=True))
+            assert (len(zs), len(ys), len(xs)) == (3, 10, 16) and int(labelled.sum()) == 3 * 10 * 16  # one block
+            block = mask[zs[0] : zs[-1] + 1, ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1].numpy()
+            assert any(np.array_equal(block, small_mask[:, :, x : x + 16]) for x in range(32 - 16 + 1))
+            z0 = int(zs[0])  # the image around the volume mirrors it (as tiled prediction pads): z0 - 1 is z0 + 1
+            if z0 > 0:
+                assert torch.equal(image[0, z0 - 1], image[0, z0 + 1])
+    assert seen == {"vol0", "vol1"}
+
+
+def test_a_section_crop_of_a_small_volume_is_padded_in_plane(tmp_path):
+    """2.5D crops share the padding: a volume 10 rows high gives [16, 16] crops whose 6 extra rows are ignored."""
+    root, _ = small_and_large_folder(tmp_path)
+    data = folder(root, val_fraction=0.0, context_slices=1, batch_size=2, samples_per_epoch=8)
+    for batch in data.dataloader("train", seed=2):
+        assert batch["image"].shape == (2, 3, 16, 16) and batch["mask"].shape == (2, 16, 16)
+        for name, mask in zip(batch["name"], batch["mask"]):
+            assert int((mask != IGNORE_INDEX).sum()) == (10 * 16 if name == "vol1" else 16 * 16)

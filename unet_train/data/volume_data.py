@@ -31,6 +31,7 @@ from unet_train.data.sections import SectionDataset, check_context_slices
 from unet_train.errors import ConfigError, DataError
 from unet_train.inference.sources import sample_pixels
 from unet_train.inference.volumes import Volume
+from unet_train.labels import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -135,31 +136,52 @@ class VolumeCase:
         self.foreground = {v: np.concatenate(parts) for v, parts in found.items()}
         return values
 
+    def _inside(self, origin: Shape3, size: Shape3) -> tuple[Shape3, Shape3, list[tuple[int, int]]]:
+        """The part of the block at ``origin`` that lies in the volume, and the padding before and after it on
+        each axis (a crop of a volume smaller than ``data.patch_size`` reaches out of it)."""
+        low = tuple(max(o, 0) for o in origin)
+        high = tuple(min(o + s, n) for o, s, n in zip(origin, size, self.shape[:3]))
+        pads = [(lo - o, o + s - hi) for o, s, lo, hi in zip(origin, size, low, high)]
+        return low, tuple(hi - lo for lo, hi in zip(low, high)), pads
+
     def read_image(self, origin: Shape3, size: Shape3) -> np.ndarray:
-        """The normalised float32 ``(d, h, w, C)`` block at ``origin``."""
+        """The normalised float32 ``(d, h, w, C)`` block at ``origin``; where it reaches out of the volume, the volume
+        is mirrored (without repeating its edge voxel), as the tiled prediction pads every border (tiling.py): a
+        volume smaller than the crop then looks to the model in training as any border does in prediction, where
+        a constant would be an edge it never meets there."""
         self._own_files()
-        block = self.image.read_block(origin, size)
+        low, inside, pads = self._inside(origin, size)
+        block = self.image.read_block(low, inside)
         d, h, w, c = block.shape
-        return normalize_image(block.reshape(d * h, w, c), self.spec).reshape(d, h, w, c).astype(np.float32)
+        block = normalize_image(block.reshape(d * h, w, c), self.spec).reshape(d, h, w, c).astype(np.float32)
+        return np.pad(block, [*pads, (0, 0)], mode="reflect") if any(sum(p) for p in pads) else block
 
     def read_mask(self, origin: Shape3, size: Shape3) -> np.ndarray:
-        """Class indices ``(d, h, w)`` at ``origin``: {0,255} binary masks as {0,1}, ``ignore_index`` as 255."""
+        """Class indices ``(d, h, w)`` at ``origin``: {0,255} binary masks as {0,1}, ``ignore_index`` as 255; voxels
+        out of the volume (see :meth:`read_image`) are ``IGNORE_INDEX``, so no loss or metric counts them."""
         self._own_files()
         assert self.mask is not None
-        block = self.mask.read_block(origin, size)[..., 0]
-        return encode_mask(block, self.num_classes, Path(self.mask.name), self.ignore_index)
+        low, inside, pads = self._inside(origin, size)
+        block = self.mask.read_block(low, inside)[..., 0]
+        labels = encode_mask(block, self.num_classes, Path(self.mask.name), self.ignore_index)
+        return np.pad(labels, pads, constant_values=IGNORE_INDEX) if any(sum(p) for p in pads) else labels
 
 
 def crop_origin(case: VolumeCase, size: Shape3, rng: np.random.Generator, foreground_p: float) -> Shape3:
     """A random crop corner; with probability ``foreground_p`` the crop is centred (kept inside the volume) on a
-    voxel of a foreground class drawn uniformly among those present, as nnU-Net's oversampling does."""
+    voxel of a foreground class drawn uniformly among those present, as nnU-Net's oversampling does.
+
+    On an axis where the volume is shorter than the crop, the crop holds all of it at a random place (the corner
+    is then negative) and :meth:`VolumeCase.read_image` pads the rest, so every crop has ``size``.
+    """
     top = [s - p for s, p in zip(case.shape[:3], size)]
+    low, high = [min(t, 0) for t in top], [max(t, 0) for t in top]
     if foreground_p > 0 and rng.random() < foreground_p and case.foreground:
         classes = sorted(case.foreground)
         positions = case.foreground[classes[int(rng.integers(len(classes)))]]
         centre = positions[int(rng.integers(len(positions)))]
-        return tuple(int(min(max(c - p // 2, 0), t)) for c, p, t in zip(centre, size, top))
-    return tuple(int(rng.integers(0, t + 1)) for t in top)
+        return tuple(int(min(max(c - p // 2, lo), hi)) for c, p, lo, hi in zip(centre, size, low, high))
+    return tuple(int(rng.integers(lo, hi + 1)) for lo, hi in zip(low, high))
 
 
 def item_seed(index: int | tuple[int, int], draws: bool) -> tuple[int, int]:
@@ -229,8 +251,8 @@ class VolumeData(SegmentationData):
         spacing: voxel size ``[z, y, x]`` for every volume, over what the files state (None: from the files,
             1 where a file states none).
         volume_transform: the 3D training augmentation (a :class:`~unet_train.data.augment3d.Compose3D`).
-        patch_size: ``[z, y, x]`` or one int (a cube), each side at most the smallest training volume's; a 2.5D
-            run crops ``[y, x]`` of it.
+        patch_size: ``[z, y, x]`` or one int (a cube); a volume shorter than it on an axis is padded there (the
+            padding's labels ignored), so every crop has this shape. A 2.5D run crops ``[y, x]`` of it.
         context_slices: ``k`` > 0 trains a 2.5D model (``spatial_dims=2``): ``2k + 1`` sections as channels, the
             centre one's mask (:mod:`unet_train.data.sections`); 0: off.
         **kwargs: as :class:`SegmentationData`.
@@ -324,13 +346,16 @@ class VolumeData(SegmentationData):
             )
 
     def _fit_patch(self, cases: Sequence[VolumeCase]) -> None:
-        smallest = tuple(min(c.shape[a] for c in cases) for a in range(3))
+        """Keep ``data.patch_size`` (a batch stacks crops of one shape) and say which volumes are padded to it."""
         if self.from_sections:  # a 2.5D or 2D crop is one section deep (its context is not the patch's z)
-            smallest = (1, *smallest[1:])
-        fitted = tuple(min(p, s) for p, s in zip(self.patch, smallest))
-        if fitted[1:] != self.patch[1:] or (fitted != self.patch and not self.from_sections):
-            log.info("data.patch_size %s is cut to %s, the smallest training volume (z, y, x)", self.patch, fitted)
-        self.patch = fitted
+            self.patch = (1, *self.patch[1:])
+        small = [c for c in cases if any(n < p for n, p in zip(c.shape[:3], self.patch))]
+        if small:
+            log.info(
+                "%d training volume(s) smaller than the crop %s (z, y, x) on some axis (%s): their crops are padded "
+                "to it, the image mirrored and the padding's labels ignored",
+                len(small), list(self.patch), ", ".join(f"{c.name} {c.shape[:3]}" for c in small[:4]),
+            )  # fmt: skip
 
     def dataset(
         self, split: str, augment: bool | None = None, sample_weight: Callable[[np.ndarray], np.ndarray] | None = None
