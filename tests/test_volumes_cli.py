@@ -75,6 +75,18 @@ def test_a_3d_run_resumes_exactly(volumes, reference, tmp_path):
         assert (resumed["model"][key].double() - value.double()).abs().max().item() <= 1e-6, key
 
 
+@pytest.mark.slow
+def test_a_folder_of_one_volume_trains_and_validates_on_a_slab_of_it(tmp_path):
+    """unet-train data=volumes on one annotated volume stopped at the split ("leaves no training item out of 1")."""
+    root = make_volume_folder(tmp_path / "one", count=1, shape=(8, 32, 48))
+    args = [a for a in train_args(root, tmp_path / "run", 1) if not a.startswith("data.samples_per_epoch")]
+    run([*args, "data.samples_per_epoch=4"], cwd=tmp_path)
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "holds one labelled volume, vol0 (8, 32, 48) (z, y, x): its last 16 of 48 x planes (x 32-47) validate" in log
+    assert "train split: 1 volume(s) vol0-x0-31 (8, 32, 32)" in log and "val split: 1 volume(s) vol0-x32-47" in log
+    assert 0 <= json.loads((tmp_path / "run" / "metrics.json").read_text())["val/dice"] <= 1
+
+
 def test_unet_eval_scores_the_validation_volume(reference, tmp_path):
     result = run([str(BIN / "unet-eval"), f"ckpt={reference / 'checkpoints' / 'best.pt'}"], cwd=tmp_path)
     assert "val/dice" in result.stdout and "val/iou" in result.stdout

@@ -134,6 +134,6 @@ def test_a_split_of_too_few_items_says_what_to_do():
     from unet_train.data.splits import random_split
 
     with pytest.raises(ConfigError, match=r"out of 1: validation takes at least one; add another"):
-        random_split(1, 0.2, 0)  # one volume in a folder
+        random_split(1, 0.2, 0)  # one image in a folder (one volume validates on a slab of itself)
     with pytest.raises(ConfigError, match=r"out of 4: validation takes at least one; lower data.val_fraction"):
         random_split(4, 0.9, 0)

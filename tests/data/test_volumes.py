@@ -336,3 +336,38 @@ def test_a_section_crop_of_a_small_volume_is_padded_in_plane(tmp_path):
         assert batch["image"].shape == (2, 3, 16, 16) and batch["mask"].shape == (2, 16, 16)
         for name, mask in zip(batch["name"], batch["mask"]):
             assert int((mask != IGNORE_INDEX).sum()) == (10 * 16 if name == "vol1" else 16 * 16)
+
+
+def test_a_folder_of_one_volume_validates_on_a_slab_of_it(tmp_path, caplog):
+    """A user with one annotated volume trains on it: its last planes along the longest axis (x here), at least one
+    crop deep, validate, as data=isbi data.spatial_dims=3 splits its one stack; the rest trains."""
+    root = make_volume_folder(tmp_path, count=1, shape=(8, 32, 48))
+    image, mask = ball_volume(0, (8, 32, 48))
+    with caplog.at_level("INFO", logger="unet_train.data.volumes"):
+        data = folder(root)  # data.val_fraction=0.2 of 48 is 10 planes: one crop (16) validates
+        (train,) = data.split("train").images
+        (val,) = data.split("val").images
+    assert (train.name, train.shape[:3], val.name, val.shape[:3]) == (
+        "vol0-x0-31",
+        (8, 32, 32),
+        "vol0-x32-47",
+        (8, 32, 16),
+    )
+    assert f"{root.resolve() / 'images'} holds one labelled volume, vol0 (8, 32, 48) (z, y, x): its last 16 of 48 x " \
+        "planes (x 32-47) validate, the rest train; data.val_fraction=0.2 sets the share" in caplog.text  # fmt: skip
+    whole = data.dataset("val")[0]
+    assert np.array_equal(whole["mask"].numpy(), mask[:, :, 32:] // 255)
+    assert np.allclose(whole["image"][0].numpy(), image[:, :, 32:] / 255, atol=1e-6)
+    assert np.array_equal(train.read_mask((0, 0, 0), (8, 32, 32)), mask[:, :, :32] // 255)
+    case = data.split("train").images[0]
+    case.pid = -1  # a loader worker reopens the file and cuts the same slab
+    assert np.array_equal(case.read_mask((0, 0, 16), (8, 32, 16)), mask[:, :, 16:32] // 255)
+    assert data.dataset("train")[(0, 3)]["image"].shape == (1, 4, 16, 16)
+    with pytest.raises(DataError) as info:
+        folder(make_volume_folder(tmp_path / "small", count=1, shape=(8, 20, 20))).split("train")
+    assert str(info.value) == (
+        f"{(tmp_path / 'small' / 'images').resolve()} holds one labelled volume, vol0 (8, 20, 20) (z, y, x), too small "
+        "to hold out a validation slab: of its 20 y planes, 16 validate (data.val_fraction=0.2, at least the crop's "
+        "16) and 4 would train, under one crop; add a second labelled volume there (it then validates), or lower "
+        "data.patch_size."
+    )

@@ -22,7 +22,7 @@ def random_split(n: int, val_fraction: float, seed: int) -> tuple[list[int], lis
     order = np.random.default_rng(seed).permutation(n)
     n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
     if n_val >= n:
-        fix = "add another (a volume folder of one volume cannot be split)" if n < 2 else "lower data.val_fraction"
+        fix = "add another" if n < 2 else "lower data.val_fraction"
         raise ConfigError(
             f"data.val_fraction={val_fraction} leaves no training item out of {n}: "
             f"validation takes at least one; {fix}."

@@ -54,11 +54,46 @@ def volume_files(folder: Path) -> dict[str, Path]:
     return by_stem
 
 
+class SlabArray:
+    """An array (a file's, read lazily) seen through planes ``start:stop`` of its dimension ``dim``: what a
+    :class:`~unet_train.inference.volumes.Volume` of part of a volume reads from."""
+
+    def __init__(self, array: Any, dim: int, start: int, stop: int) -> None:
+        self.array, self.dim, self.start, self.stop = array, dim, start, stop
+        self.shape = tuple(stop - start if d == dim else int(n) for d, n in enumerate(array.shape))
+        self.dtype = array.dtype
+
+    def __getitem__(self, index: tuple[Any, ...]) -> Any:
+        index = tuple(index) if isinstance(index, tuple) else (index,)
+        key = index[self.dim]
+        if isinstance(key, slice):
+            low = self.start + (key.start or 0)
+            high = self.stop if key.stop is None else min(self.start + key.stop, self.stop)
+            key = slice(low, high)
+        else:
+            key = self.start + int(key)
+        return self.array[(*index[: self.dim], key, *index[self.dim + 1 :])]
+
+
+def slab(volume: Volume, axis: str, start: int, stop: int) -> Volume:
+    """Planes ``start:stop`` along ``axis`` (z, y or x) of ``volume``, read lazily from its file."""
+    array = SlabArray(volume.array, volume.axes.index(axis), start, stop)
+    name = f"{volume.name} ({axis} {start}-{stop - 1})"
+    return Volume(array, volume.axes, name, volume.scale, volume.units, handle=volume.handle, channels=volume.channels)
+
+
+def slab_pair(opener: Any, axis: str, start: int, stop: int) -> tuple[Volume, Volume | None]:
+    """The image and mask that ``opener`` opens, cut to planes ``start:stop`` along ``axis``."""
+    image, mask = opener()
+    return slab(image, axis, start, stop), None if mask is None else slab(mask, axis, start, stop)
+
+
 class VolumeFolder(VolumeData):
     """3D images and label volumes in ``root/images`` and ``root/masks`` with matching stems.
 
-    A deterministic ``val_fraction`` of the volumes (shuffled with ``split_seed``) validates; an optional
-    ``root/test/images`` is the test split.
+    A deterministic ``val_fraction`` of the volumes (shuffled with ``split_seed``) validates; a folder of one volume
+    validates on its last ``val_fraction`` of planes along its longest axis (at least one crop deep) and trains on
+    the rest. An optional ``root/test/images`` is the test split.
 
     Args:
         root: dataset folder.
@@ -106,6 +141,7 @@ class VolumeFolder(VolumeData):
         self.images_dir, self.masks_dir = images_dir, masks_dir
         self.image_key, self.mask_key, self.channels = image_key, mask_key, channels
         self.ignore_index, self.foreground = ignore_index, foreground
+        self._slab_said = False  # the one-volume split is logged once
 
     @staticmethod
     def _open_keyed(path: Path, key: str | None, channels: int, option: str) -> Volume:
@@ -193,7 +229,47 @@ class VolumeFolder(VolumeData):
         if split == "test":
             return self._open_cases(self._pairs(self.root / "test", masks_required=False), self.in_channels)
         pairs = self._pairs(self.root, masks_required=True)
+        if split != "all" and len(pairs) == 1 and self.val_fraction > 0:  # one volume: a slab of it validates
+            (case,) = self._open_cases(pairs, self.in_channels)
+            return [self._slab_case(case, split)]
         if split != "all":
             train, val = random_split(len(pairs), self.val_fraction, self.split_seed)
             pairs = [pairs[i] for i in (train if split == "train" else val)]
         return self._open_cases(pairs, self.in_channels)
+
+    def _slab_case(self, case: VolumeCase, split: str) -> VolumeCase:
+        """The train or val part of the one labelled volume: the last ``val_fraction`` of its planes along its longest
+        axis (z first where sides tie), at least one crop deep, validate; the planes before them train. As
+        ``data=isbi data.spatial_dims=3`` splits its one stack, by position: neighbouring planes are near copies,
+        so a random choice of planes would validate on what training saw."""
+        patch = (1, *self.patch[1:]) if self.from_sections else self.patch  # a section crop is one plane deep
+        axis = max(range(3), key=lambda a: (case.shape[a], -a))
+        planes, crop = case.shape[axis], patch[axis]
+        held = max(round(planes * self.val_fraction), crop)
+        name, letter, folder = case.name, "zyx"[axis], self.root.resolve() / self.images_dir
+        if planes - held < crop:
+            raise DataError(
+                f"{folder} holds one labelled volume, {name} {case.shape[:3]} (z, y, x), too small to hold out a "
+                f"validation slab: of its {planes} {letter} planes, {held} validate (data.val_fraction="
+                f"{self.val_fraction}, at least the crop's {crop}) and {planes - held} would train, under one crop; "
+                "add a second labelled volume there (it then validates), or lower data.patch_size."
+            )
+        start, stop = (0, planes - held) if split == "train" else (planes - held, planes)
+        if not self._slab_said:
+            log.info(
+                "%s holds one labelled volume, %s %s (z, y, x): its last %d of %d %s planes (%s %d-%d) validate, the "
+                "rest train; data.val_fraction=%g sets the share (at least one crop deep), or add a second volume "
+                "there to validate on instead",
+                folder, name, case.shape[:3], held, planes, letter, letter,
+                planes - held, planes - 1, self.val_fraction,
+            )  # fmt: skip
+            self._slab_said = True
+        if case.mask is not None and case.mask.shape[:3] != case.shape[:3]:  # the slabs could agree where these do not
+            raise DataError(f"{case.mask.name} is {case.mask.shape[:3]} (z, y, x) but its image is {case.shape[:3]}.")
+        assert case.opener is not None
+        opener = functools.partial(slab_pair, case.opener, letter, start, stop)
+        image, mask = (
+            slab(case.image, letter, start, stop),
+            None if case.mask is None else slab(case.mask, letter, start, stop),
+        )
+        return VolumeCase(image, mask, f"{name}-{letter}{start}-{stop - 1}", case.spacing, case.unit, opener=opener)
