@@ -31,7 +31,7 @@ from omegaconf import DictConfig
 from unet_train.data.limits import check_pixels, max_pixels
 from unet_train.data.normalize import resolve_spec
 from unet_train.data.sections import read_sections, stack_sections
-from unet_train.data.volume_data import VolumeCase, volume_spec
+from unet_train.data.volume_data import VolumeCase, sections_scaled_per_volume, volume_spec
 from unet_train.data.volumes import volume_stem
 from unet_train.errors import ConfigError, DataError, UserError
 from unet_train.inference.large import predict_volume_to_zarr, store_settings
@@ -111,7 +111,7 @@ def predict_sections(
     channels = int(inputs[0].in_channels)
     # Sections of a model trained on volumes (any k: data=volumes, or data=isbi with a context) are scaled by their
     # volume's statistics, as training scaled them; an image model's planes each on its own (predict_in_memory).
-    per_volume = context > 0 or str(inputs[0].get("_target_", "")).endswith("VolumeFolder")
+    per_volume = sections_scaled_per_volume(inputs[0])
     spec_of = volume_spec if per_volume else lambda _, spec: resolve_spec(spec)
     if volume.shape[3] != channels:
         raise DataError(f"{volume.name} has {volume.shape[3]} channel(s) (axes {volume.axes}) but the model's "

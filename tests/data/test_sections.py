@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from unet_train.build import build_data, build_model, resolve_data_config
+from unet_train.data import ImageFolder, VolumeFolder
 from unet_train.data.augment3d import Compose3D, RandomFlip3D, RandomRotate90InPlane
 from unet_train.data.sections import SectionDataset, context_indices, raw_sections, section_spec
 from unet_train.data.volume_data import VolumeCase
@@ -169,11 +170,22 @@ class _Logits(torch.nn.Module):
         return self.conv(x)
 
 
+class LabVolumes(VolumeFolder):
+    """A user's dataset of volumes under a name of its own."""
+
+
+class PlanesNotAVolumeFolder(ImageFolder):
+    """2D images, whose name happens to end as the volume dataset's."""
+
+
 @pytest.mark.parametrize(("target", "per_volume"), [("unet_train.data.VolumeFolder", True),
-                                                    ("unet_train.data.ImageFolder", False)])  # fmt: skip
+                                                    ("unet_train.data.ImageFolder", False),
+                                                    (f"{__name__}.LabVolumes", True),
+                                                    (f"{__name__}.PlanesNotAVolumeFolder", False)])  # fmt: skip
 def test_a_plain_2d_model_of_volume_sections_is_fed_sections_scaled_per_volume(tmp_path, target, per_volume):
     """k = 0 trained on data=volumes sections (scaled by the volume's statistics) was predicted with each plane
-    scaled on its own, as an image model's stack is; a dim plane then looked as bright as the others."""
+    scaled on its own, as an image model's stack is; a dim plane then looked as bright as the others. Whether the
+    data were volumes is the dataset class's flag (planes_from_volumes), not the end of its name."""
     from unet_train.inference.tiling import TiledPredictor
     from unet_train.inference.volumes import open_volume
     from unet_train.volume_predict import predict_sections

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.utils import get_class
 from omegaconf import ListConfig, OmegaConf
 from torch.utils.data import Dataset
 
@@ -378,6 +379,17 @@ class VolumeData(SegmentationData):
         if not augment:
             return VolumeDataset(cases)
         return VolumeDataset(cases, self.patch, self.volume_transform, self.foreground_oversample)
+
+
+def sections_scaled_per_volume(data_cfg: Mapping[str, Any]) -> bool:
+    """Whether a 2D or 2.5D model trained with the data config ``data_cfg`` (a checkpoint's) saw each section scaled
+    by its whole volume's statistics, as :class:`VolumeData` serves sections: with any ``context_slices``, or from a
+    dataset whose class trains 2D models on its volumes' sections (:attr:`VolumeData.planes_from_volumes`:
+    ``data=volumes``); else each plane was an image scaled on its own."""
+    if int(data_cfg.get("context_slices") or 0) > 0:
+        return True
+    target = data_cfg.get("_target_")  # a checkpoint's targets are checked (unet_train.trust) before this reads one
+    return isinstance(target, str) and bool(getattr(get_class(target), "planes_from_volumes", False))
 
 
 def _pixels(volume: Volume) -> np.ndarray:
