@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +127,47 @@ def _files(folder: Path) -> dict[str, Path]:
 
 
 FOREGROUNDS = ("object", "membrane")
+
+Pair = tuple[str, Path, Path | None]  # stem, image, its mask (None: no mask folder)
+
+
+def pair_files(
+    base: Path,
+    images_dir: str,
+    masks_dir: str,
+    list_files: Callable[[Path], dict[str, Path]],
+    kind: str,
+    dataset: str,
+    masks_required: bool,
+) -> list[Pair]:
+    """The files of ``base/images_dir`` with their masks in ``base/masks_dir``, matched by stem (``list_files`` lists a
+    folder by stem); sorted by stem where there are masks. ``kind`` names what the images are in the messages
+    (``images (.png, ...)``), ``dataset`` the config that expects the layout (``data=folder``)."""
+    image_dir, mask_dir = base / images_dir, base / masks_dir
+    if not image_dir.is_dir():
+        raise DataError(
+            f"Image folder {image_dir.resolve()} does not exist; {dataset} expects "
+            f"<data.root>/{images_dir}/ and <data.root>/{masks_dir}/ (set data.root)."
+        )
+    images = list_files(image_dir)
+    if not images:
+        raise DataError(f"No {kind} in {image_dir.resolve()}.")
+    if not mask_dir.is_dir():
+        if masks_required:
+            raise DataError(f"Mask folder {mask_dir.resolve()} does not exist.")
+        return [(stem, path, None) for stem, path in images.items()]
+    masks = list_files(mask_dir)
+    missing = sorted(set(images) - set(masks))
+    extra = sorted(set(masks) - set(images))
+    if missing or extra:
+        detail = []
+        if missing:
+            detail.append(f"images without a mask: {', '.join(missing[:5])}")
+        if extra:
+            detail.append(f"masks without an image: {', '.join(extra[:5])}")
+        fix = "name each mask after its image."
+        raise DataError(f"Unmatched file stems in {base.resolve()}: {'; '.join(detail)}; {fix}")
+    return [(stem, images[stem], masks[stem]) for stem in sorted(images)]
 
 
 class ImageFolder(SegmentationData):
@@ -285,31 +326,10 @@ class ImageFolder(SegmentationData):
         return True
 
     def _pairs(self, base: Path, masks_required: bool) -> tuple[list[Path], list[Path] | None]:
-        image_dir, mask_dir = base / self.images_dir, base / self.masks_dir
-        if not image_dir.is_dir():
-            raise DataError(
-                f"Image folder {image_dir.resolve()} does not exist; data=folder expects "
-                f"<data.root>/{self.images_dir}/ and <data.root>/{self.masks_dir}/ (set data.root)."
-            )
-        images = _files(image_dir)
-        if not images:
-            raise DataError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in {image_dir.resolve()}.")
-        if not mask_dir.is_dir():
-            if masks_required:
-                raise DataError(f"Mask folder {mask_dir.resolve()} does not exist.")
-            return list(images.values()), None
-        masks = _files(mask_dir)
-        missing = sorted(set(images) - set(masks))
-        extra = sorted(set(masks) - set(images))
-        if missing or extra:
-            detail = []
-            if missing:
-                detail.append(f"images without a mask: {', '.join(missing[:5])}")
-            if extra:
-                detail.append(f"masks without an image: {', '.join(extra[:5])}")
-            raise DataError(f"Unmatched file stems in {base.resolve()}: {'; '.join(detail)}.")
-        stems = sorted(images)
-        return [images[s] for s in stems], [masks[s] for s in stems]
+        kind = f"images ({', '.join(IMAGE_SUFFIXES)})"
+        pairs = pair_files(base, self.images_dir, self.masks_dir, _files, kind, "data=folder", masks_required)
+        masks = [mask for _, _, mask in pairs if mask is not None]
+        return [image for _, image, _ in pairs], masks if len(masks) == len(pairs) else None
 
     def _split_stems(self, n: int) -> tuple[Sequence[int], Sequence[int]]:
         return random_split(n, self.val_fraction, self.split_seed)

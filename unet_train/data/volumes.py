@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from unet_train.data.folder import FOREGROUNDS, infer_num_classes, value_list
+from unet_train.data.folder import FOREGROUNDS, Pair, infer_num_classes, pair_files, value_list
 from unet_train.data.sections import check_context_slices
 from unet_train.data.splits import random_split
 from unet_train.data.volume_data import VolumeCase, VolumeData, stated_unit
@@ -165,30 +165,11 @@ class VolumeFolder(VolumeData):
             raise DataError(f"Mask {mask_path} has {mask.shape[3]} channels; a label volume has one.")
         return image, mask
 
-    def _pairs(self, base: Path, masks_required: bool) -> list[tuple[str, Path, Path | None]]:
-        image_dir, mask_dir = base / self.images_dir, base / self.masks_dir
-        if not image_dir.is_dir():
-            raise DataError(
-                f"Image folder {image_dir.resolve()} does not exist; data=volumes expects "
-                f"<data.root>/{self.images_dir}/ and <data.root>/{self.masks_dir}/ (set data.root)."
-            )
-        images = volume_files(image_dir)
-        if not images:
-            raise DataError(f"No volumes (TIFF, NIfTI, HDF5, Zarr) in {image_dir.resolve()}.")
-        if not mask_dir.is_dir():
-            if masks_required:
-                raise DataError(f"Mask folder {mask_dir.resolve()} does not exist.")
-            return [(stem, path, None) for stem, path in images.items()]
-        masks = volume_files(mask_dir)
-        missing, extra = sorted(set(images) - set(masks)), sorted(set(masks) - set(images))
-        if missing or extra:
-            raise DataError(
-                f"Unmatched volumes in {base.resolve()}: images without a mask {missing[:5]}, masks without an "
-                f"image {extra[:5]}; name each mask after its image."
-            )
-        return [(stem, images[stem], masks[stem]) for stem in sorted(images)]
+    def _pairs(self, base: Path, masks_required: bool) -> list[Pair]:
+        kind = "volumes (TIFF, NIfTI, HDF5, Zarr)"
+        return pair_files(base, self.images_dir, self.masks_dir, volume_files, kind, "data=volumes", masks_required)
 
-    def _open_cases(self, pairs: Sequence[tuple[str, Path, Path | None]], channels: int) -> list[VolumeCase]:
+    def _open_cases(self, pairs: Sequence[Pair], channels: int) -> list[VolumeCase]:
         cases = []
         for stem, image_path, mask_path in pairs:
             opener = functools.partial(self._open_pair, image_path, mask_path, channels)
