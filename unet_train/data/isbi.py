@@ -23,8 +23,8 @@ from unet_train.data.base import Split
 from unet_train.data.reading import read_stack
 from unet_train.data.splits import check_disjoint, parse_indices
 from unet_train.data.volume_data import VolumeCase, VolumeData
+from unet_train.data.volume_readers import Volume
 from unet_train.errors import ConfigError, DataError
-from unet_train.inference.volumes import Volume
 
 log = logging.getLogger(__name__)
 

@@ -71,7 +71,7 @@ def read_sections(case: Any, z: int, k: int, window: Block) -> np.ndarray:
 
 
 def raw_sections(volume: Any, z: int, k: int) -> np.ndarray:
-    """The whole sections ``z - k .. z + k`` of a :class:`~unet_train.inference.volumes.Volume` as stored (its own
+    """The whole sections ``z - k .. z + k`` of a :class:`~unet_train.data.volume_readers.Volume` as stored (its own
     dtype), stacked: ``(Y, X, (2k + 1) * C)``, what a 2.5D model's exported package takes as its input."""
     indices = context_indices(z, volume.depth, k)
     low, high = min(indices), max(indices)

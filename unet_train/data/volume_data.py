@@ -1,6 +1,6 @@
 """Volumes for 3D training: cases read lazily, random 3D crops, and the data module base that serves them.
 
-A :class:`VolumeCase` is one image volume (a :class:`~unet_train.inference.volumes.Volume`, so TIFF, NIfTI,
+A :class:`VolumeCase` is one image volume (a :class:`~unet_train.data.volume_readers.Volume`, so TIFF, NIfTI,
 HDF5 and Zarr files, or an array in memory) with its label volume, voxel spacing and intensity scaling.
 Training reads random crops of ``data.patch_size`` (``[z, y, x]``, or one int for a cube) straight from the
 file where the format allows it (Zarr/HDF5 chunks, the NIfTI proxy); validation, ``unet-eval`` and the
@@ -29,9 +29,8 @@ from unet_train.data.folder import encode_mask
 from unet_train.data.limits import check_pixels
 from unet_train.data.normalize import fill_dataset_stats, needs_dataset_stats, normalize_image, resolve_spec
 from unet_train.data.sections import SectionDataset, check_context_slices
+from unet_train.data.volume_readers import Volume, sample_pixels
 from unet_train.errors import ConfigError, DataError
-from unet_train.inference.sources import sample_pixels
-from unet_train.inference.volumes import Volume
 from unet_train.labels import IGNORE_INDEX
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """A folder of 3D volumes: ``root/images/*`` and ``root/masks/*`` matched by name (``data=volumes``).
 
 TIFF stacks, NIfTI (``.nii``, ``.nii.gz``), HDF5 (``.h5``, ``.hdf5``) and Zarr/OME-Zarr stores, read
-lazily through :func:`~unet_train.inference.volumes.open_volume`; the voxel spacing comes from each file
+lazily through :func:`~unet_train.data.volume_readers.open_volume`; the voxel spacing comes from each file
 (ImageJ ``spacing``, OME ``PhysicalSize*``, NIfTI ``pixdim``, OME-NGFF ``scale``, HDF5
 ``element_size_um``) unless ``data.spacing`` gives it.
 """
@@ -19,9 +19,9 @@ from unet_train.data.folder import FOREGROUNDS, Pair, infer_num_classes, pair_fi
 from unet_train.data.sections import check_context_slices
 from unet_train.data.splits import random_split
 from unet_train.data.volume_data import VolumeCase, VolumeData, stated_unit
+from unet_train.data.volume_readers import HDF5_SUFFIXES, NIFTI_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIXES, Volume
+from unet_train.data.volume_readers import open_volume as _open
 from unet_train.errors import ConfigError, DataError
-from unet_train.inference.volumes import HDF5_SUFFIXES, NIFTI_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIXES, Volume
-from unet_train.inference.volumes import open_volume as _open
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def volume_files(folder: Path) -> dict[str, Path]:
 
 class SlabArray:
     """An array (a file's, read lazily) seen through planes ``start:stop`` of its dimension ``dim``: what a
-    :class:`~unet_train.inference.volumes.Volume` of part of a volume reads from."""
+    :class:`~unet_train.data.volume_readers.Volume` of part of a volume reads from."""
 
     def __init__(self, array: Any, dim: int, start: int, stop: int) -> None:
         self.array, self.dim, self.start, self.stop = array, dim, start, stop

@@ -1,7 +1,7 @@
-"""Raw pixels of a :class:`~unet_train.inference.volumes.Volume` -> the model's input on the chunked path.
+"""Raw pixels of a :class:`~unet_train.data.volume_readers.Volume` -> the model's input on the chunked path.
 
-The readers themselves (Zarr, HDF5, TIFF, NIfTI) live in :mod:`unet_train.inference.volumes`; the names
-they define are importable from here too, as before the split.
+The readers themselves (Zarr, HDF5, TIFF, NIfTI) and :func:`sample_pixels` live in
+:mod:`unet_train.data.volume_readers`; the names they define are importable from here too, as before the split.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 
 from unet_train.data.normalize import normalize_image, resolve_spec
 from unet_train.data.reading import match_channels
-from unet_train.inference.volumes import (  # re-exported: predict.py imports them from here
+from unet_train.data.volume_readers import (  # re-exported: predict.py imports them from here
     HDF5_SUFFIXES,
     NIFTI_SUFFIXES,
     TIFF_SUFFIXES,
@@ -22,6 +22,7 @@ from unet_train.inference.volumes import (  # re-exported: predict.py imports th
     is_chunked_input,
     is_zarr_path,
     open_volume,
+    sample_pixels,
 )
 
 __all__ = [
@@ -79,25 +80,6 @@ class InputScaling:
         out = normalize_image(image, self.spec)
         out = out[..., None] if out.ndim == 2 else out
         return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
-
-
-def sample_pixels(volume: Volume, max_pixels: int, planes: list[int] | None = None) -> np.ndarray:
-    """Pixels ``(N, C)`` of a volume: all of each plane with at most ``max_pixels``, else a regular grid of
-    64x64 windows (up to ``max_pixels`` per plane); on ``planes`` (None: up to 8 spread over the stack)."""
-    _, height, width, _ = volume.shape
-    if planes is None:
-        planes = np.unique(np.linspace(0, volume.depth - 1, min(volume.depth, 8)).round().astype(int)).tolist()
-    samples = []
-    for z in planes:
-        if height * width <= max_pixels:
-            windows = [volume.read(int(z), 0, height, 0, width)]
-        else:
-            side, per_axis = 64, max(1, int(np.sqrt(max_pixels / 64**2)))
-            ys = np.linspace(0, max(height - side, 0), per_axis).astype(int)
-            xs = np.linspace(0, max(width - side, 0), per_axis).astype(int)
-            windows = [volume.read(int(z), y, y + side, x, x + side) for y in ys for x in xs]
-        samples += [window.reshape(-1, window.shape[-1]) for window in windows]  # finite: Volume.read checks
-    return np.concatenate(samples)
 
 
 class PlaneScaling:

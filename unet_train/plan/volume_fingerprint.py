@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from unet_train.data.volume_data import VolumeCase
+from unet_train.data.volume_readers import sample_pixels
 from unet_train.errors import DataError
-from unet_train.inference.sources import sample_pixels
 from unet_train.labels import IGNORE_INDEX
 from unet_train.plan.fingerprint import PERCENTILES, _bit_depth, _stats
 

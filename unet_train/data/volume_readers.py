@@ -1,0 +1,403 @@
+"""Volume readers: Zarr / OME-Zarr, HDF5, (Big)TIFF and NIfTI presented as ``(Z, Y, X, C)`` and read window by window.
+
+A :class:`Volume` reads one window of one z plane (:meth:`Volume.read`) or a 3D block (:meth:`Volume.read_block`)
+at a time, in the file's own dtype. The physical pixel (voxel) size comes from the file where it says one:
+OME-Zarr ``scale``, HDF5 ``element_size_um``, ImageJ TIFF ``spacing`` and resolution tags, OME-TIFF
+``PhysicalSize*``, the NIfTI header's ``pixdim``. zarr, h5py and nibabel are optional
+(``pip install "unet-train[bigdata]"``); :func:`require` names the extra when one is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import tifffile
+
+from unet_train.data.limits import check_finite, first_nonfinite, reason
+from unet_train.data.reading import tiff_alpha
+from unet_train.data.tiff_volumes import UNITS, TiffPages, tiff_spacing
+from unet_train.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+ZARR_SUFFIXES = (".zarr", ".ome.zarr", ".n5")
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+AXES = "zyxc"  # the order Volume presents
+
+
+def require(module: str) -> ModuleType:
+    """Import an optional dependency of the large-image path, or say which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigError(
+            f'{module} is needed for Zarr/OME-Zarr/HDF5/NIfTI files; install it with pip install "unet-train[bigdata]".'
+        ) from exc
+
+
+def is_zarr_path(path: Path) -> bool:
+    return path.name.lower().endswith(ZARR_SUFFIXES) or (path / "zarr.json").is_file() or (path / ".zgroup").is_file()
+
+
+def is_chunked_input(path: Path) -> bool:
+    """Inputs that are read window by window (Zarr and HDF5); images and TIFFs may also be read whole."""
+    return is_zarr_path(path) or path.suffix.lower() in HDF5_SUFFIXES
+
+
+@dataclass
+class Volume:
+    """An image or stack as ``(Z, Y, X, C)``, read window by window in its own dtype.
+
+    ``array`` is anything indexable like a NumPy array (a zarr array, an h5py dataset, a memmap);
+    ``axes`` names its dimensions with letters of ``tczyx`` (``t`` must have length 1).
+    ``scale`` holds the physical pixel size per axis of ``zyx`` where the file states one.
+    ``channels`` keeps the first channels only (a TIFF's alpha sample is left out, as training reads it).
+    Every window read is checked for NaN/inf pixels: refused, or read as 0 with ``allow_nonfinite``.
+    """
+
+    array: Any
+    axes: str
+    name: str
+    scale: dict[str, float] = field(default_factory=dict)
+    units: dict[str, str] = field(default_factory=dict)
+    handle: Any = None  # an open file to close (h5py.File, tifffile.TiffFile)
+    channels: int | None = None
+    allow_nonfinite: bool = False  # NaN/inf pixels read as 0 (unet-predict allow_nonfinite=true), else refused
+
+    def __post_init__(self) -> None:
+        if (
+            sorted(self.axes) != sorted(set(self.axes))
+            or set(self.axes) - set("tczyx")
+            or len(self.axes) != len(self.array.shape)
+        ):
+            raise DataError(
+                f"{self.name}: axes {self.axes!r} do not fit its shape {tuple(self.array.shape)}; "
+                "set input_axes to letters of tczyx, one per dimension (e.g. zyx, cyx, yxc)."
+            )
+        if "y" not in self.axes or "x" not in self.axes:
+            raise DataError(f"{self.name}: axes {self.axes!r} have no y and x; set input_axes (e.g. input_axes=zyx).")
+        if "t" in self.axes and self.array.shape[self.axes.index("t")] != 1:
+            raise DataError(
+                f"{self.name}: a time series ({self.axes}, {tuple(self.array.shape)}); predict one time point."
+            )
+        size = dict(zip(self.axes, self.array.shape))
+        channels = size.get("c", 1) if self.channels is None else min(self.channels, size.get("c", 1))
+        self.shape = (size.get("z", 1), size["y"], size["x"], channels)
+        self.dtype = np.dtype(self.array.dtype)
+        self._warned = False
+
+    @property
+    def depth(self) -> int:
+        return self.shape[0]
+
+    @property
+    def has_z(self) -> bool:
+        return "z" in self.axes
+
+    def read(self, z: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Pixels ``[y0:y1, x0:x1]`` of plane ``z`` as ``(h, w, C)`` in the file's dtype."""
+        index: list[Any] = []
+        for axis in self.axes:
+            index.append({"t": 0, "z": z, "y": slice(y0, y1), "x": slice(x0, x1), "c": slice(None)}[axis])
+        try:
+            window = np.asarray(self.array[tuple(index)])
+        except DataError:
+            raise
+        except Exception as exc:  # a truncated or corrupt file shows only when its pixels are decoded
+            raise DataError(f"Could not read {self.name} (z={z}, y={y0}:{y1}, x={x0}:{x1}): {reason(exc)}") from exc
+        kept = [a for a in self.axes if a in "yxc"]
+        window = window.transpose([kept.index(a) for a in "yx" + ("c" if "c" in kept else "")])
+        window = window[..., : self.shape[3]] if window.ndim == 3 else window[..., None]
+        return self._finite(window, z, y0, x0)
+
+    def read_block(self, origin: tuple[int, ...], size: tuple[int, ...]) -> np.ndarray:
+        """The 3D window at ``origin`` (z, y, x) of ``size`` as ``(d, h, w, C)`` in the file's dtype, in one read
+        (a Zarr/HDF5 store decodes only the chunks it touches, a NIfTI proxy only the bytes of those planes)."""
+        bounds = {a: slice(o, o + s) for a, o, s in zip("zyx", origin, size)}
+        index = tuple({"t": 0, "c": slice(None)}.get(axis, bounds.get(axis)) for axis in self.axes)
+        try:
+            block = np.asarray(self.array[index])
+        except DataError:
+            raise
+        except Exception as exc:  # a truncated or corrupt file shows only when its pixels are decoded
+            raise DataError(f"Could not read {self.name} (z, y, x from {origin}, size {size}): {reason(exc)}") from exc
+        kept = [a for a in self.axes if a in "zyxc"]
+        block = block.transpose([kept.index(a) for a in "zyxc" if a in kept])
+        block = block[..., None] if "c" not in kept else block[..., : self.shape[3]]
+        block = block if "z" in kept else block[None]
+        if not self.allow_nonfinite:
+            check_finite(block, self.name, "zyxc", "fix or remove the file", origin)
+        return block
+
+    def _finite(self, window: np.ndarray, z: int, y0: int, x0: int) -> np.ndarray:
+        """``window`` (at ``z, y0, x0``) refused for NaN/inf pixels, or with them set to 0 (``allow_nonfinite``)."""
+        if not self.allow_nonfinite:
+            axes, origin = ("zyxc", (z, y0, x0)) if self.has_z else ("yxc", (y0, x0))
+            pixels = window if window.shape[2] > 1 else window[..., 0]  # a grey window's position needs no c
+            check_finite(
+                pixels[None] if self.has_z else pixels,
+                self.name,
+                axes,
+                "fix the file, or predict it with allow_nonfinite=true (they are then read as 0)",
+                origin,
+            )
+            return window
+        if first_nonfinite(window) is None:
+            return window
+        if not self._warned:
+            log.warning("%s has NaN or infinite pixels; they are read as 0 (allow_nonfinite=true)", self.name)
+            self._warned = True
+        return np.nan_to_num(window, nan=0.0, posinf=0.0, neginf=0.0)
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
+
+
+def sample_pixels(volume: Volume, max_pixels: int, planes: list[int] | None = None) -> np.ndarray:
+    """Pixels ``(N, C)`` of a volume: all of each plane with at most ``max_pixels``, else a regular grid of
+    64x64 windows (up to ``max_pixels`` per plane); on ``planes`` (None: up to 8 spread over the stack)."""
+    _, height, width, _ = volume.shape
+    if planes is None:
+        planes = np.unique(np.linspace(0, volume.depth - 1, min(volume.depth, 8)).round().astype(int)).tolist()
+    samples = []
+    for z in planes:
+        if height * width <= max_pixels:
+            windows = [volume.read(int(z), 0, height, 0, width)]
+        else:
+            side, per_axis = 64, max(1, int(np.sqrt(max_pixels / 64**2)))
+            ys = np.linspace(0, max(height - side, 0), per_axis).astype(int)
+            xs = np.linspace(0, max(width - side, 0), per_axis).astype(int)
+            windows = [volume.read(int(z), y, y + side, x, x + side) for y in ys for x in xs]
+        samples += [window.reshape(-1, window.shape[-1]) for window in windows]  # finite: Volume.read checks
+    return np.concatenate(samples)
+
+
+def guess_axes(shape: tuple[int, ...], in_channels: int) -> str:
+    """Axes of an array without metadata: ``yx``; ``cyx``/``yxc`` when a side equals the channels; else ``zyx``."""
+    if len(shape) == 2:
+        return "yx"
+    if len(shape) == 3:
+        if in_channels > 1 and shape[-1] == in_channels:
+            return "yxc"
+        if in_channels > 1 and shape[0] == in_channels:
+            return "cyx"
+        return "zyx"
+    if len(shape) == 4:
+        return "zyxc" if in_channels > 1 and shape[-1] == in_channels else "czyx"
+    raise DataError(f"An array of shape {shape} is not a 2D image or stack; set input_axes (letters of tczyx).")
+
+
+def open_volume(spec: str | Path, key: str | int | None, axes: str | None, in_channels: int) -> Volume:
+    """Open ``input`` (+ ``input_key``, ``input_axes``) as a :class:`Volume` without reading its pixels."""
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise DataError(f"input={path} does not exist; pass an image, a TIFF stack, a Zarr store or an HDF5 file.")
+    key = None if key is None else str(key)
+    if is_zarr_path(path):
+        return _open_zarr(path, key, axes, in_channels)
+    if path.suffix.lower() in HDF5_SUFFIXES:
+        return _open_hdf5(path, key, axes, in_channels)
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        return _open_tiff(path, axes, in_channels)
+    if path.name.lower().endswith(NIFTI_SUFFIXES):
+        return _open_nifti(path, axes)
+    raise DataError(f"input={path}: not a Zarr store, HDF5 file, TIFF or NIfTI; those are what large inputs may be.")
+
+
+def _open_zarr(path: Path, key: str | None, axes: str | None, in_channels: int) -> Volume:
+    zarr = require("zarr")
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as exc:
+        raise DataError(f"Could not open Zarr store {path}: {reason(exc)}") from exc
+    scale: dict[str, float] = {}
+    units: dict[str, str] = {}
+    if isinstance(node, zarr.Group):
+        image = ome_image(node.attrs.asdict(), path)
+        if image is not None:  # OME-Zarr image: key picks a level (its path, or its index)
+            levels = [d["path"] for d in image["datasets"]]
+            chosen = levels[0] if key is None else key
+            if chosen not in levels and chosen.isdigit() and int(chosen) < len(levels):
+                chosen = levels[int(chosen)]
+            if chosen not in levels:
+                raise DataError(f"input_key={key} is not a level of OME-Zarr {path}; its levels are {levels}.")
+            names = [a["name"] if isinstance(a, dict) else a for a in image.get("axes", [])]
+            axes = axes or "".join(names) or None
+            level = image["datasets"][levels.index(chosen)]
+            units = {
+                a["name"]: a["unit"]
+                for a in image.get("axes", [])
+                if isinstance(a, dict) and isinstance(a.get("unit"), str)
+            }
+            for transform in level.get("coordinateTransformations", []):
+                if transform.get("type") == "scale" and names:
+                    scale = {n: float(s) for n, s in zip(names, transform["scale"]) if n in "zyx"}
+            key = chosen
+        arrays = sorted(name for name, _ in node.arrays())
+        if key is None:
+            if len(arrays) != 1:
+                raise DataError(f"Zarr group {path} holds arrays {arrays}; choose one with input_key=NAME.")
+            key = arrays[0]
+        try:
+            array = node[key]
+        except KeyError as exc:
+            raise DataError(f"input_key={key} is not in Zarr group {path}; it holds {arrays}.") from exc
+        except Exception as exc:  # a level that is no array (a group), or corrupt array metadata
+            raise DataError(f"Could not open array {key} of Zarr store {path}: {reason(exc)}") from exc
+        if not hasattr(array, "dtype"):
+            raise DataError(f"input_key={key} of Zarr store {path} is a group, not an array; name an array.")
+        if axes is None:
+            dims = getattr(array.metadata, "dimension_names", None)
+            axes = "".join(dims) if dims and all(d and d in "tczyx" for d in dims) else None
+        name = f"{path}/{key}"
+    else:
+        array, name = node, str(path)
+        if key is not None:
+            raise DataError(f"input={path} is a Zarr array, not a group; drop input_key={key}.")
+    axes = axes or guess_axes(tuple(array.shape), in_channels)
+    return Volume(array, axes, name, scale, units)
+
+
+def ome_image(attrs: dict[str, Any], path: Path) -> dict[str, Any] | None:
+    """The first image of a group's OME-NGFF ``multiscales`` (0.4: in the attributes, 0.5: under ``ome``), checked
+    to be what the reader uses; None for a plain group. Malformed metadata: one :class:`DataError` naming it."""
+    ome = attrs.get("ome", attrs)
+    multiscales = ome.get("multiscales") if isinstance(ome, dict) else None
+    if not multiscales:
+        return None
+
+    def refuse(what: str, found: Any) -> DataError:
+        shown = repr(found) if len(repr(found)) <= 80 else repr(found)[:77] + "..."
+        return DataError(
+            f"OME-Zarr {path} has malformed metadata: {what}, found {shown}; fix the multiscales in its "
+            "zarr.json (.zattrs in Zarr v2) as the OME-NGFF specification describes."
+        )
+
+    if not isinstance(multiscales, list) or not isinstance(multiscales[0], dict):
+        raise refuse("multiscales must be a list of images (objects)", multiscales)
+    image = multiscales[0]
+    datasets = image.get("datasets")
+    if not isinstance(datasets, list) or not datasets:
+        raise refuse("multiscales[0].datasets must be a non-empty list of levels", datasets)
+    for level in datasets:
+        if not isinstance(level, dict) or not isinstance(level.get("path"), str):
+            raise refuse('each level of multiscales[0].datasets must be {"path": ARRAY, ...}', level)
+        transforms = level.get("coordinateTransformations", [])
+        if not isinstance(transforms, list) or not all(isinstance(t, dict) for t in transforms):
+            raise refuse("coordinateTransformations must be a list of objects", transforms)
+        for transform in transforms:
+            scale = transform.get("scale")
+            if transform.get("type") == "scale" and not (
+                isinstance(scale, list) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in scale)
+            ):
+                raise refuse("a scale transformation's scale must be a list of numbers", scale)
+    axes = image.get("axes", [])
+    if not isinstance(axes, list) or not all(
+        isinstance(a, str) or (isinstance(a, dict) and isinstance(a.get("name"), str)) for a in axes
+    ):
+        raise refuse('multiscales[0].axes must be a list of names or {"name": ...} objects', axes)
+    return image
+
+
+def _open_hdf5(path: Path, key: str | None, axes: str | None, in_channels: int) -> Volume:
+    h5py = require("h5py")
+    try:
+        handle = h5py.File(path, "r")
+    except Exception as exc:
+        raise DataError(f"Could not open HDF5 file {path}: {reason(exc)}") from exc
+    datasets: list[str] = []
+    handle.visititems(lambda name, obj: datasets.append(name) if isinstance(obj, h5py.Dataset) else None)
+    if key is None:
+        if len(datasets) != 1:
+            handle.close()
+            raise DataError(f"HDF5 file {path} holds datasets {datasets}; choose one with input_key=NAME.")
+        key = datasets[0]
+    if key not in datasets:
+        handle.close()
+        raise DataError(f"input_key={key} is not a dataset of {path}; it holds {datasets}.")
+    try:
+        array = handle[key]
+    except Exception as exc:  # corrupt dataset headers
+        handle.close()
+        raise DataError(f"Could not open dataset {key} of HDF5 file {path}: {reason(exc)}") from exc
+    scale = {}
+    if "element_size_um" in array.attrs:  # the convention of ilastik and Fiji's HDF5 plugins (z, y, x)
+        sizes = [float(s) for s in array.attrs["element_size_um"]][-3:]
+        scale = dict(zip("zyx"[3 - len(sizes) :], sizes))
+    axes = axes or guess_axes(tuple(array.shape), in_channels)
+    return Volume(array, axes, f"{path}:{key}", scale, dict.fromkeys(scale, "micrometer"), handle=handle)
+
+
+def _open_tiff(path: Path, axes: str | None, in_channels: int) -> Volume:
+    """A TIFF read by tiles or strips through tifffile's Zarr view when zarr is there, else page by page."""
+    try:
+        tif = tifffile.TiffFile(path)
+        series = tif.series[0] if tif.series else None
+    except Exception as exc:
+        raise DataError(f"Could not read TIFF {path}: {reason(exc)}") from exc
+    if series is None:
+        tif.close()
+        raise DataError(f"Could not read TIFF {path}: it holds no image (no readable page).")
+    tiff_axes = series.axes.lower().replace("q", "z").replace("i", "z").replace("s", "c")
+    if axes is None:
+        axes = tiff_axes if set(tiff_axes) <= set("tczyx") and len(set(tiff_axes)) == len(tiff_axes) else None
+        axes = axes or guess_axes(tuple(series.shape), in_channels)
+    try:
+        zarr = importlib.import_module("zarr")
+        array: Any = zarr.open(series.aszarr(), mode="r")
+    except ImportError:
+        array = TiffPages(tif, series, path)
+    scale, units = tiff_spacing(tif)
+    samples = series.shape[axes.index("c")] if "c" in axes and len(axes) == len(series.shape) else 1
+    alpha = samples in (2, 4) and tiff_alpha(series.pages[0] if series.pages else None)  # grey + alpha, RGBA
+    return Volume(array, axes, str(path), scale, units, handle=tif, channels=samples - 1 if alpha else None)
+
+
+def _open_nifti(path: Path, axes: str | None) -> Volume:
+    """A NIfTI volume through nibabel's lazy array proxy (slices are read from the file as they are asked for).
+
+    NIfTI stores ``(x, y, z[, t][, c])``; a fourth dimension of more than one is read as channels (e.g. the
+    modalities of a multi-parametric MR), so the axes are ``xyz`` or ``xyzc``.
+    """
+    nibabel = require("nibabel")
+    try:
+        image = nibabel.load(str(path))
+    except Exception as exc:
+        raise DataError(f"Could not read NIfTI {path}: {reason(exc)}") from exc
+    proxy = image.dataobj
+    shape = tuple(int(s) for s in proxy.shape)
+    if len(shape) not in (3, 4) and axes is None:
+        raise DataError(f"{path}: a NIfTI of shape {shape}; a volume is (x, y, z) or (x, y, z, channels).")
+    axes = axes or ("xyz" if len(shape) == 3 else "xyzc")
+    zooms = image.header.get_zooms()
+    scale = {a: float(z) for a, z in zip("xyz", zooms[:3])}
+    unit = UNITS.get(image.header.get_xyzt_units()[0] or "", "millimeter")
+    return Volume(_NiftiArray(proxy, path), axes, str(path), scale, dict.fromkeys(scale, unit))
+
+
+class _NiftiArray:
+    """nibabel's array proxy with the ``dtype`` that :class:`Volume` reads (the stored type, scaling applied
+    as nibabel does when the header has a slope)."""
+
+    def __init__(self, proxy: Any, path: Path) -> None:
+        self.proxy, self.path = proxy, path
+        self.shape = tuple(int(s) for s in proxy.shape)
+        scaled = getattr(proxy, "slope", 1.0) != 1.0 or getattr(proxy, "inter", 0.0) != 0.0
+        self.dtype = np.dtype(np.float32) if scaled else np.dtype(proxy.dtype)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        try:
+            return np.asarray(self.proxy[index], dtype=self.dtype)
+        except (ValueError, EOFError, OSError, zlib.error) as exc:  # a truncated or corrupt (compressed) file
+            raise DataError(f"Could not read NIfTI {self.path}: {exc}") from exc
