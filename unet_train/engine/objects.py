@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,10 @@ from unet_train.objects import tune
 from unet_train.objects.heads import affinity_offsets, class_channels
 from unet_train.objects.params import instance_target
 
-__all__ = ["EVAL_METRICS", "ObjectReport", "instance_target", "params_for", "stored_postprocess", "tune_after_training"]
+__all__ = [
+    "EVAL_METRICS", "ObjectReport", "instance_target", "params_for", "plan_tuning", "stored_postprocess",
+    "tune_after_training",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +77,16 @@ class ObjectReport:
         self.target, self.params, self.keys, self.on_labels = target, params, keys, on_labels
         self.classes, self.offsets = classes, offsets
         self.rows: list[dict[str, float]] = []
+        self.seconds = 0.0  # spent in the post-processing and the scores (what one tuning grid point costs)
 
     def on_batch(self, batch: dict[str, Any], logits: torch.Tensor) -> None:
+        started = time.monotonic()
+        try:
+            self._score(batch, logits)
+        finally:
+            self.seconds += time.monotonic() - started
+
+    def _score(self, batch: dict[str, Any], logits: torch.Tensor) -> None:
         probs = probabilities(logits, self.classes).numpy()
         for i in range(len(probs)):
             pred = pp.instances(self.target, probs[i], self.params, self.offsets)
@@ -110,15 +123,44 @@ def params_for(cfg: DictConfig, target: str, stored: dict[str, Any] | None) -> d
         raise ConfigError(f"{exc}.") from None
 
 
+def tune_time(cfg: DictConfig) -> float:
+    """``objects.tune_time`` of an instance run (seconds the search after training may take); 0 for other runs."""
+    if instance_target(cfg.data) is None:
+        return 0.0
+    return float((cfg.get("objects") or {}).get("tune_time", 0) or 0)
+
+
+def search_grid(cfg: DictConfig, target: str) -> dict[str, list[Any]]:
+    """The grid tuning searches: :data:`~unet_train.objects.tune.GRIDS`, starting from the run's own ``objects.*``
+    values (the parameters validation used)."""
+    start = params_for(cfg, target, None)
+    grid = tune.GRIDS[target]
+    return {name: [start[name], *(v for v in values if v != start[name])] for name, values in grid.items()}
+
+
+def plan_tuning(run: Any) -> None:
+    """Tell ``run``'s time budget about the tuning after training, so that it holds its time back
+    (:attr:`~unet_train.engine.budget.TimeBudget.tuning`): ``trainer.max_time`` bounds the whole run."""
+    budget, target = run.budget, instance_target(run.cfg.data)
+    budget.tune_time = tune_time(run.cfg)
+    if target is None or budget.tune_time <= 0:
+        return
+    budget.tune_points = math.prod(len(values) for values in search_grid(run.cfg, target).values())
+    size, subset = len(run.val_loader.dataset), run.cfg.trainer.get("val_subset")
+    budget.tune_scale = size / max(1, min(size, subset)) if subset else 1.0  # tuning predicts the whole split
+
+
 def tune_after_training(run: Any, folder: Path) -> dict[str, float]:
     """Tune the post-processing on the validation split with ``best.pt``'s weights; store it in the checkpoints.
 
-    Returns figures for ``metrics.json`` (``tuned/<metric>``, ``untuned/<metric>``); nothing when the data
-    are not instances, ``objects.tune_time`` is 0, or no checkpoint was written.
+    The search takes ``objects.tune_time`` seconds, less what would overrun ``trainer.max_time`` (whose reserve
+    held the tuning's time back, :func:`plan_tuning`). Returns figures for ``metrics.json`` (``tuned/<metric>``,
+    ``untuned/<metric>``); nothing when the data are not instances, ``objects.tune_time`` is 0, or no checkpoint
+    was written.
     """
     cfg = run.cfg
     target, classes, offsets = instance_target(cfg.data), class_channels(cfg.data), affinity_offsets(cfg.data)
-    limit = float((cfg.get("objects") or {}).get("tune_time", 0) or 0)
+    limit = tune_time(cfg)
     best, last = folder / "best.pt", folder / "last.pt"
     if target is None or limit <= 0 or not best.is_file():
         return {}
@@ -141,12 +183,11 @@ def tune_after_training(run: Any, folder: Path) -> dict[str, float]:
     loader = run.data.dataloader("val", shuffle=False, training=False)
     evaluate(model, loader, run.runtime, run.data.num_classes, on_batch=collect, classes=classes)
     metric = tune_metric(cfg)
-    # the search starts from the run's own objects.* values, the parameters validation used
-    start = params_for(cfg, target, None)
-    grid = {
-        name: [start[name], *(v for v in values if v != start[name])] for name, values in tune.GRIDS[target].items()
-    }
-    result = tune.tune(target, outputs, truths, ignores, metric=metric, grid=grid, time_limit=limit)
+    grid = search_grid(cfg, target)
+    limit = run.budget.tune_limit(limit)  # what trainer.max_time leaves after the prediction above
+    result = tune.tune(
+        target, outputs, truths, ignores, metric=metric, grid=grid, time_limit=limit, clock=run.budget.clock
+    )
     entry = {"target": target, "params": result.params, "metric": metric, "score": result.score,
              "default_score": result.default_score, "tried": result.tried, "total": result.total}  # fmt: skip
     for path in (best, last):
