@@ -5,6 +5,7 @@ time)."""
 from __future__ import annotations
 
 import functools
+import logging
 import time
 
 from unet_train.engine import run as run_module
@@ -21,7 +22,7 @@ from .test_training import disc_overrides
 POSTPROCESS_S = 0.02  # virtual seconds of one image's post-processing
 
 
-def test_the_tuning_after_training_happens_inside_trainer_max_time(tmp_path, monkeypatch):
+def test_the_tuning_after_training_happens_inside_trainer_max_time(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(time, "monotonic", CLOCK)
     monkeypatch.setattr(run_module, "TimeBudget", functools.partial(TimeBudget, clock=CLOCK))
     apply = tune.apply
@@ -42,11 +43,14 @@ def test_the_tuning_after_training_happens_inside_trainer_max_time(tmp_path, mon
         "trainer.max_epochs=100",
         "objects.tune_time=30",  # more than the whole budget
         "trainer.background_save=false",
+        "trainer.val_subset=2",  # of the 3 validation images: tuning scores the same 2
     ]
-    metrics = fit(compose_config(overrides), tmp_path / "run")
+    with caplog.at_level(logging.INFO, logger="unet_train.objects.tune"):
+        metrics = fit(compose_config(overrides), tmp_path / "run")
     entry = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt", trust=True)["postprocess"]
-    # The search (3 validation images x 0.02 s a point) got 10 % of the budget, 0.6 s: about 10 of its 175 points
+    # The search (2 validation images x 0.02 s a point) got 10 % of the budget, 0.6 s: some 15 of its 175 points
     # (the grid and objects.seed_threshold=0.1), and the run's time, tuning included, stays within its 6 s.
-    assert 5 <= entry["tried"] <= 11 and entry["total"] == 175
+    assert "Post-processing tuned on 2 validation image(s)" in caplog.text
+    assert 5 <= entry["tried"] <= 30 and entry["total"] == 175
     assert "tuned/f1_50" in metrics and metrics["time_s"] <= 6.0
     assert metrics["steps"] <= 11  # 0.5 s steps and three validations: tuning took the 12th step's time

@@ -51,12 +51,11 @@ class TimeBudget:
         # of the budget then takes the schedule from there to 1 (see fraction()).
         self.progress_before: float | None = None
         self.progress = 0.0  # the schedule's progress as last agreed (advance()); never decreases
-        # An instance run's tuning after training (engine/objects.py): objects.tune_time (0: none), its grid's
-        # points, the validation split's size over the validated images' (trainer.val_subset: tuning predicts all)
-        # and the post-processing and object scores of one validation pass, measured (the cost of one grid point).
+        # An instance run's tuning after training on the validation images (engine/objects.py): objects.tune_time
+        # (0: none), its grid's points, and the post-processing and object scores of one validation pass, measured
+        # (the cost of one grid point).
         self.tune_time = 0.0
         self.tune_points = 0
-        self.tune_scale = 1.0
         self.postprocess_s: float | None = None
 
     def start(self) -> None:
@@ -100,16 +99,16 @@ class TimeBudget:
     def tuning(self) -> float:
         """Seconds held back for an instance run's post-processing tuning after training (0 for other runs).
 
-        The validation split predicted once more (a validation pass, scaled to the whole split), the two
-        checkpoints it rewrites, and the search: ``objects.tune_time``, at most :data:`TUNE_SHARE` of the
-        budget, and no longer than the whole grid at the measured cost of one point.
+        The validation images predicted once more (a validation pass), the two checkpoints it rewrites, and the
+        search: ``objects.tune_time``, at most :data:`TUNE_SHARE` of the budget, and no longer than the whole grid
+        at the measured cost of one point.
         """
         if self.max_time is None or self.tune_time <= 0:
             return 0.0
         search = min(self.tune_time, TUNE_SHARE * self.max_time)
         if self.postprocess_s is not None:
-            search = min(search, self.tune_points * self.tune_scale * self.postprocess_s)
-        return MARGIN * (self.tune_scale * self._validation() + 2 * self.checkpoint_s) + search
+            search = min(search, self.tune_points * self.postprocess_s)
+        return MARGIN * (self._validation() + 2 * self.checkpoint_s) + search
 
     def tune_limit(self, wanted: float) -> float:
         """Seconds the search after training may take now: ``wanted`` (``objects.tune_time``), less what would

@@ -2,7 +2,7 @@
 
 One function turns a batch's logits into instances and scores them (:class:`ObjectReport`), so validation and
 ``unet-eval`` report the same figures for the same checkpoint and parameters. After training,
-:func:`tune_after_training` predicts the validation split once with the best weights, searches the
+:func:`tune_after_training` predicts the validation images once with the best weights, searches the
 post-processing grid for ``objects.tune_time`` seconds (:mod:`unet_train.objects.tune`) and stores the winner
 in ``best.pt`` and ``last.pt`` under ``postprocess`` (read back by :func:`stored_postprocess`).
 """
@@ -146,12 +146,11 @@ def plan_tuning(run: Any) -> None:
     if target is None or budget.tune_time <= 0:
         return
     budget.tune_points = math.prod(len(values) for values in search_grid(run.cfg, target).values())
-    size, subset = len(run.val_loader.dataset), run.cfg.trainer.get("val_subset")
-    budget.tune_scale = size / max(1, min(size, subset)) if subset else 1.0  # tuning predicts the whole split
 
 
 def tune_after_training(run: Any, folder: Path) -> dict[str, float]:
-    """Tune the post-processing on the validation split with ``best.pt``'s weights; store it in the checkpoints.
+    """Tune the post-processing on the validation images (``trainer.val_subset``'s sample, else the whole split)
+    with ``best.pt``'s weights; store it in the checkpoints.
 
     The search takes ``objects.tune_time`` seconds, less what would overrun ``trainer.max_time`` (whose reserve
     held the tuning's time back, :func:`plan_tuning`). Returns figures for ``metrics.json`` (``tuned/<metric>``,
@@ -180,7 +179,12 @@ def tune_after_training(run: Any, folder: Path) -> dict[str, float]:
 
     if not run.dist.is_main:  # rank 0 tunes on the whole split and writes the checkpoints
         return {}
-    loader = run.data.dataloader("val", shuffle=False, training=False)
+    # the images validation scores (trainer.val_subset's fixed sample, else the split): what its pass measured
+    from unet_train.engine.validation import ItemSampler, validation_subset
+
+    items = validation_subset(len(run.data.dataset("val")), cfg.trainer.get("val_subset"))
+    sampler = None if items is None else ItemSampler(items)
+    loader = run.data.dataloader("val", shuffle=False, sampler=sampler, training=False)
     evaluate(model, loader, run.runtime, run.data.num_classes, on_batch=collect, classes=classes)
     metric = tune_metric(cfg)
     grid = search_grid(cfg, target)
