@@ -29,7 +29,8 @@ Datasets (written under ``--out``, never in the repository):
 
 ``--side S`` cuts every volume to at most S x S in (y, x) (and the CT set to 20 planes) for a quick
 check. Results go to ``<out>/results.jsonl`` (one line per cell, appended: an interrupted run continues
-where it stopped) and a Markdown table is printed.
+where it stopped; a cell whose three runs finished, ``<cell>/trained.json``, is only scored again) and a
+Markdown table is printed.
 
     python scripts/bench_volumes.py --out /tmp/vols                               # vnc, isbi, ct at 600 s
     python scripts/bench_volumes.py --out /tmp/vols-tiny --side 128 --cells isbi:40 ct:40 vnc:40
@@ -138,8 +139,9 @@ def prepare(name: str, out: Path, side: int | None) -> Path:
 def evaluate(run: Path, log: Path) -> tuple[Path, dict]:
     """``unet-eval split=test`` on the run's best checkpoint: its predictions folder and training metrics."""
     (metrics_file,) = run.glob("outputs/*/*/metrics.json")
-    finish(start([str(BIN / "unet-eval"), f"ckpt={metrics_file.parent / 'checkpoints' / 'best.pt'}", "split=test",
-                  f"paths.output_dir={run / 'eval'}"], log), log)  # fmt: skip
+    if not list((run / "eval").glob("outputs/eval/*/*/metrics.json")):  # scored already when a cell is re-scored
+        finish(start([str(BIN / "unet-eval"), f"ckpt={metrics_file.parent / 'checkpoints' / 'best.pt'}", "split=test",
+                      f"paths.output_dir={run / 'eval'}"], log), log)  # fmt: skip
     (scored,) = (run / "eval").glob("outputs/eval/*/*/metrics.json")
     return scored.parent / "predictions", {**json.loads(metrics_file.read_text()), **json.loads(scored.read_text())}
 
@@ -157,8 +159,14 @@ def plan_of(run: Path) -> str:
         f"batch {data.get('batch_size')}")  # fmt: skip
 
 
-def stack_planes(folder: Path, name: str) -> np.ndarray:
-    return np.stack([np.asarray(Image.open(p)) for p in sorted(folder.glob(f"{name}_z*.png"))])
+def stack_planes(folder: Path, name: str, sep: str = "_") -> np.ndarray:
+    return np.stack([np.asarray(Image.open(p)) for p in sorted(folder.glob(f"{name}{sep}z*.png"))])
+
+
+def read_prediction(folder: Path, name: str) -> np.ndarray:
+    """A volume's predicted labels from ``unet-eval``: one TIFF for a 3D model, one PNG per plane for a 2.5D one."""
+    path = folder / f"{name}.tif"
+    return tifffile.imread(path) if path.exists() else stack_planes(folder, name, sep="-")
 
 
 def count_classes(folder: Path) -> int:
@@ -190,14 +198,23 @@ def run_cell(cell: str, out: Path, side: int | None) -> dict:
     }  # fmt: skip
     for arm, proc in procs.items():
         finish(proc, folder / f"{arm}.log")
-    load_after = os.getloadavg()[0]
+    trained = {"load_avg": round(max(load_before, os.getloadavg()[0]), 1), "wall_s": round(time.monotonic() - begun)}
+    (folder / "trained.json").write_text(json.dumps(trained))
+    return score_cell(cell, out, side)
+
+
+def score_cell(cell: str, out: Path, side: int | None) -> dict:
+    """Evaluate and score a cell whose three runs have finished (``--score-only`` redoes just this)."""
+    name, budget = cell.split(":")
+    data, folder = prepare(name, out, side), out / "runs" / cell.replace(":", "_")
+    trained = json.loads((folder / "trained.json").read_text())
     vol_pred, vol_metrics = evaluate(folder / "vol", folder / "vol_eval.log")
     planes_pred, planes_metrics = evaluate(folder / "planes", folder / "planes_eval.log")
     names = sorted(p.stem for p in (data / "vol" / "test" / "masks").glob("*.tif"))
     truths = [read(data / "vol" / "test" / "masks" / f"{n}.tif", mask=True) for n in names]
     classes = count_classes(data / "vol")
     preds = {
-        "vol": [tifffile.imread(vol_pred / f"{n}.tif") for n in names],
+        "vol": [read_prediction(vol_pred, n) for n in names],
         "planes": [stack_planes(planes_pred, n) for n in names],
         "plain": [tifffile.imread(folder / "plain" / f"{n}.tif") for n in names],
     }
@@ -210,8 +227,7 @@ def run_cell(cell: str, out: Path, side: int | None) -> dict:
     arms["vol"].update(plan=plan_of(folder / "vol"), eval_dice=round(vol_metrics["test/dice"], 4))
     arms["planes"]["plan"] = plan_of(folder / "planes")
     return {"cell": cell, "dataset": name, "budget": int(budget), "side": side, "volumes": names,
-            "load_avg": round(max(load_before, load_after), 1), "wall_s": round(time.monotonic() - begun),
-            **arms}  # fmt: skip
+            **trained, **arms}  # fmt: skip
 
 
 def table(rows: list[dict]) -> str:
@@ -246,7 +262,8 @@ def main() -> None:
         if cell.split(":")[0] not in DATASETS:
             raise SystemExit(f"cell {cell!r}: the dataset is one of {', '.join(DATASETS)}.")
         if cell not in done:
-            done[cell] = run_cell(cell, args.out, args.side)
+            trained = (args.out / "runs" / cell.replace(":", "_") / "trained.json").exists()
+            done[cell] = (score_cell if trained else run_cell)(cell, args.out, args.side)
             with results.open("a") as handle:
                 handle.write(json.dumps(done[cell]) + "\n")
             print(table([done[cell]]).splitlines()[-1], flush=True)
