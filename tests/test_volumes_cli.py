@@ -1,7 +1,8 @@
-"""3D end to end through the console scripts: unet-train on a folder of volumes, its exact resume, unet-eval."""
+"""3D end to end through the console scripts: unet-train on a folder of volumes, its exact resume, sweeps, unet-eval."""
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 from pathlib import Path
@@ -138,3 +139,21 @@ def test_unet_predict_on_a_folder_predicts_its_nifti_hdf5_and_zarr_volumes_too(v
     run([str(BIN / "unet-predict"), ckpt, f"input={folder}", "output=out", "tile_size=[8,16,16]"], cwd=tmp_path)
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert [n for n in written if "_mask" in n] == ["a_mask.tif", "b_mask.nii.gz", "c_mask.tif", "d_mask.tif"]
+
+
+@pytest.mark.slow
+def test_a_sweep_over_a_3d_config_runs_every_job_and_summarises_them(volumes, tmp_path):
+    args = [a for a in train_args(volumes, tmp_path, 2) if not a.startswith(("hydra.run.dir", "model.base_channels"))]
+    run([args[0], "-m", *args[1:], "model.base_channels=4,6"], cwd=tmp_path)
+    (sweep,) = (tmp_path / "multirun").glob("*/*")
+    jobs = sorted((p for p in sweep.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    assert [p.name for p in jobs] == ["0", "1"]
+    with (sweep / "summary.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["job"], row["model.base_channels"]) for row in rows] == [("0", "4"), ("1", "6")]
+    for job, row, width in zip(jobs, rows, (4, 6)):
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert metrics["epochs"] == 2 and metrics["steps"] == 8  # 8 crops / batch 2, two epochs
+        assert float(row["best/val/dice"]) == pytest.approx(metrics["best/val/dice"], rel=1e-12)
+        model = load_checkpoint(job / "checkpoints" / "best.pt")["config"]["model"]
+        assert (model["spatial_dims"], model["base_channels"]) == (3, width)

@@ -172,7 +172,7 @@ def run_predict(cfg: DictConfig) -> list[Path]:
 def _predict_all(
     cfg: DictConfig, files: list[Path], models: list[nn.Module], stored: DictConfig, inputs: list[Any], dist: Any
 ) -> list[Path]:
-    from unet_train.volume_predict import check_volume_output, predict_volumes, split_inputs, tile_setting  # cyclic
+    from unet_train.volume_predict import predict_volumes, split_inputs, tile_setting  # cyclic
 
     check_tta(stored.data, bool(cfg.tta))
     in_channels = int(stored.data.in_channels)
@@ -220,7 +220,6 @@ def _predict_all(
             "pass output=FOLDER (each Zarr/HDF5 input gets FOLDER/<name>.zarr)."
         )
     check_output_names(files, out, to_zarr)
-    check_volume_output(out, to_zarr and as_volumes and spatial_dims == 2)
     target = instance_target(stored.data)  # an instance model always writes its instances
     classes = int(stored.data.num_classes)
     classes = (1 if classes <= 2 else classes) + extra_channels(target, stored.data)  # with the target's maps
@@ -256,7 +255,7 @@ def _predict_all(
                     written.append(predict_store(cfg, predictor, volume, store, classes, inputs, method, dist, params))
                 elif (path, volume) in in_memory:
                     written += predict_in_memory(cfg, predictor, path, volume, out, method, on_tiles, inputs, params)
-        # a 3D model: whole, or chunk by chunk into OME-Zarr (output=NAME.zarr, large Zarr/HDF5 inputs)
+        # a 3D or 2.5D model: whole, or chunk by chunk into OME-Zarr (output=NAME.zarr, large Zarr/HDF5 inputs)
         written += predict_volumes(cfg, predictor, by_volume, out, to_zarr, chunk, classes, inputs, dist, spatial_dims)
     finally:
         for _, volume in volumes:

@@ -10,7 +10,9 @@ with the input's voxel spacing and unit.
 With ``output=NAME.zarr``, and for a Zarr/HDF5 input larger than can be read whole (``max_pixels``), the
 volume is predicted chunk ``(z, y, x)`` by chunk into an OME-Zarr store instead
 (:func:`~unet_train.inference.large.predict_volume_to_zarr`): bounded memory, resumable, shared between
-torchrun's processes, equal to the whole-volume prediction.
+torchrun's processes, equal to the whole-volume prediction. A 2.5D model (``data.context_slices=k``) is applied
+section by section (:func:`predict_sections`), whole or, in the same cases, plane by plane into OME-Zarr over slabs
+of planes (:func:`~unet_train.inference.large.predict_sections_to_zarr`).
 """
 
 from __future__ import annotations
@@ -30,11 +32,11 @@ from omegaconf import DictConfig
 
 from unet_train.data.limits import check_pixels, max_pixels
 from unet_train.data.normalize import resolve_spec
-from unet_train.data.sections import read_sections, stack_sections
+from unet_train.data.sections import SectionSlab
 from unet_train.data.volume_data import VolumeCase, sections_scaled_per_volume, volume_spec
 from unet_train.data.volumes import volume_stem
 from unet_train.errors import ConfigError, DataError, UserError
-from unet_train.inference.large import predict_volume_to_zarr, store_settings
+from unet_train.inference.large import predict_sections_to_zarr, predict_volume_to_zarr, store_settings
 from unet_train.inference.tiling import TiledPredictor
 from unet_train.inference.volumes import NIFTI_SUFFIXES, Volume, is_chunked_input, require
 from unet_train.predict import resolved_paths
@@ -59,11 +61,25 @@ def tile_setting(value: Any) -> int | tuple[int, ...] | None:
 
 def check_channels(volume: Volume, inputs: list[Any]) -> None:
     in_channels = int(inputs[0].in_channels)
+    each = " per section" if inputs[0].get("context_slices") else ""  # a 2.5D model: 2k + 1 sections of them
     if volume.shape[3] != in_channels:
         raise DataError(
-            f"{volume.name} has {volume.shape[3]} channel(s) (axes {volume.axes}) but the model takes {in_channels}; "
-            "set input_axes (e.g. czyx or zyxc)."
+            f"{volume.name} has {volume.shape[3]} channel(s) (axes {volume.axes}) but the model takes {in_channels}"
+            f"{each}; set input_axes (e.g. czyx or zyxc)."
         )
+
+
+def check_sections(volumes: list[tuple[Path, Volume]], inputs: list[Any]) -> None:
+    """A 2.5D model's inputs must be volumes of sections: a 2D image (no z axis) is refused, before any prediction,
+    rather than predicted from copies of its one plane."""
+    context = int(inputs[0].get("context_slices") or 0)
+    for path, volume in volumes:
+        if context and not volume.has_z:
+            raise DataError(
+                f"{path} is a 2D image (axes {volume.axes}) but the model is 2.5D (data.context_slices={context}): "
+                f"it segments each section of a volume with {context} section(s) on each side; give it a volume "
+                "(a TIFF stack, NIfTI, HDF5 or Zarr with a z axis; input_axes=zyx where the file does not say)."
+            )
 
 
 def volume_reader(volume: Volume, inputs: list[Any]) -> Callable[..., torch.Tensor]:
@@ -94,39 +110,36 @@ def model_input(volume: Volume, inputs: list[Any]) -> torch.Tensor:
     return volume_reader(volume, inputs)(0, depth, 0, height, 0, width)
 
 
-def check_volume_output(out: Path, to_zarr: bool) -> None:
-    if to_zarr:
-        raise ConfigError(
-            f"output={out}: a 2.5D model writes TIFF or NIfTI volumes, not yet a Zarr store; pass output=FOLDER."
-        )
-
-
 def predict_sections(
     predictor: TiledPredictor, volume: Volume, inputs: list[Any], on_tiles: Any = None
 ) -> torch.Tensor:
     """A 2.5D model (``data.context_slices=k``) over a volume, section by section, each with its ``2k + 1`` sections
     as channels (:mod:`unet_train.data.sections`: section-major, mirrored at the ends, scaled per volume as in
-    training): ``(K, Z, Y, X)``."""
+    training): ``(K, Z, Y, X)``. The volume is read once and its sections indexed for each centre section."""
     context = int(inputs[0].get("context_slices") or 0)
-    channels = int(inputs[0].in_channels)
     # Sections of a model trained on volumes (any k: data=volumes, or data=isbi with a context) are scaled by their
     # volume's statistics, as training scaled them; an image model's planes each on its own (predict_in_memory).
     per_volume = sections_scaled_per_volume(inputs[0])
     spec_of = volume_spec if per_volume else lambda _, spec: resolve_spec(spec)
-    if volume.shape[3] != channels:
-        raise DataError(f"{volume.name} has {volume.shape[3]} channel(s) (axes {volume.axes}) but the model's "
-                        f"sections have {channels}; set input_axes (e.g. czyx or zyxc).")  # fmt: skip
-    check_pixels(volume.name, volume.shape, "a 2D model predicts a volume input whole: ")
+    check_channels(volume, inputs)
+    check_pixels(volume.name, volume.shape, "a 2D model predicts a volume input whole unless output=NAME.zarr: ")
     depth, height, width, _ = volume.shape
     cases = [VolumeCase(volume, None, volume.name, (1.0, 1.0, 1.0), spec=spec_of(volume, d.get("normalize")))
              for d in inputs]  # fmt: skip
     plane = predictor.for_shape(height, width)
+    # Scaled per volume, the volume is one slab; an image model's planes are each scaled on their own: one each.
+    slabs = [(0, depth)] if per_volume else [(z, z + 1) for z in range(depth)]
     out = []
-    for z in range(depth):
-        parts = [stack_sections(read_sections(case, z, context, (0, 0, height, width))) for case in cases]
-        image = torch.from_numpy(np.ascontiguousarray(np.concatenate(parts, axis=2).transpose(2, 0, 1)))
-        out.append(plane.predict(image, on_tiles=on_tiles))
+    for z0, z1 in slabs:
+        slab = SectionSlab(cases, context, z0, z1, (0, 0, height, width))
+        for z in range(z0, z1):
+            out.append(plane.predict(channels_first(slab.image(z)), on_tiles=on_tiles))
     return torch.stack(out, dim=1)
+
+
+def channels_first(image: np.ndarray) -> torch.Tensor:
+    """``(h, w, C)`` -> a contiguous ``(C, h, w)`` tensor."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
 def split_inputs(volumes: list[tuple[Path, Volume]], as_volumes: bool, to_zarr: bool) -> tuple[list[Any], list[Any]]:
@@ -154,19 +167,22 @@ def predict_volumes(
     dist: Any,
     spatial_dims: int = 3,
 ) -> list[Path]:
-    """Every input volume predicted whole (each by one rank) or, by a 3D model, chunk by chunk (by every rank); the
-    files written. A 2D or 2.5D model predicts a volume section by section, whole."""
+    """Every input volume predicted whole (each by one rank) or, by a 3D or 2.5D model, chunk by chunk (by every
+    rank); the files written. A 2D or 2.5D model predicts a volume section by section."""
+    check_sections(volumes, inputs)
     if cfg.get("instances") and volumes and dist.is_main:
         log.warning("instances=true: a volume's instance labels are not written yet (its probabilities and mask are)")
     written: list[Path] = []
-    chunked = [spatial_dims == 3 and is_chunked(path, volume, to_zarr) for path, volume in volumes]
+    by_chunks = spatial_dims == 3 or bool(inputs[0].get("context_slices"))  # not a 2D model's NIfTI volumes
+    chunked = [by_chunks and is_chunked(path, volume, to_zarr) for path, volume in volumes]
     mine = [i for i, c in enumerate(chunked) if not c][dist.rank :: dist.world_size]
     for i, (path, volume) in enumerate(volumes):
         if chunked[i]:
             store = out if to_zarr else out / f"{volume_stem(path) or path.name.split('.')[0]}.zarr"
             if not to_zarr:
                 log.info("%s is larger than can be read whole: predicted chunk by chunk into %s", path.name, store)
-            written.append(predict_volume_store(cfg, predictor, volume, store, chunk, classes, inputs, dist))
+            store_of = predict_volume_store if spatial_dims == 3 else predict_sections_store
+            written.append(store_of(cfg, predictor, volume, store, chunk, classes, inputs, dist))
         elif i in mine:
             written += predict_volume(cfg, predictor, path, volume, out, inputs, spatial_dims)
     return written
@@ -194,6 +210,42 @@ def predict_volume_store(
         prob_dtype = str(cfg.prob_dtype)
         predict_volume_to_zarr(predictor, volume, read, store, classes, chunk, prob_dtype, threshold, settings, dist)
     log.info("%s: predicted chunk by chunk %s into %s, spacing %s", volume.name, chunk, store, volume.scale or "-")
+    return store
+
+
+def predict_sections_store(
+    cfg: DictConfig,
+    predictor: TiledPredictor,
+    volume: Volume,
+    store: Path,
+    chunk: int,
+    classes: int,
+    inputs: list[Any],
+    dist: Any,
+) -> Path:
+    """A 2.5D model's prediction of one volume into an OME-Zarr store, plane by plane in chunks of ``chunk`` pixels
+    a side, the sections read once per slab of planes (resumes a store of the same settings)."""
+    check_channels(volume, inputs)
+    context = int(inputs[0].context_slices)
+    predictor = predictor.for_shape(*volume.shape[1:3], whole=False)  # tile_size=null: tiles fit tile_memory
+    threshold = float(cfg.threshold)
+    ckpt = resolved_paths(cfg.ckpt)
+    settings = store_settings(predictor, volume, 2, ckpt=ckpt, threshold=threshold, context_slices=context)
+    cases = [VolumeCase(volume, None, volume.name, (1.0, 1.0, 1.0), spec=volume_spec(volume, data.get("normalize")))
+             for data in inputs]  # fmt: skip
+
+    def read_slab(z0: int, z1: int, y0: int, y1: int, x0: int, x1: int) -> Callable[[int], torch.Tensor]:
+        slab = SectionSlab(cases, context, z0, z1, (y0, x0, y1 - y0, x1 - x0))
+        return lambda z: channels_first(slab.image(z))
+
+    created = [] if dist.enabled else [store.parent, store]  # a store that existed is kept to resume
+    with removed_on_failure(created, (UserError,)):
+        store.parent.mkdir(parents=True, exist_ok=True)
+        prob_dtype = str(cfg.prob_dtype)
+        predict_sections_to_zarr(
+            predictor, volume, read_slab, store, classes, chunk, prob_dtype, threshold, settings, dist, context
+        )
+    log.info("%s: predicted section by section into %s, spacing %s", volume.name, store, volume.scale or "-")
     return store
 
 

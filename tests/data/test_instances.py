@@ -115,6 +115,9 @@ def test_a_number_of_classes_keeps_masks_as_classes():
          "data.affinity_offsets holds [0, -1, 0]; each offset"),
         ({"labels": "instances", "target": "affinities", "affinity_offsets": [[-1, 0], [-1, 0]]},
          "data.affinity_offsets lists an offset twice ([[-1, 0], [-1, 0]]); give each once."),
+        ({"labels": "instances", "target": "affinities", "affinity_offsets": []},
+         "data.affinity_offsets=[] lists no offset; give at least one, e.g. [[-1, 0], [0, -1]], or leave it out for "
+         "the default [[-1, 0], [0, -1], [-3, 0], [0, -3]]."),
         ({"labels": "instances", "target": "distance", "num_classes": 3}, "data.num_classes=3 does not fit "
          "data.labels=instances with data.target=distance, whose model predicts 2 classes; set data.num_classes=2"),
         ({"labels": "instances", "target": "centroids"}, "data.target='centroids' is not known; choose one"),
@@ -163,3 +166,20 @@ def test_device_augmentation_of_instance_labels_is_refused_in_one_line(tmp_path)
         resolve_data_config(cfg, data)
     assert str(caught.value).startswith("data.device_augment augments masks after the instance target was drawn")
     assert "\n" not in str(caught.value)
+
+
+def test_an_affinity_offset_as_long_as_the_training_crop_is_refused_in_one_line(tmp_path):
+    from tests.objects.discs import write_discs
+
+    root = write_discs(tmp_path / "discs", 4)
+    kwargs = {"labels": "instances", "target": "affinities", "patch_size": 8, "num_workers": 0}
+    data = ImageFolder(str(root), affinity_offsets=[[-1, 0], [0, -8]], **kwargs)
+    with pytest.raises(ConfigError) as caught:
+        data.dataset("train")
+    assert str(caught.value) == (
+        "data.affinity_offsets holds [0, -8], which reaches 8 px along an axis, as far as or beyond the training "
+        "crop data.patch_size=8: no pair of a crop's pixels is that far apart, so its channel would learn nothing; "
+        "keep offsets under 8 px or raise data.patch_size."
+    )
+    assert len(data.dataset("val")) > 0  # whole validation images are not cropped
+    ImageFolder(str(root), affinity_offsets=[[-1, 0], [0, -7]], **kwargs).dataset("train")  # 7 px fit in 8

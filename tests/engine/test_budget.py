@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY, compose_config
-from unet_train.engine.budget import MARGIN, TimeBudget
+from unet_train.engine.budget import MARGIN, TUNE_SHARE, TimeBudget
 from unet_train.engine.fit import fit
 from unet_train.engine.run import TrainState
 from unet_train.engine.schedulers import cosine, poly
@@ -66,6 +66,28 @@ def test_reserve_for_the_final_validation_brings_the_floor_forward():
     assert not budget.out_of_time() and not budget.allows_validation()
     clock.now -= 5.0
     assert budget.allows_validation()
+
+
+def test_an_instance_runs_tuning_is_held_back_inside_the_budget():
+    clock = FakeClock()
+    budget = TimeBudget(600.0, clock=clock)
+    budget.record_validation(10.0)
+    budget.record_checkpoint(1.0)
+    assert budget.tuning == 0.0 and budget.reserve == pytest.approx(MARGIN * 11)
+    budget.tune_time, budget.tune_points = 300.0, 150
+    # the validation images predicted once more (10 s), two checkpoint writes, and the search: at most 10 %
+    assert TUNE_SHARE == 0.1 and budget.tuning == pytest.approx(MARGIN * (10 + 2) + 60)
+    budget.postprocess_s = 0.3  # measured: the whole grid costs 150 points x 0.3 s = 45 s
+    assert budget.tuning == pytest.approx(MARGIN * 12 + 45)
+    assert budget.reserve == pytest.approx(MARGIN * 11 + MARGIN * 12 + 45)
+    clock.now += 600 - budget.reserve
+    assert budget.out_of_time() and budget.fraction() == 1.0
+    clock.now += MARGIN * (11 + 10)  # the final validation and checkpoint, then the prediction pass of tuning
+    assert budget.tune_limit(300.0) == pytest.approx(45)  # what is left, less the two checkpoint writes
+    assert budget.tune_limit(20.0) == 20.0
+    clock.now += 100
+    assert budget.tune_limit(300.0) == 0.0  # past the budget: the default point alone
+    assert TimeBudget(None).tune_limit(300.0) == 300.0  # no budget: objects.tune_time
 
 
 def test_time_based_schedule_resumes_exactly():

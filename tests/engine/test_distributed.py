@@ -30,8 +30,10 @@ from unet_train.engine.distributed import Distributed, ShardSampler
 from unet_train.engine.evaluate import evaluate
 from unet_train.engine.runtime import make_runtime
 from unet_train.errors import ConfigError
+from unet_train.predict import load_model
 
 from ..conftest import TINY, compose_config, progress
+from ..data.volume_folder import make_volume_folder
 
 BIN = Path(sys.executable).parent
 # TINY with DDP on CPU processes instead of the smoke trainer.
@@ -235,8 +237,9 @@ BUDGETED_DDP = [
 ]
 
 
-def _budgeted_worker(rank: int, world: int, port: int, folder: str) -> None:
-    """Train BUDGETED_DDP; write this rank's final parameters and learning rate to ``folder/rank<r>.pt``."""
+def _replica_worker(rank: int, world: int, port: int, folder: str, overrides: list[str]) -> None:
+    """Train ``overrides`` into ``folder/run``; write this rank's final parameters, learning rate and steps to
+    ``folder/rank<r>.pt``."""
     from unet_train.engine import fit as fit_module
 
     _as_torchrun(rank, world, port)
@@ -250,7 +253,7 @@ def _budgeted_worker(rank: int, world: int, port: int, folder: str) -> None:
 
     fit_module.finish_run = keep_replica
     try:
-        fit_module.fit(compose_config(BUDGETED_DDP), Path(folder) / "run")
+        fit_module.fit(compose_config(overrides), Path(folder) / "run")
     finally:
         distributed.cleanup()
     _exit_cleanly()
@@ -268,10 +271,52 @@ def test_a_time_budgeted_ddp_run_keeps_its_replicas_identical(tmp_path):
     # Each rank's own clock gave each its own learning rate (issue 24: max |w0 - w1| = 4.96e-05 after 91
     # steps); the schedule now follows rank 0's progress, agreed with the stop at every step.
     store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
-    mp.spawn(_budgeted_worker, args=(2, store.port, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_replica_worker, args=(2, store.port, str(tmp_path), BUDGETED_DDP), nprocs=2, join=True)
     diff, lrs, steps = replica_difference(tmp_path)
     assert steps[0] == steps[1] >= 4 and lrs[0] < 5e-3  # the same stop; the schedule ran down the budget
     assert lrs[0] == lrs[1] and diff == 0.0, (diff, lrs, steps)
+
+
+def ddp_3d_overrides(root: Path) -> list[str]:
+    """A tiny 3D run on two CPU processes: 8 crops of 8 x 16 x 16 an epoch, 2 per rank and step, 2 epochs."""
+    return [
+        "data=volumes",
+        f"data.root={root}",
+        "data.patch_size=[8,16,16]",
+        "data.batch_size=2",
+        "data.samples_per_epoch=8",
+        "data.num_workers=0",
+        "model.base_channels=4",
+        "model.depth=2",
+        "trainer=ddp",
+        "trainer.device=cpu",
+        "trainer.channels_last=false",
+        "trainer.max_epochs=2",
+        "trainer.progress=never",
+        "trainer.num_image_panels=1",
+    ]
+
+
+@pytest.mark.slow
+def test_a_3d_ddp_run_keeps_its_replicas_identical_and_writes_a_3d_checkpoint(tmp_path):
+    # 4 volumes: 3 train, 1 validates, so rank 1's validation shard is empty.
+    root = make_volume_folder(tmp_path / "volumes", count=4)
+    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    mp.spawn(_replica_worker, args=(2, store.port, str(tmp_path), ddp_3d_overrides(root)), nprocs=2, join=True)
+    diff, lrs, steps = replica_difference(tmp_path)
+    assert steps == [4, 4] and lrs[0] == lrs[1] and diff == 0.0, (diff, lrs, steps)  # 8 crops / (2 x 2) x 2
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["steps"] == 4 and 0 <= metrics["val/dice"] <= 1
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ckpt["config"]["model"]["spatial_dims"] == 3 and ckpt["plan"]["world_size"] == 2
+    replica = torch.load(tmp_path / "rank1.pt", weights_only=True)["params"]
+    for name, value in replica.items():  # the checkpoint holds the replicas' weights, without DDP's "module."
+        assert torch.equal(ckpt["model"][name], value), name
+    model, stored = load_model(run / "checkpoints" / "last.pt")  # as unet-predict loads it
+    assert isinstance(model.head, torch.nn.Conv3d) and stored.data.patch_size == [8, 16, 16]
+    with torch.no_grad():
+        assert model(torch.rand(1, 1, 8, 16, 16)).shape[2:] == (8, 16, 16)
 
 
 # -- torchrun, as a user runs it --------------------------------------------------------------------

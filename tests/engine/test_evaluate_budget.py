@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from unet_train.engine.evaluate import BudgetedForward, evaluate
+from unet_train.engine.evaluate import BudgetedForward, ForwardCache, evaluate
 from unet_train.engine.runtime import make_runtime
 
 from ..inference.test_budget import pointwise_unet
@@ -71,3 +71,57 @@ def test_evaluate_scores_the_same_in_tiles_as_whole():
     assert whole.metrics.keys() == tiled.metrics.keys() and whole.metrics["dice"] > 0
     for key, value in whole.metrics.items():
         assert abs(tiled.metrics[key] - value) < 1e-6, key
+
+
+def count_measurements(monkeypatch) -> list[tuple[int, ...]]:
+    """The shapes of the probes that measure a model's forward bytes per pixel (one per BudgetedForward built)."""
+    from unet_train.inference import budget
+
+    measured: list[tuple[int, ...]] = []
+    original = budget.forward_bytes_per_pixel
+
+    def counted(forward, batch):
+        measured.append(tuple(batch.shape))
+        return original(forward, batch)
+
+    monkeypatch.setattr(budget, "forward_bytes_per_pixel", counted)
+    return measured
+
+
+def test_a_forward_cache_measures_once_across_validations_and_again_when_its_inputs_change(monkeypatch):
+    measured = count_measurements(monkeypatch)
+    model, other = pointwise_unet(depth=2), pointwise_unet(depth=2)
+    runtime = make_runtime("cpu", "32", False)
+    loader = DataLoader(batch_of_images(height=40, width=40), batch_size=2)
+    forwards = ForwardCache()
+    first = evaluate(model, loader, runtime, num_classes=2, forwards=forwards)
+    kept = forwards.forward
+    second = evaluate(model, loader, runtime, num_classes=2, forwards=forwards)
+    assert len(measured) == 1 and forwards.forward is kept  # the second validation reuses the first's forward
+    assert first.metrics == second.metrics
+    evaluate(model, loader, runtime, num_classes=2)  # no cache: a forward of its own, measured again
+    assert len(measured) == 2
+    for changed in (
+        dict(model=other, runtime=runtime, memory=None),  # another model
+        dict(model=other, runtime=runtime, memory=10**8),  # another memory budget
+        dict(model=other, runtime=make_runtime("cpu", "bf16", False), memory=10**8),  # another precision
+    ):
+        before = forwards.forward
+        evaluate(
+            changed["model"], loader, changed["runtime"], num_classes=2, memory=changed["memory"], forwards=forwards
+        )
+        assert forwards.forward is not before and forwards.forward.model is changed["model"]
+    assert len(measured) == 5
+    runtime.channels_last = True  # autotuning changed the layout mid-run: measured again
+    evaluate(model, loader, runtime, num_classes=2, forwards=forwards)
+    assert len(measured) == 6
+
+
+def test_a_run_measures_its_validation_forward_once(tmp_path, monkeypatch):
+    from unet_train.engine.fit import fit
+
+    from ..conftest import TINY, compose_config
+
+    measured = count_measurements(monkeypatch)
+    fit(compose_config([*TINY, "trainer.val_every=1"]), tmp_path)  # two epochs
+    assert len(measured) == 1  # two validations, one measurement

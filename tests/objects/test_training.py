@@ -216,8 +216,10 @@ def test_a_plan_of_instance_labels_plans_their_target(tmp_path):
                             "cpu", out, measure=False)  # fmt: skip
     assert set(fingerprint["classes"]) == {"0", "1"} and fingerprint["target"] == "distance"
     assert fingerprint["objects"]["touching_share"] == 1.0 and fingerprint["objects"]["median_diameter"] >= 10
-    planned = yaml.safe_load(out.read_text())["data"]
+    plan = yaml.safe_load(out.read_text())
+    planned = plan["data"]
     assert (planned["labels"], planned["target"], planned["num_classes"]) == ("instances", "distance", 2)
+    assert plan["monitor"] == "val/map"  # best.pt and the tuning go by the objects' mean AP, not by pixels
 
 
 @pytest.mark.slow

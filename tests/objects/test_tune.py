@@ -49,12 +49,15 @@ def test_tuning_beats_a_bad_default():
     assert result.tried == result.total == 12
 
 
-def test_time_limit_stops_after_the_first_point():
+def test_time_limit_starts_no_point_that_would_end_past_it():
     truths = [touching_discs(0)]
     outputs = [blurred_boundary_outputs(truths[0], 0)]
-    ticks = iter(range(0, 1000, 10))  # each call to the clock is 10 s later
+    ticks = iter(range(0, 1000, 10))  # each call to the clock is 10 s later: each point takes 10 s
+    result = tune("boundary", outputs, truths, time_limit=25, clock=lambda: next(ticks))
+    assert result.tried == 2 and result.total > 100  # a third point would end at 30 s, past the 25 s
+    ticks = iter(range(0, 1000, 10))
     result = tune("boundary", outputs, truths, time_limit=15, clock=lambda: next(ticks))
-    assert result.tried == 2 and result.total > 100  # the default, one more, then over the limit
+    assert result.tried == 1  # the default is always tried; a second would end at 20 s
 
 
 def test_coarse_first_order():

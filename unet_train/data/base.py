@@ -37,6 +37,7 @@ from unet_train.data.splits import check_shared_images, kfold_indices
 from unet_train.data.transforms import padded_size
 from unet_train.errors import ConfigError, DataError
 from unet_train.labels import IGNORE_INDEX, MAX_CLASSES
+from unet_train.objects.heads import check_offsets_fit
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +279,8 @@ class SegmentationData:
         transform = self.train_transform if augment else self.val_transform
         items = self.split(split)  # loading decides instance_target where data.labels=auto
         target = self.instance_target
+        if target == "affinities" and augment and self.affinity_offsets:  # training crops: the offsets must fit
+            check_offsets_fit(self.affinity_offsets, self.patch_size)
         to_target = None if target is None else InstanceTarget(target, self.affinity_offsets)
         return SegmentationDataset(items, transform, sample_weight, to_target)
 

@@ -58,16 +58,33 @@ def context_indices(z: int, depth: int, k: int) -> list[int]:
     return out
 
 
-def read_sections(case: Any, z: int, k: int, window: Block) -> np.ndarray:
-    """The normalised float32 sections ``z - k .. z + k`` of ``case`` in ``window``: ``(2k + 1, h, w, C)``.
+class SectionSlab:
+    """The sections that centre sections ``z0 .. z1 - 1`` of ``cases`` need (each with its ``k`` neighbours on each
+    side), normalised and read once: one contiguous block per case in ``window``, the slab's sections plus ``k`` on
+    each side clipped to the volume (the mirrored indices never leave it). ``cases`` are the same volume scaled by
+    each normalisation of an ensemble, or one case."""
 
-    One contiguous block is read (the mirrored indices never leave ``[z - k, z + k]`` clipped to the volume).
-    """
-    y0, x0, height, width = window
-    indices = context_indices(z, case.shape[0], k)
-    low, high = min(indices), max(indices)
-    block = case.read_image((low, y0, x0), (high - low + 1, height, width))
-    return block[np.asarray(indices) - low]
+    def __init__(self, cases: Sequence[Any], k: int, z0: int, z1: int, window: Block) -> None:
+        self.k, self.depth = k, cases[0].shape[0]
+        needed = [i for z in range(z0, z1) for i in context_indices(z, self.depth, k)]
+        self.low, high = min(needed), max(needed)
+        y0, x0, height, width = window
+        self.blocks = [case.read_image((self.low, y0, x0), (high - self.low + 1, height, width)) for case in cases]
+
+    def sections(self, z: int) -> list[np.ndarray]:
+        """The sections ``z - k .. z + k`` of each case: ``(2k + 1, h, w, C)`` float32."""
+        indices = np.asarray(context_indices(z, self.depth, self.k)) - self.low
+        return [block[indices] for block in self.blocks]
+
+    def image(self, z: int) -> np.ndarray:
+        """Section ``z`` as a 2.5D model's input ``(h, w, (2k + 1) x C)`` (section-major), each case's in turn."""
+        return np.concatenate([stack_sections(block) for block in self.sections(z)], axis=2)
+
+
+def read_sections(case: Any, z: int, k: int, window: Block) -> np.ndarray:
+    """The normalised float32 sections ``z - k .. z + k`` of ``case`` in ``window``: ``(2k + 1, h, w, C)``,
+    from one read of a contiguous block."""
+    return SectionSlab([case], k, z, z + 1, window).sections(z)[0]
 
 
 def raw_sections(volume: Any, z: int, k: int) -> np.ndarray:

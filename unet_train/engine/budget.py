@@ -5,7 +5,9 @@ elapsed time, the measured costs and the schedule's progress stored in its check
 so a time-based learning-rate schedule continues where it stopped, without a jump. It is the one clock
 of a run: the stop, the estimate of the time left and ``metrics.json``'s ``time_s`` read it. Training
 stops early enough that the final validation and checkpoint still fit: their cost is measured (or,
-before the first validation, estimated from the training speed) and held back.
+before the first validation, estimated from the training speed) and held back. An instance run holds back its
+post-processing tuning too (:attr:`TimeBudget.tuning`), so that ``trainer.max_time`` bounds the whole run:
+training, the final validation, the tuning and the checkpoints it rewrites.
 
 The schedule reads :attr:`TimeBudget.progress`, not the clock: the value agreed after the last step
 (rank 0's under DDP, see :meth:`~unet_train.engine.stopping.StopRules.out_of_time`), which never goes back.
@@ -21,6 +23,7 @@ from typing import Any
 # pixel; the estimate is on the safe side until the first validation is timed.
 VALIDATION_PER_PIXEL = 0.6
 MARGIN = 1.2  # measured costs are held back with this factor
+TUNE_SHARE = 0.1  # the post-processing search after training takes at most this share of trainer.max_time
 
 
 class TimeBudget:
@@ -48,6 +51,12 @@ class TimeBudget:
         # of the budget then takes the schedule from there to 1 (see fraction()).
         self.progress_before: float | None = None
         self.progress = 0.0  # the schedule's progress as last agreed (advance()); never decreases
+        # An instance run's tuning after training on the validation images (engine/objects.py): objects.tune_time
+        # (0: none), its grid's points, and the post-processing and object scores of one validation pass, measured
+        # (the cost of one grid point).
+        self.tune_time = 0.0
+        self.tune_points = 0
+        self.postprocess_s: float | None = None
 
     def start(self) -> None:
         """Start this segment's clock now (after the run is built): once per segment."""
@@ -78,18 +87,44 @@ class TimeBudget:
         """Training time of the whole run so far (all segments)."""
         return self.elapsed_before + self.clock() - self.started
 
+    def _validation(self) -> float:
+        """The seconds of one validation pass: measured, or before it is, estimated from the training speed."""
+        if self.validation_s is not None:
+            return self.validation_s
+        segment = self.clock() - self.started
+        per_pixel = segment / max(1, self.steps * self.pixels_per_step) if self.steps else 0.0
+        return VALIDATION_PER_PIXEL * per_pixel * self.val_pixels
+
+    @property
+    def tuning(self) -> float:
+        """Seconds held back for an instance run's post-processing tuning after training (0 for other runs).
+
+        The validation images predicted once more (a validation pass), the two checkpoints it rewrites, and the
+        search: ``objects.tune_time``, at most :data:`TUNE_SHARE` of the budget, and no longer than the whole grid
+        at the measured cost of one point.
+        """
+        if self.max_time is None or self.tune_time <= 0:
+            return 0.0
+        search = min(self.tune_time, TUNE_SHARE * self.max_time)
+        if self.postprocess_s is not None:
+            search = min(search, self.tune_points * self.postprocess_s)
+        return MARGIN * (self._validation() + 2 * self.checkpoint_s) + search
+
+    def tune_limit(self, wanted: float) -> float:
+        """Seconds the search after training may take now: ``wanted`` (``objects.tune_time``), less what would
+        overrun the budget with the two checkpoint writes after it; 0 when nothing is left (the default alone)."""
+        if self.max_time is None:
+            return wanted
+        left = self.max_time - self.elapsed - MARGIN * 2 * self.checkpoint_s
+        return max(0.0, min(wanted, left))
+
     @property
     def reserve(self) -> float:
-        """Seconds held back for the final validation and checkpoint."""
+        """Seconds held back for the final validation and checkpoint, and an instance run's tuning."""
         if self.max_time is None:
             return 0.0
-        validation = self.validation_s
-        if validation is None:  # not timed yet: from the training speed of this segment
-            segment = self.clock() - self.started
-            per_pixel = segment / max(1, self.steps * self.pixels_per_step) if self.steps else 0.0
-            validation = VALIDATION_PER_PIXEL * per_pixel * self.val_pixels
         # Never more than half the budget: a validation that large is kept, and the run overruns by it.
-        return min(MARGIN * (validation + self.checkpoint_s), 0.5 * self.max_time)
+        return min(MARGIN * (self._validation() + self.checkpoint_s) + self.tuning, 0.5 * self.max_time)
 
     def fraction(self) -> float:
         """The schedule's progress in [0, 1] by this process's clock: 1 when the training share of the budget is spent.

@@ -112,6 +112,23 @@ class BudgetedForward:
         return logits_of(prob[None], self.classes)[0]
 
 
+class ForwardCache:
+    """The :class:`BudgetedForward` of the last :func:`evaluate` call, kept while its model, runtime settings,
+    memory budget and classes stay the same: a run measures its model's forward bytes per pixel once, not at
+    every validation (weights change between validations, the bytes a forward pass takes do not)."""
+
+    def __init__(self) -> None:
+        self.forward: BudgetedForward | None = None
+        self.key: tuple[Any, ...] | None = None
+
+    def get(self, model: nn.Module, runtime: Runtime, memory: int | None, classes: int | None) -> BudgetedForward:
+        # The runtime's fields, not the object: autotuning may change its layout or precision during a run.
+        key = (runtime.device, runtime.autocast_dtype, runtime.channels_last, memory, classes)
+        if self.forward is None or self.forward.model is not model or key != self.key:
+            self.forward, self.key = BudgetedForward(model, runtime, memory, classes), key
+        return self.forward
+
+
 def evaluate(
     model: nn.Module,
     loader: DataLoader,
@@ -121,6 +138,7 @@ def evaluate(
     on_batch: BatchHook | None = None,
     memory: int | None = None,
     classes: int | None = None,
+    forwards: ForwardCache | None = None,
 ) -> EvalResult:
     """Score ``model`` on every image of ``loader``.
 
@@ -129,8 +147,9 @@ def evaluate(
     (an unlabelled test split) are predicted but not scored. Each batch is forwarded whole where it fits
     ``memory`` bytes per forward pass, else image by image or in tiles (:class:`BudgetedForward`).
     ``classes``: the leading class channels the pixel metrics score (None: all; see objects/heads.py).
+    ``forwards``: where a run keeps that forward between its validations (None: a new one for this call).
     """
-    forward = BudgetedForward(model, runtime, memory, classes)
+    forward = (forwards or ForwardCache()).get(model, runtime, memory, classes)
     per_image: list[dict[str, Any]] = []
     loss_sum = torch.zeros((), device=runtime.device)
     loss_batches = 0

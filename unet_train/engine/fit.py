@@ -27,7 +27,7 @@ from unet_train.engine.checkpointer import Checkpointer
 from unet_train.engine.epoch import train_epoch
 from unet_train.engine.eta import RunClock
 from unet_train.engine.guard import NonFiniteGuard
-from unet_train.engine.objects import tune_after_training
+from unet_train.engine.objects import plan_tuning, tune_after_training
 from unet_train.engine.preflight import check_numbers
 from unet_train.engine.run import COMPILE_MODES, Run, TrainState, build_run
 from unet_train.engine.signals import GracefulStop
@@ -71,6 +71,7 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
         with logging_redirect_tqdm(), GracefulStop() as signals:
             # The run's one clock, from the checkpoint's time on resume: the stop, the estimate and time_s.
             budget = run.budget
+            plan_tuning(run)  # an instance run's tuning after training is held back inside trainer.max_time
             budget.start()
             stop = StopRules(tcfg, signals, run.dist, budget)
             images_per_step = int(cfg.data.batch_size) * run.dist.world_size

@@ -2,7 +2,7 @@
 
 One function turns a batch's logits into instances and scores them (:class:`ObjectReport`), so validation and
 ``unet-eval`` report the same figures for the same checkpoint and parameters. After training,
-:func:`tune_after_training` predicts the validation split once with the best weights, searches the
+:func:`tune_after_training` predicts the validation images once with the best weights, searches the
 post-processing grid for ``objects.tune_time`` seconds (:mod:`unet_train.objects.tune`) and stores the winner
 in ``best.pt`` and ``last.pt`` under ``postprocess`` (read back by :func:`stored_postprocess`).
 """
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,10 @@ from unet_train.objects import tune
 from unet_train.objects.heads import affinity_offsets, class_channels
 from unet_train.objects.params import instance_target
 
-__all__ = ["EVAL_METRICS", "ObjectReport", "instance_target", "params_for", "stored_postprocess", "tune_after_training"]
+__all__ = [
+    "EVAL_METRICS", "ObjectReport", "instance_target", "params_for", "plan_tuning", "stored_postprocess",
+    "tune_after_training",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +77,16 @@ class ObjectReport:
         self.target, self.params, self.keys, self.on_labels = target, params, keys, on_labels
         self.classes, self.offsets = classes, offsets
         self.rows: list[dict[str, float]] = []
+        self.seconds = 0.0  # spent in the post-processing and the scores (what one tuning grid point costs)
 
     def on_batch(self, batch: dict[str, Any], logits: torch.Tensor) -> None:
+        started = time.monotonic()
+        try:
+            self._score(batch, logits)
+        finally:
+            self.seconds += time.monotonic() - started
+
+    def _score(self, batch: dict[str, Any], logits: torch.Tensor) -> None:
         probs = probabilities(logits, self.classes).numpy()
         for i in range(len(probs)):
             pred = pp.instances(self.target, probs[i], self.params, self.offsets)
@@ -110,15 +123,43 @@ def params_for(cfg: DictConfig, target: str, stored: dict[str, Any] | None) -> d
         raise ConfigError(f"{exc}.") from None
 
 
-def tune_after_training(run: Any, folder: Path) -> dict[str, float]:
-    """Tune the post-processing on the validation split with ``best.pt``'s weights; store it in the checkpoints.
+def tune_time(cfg: DictConfig) -> float:
+    """``objects.tune_time`` of an instance run (seconds the search after training may take); 0 for other runs."""
+    if instance_target(cfg.data) is None:
+        return 0.0
+    return float((cfg.get("objects") or {}).get("tune_time", 0) or 0)
 
-    Returns figures for ``metrics.json`` (``tuned/<metric>``, ``untuned/<metric>``); nothing when the data
-    are not instances, ``objects.tune_time`` is 0, or no checkpoint was written.
+
+def search_grid(cfg: DictConfig, target: str) -> dict[str, list[Any]]:
+    """The grid tuning searches: :data:`~unet_train.objects.tune.GRIDS`, starting from the run's own ``objects.*``
+    values (the parameters validation used)."""
+    start = params_for(cfg, target, None)
+    grid = tune.GRIDS[target]
+    return {name: [start[name], *(v for v in values if v != start[name])] for name, values in grid.items()}
+
+
+def plan_tuning(run: Any) -> None:
+    """Tell ``run``'s time budget about the tuning after training, so that it holds its time back
+    (:attr:`~unet_train.engine.budget.TimeBudget.tuning`): ``trainer.max_time`` bounds the whole run."""
+    budget, target = run.budget, instance_target(run.cfg.data)
+    budget.tune_time = tune_time(run.cfg)
+    if target is None or budget.tune_time <= 0:
+        return
+    budget.tune_points = math.prod(len(values) for values in search_grid(run.cfg, target).values())
+
+
+def tune_after_training(run: Any, folder: Path) -> dict[str, float]:
+    """Tune the post-processing on the validation images (``trainer.val_subset``'s sample, else the whole split)
+    with ``best.pt``'s weights; store it in the checkpoints.
+
+    The search takes ``objects.tune_time`` seconds, less what would overrun ``trainer.max_time`` (whose reserve
+    held the tuning's time back, :func:`plan_tuning`). Returns figures for ``metrics.json`` (``tuned/<metric>``,
+    ``untuned/<metric>``); nothing when the data are not instances, ``objects.tune_time`` is 0, or no checkpoint
+    was written.
     """
     cfg = run.cfg
     target, classes, offsets = instance_target(cfg.data), class_channels(cfg.data), affinity_offsets(cfg.data)
-    limit = float((cfg.get("objects") or {}).get("tune_time", 0) or 0)
+    limit = tune_time(cfg)
     best, last = folder / "best.pt", folder / "last.pt"
     if target is None or limit <= 0 or not best.is_file():
         return {}
@@ -138,15 +179,19 @@ def tune_after_training(run: Any, folder: Path) -> dict[str, float]:
 
     if not run.dist.is_main:  # rank 0 tunes on the whole split and writes the checkpoints
         return {}
-    loader = run.data.dataloader("val", shuffle=False, training=False)
+    # the images validation scores (trainer.val_subset's fixed sample, else the split): what its pass measured
+    from unet_train.engine.validation import ItemSampler, validation_subset
+
+    items = validation_subset(len(run.data.dataset("val")), cfg.trainer.get("val_subset"))
+    sampler = None if items is None else ItemSampler(items)
+    loader = run.data.dataloader("val", shuffle=False, sampler=sampler, training=False)
     evaluate(model, loader, run.runtime, run.data.num_classes, on_batch=collect, classes=classes)
     metric = tune_metric(cfg)
-    # the search starts from the run's own objects.* values, the parameters validation used
-    start = params_for(cfg, target, None)
-    grid = {
-        name: [start[name], *(v for v in values if v != start[name])] for name, values in tune.GRIDS[target].items()
-    }
-    result = tune.tune(target, outputs, truths, ignores, metric=metric, grid=grid, time_limit=limit)
+    grid = search_grid(cfg, target)
+    limit = run.budget.tune_limit(limit)  # what trainer.max_time leaves after the prediction above
+    result = tune.tune(
+        target, outputs, truths, ignores, metric=metric, grid=grid, time_limit=limit, clock=run.budget.clock
+    )
     entry = {"target": target, "params": result.params, "metric": metric, "score": result.score,
              "default_score": result.default_score, "tried": result.tried, "total": result.total}  # fmt: skip
     for path in (best, last):

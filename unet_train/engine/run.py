@@ -35,7 +35,7 @@ from unet_train.engine.checkpoint import (
     load_model_state,
     load_optimizer_state,
 )
-from unet_train.engine.evaluate import LOSS_INPUTS
+from unet_train.engine.evaluate import LOSS_INPUTS, ForwardCache
 from unet_train.engine.guard import NonFiniteGuard, can_skip_on_device
 from unet_train.engine.resume import restore_rng, resume_plan
 from unet_train.engine.runtime import Runtime, make_runtime, seed_everything, to_channels_last
@@ -101,6 +101,8 @@ class Run:
     schedule_steps_per_epoch: int = 0
     # The run's clock (training time over all its segments), and trainer.max_time's schedule and stop.
     budget: TimeBudget = field(default_factory=lambda: TimeBudget(None))
+    # Validation's forward pass within the memory budget, measured at the first validation and reused after.
+    val_forwards: ForwardCache = field(default_factory=ForwardCache)
 
     def schedule_progress(self) -> Any:
         """The time-based schedule's progress function when ``trainer.max_time`` is set, else None (step-based)."""

@@ -15,7 +15,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from unet_train.data.foreground import boundary_positive
 from unet_train.engine import distributed
-from unet_train.engine.evaluate import evaluate
+from unet_train.engine.evaluate import ForwardCache, evaluate
 from unet_train.engine.objects import ObjectReport, instance_target, params_for
 from unet_train.engine.report import EvalReport, volume_spacing
 from unet_train.engine.tensorboard import panel
@@ -120,8 +120,13 @@ def validate(
     writer: SummaryWriter,
     state: Any,
     dist: distributed.Distributed | None = None,
+    forwards: ForwardCache | None = None,
+    budget: Any = None,
 ) -> dict[str, float]:
-    """Score the validation split; log ``val/*`` scalars and image panels at the current step."""
+    """Score the validation split; log ``val/*`` scalars and image panels at the current step (``forwards``: the
+    run's :class:`~unet_train.engine.evaluate.ForwardCache`, so its validations share one measured forward;
+    ``budget``, the run's :class:`~unet_train.engine.budget.TimeBudget`: told what an instance model's
+    post-processing cost)."""
     panels: list[torch.Tensor] = []
     wanted = cfg.trainer.num_image_panels
     extras = None
@@ -146,9 +151,13 @@ def validate(
         if objects is not None:
             objects.on_batch(batch, logits)
 
-    result = evaluate(model, loader, runtime, num_classes, loss_fn=criterion, on_batch=collect, classes=classes)
+    result = evaluate(
+        model, loader, runtime, num_classes, loss_fn=criterion, on_batch=collect, classes=classes, forwards=forwards
+    )
     if objects is not None:
         objects.finish(result)  # per-image rows too, which DDP's gather averages
+        if budget is not None:
+            budget.postprocess_s = objects.seconds  # the cost of one point of the tuning after training
     if extras is not None:
         extras.finish(result)  # adds per-image rows too, so DDP's gather averages them like the others
     merged = dist.gather_eval(result) if dist is not None else result.metrics  # over all ranks' shards
@@ -170,7 +179,7 @@ def validate_epoch(
     # rank scores its own shard), and a compiled model would recompile for eval mode and for every new
     # validation image size, which costs more than it saves on a few images.
     metrics = validate(cfg, run.model, run.val_loader, run.runtime, run.criterion, run.data.num_classes, writer,
-                       state, run.dist)  # fmt: skip
+                       state, run.dist, run.val_forwards, run.budget)  # fmt: skip
     if run.dist.agree(track_best(state, cfg.monitor, metrics, run.mode)):  # saving best.pt is a collective
         checkpoints.save("best.pt")
     best = math.nan if state.best is None else state.best  # None while every value so far was NaN

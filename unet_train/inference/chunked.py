@@ -135,14 +135,19 @@ class ChunkedPredictor:
                     if users[tile] == 0:
                         del cache[tile]
 
-    def _compute(self, tiles: list[Tile], read: Callable[..., torch.Tensor]) -> dict[Tile, torch.Tensor]:
-        """Probabilities of these tiles, from one read of the input window that covers them."""
-        window_bounds, offsets = [], []
+    def window(self, tiles: Iterable[Tile]) -> tuple[int, ...]:
+        """The input window these tiles read (their mirrored margins included), ``(lo, hi)`` per axis, flat."""
+        tiles = list(tiles)
+        bounds: list[int] = []
         for axis, (starts, size, lookup) in enumerate(zip(self.starts, self.tile, self.lookup)):
             p0, p1 = min(starts[t[axis]] for t in tiles), max(starts[t[axis]] for t in tiles) + size
-            lo, hi = int(lookup[p0:p1].min()), int(lookup[p0:p1].max()) + 1
-            window_bounds += [lo, hi]
-            offsets.append(torch.from_numpy(lookup - lo))
+            bounds += [int(lookup[p0:p1].min()), int(lookup[p0:p1].max()) + 1]
+        return tuple(bounds)
+
+    def _compute(self, tiles: list[Tile], read: Callable[..., torch.Tensor]) -> dict[Tile, torch.Tensor]:
+        """Probabilities of these tiles, from one read of the input window that covers them."""
+        window_bounds = self.window(tiles)
+        offsets = [torch.from_numpy(lookup - lo) for lookup, lo in zip(self.lookup, window_bounds[0::2])]
         window = read(*window_bounds)
         out: dict[Tile, torch.Tensor] = {}
         size = self.predictor.batch_size

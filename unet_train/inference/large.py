@@ -2,13 +2,16 @@
 
 For a 2D model each z plane is cut into blocks of chunks (:class:`~unet_train.inference.chunked.ChunkGrid`);
 the (plane, block) pairs are dealt out to the ranks in turn (rank ``r`` takes pairs ``r, r + N, ...``),
-so every rank writes whole chunks of its own. For a 3D model the volume is cut into 3D chunks and blocks of
-them, dealt out the same way (:func:`predict_volume_to_zarr`). Chunks marked done in the store are skipped.
+so every rank writes whole chunks of its own. A 2.5D model's planes go in slabs of planes, whose sections are
+read once (:func:`predict_sections_to_zarr`); (slab, block) pairs are dealt out. For a 3D model the volume is
+cut into 3D chunks and blocks of them, dealt out the same way (:func:`predict_volume_to_zarr`). Chunks marked
+done in the store are skipped.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +31,9 @@ log = logging.getLogger(__name__)
 
 BLOCK_PIXELS = 4096  # side of the blocks of chunks that share a tile cache (see chunked.py)
 BLOCK_VOXELS = 256  # the same for a 3D model's chunks: a block's cache holds about two layers of its tiles
+# Input values (float32) of the sections a 2.5D model's slab of planes reads at once in a block's window: the
+# slab's planes plus its context (2k planes), 128 MiB; a slab has one plane at least.
+SLAB_VALUES = 2**25
 
 
 @dataclass
@@ -209,4 +215,59 @@ def predict_volume_to_zarr(
             on_chunk()
 
     planner.run(mine, read, write, on_tiles=report)
+    return _finish(store, dist)
+
+
+def predict_sections_to_zarr(
+    predictor: TiledPredictor,
+    volume: Volume,
+    read_slab: Callable[..., Callable[[int], Any]],
+    path: Path,
+    classes: int,
+    chunk: int,
+    prob_dtype: str,
+    threshold: float,
+    settings: dict[str, Any],
+    dist: Distributed,
+    context: int,
+    on_chunk: Callable[[], None] | None = None,
+) -> ZarrPrediction:
+    """A 2.5D model's (``data.context_slices=context``) prediction of ``volume`` into the store at ``path``, plane by
+    plane as :func:`predict_to_zarr` (the same chunks, tiles and blending), over slabs of planes.
+
+    The planes go in slabs of as many as fit :data:`SLAB_VALUES` with their ``2 x context`` neighbours in a block's
+    window; for each (slab, block) pair the sections it needs are read once, by
+    ``read_slab(z0, z1, y0, y1, x0, x1)``, which returns ``plane(z)``: the model input ``(C, h, w)`` of plane ``z``
+    (``z0 <= z < z1``) in that window. The pairs are dealt out to the ranks in turn; chunks marked done are skipped.
+    """
+    store, done = _open_store(path, volume, classes, chunk, prob_dtype, threshold, settings, dist)
+    depth, height, width, channels = volume.shape
+    planner = ChunkedPredictor(predictor, (height, width), chunk)
+    blocks = planner.grid.blocks(BLOCK_PIXELS)
+    window = math.prod(min(n, BLOCK_PIXELS + 2 * t) for n, t in zip((height, width), planner.tile))  # with halo
+    slab = max(1, SLAB_VALUES // (window * channels) - 2 * context)
+    work = [
+        [(z, [c for c in block if not done[z, c[0], c[1]]]) for z in range(z0, min(z0 + slab, depth))]
+        for z0 in range(0, depth, slab)
+        for block in blocks
+    ]
+    mine = [[(z, chunks) for z, chunks in pair if chunks] for pair in work[dist.rank :: dist.world_size]]
+    mine = [planes for planes in mine if planes]
+    total = sum(planner.count_tiles([chunks]) for planes in mine for _, chunks in planes)
+    report = Throughput(total, f"rank {dist.rank}" if dist.enabled else "predict")
+    for planes in mine:
+        y0, y1, x0, x1 = planner.window({t for _, chunks in planes for c in chunks for t in planner.tiles_of(c)})
+        plane = read_slab(planes[0][0], planes[-1][0] + 1, y0, y1, x0, x1)
+        for z, chunks in planes:
+            image = plane(z)
+
+            def read(a: int, b: int, c: int, d: int, image: Any = image, y0: int = y0, x0: int = x0) -> Any:
+                return image[:, a - y0 : b - y0, c - x0 : d - x0]
+
+            def write(c: tuple[int, ...], prob: Any, z: int = z) -> None:
+                store.write_chunk(z, (c[0], c[1]), planner.grid.bounds(c), prob)
+                if on_chunk is not None:
+                    on_chunk()
+
+            planner.run([chunks], read, write, on_tiles=report)
     return _finish(store, dist)

@@ -25,8 +25,15 @@ DEFAULT_OFFSETS = ((-1, 0), (0, -1), (-3, 0), (0, -3))
 
 def affinity_offsets(data: Mapping[str, Any] | None) -> list[tuple[int, ...]]:
     """``data.affinity_offsets`` as tuples of whole numbers (one per axis, as many for each offset, not all zero,
-    none twice); ConfigError in one line otherwise."""
-    raw = (data or {}).get("affinity_offsets") or DEFAULT_OFFSETS
+    none twice; absent: :data:`DEFAULT_OFFSETS`); ConfigError in one line otherwise (an empty list too)."""
+    raw = (data or {}).get("affinity_offsets")
+    if raw is None:
+        raw = DEFAULT_OFFSETS
+    elif isinstance(raw, str) or not hasattr(raw, "__len__") or not len(raw):  # [] did fall back to the defaults
+        raise ConfigError(
+            f"data.affinity_offsets={raw!r} lists no offset; give at least one, e.g. [[-1, 0], [0, -1]], or leave "
+            "it out for the default [[-1, 0], [0, -1], [-3, 0], [0, -3]]."
+        )
     out: list[tuple[int, ...]] = []
     for offset in raw:
         values = list(offset) if not isinstance(offset, str | int | float) else [offset]
@@ -75,3 +82,16 @@ def check_tta(data: Mapping[str, Any], tta: bool) -> None:
             "tta=true does not fit a model of data.target=affinities (flips and rotations change the offsets' "
             "directions); run with tta=false."
         )
+
+
+def check_offsets_fit(offsets: list[tuple[int, ...]], patch_size: int) -> None:
+    """Refuse in one line an offset as long as the training crop or longer: no pair of a crop's pixels is that far
+    apart, so its channel would learn nothing."""
+    for offset in offsets:
+        if max(map(abs, offset)) >= patch_size:
+            raise ConfigError(
+                f"data.affinity_offsets holds {list(offset)}, which reaches {max(map(abs, offset))} px along an axis, "
+                f"as far as or beyond the training crop data.patch_size={patch_size}: no pair of a crop's pixels is "
+                f"that far apart, so its channel would learn nothing; keep offsets under {patch_size} px or raise "
+                "data.patch_size."
+            )

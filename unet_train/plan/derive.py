@@ -127,6 +127,10 @@ def data_choices(fp: dict) -> list[Choice]:
         choices.append(Choice("data.labels", "instances", "the masks hold object ids"))
         choices.append(Choice("data.target", fp["target"], fp.get("target_reason", "the data config's target")))
         choices.append(Choice("data.num_classes", fp["num_classes"], f"the target's classes {present}"))
+        choices.append(Choice("monitor", "val/map", (
+            "objects are scored: best.pt is the validation with the best mean average precision over IoU 0.5-0.95 "
+            "(the 2018 Data Science Bowl's score, which rewards outlines as well as counts), and the post-processing "
+            "is tuned for it; val/dice would score pixels (the boundary class too)")))  # fmt: skip
     else:
         choices.append(Choice("data.num_classes", fp["num_classes"], f"mask values {present} (0 = background)"))
     choices.append(Choice("data.normalize", *_normalize(fp)))

@@ -16,6 +16,10 @@ first match wins:
    apart however the seam is predicted.
 4. otherwise ``boundary``: the common nuclei recipe (objects mostly apart, a predicted boundary splits the
    few that touch).
+
+Measured on DSB 2018 (28 % touching, just under the line), 240 s on one thread, 112 test images: ``boundary``
+F1@0.5 0.730 and mAP 0.396 against ``distance``'s 0.331 and 0.078 (its distance map is not learnt in two
+epochs), so the rule's choice there is the better one.
 """
 
 from __future__ import annotations
