@@ -92,8 +92,8 @@ class VolumeFolder(VolumeData):
     """3D images and label volumes in ``root/images`` and ``root/masks`` with matching stems.
 
     A deterministic ``val_fraction`` of the volumes (shuffled with ``split_seed``) validates; a folder of one volume
-    validates on its last ``val_fraction`` of planes along its longest axis (at least one crop deep) and trains on
-    the rest. An optional ``root/test/images`` is the test split.
+    validates on its last ``val_fraction`` of planes along its longest axis (at least one crop deep, up to half of
+    it) and trains on the rest. An optional ``root/test/images`` is the test split.
 
     Args:
         root: dataset folder.
