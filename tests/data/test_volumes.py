@@ -367,11 +367,14 @@ def test_a_folder_of_one_volume_validates_on_a_slab_of_it(tmp_path, caplog):
     case.pid = -1  # a loader worker reopens the file and cuts the same slab
     assert np.array_equal(case.read_mask((0, 0, 16), (8, 32, 16)), mask[:, :, 16:32] // 255)
     assert data.dataset("train")[(0, 3)]["image"].shape == (1, 4, 16, 16)
+    # a volume under two crops deep: half of it validates, and the training crops of the other half are padded
+    small = folder(make_volume_folder(tmp_path / "small", count=1, shape=(8, 20, 20)))
+    assert [c.name for c in small.split("train").images + small.split("val").images] == ["vol0-y0-9", "vol0-y10-19"]
+    assert small.dataset("train")[(0, 1)]["image"].shape == (1, 4, 16, 16)
     with pytest.raises(DataError) as info:
-        folder(make_volume_folder(tmp_path / "small", count=1, shape=(8, 20, 20))).split("train")
+        folder(make_volume_folder(tmp_path / "tiny", count=1, shape=(2, 3, 4)), val_fraction=0.9).split("train")
     assert str(info.value) == (
-        f"{(tmp_path / 'small' / 'images').resolve()} holds one labelled volume, vol0 (8, 20, 20) (z, y, x), too small "
-        "to hold out a validation slab: of its 20 y planes, 16 validate (data.val_fraction=0.2, at least the crop's "
-        "16) and 4 would train, under one crop; add a second labelled volume there (it then validates), or lower "
-        "data.patch_size."
+        f"{(tmp_path / 'tiny' / 'images').resolve()} holds one labelled volume, vol0 (2, 3, 4) (z, y, x), too small "
+        "to hold out a validation slab: of its 4 x plane(s), 4 would validate (data.val_fraction=0.9) and 0 train; "
+        "add a second labelled volume there (it then validates), or lower data.val_fraction."
     )

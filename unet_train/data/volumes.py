@@ -92,8 +92,8 @@ class VolumeFolder(VolumeData):
     """3D images and label volumes in ``root/images`` and ``root/masks`` with matching stems.
 
     A deterministic ``val_fraction`` of the volumes (shuffled with ``split_seed``) validates; a folder of one volume
-    validates on its last ``val_fraction`` of planes along its longest axis (at least one crop deep) and trains on
-    the rest. An optional ``root/test/images`` is the test split.
+    validates on its last ``val_fraction`` of planes along its longest axis (at least one crop deep, up to half of
+    it) and trains on the rest. An optional ``root/test/images`` is the test split.
 
     Args:
         root: dataset folder.
@@ -220,27 +220,29 @@ class VolumeFolder(VolumeData):
 
     def _slab_case(self, case: VolumeCase, split: str) -> VolumeCase:
         """The train or val part of the one labelled volume: the last ``val_fraction`` of its planes along its longest
-        axis (z first where sides tie), at least one crop deep, validate; the planes before them train. As
+        axis (z first where sides tie) validate, at least one crop deep where that leaves the other half to train
+        (a training part shorter than the crop is padded, as any small volume); the planes before them train. As
         ``data=isbi data.spatial_dims=3`` splits its one stack, by position: neighbouring planes are near copies,
-        so a random choice of planes would validate on what training saw."""
+        so a random choice of planes would validate on what training saw. The slab never needs more than half of
+        the volume, so a crop that ``plan=auto`` fits to the training part does not change whether it splits."""
         patch = (1, *self.patch[1:]) if self.from_sections else self.patch  # a section crop is one plane deep
         axis = max(range(3), key=lambda a: (case.shape[a], -a))
         planes, crop = case.shape[axis], patch[axis]
-        held = max(round(planes * self.val_fraction), crop)
+        held = max(round(planes * self.val_fraction), min(crop, planes // 2))
         name, letter, folder = case.name, "zyx"[axis], self.root.resolve() / self.images_dir
-        if planes - held < crop:
+        if not 0 < held < planes:
             raise DataError(
                 f"{folder} holds one labelled volume, {name} {case.shape[:3]} (z, y, x), too small to hold out a "
-                f"validation slab: of its {planes} {letter} planes, {held} validate (data.val_fraction="
-                f"{self.val_fraction}, at least the crop's {crop}) and {planes - held} would train, under one crop; "
-                "add a second labelled volume there (it then validates), or lower data.patch_size."
+                f"validation slab: of its {planes} {letter} plane(s), {held} would validate (data.val_fraction="
+                f"{self.val_fraction}) and {planes - held} train; add a second labelled volume there (it then "
+                "validates), or lower data.val_fraction."
             )
         start, stop = (0, planes - held) if split == "train" else (planes - held, planes)
         if not self._slab_said:
             log.info(
                 "%s holds one labelled volume, %s %s (z, y, x): its last %d of %d %s planes (%s %d-%d) validate, the "
-                "rest train; data.val_fraction=%g sets the share (at least one crop deep), or add a second volume "
-                "there to validate on instead",
+                "rest train; data.val_fraction=%g sets the share (a slab is at least one crop deep, up to half the "
+                "volume), or add a second volume there to validate on instead",
                 folder, name, case.shape[:3], held, planes, letter, letter,
                 planes - held, planes - 1, self.val_fraction,
             )  # fmt: skip
