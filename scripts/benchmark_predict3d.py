@@ -5,8 +5,10 @@ held whole) with a random 3D UNet (``--base-channels``, ``--depth``, batch norm 
 statistics) chunk by chunk into an OME-Zarr store, as ``unet-predict output=NAME.zarr`` does
 (:func:`~unet_train.volume_predict.predict_volume_store`'s pieces: ``volume_reader``, ``TiledPredictor``,
 ``predict_volume_to_zarr``), each size in a fresh subprocess. It reports the peak RSS
-(``ru_maxrss``), the RSS before the prediction (model built, store opened, one warm-up tile run),
-seconds and tiles/s. Flat memory means the peak does not grow with the volume:
+(the process's ``VmHWM``; not ``ru_maxrss``, which a process started by ``subprocess`` inherits from its
+parent's peak: writing the 1024^3 volume raised it to 1877 MiB for a prediction that peaked at 596), the RSS
+before the prediction (model built, store opened, one warm-up tile run), seconds and tiles/s. Flat memory
+means the peak does not grow with the volume:
 
     OMP_NUM_THREADS=2 python scripts/benchmark_predict3d.py memory --sizes 64 256
     # 1024^3 (1 GiB of uint8 input, ~2 GiB of float16 output on disk): on a GPU machine with 4 GB free disk
@@ -64,6 +66,20 @@ def rss_mib() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
+def peak_rss_mib() -> float:
+    """This process's peak RSS: ``VmHWM``, the high-water mark of its own memory map since its ``exec``.
+
+    ``ru_maxrss`` would be wrong here: Linux carries a parent's peak over into a child started by fork and exec
+    (``subprocess.run``), so a child of the parent that wrote a large volume reports the parent's peak.
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # elsewhere: KiB on Linux, bytes on macOS
+
+
 def write_volume(path: Path, size: int, slab: int = 64) -> None:
     """A ``size``^3 uint8 Zarr array of smooth blobs plus noise, written ``slab`` planes at a time."""
     import zarr
@@ -107,7 +123,7 @@ def memory_case(args: argparse.Namespace) -> dict[str, Any]:
         store = Path(tmp) / "out.zarr"
         predict_volume_to_zarr(predictor, volume, read, store, 1, chunk, "float16", 0.5, {}, Distributed())
         seconds = time.perf_counter() - start
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        peak = peak_rss_mib()
         tiles = predictor.num_tiles(*(args.size,) * 3)
     return {
         "size": args.size,
