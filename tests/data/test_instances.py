@@ -183,3 +183,18 @@ def test_an_affinity_offset_as_long_as_the_training_crop_is_refused_in_one_line(
     )
     assert len(data.dataset("val")) > 0  # whole validation images are not cropped
     ImageFolder(str(root), affinity_offsets=[[-1, 0], [0, -7]], **kwargs).dataset("train")  # 7 px fit in 8
+
+
+def test_an_affinity_offset_of_three_axes_on_2d_images_is_refused_in_one_line(tmp_path):
+    from tests.objects.discs import write_discs
+
+    root = write_discs(tmp_path / "discs", 4)
+    kwargs = {"labels": "instances", "target": "affinities", "patch_size": 16, "num_workers": 0}
+    data = ImageFolder(str(root), affinity_offsets=[[-1, 0, 0], [0, -1, 0]], **kwargs)
+    for split in ("train", "val"):  # a traceback from the first batch before
+        with pytest.raises(ConfigError) as caught:
+            data.dataset(split)
+        assert str(caught.value) == (
+            "data.affinity_offsets holds [-1, 0, 0], an offset of 3 axes, but the images are 2D: give 2 numbers per "
+            "offset, e.g. [[-1, 0], [0, -1], [-3, 0], [0, -3]]."
+        )

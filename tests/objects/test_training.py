@@ -69,6 +69,25 @@ def test_validation_reports_object_metrics_and_tuning_beats_the_bad_default(trai
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["postprocess"] == stored
 
 
+def test_a_resume_with_no_time_left_to_search_keeps_the_earlier_tuning(trained, tmp_path):
+    """A resumed segment out of trainer.max_time tries the default alone; best.pt's weights unchanged, the whole
+    search's parameters tuned on them before (which score higher on the same images) stay, not the default."""
+    _, run_dir, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    before = load_checkpoint(copy / "checkpoints" / "best.pt")
+    args = [f"ckpt={copy / 'checkpoints' / 'last.pt'}", "trainer.max_epochs=21", "trainer.max_time=1"]
+    result = run([str(BIN / "unet-train"), *args], cwd=tmp_path)
+    log = result.stdout + result.stderr + (copy / "train.log").read_text()
+    assert "1 of 175 grid points" in log and "more than this search's best" in log
+    after = load_checkpoint(copy / "checkpoints" / "best.pt")
+    assert after["state"]["epoch"] == before["state"]["epoch"]  # the same weights: their tuning still holds
+    assert before["postprocess"]["params"]["seed_threshold"] > BAD_SEED  # not the default: the search's winner
+    assert after["postprocess"]["params"] == before["postprocess"]["params"]
+    assert after["postprocess"]["score"] == pytest.approx(before["postprocess"]["score"])
+    assert load_checkpoint(copy / "checkpoints" / "last.pt")["postprocess"] == after["postprocess"]
+
+
 def evaluate(checkpoint: Path, cwd: Path, *overrides: str) -> tuple[dict, Path]:
     cwd.mkdir(exist_ok=True)
     run([str(BIN / "unet-eval"), f"ckpt={checkpoint}", "trainer.channels_last=true", *overrides], cwd=cwd)

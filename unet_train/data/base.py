@@ -37,7 +37,7 @@ from unet_train.data.splits import check_shared_images, kfold_indices
 from unet_train.data.transforms import padded_size
 from unet_train.errors import ConfigError, DataError
 from unet_train.labels import IGNORE_INDEX, MAX_CLASSES
-from unet_train.objects.heads import check_offsets_fit
+from unet_train.objects.heads import check_offset_axes, check_offsets_fit
 
 log = logging.getLogger(__name__)
 
@@ -279,8 +279,10 @@ class SegmentationData:
         transform = self.train_transform if augment else self.val_transform
         items = self.split(split)  # loading decides instance_target where data.labels=auto
         target = self.instance_target
-        if target == "affinities" and augment and self.affinity_offsets:  # training crops: the offsets must fit
-            check_offsets_fit(self.affinity_offsets, self.patch_size)
+        if target == "affinities" and self.affinity_offsets:  # offsets of the images' axes; training crops fit them
+            check_offset_axes(self.affinity_offsets, 2)
+            if augment:
+                check_offsets_fit(self.affinity_offsets, self.patch_size)
         to_target = None if target is None else InstanceTarget(target, self.affinity_offsets)
         return SegmentationDataset(items, transform, sample_weight, to_target)
 

@@ -192,12 +192,43 @@ def tune_after_training(run: Any, folder: Path) -> dict[str, float]:
     result = tune.tune(
         target, outputs, truths, ignores, metric=metric, grid=grid, time_limit=limit, clock=run.budget.clock
     )
-    entry = {"target": target, "params": result.params, "metric": metric, "score": result.score,
+    params, score = kept_tuning(best, target, result, outputs, truths, ignores, metric)
+    entry = {"target": target, "params": params, "metric": metric, "score": score,
              "default_score": result.default_score, "tried": result.tried, "total": result.total}  # fmt: skip
     for path in (best, last):
         if path.is_file():
             checkpoint = load_checkpoint(path, trust=True)
             checkpoint["postprocess"] = entry
             save_atomic(checkpoint, path, root=folder)
-    log.info("Tuned post-processing stored in %s: %s", best.name, result.params)
+    log.info("Tuned post-processing stored in %s: %s", best.name, params)
     return {f"tuned/{metric}": result.score, f"untuned/{metric}": result.default_score}
+
+
+def kept_tuning(
+    best: Path,
+    target: str,
+    result: tune.TuneResult,
+    outputs: list[dict[str, Any]],
+    truths: list[np.ndarray],
+    ignores: list[np.ndarray | None],
+    metric: str,
+) -> tuple[dict[str, Any], float]:
+    """The parameters to store: the search's best, or those ``best.pt`` holds from an earlier segment's tuning where
+    they score higher on the same images. A best.pt that holds parameters has the weights they were tuned on (a new
+    best is written without them), so a resumed run whose budget leaves no time to search (the default alone) does
+    not replace a whole search's result with the default."""
+    stored = (load_checkpoint(best, trust=True).get("postprocess") or {}).get("params")
+    if not stored or any(point == stored for point, _ in result.table):
+        return result.params, result.score
+    scores = [
+        object_scores(truth, tune.apply(target, out, stored), ignore)[metric]
+        for out, truth, ignore in zip(outputs, truths, ignores)
+    ]
+    score = float(np.mean(scores))
+    if score <= result.score:
+        return result.params, result.score
+    log.info(
+        "best.pt's post-processing tuned before, %s, scores %s %.4f, more than this search's best %.4f (%d of %d "
+        "points): kept", stored, metric, score, result.score, result.tried, result.total,
+    )  # fmt: skip
+    return dict(stored), score

@@ -84,6 +84,17 @@ def check_tta(data: Mapping[str, Any], tta: bool) -> None:
         )
 
 
+def check_offset_axes(offsets: list[tuple[int, ...]], dims: int) -> None:
+    """Refuse in one line offsets of another number of axes than the images' ``dims`` (a volume's three on 2D
+    images ended in a traceback from the first batch)."""
+    for offset in offsets:
+        if len(offset) != dims:
+            raise ConfigError(
+                f"data.affinity_offsets holds {list(offset)}, an offset of {len(offset)} axes, but the images are "
+                f"{dims}D: give {dims} numbers per offset, e.g. [[-1, 0], [0, -1], [-3, 0], [0, -3]]."
+            )
+
+
 def check_offsets_fit(offsets: list[tuple[int, ...]], patch_size: int) -> None:
     """Refuse in one line an offset as long as the training crop or longer: no pair of a crop's pixels is that far
     apart, so its channel would learn nothing."""
