@@ -28,11 +28,13 @@ CLOCK = VirtualClock()
 class ClockedLoss(FaultyLoss):
     """:class:`FaultyLoss` (NaN and signal injection) whose every training call advances :data:`CLOCK` by ``step_s``."""
 
-    def __init__(self, step_s: float = 0.1, signal_calls: Sequence[int] = (), pos_weight: float | None = None) -> None:
+    def __init__(
+        self, step_s: float = 0.1, signal_calls: Sequence[int] = (), pos_weight: float | None = None, val_s: float = 0.0
+    ) -> None:
         super().__init__(signal_calls=signal_calls, pos_weight=pos_weight)
-        self.step_s = step_s
+        self.step_s, self.val_s = step_s, val_s  # val_s: what each validation call (no grad) takes
+
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled():
-            CLOCK.now += self.step_s
+        CLOCK.now += self.step_s if torch.is_grad_enabled() else self.val_s
         return super().forward(logits, target)

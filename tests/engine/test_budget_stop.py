@@ -71,3 +71,15 @@ def test_a_run_stopped_inside_an_epoch_ends_at_its_floor_and_resumes_exactly(tmp
     assert max_abs_diff(a["model"], b["model"]) <= 1e-6
     assert progress(a["state"]) == progress(b["state"])
     assert lr_by_step(tmp_path / "b" / "tensorboard") == pytest.approx(rates, rel=1e-9)
+
+
+def test_a_validation_that_spends_the_rest_of_the_budget_is_the_final_one(tmp_path, virtual_time):
+    # Epochs of 40 steps (4 virtual s); the first validation takes 1.5 s and ends at 5.5 s, past the 6 s budget less
+    # the reserve it now measures. The run stops there: no step past it and no second validation (before: one more
+    # step, then a final validation, ending at 7.1 s).
+    cfg = compose_config([*BUDGETED, "data.samples_per_epoch=160", "+loss.val_s=1.5", "trainer.val_every=1"])
+    start = CLOCK.now
+    result = fit(cfg, tmp_path / "run")
+    assert (result["epochs"], result["steps"]) == (1, 40)
+    assert CLOCK.now - start == pytest.approx(5.5) and result["time_s"] == pytest.approx(5.5)
+    assert result["validation_s"] == pytest.approx(1.5)  # one validation

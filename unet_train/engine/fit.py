@@ -91,7 +91,8 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
             for epoch in epochs:
                 result = train_epoch(run, epoch, step, guard, stop, checkpoints, writer, progress, clock)
                 train_loss = train_loss if result.loss is None else result.loss
-                last_epoch = result.out_of_time or state.epoch == tcfg.max_epochs
+                out_of_time = result.out_of_time
+                last_epoch = out_of_time or state.epoch == tcfg.max_epochs
                 # A validation that would leave no room for the final one in trainer.max_time is skipped.
                 due = validations.due(state.epoch) and run.dist.agree(budget.allows_validation())
                 if due or last_epoch:
@@ -103,10 +104,14 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
                     # trainer.val_share: validate less often when validation costs more than planned. The latest
                     # validation, not the longest: the first one pays one-time costs (kernels for a new shape).
                     validations.after_validation(seconds, result.images_per_s)
+                    if not last_epoch and run.dist.agree(budget.out_of_time()):
+                        # It spent what the final validation was held back for: it is the final one (another
+                        # epoch would take a step past the budget and validate again).
+                        last_epoch = out_of_time = True
                 elif validations.due(state.epoch):
                     log.info("epoch %d: validation skipped, the final one must fit in trainer.max_time", state.epoch)
                 writer.flush()  # events up to this step are on disk before the checkpoint that resumes after them
-                reason = stop.after_epoch(state, result.out_of_time)
+                reason = stop.after_epoch(state, out_of_time)
                 interrupt = stop.interrupt_after_epoch(state)
                 # The run's last last.pt is written synchronously; the others follow trainer.save_every. The
                 # reserve holds back what a synchronous write costs (not a skipped or background save's return).
