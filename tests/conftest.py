@@ -8,10 +8,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from unet_train.config import config_dir
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist (python -m pytest -n 2) each worker has a core of its own: one thread per worker, and
+    # in the commands the tests start (OMP_NUM_THREADS), rather than two workers of two threads on two cores.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 ISBI_ROOT = Path(os.environ.get("UNET_TRAIN_ISBI_ROOT", REPO.parent / "shared" / "data" / "isbi2012"))

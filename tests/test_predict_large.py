@@ -214,7 +214,7 @@ def test_two_gloo_processes_equal_one(tiny_ckpt, image, tmp_path, caplog):
         predict(tiny_ckpt, source, tmp_path / "one.zarr", *args[2:])
     (alone,) = tiles_logged("predict", caplog.text)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29731"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
     result = subprocess.run(
         [*torchrun, "-m", "unet_train.predict", *args, f"output={tmp_path / 'two.zarr'}"],
         cwd=tmp_path,
