@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from unet_train.config import config_dir
+from unet_train.engine.fit import fit
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Under pytest-xdist (python -m pytest -n 2) each worker has a core of its own: one thread per worker, and
@@ -54,6 +55,14 @@ def _session_tuning_cache(tmp_path_factory: pytest.TempPathFactory):
     patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
     yield
     patch.undo()
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """best.pt of a 2-epoch TINY run, trained once per session (per xdist worker) for the tests that only read it."""
+    run_dir = tmp_path_factory.mktemp("tiny")
+    fit(compose_config(TINY), run_dir)
+    return run_dir / "checkpoints" / "best.pt"
 
 
 @pytest.fixture
