@@ -8,10 +8,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from unet_train.config import config_dir
+from unet_train.engine.fit import fit
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist (python -m pytest -n 2) each worker has a core of its own: one thread per worker, and
+    # in the commands the tests start (OMP_NUM_THREADS), rather than two workers of two threads on two cores.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 ISBI_ROOT = Path(os.environ.get("UNET_TRAIN_ISBI_ROOT", REPO.parent / "shared" / "data" / "isbi2012"))
@@ -47,6 +55,14 @@ def _session_tuning_cache(tmp_path_factory: pytest.TempPathFactory):
     patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg_cache")))
     yield
     patch.undo()
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """best.pt of a 2-epoch TINY run, trained once per session (per xdist worker) for the tests that only read it."""
+    run_dir = tmp_path_factory.mktemp("tiny")
+    fit(compose_config(TINY), run_dir)
+    return run_dir / "checkpoints" / "best.pt"
 
 
 @pytest.fixture

@@ -118,7 +118,10 @@ def test_readme_is_a_front_door():
     for link in re.findall(r"\]\(((?:docs/|CHANGELOG|LICENSE|CITATION)[^)#]*)", readme):
         assert (REPO / link).is_file(), f"README links to a missing file: {link}"
     # the two commands: one sets up and runs the main job, one the tests
-    assert "unet-train experiment=quickstart" in readme and "python -m pytest -q" in readme
+    assert "unet-train experiment=quickstart" in readme and "python -m pytest -q -n 2" in readme
+    # CI runs the README's test command
+    ci = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if line.startswith("python -m pytest")]
+    assert ci == ["python -m pytest -q -n 2"]
 
 
 def test_user_docs_name_no_development_machine_or_issue():

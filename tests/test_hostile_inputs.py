@@ -23,13 +23,12 @@ from PIL import Image
 
 from unet_train.data.limits import available_memory, max_pixels, set_max_pixels
 from unet_train.data.reading import read_image, read_mask, read_stack
-from unet_train.engine.fit import fit
 from unet_train.errors import ConfigError, DataError
 from unet_train.inference.volumes import open_volume
 from unet_train.overrides import hold_resume_overrides, resume_overrides
 from unet_train.predict import run_predict
 
-from .conftest import TINY, compose_config
+from .conftest import compose_config
 
 zarr = pytest.importorskip("zarr")
 h5py = pytest.importorskip("h5py")
@@ -37,13 +36,6 @@ h5py = pytest.importorskip("h5py")
 BIN = Path(sys.executable).parent
 ADDRESS_SPACE = 4 * 2**30  # the bombs' 10 GB cannot be allocated under it; torch and a tiny model fit
 FIX_NAN = "fix the file, or predict it with allow_nonfinite=true (they are then read as 0)."
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("tiny")
-    fit(compose_config(TINY), run_dir)
-    return run_dir / "checkpoints" / "best.pt"
 
 
 @pytest.fixture(autouse=True)

@@ -12,21 +12,13 @@ import pytest
 import tifffile
 from skimage import io as skio
 
-from unet_train.engine.fit import fit
 from unet_train.errors import DataError
 from unet_train.inference import TiledPredictor
 from unet_train.predict import find_inputs, load_model, to_input
 
-from .conftest import TINY, compose_config
+from .conftest import compose_config
 
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("tiny")
-    fit(compose_config(TINY), run_dir)
-    return run_dir / "checkpoints" / "best.pt"
 
 
 def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:

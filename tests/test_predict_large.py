@@ -16,7 +16,6 @@ import torch
 from skimage import io as skio
 
 from unet_train.engine.distributed import Distributed
-from unet_train.engine.fit import fit
 from unet_train.errors import ConfigError
 from unet_train.inference import TiledPredictor
 from unet_train.inference import volumes as sources_module
@@ -25,20 +24,13 @@ from unet_train.inference.volumes import Volume, open_volume
 from unet_train.inference.zarr_output import ZarrPrediction
 from unet_train.predict import load_model, run_predict, to_input
 
-from .conftest import TINY, compose_config
+from .conftest import compose_config
 
 zarr = pytest.importorskip("zarr")
 h5py = pytest.importorskip("h5py")
 
 SHAPE = (300, 500)
 SETTINGS = ["tile_size=64", "overlap=0.25", "batch_size=3", "chunk_size=64", "progress=never"]
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("tiny")
-    fit(compose_config(TINY), run_dir)
-    return run_dir / "checkpoints" / "best.pt"
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +206,7 @@ def test_two_gloo_processes_equal_one(tiny_ckpt, image, tmp_path, caplog):
         predict(tiny_ckpt, source, tmp_path / "one.zarr", *args[2:])
     (alone,) = tiles_logged("predict", caplog.text)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29731"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
     result = subprocess.run(
         [*torchrun, "-m", "unet_train.predict", *args, f"output={tmp_path / 'two.zarr'}"],
         cwd=tmp_path,

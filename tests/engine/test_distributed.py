@@ -367,7 +367,9 @@ def test_torchrun_two_processes_write_one_run_folder_that_evaluates_in_one_proce
     evaluation = tmp_path / "eval"
     evaluation.mkdir()
     subprocess.run(
-        [str(BIN / "unet-eval"), f"ckpt={run / 'checkpoints' / 'best.pt'}", "save_predictions=false"],
+        # in the training's layout: unet-eval's channels_last=auto measures one, and the layout changes the sums
+        [str(BIN / "unet-eval"), f"ckpt={run / 'checkpoints' / 'best.pt'}", "save_predictions=false",
+         "trainer.channels_last=true"],
         cwd=evaluation, check=True, capture_output=True, timeout=300, env=ONE_THREAD,
     )  # fmt: skip
     scored = json.loads(next((evaluation / "outputs" / "eval").glob("*/*/metrics.json")).read_text())
