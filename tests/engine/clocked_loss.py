@@ -34,7 +34,6 @@ class ClockedLoss(FaultyLoss):
         super().__init__(signal_calls=signal_calls, pos_weight=pos_weight)
         self.step_s, self.val_s = step_s, val_s  # val_s: what each validation call (no grad) takes
 
-
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         CLOCK.now += self.step_s if torch.is_grad_enabled() else self.val_s
         return super().forward(logits, target)
