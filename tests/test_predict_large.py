@@ -178,6 +178,24 @@ def test_resume_after_a_kill_gives_identical_output(tiny_ckpt, image, tmp_path, 
     assert "holds a prediction made with tile_size=64, not 32" in caplog.text
 
 
+def test_a_store_made_by_another_checkpoint_at_the_same_path_is_not_resumed(tiny_ckpt, image, tmp_path, caplog):
+    # A store records each checkpoint's content, not only its path: another model copied over the same file would
+    # otherwise resume (and keep) the first model's chunks as its own.
+    source = tmp_path / "in.zarr"
+    zarr.create_array(str(source), shape=SHAPE, chunks=(64, 64), dtype="uint8")[...] = image
+    model = tmp_path / "model.pt"
+    model.write_bytes(tiny_ckpt.read_bytes())
+    predict(model, source, tmp_path / "out.zarr")
+    other = torch.load(tiny_ckpt, weights_only=False)
+    first = next(iter(other["model"]))
+    other["model"][first] = other["model"][first] + 1.0
+    torch.save(other, model)
+    with pytest.raises(SystemExit) as exit_info:
+        predict(model, source, tmp_path / "out.zarr")
+    assert exit_info.value.code == 2
+    assert re.search(r"holds a prediction made with ckpt=\[.*model\.pt \(sha256 [0-9a-f]{16}\)'\], not", caplog.text)
+
+
 def two_plane_input(image: np.ndarray, path: Path) -> Path:
     """A (2, y, x) stack: one block per plane, so two ranks get one plane each (rank r takes pairs r, r + 2, ...)."""
     stack = np.stack([image, image[::-1, ::-1]])

@@ -15,6 +15,7 @@ chunks are shared between the processes. ``ckpt=[a.pt,b.pt]`` averages the model
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import sys
 import time
@@ -98,8 +99,18 @@ def checkpoint_paths(spec: Any) -> list[str]:
 
 
 def resolved_paths(spec: Any) -> list[str]:
-    """The checkpoints' absolute paths (a store records them, so a resume with others is refused)."""
-    return [str(Path(p).expanduser().resolve()) for p in checkpoint_paths(spec)]
+    """The checkpoints: each one's absolute path and the SHA-256 of its bytes. A store records them, so a resume with
+    other checkpoints is refused, a different file copied over the same path included."""
+    return [f"{path} (sha256 {file_sha256(path)[:16]})" for path in (Path(p).expanduser().resolve()
+            for p in checkpoint_paths(spec))]  # fmt: skip
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_models(spec: Any, trust: bool | Sequence[str] = False) -> tuple[list[nn.Module], list[DictConfig]]:
