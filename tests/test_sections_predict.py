@@ -219,6 +219,9 @@ def test_a_2d_image_is_refused_in_one_line_not_predicted_from_copies_of_its_plan
         "z axis; input_axes=zyx where the file does not say)."
     ]
     assert not (tmp_path / "out").exists()
+    # What the line suggests works: the file read as a stack of one section, predicted with mirrored neighbours.
+    written = predict(ckpt, image, tmp_path / "out", "input_axes=zyx")
+    assert written and all(tifffile.imread(path).shape[-2:] == (32, 40) for path in written)
 
 
 def test_a_volume_of_other_channels_is_refused_in_one_line_naming_the_channels_per_section(ckpt, tmp_path, caplog):

@@ -151,3 +151,16 @@ def test_a_truncated_nifti_is_one_data_error_naming_the_file(tmp_path, suffix):
     assert volume.read(0, 0, 30, 0, 40)[..., 0].shape == (30, 40)  # the planes that are there still read
     with pytest.raises(DataError, match=rf"Could not read NIfTI .*cut{suffix}"):
         volume.read(19, 0, 30, 0, 40)  # was nibabel's own ValueError or EOFError
+
+
+def test_a_one_plane_stack_read_as_2d_is_a_volume_of_one_plane_with_input_axes_zyx(tmp_path):
+    # tifffile reads a one-image stack as (y, x); input_axes=zyx (what the 2.5D refusal suggests) makes it one plane.
+    image = np.arange(40 * 70, dtype=np.uint16).reshape(40, 70)
+    tifffile.imwrite(tmp_path / "one.tif", image, imagej=True)
+    assert open_volume(tmp_path / "one.tif", None, None, 1).axes == "yx"
+    volume = open_volume(tmp_path / "one.tif", None, "zyx", 1)
+    assert volume.shape == (1, 40, 70, 1) and volume.has_z
+    np.testing.assert_array_equal(volume.read(0, 5, 9, 10, 20)[..., 0], image[5:9, 10:20])
+    np.testing.assert_array_equal(volume.read_block((0, 0, 3), (1, 40, 4))[0, ..., 0], image[:, 3:7])
+    with pytest.raises(IndexError, match="plane 1 of a stack of one plane"):
+        volume.array[1, 0, 0]

@@ -53,6 +53,28 @@ def is_chunked_input(path: Path) -> bool:
     return is_zarr_path(path) or path.suffix.lower() in HDF5_SUFFIXES
 
 
+class OnePlane:
+    """``array`` seen with a z axis of length 1 at ``position``: a stack of one plane that its reader gives without a
+    z (tifffile reads a one-image ImageJ stack as yx), where ``input_axes`` names one (``zyx``)."""
+
+    def __init__(self, array: Any, position: int) -> None:
+        self.array, self.position = array, position
+        shape = [int(n) for n in array.shape]
+        shape.insert(position, 1)
+        self.shape, self.dtype = tuple(shape), array.dtype
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        index = tuple(index) if isinstance(index, tuple) else (index,)
+        key, before = index[self.position], index[: self.position]
+        window = np.asarray(self.array[(*before, *index[self.position + 1 :])])
+        if not isinstance(key, slice):
+            if int(key) not in (0, -1):
+                raise IndexError(f"plane {key} of a stack of one plane")
+            return window
+        kept = sum(not isinstance(k, (int, np.integer)) for k in before)  # where the z axis falls in the window
+        return np.expand_dims(window, kept)[(slice(None),) * kept + (key,)]
+
+
 @dataclass
 class Volume:
     """An image or stack as ``(Z, Y, X, C)``, read window by window in its own dtype.
@@ -74,6 +96,8 @@ class Volume:
     allow_nonfinite: bool = False  # NaN/inf pixels read as 0 (unet-predict allow_nonfinite=true), else refused
 
     def __post_init__(self) -> None:
+        if len(self.axes) == len(self.array.shape) + 1 and "z" in self.axes:  # a one-plane stack read without its z
+            self.array = OnePlane(self.array, self.axes.index("z"))
         if (
             sorted(self.axes) != sorted(set(self.axes))
             or set(self.axes) - set("tczyx")
