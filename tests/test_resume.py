@@ -126,3 +126,17 @@ def test_resuming_a_finished_run_with_overrides_leaves_its_config_and_record_alo
     assert {name: (job / name).read_bytes() for name in before} == before
     assert not (job / "resume_log.yaml").exists()
     assert "Nothing to train" in (job / "train.log").read_text()
+
+
+def test_a_resume_that_moves_the_split_says_so(stored, caplog):
+    from unet_train.train import warn_if_the_split_moves
+
+    with caplog.at_level("WARNING"):
+        warn_if_the_split_moves(stored, apply_overrides(stored, ["trainer.max_epochs=5"]))
+        assert not caplog.records  # other settings leave the split alone
+        warn_if_the_split_moves(stored, apply_overrides(stored, ["data.num_val=3"]))
+    assert [r.getMessage() for r in caplog.records] == [
+        "Resumed with data.num_val=3 (was 2): the training/validation split moves, so images the run trained on may "
+        "now validate, and best.pt's earlier scores came from other images; resume without these overrides to keep "
+        "the split."
+    ]

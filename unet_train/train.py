@@ -90,7 +90,9 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, in
     checkpoint = load_checkpoint(cfg.ckpt, trust=trust)
     check_resumable(checkpoint, cfg.ckpt)
     refuse_an_earlier_checkpoint(Path(cfg.ckpt), checkpoint["state"]["step"])
-    merged = apply_overrides(OmegaConf.create(checkpoint["config"]), overrides, choices=run_choices(cfg.ckpt))
+    stored = OmegaConf.create(checkpoint["config"])
+    merged = apply_overrides(stored, overrides, choices=run_choices(cfg.ckpt))
+    warn_if_the_split_moves(stored, merged)
     check_download_root(merged.get("data"), overrides, f"checkpoint {cfg.ckpt}")
     # The model and optimizer on the meta device (no memory): the file's sizes and groups are checked
     # before anything is built or written.
@@ -101,6 +103,22 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, in
     merged.ckpt = cfg.ckpt
     merged.trust_config = trust  # this command's setting, never the one stored in the checkpoint
     return merged, checkpoint["state"]["epoch"]
+
+
+# The data keys that decide which images train and which validate.
+SPLIT_KEYS = ("val_fraction", "split_seed", "fold", "num_folds", "num_val")
+
+
+def warn_if_the_split_moves(stored: DictConfig, merged: DictConfig) -> None:
+    """A resume that changes how the data are split validates on other images than the run so far did."""
+    old, new = stored.get("data") or {}, merged.get("data") or {}
+    changed = [f"data.{k}={new.get(k)} (was {old.get(k)})" for k in SPLIT_KEYS if k in old and old.get(k) != new.get(k)]
+    if changed:
+        log.warning(
+            "Resumed with %s: the training/validation split moves, so images the run trained on may now validate, "
+            "and best.pt's earlier scores came from other images; resume without these overrides to keep the split.",
+            ", ".join(changed),
+        )
 
 
 def refuse_an_earlier_checkpoint(ckpt: Path, step: int) -> None:
