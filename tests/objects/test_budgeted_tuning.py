@@ -54,3 +54,6 @@ def test_the_tuning_after_training_happens_inside_trainer_max_time(tmp_path, mon
     assert 5 <= entry["tried"] <= 30 and entry["total"] == 175
     assert "tuned/f1_50" in metrics and metrics["time_s"] <= 6.0
     assert metrics["steps"] <= 11  # 0.5 s steps and three validations: tuning took the 12th step's time
+    # last.pt's clock includes the tuning, so a resume of it does not get that time back.
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", trust=True)
+    assert last["state"]["elapsed"] == metrics["time_s"] and last["postprocess"] == entry

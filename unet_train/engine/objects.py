@@ -199,6 +199,8 @@ def tune_after_training(run: Any, folder: Path) -> dict[str, float]:
         if path.is_file():
             checkpoint = load_checkpoint(path, trust=True)
             checkpoint["postprocess"] = entry
+            if path == last:  # the run's time includes the tuning: a resume must not get it back
+                checkpoint["state"]["elapsed"] = run.budget.elapsed
             save_atomic(checkpoint, path, root=folder)
     log.info("Tuned post-processing stored in %s: %s", best.name, params)
     return {f"tuned/{metric}": result.score, f"untuned/{metric}": result.default_score}
