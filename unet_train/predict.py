@@ -15,7 +15,6 @@ chunks are shared between the processes. ``ckpt=[a.pt,b.pt]`` averages the model
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import sys
 import time
@@ -47,7 +46,7 @@ from unet_train.errors import CheckpointError, ConfigError, DataError, UserError
 from unet_train.inference import TiledPredictor
 from unet_train.inference.budget import parse_memory
 from unet_train.inference.instances import instance_labels, label_chunks, resolve_method
-from unet_train.inference.large import Throughput, chunk_setting, predict_to_zarr, store_settings
+from unet_train.inference.large import Throughput, checkpoint_identity, chunk_setting, predict_to_zarr, store_settings
 from unet_train.inference.sources import (
     NIFTI_SUFFIXES,
     TIFF_SUFFIXES,
@@ -99,18 +98,8 @@ def checkpoint_paths(spec: Any) -> list[str]:
 
 
 def resolved_paths(spec: Any) -> list[str]:
-    """The checkpoints: each one's absolute path and the SHA-256 of its bytes. A store records them, so a resume with
-    other checkpoints is refused, a different file copied over the same path included."""
-    return [f"{path} (sha256 {file_sha256(path)[:16]})" for path in (Path(p).expanduser().resolve()
-            for p in checkpoint_paths(spec))]  # fmt: skip
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """The checkpoints as a store records them (:func:`~unet_train.inference.large.checkpoint_identity`)."""
+    return checkpoint_identity(checkpoint_paths(spec))
 
 
 def load_models(spec: Any, trust: bool | Sequence[str] = False) -> tuple[list[nn.Module], list[DictConfig]]:

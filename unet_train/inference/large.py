@@ -10,6 +10,7 @@ done in the store are skipped.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -93,6 +94,20 @@ def chunk_setting(value: Any, dims: int) -> int | tuple[int, ...]:
             "for a 3D model's chunks."
         )
     return tuple(int(s) for s in sides)
+
+
+def checkpoint_identity(paths: Sequence[str | Path]) -> list[str]:
+    """Each checkpoint's absolute path and the SHA-256 of its bytes: a store records them, so a resume with other
+    checkpoints is refused, a different file copied over the same path included."""
+    return [f"{path} (sha256 {file_sha256(path)[:16]})" for path in (Path(p).expanduser().resolve() for p in paths)]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def store_settings(predictor: TiledPredictor, volume: Volume, dims: int, **more: Any) -> dict[str, Any]:
