@@ -203,7 +203,7 @@ def tune_after_training(run: Any, folder: Path) -> dict[str, float]:
                 checkpoint["state"]["elapsed"] = run.budget.elapsed
             save_atomic(checkpoint, path, root=folder)
     log.info("Tuned post-processing stored in %s: %s", best.name, params)
-    return {f"tuned/{metric}": result.score, f"untuned/{metric}": result.default_score}
+    return {f"tuned/{metric}": score, f"untuned/{metric}": result.default_score}  # what best.pt holds
 
 
 def kept_tuning(
