@@ -222,7 +222,8 @@ def model_variants(
 
     ``ablation`` adds the channels_last=false cases (the benchmark runs them at the largest width only).
     """
-    default_precision = "bf16" if device.type == "cuda" else "32"
+    # trainer=cpu: layout and precision measured per phase (auto); trainer=gpu: bf16, channels-last.
+    default_precision = "bf16" if device.type == "cuda" else "auto"
     variants: list[tuple[str, str, Callable]] = [
         ("plain", "plain PyTorch (seed): NCHW fp32 eager, sigmoid + BCELoss", lambda w: plain_case(w, args, device)),
         (
@@ -231,7 +232,7 @@ def model_variants(
             lambda w: project_case(w, default_precision, "auto" if device.type == "cpu" else True, args, device),
         ),
     ]
-    if device.type == "cpu":  # the trainer=cpu default before channels_last=auto, side by side with it
+    if device.type == "cpu":  # the trainer=cpu default before channels_last=auto and precision=auto
         variants.append(
             (
                 "project-cl",
@@ -239,7 +240,7 @@ def model_variants(
                 lambda w: project_case(w, "32", True, args, device),
             )
         )
-    other_precision = "32" if default_precision == "bf16" else "bf16"
+    other_precision = "32" if default_precision == "bf16" else "bf16"  # on a CPU: bf16 always, beside auto
     if bf16_available(device) and not args.no_bf16:
         variants.append(
             (

@@ -24,7 +24,8 @@ def test_each_width_is_timed_in_its_faster_measured_layout_and_cached(tmp_path, 
 
 def test_a_fixed_layout_is_timed_without_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    facts = measure_device(torch.device("cpu"), 1, 2, patch=32, depth=2, batch=2, channels_last=False, steps=1)
+    fixed = {"channels_last": False, "precision": "32"}
+    facts = measure_device(torch.device("cpu"), 1, 2, patch=32, depth=2, batch=2, steps=1, **fixed)
     assert set(facts.step_seconds) == set(WIDTHS["cpu"]) and min(facts.step_seconds.values()) > 0
     assert not (tmp_path / "unet-train").exists()
 

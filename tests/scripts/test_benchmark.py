@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from unet_train.engine.runtime import cpu_has_fast_bf16
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "benchmark.py"
 
 
@@ -48,15 +50,18 @@ def test_quick_benchmark_writes_every_section(tmp_path, isbi_root):
         3 * cases["plain/4/infer"]["gflop_per_image"], rel=0.1
     )
     assert cases["plain/4/train"]["vs_plain"] == 1.0
-    # trainer=cpu's channels_last=auto: each phase's layout chosen by measuring both, the timings reported (issue 29).
+    # trainer=cpu's channels_last=auto and precision=auto: each phase's setting chosen by measuring the candidates
+    # (bf16 among them only on a CPU with native bf16), the timings reported (issue 29).
+    precisions = ("32", "bf16") if cpu_has_fast_bf16() else ("32",)
     for mode, phase in (("train", "training"), ("infer", "inference")):
         row = cases[f"project/4/{mode}"]
         choice = row["auto"][phase]
-        assert row["precision"] == "32" and row["channels_last"] is choice["channels_last"]
-        assert set(choice["seconds"]) == {"channels_last/32", "nchw/32"}
-        chosen = f"{'channels_last' if choice['channels_last'] else 'nchw'}/32"
+        assert row["precision"] == choice["precision"] and row["channels_last"] is choice["channels_last"]
+        assert set(choice["seconds"]) == {f"{layout}/{p}" for layout in ("channels_last", "nchw") for p in precisions}
+        chosen = f"{'channels_last' if choice['channels_last'] else 'nchw'}/{choice['precision']}"
         assert choice["seconds"][chosen] == min(choice["seconds"].values())
-        assert f"project/4 {phase}: channels_last={str(choice['channels_last']).lower()}, precision=32" in run.stdout
+        said = f"channels_last={str(choice['channels_last']).lower()}, precision={choice['precision']}"
+        assert f"project/4 {phase}: {said}" in run.stdout
     assert cases["project-cl/4/train"]["channels_last"] is True  # the trainer=cpu default before
 
     assert set(result["conv_peak_gflop_per_s"]) == {

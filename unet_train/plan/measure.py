@@ -32,7 +32,7 @@ def measure_device(
     batch: int,
     steps: int = 2,
     budget_s: float | None = None,
-    precision: str = "32",
+    precision: str = "auto",
     channels_last: bool | str = "auto",
     val_size: tuple[int, ...] | None = None,
     run_cfg: DictConfig | None = None,
