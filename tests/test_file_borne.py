@@ -17,6 +17,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from unet_train.cpus import usable_cpus
 from unet_train.engine.checkpoint import FORMAT, load_checkpoint
 from unet_train.engine.fit import fit
 from unet_train.errors import CheckpointError, ConfigError
@@ -166,7 +167,7 @@ def test_a_file_borne_data_config_keeps_no_download_urls_or_extra_workers(tmp_pa
     path = tmp_path / "ok.pt"
     torch.save(checkpoint, path)
     data = load_checkpoint(path)["config"]["data"]
-    assert data["download"] is False and "urls" not in data and data["num_workers"] == os.cpu_count()
+    assert data["download"] is False and "urls" not in data and data["num_workers"] == usable_cpus()
 
 
 @pytest.mark.parametrize(
@@ -204,7 +205,7 @@ def test_a_plan_caps_the_model_and_the_workers_it_asks_for(tmp_path):
     path.write_text("model:\n  base_channels: 32\ndata:\n  num_workers: 100000\n")
     assert OmegaConf.to_container(load_plan(path)) == {
         "model": {"base_channels": 32},
-        "data": {"num_workers": os.cpu_count()},
+        "data": {"num_workers": usable_cpus()},
     }
 
 

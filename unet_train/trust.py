@@ -38,7 +38,6 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from unet_train.cpus import usable_cpus
 from unet_train.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -226,7 +226,7 @@ def file_borne_data(data: Any, source: str) -> None:
         data["download"] = False
     data.pop("urls", None)
     workers = data.get("num_workers")
-    cpus = os.cpu_count() or 1
+    cpus = usable_cpus()
     if isinstance(workers, int) and not isinstance(workers, bool) and workers > cpus:
         log.info("%s: data.num_workers=%d capped at the %d CPUs of this machine", source, workers, cpus)
         data["num_workers"] = cpus

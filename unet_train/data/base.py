@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from unet_train.cpus import default_workers
 from unet_train.data.dataset import SegmentationDataset, Split, array_to_tensor, image_to_tensor
 from unet_train.data.instances import InstanceTarget
 from unet_train.data.normalize import (
@@ -77,7 +78,7 @@ class SegmentationData:
         patch_size: int = 256,
         batch_size: int = 4,
         val_batch_size: int = 1,
-        num_workers: int = 2,
+        num_workers: int | str = 2,
         pin_memory: bool = True,
         persistent_workers: bool = True,
         samples_per_epoch: int | None = None,
@@ -102,15 +103,19 @@ class SegmentationData:
             )
         if not 0.0 <= foreground_oversample <= 1.0:
             raise ConfigError(f"data.foreground_oversample={foreground_oversample} must be a share in [0, 1].")
-        if num_workers < 0:
-            raise ConfigError(f"data.num_workers={num_workers} must be 0 or more.")
+        # auto: a training run measures it (engine/workers.py); elsewhere two workers, one CPU left to the model
+        self.workers_auto = num_workers == "auto"
+        if self.workers_auto:
+            num_workers = default_workers()
+        elif not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
+            raise ConfigError(f"data.num_workers={num_workers!r} must be 0 or more, or auto.")
         self._in_channels = _count_or_auto(in_channels, "in_channels", 1)
         self._num_classes = _count_or_auto(num_classes, "num_classes", 2)
         self.normalize = resolve_spec(normalize)
         self.patch_size = patch_size
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size
-        self.num_workers = num_workers
+        self.num_workers: int = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
         self.samples_per_epoch = samples_per_epoch

@@ -35,8 +35,8 @@ NUMBERS: tuple[tuple[str, type, float, bool], ...] = (
 )
 
 
-# Settings that may be ``auto`` (inferred from the files by the data config).
-AUTO = ("data.in_channels", "data.num_classes")
+# Settings that may be ``auto`` (inferred from the files by the data config; the workers measured by the run).
+AUTO = ("data.in_channels", "data.num_classes", "data.num_workers")
 
 
 def _is_number(value: Any, kind: type) -> bool:
@@ -68,4 +68,5 @@ def check_numbers(cfg: DictConfig) -> None:
                 raise ConfigError(f"data.patch_size={list(value)} must be three positive integers [z, y, x].")
             continue
         if not _is_number(value, kind) or value < low or (value == low and not inclusive):
-            raise ConfigError(f"{key}={value!r} must be {_describe(kind, low, inclusive)}.")
+            either = ", or auto" if key in AUTO else ""
+            raise ConfigError(f"{key}={value!r} must be {_describe(kind, low, inclusive)}{either}.")

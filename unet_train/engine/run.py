@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from unet_train.build import (
 )
 from unet_train.config import TrainerConfig
 from unet_train.data.sampling import GLOBAL_STREAM, epoch_seed, set_loader_epoch
-from unet_train.engine import autotune, distributed
+from unet_train.engine import autotune, distributed, workers
 from unet_train.engine.budget import TimeBudget
 from unet_train.engine.checkpoint import (
     IMPLEMENTATION_FLAGS,
@@ -149,6 +150,13 @@ def build_run(cfg: DictConfig) -> Run:
     val_size = len(data.dataset("val"))
     val_sampler = validation_sampler(dist, val_size, tcfg.get("val_subset"))  # trainer.val_subset: a fixed sample
     criterion = build_loss(cfg)
+    model = build_model(cfg.model).to(runtime.device)
+    runtime, step_s = tune_training(cfg, runtime, model, criterion, data, dist)
+    if getattr(data, "workers_auto", False):  # data.num_workers=auto: from a batch's cost against a step's
+        measure = functools.partial(workers.measure_loading, cfg, data, model, criterion, runtime, step_s)
+        choice = workers.auto_workers(runtime.device, dist.world_size, measure)
+        data.num_workers = choice.workers
+        log.info("data.num_workers=auto: %d (%s)", choice.workers, choice.reason)
     # Without DDP the loader makes its own EpochSampler from the seed (exact, restartable epochs).
     train_loader = data.dataloader(
         "train",
@@ -159,8 +167,6 @@ def build_run(cfg: DictConfig) -> Run:
         sample_weight=_worker_weight_maps(criterion, data),
     )
     val_loader = data.dataloader("val", sampler=val_sampler, pin_memory=pin, worker_init_fn=ignore_stop_signals)
-    model = build_model(cfg.model).to(runtime.device)
-    runtime = tune_training(cfg, runtime, model, criterion, data, dist)
     if runtime.channels_last:
         model = to_channels_last(model)
     model = dist.prepare_model(model, tcfg.sync_batchnorm)
@@ -211,20 +217,21 @@ def build_run(cfg: DictConfig) -> Run:
 
 def tune_training(
     cfg: DictConfig, runtime: Runtime, model: nn.Module, criterion: nn.Module, data: Any, dist: distributed.Distributed
-) -> Runtime:
+) -> tuple[Runtime, float | None]:
     """``trainer.channels_last/precision=auto`` on a CPU: this run's own step timed in each setting, on copies of
     the model and loss and a batch of its own training samples (engine/autotune.py). Under DDP rank 0 measures
-    and every rank takes its choice."""
+    and every rank takes its choice. Also the chosen setting's seconds per step where they were measured."""
     if not runtime.auto:
-        return runtime
-    chosen = runtime
+        return runtime, None
+    chosen, seconds = runtime, dict[str, float]()
     if dist.is_main:
         with autotune.preserved_rng():  # drawing the sample must not move the run's random streams
             batch = default_collate([data.dataset("train")[0]] * int(cfg.data.batch_size))
 
         make_step, what = trial_steps(cfg, model, criterion, batch)
-        chosen, _ = autotune.tune(runtime, "training", make_step, what, tuple(batch["image"].shape))
-    return autotune.agree(dist, runtime, chosen)
+        chosen, seconds = autotune.tune(runtime, "training", make_step, what, tuple(batch["image"].shape))
+    agreed = autotune.agree(dist, runtime, chosen)
+    return agreed, seconds.get(autotune.Setting(agreed.channels_last, agreed.precision).name)
 
 
 def trial_steps(
