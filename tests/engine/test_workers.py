@@ -76,7 +76,7 @@ def test_default_workers_leave_a_cpu_to_the_model():
 def test_a_run_takes_the_measured_choice_and_logs_it(monkeypatch, caplog):
     """The run's own loaders get the choice; the measurement is the run's (a real batch and step, no fakes)."""
     cfg = compose_config([*TINY, "data.num_workers=auto"])
-    with caplog.at_level(logging.INFO, logger="unet_train.engine.run"):
+    with caplog.at_level(logging.INFO, logger="unet_train.engine.workers"):
         run = build_run(cfg)
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("data.num_workers=auto")]
     chosen = int(line.split(": ")[1].split(" ")[0])

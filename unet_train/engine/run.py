@@ -154,9 +154,7 @@ def build_run(cfg: DictConfig) -> Run:
     runtime, step_s = tune_training(cfg, runtime, model, criterion, data, dist)
     if getattr(data, "workers_auto", False):  # data.num_workers=auto: from a batch's cost against a step's
         measure = functools.partial(workers.measure_loading, cfg, data, model, criterion, runtime, step_s)
-        choice = workers.auto_workers(runtime.device, dist.world_size, measure)
-        data.num_workers = choice.workers
-        log.info("data.num_workers=auto: %d (%s)", choice.workers, choice.reason)
+        data.num_workers = workers.auto_workers(runtime.device, dist.world_size, measure).workers
     # Without DDP the loader makes its own EpochSampler from the seed (exact, restartable epochs).
     train_loader = data.dataloader(
         "train",

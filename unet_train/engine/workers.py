@@ -78,11 +78,14 @@ def auto_workers(device: torch.device, world_size: int, measure: Callable[[], tu
     cpus = usable_cpus()
     if device.type != "cpu":
         workers = max(0, min(MAX_WORKERS, cpus // world_size - 1))
-        return WorkerChoice(workers, f"{device.type} step: {workers} of the {cpus} CPUs make batches")
-    if world_size > 1:  # DDP on CPU: the ranks share the CPUs and each rank's threads take its share
-        return WorkerChoice(0, f"{world_size} CPU processes share {cpus} CPUs: batches made in each process")
-    load_s, step_s = measure()
-    return choose_workers(load_s, step_s, cpus, torch.get_num_threads())
+        choice = WorkerChoice(workers, f"a {device.type} step: {workers} of the {cpus} CPUs make batches")
+    elif world_size > 1:  # DDP on CPU: the ranks share the CPUs and each rank's threads take its share
+        choice = WorkerChoice(0, f"{world_size} CPU processes share {cpus} CPUs: batches made in each process")
+    else:
+        load_s, step_s = measure()
+        choice = choose_workers(load_s, step_s, cpus, torch.get_num_threads())
+    log.info("data.num_workers=auto: %d (%s)", choice.workers, choice.reason)
+    return choice
 
 
 def measure_loading(
