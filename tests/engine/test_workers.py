@@ -22,7 +22,8 @@ from unet_train.errors import ConfigError
         (0.06, 1.0, 2, 2, 1),  # 6 %: one worker (ceil(0.06 * 1.25) = 1)
         (0.5, 1.0, 2, 2, 1),  # ceil(0.625) = 1
         (3.0, 1.0, 2, 2, 2),  # ceil(3.75) = 4 wanted, no more than the 2 CPUs
-        (0.01, 1.0, 8, 4, 1),  # cheap loading, but 4 CPUs spare: one worker takes it off the step
+        (0.01, 1.0, 8, 4, 0),  # cheap loading: in the main process even with 4 CPUs spare
+        (0.1, 1.0, 8, 4, 1),  # ceil(0.125) = 1
         (2.0, 0.5, 16, 4, 5),  # ceil(4 * 1.25) = 5 of the 12 spare CPUs
         (20.0, 1.0, 64, 4, MAX_WORKERS),  # 25 wanted, at most 8
         (0.5, 1.0, 1, 1, 1),  # one CPU: a worker anyway where loading is half a step (overlaps file reads)
@@ -36,7 +37,7 @@ def test_the_reason_gives_the_figures():
     inline = choose_workers(0.012, 0.4, 2, 2)
     assert inline.reason == (
         "a batch takes 0.012 s to make, 3% of a 0.4 s step; 2 CPUs, 2 torch threads: made in the main process, "
-        "no CPU is spare for a worker"
+        "which costs less than a worker's process"
     )
     one = choose_workers(0.3, 0.4, 2, 1)
     assert one.reason.endswith("75% of a 0.4 s step; 2 CPUs, 1 torch thread: 1 worker to keep up")
@@ -66,7 +67,7 @@ def test_a_gpu_or_several_cpu_processes_are_not_measured(monkeypatch):
     assert auto_workers(torch.device("cuda"), 1, never).workers == 5
     assert auto_workers(torch.device("cuda"), 2, never).workers == 2  # 3 CPUs a rank, one left to it
     assert auto_workers(torch.device("cpu"), 2, never).workers == 0
-    assert auto_workers(torch.device("cpu"), 1, lambda: (0.01, 1.0)).workers == 1  # threads 1 of 6 CPUs
+    assert auto_workers(torch.device("cpu"), 1, lambda: (0.2, 1.0)).workers == 1  # threads 1 of 6 CPUs
 
 
 def test_default_workers_leave_a_cpu_to_the_model():
@@ -83,7 +84,6 @@ def test_a_run_takes_the_measured_choice_and_logs_it(monkeypatch, caplog):
     assert run.train_loader.num_workers == run.val_loader.num_workers == chosen
     assert "s to make" in line and "s step;" in line
 
-    monkeypatch.setattr(workers, "usable_cpus", lambda: 1)  # no CPU spare beside the step's one thread
     monkeypatch.setattr(workers, "measure_loading", lambda *args: (0.01, 1.0))
     assert build_run(cfg).train_loader.num_workers == 0
     monkeypatch.setattr(workers, "measure_loading", lambda *args: (0.5, 1.0))

@@ -8,9 +8,10 @@ their cores. A GPU step is short and leaves the CPUs to the loader. So:
 
 - on a GPU (or MPS): every CPU but one, at most :data:`MAX_WORKERS`;
 - on a CPU, from two measurements (a batch made in the main process, a training step): the loading's share
-  of a step; none where it is at most :data:`INLINE_SHARE` and no CPU is left over by the step's threads,
-  else enough workers to keep up (``ceil(share * MARGIN)``, at least one), on the spare CPUs where there are
-  some.
+  of a step; none where it is at most :data:`INLINE_SHARE`, even with CPUs that look spare (a CPU idle when
+  the run starts may not stay so: on a machine shared with other work the workers' processes took CPU from
+  the step, issue 28's busy matrix cells), else enough workers to keep up (``ceil(share * MARGIN)``, at
+  least one), on the spare CPUs where there are some.
 
 The data order and the augmentations do not depend on the number of workers (each item draws from its own
 seed, data/sampling.py), so the choice changes the speed of a run, never its result.
@@ -33,7 +34,7 @@ from unet_train.cpus import usable_cpus
 
 log = logging.getLogger(__name__)
 
-INLINE_SHARE = 0.05  # loading at most 5 % of a step: made in the main process when no CPU is spare
+INLINE_SHARE = 0.05  # loading at most 5 % of a step: made in the main process
 MARGIN = 1.25  # workers for 125 % of the loading's measured pace: a slower batch now and then does not stall
 MAX_WORKERS = 8
 MEASURE_S = 2.0  # at most this long making items to time a batch
@@ -54,8 +55,8 @@ def choose_workers(load_s: float, step_s: float, cpus: int, threads: int) -> Wor
         f"a batch takes {load_s:.3g} s to make, {share:.0%} of a {step_s:.3g} s step; "
         f"{cpus} CPU{'s' * (cpus != 1)}, {threads} torch thread{'s' * (threads != 1)}"
     )
-    if share <= INLINE_SHARE and spare < 1:
-        return WorkerChoice(0, f"{facts}: made in the main process, no CPU is spare for a worker")
+    if share <= INLINE_SHARE:
+        return WorkerChoice(0, f"{facts}: made in the main process, which costs less than a worker's process")
     needed = max(1, math.ceil(share * MARGIN))
     workers = min(needed, spare if spare >= 1 else cpus, MAX_WORKERS)
     return WorkerChoice(workers, f"{facts}: {workers} worker{'s' * (workers != 1)} to keep up")
