@@ -12,6 +12,9 @@ interrupted matrix continues where it stopped) and a Markdown table is printed.
     python scripts/make_bench_datasets.py --out /tmp/bench-data
     python scripts/bench_matrix.py --data /tmp/bench-data --out /tmp/matrix                # the whole matrix
     python scripts/bench_matrix.py --data /tmp/bench-data --out /tmp/matrix --cells isbi:120 usgra:300:busy
+    python scripts/bench_matrix.py --data /tmp/bench-data --out /tmp/wide --cells vnc:120 --set model.base_channels=16
+
+``--set`` adds overrides to the planned run's command (a variant of the plan to try; a separate ``--out``).
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ def planned_result(folder: Path) -> dict:
     }
 
 
-def run_cell(cell: str, data: Path, out: Path) -> dict:
+def run_cell(cell: str, data: Path, out: Path, sets: tuple[str, ...] | list[str] = ()) -> dict:
     name, budget, *load = cell.split(":")
     root, folder = root_of(name, data), out / cell.replace(":", "_")
     folder.mkdir(parents=True, exist_ok=True)
@@ -80,7 +83,7 @@ def run_cell(cell: str, data: Path, out: Path) -> dict:
     try:
         planned = start([str(BIN / "unet-train"), "data=folder", f"data.root={root}", "plan=auto",
                          f"trainer.max_time={budget}", "trainer.progress=never",
-                         f"paths.output_dir={folder / 'planned'}"], folder / "planned.log")  # fmt: skip
+                         f"paths.output_dir={folder / 'planned'}", *sets], folder / "planned.log")  # fmt: skip
         plain = start([sys.executable, str(HERE / "baseline_plain.py"), f"--root={root}", f"--budget={budget}"],
                       folder / "plain.log")  # fmt: skip
         finish(planned, folder / "planned.log")
@@ -118,6 +121,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="where make_bench_datasets.py wrote its folders")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cells", nargs="+", default=list(MATRIX), help="dataset:budget[:busy] (default: all)")
+    parser.add_argument("--set", nargs="*", default=[], help="overrides for the planned run (a variant to try)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.jsonl"
@@ -125,7 +129,7 @@ def main() -> None:
         results.exists()) else {}  # fmt: skip
     for cell in args.cells:
         if cell not in done:
-            done[cell] = run_cell(cell, args.data, args.out)
+            done[cell] = run_cell(cell, args.data, args.out, args.set) | {"set": args.set}
             with results.open("a") as handle:
                 handle.write(json.dumps(done[cell]) + "\n")
             print(table([done[cell]]).splitlines()[-1], flush=True)
