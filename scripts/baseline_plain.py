@@ -176,6 +176,10 @@ def main() -> None:
         truths = [(t > 0).astype(np.int64) for t in truths]
     dice, iou, pooled = score(preds, truths, classes)
     result.update({"test/dice": round(dice, 4), "test/iou": round(iou, 4), "test/dice_pooled": round(pooled, 4)})
+    if classes > 2:  # each foreground class scored alone, as unet-eval's test/dice_<c>
+        for c in range(1, classes):
+            alone = score([(p == c) * 1 for p in preds], [(t == c) * 1 for t in truths], 2)[0]
+            result[f"test/dice_{c}"] = round(alone, 4)
     print(json.dumps(result))
 
 

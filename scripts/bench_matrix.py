@@ -97,7 +97,8 @@ def run_cell(cell: str, data: Path, out: Path, sets: tuple[str, ...] | list[str]
         "cell": cell, "dataset": name, "budget": int(budget), "load": "+1 busy process" if load else "alone",
         "load_avg": round(max(load_before, os.getloadavg()[0]), 1), "wall_s": round(time.monotonic() - begun),
         "planned": planned_result(folder / "planned"),
-        "plain": {"steps": baseline["steps"], "dice": baseline["test/dice"]},
+        "plain": {"steps": baseline["steps"], "dice": baseline["test/dice"],
+                  "per_class": {k: v for k, v in baseline.items() if k.startswith("test/dice_") and k[-1].isdigit()}},
     }  # fmt: skip
 
 
