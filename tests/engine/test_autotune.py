@@ -142,6 +142,29 @@ def test_measured_once_then_reused_until_the_shape_model_or_torch_changes(cpu, c
     assert {e["about"]["phase"] for e in entries.values()} == {"training", "inference"}
 
 
+def test_a_measurement_from_a_much_busier_machine_is_made_again(cpu, cache):
+    """A step timed at load 8 is too slow to plan with at load 1 (more than twice and more than one higher): measured
+    again and replaced; at load 5 it is still reused, and an entry from before loads were kept is measured again."""
+    clock = FakeClock()
+    make_step = clock.steps({CL32: 0.3, NCHW32: 0.2})
+    rt = make_runtime("cpu", "32", "auto")
+    tune(rt, "training", make_step, WHAT, SHAPE, cache, clock, load=lambda: 8.0)
+    assert len(clock.built) == 2
+    tune(rt, "training", make_step, WHAT, SHAPE, cache, clock, load=lambda: 5.0)  # 8 <= max(2 * 5, 5 + 1)
+    assert len(clock.built) == 2
+    tune(rt, "training", make_step, WHAT, SHAPE, cache, clock, load=lambda: 1.0)  # 8 > max(2, 2): again
+    assert len(clock.built) == 4
+    (entry,) = json.loads(cache.path.read_text())["entries"].values()
+    assert entry["about"]["load"] == 1.0
+    tune(rt, "training", make_step, WHAT, SHAPE, cache, clock, load=lambda: 0.2)  # 1.0 <= max(0.4, 1.2): reused
+    assert len(clock.built) == 4
+    del entry["about"]["load"]
+    key = next(iter(json.loads(cache.path.read_text())["entries"]))
+    assert cache.get(key) is not None and cache.get(key, load_now=3.0) is not None
+    cache.put(key, entry["seconds"], entry["about"])  # an entry without a load: unknown, so measured again
+    assert cache.get(key, load_now=3.0) is None and cache.get(key) == entry["seconds"]
+
+
 @pytest.mark.parametrize(
     "content",
     [
@@ -269,10 +292,11 @@ def test_predict_measures_the_inference_forward(tmp_path, monkeypatch, caplog):
         run_predict(cfg)
     assert "for inference:" in caplog.text and "per forward" in caplog.text
     (entry,) = json.loads((tmp_path / "cache" / "unet-train" / "tuning.json").read_text())["entries"].values()
-    assert entry["about"] | {"cpu": None} == {
+    assert entry["about"] | {"cpu": None, "load": None} == {
         "cpu": None, "torch": torch.__version__, "threads": torch.get_num_threads(), "phase": "inference",
-        "shape": [2, 1, 32, 32],
+        "shape": [2, 1, 32, 32], "load": None,
     }  # fmt: skip
+    assert entry["about"]["load"] >= 0  # the load average it was measured at
 
 
 def test_an_unwritable_cache_costs_a_warning_not_the_run(cpu, tmp_path, caplog):

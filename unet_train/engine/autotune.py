@@ -149,10 +149,15 @@ class TuneCache:
             return {}
         return {key: entry for key, entry in entries.items() if _valid_entry(entry)}
 
-    def get(self, key: str) -> dict[str, float] | None:
-        """Seconds by setting name, or None when this key was not measured."""
+    def get(self, key: str, load_now: float | None = None) -> dict[str, float] | None:
+        """Seconds by setting name, or None when this key was not measured, or (``load_now``: the load average
+        now) was measured on a machine much busier than now: its seconds are then too slow to plan with."""
         entry = self._entries().get(key)
-        return dict(entry["seconds"]) if entry is not None else None
+        if entry is None:
+            return None
+        if load_now is not None and _busier_then(entry.get("about"), load_now):
+            return None
+        return dict(entry["seconds"])
 
     def put(self, key: str, seconds: dict[str, float], about: dict[str, Any]) -> None:
         """Store one measurement (``about``: readable context for a person looking at the file)."""
@@ -164,6 +169,17 @@ class TuneCache:
         except OSError as exc:  # a read-only home costs a measurement per run, nothing else
             log.warning("Could not write the tuning cache %s (%s); the setting is measured again next time.",
                         self.path, exc)  # fmt: skip
+
+
+def _busier_then(about: Any, load_now: float) -> bool:
+    """Whether a measurement's load average (``about["load"]``; none recorded counts as unknown, so measured
+    again) was more than twice today's and more than one higher. A width-16 step timed while the machine ran
+    other benchmarks read 13.7 s in the cache; reused on the idle machine, it gave a plan of 7 steps for a run
+    that made 149 (issue 28's matrix)."""
+    then = about.get("load") if isinstance(about, dict) else None
+    if not isinstance(then, (int, float)) or isinstance(then, bool):
+        return True
+    return float(then) > max(2 * load_now, load_now + 1)
 
 
 def _valid_entry(entry: Any) -> bool:
@@ -206,13 +222,15 @@ def tune(
     shape: tuple[int, ...],
     cache: TuneCache | None = None,
     timer: Callable[[], float] = time.perf_counter,
+    load: Callable[[], float] = lambda: os.getloadavg()[0],
 ) -> tuple[Runtime, dict[str, float]]:
     """The runtime with the settings ``runtime.auto`` leaves open decided by measuring ``phase`` on this machine,
     and the seconds per call of each setting measured (by :attr:`Setting.name`; empty when nothing was open).
 
     ``make_step(runtime)`` builds one step of the phase in that runtime's layout and precision (on copies:
     a measurement must not change the run's model); ``what`` (the model and step as plain values) and
-    ``shape`` (the input batch) make the cache key with the machine.
+    ``shape`` (the input batch) make the cache key with the machine. ``load()`` is the load average, kept with a
+    measurement: one made on a much busier machine than now is made again (:meth:`TuneCache.get`).
     """
     if not runtime.auto:
         return runtime, {}
@@ -222,7 +240,7 @@ def tune(
         return with_setting(runtime, settings[0]), {}
     cache = cache if cache is not None else TuneCache()
     key = cache_key(phase, what, shape, settings)
-    seconds = cache.get(key)
+    seconds = cache.get(key, load_now=load())
     fresh = seconds is None or any(s.name not in seconds for s in settings)
     if fresh:
         log.info("Measuring %s on this CPU for %s (%s) ...", " and ".join(runtime.auto), phase,
@@ -232,7 +250,7 @@ def tune(
             timed = time_settings(steps, timer=timer)
         seconds = {s.name: t for s, t in timed.items()}
         about = {"cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(), "phase": phase,
-                 "shape": list(shape)}  # fmt: skip
+                 "shape": list(shape), "load": round(load(), 2)}  # fmt: skip
         cache.put(key, seconds, about)
     assert seconds is not None
     best = min(settings, key=lambda s: seconds[s.name])
