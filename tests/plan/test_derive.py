@@ -67,6 +67,28 @@ def test_width_by_what_the_budget_buys_wide_then_narrow_then_sixteen():
     )
 
 
+def test_two_or_more_foreground_classes_get_at_least_width_16():
+    """Where width 8 would win by steps (270 s at these speeds: 540 steps against 16's 225), a mask of several
+    foreground classes still gets width 16 (issue 28, drosophila-vnc: 0.289 at width 8 against 0.604 at 16)."""
+    slow = DeviceFacts(kind="cpu", name="loaded CPU", step_seconds={8: 0.5, 16: 1.2, 32: 3.0})
+    three = {"0": 0.7, "1": 0.2, "2": 0.1}
+    assert values(fingerprint(), slow, 300.0)["model.base_channels"] == 8  # binary: the narrow regime
+    got = {c.key: c for c in derive_plan(fingerprint(classes=three), slow, 300.0)}
+    assert got["model.base_channels"].value == 16
+    assert got["model.base_channels"].reason == (
+        "two or more foreground classes, so at least width 16; under 300 steps even at the narrowest, where width 16 "
+        "learns per step what narrower nets do not: width 16, ~225 steps (per step 8: 500 ms, 16: 1200 ms, 32: "
+        "3000 ms, loaded CPU)"
+    )
+    # 1350 s of training: 16 buys 1125 steps, 32 buys 450: 16, as without the floor; of 3330 s 32 buys 1110: 32.
+    assert values(fingerprint(classes=three), slow, 1500.0)["model.base_channels"] == 16
+    assert values(fingerprint(classes=three), slow, 3700.0)["model.base_channels"] == 32
+    objects = fingerprint(classes=three) | {"labels": "instances", "target": "boundary"}
+    assert values(objects, slow, 300.0)["model.base_channels"] == 8  # instance targets: not measured, unchanged
+    narrow_only = DeviceFacts(kind="cpu", name="tiny CPU", step_seconds={8: 0.5})
+    assert values(fingerprint(classes=three), narrow_only, 300.0)["model.base_channels"] == 8  # nothing wider timed
+
+
 def test_sparse_foreground_is_oversampled_and_dense_is_not():
     assert values(fingerprint(foreground=0.02))["data.foreground_oversample"] == 0.33
     assert values(fingerprint(foreground=0.3))["data.foreground_oversample"] == 0.0

@@ -67,7 +67,18 @@ def geometry(fingerprint: dict, kind: str) -> tuple[int, int, int]:
     return patch, depth, batch
 
 
-def choose_width(device: DeviceFacts, train_seconds: float) -> tuple[int, float, str]:
+def min_width(fp: dict) -> int | None:
+    """The narrowest width a 2D plan may choose: ``FLOOR_WIDTH`` for masks of two or more foreground classes.
+
+    Issue 28's matrix, drosophila-vnc sections (5 classes; classes 2 to 4 hold 3.1, 5.3 and 0.7 % of the
+    pixels), 120 s, idle: width 8 after 563 steps scored test Dice 0.289 and never predicted classes 3 and 4;
+    width 16 after 276 steps 0.604 (class 3 0.818, class 4 0.112); the plain page (width 16) 0.419. Each class
+    needs features of its own, which a narrow net lacks however many steps it gets. Binary masks keep the
+    narrow regime (they won the 120 s cells with it); instance targets were not measured and keep it too."""
+    return FLOOR_WIDTH if fp["num_classes"] > 2 and fp.get("labels") != "instances" else None
+
+
+def choose_width(device: DeviceFacts, train_seconds: float, narrowest: int | None = None) -> tuple[int, float, str]:
     """The width whose steps in ``train_seconds`` buy the most quality, by three measured regimes.
 
     1. The widest width that buys ``MIN_STEPS`` steps: enough steps for a wider net to pay off.
@@ -79,10 +90,16 @@ def choose_width(device: DeviceFacts, train_seconds: float) -> tuple[int, float,
        docs/performance.md): width 8 / depth 5 0.655 Dice, width 16 / depth 5 0.690, width 16 / depth 4
        0.678; width 16 learns more per step, though width alone is not the plain page's lead (0.788).
        The old single rule fell back to the narrowest here, the plan that lost to the plain page of PyTorch.
+
+    ``narrowest`` (:func:`min_width`) leaves out the narrower widths where wider ones were timed.
     """
     if not device.step_seconds:
         return 16, math.nan, "no step was timed; width 16 is a safe middle"
     widths = sorted(device.step_seconds)
+    floor = ""
+    if narrowest is not None and widths[-1] >= narrowest:
+        widths = [w for w in widths if w >= narrowest]
+        floor = f"two or more foreground classes, so at least width {narrowest}; "
     fitting = [w for w in widths if train_seconds / device.step_seconds[w] >= MIN_STEPS]
     narrow_steps = train_seconds / device.step_seconds[widths[0]]
     if fitting:
@@ -94,9 +111,9 @@ def choose_width(device: DeviceFacts, train_seconds: float) -> tuple[int, float,
         why = (f"under {NARROW_STEPS} steps even at the narrowest, where width {FLOOR_WIDTH} learns per step what "
                f"narrower nets do not:")  # fmt: skip
     seconds = device.step_seconds[width]
-    timed = ", ".join(f"{w}: {device.step_seconds[w] * 1000:.0f} ms" for w in widths)
+    timed = ", ".join(f"{w}: {device.step_seconds[w] * 1000:.0f} ms" for w in sorted(device.step_seconds))
     steps = int(train_seconds / seconds)
-    return width, seconds, f"{why} width {width}, ~{steps} steps (per step {timed}, {device.name})"
+    return width, seconds, f"{floor}{why} width {width}, ~{steps} steps (per step {timed}, {device.name})"
 
 
 def derive_plan(fingerprint: dict, device: DeviceFacts, budget_s: float) -> list[Choice]:
@@ -112,7 +129,8 @@ def derive_plan(fingerprint: dict, device: DeviceFacts, budget_s: float) -> list
         Choice("model.depth", depth, f"{depth} poolings leave a {patch // 2**depth} px bottleneck (at least "
                f"{MIN_BOTTLENECK})"),
     ]  # fmt: skip
-    return choices + schedule_choices(fp, device, budget_s, batch, batch * patch * patch) + label_choices(fp)
+    schedule = schedule_choices(fp, device, budget_s, batch, batch * patch * patch, min_width(fp))
+    return choices + schedule + label_choices(fp)
 
 
 def data_choices(fp: dict) -> list[Choice]:
@@ -137,12 +155,15 @@ def data_choices(fp: dict) -> list[Choice]:
     return choices
 
 
-def schedule_choices(fp: dict, device: DeviceFacts, budget_s: float, batch: int, step_pixels: int) -> list[Choice]:
+def schedule_choices(
+    fp: dict, device: DeviceFacts, budget_s: float, batch: int, step_pixels: int, narrowest: int | None = None
+) -> list[Choice]:
     """Width, validation, budget and warm-up: the time-budgeted schedule, for images and volumes alike.
 
-    ``step_pixels``: the pixels (voxels) of one training step, which scale an untimed validation guess."""
+    ``step_pixels``: the pixels (voxels) of one training step, which scale an untimed validation guess;
+    ``narrowest``: the narrowest width allowed (:func:`min_width`)."""
     train_guess = budget_s * (1 - VAL_SHARE)
-    width, step_s, width_reason = choose_width(device, train_guess)
+    width, step_s, width_reason = choose_width(device, train_guess, narrowest)
     choices = [Choice("model.base_channels", width, width_reason)]
     timed = not math.isnan(step_s)
     if not timed:

@@ -37,6 +37,7 @@ def measure_device(
     val_size: tuple[int, ...] | None = None,
     run_cfg: DictConfig | None = None,
     pool_factors: list[list[int]] | None = None,
+    narrowest: int | None = None,
 ) -> DeviceFacts:
     """Seconds per training step of the vanilla UNet at each width of ``WIDTHS``: the step ``unet-train`` takes
     (BCE + Dice, fused Adam, gradient clipping) in the layout and precision it will take them.
@@ -45,7 +46,8 @@ def measure_device(
     width's (engine/autotune.py; cached, so the run reuses the measurement); otherwise ``steps`` steps after a
     warm-up one. Widths above ``FLOOR_WIDTH`` are not timed once a narrower one is already too slow for
     ``MIN_STEPS`` steps in ``budget_s``. ``patch`` as ``(z, y, x)`` times a 3D UNet with ``pool_factors`` on
-    crops of that size (a volume plan); ``val_size`` then is a ``(z, y, x)`` block.
+    crops of that size (a volume plan); ``val_size`` then is a ``(z, y, x)`` block. ``narrowest``: the plan's
+    narrowest width (derive.min_width), for the width whose validation is timed.
     """
     from unet_train.engine import autotune
     from unet_train.engine.run import trial_steps
@@ -101,7 +103,7 @@ def measure_device(
     facts = DeviceFacts(kind=kind, name=name, step_seconds=timed)
     if val_size is None or budget_s is None:
         return facts
-    width = choose_width(facts, budget_s * (1 - VAL_SHARE))[0]
+    width = choose_width(facts, budget_s * (1 - VAL_SHARE), narrowest)[0]  # the width the plan will choose
     model = net(width)
     val_s = time_validation(model, runtimes[width], loss_fn, in_channels, num_classes, val_size)
     log.info("width %d: %.2f s to validate one whole %s image", width, val_s, "x".join(map(str, val_size)))

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from unet_train.build import build_data
 from unet_train.engine.runtime import resolve_device
 from unet_train.errors import ConfigError
-from unet_train.plan.derive import Choice, DeviceFacts, derive_plan, geometry, plan_yaml
+from unet_train.plan.derive import Choice, DeviceFacts, derive_plan, geometry, min_width, plan_yaml
 from unet_train.plan.measure import measure_device
 from unet_train.plan.objects import image_fingerprint
 from unet_train.plan.volume_derive import (
@@ -128,6 +128,7 @@ def make_plan(
             patch, depth, batch = geometry(section_fingerprint(fingerprint), kind)
             shape: dict[str, Any] = {"patch": patch, "depth": depth, "batch": batch}
             shape["val_size"] = section_size(fingerprint)  # whole sections are validated
+            shape["narrowest"] = min_width(fingerprint)
             channels = (2 * dims.context + 1) * max(fingerprint["channels"])
             derive = functools.partial(derive_section_plan, fingerprint, budget_s=budget_s, dims=dims)
         else:  # spacing, shapes and a 3D crop with pooling per axis (volume_derive.py)
@@ -150,6 +151,7 @@ def make_plan(
             "depth": depth,
             "batch": batch,
             "val_size": (int(fingerprint["height"]["median"]), int(fingerprint["width"]["median"])),
+            "narrowest": min_width(fingerprint),
         }
         derive = functools.partial(derive_plan, fingerprint, budget_s=budget_s)
     facts = (
