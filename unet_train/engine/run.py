@@ -152,8 +152,9 @@ def build_run(cfg: DictConfig) -> Run:
     criterion = build_loss(cfg)
     model = build_model(cfg.model).to(runtime.device)
     runtime, step_s = tune_training(cfg, runtime, model, criterion, data, dist)
+    weight_maps = _worker_weight_maps(criterion, data)  # the loss's weight maps, made with each item
     if getattr(data, "workers_auto", False):  # data.num_workers=auto: from a batch's cost against a step's
-        measure = functools.partial(workers.measure_loading, cfg, data, model, criterion, runtime, step_s)
+        measure = functools.partial(workers.measure_loading, cfg, data, model, criterion, runtime, step_s, weight_maps)
         data.num_workers = workers.auto_workers(runtime.device, dist.world_size, measure).workers
     # Without DDP the loader makes its own EpochSampler from the seed (exact, restartable epochs).
     train_loader = data.dataloader(
@@ -162,7 +163,7 @@ def build_run(cfg: DictConfig) -> Run:
         pin_memory=pin,
         seed=cfg.seed,
         worker_init_fn=ignore_stop_signals,
-        sample_weight=_worker_weight_maps(criterion, data),
+        sample_weight=weight_maps,
     )
     val_loader = data.dataloader("val", sampler=val_sampler, pin_memory=pin, worker_init_fn=ignore_stop_signals)
     if runtime.channels_last:
