@@ -316,3 +316,27 @@ def test_a_resume_goes_on_in_the_setting_its_checkpoint_trained_in(tmp_path, cpu
 
     run = build_run(compose_config([*auto, "trainer.max_epochs=2", "trainer.precision=32", f"ckpt={last}"]))
     assert (run.runtime.precision, run.runtime.channels_last) == ("32", False)
+
+
+def test_tensorboard_hparams_give_the_precision_a_run_trained_in(tmp_path, cpu, monkeypatch):
+    """precision=auto is decided per model shape: the HParams tab of a sweep tells its runs apart by the precision
+    each trained in, not by the word auto they share."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    cpu(True)
+
+    def faster_bf16(steps, **kw):
+        return {s: 1.0 + (s.precision != "bf16") for s in steps}
+
+    monkeypatch.setattr(autotune, "time_settings", faster_bf16)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    fit(compose_config([*TINY, "trainer.precision=auto", "trainer.max_epochs=1"]), tmp_path / "run")
+    stored = {}
+    for events in (tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(events)).Load():
+            for value in event.summary.value:
+                if value.tag == "_hparams_/session_start_info":
+                    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                    stored = {k: v.string_value for k, v in data.session_start_info.hparams.items()}
+    assert stored["trainer.precision"] == "bf16"

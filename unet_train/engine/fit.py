@@ -148,7 +148,7 @@ def finish_run(
         "validation_s": state.validation_total_s,
     }
     hparam_metrics = {f"hparam/{k}": v for k, v in metrics.items() if "/" in k}
-    writer.add_hparams(hparams(cfg), hparam_metrics, run_name=".")
+    writer.add_hparams(hparams(cfg, run.runtime.precision), hparam_metrics, run_name=".")
     if run.dist.is_main:
         write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n", root=run_dir)
     log.info(
