@@ -6,13 +6,18 @@ import math
 import os
 from pathlib import Path
 
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "QUOTA PERIOD" in microseconds, "max 100000" unlimited
 
-def usable_cpus() -> int:
-    """CPUs this process may run on: its affinity mask, and a cgroup CPU quota where one is set (containers)."""
+
+def usable_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """CPUs this process may run on: its affinity mask, and a cgroup CPU quota where one is set (containers).
+
+    ``cpu_max`` is cgroup v2's quota file; one that is absent, unreadable or not two positive integers (or ``max``
+    and one) sets no limit."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]  # cgroup v2: "max 100000" when unlimited
-        if quota != "max":
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max" and int(quota) > 0 and int(period) > 0:
             cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
     except (OSError, ValueError):
         pass

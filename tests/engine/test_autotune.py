@@ -309,3 +309,58 @@ def test_an_unwritable_cache_costs_a_warning_not_the_run(cpu, tmp_path, caplog):
                         SHAPE, cache, clock)  # fmt: skip
     assert tuned.channels_last is True
     assert f"Could not write the tuning cache {cache.path}" in caplog.text
+
+
+def test_a_resume_goes_on_in_the_setting_its_checkpoint_trained_in(tmp_path, cpu, monkeypatch, caplog):
+    """channels_last and precision auto, resumed where the tuning cache is gone (another node, a cleared home, another
+    thread count) and the other setting now measures faster: the run goes on as it trained, not measured again, so
+    it repeats the uninterrupted run. A setting typed on the command line is the user's."""
+    cpu(True)
+
+    def favour(setting: Setting) -> None:
+        monkeypatch.setattr(autotune, "time_settings", lambda steps, **kw: {s: 1.0 + (s != setting) for s in steps})
+
+    auto = [*TINY, "trainer.precision=auto", "trainer.channels_last=auto", "trainer.max_epochs=1"]
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    favour(NCHW16)
+    fit(compose_config(auto), tmp_path / "run")
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    assert torch.load(last, weights_only=True)["runtime"] == {"precision": "bf16", "channels_last": False}
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "other_cache"))
+    favour(CL32)
+    with caplog.at_level(logging.INFO, logger="unet_train.engine.run"):
+        run = build_run(compose_config([*auto, "trainer.max_epochs=2", f"ckpt={last}"]))
+    assert (run.runtime.precision, run.runtime.channels_last, run.runtime.auto) == ("bf16", False, ())
+    assert (
+        "channels_last off, precision bfloat16 for training, as the resumed run trained "
+        "(trainer.channels_last/trainer.precision=auto: not measured again; set a value to change it)"
+    ) in caplog.text
+    assert not (tmp_path / "other_cache" / "unet-train" / "tuning.json").exists()  # nothing measured
+
+    run = build_run(compose_config([*auto, "trainer.max_epochs=2", "trainer.precision=32", f"ckpt={last}"]))
+    assert (run.runtime.precision, run.runtime.channels_last) == ("32", False)
+
+
+def test_tensorboard_hparams_give_the_precision_a_run_trained_in(tmp_path, cpu, monkeypatch):
+    """precision=auto is decided per model shape: the HParams tab of a sweep tells its runs apart by the precision
+    each trained in, not by the word auto they share."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    cpu(True)
+
+    def faster_bf16(steps, **kw):
+        return {s: 1.0 + (s.precision != "bf16") for s in steps}
+
+    monkeypatch.setattr(autotune, "time_settings", faster_bf16)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    fit(compose_config([*TINY, "trainer.precision=auto", "trainer.max_epochs=1"]), tmp_path / "run")
+    stored = {}
+    for events in (tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(events)).Load():
+            for value in event.summary.value:
+                if value.tag == "_hparams_/session_start_info":
+                    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                    stored = {k: v.string_value for k, v in data.session_start_info.hparams.items()}
+    assert stored["trainer.precision"] == "bf16"

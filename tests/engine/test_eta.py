@@ -13,7 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from unet_train.engine import eta
-from unet_train.engine.eta import RunClock, estimate, format_duration, steady_epoch_s
+from unet_train.engine.eta import RunClock, estimate, format_duration, shorter_run_hints, steady_epoch_s
 
 from ..conftest import REPO, TINY
 
@@ -111,6 +111,14 @@ def test_clock_suggests_only_what_applies(caplog, monkeypatch):
         "Estimated time to the end of the run: 8 h 10 min (49 more epochs at 10 min 00 s each)",
         "Estimated time to the end of the run: 49 min 00 s (49 more epochs at 1 min 00 s each)",
     ]
+
+
+@pytest.mark.parametrize(("precision", "hinted"), [("32", True), ("auto", False), ("bf16", False)])
+def test_bf16_is_suggested_only_to_a_float32_run(precision, hinted):
+    """precision=auto (trainer=cpu's default) measured bf16 against float32 and kept the faster: suggesting
+    trainer=cpu_bf16 would repeat a choice made, or undo one measured."""
+    hints = shorter_run_hints(cfg_for(precision=precision), fast_bf16=True)
+    assert ("trainer=cpu_bf16 (this CPU has native bf16)" in hints) is hinted
 
 
 def parse_duration(text: str) -> float:

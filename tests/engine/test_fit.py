@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 
 import pytest
 import torch
@@ -155,6 +156,15 @@ def test_weight_maps_come_from_the_loader_workers(tmp_path):
         assert torch.equal(weight, torch.from_numpy(loss.sample_weight(mask.numpy())))
     metrics = fit(cfg, tmp_path)
     assert metrics["steps"] == 4 and 0.0 <= metrics["val/dice"] <= 1.0
+
+
+def test_the_loader_workers_are_gone_when_fit_returns(tmp_path):
+    """The workers ignore SIGTERM (engine/signals.py), so neither torch's fallback nor the interpreter's exit can
+    end them: fit stops them itself. Left to the cycle collector, they outlived the run, and ``unet-train`` waited
+    for them forever after its last log line (data.num_workers=auto takes workers on every GPU run)."""
+    before = set(multiprocessing.active_children())
+    fit(compose_config([*TINY, "data.num_workers=1", "trainer.max_epochs=1"]), tmp_path)
+    assert set(multiprocessing.active_children()) - before == set()
 
 
 def test_optimizer_state_resumes_across_foreach_and_fused():

@@ -19,7 +19,7 @@ from unet_train.engine.distributed import Distributed
 from unet_train.engine.epoch import LossWindow
 from unet_train.engine.guard import NonFiniteGuard, can_skip_on_device
 from unet_train.engine.run import TrainState
-from unet_train.engine.runtime import make_runtime
+from unet_train.engine.runtime import Runtime, make_runtime
 from unet_train.engine.signals import GracefulStop
 from unet_train.engine.step import TrainStep
 from unet_train.engine.stopping import StopRules
@@ -205,6 +205,7 @@ def fake_run(is_main: bool = True) -> SimpleNamespace:
         dist=Distributed(rank=0 if is_main else 1),
         steps_per_epoch=4,
         schedule_steps_per_epoch=4,
+        runtime=Runtime(torch.device("cpu"), None, channels_last=False),
     )
 
 
@@ -236,6 +237,7 @@ def test_checkpointer_writes_a_loadable_checkpoint_and_clears_leftovers(tmp_path
         "replans": [],
     }
     assert ckpt["monitor"] == "val/dice" and ckpt["config"]["seed"] == 1 and ckpt["config"]["model"]["depth"] == 2
+    assert ckpt["runtime"] == {"precision": "32", "channels_last": False}  # what a resume with auto goes on in
     assert torch.equal(ckpt["model"]["weight"], run.model.weight.detach())
 
 

@@ -97,3 +97,19 @@ def test_a_bad_worker_count_reaching_the_data_module_is_refused_in_one_line():
 
     with pytest.raises(ConfigError, match=r"^data.num_workers=True must be 0 or more, or auto.$"):
         SyntheticMembranes(num_workers=True)
+
+
+def test_the_timed_items_carry_the_weight_maps_the_loader_makes(monkeypatch):
+    """loss=weighted_bce: the loader's workers make a weight map with each item (distance transforms, as costly as
+    the augmentation); the measurement times the items the loader makes, weight maps included."""
+    timed: list[dict] = []
+
+    def spy(make_item, batch_size, budget_s=workers.MEASURE_S):
+        timed.append(make_item(0))
+        return 0.01
+
+    monkeypatch.setattr(workers, "seconds_per_batch", spy)
+    run = build_run(compose_config([*TINY, "data.num_workers=auto", "loss=weighted_bce"]))
+    (item,) = timed
+    assert "weight" in next(iter(run.train_loader))
+    assert item["weight"].shape == item["mask"].shape

@@ -2,8 +2,9 @@
 
 A checkpoint is a dict: ``format``, ``model`` (state dict of the unwrapped model),
 ``optimizer``, ``scheduler``, ``scaler``, ``epoch`` (epochs completed), ``step``, ``best``
-(monitored value), ``monitor``, ``rng`` and ``config`` (the resolved run config as plain
-containers), so ``unet-eval`` and a resumed ``unet-train`` need nothing else.
+(monitored value), ``monitor``, ``rng``, ``runtime`` (the memory layout and precision the run trained
+in) and ``config`` (the resolved run config as plain containers), so ``unet-eval`` and a resumed
+``unet-train`` need nothing else.
 
 Loading keeps code out twice: ``weights_only=True`` refuses pickled objects, and the stored config's
 ``_target_`` nodes must name unet-train components (:mod:`unet_train.trust`) before anyone builds them.

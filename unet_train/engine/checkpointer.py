@@ -57,6 +57,8 @@ class Checkpointer:
             "scaler": run.scaler.state_dict(),
             "state": asdict(run.state),
             "monitor": run.cfg.monitor,
+            # The layout and precision the run trains in (trainer.*=auto's measured choice): a resume keeps them.
+            "runtime": {"precision": run.runtime.precision, "channels_last": run.runtime.channels_last},
             **extras,
             "config": run.resolved_config,
         }

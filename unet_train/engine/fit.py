@@ -30,7 +30,7 @@ from unet_train.engine.guard import NonFiniteGuard
 from unet_train.engine.objects import plan_tuning, tune_after_training
 from unet_train.engine.preflight import check_numbers
 from unet_train.engine.run import COMPILE_MODES, Run, TrainState, build_run
-from unet_train.engine.signals import GracefulStop
+from unet_train.engine.signals import GracefulStop, stop_workers
 from unet_train.engine.step import TrainStep
 from unet_train.engine.stopping import StopRules
 from unet_train.engine.tensorboard import hparams
@@ -129,6 +129,8 @@ def fit(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     finally:
         checkpoints.wait()  # a background write in flight lands, also on errors
         writer.close()  # also on errors: the events logged so far reach the disk
+        for loader in (run.train_loader, run.val_loader):  # their workers ignore SIGTERM: stopped here, not at exit
+            stop_workers(loader)
 
 
 def finish_run(
@@ -148,7 +150,7 @@ def finish_run(
         "validation_s": state.validation_total_s,
     }
     hparam_metrics = {f"hparam/{k}": v for k, v in metrics.items() if "/" in k}
-    writer.add_hparams(hparams(cfg), hparam_metrics, run_name=".")
+    writer.add_hparams(hparams(cfg, run.runtime.precision), hparam_metrics, run_name=".")
     if run.dist.is_main:
         write_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n", root=run_dir)
     log.info(

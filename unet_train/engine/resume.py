@@ -1,11 +1,15 @@
-"""What a resumed run takes from its checkpoint besides weights and optimizer: RNG states and the plan.
+"""What a resumed run takes from its checkpoint besides weights and optimizer: RNG states, the plan, the setting.
 
 A run stopped part-way through an epoch resumes exactly when every process gets back its own
 random state (dropout draws from it) and skips the batches it already trained on; data order and
 augmentation come from ``(seed, epoch)`` (:mod:`unet_train.data.sampling`). Under DDP, each rank's
 state is gathered into the checkpoint (``rng_per_rank``). The ``plan`` records the number of
 processes and the steps per epoch that the learning-rate schedule was planned with, so that a
-resume with another number of processes keeps the schedule and says what changed.
+resume with another number of processes keeps the schedule and says what changed. The ``runtime``
+records the memory layout and precision the run trained in, so a resume with ``trainer.precision`` or
+``trainer.channels_last`` at ``auto`` goes on in them instead of measuring again (a new measurement, on
+another machine or with the cache gone, may choose otherwise, and the resumed run would not repeat the
+uninterrupted one).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from unet_train.engine.autotune import Setting
 from unet_train.engine.distributed import Distributed
 from unet_train.engine.runtime import rng_state, seed_everything, set_rng_state
 
@@ -31,6 +36,18 @@ def checkpoint_extras(dist: Distributed, schedule_steps_per_epoch: int, steps_pe
         "schedule_steps_per_epoch": schedule_steps_per_epoch,
     }
     return {"rng": states[0], "rng_per_rank": states, "plan": plan}
+
+
+def stored_setting(checkpoint: dict[str, Any]) -> Setting | None:
+    """The memory layout and precision the checkpoint's run trained in (its ``runtime`` entry), or None where it
+    records none (a checkpoint from before it was recorded) or one a CPU run cannot take (float16)."""
+    stored = checkpoint.get("runtime")
+    if not isinstance(stored, dict):
+        return None
+    precision, channels_last = stored.get("precision"), stored.get("channels_last")
+    if precision not in ("32", "bf16") or not isinstance(channels_last, bool):
+        return None
+    return Setting(channels_last, precision)
 
 
 def restore_rng(checkpoint: dict[str, Any], dist: Distributed, seed: int, step: int) -> None:

@@ -38,7 +38,7 @@ from unet_train.engine.checkpoint import (
 )
 from unet_train.engine.evaluate import LOSS_INPUTS, ForwardCache
 from unet_train.engine.guard import NonFiniteGuard, can_skip_on_device
-from unet_train.engine.resume import restore_rng, resume_plan
+from unet_train.engine.resume import restore_rng, resume_plan, stored_setting
 from unet_train.engine.runtime import Runtime, make_runtime, seed_everything, to_channels_last
 from unet_train.engine.schedulers import continue_schedule
 from unet_train.engine.signals import ignore_stop_signals
@@ -151,9 +151,15 @@ def build_run(cfg: DictConfig) -> Run:
     val_sampler = validation_sampler(dist, val_size, tcfg.get("val_subset"))  # trainer.val_subset: a fixed sample
     criterion = build_loss(cfg)
     model = build_model(cfg.model).to(runtime.device)
-    runtime, step_s = tune_training(cfg, runtime, model, criterion, data, dist)
+    checkpoint = None
+    if cfg.get("ckpt"):
+        checkpoint = load_checkpoint(cfg.ckpt, map_location=runtime.device, trust=cfg.get("trust_config", False))
+        check_resumable(checkpoint, cfg.ckpt)
+    resumed = stored_setting(checkpoint) if checkpoint is not None else None
+    runtime, step_s = tune_training(cfg, runtime, model, criterion, data, dist, resumed)
+    weight_maps = _worker_weight_maps(criterion, data)  # the loss's weight maps, made with each item
     if getattr(data, "workers_auto", False):  # data.num_workers=auto: from a batch's cost against a step's
-        measure = functools.partial(workers.measure_loading, cfg, data, model, criterion, runtime, step_s)
+        measure = functools.partial(workers.measure_loading, cfg, data, model, criterion, runtime, step_s, weight_maps)
         data.num_workers = workers.auto_workers(runtime.device, dist.world_size, measure).workers
     # Without DDP the loader makes its own EpochSampler from the seed (exact, restartable epochs).
     train_loader = data.dataloader(
@@ -162,7 +168,7 @@ def build_run(cfg: DictConfig) -> Run:
         pin_memory=pin,
         seed=cfg.seed,
         worker_init_fn=ignore_stop_signals,
-        sample_weight=_worker_weight_maps(criterion, data),
+        sample_weight=weight_maps,
     )
     val_loader = data.dataloader("val", sampler=val_sampler, pin_memory=pin, worker_init_fn=ignore_stop_signals)
     if runtime.channels_last:
@@ -204,8 +210,8 @@ def build_run(cfg: DictConfig) -> Run:
         schedule_steps_per_epoch=len(train_loader),
         budget=budget,
     )
-    if cfg.get("ckpt"):
-        resume(run, cfg.ckpt)
+    if checkpoint is not None:
+        resume(run, cfg.ckpt, checkpoint)
     # DDP and torch.compile wrap the module; checkpoints always store the unwrapped one.
     wrapped = dist.wrap(model)
     compile_mode = tcfg.get("compile_mode", "default")
@@ -214,13 +220,34 @@ def build_run(cfg: DictConfig) -> Run:
 
 
 def tune_training(
-    cfg: DictConfig, runtime: Runtime, model: nn.Module, criterion: nn.Module, data: Any, dist: distributed.Distributed
+    cfg: DictConfig,
+    runtime: Runtime,
+    model: nn.Module,
+    criterion: nn.Module,
+    data: Any,
+    dist: distributed.Distributed,
+    resumed: autotune.Setting | None = None,
 ) -> tuple[Runtime, float | None]:
     """``trainer.channels_last/precision=auto`` on a CPU: this run's own step timed in each setting, on copies of
     the model and loss and a batch of its own training samples (engine/autotune.py). Under DDP rank 0 measures
-    and every rank takes its choice. Also the chosen setting's seconds per step where they were measured."""
+    and every rank takes its choice. Also the chosen setting's seconds per step where they were measured.
+
+    ``resumed``: the setting a resumed run's checkpoint trained in; what is ``auto`` takes it, unmeasured, so the
+    run goes on as it began (every rank reads the same checkpoint)."""
     if not runtime.auto:
         return runtime, None
+    if resumed is not None:
+        kept = autotune.Setting(
+            resumed.channels_last if "channels_last" in runtime.auto else runtime.channels_last,
+            resumed.precision if "precision" in runtime.auto else runtime.precision,
+        )
+        words = {"channels_last": f"channels_last {'on' if kept.channels_last else 'off'}",
+                 "precision": f"precision {'bfloat16' if kept.precision == 'bf16' else 'float32'}"}  # fmt: skip
+        log.info(
+            "%s for training, as the resumed run trained (%s=auto: not measured again; set a value to change it)",
+            ", ".join(words[name] for name in runtime.auto), "/".join(f"trainer.{name}" for name in runtime.auto),
+        )  # fmt: skip
+        return autotune.with_setting(runtime, kept), None
     chosen, seconds = runtime, dict[str, float]()
     if dist.is_main:
         with autotune.preserved_rng():  # drawing the sample must not move the run's random streams
@@ -286,11 +313,13 @@ def _worker_weight_maps(criterion: nn.Module, data: Any) -> Any:
     return sample_weight
 
 
-def resume(run: Run, path: str) -> None:
-    """Load weights, optimizer, schedule, scaler, progress and RNG state of ``path`` into ``run``."""
+def resume(run: Run, path: str, checkpoint: dict[str, Any] | None = None) -> None:
+    """Load weights, optimizer, schedule, scaler, progress and RNG state of ``path`` into ``run`` (``checkpoint``:
+    the file as :func:`load_checkpoint` read and :func:`check_resumable` checked it, where it was read already)."""
     cfg = run.cfg
-    checkpoint = load_checkpoint(path, map_location=run.runtime.device, trust=cfg.get("trust_config", False))
-    check_resumable(checkpoint, path)
+    if checkpoint is None:
+        checkpoint = load_checkpoint(path, map_location=run.runtime.device, trust=cfg.get("trust_config", False))
+        check_resumable(checkpoint, path)
     load_model_state(run.model, checkpoint["model"], path)
     state = run.state = TrainState(**checkpoint["state"])
     # Another number of processes than the checkpoint's: the schedule keeps the checkpoint's plan.

@@ -68,6 +68,23 @@ def ignore_stop_signals(worker_id: int) -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
+def stop_workers(loader: Any) -> None:
+    """Shut down ``loader``'s worker processes now (persistent workers live in its iterator until it is freed).
+
+    Workers that ignore SIGTERM (:func:`ignore_stop_signals`) must be told to stop while the loader's queues are
+    alive: an iterator freed later by the cycle collector finds its queues' feeder threads finalized, its stop
+    message never reaches the workers, the SIGTERM that follows is ignored, and the interpreter's exit then waits
+    for them forever (``unet-train`` finished its run but never exited).
+    """
+    iterator = getattr(loader, "_iterator", None)  # torch keeps a persistent-worker iterator here (private)
+    if iterator is None:
+        return
+    loader._iterator = None
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
 def interrupted(signum: int | None, checkpoint: Path, step: int, saved: bool) -> RunInterrupted:
     """The error that ends a run stopped by ``signum``: where it stopped and the command that resumes it."""
     sig = signal.Signals(signum or signal.SIGINT)

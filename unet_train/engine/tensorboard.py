@@ -65,8 +65,10 @@ HPARAM_KEYS = (
 )
 
 
-def hparams(cfg: DictConfig) -> dict[str, Any]:
-    """Flat scalars of the config that tell runs of a sweep apart (for TensorBoard's HParams tab)."""
+def hparams(cfg: DictConfig, precision: str | None = None) -> dict[str, Any]:
+    """Flat scalars of the config that tell runs of a sweep apart (for TensorBoard's HParams tab); ``precision``:
+    the one the run trained in, for ``trainer.precision`` (``auto`` is measured per model, so runs of one sweep
+    may differ in it)."""
     out: dict[str, Any] = {}
     for key in HPARAM_KEYS:
         value = OmegaConf.select(cfg, key, default=None)
@@ -75,4 +77,6 @@ def hparams(cfg: DictConfig) -> dict[str, Any]:
         if isinstance(value, str) and key.endswith("_target_"):
             value = value.rsplit(".", 1)[-1]
         out[key.replace("._target_", "")] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    if precision is not None and "trainer.precision" in out:
+        out["trainer.precision"] = precision
     return out

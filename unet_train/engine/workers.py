@@ -90,17 +90,24 @@ def auto_workers(device: torch.device, world_size: int, measure: Callable[[], tu
 
 
 def measure_loading(
-    cfg: DictConfig, data: Any, model: nn.Module, criterion: nn.Module, runtime: Any, step_s: float | None
+    cfg: DictConfig,
+    data: Any,
+    model: nn.Module,
+    criterion: nn.Module,
+    runtime: Any,
+    step_s: float | None,
+    sample_weight: Callable[[Any], Any] | None = None,
 ) -> tuple[float, float]:
     """(seconds to make a training batch in this process, seconds per training step): the batch from the run's
-    own training split with its augmentation, the step as the run takes it (``step_s`` where the layout and
+    own training split with its augmentation and the loss's per-pixel weight maps (``sample_weight``, which the
+    loader makes with each item: loss=weighted_bce), the step as the run takes it (``step_s`` where the layout and
     precision measurement already timed it, else one step of a copy of the model timed after a warm-up one)."""
     from torch.utils.data import default_collate
 
     from unet_train.engine import autotune
     from unet_train.engine.run import trial_steps
 
-    dataset, batch_size = data.dataset("train"), int(cfg.data.batch_size)
+    dataset, batch_size = data.dataset("train", sample_weight=sample_weight), int(cfg.data.batch_size)
     if len(dataset) == 0:  # nothing to load (the run refuses an empty split in its own words)
         return 0.0, 1.0
     with autotune.preserved_rng():  # making items must not move the run's random streams
