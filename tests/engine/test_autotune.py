@@ -364,3 +364,13 @@ def test_tensorboard_hparams_give_the_precision_a_run_trained_in(tmp_path, cpu, 
                     data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
                     stored = {k: v.string_value for k, v in data.session_start_info.hparams.items()}
     assert stored["trainer.precision"] == "bf16"
+
+
+def test_a_deterministic_run_measures_nothing_and_says_what_it_takes(cpu, caplog):
+    """Two deterministic runs must not train in different settings because two measurements differed."""
+    with caplog.at_level(logging.INFO, logger="unet_train.engine.runtime"):
+        rt = make_runtime("cpu", "auto", "auto", deterministic=True)
+    assert (rt.auto, rt.channels_last, rt.precision) == ((), True, "32")
+    assert "trainer.deterministic=true: no layout or precision measurement" in caplog.text
+    fixed = make_runtime("cpu", "bf16", False, deterministic=True)
+    assert (fixed.auto, fixed.channels_last, fixed.precision) == ((), False, "bf16")

@@ -165,11 +165,18 @@ def make_runtime(
     """Build the runtime and set the global backend flags it implies.
 
     ``channels_last=auto`` is channels-last on a GPU; on a CPU it is left to measure (``Runtime.auto``), as is
-    ``precision=auto`` on a CPU with native bf16 (without it bf16 is emulated and never faster: float32).
+    ``precision=auto`` on a CPU with native bf16 (without it bf16 is emulated and never faster: float32). A
+    ``deterministic`` CPU run measures nothing (two runs could measure differently): ``auto`` is channels-last
+    and float32 there.
     """
     dev = resolve_device(device)
     layout = resolve_channels_last(channels_last)
     auto: tuple[str, ...] = ()
+    if deterministic and dev.type == "cpu":  # a measured choice could differ between two runs: fixed ones instead
+        if layout is None or str(precision) == "auto":
+            log.info("trainer.deterministic=true: no layout or precision measurement; channels-last float32 where auto")
+        layout = True if layout is None else layout
+        precision = "32" if str(precision) == "auto" else precision
     if dev.type == "cpu":
         auto += ("channels_last",) if layout is None else ()
         auto += ("precision",) if str(precision) == "auto" and cpu_has_fast_bf16() else ()
