@@ -69,7 +69,9 @@ def measure_memory(args: argparse.Namespace, device: torch.device) -> dict[str, 
                 elif reset_peak_rss():
                     step()
                     peak = rss_kib("VmHWM")
-                    out[f"{name}/{width}/{mode}"] = None if peak is None else (peak - base) / 1024
+                    # The peak is reset to the resident set now, which can sit a few KiB below ``base`` when the
+                    # build freed more than it kept (precision=auto's measurement runs on copies): nothing above it.
+                    out[f"{name}/{width}/{mode}"] = None if peak is None else max(0.0, (peak - base) / 1024)
                 else:
                     out[f"{name}/{width}/{mode}"] = None
                 del model, train_step, infer_step, step
