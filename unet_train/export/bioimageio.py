@@ -4,7 +4,8 @@
 parent entry; the ``torchscript`` and ``onnx`` entries name it as their parent. The inputs are raw
 images (their own dtype) and the preprocessing states the checkpoint's normalisation as bioimage.io
 operations; the weights return logits and the postprocessing turns them into probabilities
-(``sigmoid`` for one logit channel, ``softmax`` over channels otherwise).
+(``sigmoid`` for one logit channel, ``softmax`` over channels otherwise). An instance model's post-processing,
+which no bioimage.io operation expresses, goes to the free-form ``config.unet_train`` (:mod:`.instances`).
 """
 
 from __future__ import annotations
@@ -19,15 +20,18 @@ import numpy as np
 import torch
 from skimage.transform import resize
 
+from unet_train import __version__
 from unet_train.data.normalize import bioimageio_preprocessing, prepare_input
 from unet_train.data.reading import match_channels
 from unet_train.data.sections import section_names, section_spec
 from unet_train.errors import ConfigError, DataError
 from unet_train.export.architecture import write_architecture
+from unet_train.export.instances import KEY, instance_config, output_description
 from unet_train.export.model import ExportModel
 from unet_train.export.readme import package_readme
 from unet_train.export.volume import space_axes
 from unet_train.objects.heads import class_channels, map_names
+from unet_train.objects.params import instance_target
 from unet_train.safe_io import write_atomic, write_png
 
 log = logging.getLogger(__name__)
@@ -188,10 +192,14 @@ def build_package(
     write_atomic(folder / "weights.pt", lambda handle: torch.save(exported.model.state_dict(), handle))
     write_architecture(folder / "unet_arch.py")
     write_cover(folder / "cover.png", raw, prob, sigmoid)
-    write_atomic(folder / "README.md", package_readme(exported, info.name, metrics))
 
     out_channels = exported.out_channels
-    default_names = ["foreground", *map_names(stored.data)] if sigmoid else None
+    target = instance_target(stored.data)
+    default_names = (
+        ["foreground", *map_names(stored.data)] if sigmoid
+        else ["background", "interior", "boundary"] if target == "boundary" and out_channels == 3
+        else None
+    )  # fmt: skip
     class_names = (
         info.class_names
         or default_names
@@ -199,6 +207,9 @@ def build_package(
     )
     if len(class_names) != out_channels:
         raise ConfigError(f"bioimageio.class_names={class_names} needs {out_channels} names (the model's outputs).")
+    # an instance model: its post-processing (the checkpoint's tuned parameters), which bioimage.io cannot state
+    instances = instance_config(exported.checkpoint, stored.data, class_names)
+    write_atomic(folder / "README.md", package_readme(exported, info.name, metrics, instances))
     channel_names = info.channel_names or (
         section_names(context, channels // (2 * context + 1)) if context
         else [f"channel{c}" for c in range(channels)] if channels > 1 else ["raw"]
@@ -232,7 +243,10 @@ def build_package(
     dims_tag = f"{exported.spatial_dims}d"
     binary = out_channels == 1 or sigmoid
     postprocessing = [{"id": "sigmoid"}] if binary else [{"id": "softmax", "kwargs": {"axis": "channel"}}]
-    return {
+    description = "sigmoid of each logit" if binary else "softmax over the classes"
+    if instances:  # the channels by name, and where the instance step is
+        description = output_description(instances, binary)
+    rdf: dict[str, Any] = {
         "type": "model",
         "format_version": FORMAT_VERSION,
         "name": info.name,
@@ -266,7 +280,7 @@ def build_package(
         "outputs": [
             {
                 "id": "probabilities",
-                "description": "sigmoid of each logit" if binary else "softmax over the classes",
+                "description": description,
                 "axes": [
                     {"type": "batch"},
                     {"type": "channel", "channel_names": class_names},
@@ -279,3 +293,6 @@ def build_package(
         ],
         "weights": weight_entries,
     }
+    if instances:  # bioimage.io's free-form config: a tool's own keys under its name
+        rdf["config"] = {"unet_train": {"version": __version__, KEY: instances}}
+    return rdf

@@ -118,20 +118,26 @@ def export_bioimageio(
     """Write and test the package; ``volume`` is a 3D model's test volume, read before anything was exported."""
     from unet_train.export.bioimageio import PackageInfo, build_package
     from unet_train.export.package import save_package, test_package
+    from unet_train.objects.params import instance_target
 
     settings = cfg.bioimageio
     kwargs = exported.kwargs
     variant = f"{kwargs.get('encoder')}-{kwargs.get('skip')}"
     name = settings.name or f"unet-train {variant} UNet"
+    target = instance_target(exported.config.data)
+    task = (
+        f"instance segmentation ({target} maps; the post-processing in config.unet_train)" if target
+        else "binary segmentation" if exported.out_channels == 1
+        else f"{exported.out_channels}-class segmentation"
+    )  # fmt: skip
     info = PackageInfo(
         name=name,
         description=settings.description
-        or f"{kwargs.get('spatial_dims', 2)}D UNet ({variant}, depth {kwargs.get('depth')}) for "
-        + ("binary" if exported.out_channels == 1 else f"{exported.out_channels}-class")
-        + " segmentation, trained with unet-train.",
+        or f"{kwargs.get('spatial_dims', 2)}D UNet ({variant}, depth {kwargs.get('depth')}) for {task}, "
+        "trained with unet-train.",
         authors=[dict(a) for a in settings.authors],
         license=settings.license,
-        tags=list(settings.tags),
+        tags=[*settings.tags, *(["instance-segmentation"] if target else [])],
         channel_names=list(settings.channel_names) if settings.channel_names else None,
         class_names=list(settings.class_names) if settings.class_names else None,
     )

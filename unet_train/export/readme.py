@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from unet_train.export.instances import readme_lines
 from unet_train.export.model import ExportModel
 from unet_train.objects.heads import affinity_offsets, class_channels
+from unet_train.objects.params import instance_target
 
 
 def validation_section(metrics: dict[str, float] | None) -> str:
@@ -50,7 +52,11 @@ def context_lines(exported: ExportModel) -> list[str]:
     ]
 
 
-def package_readme(exported: ExportModel, name: str, metrics: dict[str, float] | None) -> str:
+def package_readme(
+    exported: ExportModel, name: str, metrics: dict[str, float] | None, instances: dict[str, Any] | None = None
+) -> str:
+    """The README of the package; ``instances``: an instance model's ``config.unet_train.instances``
+    (:func:`~unet_train.export.instances.instance_config`), stated in a ``# Instances`` section."""
     kwargs: dict[str, Any] = exported.kwargs
     classes = exported.out_channels
     data = exported.config.get("data", {})
@@ -69,6 +75,8 @@ def package_readme(exported: ExportModel, name: str, metrics: dict[str, float] |
             if maps and data.get("target") == "affinities"
             else "a foreground logit and a distance-to-the-boundary map (instances by a seeded watershed)."
             if maps
+            else "3 classes, background, interior and boundary (instances by a seeded watershed from the interiors)."
+            if instance_target(data) == "boundary" and classes == 3
             else f"{classes} classes."
         ),
         *context_lines(exported),
@@ -84,6 +92,7 @@ def package_readme(exported: ExportModel, name: str, metrics: dict[str, float] |
         sizes_sentence(exported),
         "Batch norms are folded into the convolutions in the ONNX and TorchScript weights.",
         "",
+        *(readme_lines(instances, exported.path.name) if instances else []),
         validation_section(metrics),
     ]
     return "\n".join(lines)

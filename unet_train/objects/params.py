@@ -74,21 +74,33 @@ def merged(target: str, stored: Mapping[str, Any] | None, overrides: Mapping[str
     return params
 
 
+def face_offsets(offsets: list[tuple[int, ...]]) -> list[int]:
+    """The positions in ``offsets`` of those the affinities' components join: the face neighbours' (all of them
+    where none is one). A longer offset's edge would jump over a thin boundary (a membrane)."""
+    return [k for k, offset in enumerate(offsets) if sum(map(abs, offset)) == 1] or list(range(len(offsets)))
+
+
+def map_channels(target: str, offsets: list[tuple[int, ...]] | None = None) -> dict[str, int | list[int]]:
+    """Which channel of the probabilities ``(C, H, W)`` each map the post-processing reads is (affinities: the
+    channels of the face offsets, :func:`face_offsets`; ``offsets`` as :func:`outputs_of` takes them)."""
+    if target == "boundary":
+        return {"interior": 1, "boundary": 2}
+    if target == "distance":  # the foreground's sigmoid, then the regressed distance (objects/heads.py)
+        return {"foreground": 0, "distance": 1}
+    if target == "affinities":  # the foreground's sigmoid, then one affinity per offset
+        return {"foreground": 0, "affinities": [1 + k for k in face_offsets(offsets or [])]}
+    raise ValueError(f"no post-processing for target {target!r}")
+
+
 def outputs_of(target: str, probabilities: NDArray, offsets: list[tuple[int, ...]] | None = None) -> dict[str, Any]:
     """The named maps :func:`unet_train.objects.tune.apply` takes, from one image's ``(C, H, W)`` probabilities
     (``offsets``: the affinities target's, :func:`unet_train.objects.heads.affinity_offsets`)."""
-    if target == "boundary":
-        return {"interior": probabilities[1], "boundary": probabilities[2]}
-    if target == "distance":  # the foreground's sigmoid, then the regressed distance (objects/heads.py)
-        return {"foreground": probabilities[0], "distance": probabilities[1]}
-    if target == "affinities":  # the foreground's sigmoid, then one affinity per offset
-        if offsets is None or len(offsets) != len(probabilities) - 1:
-            raise ValueError(f"{len(probabilities) - 1} affinity maps need as many offsets (given {offsets})")
-        # components join face neighbours only: a longer offset's edge would jump over a thin boundary (a membrane)
-        short = [k for k, offset in enumerate(offsets) if sum(map(abs, offset)) == 1] or list(range(len(offsets)))
-        affinities = probabilities[1:][short]
-        return {"foreground": probabilities[0], "affinities": affinities, "offsets": [offsets[k] for k in short]}
-    raise ValueError(f"no post-processing for target {target!r}")
+    if target == "affinities" and (offsets is None or len(offsets) != len(probabilities) - 1):
+        raise ValueError(f"{len(probabilities) - 1} affinity maps need as many offsets (given {offsets})")
+    outputs: dict[str, Any] = {name: probabilities[index] for name, index in map_channels(target, offsets).items()}
+    if target == "affinities" and offsets is not None:
+        outputs["offsets"] = [offsets[k] for k in face_offsets(offsets)]
+    return outputs
 
 
 def instances(
