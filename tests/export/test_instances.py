@@ -193,6 +193,13 @@ def test_the_output_description_counts_the_affinities_where_their_names_pass_bio
         "sigmoid per channel: foreground, affinity_-1_0, affinity_0_-1, affinity_-3_0, affinity_0_-3; "
         "instance step: config.unet_train"
     )  # the default offsets: 123 characters
-    assert output_description({"output_channels": names}, True) == (
+    assert output_description({"output_channels": names, "affinity_offsets": offsets}, True) == (
         "sigmoid per channel: foreground, then 8 affinities; instance step: config.unet_train"
+    )
+    long = ["the background of the whole image", "the interior of each nucleus", "the boundary between nuclei x" * 2]
+    assert output_description({"output_channels": long}, False) == (
+        "softmax over: the background of the whole image, then 2 more channels; instance step: config.unet_train"
+    )
+    assert output_description({"output_channels": ["b" * 100, "i", "e"]}, False) == (
+        "softmax over: 3 channels; instance step: config.unet_train"
     )

@@ -115,10 +115,10 @@ def output_description(record: Mapping[str, Any], binary: bool) -> str:
     names = record["output_channels"]
     where = "; instance step: config.unet_train"
     listed = f"{operation}: {', '.join(names)}{where}"
-    if len(listed) <= 128:
-        return listed
-    # many offsets: the affinities are counted, config.unet_train lists them
-    return f"{operation}: {names[0]}, then {len(names) - 1} affinities{where}"
+    # many offsets (or long bioimageio.class_names): the channels are counted; the channel axis names them
+    rest = "affinities" if record.get("affinity_offsets") else "more channels"
+    counted = f"{operation}: {names[0]}, then {len(names) - 1} {rest}{where}"
+    return next(d for d in (listed, counted, f"{operation}: {len(names)} channels{where}") if len(d) <= 128)
 
 
 def readme_lines(record: Mapping[str, Any], ckpt_name: str = "best.pt") -> list[str]:
