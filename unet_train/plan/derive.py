@@ -22,7 +22,7 @@ BATCH = {"cpu": 4, "cuda": 16}
 # MIN_STEPS steps; failing that the narrowest if it buys NARROW_STEPS, else FLOOR_WIDTH. measure.py times
 # every width up to FLOOR_WIDTH and stops at the first wider one that cannot reach MIN_STEPS.
 MIN_STEPS = 600
-NARROW_STEPS = 300
+NARROW_STEPS = 500
 FLOOR_WIDTH = 16
 SPARSE_FOREGROUND = 0.1  # a foreground class (or a binary foreground) under this share of the pixels is rare
 FOREGROUND_OVERSAMPLE = 0.33  # nnU-Net's share of foreground-centred crops
@@ -82,14 +82,17 @@ def choose_width(device: DeviceFacts, train_seconds: float, narrowest: int | Non
     """The width whose steps in ``train_seconds`` buy the most quality, by three measured regimes.
 
     1. The widest width that buys ``MIN_STEPS`` steps: enough steps for a wider net to pay off.
-    2. Else the narrowest, if it buys ``NARROW_STEPS``: more steps beat width here (issue 28, ultrasound,
-       300 s idle: width 8 / depth 5 after 432 steps 0.639 Dice against width 16 after 179 steps 0.596).
-    3. Else ``FLOOR_WIDTH`` (16): with a hundred steps or fewer the narrow net has not left all-background
-       while width 16 learns (issue 28, ultrasound under load: width 8 after 49 steps 0.026 against width 16
-       after 52 steps 0.487). Step-matched at 100 steps on DSB nuclei (scripts/short_horizon.py, one seed,
-       docs/performance.md): width 8 / depth 5 0.655 Dice, width 16 / depth 5 0.690, width 16 / depth 4
-       0.678; width 16 learns more per step, though width alone is not the plain page's lead (0.788).
-       The old single rule fell back to the narrowest here, the plan that lost to the plain page of PyTorch.
+    2. Else the narrowest, if it buys ``NARROW_STEPS``: more steps beat width here.
+    3. Else ``FLOOR_WIDTH`` (16): in the same time, width 16 learns more than the narrow net's extra steps.
+
+    Where regimes 2 and 3 meet was measured time-matched (``scripts/short_horizon.py``, step counts in the
+    ratio of the two widths' measured bf16 step times, 256 ms and 478 ms; one seed, one thread): on DSB nuclei,
+    width 8 after 380 steps scored test Dice 0.795 against width 16 after 200 steps 0.808 (the plain page of
+    PyTorch, width 16: 0.803 after the 108 steps it makes in that time), and width 8 after 620 steps 0.852
+    against width 16 after 330 steps 0.831. The matrix's busy DSB cell (120 s, 379 steps at width 8) lost to
+    the plain page with the old threshold of 300. With a hundred steps or fewer the narrow net may not leave
+    all-background at all (issue 28, ultrasound under load: width 8 after 49 steps 0.026 against width 16
+    after 52 steps 0.487).
 
     ``narrowest`` (:func:`min_width`) leaves out the narrower widths where wider ones were timed.
     """
@@ -108,8 +111,8 @@ def choose_width(device: DeviceFacts, train_seconds: float, narrowest: int | Non
         width, why = widths[0], f"none reaches {MIN_STEPS} steps; the narrowest still buys {NARROW_STEPS}+:"
     else:
         width = max([w for w in widths if w <= FLOOR_WIDTH], default=widths[0])
-        why = (f"under {NARROW_STEPS} steps even at the narrowest, where width {FLOOR_WIDTH} learns per step what "
-               f"narrower nets do not:")  # fmt: skip
+        why = (f"the narrowest buys under {NARROW_STEPS} steps, where width {FLOOR_WIDTH} learns more in the same "
+               f"time:")  # fmt: skip
     seconds = device.step_seconds[width]
     timed = ", ".join(f"{w}: {device.step_seconds[w] * 1000:.0f} ms" for w in sorted(device.step_seconds))
     steps = int(train_seconds / seconds)
