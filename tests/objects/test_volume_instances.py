@@ -181,8 +181,11 @@ def test_unet_eval_of_a_3d_instance_model_scores_the_objects_as_validation_did(t
         extra = ["objects.threshold=0.5", "objects.seed_threshold=0.5", "objects.min_size=1"] if name == "last" else []
         ckpt = run_dir / "checkpoints" / f"{name}.pt"
         run([str(BIN / "unet-eval"), f"ckpt={ckpt}", "trainer.channels_last=false", *extra], cwd=cwd)
-        scores = json.loads((only_run_dir(cwd / "outputs" / "eval") / "metrics.json").read_text())
+        out = only_run_dir(cwd / "outputs" / "eval")
+        scores = json.loads((out / "metrics.json").read_text())
         assert scores["val/f1_50"] == pytest.approx(metrics[f"{expected}f1_50"], abs=1e-6)
+        labels = [tifffile.imread(path) for path in sorted((out / "predictions").glob("*_labels.tif"))]
+        assert [(a.shape, a.dtype) for a in labels] == [((8, 32, 32), np.uint16)] * 2  # each validation volume
         if name == "last":
             for key in ("ap_50", "map", "aji", "pq"):
                 assert scores[f"val/{key}"] == pytest.approx(metrics[f"val/{key}"], abs=1e-6), key
@@ -205,3 +208,20 @@ def test_unet_predict_writes_an_instance_label_volume(trained, tmp_path):
     assert found > 0
     with tifffile.TiffFile(tmp_path / "b00_labels.tif") as tif:  # the input's voxel size
         assert tif.imagej_metadata["spacing"] == pytest.approx(SPACING[0])
+
+
+@pytest.mark.parametrize(("target", "channels"), [("distance", 2), ("affinities", 7)])
+def test_a_3d_run_of_the_distance_or_affinities_target_stores_its_maps_and_3d_offsets(tmp_path, target, channels):
+    """One short epoch each: the model's channels (foreground + distance; foreground + the 6 default 3D offsets),
+    the resolved offsets in the checkpoint's config (what unet-eval and unet-predict read), objects scored."""
+    root = write_balls(tmp_path / "balls", 3)
+    overrides = [*ball_overrides(root), f"data.target={target}", "trainer.max_epochs=1", "data.samples_per_epoch=2",
+                 "model.base_channels=4", "objects.tune_time=1"]  # fmt: skip
+    metrics = fit(compose_config(overrides), tmp_path / "run")
+    assert {"val/f1_50", "val/map", "tuned/f1_50"} <= set(metrics)
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    config = checkpoint["config"]
+    assert config["model"]["out_channels"] == channels and config["data"]["num_classes"] == 2
+    offsets = config["data"]["affinity_offsets"]
+    assert offsets is None if target == "distance" else offsets == [list(o) for o in DEFAULT_OFFSETS_3D]
+    assert checkpoint["postprocess"]["target"] == target
