@@ -113,7 +113,7 @@ def test_a_large_zarr_input_is_predicted_chunk_by_chunk_into_the_output_folder(
     prob = zarr.open_group(str(tmp_path / "pred" / "vol.zarr"), mode="r")["0"][...]
     np.testing.assert_allclose(prob, expected, atol=1e-5, rtol=0)
     assert "vol.ome.zarr is larger than can be read whole: predicted chunk by chunk into" in caplog.text
-    assert "instances=true: a volume's instance labels are not written yet" in caplog.text
+    assert "chunk-by-chunk OME-Zarr predictions of volumes get no instance labels yet (vol.ome.zarr:" in caplog.text
 
 
 def test_a_killed_prediction_resumes_without_recomputing_the_written_chunks(

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from skimage import measure
 
 from unet_train.engine.checkpoint import load_checkpoint
 
@@ -113,7 +114,8 @@ def test_unet_predict_writes_volumes_with_the_inputs_spacing_and_affine(volumes,
     nibabel.save(nibabel.Nifti1Image(image.transpose(2, 1, 0), affine), tmp_path / "scan.nii.gz")
     ckpt = f"ckpt={reference / 'checkpoints' / 'best.pt'}"
     for source in (volumes / "test" / "images" / "test0.tif", tmp_path / "scan.nii.gz"):
-        run([str(BIN / "unet-predict"), ckpt, f"input={source}", "output=out", "tile_size=[8,16,16]"], cwd=tmp_path)
+        args = [ckpt, f"input={source}", "output=out", "tile_size=[8,16,16]", "instances=true"]
+        run([str(BIN / "unet-predict"), *args], cwd=tmp_path)
     tiff = tifffile.TiffFile(tmp_path / "out" / "test0_mask.tif")
     assert tiff.series[0].shape == SHAPE and tiff.imagej_metadata["spacing"] == 2.0
     assert tiff.pages[0].tags["XResolution"].value == (2, 1)  # 2 pixels per micron: 0.5 um
@@ -123,6 +125,11 @@ def test_unet_predict_writes_volumes_with_the_inputs_spacing_and_affine(volumes,
     written = nibabel.load(tmp_path / "out" / "scan_mask.nii.gz")
     assert np.array_equal(written.affine, affine)
     assert np.array_equal(np.asarray(written.dataobj).transpose(2, 1, 0), mask)  # the same voxels, the same answer
+    # instances=true: the mask's 6-connected components in 3D (instance_method=auto: objects), with the spacing
+    labels = tifffile.TiffFile(tmp_path / "out" / "test0_labels.tif")
+    assert labels.imagej_metadata["spacing"] == 2.0
+    assert np.array_equal(labels.asarray(), measure.label(mask > 0, connectivity=1))
+    assert nibabel.load(tmp_path / "out" / "scan_labels.nii.gz").shape == SHAPE[::-1]
 
 
 def test_unet_predict_on_a_folder_predicts_its_nifti_hdf5_and_zarr_volumes_too(volumes, reference, tmp_path):

@@ -71,6 +71,8 @@ def resolve_data_config(cfg: DictConfig, data: SegmentationData) -> None:
                 "data.device_augment augments masks after the instance target was drawn from the object ids; "
                 "set data.device_augment=null to train on instance labels (the workers augment the ids)."
             )
+        if target == "affinities" and "affinity_offsets" in cfg.data:  # null (a volume's default) resolved too
+            cfg.data.affinity_offsets = [list(offset) for offset in data.affinity_offsets or []]
         extra = extra_channels(target, cfg.data)
         if extra and "out_channels" in cfg.model:  # the target's maps after the class logits (objects/heads.py)
             cfg.model.out_channels = (1 if data.num_classes <= 2 else data.num_classes) + extra

@@ -256,7 +256,9 @@ def _predict_all(
                 elif (path, volume) in in_memory:
                     written += predict_in_memory(cfg, predictor, path, volume, out, method, on_tiles, inputs, params)
         # a 3D or 2.5D model: whole, or chunk by chunk into OME-Zarr (output=NAME.zarr, large Zarr/HDF5 inputs)
-        written += predict_volumes(cfg, predictor, by_volume, out, to_zarr, chunk, classes, inputs, dist, spatial_dims)
+        written += predict_volumes(
+            cfg, predictor, by_volume, out, to_zarr, chunk, classes, inputs, dist, spatial_dims, method, params
+        )
     finally:
         for _, volume in volumes:
             volume.close()

@@ -36,9 +36,12 @@ from unet_train.data.sections import SectionSlab
 from unet_train.data.volume_data import VolumeCase, sections_scaled_per_volume, volume_spec
 from unet_train.data.volumes import volume_stem
 from unet_train.errors import ConfigError, DataError, UserError
+from unet_train.inference.instances import instance_labels
 from unet_train.inference.large import predict_sections_to_zarr, predict_volume_to_zarr, store_settings
 from unet_train.inference.tiling import TiledPredictor
 from unet_train.inference.volumes import NIFTI_SUFFIXES, Volume, is_chunked_input, require
+from unet_train.objects.heads import affinity_offsets
+from unet_train.objects.params import smallest_dtype
 from unet_train.predict import resolved_paths
 from unet_train.predict_files import mask_of, probability_array, removed_on_failure, written_whole
 from unet_train.safe_io import make_folder
@@ -166,15 +169,25 @@ def predict_volumes(
     inputs: list[Any],
     dist: Any,
     spatial_dims: int = 3,
+    method: str | None = None,
+    params: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Every input volume predicted whole (each by one rank) or, by a 3D or 2.5D model, chunk by chunk (by every
-    rank); the files written. A 2D or 2.5D model predicts a volume section by section."""
+    rank); the files written. A 2D or 2.5D model predicts a volume section by section. ``method`` (and an instance
+    model's ``params``): a 3D model's volume predicted whole gets its instance labels too."""
     check_sections(volumes, inputs)
-    if cfg.get("instances") and volumes and dist.is_main:
-        log.warning("instances=true: a volume's instance labels are not written yet (its probabilities and mask are)")
     written: list[Path] = []
     by_chunks = spatial_dims == 3 or bool(inputs[0].get("context_slices"))  # not a 2D model's NIfTI volumes
     chunked = [by_chunks and is_chunked(path, volume, to_zarr) for path, volume in volumes]
+    unlabelled = [path.name for (path, _), c in zip(volumes, chunked) if c] if spatial_dims == 3 else []
+    if spatial_dims == 2:
+        unlabelled = [path.name for path, _ in volumes]
+    if method and unlabelled and dist.is_main:
+        why = "a 2D or 2.5D model's" if spatial_dims == 2 else "a 3D model's chunk-by-chunk OME-Zarr"
+        log.warning(
+            "instances: %s predictions of volumes get no instance labels yet (%s: probabilities and mask only); a 3D "
+            "model's volume predicted whole (output=FOLDER, within max_pixels) does", why, ", ".join(unlabelled[:4]),
+        )  # fmt: skip
     mine = [i for i, c in enumerate(chunked) if not c][dist.rank :: dist.world_size]
     for i, (path, volume) in enumerate(volumes):
         if chunked[i]:
@@ -184,7 +197,8 @@ def predict_volumes(
             store_of = predict_volume_store if spatial_dims == 3 else predict_sections_store
             written.append(store_of(cfg, predictor, volume, store, chunk, classes, inputs, dist))
         elif i in mine:
-            written += predict_volume(cfg, predictor, path, volume, out, inputs, spatial_dims)
+            labelled = method if spatial_dims == 3 else None
+            written += predict_volume(cfg, predictor, path, volume, out, inputs, spatial_dims, None, labelled, params)
     return written
 
 
@@ -251,23 +265,30 @@ def predict_sections_store(
 
 def predict_volume(
     cfg: DictConfig, predictor: TiledPredictor, path: Path, volume: Volume, out: Path, inputs: list[Any],
-    spatial_dims: int = 3, on_tiles: Any = None,
+    spatial_dims: int = 3, on_tiles: Any = None, method: str | None = None, params: dict[str, Any] | None = None,
 ) -> list[Path]:  # fmt: skip
-    """One input volume -> ``<name>_prob`` and ``<name>_mask`` in ``out`` (NIfTI for a NIfTI input, else TIFF)."""
+    """One input volume -> ``<name>_prob`` and ``<name>_mask`` in ``out`` (NIfTI for a NIfTI input, else TIFF), and
+    with ``method`` ``<name>_labels``: the instance labels of the whole volume (an instance model's post-processing
+    with ``params``; uint16, or uint32 past 65535 objects)."""
     if spatial_dims == 2:  # a 2D or 2.5D model: section by section
         prob = predict_sections(predictor, volume, inputs, on_tiles)
     else:
         prob = predictor.predict(model_input(volume, inputs), on_tiles=on_tiles)  # (K, Z, Y, X)
-    mask = mask_of(prob, float(cfg.threshold))
-    probability = probability_array(prob)
+    threshold = float(cfg.threshold)
+    mask = mask_of(prob[: predictor.classes], threshold)  # the class channels, not a target's maps
+    arrays = [probability_array(prob), mask]
+    if method:
+        offsets = affinity_offsets(inputs[0], dims=3)
+        labels = instance_labels(prob.numpy(), method, threshold, int(cfg.min_distance), params, offsets)
+        arrays.append(smallest_dtype(labels))
     name = volume_stem(path) or path.stem
     nifti = path.name.lower().endswith(NIFTI_SUFFIXES)
     suffix = ".nii.gz" if nifti else ".tif"
-    files = [out / f"{name}_prob{suffix}", out / f"{name}_mask{suffix}"]
+    files = [out / f"{name}_{kind}{suffix}" for kind in ("prob", "mask", "labels")[: len(arrays)]]
     with removed_on_failure([out], (DataError,)):
         make_folder(out, out)
         with written_whole(files) as temps:
-            for temp, array in zip(temps, (probability, mask)):
+            for temp, array in zip(temps, arrays):
                 temp.write_bytes(nifti_bytes(array, path) if nifti else tiff_bytes(array, volume))
     log.info("%s: predicted as one volume %s, spacing %s", path.name, volume.shape[:3], volume.scale or "not stated")
     return files

@@ -188,6 +188,35 @@ def test_the_data_configs_dimensions_win_over_the_rule():
     assert (choose_dims(em, spatial_dims=2).dims, choose_dims(em, spatial_dims=2).context) == (2, 0)
 
 
+def test_object_ids_of_a_short_anisotropic_stack_get_a_3d_plan():
+    """The rule would plan 2.5D; sections' objects are not linked along z, so object ids train a 3D net."""
+    em = {**fingerprint((50.0, 4.0, 4.0), (25, 512, 512)), "labels": "instances"}
+    dims = choose_dims(em)
+    assert (dims.dims, dims.context) == (3, 0) and dims.reason.endswith("; object ids train 3D models only")
+
+
+def test_a_plan_of_volumes_of_touching_balls_learns_their_ids_with_a_3d_net(tmp_path):
+    """Label volumes of object ids: the objects are fingerprinted in 3D (a ball's diameter of the median volume, all
+    touching) and the target's classes drawn from them; the plan trains data.labels=instances with that target."""
+    import yaml
+
+    from tests.objects.balls import write_balls
+
+    root = write_balls(tmp_path / "balls", 3)
+    cfg = compose_config(["data=volumes", f"data.root={root}", "data.labels=instances"])
+    out = tmp_path / "plan.yaml"
+    fp = make_plan(cfg.data, 60.0, "cpu", out, measure=False)
+    objects = fp["objects"]
+    assert objects["objects"] == 8 and objects["touching_share"] == 1.0
+    assert objects["median_diameter"] == pytest.approx((6 * objects["median_area"] / np.pi) ** (1 / 3))
+    assert fp["target"] == "boundary" and "have no room for a distance peak" in fp["target_reason"]  # under 10 voxels
+    assert set(fp["classes"]) == {"0", "1", "2"} and fp["num_classes"] == 3  # the boundary target's classes
+    planned = yaml.safe_load(out.read_text())
+    assert (planned["data"]["labels"], planned["data"]["target"], planned["data"]["num_classes"]) == (
+        "instances", "boundary", 3)  # fmt: skip
+    assert planned["monitor"] == "val/map" and planned["model"]["spatial_dims"] == 3
+
+
 def test_make_plan_on_volumes_writes_what_the_config_asks_for(tmp_path):
     root = make_volume_folder(tmp_path / "data", count=3, shape=(8, 16, 16))  # 2 x 0.5 x 0.5: anisotropy 4
 

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from unet_train.data.base import SegmentationData, Split
-from unet_train.data.instances import TARGETS, check_labels, encode_instances, looks_like_instances
+from unet_train.data.instances import check_labels, encode_instances, instance_classes, looks_like_instances
 from unet_train.data.reading import (
     IMAGE_SUFFIXES,
     channels_of,
@@ -246,12 +246,7 @@ class ImageFolder(SegmentationData):
 
     def _use_instances(self, given: int | None = None) -> None:
         """The masks hold object ids: the model learns ``data.target``'s classes from them."""
-        classes = TARGETS[self.target]
-        if given is not None and given != classes:
-            raise ConfigError(
-                f"data.num_classes={given} does not fit data.labels=instances with data.target={self.target}, whose "
-                f"model predicts {classes} classes; set data.num_classes={classes} or auto."
-            )
+        classes = instance_classes(self.target, given)
         self._labels, self.instance_target, self._num_classes = "instances", self.target, classes
 
     @property

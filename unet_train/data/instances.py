@@ -51,9 +51,27 @@ def check_labels(labels: str, target: str) -> None:
 
 def looks_like_instances(masks: list[NDArray]) -> bool:
     """``labels: auto``: every mask is a 16/32-bit integer image and one holds many distinct values."""
-    if not masks or any(m.dtype.kind not in "ui" or m.dtype.itemsize < 2 for m in masks):
+    return ids_like([m.dtype for m in masks], [len(np.unique(m)) for m in masks])
+
+
+def ids_like(dtypes: list[np.dtype], distinct: list[int]) -> bool:
+    """``labels: auto`` from the masks' (images' or volumes') dtypes and their numbers of distinct values: every
+    one of a 16/32-bit integer type and one with :data:`AUTO_MIN_VALUES` values or more."""
+    if not dtypes or any(d.kind not in "ui" or d.itemsize < 2 for d in dtypes):
         return False
-    return any(len(np.unique(m)) >= AUTO_MIN_VALUES for m in masks)
+    return max(distinct) >= AUTO_MIN_VALUES
+
+
+def instance_classes(target: str, given: int | None) -> int:
+    """The classes a model of instance labels learns with ``target``; a ``data.num_classes`` ``given`` that differs
+    is refused in one line."""
+    classes = TARGETS[target]
+    if given is not None and given != classes:
+        raise ConfigError(
+            f"data.num_classes={given} does not fit data.labels=instances with data.target={target}, whose "
+            f"model predicts {classes} classes; set data.num_classes={classes} or auto."
+        )
+    return classes
 
 
 def encode_instances(mask: NDArray, path: Path | str, ignore_index: int | None = None) -> NDArray[np.float32]:
@@ -82,7 +100,8 @@ class InstanceTarget:
     target's extra maps by name: ``distance`` for the distance target, 0 where unlabelled; ``affinities`` for the
     affinities target, ``(len(offsets), *shape)``, 255 where a pair leaves the image or touches an unlabelled pixel).
 
-    A plain class (not a closure) so that the loader's worker processes can receive it.
+    Images and volumes alike (the offsets have as many axes as the ids). A plain class (not a closure) so that the
+    loader's worker processes can receive it.
     """
 
     def __init__(self, target: str, offsets: list[tuple[int, ...]] | None = None) -> None:
@@ -91,14 +110,17 @@ class InstanceTarget:
         if target == "affinities" and not self.offsets:
             raise ConfigError("data.target=affinities needs data.affinity_offsets, e.g. [[-1, 0], [0, -1]].")
 
-    def __call__(self, mask: NDArray) -> tuple[NDArray[np.uint8], NDArray[np.int64], dict[str, NDArray]]:
+    def __call__(
+        self, mask: NDArray, spacing: tuple[float, ...] | None = None
+    ) -> tuple[NDArray[np.uint8], NDArray[np.int64], dict[str, NDArray]]:
+        """``spacing``: the voxel sides of a volume's crop (``z, y, x``), which make the distance target physical."""
         ids = np.rint(np.asarray(mask, dtype=np.float64)).astype(np.int64)
         ignored = ids == IGNORE_INDEX
         ids[ignored] = 0
         extras: dict[str, NDArray] = {}
         if self.target == "distance":
             target = (ids > 0).astype(np.uint8)
-            extras["distance"] = distance_target(ids)  # 0 where unlabelled (no id there)
+            extras["distance"] = distance_target(ids, spacing)  # 0 where unlabelled (no id there)
         elif self.target == "affinities":
             target = (ids > 0).astype(np.uint8)
             affs, valid = affinity_target(ids, self.offsets, ignored)

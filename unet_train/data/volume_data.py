@@ -26,12 +26,14 @@ from torch.utils.data import Dataset
 
 from unet_train.data.base import SegmentationData, array_to_tensor
 from unet_train.data.folder import encode_mask
+from unet_train.data.instances import InstanceTarget, encode_instances
 from unet_train.data.limits import check_pixels
 from unet_train.data.normalize import fill_dataset_stats, needs_dataset_stats, normalize_image, resolve_spec
 from unet_train.data.sections import SectionDataset, check_context_slices
 from unet_train.data.volume_readers import Volume, sample_pixels
 from unet_train.errors import ConfigError, DataError
 from unet_train.labels import IGNORE_INDEX
+from unet_train.objects.heads import check_offset_axes, check_offsets_fit
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,7 @@ class VolumeCase:
     unit: str | None = None  # of the spacing (OME-NGFF names), where the file states one and data.spacing is unset
     num_classes: int = 2
     ignore_index: int | None = None
+    instances: bool = False  # the mask holds object ids (data.labels=instances), read as encode_instances does
     spec: dict[str, Any] = field(default_factory=dict)
     foreground: dict[int, np.ndarray] = field(default_factory=dict)
     # Opens the files again: a loader worker forked from this process must not share its open files (a TIFF or
@@ -112,8 +115,10 @@ class VolumeCase:
     def voxels(self) -> int:
         return int(np.prod(self.image.shape[:3]))
 
-    def scan(self) -> set[int]:
-        """Read the mask plane by plane once: its values, and a sample of each foreground class's positions."""
+    def scan(self, positions: bool = True) -> set[int]:
+        """Read the mask plane by plane once: its values, and (``positions``) a sample of each foreground class's
+        positions; of object ids, of all foreground voxels together, as class 1 (what the instance targets'
+        foreground is)."""
         if self.mask is None:
             return set()
         if self.mask.shape[:3] != self.image.shape[:3]:
@@ -127,6 +132,11 @@ class VolumeCase:
             plane = self.mask.read(z, 0, self.mask.shape[1], 0, self.mask.shape[2])[..., 0]
             present = np.unique(plane)
             values.update(int(v) for v in present)
+            if not positions:
+                continue
+            if self.instances:  # every id is foreground (one mask per id would cost a pass per object)
+                labelled = plane != self.ignore_index if self.ignore_index is not None else True
+                present, plane = np.array([1]), ((plane != 0) & labelled).astype(np.uint8)
             for value in present:
                 if value == 0 or value == self.ignore_index:
                     continue
@@ -158,12 +168,17 @@ class VolumeCase:
 
     def read_mask(self, origin: Shape3, size: Shape3) -> np.ndarray:
         """Class indices ``(d, h, w)`` at ``origin``: {0,255} binary masks as {0,1}, ``ignore_index`` as 255; voxels
-        out of the volume (see :meth:`read_image`) are ``IGNORE_INDEX``, so no loss or metric counts them."""
+        out of the volume (see :meth:`read_image`) are ``IGNORE_INDEX``, so no loss or metric counts them. Object ids
+        (``instances``): float32 ids 1..N of the block (:func:`~unet_train.data.instances.encode_instances`), 255
+        unlabelled, which the 3D augmentation moves exactly (it only flips, turns and swaps axes)."""
         self._own_files()
         assert self.mask is not None
         low, inside, pads = self._inside(origin, size)
         block = self.mask.read_block(low, inside)[..., 0]
-        labels = encode_mask(block, self.num_classes, Path(self.mask.name), self.ignore_index)
+        if self.instances:
+            labels = encode_instances(block, self.mask.name, self.ignore_index)
+        else:
+            labels = encode_mask(block, self.num_classes, Path(self.mask.name), self.ignore_index)
         return np.pad(labels, pads, constant_values=IGNORE_INDEX) if any(sum(p) for p in pads) else labels
 
 
@@ -201,8 +216,11 @@ class VolumeDataset(Dataset):
         size: Shape3 | None = None,
         transform: Callable[..., Any] | None = None,
         foreground_p: float = 0.0,
+        to_target: InstanceTarget | None = None,
     ) -> None:
         self.cases, self.size, self.transform, self.foreground_p = list(cases), size, transform, foreground_p
+        # Object ids: the augmented ids -> (training target, ids, the target's maps), drawn after augmentation.
+        self.to_target = to_target
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -223,6 +241,10 @@ class VolumeDataset(Dataset):
             image, mask = self.transform(image, mask, rng, case.spacing)
         item: dict[str, Any] = {"image": array_to_tensor(np.moveaxis(image, -1, 0)), "name": case.name}
         if mask is not None:
+            if self.to_target is not None:
+                mask, ids, extras = self.to_target(mask, case.spacing)
+                item["instances"] = array_to_tensor(ids, np.int64)
+                item.update({name: array_to_tensor(value, np.float32) for name, value in extras.items()})
             item["mask"] = array_to_tensor(mask, np.int64)
         return item
 
@@ -337,7 +359,10 @@ class VolumeData(SegmentationData):
                 f"data.in_channels={case.shape[3]} (or data.channels=first|last if the channels were read as z)."
             )
         case.num_classes, case.ignore_index = self.num_classes, getattr(self, "ignore_index", None)
+        case.instances = self.instance_target is not None
         values = case.scan() - ({case.ignore_index} if case.ignore_index is not None else set())
+        if case.instances:  # ids: checked when read (encode_instances)
+            return
         binary = self.num_classes == 2 and values <= {0, 255}
         if values and not binary and (max(values) >= self.num_classes or min(values) < 0):
             raise DataError(
@@ -368,6 +393,7 @@ class VolumeData(SegmentationData):
             )
         augment = split == "train" if augment is None else augment
         cases = self.split(split).images
+        to_target = self._instance_target(augment)
         if self.from_sections:
             if not augment:
                 return SectionDataset(cases, self.context_slices)
@@ -376,8 +402,26 @@ class VolumeData(SegmentationData):
             block = None if plane is not None else self.volume_transform
             return SectionDataset(cases, self.context_slices, True, crop, plane, block, self.foreground_oversample)
         if not augment:
-            return VolumeDataset(cases)
-        return VolumeDataset(cases, self.patch, self.volume_transform, self.foreground_oversample)
+            return VolumeDataset(cases, to_target=to_target)
+        return VolumeDataset(cases, self.patch, self.volume_transform, self.foreground_oversample, to_target)
+
+    def _instance_target(self, augment: bool) -> InstanceTarget | None:
+        """What draws the training target from a crop's object ids (None for class masks); the offsets of the
+        affinities target checked against the volumes' three axes and the training crop."""
+        target = self.instance_target
+        if target is None:
+            return None
+        if self.from_sections:  # sections would need their objects linked across z
+            what = f"data.context_slices={self.context_slices}" if self.context_slices else "data.spatial_dims=2"
+            raise ConfigError(
+                f"data.labels=instances of volumes trains 3D models only, not {what} (sections): set "
+                "data.spatial_dims=3 and data.context_slices=0."
+            )
+        if target == "affinities" and self.affinity_offsets:
+            check_offset_axes(self.affinity_offsets, 3)
+            if augment:
+                check_offsets_fit(self.affinity_offsets, self.patch)
+        return InstanceTarget(target, self.affinity_offsets)
 
 
 def sections_scaled_per_volume(data_cfg: Mapping[str, Any]) -> bool:

@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from unet_train.data.folder import FOREGROUNDS, Pair, infer_num_classes, pair_files, value_list
+from unet_train.data.instances import check_labels, ids_like, instance_classes
 from unet_train.data.sections import check_context_slices
 from unet_train.data.splits import random_split
 from unet_train.data.volume_data import VolumeCase, VolumeData, stated_unit
 from unet_train.data.volume_readers import HDF5_SUFFIXES, NIFTI_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIXES, Volume
 from unet_train.data.volume_readers import open_volume as _open
 from unet_train.errors import ConfigError, DataError
+from unet_train.objects import heads
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,13 @@ class VolumeFolder(VolumeData):
             (``z, y, x, c``) for 4D images without axis metadata.
         ignore_index: mask value of unlabelled voxels (not a class), or None.
         foreground: ``object`` or ``membrane`` (see ``data=folder``).
+        labels: ``classes``, ``instances`` (each value of a label volume is one object's id; a 3D model learns
+            ``target`` from them) or ``auto`` (instances when ``num_classes`` is auto and the label volumes are
+            16/32-bit with many values), as ``data=folder``'s (:mod:`unet_train.data.instances`).
+        target: the training target drawn from the ids of each crop after augmentation: ``boundary``, ``distance``
+            (with the voxel spacing) or ``affinities``.
+        affinity_offsets: the ``affinities`` target's ``[z, y, x]`` offsets (None: the face neighbours and three
+            voxels along each axis, :data:`~unet_train.objects.heads.DEFAULT_OFFSETS_3D`).
         spatial_dims: 3 (a 3D UNet) or 2 (a 2D UNet on the sections); None: 3, or 2 with ``context_slices`` > 0.
         context_slices: ``k`` neighbouring sections on each side as channels of a 2D model (2.5D); 0: off.
         **kwargs: as :class:`VolumeData` (spacing, patch_size, loader settings...).
@@ -126,10 +135,21 @@ class VolumeFolder(VolumeData):
         train_transform: Any = None,
         spatial_dims: int | None = None,
         context_slices: int = 0,
+        labels: str = "auto",
+        target: str = "boundary",
+        affinity_offsets: list[list[int]] | None = None,
         **kwargs: Any,
     ) -> None:
         dims = spatial_dims or (2 if check_context_slices(context_slices) else 3)
         super().__init__(dims, volume_transform=train_transform, context_slices=context_slices, **kwargs)
+        check_labels(labels, target)
+        self.target = target
+        self.affinity_offsets = heads.affinity_offsets({"affinity_offsets": affinity_offsets}, dims=3)
+        if labels == "auto" and self._num_classes is not None:  # a number of classes says the masks are classes
+            labels = "classes"
+        self._labels = labels
+        if labels == "instances":
+            self._use_instances(given=self._num_classes)
         if channels not in CHANNELS:
             raise ConfigError(f"data.channels={channels!r} must be auto, first (c, z, y, x) or last (z, y, x, c).")
         if foreground not in FOREGROUNDS:
@@ -187,20 +207,53 @@ class VolumeFolder(VolumeData):
             cases.append(VolumeCase(image, mask, stem, spacing, unit, opener=opener))
         return cases
 
+    def _use_instances(self, given: int | None = None) -> None:
+        """The label volumes hold object ids: a 3D model learns ``data.target``'s classes from them."""
+        if self.from_sections:  # the sections' objects would need linking across z
+            what = f"data.context_slices={self.context_slices}" if self.context_slices else "data.spatial_dims=2"
+            raise ConfigError(
+                f"data.labels=instances of volumes trains 3D models only, not {what} (sections): set "
+                "data.spatial_dims=3 and data.context_slices=0."
+            )
+        self._num_classes = instance_classes(self.target, given)
+        self._labels, self.instance_target = "instances", self.target
+
+    @property
+    def labels(self) -> str:
+        """``classes`` or ``instances``; ``auto`` is decided from the label volumes on first use."""
+        if self._labels == "auto":
+            self.resolve_auto()
+        return self._labels
+
     def resolve_auto(self) -> None:
-        """``auto`` channels (the first image's) and classes (2 for {0,255}/{0,1}, else the largest value + 1)."""
+        """``auto`` channels (the first image's), labels (object ids: 16/32-bit label volumes with many values) and
+        classes (2 for {0,255}/{0,1}, else the largest value + 1; of ids, the target's)."""
         cases = self._open_cases(self._pairs(self.root, masks_required=True), 3)
         if self._in_channels is None:
             self._in_channels = cases[0].shape[3]
             log.info("data.in_channels=auto: %d", self._in_channels)
         if self._num_classes is None:
             values: set[int] = set()
+            distinct = []
             for case in cases:
                 case.ignore_index = self.ignore_index
-                values |= case.scan()
+                found = case.scan(positions=False)
+                distinct.append(len(found))
+                values |= found
             values.discard(self.ignore_index)
-            self._num_classes = infer_num_classes(values, str(self.root.resolve()))
-            log.info("data.num_classes=auto: %d (mask values %s)", self._num_classes, value_list(values))
+            masks = [case.mask for case in cases if case.mask is not None]
+            if self._labels == "auto" and ids_like([m.dtype for m in masks], distinct):
+                self._use_instances()
+                log.info(
+                    "data.labels=auto: instances (%s label volumes, up to %d object ids in one) -> data.target=%s, %d "
+                    "classes; data.labels=classes reads them as class indices",
+                    "/".join(sorted({str(m.dtype) for m in masks})), max(distinct) - 1, self.target,
+                    self._num_classes,
+                )  # fmt: skip
+            else:
+                self._labels = "classes" if self._labels == "auto" else self._labels
+                self._num_classes = infer_num_classes(values, str(self.root.resolve()))
+                log.info("data.num_classes=auto: %d (mask values %s)", self._num_classes, value_list(values))
         for case in cases:
             case.image.close()
             if case.mask is not None:

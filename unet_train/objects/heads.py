@@ -12,7 +12,7 @@ augmentation) takes ``classes``, the number of leading class channels (None: all
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from unet_train.errors import ConfigError
@@ -21,14 +21,17 @@ from unet_train.errors import ConfigError
 EXTRA_MAPS: dict[str, tuple[str, ...]] = {"boundary": (), "distance": ("distance",), "affinities": ()}
 # The short-range offsets first (what the post-processing joins), then longer ones (context for the model).
 DEFAULT_OFFSETS = ((-1, 0), (0, -1), (-3, 0), (0, -3))
+# Volumes: the face neighbours along z, y and x, then three voxels along each (data=volumes' default).
+DEFAULT_OFFSETS_3D = ((-1, 0, 0), (0, -1, 0), (0, 0, -1), (-3, 0, 0), (0, -3, 0), (0, 0, -3))
 
 
-def affinity_offsets(data: Mapping[str, Any] | None) -> list[tuple[int, ...]]:
+def affinity_offsets(data: Mapping[str, Any] | None, dims: int = 2) -> list[tuple[int, ...]]:
     """``data.affinity_offsets`` as tuples of whole numbers (one per axis, as many for each offset, not all zero,
-    none twice; absent: :data:`DEFAULT_OFFSETS`); ConfigError in one line otherwise (an empty list too)."""
+    none twice; absent: :data:`DEFAULT_OFFSETS`, or :data:`DEFAULT_OFFSETS_3D` for ``dims=3``); ConfigError in one
+    line otherwise (an empty list too)."""
     raw = (data or {}).get("affinity_offsets")
     if raw is None:
-        raw = DEFAULT_OFFSETS
+        raw = DEFAULT_OFFSETS_3D if dims == 3 else DEFAULT_OFFSETS
     elif isinstance(raw, str) or not hasattr(raw, "__len__") or not len(raw):  # [] did fall back to the defaults
         raise ConfigError(
             f"data.affinity_offsets={raw!r} lists no offset; give at least one, e.g. [[-1, 0], [0, -1]], or leave "
@@ -95,14 +98,16 @@ def check_offset_axes(offsets: list[tuple[int, ...]], dims: int) -> None:
             )
 
 
-def check_offsets_fit(offsets: list[tuple[int, ...]], patch_size: int) -> None:
-    """Refuse in one line an offset as long as the training crop or longer: no pair of a crop's pixels is that far
-    apart, so its channel would learn nothing."""
+def check_offsets_fit(offsets: list[tuple[int, ...]], patch_size: int | Sequence[int]) -> None:
+    """Refuse in one line an offset as long as the training crop or longer (``patch_size``: one side, or one per
+    axis of a volume's crop): no pair of a crop's pixels is that far apart, so its channel would learn nothing."""
     for offset in offsets:
-        if max(map(abs, offset)) >= patch_size:
-            raise ConfigError(
-                f"data.affinity_offsets holds {list(offset)}, which reaches {max(map(abs, offset))} px along an axis, "
-                f"as far as or beyond the training crop data.patch_size={patch_size}: no pair of a crop's pixels is "
-                f"that far apart, so its channel would learn nothing; keep offsets under {patch_size} px or raise "
-                "data.patch_size."
-            )
+        sides = [patch_size] * len(offset) if isinstance(patch_size, int) else list(patch_size)
+        for reach, side in zip(map(abs, offset), sides):
+            if reach >= side:
+                shown = patch_size if isinstance(patch_size, int) else list(patch_size)
+                raise ConfigError(
+                    f"data.affinity_offsets holds {list(offset)}, which reaches {reach} px along an axis, as far as or "
+                    f"beyond the training crop data.patch_size={shown}: no pair of a crop's pixels is that far apart, "
+                    f"so its channel would learn nothing; keep offsets under {side} px or raise data.patch_size."
+                )

@@ -41,7 +41,9 @@ TOUCHING_SHARE = 0.3  # this share of the objects touching another: touching oft
 
 
 def object_fingerprint(id_masks: Sequence[NDArray]) -> dict[str, float | int]:
-    """Statistics of the objects of ``id_masks`` (ids per image, 0 background, 255 unlabelled as encoded)."""
+    """Statistics of the objects of ``id_masks`` (ids per image or volume, 0 background, 255 unlabelled as
+    encoded); the median diameter is a disc's of the median area, or in volumes a ball's of the median volume (in
+    voxels)."""
     areas: list[NDArray] = []
     touching = objects = 0
     covered = labelled = 0
@@ -63,11 +65,13 @@ def object_fingerprint(id_masks: Sequence[NDArray]) -> dict[str, float | int]:
         touching += int(np.count_nonzero(np.bincount(ids[touches], minlength=top + 1)[1:][present]))
         objects += int(present.sum())
     median = float(np.median(np.concatenate(areas))) if areas else 0.0
+    volumes = bool(id_masks) and np.ndim(id_masks[0]) == 3
+    diameter = (6.0 * median / math.pi) ** (1 / 3) if volumes else 2.0 * math.sqrt(median / math.pi)
     return {
         "objects": objects,
         "objects_per_image": objects / max(len(id_masks), 1),
         "median_area": median,
-        "median_diameter": 2.0 * math.sqrt(median / math.pi),  # of a disc of the median area
+        "median_diameter": diameter,
         "touching_share": touching / max(objects, 1),
         "object_share": covered / max(labelled, 1),
     }

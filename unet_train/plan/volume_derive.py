@@ -92,6 +92,9 @@ def choose_dims(fp: dict, spatial_dims: int | None = None, context_slices: int =
     """What the data config asks for (``data.spatial_dims``, ``data.context_slices``), else the rule
     (:func:`preferred_dims`, :func:`context_for`)."""
     rule, why = preferred_dims(fp)
+    if fp.get("labels") == "instances" and spatial_dims != 2 and not context_slices:
+        objects = "; object ids train 3D models only" if rule == 2 else ""  # their objects are linked along z
+        return Dims(3, 0, why + objects)
     if spatial_dims == 3:
         asked = "; data.spatial_dims=3 asks for 3D (data.spatial_dims=2 plans 2D)" if rule == 2 else ""
         return Dims(3, 0, why + asked)

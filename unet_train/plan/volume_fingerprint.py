@@ -7,6 +7,11 @@ grid where a plane is large). The keys of the 2D fingerprint are kept (a volume 
 schedule, the normalisation and the oversampling are planned by the same functions as for images; the
 volume keys are ``spacing`` (per volume and median, ``[z, y, x]``), ``shape`` (median and smallest) and
 ``anisotropy`` (the coarsest median voxel side over the finest).
+
+Label volumes of object ids (``data.labels=instances``) are fingerprinted as :mod:`unet_train.plan.objects`
+fingerprints images: the objects of one block of each training volume (the whole volume up to
+:data:`ID_BLOCK` voxels a side, else its centre) give the statistics its rule chooses the target from, and the
+class shares are those of that target drawn from the same blocks.
 """
 
 from __future__ import annotations
@@ -16,14 +21,18 @@ from typing import Any
 
 import numpy as np
 
+from unet_train.data.instances import TARGETS, InstanceTarget
 from unet_train.data.volume_data import VolumeCase
 from unet_train.data.volume_readers import sample_pixels
 from unet_train.errors import DataError
 from unet_train.labels import IGNORE_INDEX
+from unet_train.objects.heads import DEFAULT_OFFSETS_3D
 from unet_train.plan.fingerprint import PERCENTILES, _bit_depth, _stats
+from unet_train.plan.objects import choose_target, object_fingerprint
 
 SAMPLED_PLANES = 16  # planes per volume read for intensities and class shares (spread over z)
 SAMPLED_PIXELS = 2_000_000  # pixel values per channel the intensity statistics read, over all volumes
+ID_BLOCK = (64, 256, 256)  # z, y, x: the most of a label volume of object ids read for its objects
 
 
 def is_volume_data(data: Any) -> bool:
@@ -40,6 +49,7 @@ def volume_split(data: Any) -> tuple[list[VolumeCase], list[VolumeCase]]:
         if case.mask is None:
             raise DataError(f"{case.name} has no label volume; unet-plan needs labelled data.")
         case.num_classes, case.ignore_index = data.num_classes, getattr(data, "ignore_index", None)
+        case.instances = getattr(data, "instance_target", None) is not None
     return train, val
 
 
@@ -48,12 +58,24 @@ def sampled_planes(depth: int, count: int = SAMPLED_PLANES) -> list[int]:
     return np.unique(np.linspace(0, depth - 1, min(depth, count)).round().astype(int)).tolist()
 
 
-def _class_counts(case: VolumeCase) -> dict[int, int]:
-    """Voxels per class on the sampled planes (class indices as training reads them; unlabelled left out)."""
+def id_block(case: VolumeCase) -> np.ndarray:
+    """The encoded object ids (255 unlabelled) of ``case``'s centre block of at most :data:`ID_BLOCK` voxels."""
+    size = tuple(min(n, b) for n, b in zip(case.shape[:3], ID_BLOCK))
+    origin = tuple((n - s) // 2 for n, s in zip(case.shape[:3], size))
+    return case.read_mask(origin, size)
+
+
+def _class_counts(case: VolumeCase, learnt: InstanceTarget | None = None) -> dict[int, int]:
+    """Voxels per class on the sampled planes (class indices as training reads them; unlabelled left out); of
+    object ids, the classes of the target ``learnt`` draws from the ids of the volume's :func:`id_block`."""
     counts: dict[int, int] = {}
     _, height, width, _ = case.shape
-    for z in sampled_planes(case.shape[0]):
-        found, number = np.unique(case.read_mask((z, 0, 0), (1, height, width)), return_counts=True)
+    if learnt is not None:
+        blocks = [learnt(id_block(case), case.spacing)[0]]
+    else:
+        blocks = [case.read_mask((z, 0, 0), (1, height, width)) for z in sampled_planes(case.shape[0])]
+    for block in blocks:
+        found, number = np.unique(block, return_counts=True)
         for value, n in zip(found.tolist(), number.tolist()):
             if value != IGNORE_INDEX:
                 counts[int(value)] = counts.get(int(value), 0) + int(n)
@@ -80,16 +102,17 @@ def _intensities(cases: Sequence[VolumeCase]) -> list[dict[str, Any]]:
 
 
 def compute_volume_fingerprint(
-    train: Sequence[VolumeCase], val: Sequence[VolumeCase], num_classes: int
+    train: Sequence[VolumeCase], val: Sequence[VolumeCase], num_classes: int, learnt: InstanceTarget | None = None
 ) -> dict[str, Any]:
-    """The fingerprint of training volumes ``train`` (and the validation volumes ``val``): see the module."""
+    """The fingerprint of training volumes ``train`` (and the validation volumes ``val``): see the module;
+    ``learnt``: what draws the target's classes from object ids."""
     if not train:
         raise DataError("The training split is empty; unet-plan needs at least one volume.")
     shapes = np.array([case.shape[:3] for case in train])
     spacings = np.array([case.spacing for case in train], dtype=np.float64)
     median_spacing = [float(s) for s in np.median(spacings, axis=0)]
-    counts = [_class_counts(case) for case in train]
-    val_counts = [_class_counts(case) for case in val]
+    counts = [_class_counts(case, learnt) for case in train]
+    val_counts = [_class_counts(case, learnt) for case in val]
     totals: dict[int, int] = {}
     for found in [*counts, *val_counts]:
         for value, n in found.items():
@@ -134,7 +157,13 @@ def volume_fingerprint(data: Any) -> dict[str, Any]:
     """The fingerprint of a 3D data module's training (and validation) volumes; the files are closed after."""
     train, val = volume_split(data)
     try:
-        return compute_volume_fingerprint(train, val, data.num_classes)
+        if getattr(data, "instance_target", None) is None:
+            return compute_volume_fingerprint(train, val, data.num_classes)
+        objects = object_fingerprint([id_block(case) for case in train])
+        target, why = choose_target(objects)
+        learnt = InstanceTarget(target, list(DEFAULT_OFFSETS_3D) if target == "affinities" else None)
+        fingerprint = compute_volume_fingerprint(train, val, TARGETS[target], learnt)
+        return {**fingerprint, "labels": "instances", "target": target, "target_reason": why, "objects": objects}
     finally:
         for case in [*train, *val]:
             case.image.close()
