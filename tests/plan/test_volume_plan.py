@@ -209,7 +209,10 @@ def test_a_plan_of_volumes_of_touching_balls_learns_their_ids_with_a_3d_net(tmp_
     objects = fp["objects"]
     assert objects["objects"] == 8 and objects["touching_share"] == 1.0
     assert objects["median_diameter"] == pytest.approx((6 * objects["median_area"] / np.pi) ** (1 / 3))
-    assert fp["target"] == "boundary" and "have no room for a distance peak" in fp["target_reason"]  # under 10 voxels
+    assert (
+        fp["target"] == "boundary" and "objects under 10 voxels have no room for a distance peak" in fp["target_reason"]
+    )
+    assert f"median diameter {objects['median_diameter']:.1f} voxels" in fp["target_reason"]
     assert set(fp["classes"]) == {"0", "1", "2"} and fp["num_classes"] == 3  # the boundary target's classes
     planned = yaml.safe_load(out.read_text())
     assert (planned["data"]["labels"], planned["data"]["target"], planned["data"]["num_classes"]) == (

@@ -77,12 +77,14 @@ def object_fingerprint(id_masks: Sequence[NDArray]) -> dict[str, float | int]:
     }
 
 
-def choose_target(stats: dict[str, float | int]) -> tuple[str, str]:
-    """The target for objects of ``stats`` (:func:`object_fingerprint`) and the reason, by the rule above."""
+def choose_target(stats: dict[str, float | int], unit: str = "px") -> tuple[str, str]:
+    """The target for objects of ``stats`` (:func:`object_fingerprint`) and the reason, by the rule above;
+    ``unit`` names the diameters' unit in the reason (``voxels`` for volumes)."""
+    pixels = "voxels" if unit == "voxels" else "pixels"
     measured = (
-        f"{stats['objects']} objects, median diameter {stats['median_diameter']:.1f} px, "
+        f"{stats['objects']} objects, median diameter {stats['median_diameter']:.1f} {unit}, "
         f"{100 * stats['touching_share']:.0f} % touching another, {100 * stats['object_share']:.0f} % of the "
-        "pixels in objects"
+        f"{pixels} in objects"
     )
     if stats["object_share"] >= DENSE_SHARE:
         return "affinities", (
@@ -91,7 +93,7 @@ def choose_target(stats: dict[str, float | int]) -> tuple[str, str]:
         )
     if stats["median_diameter"] < SMALL_DIAMETER:
         return "boundary", (
-            f"{measured}: objects under {SMALL_DIAMETER:g} px have no room for a distance peak; background / "
+            f"{measured}: objects under {SMALL_DIAMETER:g} {unit} have no room for a distance peak; background / "
             "interior / boundary, which keeps a thin object's pixels as its seed"
         )
     if stats["touching_share"] >= TOUCHING_SHARE:

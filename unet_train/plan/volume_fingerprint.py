@@ -160,7 +160,7 @@ def volume_fingerprint(data: Any) -> dict[str, Any]:
         if getattr(data, "instance_target", None) is None:
             return compute_volume_fingerprint(train, val, data.num_classes)
         objects = object_fingerprint([id_block(case) for case in train])
-        target, why = choose_target(objects)
+        target, why = choose_target(objects, unit="voxels")
         learnt = InstanceTarget(target, list(DEFAULT_OFFSETS_3D) if target == "affinities" else None)
         fingerprint = compute_volume_fingerprint(train, val, TARGETS[target], learnt)
         return {**fingerprint, "labels": "instances", "target": target, "target_reason": why, "objects": objects}
