@@ -18,7 +18,6 @@ from skimage import io as skio
 from unet_train.engine.distributed import Distributed
 from unet_train.errors import ConfigError
 from unet_train.inference import TiledPredictor
-from unet_train.inference import volumes as sources_module
 from unet_train.inference.instances import label_chunks
 from unet_train.inference.volumes import Volume, open_volume
 from unet_train.inference.zarr_output import ZarrPrediction
@@ -309,14 +308,16 @@ def test_ensemble_of_two_checkpoints_is_the_mean_of_their_probabilities(tiny_ckp
 
 
 def test_missing_extra_is_named(monkeypatch, tmp_path):
-    real = sources_module.importlib.import_module
+    from unet_train.data import volume_readers  # its require() imports the optional modules
+
+    real = volume_readers.importlib.import_module
 
     def no_zarr(name: str, *args):
         if name == "zarr":
             raise ImportError("No module named 'zarr'")
         return real(name, *args)
 
-    monkeypatch.setattr(sources_module.importlib, "import_module", no_zarr)
+    monkeypatch.setattr(volume_readers.importlib, "import_module", no_zarr)
     (tmp_path / "x.zarr").mkdir()
     with pytest.raises(ConfigError) as info:
         open_volume(tmp_path / "x.zarr", None, None, 1)

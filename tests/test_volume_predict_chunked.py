@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from unet_train.engine.distributed import Distributed
+from unet_train.errors import ConfigError
 from unet_train.inference import TiledPredictor, large
 from unet_train.inference.chunked import ChunkedPredictor
 from unet_train.inference.volumes import open_volume
@@ -193,3 +194,32 @@ def test_the_chunk_blending_of_a_volume_matches_whole_blending_with_margins_on_e
 
     planner.run(planner.grid.blocks(16), lambda *b: image[:, b[0] : b[1], b[2] : b[3], b[4] : b[5]], write)
     torch.testing.assert_close(out, whole, atol=1e-5, rtol=0)
+
+
+def test_a_refused_resume_names_the_checkpoints_before_the_batch_size_chosen_with_them(ckpt, source, tmp_path):
+    # Another checkpoint can change the batch size chosen for it (batch_size=null): the message names what the user
+    # changed, the checkpoints first, then a setting the user gives before one the prediction chose; and every key.
+    model, _ = load_model(ckpt)
+    volume = open_volume(source, None, None, 1)
+    store, first, other = tmp_path / "out.zarr", ["/m/a.pt (sha256 00)"], ["/m/b.pt (sha256 11)"]
+
+    def create(batch: int, ckpts: list[str], overlap: float = 0.5) -> None:
+        predictor = TiledPredictor(model, tile_size=TILE, overlap=overlap, batch_size=batch, channels_last=False)
+        settings = large.store_settings(predictor, volume, 3, ckpt=ckpts, threshold=0.5)
+        ZarrPrediction.create(store, volume, 1, tuple(CHUNK), "float32", settings)
+
+    def refusal(made: str, differ: str) -> str:
+        return (f"output={store} holds a prediction made with {made} (settings that differ: {differ}); rerun with the "
+                "same settings to resume, or choose another output.")  # fmt: skip
+
+    create(3, first)
+    create(3, first)  # the same settings: resumed
+    with pytest.raises(ConfigError) as refused:
+        create(2, other)
+    assert str(refused.value) == refusal(f"ckpt={first}, not {other}", "batch_size, ckpt")
+    with pytest.raises(ConfigError) as refused:
+        create(2, first, overlap=0.25)
+    assert str(refused.value) == refusal("overlap=0.5, not 0.25", "overlap, margin, batch_size")
+    with pytest.raises(ConfigError) as refused:
+        create(2, first)
+    assert str(refused.value) == refusal("batch_size=3, not 2", "batch_size")

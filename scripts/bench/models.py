@@ -96,8 +96,8 @@ def project_case(
     """
     from unet_train.build import build_loss, build_model
     from unet_train.engine import autotune
-    from unet_train.engine.run import trial_step, trial_steps
     from unet_train.engine.runtime import eval_mode, make_runtime, to_channels_last
+    from unet_train.engine.trial import trial_step, trial_steps
     from unet_train.inference.tiling import fold_batchnorm
 
     cfg = compose(

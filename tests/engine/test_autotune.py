@@ -329,7 +329,7 @@ def test_a_resume_goes_on_in_the_setting_its_checkpoint_trained_in(tmp_path, cpu
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "other_cache"))
     favour(CL32)
-    with caplog.at_level(logging.INFO, logger="unet_train.engine.run"):
+    with caplog.at_level(logging.INFO, logger="unet_train.engine.trial"):
         run = build_run(compose_config([*auto, "trainer.max_epochs=2", f"ckpt={last}"]))
     assert (run.runtime.precision, run.runtime.channels_last, run.runtime.auto) == ("bf16", False, ())
     assert (

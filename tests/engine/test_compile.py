@@ -32,8 +32,8 @@ def test_a_measured_step_takes_a_compiled_forward_without_asking_its_length():
     """``trial_step(forward=torch.compile(model))`` (the benchmark's compiled case) keeps the compiled module;
     it used to test ``forward or model``, and an OptimizedModule's truth value raised ``TypeError``."""
     from unet_train.build import build_loss, build_model
-    from unet_train.engine.run import trial_step
     from unet_train.engine.runtime import make_runtime
+    from unet_train.engine.trial import trial_step
 
     cfg = compose_config(TINY)
     model = build_model(cfg.model)

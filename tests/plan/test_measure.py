@@ -53,17 +53,17 @@ def test_a_whole_validation_image_is_timed_at_the_width_the_plan_chooses(tmp_pat
 
 def test_the_run_config_decides_the_optimizer_and_precision_timed(tmp_path, monkeypatch):
     from tests.conftest import compose_config
-    from unet_train.engine import run as run_module
+    from unet_train.engine import trial as trial_module
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     seen = []
-    real = run_module.trial_steps
+    real = trial_module.trial_steps
 
     def spy(cfg, model, criterion, batch):
         seen.append((cfg.optim._target_, cfg.get("trainer", {}).get("grad_clip", "default")))
         return real(cfg, model, criterion, batch)
 
-    monkeypatch.setattr(run_module, "trial_steps", spy)
+    monkeypatch.setattr(trial_module, "trial_steps", spy)
     cfg = compose_config(["trainer=cpu", "optim=sgd", "trainer.grad_clip=null", "trainer.channels_last=false"])
     measure_device(torch.device("cpu"), 1, 2, patch=32, depth=2, batch=2, steps=1, run_cfg=cfg)
     assert seen and set(seen) == {("torch.optim.SGD", None)}

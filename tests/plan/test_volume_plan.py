@@ -17,7 +17,10 @@ import yaml
 from tests.conftest import compose_config
 from tests.data.volume_folder import ball_volume, make_volume_folder, write_tiff
 from unet_train.build import build_data
+from unet_train.data.normalize import resolve_spec
+from unet_train.data.volume_data import VolumeCase, VolumeDataset
 from unet_train.inference.volumes import Volume
+from unet_train.labels import IGNORE_INDEX
 from unet_train.plan.derive import DeviceFacts, plan_yaml
 from unet_train.plan.planner import make_plan
 from unet_train.plan.volume_derive import (
@@ -29,7 +32,12 @@ from unet_train.plan.volume_derive import (
     validation_block,
     volume_layout,
 )
-from unet_train.plan.volume_fingerprint import SAMPLED_PLANES, sampled_planes, volume_fingerprint
+from unet_train.plan.volume_fingerprint import (
+    SAMPLED_PLANES,
+    compute_volume_fingerprint,
+    sampled_planes,
+    volume_fingerprint,
+)
 
 BIN = Path(sys.executable).parent
 CPU = DeviceFacts(kind="cpu", name="test CPU", step_seconds={8: 0.1, 16: 0.3, 32: 1.0})
@@ -99,6 +107,10 @@ def test_the_volume_plan_writes_3d_keys_with_reasons_and_the_schedule():
     layout = volume_layout(em, "cpu")
     plan = {c.key: c for c in derive_volume_plan(em, CPU, 600.0, layout)}
     assert plan["data.patch_size"].value == [7, 80, 80] and plan["data.batch_size"].value == 2
+    assert plan["data.patch_size"].reason == (  # no volume smaller than the crop: nothing padded
+        "z y x: the median volume (25x512x512) shrunk along its longest physical side to at most 65536 voxels on "
+        "cpu, on the pooling grid"
+    )
     assert plan["model.spatial_dims"].value == 3 and plan["model.depth"].value == 4
     assert plan["model.pool_factors"].value == [[1, 2, 2]] * 4
     assert "anisotropy 12.5" in plan["model.spatial_dims"].reason
@@ -115,6 +127,37 @@ def test_the_volume_plan_writes_3d_keys_with_reasons_and_the_schedule():
     iso = fingerprint((1.0, 1.0, 1.0), (64, 64, 64), (100, 200, 200))
     assert validation_block(iso, layout) == (14, 160, 160)
     assert validation_block({**iso, "val_shape": [5, 512, 100]}, layout) == (5, 160, 100)  # the validation volumes
+
+
+def test_one_small_volume_does_not_shrink_the_crop_of_the_others():
+    """The crop comes from the median volume: one 8x16x16 volume among three 48x64x64 ones is padded to the crop
+    (its padding's labels ignored), not the size every crop is cut to."""
+    cases = []
+    for index, shape in enumerate([(8, 16, 16), (48, 64, 64), (48, 64, 64), (48, 64, 64)]):
+        mask = np.zeros(shape, np.uint8)
+        mask[:, :4, :4] = 1
+        image, labels = Volume(np.zeros(shape, np.uint8), "zyx", f"i{index}"), Volume(mask, "zyx", f"m{index}")
+        cases.append(VolumeCase(image, labels, f"v{index}", (1.0, 1.0, 1.0), spec=resolve_spec(None)))
+    fp = compute_volume_fingerprint(cases, [], 2)
+    assert fp["shape"] == {"median": [48, 64, 64], "min": [8, 16, 16]}
+    # A GPU (2^21 voxels) holds the whole median volume: z 48 -> 24 -> 12 -> 6 stops (3 < 4), y and x pool 4 times.
+    gpu = volume_layout(fp, "cuda")
+    assert (gpu.patch, gpu.batch, gpu.bottleneck) == ((48, 64, 64), 16, [6, 4, 4])
+    # A CPU (2^16): y, x 64 -> 57 -> 51 -> 45, z 48 -> 43, y, x -> 40, z -> 38 (60,800 voxels); three poolings of 2
+    # put it on a grid of 8: 32x40x40.
+    cpu = volume_layout(fp, "cpu")
+    assert (cpu.patch, cpu.pool_factors, cpu.batch) == ((32, 40, 40), [[2, 2, 2]] * 3, 2)
+    plan = {c.key: c for c in derive_volume_plan(fp, CPU, 600.0, cpu)}
+    assert plan["data.patch_size"].value == [32, 40, 40]
+    assert plan["data.patch_size"].reason == (
+        "z y x: the median volume (48x64x64) shrunk along its longest physical side to at most 65536 voxels on cpu, "
+        "on the pooling grid; volumes smaller than it (the smallest 8x16x16) are padded to it in training, the "
+        "padding's labels ignored"
+    )
+    # What training reads of the small volume: a whole crop, the voxels outside the volume ignored by the loss.
+    item = VolumeDataset(cases[:1], cpu.patch)[(0, 0)]
+    assert tuple(item["image"].shape) == (1, 32, 40, 40) and tuple(item["mask"].shape) == (32, 40, 40)
+    assert int((item["mask"] != IGNORE_INDEX).sum()) == 8 * 16 * 16
 
 
 def test_the_fingerprint_reads_spacing_from_a_nifti_and_a_tiff_and_samples_planes(tmp_path, monkeypatch):

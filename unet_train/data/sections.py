@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from unet_train.data.dataset import array_to_tensor
 from unet_train.data.normalize import resolve_spec
 from unet_train.data.sampling import reseed_transform
+from unet_train.data.volume_case import crop_origin, item_seed
 from unet_train.errors import ConfigError
 
 Block = tuple[int, int, int, int]  # y0, x0, height, width of the window read in each section
@@ -119,7 +120,7 @@ def stack_sections(block: np.ndarray) -> np.ndarray:
 
 
 class SectionDataset(Dataset):
-    """2D items with context from volume cases (:class:`~unet_train.data.volume_data.VolumeCase`).
+    """2D items with context from volume cases (:class:`~unet_train.data.volume_case.VolumeCase`).
 
     Scoring (``training=False``): every section of every case once, whole, named ``<case>-z<index>``.
     Training: an item of a case is one random section, with a share ``foreground_p`` centred on a foreground
@@ -156,8 +157,6 @@ class SectionDataset(Dataset):
         return all(case.mask is not None for case in self.cases)
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
-        from unet_train.data.volume_data import crop_origin, item_seed  # volume_data imports this module
-
         index, seed = item_seed(index, self.training)
         if self.training:
             case, rng = self.cases[index], np.random.default_rng(seed)

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from unet_train.engine.archive import ArchiveError, NotAnArchive, check_archive
+from unet_train.engine.state import TrainState
 from unet_train.errors import CheckpointError
 from unet_train.objects.params import check_stored, instance_target
 from unet_train.objects.tune import GRIDS
@@ -181,8 +182,6 @@ def check_structure(checkpoint: dict[str, Any], path: Path | str) -> None:
 
 def check_resumable(checkpoint: dict[str, Any], path: Path | str) -> None:
     """What a resume reads besides :func:`check_structure`: progress, optimizer, scheduler and scaler states."""
-    from unet_train.engine.fit import TrainState
-
     state = checkpoint.get("state")
     if not isinstance(state, dict):
         raise _unusable(path, "its 'state' entry (the training progress) is missing")

@@ -35,7 +35,7 @@ class NonFiniteGuard:
       weights and moments untouched; the flags are summed on the device and read at log points,
       where the loss is read anyway.
 
-    ``state`` is the run's :class:`~unet_train.engine.run.TrainState` (read for the step and epoch
+    ``state`` is the run's :class:`~unet_train.engine.state.TrainState` (read for the step and epoch
     that messages name); ``checkpoint`` is the ``last.pt`` a divergence message points to.
     """
 

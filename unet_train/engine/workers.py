@@ -105,7 +105,7 @@ def measure_loading(
     from torch.utils.data import default_collate
 
     from unet_train.engine import autotune
-    from unet_train.engine.run import trial_steps
+    from unet_train.engine.trial import trial_steps
 
     dataset, batch_size = data.dataset("train", sample_weight=sample_weight), int(cfg.data.batch_size)
     if len(dataset) == 0:  # nothing to load (the run refuses an empty split in its own words)

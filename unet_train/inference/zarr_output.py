@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 NGFF_VERSION = "0.5"
 PROB_DTYPES = ("float16", "uint8", "float32")
+# Settings the prediction may choose itself (tile_size/batch_size null, the margin from the model): when a resume is
+# refused, the message names the checkpoints if they differ, else a setting the user gives, before these.
+CHOSEN_SETTINGS = ("tile_size", "margin", "batch_size")
 
 
 def _multiscales(name: str, axes: list[dict[str, str]], scale: list[float]) -> list[dict[str, Any]]:
@@ -107,10 +110,11 @@ class ZarrPrediction:
                 ) from exc
             changed = [k for k in settings if stored.get(k) != settings[k]]
             if changed:
-                k = changed[0]
+                k = min(changed, key=lambda key: (key != "ckpt", key in CHOSEN_SETTINGS))  # stable: else in order
                 raise ConfigError(
-                    f"output={path} holds a prediction made with {k}={stored.get(k)!r}, not {settings[k]!r}; "
-                    "rerun with the same settings to resume, or choose another output."
+                    f"output={path} holds a prediction made with {k}={stored.get(k)!r}, not {settings[k]!r} "
+                    f"(settings that differ: {', '.join(changed)}); rerun with the same settings to resume, or "
+                    "choose another output."
                 )
             return
         spatial = ((depth,) if has_z else ()) + (height, width)

@@ -50,8 +50,8 @@ def measure_device(
     narrowest width (derive.min_width), for the width whose validation is timed.
     """
     from unet_train.engine import autotune
-    from unet_train.engine.run import trial_steps
     from unet_train.engine.runtime import make_runtime
+    from unet_train.engine.trial import trial_steps
     from unet_train.losses import BCEDiceLoss
     from unet_train.models import UNet
 

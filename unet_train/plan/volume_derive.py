@@ -7,10 +7,12 @@ The rules (each plan's comments quote them with its own figures), nnU-Net's idea
   the crop keeps at least ``MIN_BOTTLENECK`` voxels along it after the pooling. A thick axis waits until
   pooling the fine ones has made the voxels comparable; the net is as deep as some axis can still be pooled
   (at most ``MAX_DEPTH``), so the bottleneck keeps ``MIN_BOTTLENECK``+ voxels of context on every axis.
-* **The crop**: the smallest training volume, shrunk one axis at a time (the one spanning the most physical
-  length) until it holds at most ``CROP_VOXELS`` voxels for the device, so it covers about as many
+* **The crop**: the median training volume (per axis), shrunk one axis at a time (the one spanning the most
+  physical length) until it holds at most ``CROP_VOXELS`` voxels for the device, so it covers about as many
   micrometres (millimetres) on every axis; then cut to the pooling grid (a multiple of each axis's total
-  pooling). Small volumes give small crops and more of them per step (``batch``), up to ``MAX_BATCH``.
+  pooling). Small volumes give small crops and more of them per step (``batch``), up to ``MAX_BATCH``. A volume
+  smaller than the crop on some axis is padded to it in training, the padding's labels ignored
+  (:mod:`unet_train.data.volume_case`), so one small volume does not shrink every other volume's crops.
 * **2D / 2.5D or 3D**: above an anisotropy of ``ANISOTROPY_2D`` (coarsest over finest median voxel side, the
   coarse axis being z) with fewer than ``FEW_PLANES`` planes per volume, a 3D net sees z only through a
   few unpooled planes and learns from fewer distinct crops than a 2D net has planes: a 2D net on the sections
@@ -150,9 +152,9 @@ def derive_section_plan(fp: dict, device: DeviceFacts, budget_s: float, dims: Di
 
 def volume_layout(fp: dict, kind: str) -> VolumeLayout:
     """The crop, the pooling per axis and the batch for the fingerprint's volumes on a ``kind`` device."""
-    spacing, smallest = fp["spacing"]["median"], [int(s) for s in fp["shape"]["min"]]
+    spacing, median = fp["spacing"]["median"], [int(s) for s in fp["shape"]["median"]]
     cap = CROP_VOXELS.get(kind, CROP_VOXELS["cpu"])
-    patch = list(smallest)
+    patch = list(median)
     while math.prod(patch) > cap:  # shrink the axis spanning the most physical length, ~10 % at a time
         axis = max((a for a in range(3) if patch[a] > MIN_BOTTLENECK), key=lambda a: patch[a] * spacing[a])
         patch[axis] = max(MIN_BOTTLENECK, min(patch[axis] - 1, int(patch[axis] * 0.9)))
@@ -185,11 +187,8 @@ def derive_volume_plan(
     if dims_key:
         choices.append(Choice("data.spatial_dims", 3, why))
     voxels = math.prod(layout.patch)
-    smallest = "x".join(str(int(s)) for s in fp["shape"]["min"])
     choices += [
-        Choice("data.patch_size", list(layout.patch),
-               f"z y x: the smallest volume ({smallest}) shrunk along its longest physical side to at most "
-               f"{CROP_VOXELS.get(device.kind, CROP_VOXELS['cpu'])} voxels on {device.kind}, on the pooling grid"),
+        Choice("data.patch_size", list(layout.patch), _crop_reason(fp, layout, device.kind)),
         Choice("data.batch_size", layout.batch, f"{layout.batch} crops of {voxels} voxels per step on {device.kind}"),
         Choice("model.spatial_dims", 3, why if not dims_key else "volumes: a 3D UNet"),
         Choice("model.depth", layout.depth, f"{layout.depth} poolings leave a {_sides(layout.bottleneck)} voxel "
@@ -197,6 +196,16 @@ def derive_volume_plan(
         Choice("model.pool_factors", layout.pool_factors, _pooling_reason(fp, layout)),
     ]  # fmt: skip
     return choices + schedule_choices(fp, device, budget_s, layout.batch, layout.batch * voxels) + label_choices(fp)
+
+
+def _crop_reason(fp: dict, layout: VolumeLayout, kind: str) -> str:
+    median, smallest = _sides(fp["shape"]["median"]), [int(s) for s in fp["shape"]["min"]]
+    reason = (f"z y x: the median volume ({median}) shrunk along its longest physical side to at most "
+              f"{CROP_VOXELS.get(kind, CROP_VOXELS['cpu'])} voxels on {kind}, on the pooling grid")  # fmt: skip
+    if any(n < p for n, p in zip(smallest, layout.patch)):
+        reason += (f"; volumes smaller than it (the smallest {_sides(smallest)}) are padded to it in training, "
+                   "the padding's labels ignored")  # fmt: skip
+    return reason
 
 
 def _sides(values: list) -> str:
