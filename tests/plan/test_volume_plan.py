@@ -214,7 +214,7 @@ def test_a_short_anisotropic_stack_gets_a_2_5d_plan_of_its_sections():
     timed = DeviceFacts(kind="cpu", name="t", step_seconds={8: 0.1, 16: 0.3}, val_seconds={16: 0.5},
                         val_pixels=512 * 512)  # fmt: skip
     planned = {c.key: c for c in derive_section_plan(em, timed, 600.0, dims)}
-    assert "12 of the 60 validation images" in planned["trainer.val_subset"].reason  # 6 s per validation, 10 of them
+    assert "20 of the 60 validation images" in planned["trainer.val_subset"].reason  # 10 s per validation, 6 of them
     # Extreme anisotropy (a neighbour 25 pixels away) or too few planes: plain 2D on the sections.
     assert (choose_dims(fingerprint((100.0, 4.0, 4.0), (25, 512, 512))).context,
             choose_dims(fingerprint((50.0, 4.0, 4.0), (2, 512, 512))).context) == (0, 0)  # fmt: skip
