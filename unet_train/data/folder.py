@@ -94,8 +94,8 @@ def infer_num_classes(values: set[int], where: str, jpeg: bool = False) -> int:
     if min(values) < 0:
         raise DataError(f"Masks in {where} hold negative values {sorted(v for v in values if v < 0)[:5]}.")
     classes = max(2, max(values) + 1)
-    absent = sorted(set(range(classes)) - values)
-    if classes > 8 and len(absent) > classes / 2:
+    absent_count = classes - len(values)  # every value is in 0..classes-1; counted, not listed (ids reach 2**32)
+    if classes > 8 and absent_count > classes / 2:
         void = ""
         if IGNORE_INDEX in values:
             void = f" (or data.ignore_index={IGNORE_INDEX} if {IGNORE_INDEX} marks unlabelled pixels)"
@@ -108,7 +108,8 @@ def infer_num_classes(values: set[int], where: str, jpeg: bool = False) -> int:
             f"Masks in {where} hold the values {value_list(values)}, which look like grey levels rather than "
             f"class indices 0..K-1; map them to indices or set data.num_classes{void}."
         )
-    if absent:
+    if absent_count:
+        absent = sorted(set(range(classes)) - values)  # at most half of the classes, so about as many as the values
         log.warning("data.num_classes=auto: %d classes, but class(es) %s never appear in the masks", classes, absent)
     return classes
 
