@@ -135,8 +135,12 @@ def test_instance_labels_of_sections_are_refused_in_one_line(tmp_path, settings,
 
 def test_an_affinity_offset_of_two_axes_is_refused_for_volumes(tmp_path):
     data = folder(write_scene(tmp_path / "d"), "affinities", affinity_offsets=[[-1, 0], [0, -1]])
-    with pytest.raises(ConfigError, match=r"an offset of 2 axes, but the images are 3D: give 3 numbers per offset"):
+    with pytest.raises(ConfigError) as caught:
         data.dataset("train")
+    assert str(caught.value) == (
+        "data.affinity_offsets holds [-1, 0], an offset of 2 axes, but the images are 3D: give 3 numbers per offset, "
+        "e.g. [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [0, -3, 0], [0, 0, -3]]."
+    )  # a 3D example (it gave the 2D one)
 
 
 def ball_overrides(root: Path) -> list[str]:

@@ -87,6 +87,13 @@ def check_tta(data: Mapping[str, Any], tta: bool) -> None:
         )
 
 
+# The example a refused data.affinity_offsets of the wrong number of axes is given, by the images' dimensions.
+EXAMPLE_OFFSETS = {
+    2: "[[-1, 0], [0, -1], [-3, 0], [0, -3]]",
+    3: "[[-1, 0, 0], [0, -1, 0], [0, 0, -1], [0, -3, 0], [0, 0, -3]]",
+}
+
+
 def check_offset_axes(offsets: list[tuple[int, ...]], dims: int) -> None:
     """Refuse in one line offsets of another number of axes than the images' ``dims`` (a volume's three on 2D
     images ended in a traceback from the first batch)."""
@@ -94,7 +101,7 @@ def check_offset_axes(offsets: list[tuple[int, ...]], dims: int) -> None:
         if len(offset) != dims:
             raise ConfigError(
                 f"data.affinity_offsets holds {list(offset)}, an offset of {len(offset)} axes, but the images are "
-                f"{dims}D: give {dims} numbers per offset, e.g. [[-1, 0], [0, -1], [-3, 0], [0, -3]]."
+                f"{dims}D: give {dims} numbers per offset, e.g. {EXAMPLE_OFFSETS.get(dims, EXAMPLE_OFFSETS[2])}."
             )
 
 
