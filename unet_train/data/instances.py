@@ -78,6 +78,13 @@ def encode_instances(mask: NDArray, path: Path | str, ignore_index: int | None =
     """Stored ids -> float32 ids 1..N (0 background; 255 skipped: it marks unlabelled pixels)."""
     if mask.dtype.kind not in "uif":
         raise DataError(f"Instance mask {path} holds {mask.dtype} values; object ids must be integers.")
+    if mask.dtype.kind == "f":  # whole numbers only: a cast would cut 2.5 (an interpolated label) to id 2, NaN to < 0
+        fractional = mask[~np.isfinite(mask) | (mask != np.floor(mask))]
+        if fractional.size:
+            raise DataError(
+                f"Instance mask {path} holds {fractional.flat[0]:g}, not a whole number; object ids must be whole "
+                "numbers (a label image resampled with interpolation blends ids: resample it by nearest neighbour)."
+            )
     ids = np.asarray(mask, dtype=np.int64)
     ignored = ids == ignore_index if ignore_index is not None else None
     if ignored is not None:
