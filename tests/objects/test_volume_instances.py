@@ -139,8 +139,17 @@ def test_an_affinity_offset_of_two_axes_is_refused_for_volumes(tmp_path):
         data.dataset("train")
     assert str(caught.value) == (
         "data.affinity_offsets holds [-1, 0], an offset of 2 axes, but the images are 3D: give 3 numbers per offset, "
-        "e.g. [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [0, -3, 0], [0, 0, -3]]."
-    )  # a 3D example (it gave the 2D one)
+        "e.g. [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [-3, 0, 0], [0, -3, 0], [0, 0, -3]]."
+    )  # the 3D defaults as the example (it gave the 2D ones)
+
+
+def test_an_empty_affinity_offsets_of_volumes_is_refused_naming_the_3d_defaults(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        folder(write_scene(tmp_path / "d"), "affinities", affinity_offsets=[])
+    assert str(caught.value) == (
+        "data.affinity_offsets=[] lists no offset; give at least one, e.g. [[-1, 0, 0], [0, -1, 0], [0, 0, -1]], or "
+        "leave it out for the default [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [-3, 0, 0], [0, -3, 0], [0, 0, -3]]."
+    )
 
 
 def ball_overrides(root: Path) -> list[str]:
