@@ -5,6 +5,7 @@ predicted end to end."""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from unet_train.data.augment3d import Compose3D, RandomAxisSwap, RandomFlip3D, R
 from unet_train.data.volumes import VolumeFolder
 from unet_train.engine.checkpoint import load_checkpoint
 from unet_train.engine.fit import fit
-from unet_train.errors import ConfigError
+from unet_train.errors import ConfigError, DataError
 from unet_train.labels import IGNORE_INDEX
 from unet_train.metrics.objects import object_scores
 from unet_train.objects import params as pp
@@ -141,6 +142,20 @@ def test_an_affinity_offset_of_two_axes_is_refused_for_volumes(tmp_path):
         "data.affinity_offsets holds [-1, 0], an offset of 2 axes, but the images are 3D: give 3 numbers per offset, "
         "e.g. [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [-3, 0, 0], [0, -3, 0], [0, 0, -3]]."
     )  # the 3D defaults as the example (it gave the 2D ones)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "value", "said"), [(np.int32, -4, "negative ids (-4)"), (np.float32, 2.5, "2.5, not a whole")]
+)
+def test_a_label_volumes_bad_id_is_refused_when_scanned_before_any_crop_is_read(tmp_path, dtype, value, said):
+    """Ids were checked only as each crop was read, in a loader worker and at whatever step first reached them."""
+    root = write_scene(tmp_path / "d")
+    ids = scene().astype(dtype)
+    ids[5, 0, 0] = value  # one voxel in a corner
+    tifffile.imwrite(root / "masks" / "v1.tif", ids)
+    data = folder(root, "boundary")
+    with pytest.raises(DataError, match=f"^Instance mask .*v1.tif holds {re.escape(said)}"):
+        data.dataset("train")
 
 
 def test_an_empty_affinity_offsets_of_volumes_is_refused_naming_the_3d_defaults(tmp_path):
