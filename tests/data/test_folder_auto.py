@@ -125,3 +125,5 @@ def test_masks_of_a_few_large_ids_are_refused_without_listing_every_absent_class
         tracemalloc.stop()
     assert peak < 1_000_000
     assert infer_num_classes({0, 1, 2, 3, 4, 5, 6, 7, 8, 10}, "d/masks") == 11  # one absent class: still a warning
+    with pytest.raises(DataError, match=r"set data.num_classes, or data.labels=instances if each value is one object"):
+        infer_num_classes({0, 1, 3_000_000}, "d/masks", ids=True)  # 16/32-bit masks, labels=auto: maybe ids

@@ -121,6 +121,28 @@ def test_labels_auto_reads_16_bit_label_volumes_with_many_values_as_object_ids(t
     assert (classes.num_classes, classes.labels, classes.instance_target) == (21, "classes", None)
 
 
+@pytest.mark.parametrize(("dtype", "hint"), [(np.uint16, True), (np.uint8, False)])
+def test_labels_auto_on_label_volumes_of_a_few_large_values_names_instances_when_they_may_be_ids(tmp_path, dtype, hint):
+    """16-bit volumes of three objects (ids 40, 90, 200): too few values for labels=auto to call them ids, and too
+    sparse to be classes; the refusal names data.labels=instances beside data.num_classes (8-bit: classes only)."""
+    root = tmp_path / "d"
+    for folder_name in ("images", "masks"):
+        (root / folder_name).mkdir(parents=True)
+    ids = np.zeros((4, 16, 16), dtype=dtype)
+    ids[1:3, 2:6, 2:6], ids[1:3, 8:12, 2:6], ids[1:3, 2:6, 8:12] = 40, 90, 200
+    for i in range(2):
+        write_tiff(root / "images" / f"v{i}.tif", (ids > 0).astype(np.uint8) * 99, SPACING)
+        write_tiff(root / "masks" / f"v{i}.tif", ids, SPACING)
+    data = VolumeFolder(str(root), patch_size=[4, 16, 16], num_classes="auto", num_workers=0)
+    with pytest.raises(DataError) as caught:
+        _ = data.num_classes
+    assert str(caught.value) == (
+        f"Masks in {root.resolve()} hold the values [0, 40, 90, 200], which look like grey levels rather than class "
+        "indices 0..K-1; map them to indices or set data.num_classes"
+        + (", or data.labels=instances if each value is one object's id." if hint else ".")
+    )
+
+
 @pytest.mark.parametrize(
     ("settings", "what"),
     [({"context_slices": 1}, "data.context_slices=1"), ({"spatial_dims": 2}, "data.spatial_dims=2")],

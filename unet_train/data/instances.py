@@ -57,9 +57,12 @@ def looks_like_instances(masks: list[NDArray]) -> bool:
 def ids_like(dtypes: list[np.dtype], distinct: list[int]) -> bool:
     """``labels: auto`` from the masks' (images' or volumes') dtypes and their numbers of distinct values: every
     one of a 16/32-bit integer type and one with :data:`AUTO_MIN_VALUES` values or more."""
-    if not dtypes or any(d.kind not in "ui" or d.itemsize < 2 for d in dtypes):
-        return False
-    return max(distinct) >= AUTO_MIN_VALUES
+    return wide_integers(dtypes) and max(distinct) >= AUTO_MIN_VALUES
+
+
+def wide_integers(dtypes: list[np.dtype]) -> bool:
+    """Every mask is of a 16/32-bit integer type, as object ids are (a few ids are no less ids than many)."""
+    return bool(dtypes) and all(d.kind in "ui" and d.itemsize >= 2 for d in dtypes)
 
 
 def instance_classes(target: str, given: int | None) -> int:
