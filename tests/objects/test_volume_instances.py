@@ -275,3 +275,22 @@ def test_a_3d_run_of_the_distance_or_affinities_target_stores_its_maps_and_3d_of
     offsets = config["data"]["affinity_offsets"]
     assert offsets is None if target == "distance" else offsets == [list(o) for o in DEFAULT_OFFSETS_3D]
     assert checkpoint["postprocess"]["target"] == target
+
+
+def test_a_checkpoint_of_other_affinity_offsets_is_refused_naming_them():
+    """Resuming a 3D affinities run (1 + 6 channels) with data.affinity_offsets=[[-1, 0, 0]] (1 + 1): the refusal
+    named model.*, data.in_channels and data.num_classes only, none of which differs."""
+    import torch
+
+    from unet_train.engine.checkpoint import check_model_fits
+    from unet_train.errors import CheckpointError
+
+    head = torch.nn.Conv3d(4, 7, 1)
+    with pytest.raises(CheckpointError) as caught:
+        check_model_fits(torch.nn.Conv3d(4, 2, 1), head.state_dict(), "last.pt")
+    assert str(caught.value) == (
+        "last.pt does not fit the model asked for: 2 tensor(s) differ in shape, e.g. weight is (7, 4, 1, 1, 1) in the "
+        "checkpoint but (2, 4, 1, 1, 1) in the model asked for. Keep the checkpoint's model settings (model.*, "
+        "data.in_channels, data.num_classes; of an instance model data.target and data.affinity_offsets, which set "
+        "its output channels) or start a new run."
+    )

@@ -250,7 +250,8 @@ def check_model_fits(
             problems.append(f"{len(unexpected)} weight(s) the model does not have, e.g. {unexpected[0]}")
         raise CheckpointError(
             f"{path} does not fit the model asked for: {'; '.join(problems)}. Keep the checkpoint's model "
-            "settings (model.*, data.in_channels, data.num_classes) or start a new run."
+            "settings (model.*, data.in_channels, data.num_classes; of an instance model data.target and "
+            "data.affinity_offsets, which set its output channels) or start a new run."
         )
 
 
