@@ -294,3 +294,35 @@ def test_a_checkpoint_of_other_affinity_offsets_is_refused_naming_them():
         "data.in_channels, data.num_classes; of an instance model data.target and data.affinity_offsets, which set "
         "its output channels) or start a new run."
     )
+
+
+@pytest.mark.parametrize(
+    ("offsets", "said"),
+    [
+        ([[-1, 0, 0], [0, -1, 0], [0, 0, -1]], "data.affinity_offsets [[-1, 0, 0], [0, -1, 0], [0, 0, -1]] do not have "
+         "2 axes each, as the images of its 2D model do"),
+        ([[0, 0], [0, -1], [-2, 0]], "data.affinity_offsets holds [0, 0]"),
+    ],
+)  # fmt: skip
+def test_a_checkpoints_affinity_offsets_that_do_not_fit_its_model_are_refused_on_loading(tmp_path, offsets, said):
+    """A file's offsets of 3 axes for a 2D model (as many channels) ended in a ValueError traceback in
+    unet-predict's post-processing; a malformed one too."""
+    import torch
+
+    from unet_train.engine.checkpoint import load_checkpoint as load
+    from unet_train.errors import CheckpointError
+
+    from ..export.conftest import make_checkpoint
+
+    path = make_checkpoint(tmp_path / "best.pt", [
+        "data=folder", f"data.root={tmp_path / 'data'}", "data.labels=instances", "data.target=affinities",
+        "data.in_channels=1", "model.base_channels=4", "model.depth=2", "data.num_classes=2", "model.out_channels=4",
+        "data.affinity_offsets=[[-1,0],[0,-1],[-2,0]]",
+    ], base=())  # fmt: skip
+    load(path)  # as made: usable
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["config"]["data"]["affinity_offsets"] = offsets
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError) as caught:
+        load(path)
+    assert str(caught.value).startswith(f"{path} is not a usable unet-train checkpoint: its {said}")
