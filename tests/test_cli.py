@@ -225,3 +225,32 @@ def test_ctrl_c_before_the_first_step_is_one_line_and_leaves_no_run_folder(when,
         "Interrupted by Ctrl-C: unet-train stopped."
     )
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*.log")), err
+
+
+def test_a_user_error_in_a_loader_worker_is_one_line(caplog):
+    """A DataError raised in a DataLoader worker (an instance label volume's negative id, read crop by crop) comes
+    back with the worker's traceback in its message; the command logs the error's own line."""
+    import logging
+
+    from omegaconf import OmegaConf
+    from torch.utils.data import DataLoader, Dataset
+
+    from unet_train.cli import exit_on_user_error
+    from unet_train.errors import DataError
+
+    class Broken(Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, index):
+            raise DataError("Instance mask m.tif holds negative ids (-4); ids are 0 (background) or more.")
+
+    def load(cfg):
+        next(iter(DataLoader(Broken(), num_workers=1)))
+
+    with caplog.at_level(logging.INFO, logger="unet_train"), pytest.raises(SystemExit) as info:
+        exit_on_user_error(load)(OmegaConf.create({}))
+    assert info.value.code == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "Instance mask m.tif holds negative ids (-4); ids are 0 (background) or more."
+    ]

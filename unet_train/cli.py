@@ -16,7 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from unet_train.errors import RunInterrupted, UserError
+from unet_train.errors import RunInterrupted, UserError, user_message
 
 log = logging.getLogger("unet_train")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -154,7 +154,7 @@ def exit_on_user_error(func: F) -> F:
         except MissingMandatoryValue as exc:  # a ``???`` read later, in a config built at run time
             exit_with_usage([str(getattr(exc, "full_key", None) or exc)], cfg)
         except UserError as exc:
-            log.error("%s", exc)
+            log.error("%s", user_message(exc))  # one line, from a loader worker too
             discard_unused_run_folder(cfg)
             sys.exit(2)
         except RunInterrupted as exc:  # a stop signal: last.pt is saved, the message says how to resume

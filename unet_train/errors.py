@@ -33,3 +33,15 @@ class RunInterrupted(Exception):
 
 class OutputError(UserError):
     """An output that cannot be written safely: a link out of its folder, a full or read-only disk, a locked run."""
+
+
+def user_message(exc: UserError) -> str:
+    """The one line of ``exc``: a DataLoader worker's error comes back re-raised with the worker's traceback in its
+    message (``Caught DataError in DataLoader worker process 0. Original Traceback ...``), whose last line is
+    ``module.Class: the message``; that message, without the traceback."""
+    text = str(exc)
+    if not (text.startswith("Caught ") and "\nOriginal Traceback" in text):
+        return text
+    last = text.rstrip().splitlines()[-1]
+    prefix = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    return last[len(prefix) :] if last.startswith(prefix) else last

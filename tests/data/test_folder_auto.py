@@ -107,3 +107,23 @@ def test_jpeg_masks_are_named_with_lossy_compression_and_a_cut_list():
         "Masks in d/masks are JPEG files, whose lossy compression blurs class values at every edge: they hold the "
         "values [0, 1, 2, 3, 4, ..., 251, 252, 253, 254, 255] (12 values); save the masks as PNG or TIFF (lossless)."
     )
+
+
+def test_masks_of_a_few_large_ids_are_refused_without_listing_every_absent_class():
+    """32-bit label volumes of a few objects (labels=auto reads them as classes): the absent classes up to the
+    largest id are counted, not listed; listing them took memory in proportion to the id (4e9: killed)."""
+    import tracemalloc
+
+    from unet_train.data.folder import infer_num_classes
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=r"hold the values \[0, 1, 3000000\], which look like grey levels"):
+            infer_num_classes({0, 1, 3_000_000}, "d/masks")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000
+    assert infer_num_classes({0, 1, 2, 3, 4, 5, 6, 7, 8, 10}, "d/masks") == 11  # one absent class: still a warning
+    with pytest.raises(DataError, match=r"set data.num_classes, or data.labels=instances if each value is one object"):
+        infer_num_classes({0, 1, 3_000_000}, "d/masks", ids=True)  # 16/32-bit masks, labels=auto: maybe ids

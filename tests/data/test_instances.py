@@ -34,6 +34,19 @@ def test_negative_ids_are_refused_in_one_line():
         encode_instances(np.array([[0, -2]], dtype=np.int32), "m.tif")
 
 
+@pytest.mark.parametrize(("value", "shown"), [(2.5, "2.5"), (np.nan, "nan"), (np.inf, "inf")])
+def test_float_ids_that_are_not_whole_numbers_are_refused_in_one_line(value, shown):
+    """A float label volume (or image) of ids: whole numbers are ids; 2.5 was cut to id 2 and NaN to a negative id."""
+    mask = np.array([[0.0, 3.0], [7.0, value]], dtype=np.float32)
+    with pytest.raises(DataError) as caught:
+        encode_instances(mask, "m.tif")
+    assert str(caught.value) == (
+        f"Instance mask m.tif holds {shown}, not a whole number; object ids must be whole numbers (a label image "
+        "resampled with interpolation blends ids: resample it by nearest neighbour)."
+    )
+    assert encode_instances(mask[:, :1], "m.tif").tolist() == [[0], [1]]  # whole floats are ids
+
+
 def test_auto_detects_wide_masks_with_many_values_only():
     many = np.arange(20, dtype=np.uint16).reshape(4, 5)
     assert looks_like_instances([many, np.zeros((4, 5), np.uint16)])

@@ -5,6 +5,7 @@ predicted end to end."""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from unet_train.data.augment3d import Compose3D, RandomAxisSwap, RandomFlip3D, R
 from unet_train.data.volumes import VolumeFolder
 from unet_train.engine.checkpoint import load_checkpoint
 from unet_train.engine.fit import fit
-from unet_train.errors import ConfigError
+from unet_train.errors import ConfigError, DataError
 from unet_train.labels import IGNORE_INDEX
 from unet_train.metrics.objects import object_scores
 from unet_train.objects import params as pp
@@ -120,6 +121,28 @@ def test_labels_auto_reads_16_bit_label_volumes_with_many_values_as_object_ids(t
     assert (classes.num_classes, classes.labels, classes.instance_target) == (21, "classes", None)
 
 
+@pytest.mark.parametrize(("dtype", "hint"), [(np.uint16, True), (np.uint8, False)])
+def test_labels_auto_on_label_volumes_of_a_few_large_values_names_instances_when_they_may_be_ids(tmp_path, dtype, hint):
+    """16-bit volumes of three objects (ids 40, 90, 200): too few values for labels=auto to call them ids, and too
+    sparse to be classes; the refusal names data.labels=instances beside data.num_classes (8-bit: classes only)."""
+    root = tmp_path / "d"
+    for folder_name in ("images", "masks"):
+        (root / folder_name).mkdir(parents=True)
+    ids = np.zeros((4, 16, 16), dtype=dtype)
+    ids[1:3, 2:6, 2:6], ids[1:3, 8:12, 2:6], ids[1:3, 2:6, 8:12] = 40, 90, 200
+    for i in range(2):
+        write_tiff(root / "images" / f"v{i}.tif", (ids > 0).astype(np.uint8) * 99, SPACING)
+        write_tiff(root / "masks" / f"v{i}.tif", ids, SPACING)
+    data = VolumeFolder(str(root), patch_size=[4, 16, 16], num_classes="auto", num_workers=0)
+    with pytest.raises(DataError) as caught:
+        _ = data.num_classes
+    assert str(caught.value) == (
+        f"Masks in {root.resolve()} hold the values [0, 40, 90, 200], which look like grey levels rather than class "
+        "indices 0..K-1; map them to indices or set data.num_classes"
+        + (", or data.labels=instances if each value is one object's id." if hint else ".")
+    )
+
+
 @pytest.mark.parametrize(
     ("settings", "what"),
     [({"context_slices": 1}, "data.context_slices=1"), ({"spatial_dims": 2}, "data.spatial_dims=2")],
@@ -135,8 +158,35 @@ def test_instance_labels_of_sections_are_refused_in_one_line(tmp_path, settings,
 
 def test_an_affinity_offset_of_two_axes_is_refused_for_volumes(tmp_path):
     data = folder(write_scene(tmp_path / "d"), "affinities", affinity_offsets=[[-1, 0], [0, -1]])
-    with pytest.raises(ConfigError, match=r"an offset of 2 axes, but the images are 3D: give 3 numbers per offset"):
+    with pytest.raises(ConfigError) as caught:
         data.dataset("train")
+    assert str(caught.value) == (
+        "data.affinity_offsets holds [-1, 0], an offset of 2 axes, but the images are 3D: give 3 numbers per offset, "
+        "e.g. [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [-3, 0, 0], [0, -3, 0], [0, 0, -3]]."
+    )  # the 3D defaults as the example (it gave the 2D ones)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "value", "said"), [(np.int32, -4, "negative ids (-4)"), (np.float32, 2.5, "2.5, not a whole")]
+)
+def test_a_label_volumes_bad_id_is_refused_when_scanned_before_any_crop_is_read(tmp_path, dtype, value, said):
+    """Ids were checked only as each crop was read, in a loader worker and at whatever step first reached them."""
+    root = write_scene(tmp_path / "d")
+    ids = scene().astype(dtype)
+    ids[5, 0, 0] = value  # one voxel in a corner
+    tifffile.imwrite(root / "masks" / "v1.tif", ids)
+    data = folder(root, "boundary")
+    with pytest.raises(DataError, match=f"^Instance mask .*v1.tif holds {re.escape(said)}"):
+        data.dataset("train")
+
+
+def test_an_empty_affinity_offsets_of_volumes_is_refused_naming_the_3d_defaults(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        folder(write_scene(tmp_path / "d"), "affinities", affinity_offsets=[])
+    assert str(caught.value) == (
+        "data.affinity_offsets=[] lists no offset; give at least one, e.g. [[-1, 0, 0], [0, -1, 0], [0, 0, -1]], or "
+        "leave it out for the default [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [-3, 0, 0], [0, -3, 0], [0, 0, -3]]."
+    )
 
 
 def ball_overrides(root: Path) -> list[str]:
@@ -225,3 +275,54 @@ def test_a_3d_run_of_the_distance_or_affinities_target_stores_its_maps_and_3d_of
     offsets = config["data"]["affinity_offsets"]
     assert offsets is None if target == "distance" else offsets == [list(o) for o in DEFAULT_OFFSETS_3D]
     assert checkpoint["postprocess"]["target"] == target
+
+
+def test_a_checkpoint_of_other_affinity_offsets_is_refused_naming_them():
+    """Resuming a 3D affinities run (1 + 6 channels) with data.affinity_offsets=[[-1, 0, 0]] (1 + 1): the refusal
+    named model.*, data.in_channels and data.num_classes only, none of which differs."""
+    import torch
+
+    from unet_train.engine.checkpoint import check_model_fits
+    from unet_train.errors import CheckpointError
+
+    head = torch.nn.Conv3d(4, 7, 1)
+    with pytest.raises(CheckpointError) as caught:
+        check_model_fits(torch.nn.Conv3d(4, 2, 1), head.state_dict(), "last.pt")
+    assert str(caught.value) == (
+        "last.pt does not fit the model asked for: 2 tensor(s) differ in shape, e.g. weight is (7, 4, 1, 1, 1) in the "
+        "checkpoint but (2, 4, 1, 1, 1) in the model asked for. Keep the checkpoint's model settings (model.*, "
+        "data.in_channels, data.num_classes; of an instance model data.target and data.affinity_offsets, which set "
+        "its output channels) or start a new run."
+    )
+
+
+@pytest.mark.parametrize(
+    ("offsets", "said"),
+    [
+        ([[-1, 0, 0], [0, -1, 0], [0, 0, -1]], "data.affinity_offsets [[-1, 0, 0], [0, -1, 0], [0, 0, -1]] do not have "
+         "2 axes each, as the images of its 2D model do"),
+        ([[0, 0], [0, -1], [-2, 0]], "data.affinity_offsets holds [0, 0]"),
+    ],
+)  # fmt: skip
+def test_a_checkpoints_affinity_offsets_that_do_not_fit_its_model_are_refused_on_loading(tmp_path, offsets, said):
+    """A file's offsets of 3 axes for a 2D model (as many channels) ended in a ValueError traceback in
+    unet-predict's post-processing; a malformed one too."""
+    import torch
+
+    from unet_train.engine.checkpoint import load_checkpoint as load
+    from unet_train.errors import CheckpointError
+
+    from ..export.conftest import make_checkpoint
+
+    path = make_checkpoint(tmp_path / "best.pt", [
+        "data=folder", f"data.root={tmp_path / 'data'}", "data.labels=instances", "data.target=affinities",
+        "data.in_channels=1", "model.base_channels=4", "model.depth=2", "data.num_classes=2", "model.out_channels=4",
+        "data.affinity_offsets=[[-1,0],[0,-1],[-2,0]]",
+    ], base=())  # fmt: skip
+    load(path)  # as made: usable
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["config"]["data"]["affinity_offsets"] = offsets
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError) as caught:
+        load(path)
+    assert str(caught.value).startswith(f"{path} is not a usable unet-train checkpoint: its {said}")

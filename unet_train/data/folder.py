@@ -12,7 +12,13 @@ import numpy as np
 from PIL import Image
 
 from unet_train.data.base import SegmentationData, Split
-from unet_train.data.instances import check_labels, encode_instances, instance_classes, looks_like_instances
+from unet_train.data.instances import (
+    check_labels,
+    encode_instances,
+    instance_classes,
+    looks_like_instances,
+    wide_integers,
+)
 from unet_train.data.reading import (
     IMAGE_SUFFIXES,
     channels_of,
@@ -84,18 +90,20 @@ def value_list(values: set[int], show: int = 10) -> str:
     return f"[{', '.join(map(str, head))}, ..., {', '.join(map(str, tail))}] ({len(ordered)} values)"
 
 
-def infer_num_classes(values: set[int], where: str, jpeg: bool = False) -> int:
+def infer_num_classes(values: set[int], where: str, jpeg: bool = False, ids: bool = False) -> int:
     """``num_classes: auto``: 2 for binary {0,255} or {0,1} masks, else the largest index + 1.
 
     ``jpeg``: the masks include JPEG files, whose lossy compression turns class edges into in-between values.
+    ``ids``: the masks may hold object ids (16/32-bit, ``data.labels=auto`` found too few values to say so): a
+    refusal names ``data.labels=instances`` too.
     """
     if values <= {0, 255}:
         return 2
     if min(values) < 0:
         raise DataError(f"Masks in {where} hold negative values {sorted(v for v in values if v < 0)[:5]}.")
     classes = max(2, max(values) + 1)
-    absent = sorted(set(range(classes)) - values)
-    if classes > 8 and len(absent) > classes / 2:
+    absent_count = classes - len(values)  # every value is in 0..classes-1; counted, not listed (ids reach 2**32)
+    if classes > 8 and absent_count > classes / 2:
         void = ""
         if IGNORE_INDEX in values:
             void = f" (or data.ignore_index={IGNORE_INDEX} if {IGNORE_INDEX} marks unlabelled pixels)"
@@ -106,9 +114,11 @@ def infer_num_classes(values: set[int], where: str, jpeg: bool = False) -> int:
             )
         raise DataError(
             f"Masks in {where} hold the values {value_list(values)}, which look like grey levels rather than "
-            f"class indices 0..K-1; map them to indices or set data.num_classes{void}."
+            f"class indices 0..K-1; map them to indices or set data.num_classes{void}"
+            + (", or data.labels=instances if each value is one object's id." if ids else ".")
         )
-    if absent:
+    if absent_count:
+        absent = sorted(set(range(classes)) - values)  # at most half of the classes, so about as many as the values
         log.warning("data.num_classes=auto: %d classes, but class(es) %s never appear in the masks", classes, absent)
     return classes
 
@@ -290,10 +300,11 @@ class ImageFolder(SegmentationData):
                 raw = read_mask(path)
                 self._raw_masks[path] = raw
                 values.update(np.unique(raw).tolist())
+            ids = False  # labels=auto, masks of a 16/32-bit integer type: maybe ids of a few objects
             if self._labels == "auto":
                 if self._detect_instances(list(self._raw_masks.values())):
                     return
-                self._labels = "classes"
+                self._labels, ids = "classes", wide_integers([m.dtype for m in self._raw_masks.values()])
             if self.ignore_index is not None and self.ignore_index in values:  # unlabelled, not a class
                 values.discard(self.ignore_index)
                 if values <= {0}:
@@ -303,7 +314,7 @@ class ImageFolder(SegmentationData):
                         "data.ignore_index=null (or to the value that marks unlabelled pixels)."
                     )
             jpeg = any(path.suffix.lower() in (".jpg", ".jpeg") for path in masks or [])
-            self._num_classes = infer_num_classes(values, where, jpeg)
+            self._num_classes = infer_num_classes(values, where, jpeg, ids)
             self._check_ignore_index(self._num_classes)
             log.info("data.num_classes=auto: %d (mask values %s)", self._num_classes, value_list(values))
 

@@ -57,9 +57,12 @@ def looks_like_instances(masks: list[NDArray]) -> bool:
 def ids_like(dtypes: list[np.dtype], distinct: list[int]) -> bool:
     """``labels: auto`` from the masks' (images' or volumes') dtypes and their numbers of distinct values: every
     one of a 16/32-bit integer type and one with :data:`AUTO_MIN_VALUES` values or more."""
-    if not dtypes or any(d.kind not in "ui" or d.itemsize < 2 for d in dtypes):
-        return False
-    return max(distinct) >= AUTO_MIN_VALUES
+    return wide_integers(dtypes) and max(distinct) >= AUTO_MIN_VALUES
+
+
+def wide_integers(dtypes: list[np.dtype]) -> bool:
+    """Every mask is of a 16/32-bit integer type, as object ids are (a few ids are no less ids than many)."""
+    return bool(dtypes) and all(d.kind in "ui" and d.itemsize >= 2 for d in dtypes)
 
 
 def instance_classes(target: str, given: int | None) -> int:
@@ -74,16 +77,32 @@ def instance_classes(target: str, given: int | None) -> int:
     return classes
 
 
+def check_ids(values: NDArray, path: Path | str, ignore_index: int | None = None) -> None:
+    """Refuse in one line stored ids (a mask, or its distinct values) that are not whole numbers 0 or more, the
+    ``ignore_index`` aside. A label volume's values are checked so when it is first scanned, before training reads
+    its crops (in loader workers, at any step)."""
+    if values.dtype.kind not in "uif":
+        raise DataError(f"Instance mask {path} holds {values.dtype} values; object ids must be integers.")
+    if ignore_index is not None:
+        values = values[values != ignore_index]
+    if values.dtype.kind == "f":  # whole numbers only: a cast would cut 2.5 (an interpolated label) to id 2, NaN to < 0
+        fractional = values[~np.isfinite(values) | (values != np.floor(values))]
+        if fractional.size:
+            raise DataError(
+                f"Instance mask {path} holds {fractional.flat[0]:g}, not a whole number; object ids must be whole "
+                "numbers (a label image resampled with interpolation blends ids: resample it by nearest neighbour)."
+            )
+    if values.size and values.min() < 0:
+        raise DataError(f"Instance mask {path} holds negative ids ({values.min():g}); ids are 0 (background) or more.")
+
+
 def encode_instances(mask: NDArray, path: Path | str, ignore_index: int | None = None) -> NDArray[np.float32]:
     """Stored ids -> float32 ids 1..N (0 background; 255 skipped: it marks unlabelled pixels)."""
-    if mask.dtype.kind not in "uif":
-        raise DataError(f"Instance mask {path} holds {mask.dtype} values; object ids must be integers.")
+    check_ids(mask, path, ignore_index)
     ids = np.asarray(mask, dtype=np.int64)
     ignored = ids == ignore_index if ignore_index is not None else None
     if ignored is not None:
         ids = np.where(ignored, 0, ids)
-    if ids.min(initial=0) < 0:
-        raise DataError(f"Instance mask {path} holds negative ids ({int(ids.min())}); ids are 0 (background) or more.")
     values, inverse = np.unique(ids, return_inverse=True)
     renumbered = (np.cumsum(values != 0) * (values != 0))[inverse.reshape(ids.shape)]
     renumbered[renumbered >= IGNORE_INDEX] += 1  # 255 is no object: it marks unlabelled pixels

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from unet_train.data.folder import encode_mask
-from unet_train.data.instances import encode_instances
+from unet_train.data.instances import check_ids, encode_instances
 from unet_train.data.limits import check_pixels
 from unet_train.data.normalize import normalize_image
 from unet_train.data.volume_readers import Volume
@@ -80,6 +80,8 @@ class VolumeCase:
         for z in range(self.mask.depth):
             plane = self.mask.read(z, 0, self.mask.shape[1], 0, self.mask.shape[2])[..., 0]
             present = np.unique(plane)
+            if self.instances:  # ids: whole numbers 0 or more, refused here rather than in a crop read mid-training
+                check_ids(present, self.mask.name, self.ignore_index)
             values.update(int(v) for v in present)
             if not positions:
                 continue

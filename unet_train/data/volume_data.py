@@ -227,7 +227,7 @@ class VolumeData(SegmentationData):
         case.num_classes, case.ignore_index = self.num_classes, getattr(self, "ignore_index", None)
         case.instances = self.instance_target is not None
         values = case.scan() - ({case.ignore_index} if case.ignore_index is not None else set())
-        if case.instances:  # ids: checked when read (encode_instances)
+        if case.instances:  # ids: checked as scanned (check_ids)
             return
         binary = self.num_classes == 2 and values <= {0, 255}
         if values and not binary and (max(values) >= self.num_classes or min(values) < 0):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from unet_train.data.folder import FOREGROUNDS, Pair, infer_num_classes, pair_files, value_list
-from unet_train.data.instances import check_labels, ids_like, instance_classes
+from unet_train.data.instances import check_labels, ids_like, instance_classes, wide_integers
 from unet_train.data.sections import check_context_slices
 from unet_train.data.splits import random_split
 from unet_train.data.volume_data import VolumeCase, VolumeData, stated_unit
@@ -251,8 +251,9 @@ class VolumeFolder(VolumeData):
                     self._num_classes,
                 )  # fmt: skip
             else:
+                ids = self._labels == "auto" and wide_integers([m.dtype for m in masks])  # a few objects' ids?
                 self._labels = "classes" if self._labels == "auto" else self._labels
-                self._num_classes = infer_num_classes(values, str(self.root.resolve()))
+                self._num_classes = infer_num_classes(values, str(self.root.resolve()), ids=ids)
                 log.info("data.num_classes=auto: %d (mask values %s)", self._num_classes, value_list(values))
         for case in cases:
             case.image.close()

@@ -27,7 +27,8 @@ from torch import nn
 
 from unet_train.engine.archive import ArchiveError, NotAnArchive, check_archive
 from unet_train.engine.state import TrainState
-from unet_train.errors import CheckpointError
+from unet_train.errors import CheckpointError, ConfigError
+from unet_train.objects.heads import affinity_offsets
 from unet_train.objects.params import check_stored, instance_target
 from unet_train.objects.tune import GRIDS
 from unet_train.safe_io import write_atomic
@@ -174,6 +175,17 @@ def check_structure(checkpoint: dict[str, Any], path: Path | str) -> None:
     target = instance_target(data)
     if target is not None and target not in GRIDS:  # every command picks its maps and post-processing by it
         raise _unusable(path, f"its data.target={target!r} is not known (one of {', '.join(GRIDS)})")
+    if target == "affinities":  # the post-processing walks each offset over the model's 2D images or 3D volumes
+        dims = 3 if model.get("spatial_dims") == 3 else 2
+        try:
+            offsets = affinity_offsets(data, dims)
+        except ConfigError as exc:
+            raise _unusable(path, f"its {str(exc).split(';')[0]}") from None
+        if any(len(offset) != dims for offset in offsets):
+            raise _unusable(
+                path, f"its data.affinity_offsets {[list(o) for o in offsets]} do not have {dims} axes each, as the "
+                f"images of its {dims}D model do"
+            )  # fmt: skip
     try:  # tuned post-processing of an instance model: plain numbers in range, or the file is refused
         check_stored(checkpoint.get("postprocess"), config["data"])
     except ValueError as exc:
@@ -250,7 +262,8 @@ def check_model_fits(
             problems.append(f"{len(unexpected)} weight(s) the model does not have, e.g. {unexpected[0]}")
         raise CheckpointError(
             f"{path} does not fit the model asked for: {'; '.join(problems)}. Keep the checkpoint's model "
-            "settings (model.*, data.in_channels, data.num_classes) or start a new run."
+            "settings (model.*, data.in_channels, data.num_classes; of an instance model data.target and "
+            "data.affinity_offsets, which set its output channels) or start a new run."
         )
 
 

@@ -25,17 +25,26 @@ DEFAULT_OFFSETS = ((-1, 0), (0, -1), (-3, 0), (0, -3))
 DEFAULT_OFFSETS_3D = ((-1, 0, 0), (0, -1, 0), (0, 0, -1), (-3, 0, 0), (0, -3, 0), (0, 0, -3))
 
 
+def default_offsets(dims: int = 2) -> tuple[tuple[int, ...], ...]:
+    """The offsets of an absent ``data.affinity_offsets``: :data:`DEFAULT_OFFSETS_3D` for volumes (``dims=3``)."""
+    return DEFAULT_OFFSETS_3D if dims == 3 else DEFAULT_OFFSETS
+
+
+def _listed(offsets: Sequence[Sequence[int]]) -> str:
+    return str([list(o) for o in offsets])
+
+
 def affinity_offsets(data: Mapping[str, Any] | None, dims: int = 2) -> list[tuple[int, ...]]:
     """``data.affinity_offsets`` as tuples of whole numbers (one per axis, as many for each offset, not all zero,
     none twice; absent: :data:`DEFAULT_OFFSETS`, or :data:`DEFAULT_OFFSETS_3D` for ``dims=3``); ConfigError in one
     line otherwise (an empty list too)."""
-    raw = (data or {}).get("affinity_offsets")
+    raw, defaults = (data or {}).get("affinity_offsets"), default_offsets(dims)
     if raw is None:
-        raw = DEFAULT_OFFSETS_3D if dims == 3 else DEFAULT_OFFSETS
+        raw = defaults
     elif isinstance(raw, str) or not hasattr(raw, "__len__") or not len(raw):  # [] did fall back to the defaults
         raise ConfigError(
-            f"data.affinity_offsets={raw!r} lists no offset; give at least one, e.g. [[-1, 0], [0, -1]], or leave "
-            "it out for the default [[-1, 0], [0, -1], [-3, 0], [0, -3]]."
+            f"data.affinity_offsets={raw!r} lists no offset; give at least one, e.g. {_listed(defaults[:dims])}, or "
+            f"leave it out for the default {_listed(defaults)}."
         )
     out: list[tuple[int, ...]] = []
     for offset in raw:
@@ -44,7 +53,7 @@ def affinity_offsets(data: Mapping[str, Any] | None, dims: int = 2) -> list[tupl
         if not whole or not any(values) or len(values) not in (2, 3) or (out and len(values) != len(out[0])):
             raise ConfigError(
                 f"data.affinity_offsets holds {offset!r}; each offset is a list of 2 (or 3, volumes) whole numbers, "
-                "not all 0, as long as the others, e.g. [[-1, 0], [0, -1], [-3, 0], [0, -3]]."
+                f"not all 0, as long as the others, e.g. {_listed(defaults)}."
             )
         out.append(tuple(int(v) for v in values))
     if len(set(out)) != len(out):
@@ -94,7 +103,7 @@ def check_offset_axes(offsets: list[tuple[int, ...]], dims: int) -> None:
         if len(offset) != dims:
             raise ConfigError(
                 f"data.affinity_offsets holds {list(offset)}, an offset of {len(offset)} axes, but the images are "
-                f"{dims}D: give {dims} numbers per offset, e.g. [[-1, 0], [0, -1], [-3, 0], [0, -3]]."
+                f"{dims}D: give {dims} numbers per offset, e.g. {_listed(default_offsets(dims))}."
             )
 
 
