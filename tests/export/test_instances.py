@@ -147,6 +147,20 @@ def test_given_class_names_name_the_channels_of_the_record_too(tmp_path):
     assert rdf["outputs"][0]["axes"][1]["channel_names"] == ["bg", "nucleus", "edge"]
 
 
+@pytest.mark.parametrize("bad", ["nucleus\n# Hacked", "a | b", "`code`", " "])
+def test_class_names_that_would_change_the_readmes_markdown_are_refused_in_one_line(tmp_path, bad):
+    from unet_train.errors import ConfigError
+
+    ckpt = instance_checkpoint(tmp_path / "best.pt", "boundary")
+    with pytest.raises(ConfigError) as refused:
+        package(ckpt, tmp_path, class_names=["bg", bad, "edge"])
+    assert str(refused.value) == (
+        f"bioimageio.class_names: {bad!r} is not a name of one line of text (no line breaks, '|' or '`'); give "
+        "plain names, e.g. [background, nucleus]."
+    )
+    assert not (tmp_path / "pkg" / "README.md").exists()
+
+
 @pytest.mark.parametrize("classes", [2, 3])
 def test_a_model_of_classes_is_packaged_as_before(tmp_path, classes):
     """No config, the same output description and channel names, no Instances section."""

@@ -207,6 +207,7 @@ def build_package(
     )
     if len(class_names) != out_channels:
         raise ConfigError(f"bioimageio.class_names={class_names} needs {out_channels} names (the model's outputs).")
+    check_names("class_names", class_names)
     # an instance model: its post-processing (the checkpoint's tuned parameters), which bioimage.io cannot state
     instances = instance_config(exported.checkpoint, stored.data, class_names)
     write_atomic(folder / "README.md", package_readme(exported, info.name, metrics, instances))
@@ -216,6 +217,7 @@ def build_package(
     )  # fmt: skip
     if len(channel_names) != channels:
         raise ConfigError(f"bioimageio.channel_names={channel_names} needs {channels} names (data.in_channels).")
+    check_names("channel_names", channel_names)
     names = "yx" if exported.spatial_dims == 2 else "zyx"
     input_axes, output_axes = space_axes(names, exported.multiples, spacing, unit)
     torch_version = torch.__version__.split("+")[0]
@@ -296,3 +298,14 @@ def build_package(
     if instances:  # bioimage.io's free-form config: a tool's own keys under its name
         rdf["config"] = {"unet_train": {"version": __version__, KEY: instances}}
     return rdf
+
+
+def check_names(key: str, names: Sequence[str]) -> None:
+    """Channel or class names as one line of text each: they go into the package README's tables and headings
+    and the outputs' descriptions, where a newline, a ``|`` or a backtick would change the Markdown."""
+    for name in names:
+        if not str(name).strip() or any(c in str(name) for c in "|`") or not str(name).isprintable():
+            raise ConfigError(
+                f"bioimageio.{key}: {str(name)!r} is not a name of one line of text (no line breaks, '|' or '`'); "
+                "give plain names, e.g. [background, nucleus]."
+            )
