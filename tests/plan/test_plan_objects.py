@@ -49,6 +49,19 @@ def test_the_rule_on_hand_made_statistics(case, target, said):
     assert f"median diameter {case['median_diameter']:.1f} px" in why  # the measured figures are stated
 
 
+def test_labels_without_any_object_get_the_default_target_and_a_warning(caplog):
+    empty = object_fingerprint([np.zeros((16, 16), np.int64), np.full((8, 8), 255)])
+    assert empty["objects"] == 0
+    with caplog.at_level("WARNING", logger="unet_train.plan.objects"):
+        target, why = choose_target(empty)
+    assert target == "boundary"
+    assert why == (
+        "no object in the training labels (every id is 0 or unlabelled): nothing to choose a target from; "
+        "background / interior / boundary, the default. Check data.masks_dir and data.labels"
+    )
+    assert caplog.messages == [f"The plan's target: {why}."]
+
+
 def test_the_plan_writes_the_chosen_target_and_its_reason():
     fp = fingerprint(classes={"0": 0.6, "1": 0.4})
     target, why = choose_target(stats(touching=0.6))

@@ -24,6 +24,7 @@ epochs), so the rule's choice there is the better one.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -38,6 +39,8 @@ from unet_train.plan.fingerprint import compute_fingerprint, training_split
 DENSE_SHARE = 0.85  # objects cover this share of the labelled pixels or more: space-filling (EM)
 SMALL_DIAMETER = 10.0  # px: objects with a smaller median equivalent diameter need no distance map
 TOUCHING_SHARE = 0.3  # this share of the objects touching another: touching often
+
+log = logging.getLogger(__name__)
 
 
 def object_fingerprint(id_masks: Sequence[NDArray]) -> dict[str, float | int]:
@@ -86,6 +89,13 @@ def choose_target(stats: dict[str, float | int], unit: str = "px") -> tuple[str,
         f"{100 * stats['touching_share']:.0f} % touching another, {100 * stats['object_share']:.0f} % of the "
         f"{pixels} in objects"
     )
+    if not stats["objects"]:
+        why = (
+            "no object in the training labels (every id is 0 or unlabelled): nothing to choose a target from; "
+            "background / interior / boundary, the default. Check data.masks_dir and data.labels"
+        )
+        log.warning("The plan's target: %s.", why)
+        return "boundary", why
     if stats["object_share"] >= DENSE_SHARE:
         return "affinities", (
             f"{measured}: dense, space-filling labels (>= {100 * DENSE_SHARE:.0f} %): foreground + affinities to "
