@@ -273,16 +273,11 @@ class VolumeData(SegmentationData):
 
     def _instance_target(self, augment: bool) -> InstanceTarget | None:
         """What draws the training target from a crop's object ids (None for class masks); the offsets of the
-        affinities target checked against the volumes' three axes and the training crop."""
+        affinities target checked against the volumes' three axes and the training crop. (Sections with ids are
+        refused where the ids are taken up, ``VolumeFolder._use_instances``.)"""
         target = self.instance_target
         if target is None:
             return None
-        if self.from_sections:  # sections would need their objects linked across z
-            what = f"data.context_slices={self.context_slices}" if self.context_slices else "data.spatial_dims=2"
-            raise ConfigError(
-                f"data.labels=instances of volumes trains 3D models only, not {what} (sections): set "
-                "data.spatial_dims=3 and data.context_slices=0."
-            )
         if target == "affinities" and self.affinity_offsets:
             check_offset_axes(self.affinity_offsets, 3)
             if augment:
