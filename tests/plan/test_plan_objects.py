@@ -36,7 +36,10 @@ def stats(diameter=20.0, touching=0.1, share=0.3):
 @pytest.mark.parametrize(
     ("case", "target", "said"),
     [
-        (stats(), "boundary", "objects mostly apart"),  # typical nuclei
+        (stats(), "affinities", "sparse objects (< 50 % of the pixels), mostly apart"),  # typical nuclei
+        (stats(share=0.12), "affinities", "foreground (learnt as a semantic mask)"),  # DSB 2018's nuclei
+        (stats(share=0.5), "boundary", "objects mostly apart across thin background"),  # the threshold itself
+        (stats(touching=0.0, share=0.78), "boundary", "widens the gaps"),  # ISBI 2012's cells
         (stats(touching=0.6), "distance", "touching often"),  # crowded, large cells
         (stats(diameter=6.0, touching=0.6), "boundary", "objects under 10 px"),  # touching but tiny
         (stats(touching=0.0, share=0.95), "affinities", "dense, space-filling labels (>= 85 %)"),  # EM
