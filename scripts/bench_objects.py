@@ -132,7 +132,7 @@ def trained(folder: Path) -> tuple[dict, Path]:
     return json.loads(metrics.read_text()), metrics.parent / "checkpoints" / "best.pt"
 
 
-def run_cell(name: str, budget: int, out: Path, limit: int | None) -> dict:
+def run_cell(name: str, budget: int, out: Path, limit: int | None, instance_set: list[str]) -> dict:
     root = prepare(name, out, limit)
     folder = out / f"{name}_{budget}" / ("all" if limit is None else f"limit{limit}")
     shutil.rmtree(folder, ignore_errors=True)  # a stopped cell starts again
@@ -142,7 +142,7 @@ def run_cell(name: str, budget: int, out: Path, limit: int | None) -> dict:
     train.append("trainer.progress=never")
     load_before = os.getloadavg()[0]
     walls = run_all({
-        "instance": ([*train, f"data.root={inst}", f"paths.output_dir={folder / 'instance'}"],
+        "instance": ([*train, f"data.root={inst}", f"paths.output_dir={folder / 'instance'}", *instance_set],
                      folder / "instance.log"),
         "semantic": ([*train, f"data.root={binary}", f"paths.output_dir={folder / 'semantic'}"],
                      folder / "semantic.log"),
@@ -172,6 +172,7 @@ def run_cell(name: str, budget: int, out: Path, limit: int | None) -> dict:
     for arm, wall in walls.items():
         arms[arm]["wall_s"] = round(wall + after.get(arm, 0.0))
     return {"cell": cell_key(name, budget, limit), "dataset": name, "budget": budget, "limit": limit,
+            "instance_set": instance_set,
             "test_images": len(list(truth.glob("*.tif"))), "load_avg": round(load_avg, 1), "arms": arms}  # fmt: skip
 
 
@@ -204,6 +205,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="prepared data, runs and results.jsonl go here")
     parser.add_argument("--cells", nargs="+", default=["dsb:600", "isbi:600"], help="dataset:budget (dsb, isbi)")
     parser.add_argument("--limit", type=int, help="only the first N training images (N // 4, at least 2, test)")
+    parser.add_argument("--instance-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides for the instance arm's unet-train (e.g. data.target=affinities), after the plan")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.jsonl"
@@ -215,7 +218,7 @@ def main() -> None:
             raise SystemExit(f"--cells {cell}: the dataset is dsb or isbi")
         key = cell_key(name, int(budget), args.limit)
         if key not in done:
-            done[key] = run_cell(name, int(budget), args.out, args.limit)
+            done[key] = run_cell(name, int(budget), args.out, args.limit, args.instance_set)
             with results.open("a") as handle:
                 handle.write(json.dumps(done[key]) + "\n")
         print(table(done[key]) + "\n", flush=True)

@@ -27,12 +27,20 @@ Datasets (written under ``--out``, never in the repository):
   than pixels; smoothed along each axis in proportion to the spacing, Gaussian noise of 25 HU, windowed
   to [-160, 240] HU and stored as uint8. Eight training volumes, two test volumes.
 
+- ``mni``: real MR, from a package: the ICBM 2009a nonlinear symmetric T1 template (an average of 152
+  adults' scans, 1 x 1 x 1 mm) and its grey- and white-matter probability maps, as the ``nilearn`` wheel
+  ships them (``pip install nilearn``; only its files are read). Labels: 0 where neither probability
+  reaches 0.5, else 1 (grey) or 2 (white), whichever is likelier. The template is symmetric, so only the
+  left hemisphere is used (a right-hemisphere block would mirror a training one): its brain's bounding box
+  cut into 3 x 3 blocks along z and y; the two middle-height blocks at the front and the back are the test
+  volumes, the other seven train.
+
 ``--side S`` cuts every volume to at most S x S in (y, x) (and the CT set to 20 planes) for a quick
 check. Results go to ``<out>/results.jsonl`` (one line per cell, appended: an interrupted run continues
 where it stopped; a cell whose three runs finished, ``<cell>/trained.json``, is only scored again) and a
 Markdown table is printed.
 
-    python scripts/bench_volumes.py --out /tmp/vols                               # vnc, isbi, ct at 600 s
+    python scripts/bench_volumes.py --out /tmp/vols                               # vnc, isbi, ct, mni at 600 s
     python scripts/bench_volumes.py --out /tmp/vols-tiny --side 128 --cells isbi:40 ct:40 vnc:40
 """
 
@@ -57,7 +65,7 @@ from baseline_plain3d import read  # noqa: E402
 from bench_matrix import BIN, finish, start  # noqa: E402
 
 SHARED = HERE.parents[1] / "shared" / "data"
-DATASETS = ("vnc", "isbi", "ct")
+DATASETS = ("vnc", "isbi", "ct", "mni")
 Volume = tuple[str, np.ndarray, np.ndarray]  # name, image (z, y, x) uint8, mask (z, y, x) uint8
 
 
@@ -118,12 +126,43 @@ def ct(planes: int = 40) -> tuple[list[Volume], list[Volume], tuple, str]:
     return volumes[:8], [(f"ct_test{i}", image, mask) for i, (_, image, mask) in enumerate(volumes[8:])], spacing, "mm"
 
 
+def mni_files() -> dict[str, Path]:
+    """The template's T1 and tissue maps inside the installed ``nilearn`` (found, not imported)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("the mni set reads the MNI template that nilearn ships: pip install nilearn")
+    data = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    return {k: data / f"mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz" for k in ("t1", "gm", "wm")}
+
+
+def mni() -> tuple[list[Volume], list[Volume], tuple, str]:
+    import nibabel
+
+    files = mni_files()
+    t1, gm, wm = (np.asarray(nibabel.load(files[k]).dataobj).transpose(2, 1, 0) for k in ("t1", "gm", "wm"))
+    affine = nibabel.load(files["t1"]).affine
+    mid = int(round(-affine[0, 3] / affine[0, 0]))  # the x index of the midline (world x = 0)
+    mask = np.where(np.maximum(gm, wm) < 128, 0, np.where(gm >= wm, 1, 2)).astype(np.uint8)
+    zs, ys, xs = (np.flatnonzero(mask.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1)))
+    image, mask = (a[zs[0] : zs[-1] + 1, ys[0] : ys[-1] + 1, xs[0] : min(mid, xs[-1] + 1)] for a in (t1, mask))
+    z_cuts, y_cuts = (np.linspace(0, n, 4).astype(int) for n in image.shape[:2])
+    blocks = {(i, j): (image[z_cuts[i] : z_cuts[i + 1], y_cuts[j] : y_cuts[j + 1]],
+                       mask[z_cuts[i] : z_cuts[i + 1], y_cuts[j] : y_cuts[j + 1]])
+              for i in range(3) for j in range(3)}  # fmt: skip
+    test = [(1, 0), (1, 2)]
+    train = [(f"mni_z{i}y{j}", *pair) for (i, j), pair in blocks.items() if (i, j) not in test]
+    return train, [(f"mni_test_z{i}y{j}", *blocks[i, j]) for i, j in test], (1.0, 1.0, 1.0), "mm"
+
+
 def prepare(name: str, out: Path, side: int | None) -> Path:
     """Write ``out/name/vol`` (volumes) and ``out/name/planes`` (the same planes as 2D images) once."""
     folder = out / name
     if (folder / "done").exists():
         return folder
-    train, test, spacing, unit = vnc() if name == "vnc" else isbi() if name == "isbi" else ct(20 if side else 40)
+    sets = {"vnc": vnc, "isbi": isbi, "mni": mni, "ct": lambda: ct(20 if side else 40)}
+    train, test, spacing, unit = sets[name]()
     for split, volumes in (("", train), ("test", test)):
         for vol_name, image, mask in volumes:
             image, mask = (a[:, :side, :side] if side else a for a in (image, mask))
