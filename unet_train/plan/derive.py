@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from unet_train.objects.heads import default_offsets
 from unet_train.plan.validation_plan import VAL_SHARE, plan_validation, validation_choices
 
 MIN_BOTTLENECK = 8  # pixels of context the deepest level keeps per side
@@ -132,8 +133,27 @@ def derive_plan(fingerprint: dict, device: DeviceFacts, budget_s: float) -> list
         Choice("model.depth", depth, f"{depth} poolings leave a {patch // 2**depth} px bottleneck (at least "
                f"{MIN_BOTTLENECK})"),
     ]  # fmt: skip
+    choices += offset_choices(fp, [patch, patch])
     schedule = schedule_choices(fp, device, budget_s, batch, batch * patch * patch, min_width(fp))
     return choices + schedule + label_choices(fp)
+
+
+def offset_choices(fp: dict, patch: list[int]) -> list[Choice]:
+    """``data.affinity_offsets`` of a plan of the affinities target whose crop ``patch`` (one side per axis) is as
+    short as a default offset's reach on some axis (stacks of three planes, an image three pixels high): the
+    defaults that fit it, since the data module refuses an offset that no pair of a crop's pixels is as far apart
+    as. Nothing where every default fits, or for another target."""
+    if fp.get("labels") != "instances" or fp.get("target") != "affinities":
+        return []
+    defaults = default_offsets(len(patch))
+    kept = [o for o in defaults if all(abs(step) < side for step, side in zip(o, patch))]
+    if len(kept) == len(defaults) or not kept:  # none fits (a crop of one pixel): the data module says so
+        return []
+    dropped = ", ".join(str(list(o)) for o in defaults if o not in kept)
+    axes = "z y x" if len(patch) == 3 else "y x"
+    return [Choice("data.affinity_offsets", [list(o) for o in kept], (
+        f"the default offsets but {dropped}, which reach as far as the crop {'x'.join(map(str, patch))} ({axes}) "
+        "or beyond: no pair of a crop's pixels lies that far apart"))]  # fmt: skip
 
 
 def data_choices(fp: dict) -> list[Choice]:

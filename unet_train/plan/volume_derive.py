@@ -33,7 +33,15 @@ import math
 from dataclasses import dataclass
 
 from unet_train.models.anisotropy import pool_factors_for_spacing
-from unet_train.plan.derive import Choice, DeviceFacts, data_choices, derive_plan, label_choices, schedule_choices
+from unet_train.plan.derive import (
+    Choice,
+    DeviceFacts,
+    data_choices,
+    derive_plan,
+    label_choices,
+    offset_choices,
+    schedule_choices,
+)
 
 ANISOTROPY_2D = 3.0  # coarsest / finest voxel side above which 2D (2.5D) is preferred ...
 FEW_PLANES = 64  # ... when the volumes hold fewer planes than this (median)
@@ -194,6 +202,7 @@ def derive_volume_plan(
         Choice("model.depth", layout.depth, f"{layout.depth} poolings leave a {_sides(layout.bottleneck)} voxel "
                f"bottleneck (z y x; at least {MIN_BOTTLENECK} on every axis the crop allows)"),
         Choice("model.pool_factors", layout.pool_factors, _pooling_reason(fp, layout)),
+        *offset_choices(fp, list(layout.patch)),
     ]  # fmt: skip
     return choices + schedule_choices(fp, device, budget_s, layout.batch, layout.batch * voxels) + label_choices(fp)
 
