@@ -28,7 +28,8 @@ from torch import nn
 from unet_train.engine.archive import ArchiveError, NotAnArchive, check_archive
 from unet_train.engine.state import TrainState
 from unet_train.errors import CheckpointError, ConfigError
-from unet_train.objects.heads import affinity_offsets
+from unet_train.data.instances import TARGETS
+from unet_train.objects.heads import EXTRA_MAPS, affinity_offsets
 from unet_train.objects.params import check_stored, instance_target
 from unet_train.objects.tune import GRIDS
 from unet_train.safe_io import write_atomic
@@ -175,6 +176,7 @@ def check_structure(checkpoint: dict[str, Any], path: Path | str) -> None:
     target = instance_target(data)
     if target is not None and target not in GRIDS:  # every command picks its maps and post-processing by it
         raise _unusable(path, f"its data.target={target!r} is not known (one of {', '.join(GRIDS)})")
+    offsets: list[tuple[int, ...]] = []
     if target == "affinities":  # the post-processing walks each offset over the model's 2D images or 3D volumes
         dims = 3 if model.get("spatial_dims") == 3 else 2
         try:
@@ -186,10 +188,36 @@ def check_structure(checkpoint: dict[str, Any], path: Path | str) -> None:
                 path, f"its data.affinity_offsets {[list(o) for o in offsets]} do not have {dims} axes each, as the "
                 f"images of its {dims}D model do"
             )  # fmt: skip
+    if target is not None:  # each command reads the maps by the target from the channels (objects/heads.py)
+        _check_instance_channels(data, model, target, offsets, path)
     try:  # tuned post-processing of an instance model: plain numbers in range, or the file is refused
         check_stored(checkpoint.get("postprocess"), config["data"])
     except ValueError as exc:
         raise _unusable(path, str(exc)) from None
+
+
+def _check_instance_channels(
+    data: dict[str, Any], model: dict[str, Any], target: str, offsets: list[tuple[int, ...]], path: Path | str
+) -> None:
+    """Refuse an instance model whose ``data.num_classes`` or ``model.out_channels`` are not those of its target
+    (classes, then one channel per map of the target, one per offset for affinities): the post-processing would
+    read other channels than the maps (a traceback, or labels from the wrong maps)."""
+    classes = TARGETS[target]
+    if data.get("num_classes") != classes:
+        raise _unusable(
+            path, f"its data.num_classes={data.get('num_classes')!r} does not fit its data.target={target}, whose "
+            f"model predicts {classes} classes"
+        )  # fmt: skip
+    maps = len(offsets) if target == "affinities" else len(EXTRA_MAPS[target])
+    channels, out = (1 if classes <= 2 else classes) + maps, model.get("out_channels")
+    if out is not None and out != channels:
+        what = "its classes, then the target's maps"
+        if target == "affinities":
+            what = f"the foreground, then one map per offset of its {len(offsets)} data.affinity_offsets"
+        raise _unusable(
+            path, f"its model.out_channels={out!r} does not fit its data.target={target}, whose model outputs "
+            f"{channels} channels ({what})"
+        )  # fmt: skip
 
 
 def check_resumable(checkpoint: dict[str, Any], path: Path | str) -> None:
