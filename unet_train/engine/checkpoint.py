@@ -25,10 +25,10 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from unet_train.data.instances import TARGETS
 from unet_train.engine.archive import ArchiveError, NotAnArchive, check_archive
 from unet_train.engine.state import TrainState
 from unet_train.errors import CheckpointError, ConfigError
-from unet_train.data.instances import TARGETS
 from unet_train.objects.heads import EXTRA_MAPS, affinity_offsets
 from unet_train.objects.params import check_stored, instance_target
 from unet_train.objects.tune import GRIDS
