@@ -63,3 +63,40 @@ def test_a_2d_plan_keeps_the_default_offsets_unless_its_crop_is_as_short_as_one(
     tiny = planned(3)  # a folder holding an image three pixels high: a crop of 2, depth 1
     assert (tiny["data.patch_size"], tiny["data.affinity_offsets"]) == (2, [[-1, 0], [0, -1]])
     assert "data.affinity_offsets" not in {c.key for c in derive_plan(fingerprint(side=3), CPU, 60.0)}  # classes
+
+
+def write_sparse_discs(root: Path, count: int = 4, size: int = 48) -> Path:
+    """``count`` images of three discs of radius 7 apart (ids 1-3 in uint16 TIFFs, 19 % of the pixels)."""
+    import tifffile
+    from skimage import io as skio
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(count):
+        ids = np.zeros((size, size), np.uint16)
+        for k, (cy, cx) in enumerate(((12, 12), (12, 35), (35, 24))):
+            ids[np.hypot(yy - cy - i % 2, xx - cx) <= 7] = k + 1
+        skio.imsave(root / "images" / f"s{i}.png", ((ids > 0) * 200).astype(np.uint8), check_contrast=False)
+        tifffile.imwrite(root / "masks" / f"s{i}.tif", ids)
+    return root
+
+
+def test_a_target_typed_after_a_plan_of_affinities_trains_with_its_own_classes(tmp_path):
+    """The plan writes data.num_classes=2 (the affinities target's classes); data.target=boundary typed on the
+    command line was refused for it ("data.num_classes=2 does not fit ... data.target=boundary")."""
+    root = write_sparse_discs(tmp_path / "d")
+    base = ["data=folder", f"data.root={root}", "data.labels=instances", "data.num_workers=0"]
+    out = tmp_path / "plan.yaml"
+    assert make_plan(compose_config(base).data, 60.0, "cpu", out, measure=False)["target"] == "affinities"
+    for typed, target, classes in (
+        (["data.target=boundary"], "boundary", 3),
+        (["data.target=distance"], "distance", 2),
+        ([], "affinities", 2),
+    ):
+        merged = apply_plan(compose_config([*base, *typed]), load_plan(out), typed)
+        data = build_data(merged.data)
+        assert (data.instance_target, data.num_classes) == (target, classes)
+    typed = ["data.target=boundary", "data.num_classes=2"]  # both typed: the command line's, refused as before
+    merged = apply_plan(compose_config([*base, *typed]), load_plan(out), typed)
+    assert merged.data.num_classes == 2

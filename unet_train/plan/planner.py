@@ -221,7 +221,8 @@ def apply_plan(cfg: DictConfig, plan: DictConfig, overrides: list[str], source: 
     A config group chosen on the command line wins over the plan: a planned option of that group
     (``loss``, a node with ``_target_``; any nested group such as ``data.normalize``) is dropped when the
     command line chose the group (``loss=dice``, ``data/normalize=zscore``). Other planned keys are merged
-    key by key, so the plan still tunes the data config it was made for (``data=folder``). A planned key that
+    key by key, so the plan still tunes the data config it was made for (``data=folder``); a ``data.target`` typed
+    without ``data.num_classes`` leaves out the plan's ``data.num_classes`` (its own target's). A planned key that
     its group's schema or target does not take (an edited plan's ``trainer.max_tim``) is refused, naming ``source``.
     """
     from unet_train.added_keys import check_plan_keys
@@ -236,6 +237,10 @@ def apply_plan(cfg: DictConfig, plan: DictConfig, overrides: list[str], source: 
     for path in sorted(chosen):
         _drop_planned_option(planned, path)
     typed_keys = {_key(o).lstrip("+~") for o in given}
+    data = planned.get("data")
+    target_only = "data.target" in typed_keys and "data.num_classes" not in typed_keys
+    if target_only and isinstance(data, dict) and data.pop("num_classes", None) is not None:
+        log.info("data.target typed: the plan's data.num_classes (the classes of its own target) is left out")
     model = planned.get("model")
     depth_only = "model.depth" in typed_keys and "model.pool_factors" not in typed_keys
     if depth_only and isinstance(model, dict) and model.pop("pool_factors", None) is not None:
