@@ -71,7 +71,7 @@ def planned_config(cfg: DictConfig) -> DictConfig:
                 "unet-plan data=... (or a single-process plan=auto run), then start torchrun with plan=PATH."
             )
         path = default_plan_path(run_dir())  # the run's own folder, beside resolved_config.yaml
-        make_plan(cfg.data, auto_plan_budget(cfg), cfg.trainer.device, path, run_cfg=cfg)
+        make_plan(cfg.data, auto_plan_budget(cfg), cfg.trainer.device, path, run_cfg=cfg, typed=user_overrides())
         log.info("plan=auto: wrote %s", path)
     plan = load_plan(path, trusted=cfg.get("trust_config", False))
     merged = apply_plan(cfg, plan, user_overrides(), source=f"plan={path}")

@@ -100,3 +100,19 @@ def test_a_target_typed_after_a_plan_of_affinities_trains_with_its_own_classes(t
     typed = ["data.target=boundary", "data.num_classes=2"]  # both typed: the command line's, refused as before
     merged = apply_plan(compose_config([*base, *typed]), load_plan(out), typed)
     assert merged.data.num_classes == 2
+
+
+def test_a_target_typed_for_the_plan_is_the_planned_one_with_the_rules_choice_in_its_reason(tmp_path):
+    """unet-plan data.target=boundary (or plan=auto with it) wrote data.target=affinities, the rule's choice."""
+    root = write_sparse_discs(tmp_path / "d")
+    typed = ["data.target=boundary"]
+    cfg = compose_config(["data=folder", f"data.root={root}", "data.labels=instances", "data.num_workers=0", *typed])
+    out = tmp_path / "plan.yaml"
+    fp = make_plan(cfg.data, 60.0, "cpu", out, measure=False, typed=typed)
+    assert (fp["target"], fp["num_classes"]) == ("boundary", 3)
+    assert fp["target_reason"].startswith(
+        "data.target=boundary as typed on the command line (the rule chose affinities: "
+    )
+    planned = yaml.safe_load(out.read_text())["data"]
+    assert (planned["target"], planned["num_classes"]) == ("boundary", 3)
+    assert make_plan(cfg.data, 60.0, "cpu", out, measure=False)["target"] == "affinities"  # not typed: the rule's

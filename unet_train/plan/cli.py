@@ -17,7 +17,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from unet_train.cli import console_script, exit_if_version_asked, exit_on_user_error, run_dir
+from unet_train.cli import console_script, exit_if_version_asked, exit_on_user_error, run_dir, user_overrides
 from unet_train.config import config_dir
 from unet_train.data.limits import set_max_pixels
 from unet_train.plan.planner import check_writable, default_plan_path, fingerprint_path, make_plan, parse_budget
@@ -32,7 +32,7 @@ def plan(cfg: DictConfig) -> Path:
     budget = parse_budget(cfg.budget)
     output = Path(cfg.output).expanduser() if cfg.get("output") else default_plan_path(run_dir())
     check_writable(output)
-    fingerprint = make_plan(cfg.data, budget, cfg.device, output, measure=cfg.measure)
+    fingerprint = make_plan(cfg.data, budget, cfg.device, output, measure=cfg.measure, typed=user_overrides())
     summary = {k: v for k, v in fingerprint.items() if k != "foreground_share_per_image"}
     if "spacing" in summary:  # volumes: the median is printed, each volume's spacing is in the file
         summary["spacing"] = {k: v for k, v in summary["spacing"].items() if k != "per_volume"}

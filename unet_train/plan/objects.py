@@ -132,15 +132,25 @@ def choose_target(stats: dict[str, float | int], unit: str = "px") -> tuple[str,
     )
 
 
-def image_fingerprint(data: Any) -> dict:
+def planned_target(objects: dict[str, float | int], asked: str | None, unit: str = "px") -> tuple[str, str]:
+    """The rule's target for ``objects`` and its reason, or ``asked`` (a ``data.target`` typed on the command line),
+    whose reason then names the rule's choice."""
+    target, why = choose_target(objects, unit)
+    if asked is None or asked == target:
+        return target, why
+    return asked, f"data.target={asked} as typed on the command line (the rule chose {target}: {why})"
+
+
+def image_fingerprint(data: Any, asked: str | None = None) -> dict:
     """The fingerprint of an image dataset's training split; of instance labels, with the target the rule above
-    plans (``target``, ``target_reason``), the statistics (``objects``) and the classes that target learns."""
+    plans (``target``, ``target_reason``; ``asked``: a typed ``data.target`` instead), the statistics
+    (``objects``) and the classes that target learns."""
     ids: list[NDArray] = []
     split = training_split(data, ids=ids)
     if data.instance_target is None:
         return compute_fingerprint(*split)
     objects = object_fingerprint(ids)
-    target, why = choose_target(objects)
+    target, why = planned_target(objects, asked)
     if target != data.instance_target:  # the classes fingerprinted are those the planned target learns
         split = training_split(data, target=target)
     return {**compute_fingerprint(*split), "labels": "instances", "target": target, "target_reason": why,

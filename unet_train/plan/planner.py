@@ -110,18 +110,20 @@ def data_keys(data_cfg: DictConfig) -> set[str]:
 
 def make_plan(
     data_cfg: DictConfig, budget_s: float, device_name: str, output: Path, measure: bool = True,
-    run_cfg: DictConfig | None = None,
+    run_cfg: DictConfig | None = None, typed: list[str] | None = None,
 ) -> dict:  # fmt: skip
     """Fingerprint ``data_cfg``'s training split, time the device (a training step per width, a whole validation
     image at the chosen one), write the plan to ``output``; returns the fingerprint. ``run_cfg``: the run's config
-    (``plan=auto``), whose optimizer, precision and layout are timed."""
+    (``plan=auto``), whose optimizer, precision and layout are timed; ``typed``: the command line's overrides, whose
+    ``data.target`` the plan keeps instead of the rule's choice."""
+    asked = str(data_cfg.get("target")) if any(_typed_key(o) == "data.target" for o in typed or []) else None
     data = build_data(data_cfg)
     device = resolve_device(device_name)
     kind = "cuda" if device.type == "cuda" else "cpu"
     derive: Callable[[DeviceFacts], list[Choice]]
     channels: int | None = None  # the timed net's input channels (a 2.5D net's: the sections' stacked)
     if is_volume_data(data) or getattr(data, "from_sections", False):  # volumes, also served as sections
-        fingerprint = volume_fingerprint(data)
+        fingerprint = volume_fingerprint(data, asked)
         # The dims the data config asks for (data.spatial_dims, data.context_slices), else the rule's.
         dims = choose_dims(fingerprint, data_cfg.get("spatial_dims"), int(getattr(data, "context_slices", 0)))
         if dims.dims == 2:  # sections as images: the image planner's geometry on the in-plane shapes
@@ -144,7 +146,7 @@ def make_plan(
             derive = functools.partial(derive_volume_plan, fingerprint, budget_s=budget_s, layout=layout,
                                        dims_key=dims_key)  # fmt: skip
     else:
-        fingerprint = image_fingerprint(data)  # of instance labels: with the target planned from the objects
+        fingerprint = image_fingerprint(data, asked)  # of instance labels: with the target planned from the objects
         patch, depth, batch = geometry(fingerprint, kind)
         shape = {
             "patch": patch,
@@ -185,6 +187,10 @@ def make_plan(
     for key in sorted(unsupported):
         log.warning("%s is planned but not a key of %s in this version: written commented out", key, data_cfg._target_)
     return fingerprint
+
+
+def _typed_key(override: str) -> str:
+    return override.lstrip("+~").partition("=")[0]
 
 
 def _data_choice(data_cfg: DictConfig) -> str:

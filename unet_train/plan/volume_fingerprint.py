@@ -28,7 +28,7 @@ from unet_train.errors import DataError
 from unet_train.labels import IGNORE_INDEX
 from unet_train.objects.heads import DEFAULT_OFFSETS_3D
 from unet_train.plan.fingerprint import PERCENTILES, _bit_depth, _stats
-from unet_train.plan.objects import choose_target, object_fingerprint
+from unet_train.plan.objects import object_fingerprint, planned_target
 
 SAMPLED_PLANES = 16  # planes per volume read for intensities and class shares (spread over z)
 SAMPLED_PIXELS = 2_000_000  # pixel values per channel the intensity statistics read, over all volumes
@@ -153,14 +153,15 @@ def compute_volume_fingerprint(
     }
 
 
-def volume_fingerprint(data: Any) -> dict[str, Any]:
-    """The fingerprint of a 3D data module's training (and validation) volumes; the files are closed after."""
+def volume_fingerprint(data: Any, asked: str | None = None) -> dict[str, Any]:
+    """The fingerprint of a 3D data module's training (and validation) volumes (``asked``: a typed ``data.target``
+    that the plan keeps instead of the rule's); the files are closed after."""
     train, val = volume_split(data)
     try:
         if getattr(data, "instance_target", None) is None:
             return compute_volume_fingerprint(train, val, data.num_classes)
         objects = object_fingerprint([id_block(case) for case in train])
-        target, why = choose_target(objects, unit="voxels")
+        target, why = planned_target(objects, asked, unit="voxels")
         learnt = InstanceTarget(target, list(DEFAULT_OFFSETS_3D) if target == "affinities" else None)
         fingerprint = compute_volume_fingerprint(train, val, TARGETS[target], learnt)
         return {**fingerprint, "labels": "instances", "target": target, "target_reason": why, "objects": objects}
