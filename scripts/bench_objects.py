@@ -205,8 +205,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="prepared data, runs and results.jsonl go here")
     parser.add_argument("--cells", nargs="+", default=["dsb:600", "isbi:600"], help="dataset:budget (dsb, isbi)")
     parser.add_argument("--limit", type=int, help="only the first N training images (N // 4, at least 2, test)")
-    parser.add_argument("--instance-set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="overrides for the instance arm's unet-train (e.g. data.target=affinities), after the plan")
+    parser.add_argument(
+        "--instance-set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides of the instance arm's unet-train (e.g. data.target=affinities)",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.jsonl"

@@ -52,6 +52,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -133,7 +134,7 @@ def mni_files() -> dict[str, Path]:
     spec = importlib.util.find_spec("nilearn")
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("the mni set reads the MNI template that nilearn ships: pip install nilearn")
-    data = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    data = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
     return {k: data / f"mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz" for k in ("t1", "gm", "wm")}
 
 
@@ -141,9 +142,10 @@ def mni() -> tuple[list[Volume], list[Volume], tuple, str]:
     import nibabel
 
     files = mni_files()
-    t1, gm, wm = (np.asarray(nibabel.load(files[k]).dataobj).transpose(2, 1, 0) for k in ("t1", "gm", "wm"))
-    affine = nibabel.load(files["t1"]).affine
-    mid = int(round(-affine[0, 3] / affine[0, 0]))  # the x index of the midline (world x = 0)
+    images: dict[str, Any] = {k: nibabel.load(files[k]) for k in ("t1", "gm", "wm")}
+    t1, gm, wm = (np.asarray(images[k].dataobj).transpose(2, 1, 0) for k in ("t1", "gm", "wm"))
+    affine = images["t1"].affine
+    mid = round(float(-affine[0, 3] / affine[0, 0]))  # the x index of the midline (world x = 0)
     mask = np.where(np.maximum(gm, wm) < 128, 0, np.where(gm >= wm, 1, 2)).astype(np.uint8)
     zs, ys, xs = (np.flatnonzero(mask.any(axis=a)) for a in ((1, 2), (0, 2), (0, 1)))
     image, mask = (a[zs[0] : zs[-1] + 1, ys[0] : ys[-1] + 1, xs[0] : min(mid, xs[-1] + 1)] for a in (t1, mask))

@@ -378,3 +378,21 @@ def test_a_folder_of_one_volume_validates_on_a_slab_of_it(tmp_path, caplog):
         "to hold out a validation slab: of its 4 x plane(s), 4 would validate (data.val_fraction=0.9) and 0 train; "
         "add a second labelled volume there (it then validates), or lower data.val_fraction."
     )
+
+
+def test_spawned_loader_workers_get_the_cases_pickled_and_read_the_same_crops(tmp_path):
+    """``spawn`` (the default start method on macOS and Windows) pickles the dataset into each worker: the open
+    TIFF files stay behind and the copy opens its own, reading the crops the parent would. (A spawned worker
+    took 37 s to start on this loaded 2-core machine, too long for the suite; pickling is what it receives.)"""
+    import pickle
+
+    root = make_volume_folder(tmp_path, count=3)
+    dataset = folder(root, val_fraction=0.0).dataset("train")
+    copy = pickle.loads(pickle.dumps(dataset))
+    assert all(case.image is None and case.pid == -1 for case in copy.cases)  # reopened on the first read
+    items = [(0, 1), (1, 2), (2, 3)]
+    expected = [dataset[i] for i in items]
+    assert all(torch.equal(torch.as_tensor(copy[i]["image"]), torch.as_tensor(e["image"])) for i, e in zip(
+        items, expected, strict=True))  # fmt: skip
+    for i, want in zip(items, expected, strict=True):
+        assert torch.equal(torch.as_tensor(copy[i]["mask"]), torch.as_tensor(want["mask"]))

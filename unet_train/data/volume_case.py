@@ -51,6 +51,15 @@ class VolumeCase:
     opener: Callable[[], tuple[Volume, Volume | None]] | None = None
     pid: int = field(default_factory=os.getpid)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A loader worker started by ``spawn`` (macOS, Windows) gets the case pickled without its open files; it
+        opens them again when it first reads (:meth:`_own_files`: the opener may belong to a data module that is
+        unpickled after this case)."""
+        state = dict(self.__dict__)
+        if self.opener is not None:
+            state.update(image=None, mask=None, pid=-1)
+        return state
+
     def _own_files(self) -> None:
         if self.opener is not None and self.pid != os.getpid():
             self.image, self.mask = self.opener()
@@ -58,16 +67,18 @@ class VolumeCase:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        self._own_files()
         return self.image.shape
 
     @property
     def voxels(self) -> int:
-        return int(np.prod(self.image.shape[:3]))
+        return int(np.prod(self.shape[:3]))
 
     def scan(self, positions: bool = True) -> set[int]:
         """Read the mask plane by plane once: its values, and (``positions``) a sample of each foreground class's
         positions; of object ids, of all foreground voxels together, as class 1 (what the instance targets'
         foreground is)."""
+        self._own_files()
         if self.mask is None:
             return set()
         if self.mask.shape[:3] != self.image.shape[:3]:
