@@ -58,6 +58,8 @@ def test_write_pair_writes_ids_and_a_binary_twin(bench, tmp_path):
 
 
 def test_prepare_isbi_holds_out_the_last_slices(bench, tmp_path):
+    if not (bench.SHARED / "isbi2012/train-volume.tif").is_file():  # the script reads ../shared beside the checkout
+        pytest.skip(f"ISBI 2012 data not found in {bench.SHARED / 'isbi2012'}")
     root = bench.prepare("isbi", tmp_path, limit=2)
     train = sorted(p.name for p in (root / "instances/masks").iterdir())
     test = sorted(p.name for p in (root / "instances/test/masks").iterdir())
