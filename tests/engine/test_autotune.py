@@ -374,3 +374,19 @@ def test_a_deterministic_run_measures_nothing_and_says_what_it_takes(cpu, caplog
     assert "trainer.deterministic=true: no layout or precision measurement" in caplog.text
     fixed = make_runtime("cpu", "bf16", False, deterministic=True)
     assert (fixed.auto, fixed.channels_last, fixed.precision) == ((), False, "bf16")
+
+
+def test_a_timing_that_shared_the_cpu_is_used_once_and_not_cached(cpu, cache, caplog):
+    """Runs started together read a low load average, but each got only part of a core while timing: its figures
+    decide this run and are measured again by the next; a timing with the whole core is cached."""
+    clock = FakeClock()
+    make_step = clock.steps({CL32: 0.3, NCHW32: 0.2})
+    rt = make_runtime("cpu", "32", "auto")
+    with caplog.at_level("INFO", logger="unet_train.engine.autotune"):
+        tuned, _ = tune(rt, "training", make_step, WHAT, SHAPE, cache, clock, cpu_clock=lambda: clock.now * 0.6)
+    assert tuned.channels_last is False and not cache.path.exists()
+    assert "this one got 60 % of a core): its choice holds for this run and is not cached." in caplog.text
+    tune(rt, "training", make_step, WHAT, SHAPE, cache, clock, cpu_clock=lambda: clock.now * 0.9)
+    assert len(clock.built) == 4 and cache.path.exists()  # measured again, then kept
+    tune(rt, "training", make_step, WHAT, SHAPE, cache, clock, cpu_clock=lambda: clock.now * 0.9)
+    assert len(clock.built) == 4
