@@ -29,7 +29,7 @@ from unet_train.data.instances import TARGETS
 from unet_train.engine.archive import ArchiveError, NotAnArchive, check_archive
 from unet_train.engine.state import TrainState
 from unet_train.errors import CheckpointError, ConfigError
-from unet_train.objects.heads import EXTRA_MAPS, affinity_offsets
+from unet_train.objects.heads import affinity_offsets, extra_channels
 from unet_train.objects.params import check_stored, instance_target
 from unet_train.objects.tune import GRIDS
 from unet_train.safe_io import write_atomic
@@ -208,7 +208,7 @@ def _check_instance_channels(
             path, f"its data.num_classes={data.get('num_classes')!r} does not fit its data.target={target}, whose "
             f"model predicts {classes} classes"
         )  # fmt: skip
-    maps = len(offsets) if target == "affinities" else len(EXTRA_MAPS[target])
+    maps = len(offsets) if target == "affinities" else extra_channels(target)
     channels, out = (1 if classes <= 2 else classes) + maps, model.get("out_channels")
     if out is not None and out != channels:
         what = "its classes, then the target's maps"

@@ -116,7 +116,9 @@ def make_plan(
     image at the chosen one), write the plan to ``output``; returns the fingerprint. ``run_cfg``: the run's config
     (``plan=auto``), whose optimizer, precision and layout are timed; ``typed``: the command line's overrides, whose
     ``data.target`` the plan keeps instead of the rule's choice."""
-    asked = str(data_cfg.get("target")) if any(_typed_key(o) == "data.target" for o in typed or []) else None
+    from unet_train.overrides import _key
+
+    asked = str(data_cfg.get("target")) if any(_key(o) == "data.target" for o in typed or []) else None
     data = build_data(data_cfg)
     device = resolve_device(device_name)
     kind = "cuda" if device.type == "cuda" else "cpu"
@@ -189,10 +191,6 @@ def make_plan(
     return fingerprint
 
 
-def _typed_key(override: str) -> str:
-    return override.lstrip("+~").partition("=")[0]
-
-
 def _data_choice(data_cfg: DictConfig) -> str:
     target = str(data_cfg._target_)
     names = {"ImageFolder": "folder", "ISBI2012": "isbi", "SyntheticMembranes": "synthetic", "VolumeFolder": "volumes"}
@@ -242,7 +240,7 @@ def apply_plan(cfg: DictConfig, plan: DictConfig, overrides: list[str], source: 
     assert isinstance(planned, dict)
     for path in sorted(chosen):
         _drop_planned_option(planned, path)
-    typed_keys = {_key(o).lstrip("+~") for o in given}
+    typed_keys = {_key(o) for o in given}
     data = planned.get("data")
     target_only = "data.target" in typed_keys and "data.num_classes" not in typed_keys
     if target_only and isinstance(data, dict) and data.pop("num_classes", None) is not None:
