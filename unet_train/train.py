@@ -106,7 +106,7 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, in
 
 
 # The data keys that decide which images train and which validate.
-SPLIT_KEYS = ("val_fraction", "split_seed", "fold", "num_folds", "num_val")
+SPLIT_KEYS = ("val_fraction", "split_seed", "val_pick", "fold", "num_folds", "num_val")
 
 
 def warn_if_the_split_moves(stored: DictConfig, merged: DictConfig) -> None:

@@ -17,9 +17,8 @@ log = logging.getLogger(__name__)
 DISJOINT = ("train", "val", "test")
 
 
-def random_split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Train and val indices of ``n`` items: a ``val_fraction`` (at least one when > 0) shuffled with ``seed``."""
-    order = np.random.default_rng(seed).permutation(n)
+def val_count(n: int, val_fraction: float) -> int:
+    """How many of ``n`` items validate: ``val_fraction`` of them, at least one when it is > 0, never all."""
     n_val = max(1, round(n * val_fraction)) if val_fraction > 0 else 0
     if n_val >= n:
         fix = "add another" if n < 2 else "lower data.val_fraction"
@@ -27,7 +26,32 @@ def random_split(n: int, val_fraction: float, seed: int) -> tuple[list[int], lis
             f"data.val_fraction={val_fraction} leaves no training item out of {n}: "
             f"validation takes at least one; {fix}."
         )
+    return n_val
+
+
+def random_split(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Train and val indices of ``n`` items: a ``val_fraction`` (at least one when > 0) shuffled with ``seed``."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = val_count(n, val_fraction)
     return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+
+
+def typical_split(shares: Sequence[Mapping[int, float]], val_fraction: float) -> tuple[list[int], list[int]]:
+    """Train and val indices of items described by their label shares (value -> share of the labelled voxels): the
+    ``val_fraction`` (at least one) whose shares lie nearest (L1) the items' median share of every value validate,
+    ties to the earlier item.
+
+    A random pick of one or two of a handful of volumes can hold out one unlike the rest (a block of nearly only
+    background), whose validation score swings from epoch to epoch and picks ``best.pt`` by chance; the most
+    typical volumes score what the rest hold.
+    """
+    n = len(shares)
+    n_val = val_count(n, val_fraction)
+    values = sorted({v for share in shares for v in share})
+    table = np.array([[share.get(v, 0.0) for v in values] for share in shares], dtype=np.float64).reshape(n, -1)
+    distance = np.abs(table - np.median(table, axis=0)).sum(axis=1)
+    order = sorted(range(n), key=lambda i: (distance[i], i))
+    return sorted(order[n_val:]), sorted(order[:n_val])
 
 
 def kfold_indices(total: int, fold: int, num_folds: int) -> tuple[list[int], list[int]]:

@@ -15,10 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from unet_train.data.folder import FOREGROUNDS, Pair, infer_num_classes, pair_files, value_list
 from unet_train.data.instances import check_labels, ids_like, instance_classes, wide_integers
 from unet_train.data.sections import check_context_slices
-from unet_train.data.splits import random_split
+from unet_train.data.limits import check_pixels
+from unet_train.data.splits import random_split, typical_split
 from unet_train.data.volume_data import VolumeCase, VolumeData, stated_unit
 from unet_train.data.volume_readers import HDF5_SUFFIXES, NIFTI_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIXES, Volume
 from unet_train.data.volume_readers import open_volume as _open
@@ -29,6 +32,8 @@ log = logging.getLogger(__name__)
 
 VOLUME_SUFFIXES = (*NIFTI_SUFFIXES, *ZARR_SUFFIXES, *TIFF_SUFFIXES, *HDF5_SUFFIXES)  # longest first matters below
 CHANNELS = {"auto": None, "first": "czyx", "last": "zyxc"}
+VAL_PICKS = ("auto", "typical", "random")
+TYPICAL_BELOW = 20  # data.val_pick=auto: the typical volumes validate in a folder of fewer labelled volumes
 
 
 def volume_stem(path: Path) -> str | None:
@@ -93,13 +98,19 @@ def slab_pair(opener: Any, axis: str, start: int, stop: int) -> tuple[Volume, Vo
 class VolumeFolder(VolumeData):
     """3D images and label volumes in ``root/images`` and ``root/masks`` with matching stems.
 
-    A deterministic ``val_fraction`` of the volumes (shuffled with ``split_seed``) validates; a folder of one volume
-    validates on its last ``val_fraction`` of planes along its longest axis (at least one crop deep, up to half of
+    A deterministic ``val_fraction`` of the volumes validates: the most typical ones (``val_pick``) or a random pick
+    (shuffled with ``split_seed``); a folder of one volume validates on its last ``val_fraction`` of planes along its longest axis (at least one crop deep, up to half of
     it) and trains on the rest. An optional ``root/test/images`` is the test split.
 
     Args:
         root: dataset folder.
         val_fraction, split_seed: the train/val split (at least one volume validates when > 0).
+        val_pick: which volumes validate: ``typical`` (those whose label shares lie nearest the folder's median,
+            :func:`~unet_train.data.splits.typical_split`), ``random`` (``split_seed``'s shuffle), or ``auto``:
+            typical in a folder of fewer than :data:`TYPICAL_BELOW` labelled volumes, where a random pick of one or
+            two can hold out a volume unlike the rest, else random (no label pass over many volumes). The
+            argument's default is ``random``, so a checkpoint's config from before this key resumes on its split;
+            ``configs/data/volumes.yaml`` sets ``auto``.
         images_dir, masks_dir: sub-folder names.
         image_key, mask_key: the dataset (HDF5) or array (Zarr) in each file, where one holds several.
         channels: ``auto`` (from the file's axes or its shape), ``first`` (``c, z, y, x``) or ``last``
@@ -125,6 +136,7 @@ class VolumeFolder(VolumeData):
         root: str,
         val_fraction: float = 0.2,
         split_seed: int = 0,
+        val_pick: str = "random",  # configs/data/volumes.yaml says auto; a run saved before the key keeps its split
         images_dir: str = "images",
         masks_dir: str = "masks",
         image_key: str | None = None,
@@ -157,7 +169,10 @@ class VolumeFolder(VolumeData):
         if not 0.0 <= val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction={val_fraction} must be in [0, 1).")
         self.root = Path(root).expanduser()
-        self.val_fraction, self.split_seed = val_fraction, split_seed
+        if val_pick not in VAL_PICKS:
+            raise ConfigError(f"data.val_pick={val_pick!r} must be auto, typical or random.")
+        self.val_fraction, self.split_seed, self.val_pick = val_fraction, split_seed, val_pick
+        self._typical: tuple[list[int], list[int]] | None = None  # val_pick's split, found once
         self.images_dir, self.masks_dir = images_dir, masks_dir
         self.image_key, self.mask_key, self.channels = image_key, mask_key, channels
         self.ignore_index, self.foreground = ignore_index, foreground
@@ -268,9 +283,44 @@ class VolumeFolder(VolumeData):
             (case,) = self._open_cases(pairs, self.in_channels)
             return [self._slab_case(case, split)]
         if split != "all":
-            train, val = random_split(len(pairs), self.val_fraction, self.split_seed)
+            train, val = self._split(pairs)
             pairs = [pairs[i] for i in (train if split == "train" else val)]
         return self._open_cases(pairs, self.in_channels)
+
+    def _split(self, pairs: Sequence[Pair]) -> tuple[list[int], list[int]]:
+        """Train and val indices of the labelled volumes, as ``data.val_pick`` chooses."""
+        typical = self.val_pick == "typical" or (self.val_pick == "auto" and len(pairs) < TYPICAL_BELOW)
+        if not typical or self.val_fraction == 0:
+            return random_split(len(pairs), self.val_fraction, self.split_seed)
+        if self._typical is None:
+            ids = self.labels == "instances"  # object ids: their foreground share, not each id's
+            self._typical = typical_split([self._label_shares(mask, ids) for _, _, mask in pairs], self.val_fraction)
+            held = ", ".join(pairs[i][0] for i in self._typical[1])
+            log.info(
+                "Validation volume(s): %s, of %d, whose label shares lie nearest the folder's median "
+                "(data.val_pick=random draws them with data.split_seed instead)", held, len(pairs),
+            )  # fmt: skip
+        return self._typical
+
+    def _label_shares(self, path: Path | None, ids: bool) -> dict[int, float]:
+        """Each label value's share of the labelled voxels of the label volume at ``path``, read plane by plane (of
+        object ids: background 0 and foreground 1)."""
+        assert path is not None  # masks_required
+        mask = self._open_keyed(path, self.mask_key, 1, "data.mask_key")
+        check_pixels(mask.name, mask.shape[1:3], "its planes are read whole: ")
+        counts: dict[int, int] = {}
+        try:
+            for z in range(mask.depth):
+                plane = mask.read(z, 0, mask.shape[1], 0, mask.shape[2])[..., 0]
+                if self.ignore_index is not None:
+                    plane = plane[plane != self.ignore_index]
+                values, found = np.unique(plane != 0 if ids else plane, return_counts=True)
+                for value, count in zip(values.tolist(), found.tolist()):
+                    counts[int(value)] = counts.get(int(value), 0) + count
+        finally:
+            mask.close()
+        total = sum(counts.values()) or 1
+        return {value: count / total for value, count in counts.items()}
 
     def _slab_case(self, case: VolumeCase, split: str) -> VolumeCase:
         """The train or val part of the one labelled volume: the last ``val_fraction`` of its planes along its longest
