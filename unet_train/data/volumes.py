@@ -19,8 +19,8 @@ import numpy as np
 
 from unet_train.data.folder import FOREGROUNDS, Pair, infer_num_classes, pair_files, value_list
 from unet_train.data.instances import check_labels, ids_like, instance_classes, wide_integers
-from unet_train.data.sections import check_context_slices
 from unet_train.data.limits import check_pixels
+from unet_train.data.sections import check_context_slices
 from unet_train.data.splits import random_split, typical_split
 from unet_train.data.volume_data import VolumeCase, VolumeData, stated_unit
 from unet_train.data.volume_readers import HDF5_SUFFIXES, NIFTI_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIXES, Volume
@@ -99,8 +99,9 @@ class VolumeFolder(VolumeData):
     """3D images and label volumes in ``root/images`` and ``root/masks`` with matching stems.
 
     A deterministic ``val_fraction`` of the volumes validates: the most typical ones (``val_pick``) or a random pick
-    (shuffled with ``split_seed``); a folder of one volume validates on its last ``val_fraction`` of planes along its longest axis (at least one crop deep, up to half of
-    it) and trains on the rest. An optional ``root/test/images`` is the test split.
+    (shuffled with ``split_seed``); a folder of one volume validates on its last ``val_fraction`` of planes along
+    its longest axis (at least one crop deep, up to half of it) and trains on the rest. An optional
+    ``root/test/images`` is the test split.
 
     Args:
         root: dataset folder.
