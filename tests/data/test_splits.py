@@ -137,3 +137,17 @@ def test_a_split_of_too_few_items_says_what_to_do():
         random_split(1, 0.2, 0)  # one image in a folder (one volume validates on a slab of itself)
     with pytest.raises(ConfigError, match=r"out of 4: validation takes at least one; lower data.val_fraction"):
         random_split(4, 0.9, 0)
+
+
+def test_the_typical_split_holds_out_the_items_nearest_the_median_shares():
+    from unet_train.data.splits import typical_split
+
+    # median shares: value 0 0.6, value 1 0.4; L1 distances A 0.6, B 0.2, C 0.0, D 0.4, E 0.8
+    shares = [{0: 0.9, 1: 0.1}, {0: 0.5, 1: 0.5}, {0: 0.6, 1: 0.4}, {0: 0.4, 1: 0.6}, {0: 1.0}]
+    assert typical_split(shares, 0.4) == ([0, 3, 4], [1, 2])
+    assert typical_split(shares, 0.2) == ([0, 1, 3, 4], [2])
+    assert typical_split(shares, 0.0) == ([0, 1, 2, 3, 4], [])
+    # a value one item lacks counts as share 0 there; equal distances go to the earlier item
+    assert typical_split([{0: 1.0}, {0: 0.5, 2: 0.5}, {0: 0.5, 2: 0.5}], 0.2) == ([0, 2], [1])
+    with pytest.raises(ConfigError, match=r"out of 2: validation takes at least one; lower data.val_fraction"):
+        typical_split(shares[:2], 0.8)

@@ -396,3 +396,53 @@ def test_spawned_loader_workers_get_the_cases_pickled_and_read_the_same_crops(tm
         items, expected, strict=True))  # fmt: skip
     for i, want in zip(items, expected, strict=True):
         assert torch.equal(torch.as_tensor(copy[i]["mask"]), torch.as_tensor(want["mask"]))
+
+
+def test_val_pick_typical_holds_out_the_volume_most_like_the_rest(tmp_path, caplog):
+    """Of a handful of volumes, a random pick can validate on one unlike the rest (a block of nearly only
+    background: its score swings and picks best.pt by chance); val_pick=typical (auto below 20 volumes) holds out
+    the volume whose label shares lie nearest the folder's median."""
+    root = tmp_path / "few"
+    for folder_name in ("images", "masks"):
+        (root / folder_name).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i, foreground in enumerate([16, 0, 14, 1, 30]):  # planes of 8 (z) x 32 (y) x 32 (x) that are foreground
+        mask = np.zeros((8, 32, 32), np.uint8)
+        mask[:, :foreground] = 255
+        write_tiff(root / "images" / f"v{i}.tif", rng.integers(0, 255, (8, 32, 32), dtype=np.uint8))
+        write_tiff(root / "masks" / f"v{i}.tif", mask)
+    # foreground shares 0.5, 0, 0.4375, 0.03125, 0.9375: the median is 0.4375, so v2 validates
+    with caplog.at_level("INFO", logger="unet_train.data.volumes"):
+        data = folder(root, val_pick="auto")
+        assert [c.name for c in data.split("val").images] == ["v2"]
+    assert [c.name for c in data.split("train").images] == ["v0", "v1", "v3", "v4"]
+    assert (
+        "Validation volume(s): v2, of 5, whose label shares lie nearest the folder's median (data.val_pick=random "
+        "draws them with data.split_seed instead)" in caplog.text
+    )
+    assert [c.name for c in folder(root, val_pick="typical", val_fraction=0.4).split("val").images] == ["v0", "v2"]
+    # random (the argument's default, so a checkpoint's config saved before the key resumes on its split)
+    from unet_train.data.splits import random_split
+
+    expected = [f"v{i}" for i in random_split(5, 0.2, 3)[1]]
+    assert [c.name for c in folder(root, split_seed=3).split("val").images] == expected
+    assert [c.name for c in folder(root, split_seed=3, val_pick="random").split("val").images] == expected
+    with pytest.raises(ConfigError, match=r"^data.val_pick='best' must be auto, typical or random.$"):
+        folder(root, val_pick="best")
+
+
+def test_val_pick_typical_reads_object_ids_as_foreground(tmp_path):
+    """Instance labels: each volume's ids differ, so their foreground share (not each id's) is compared."""
+    root = tmp_path / "ids"
+    for folder_name in ("images", "masks"):
+        (root / folder_name).mkdir(parents=True)
+    for i, rows in enumerate([2, 12, 9, 10, 20]):  # foreground rows of 32: four objects side by side
+        mask = np.zeros((4, 32, 32), np.uint16)
+        for k in range(4):
+            mask[:, :rows, 8 * k : 8 * k + 8] = 100 * i + k + 1
+        write_tiff(root / "images" / f"n{i}.tif", np.full((4, 32, 32), 9, np.uint8))
+        write_tiff(root / "masks" / f"n{i}.tif", mask)
+    data = folder(root, val_pick="typical", labels="instances", num_classes="auto")
+    # foreground shares 0.0625, 0.375, 0.28125, 0.3125 and 0.625: n3 holds the median (read as ids, each volume's
+    # ids would count apart and n0, n2 and n3 would tie at 0.3125 from the median)
+    assert [c.name for c in data.split("val").images] == ["n3"]
