@@ -446,3 +446,27 @@ def test_val_pick_typical_reads_object_ids_as_foreground(tmp_path):
     # foreground shares 0.0625, 0.375, 0.28125, 0.3125 and 0.625: n3 holds the median (read as ids, each volume's
     # ids would count apart and n0, n2 and n3 would tie at 0.3125 from the median)
     assert [c.name for c in data.split("val").images] == ["n3"]
+
+
+def test_val_pick_slabs_validates_on_a_slab_of_every_volume(tmp_path, caplog):
+    """data.val_pick=slabs: each volume's last val_fraction of planes along its longest axis validates (no crop-deep
+    minimum, as a lone volume's slab has: every volume gives its share), the rest of each trains."""
+    root = make_volume_folder(tmp_path, count=3, shape=(8, 32, 48))
+    with caplog.at_level("INFO", logger="unet_train.data.volumes"):
+        data = folder(root, val_pick="slabs")
+        train, val = data.split("train").images, data.split("val").images
+    assert [(c.name, c.shape[:3]) for c in val] == [(f"vol{i}-x38-47", (8, 32, 10)) for i in range(3)]
+    assert [(c.name, c.shape[:3]) for c in train] == [(f"vol{i}-x0-37", (8, 32, 38)) for i in range(3)]
+    assert (
+        f"data.val_pick=slabs: each of the 3 labelled volumes in {root.resolve() / 'images'} validates on its last "
+        "data.val_fraction=0.2 of planes along its longest axis (vol0: x 38-47) and trains on the rest" in caplog.text
+    )
+    _, mask = ball_volume(1, (8, 32, 48))
+    assert np.array_equal(data.dataset("val")[1]["mask"].numpy(), mask[:, :, 38:] // 255)
+    with pytest.raises(DataError) as info:
+        folder(make_volume_folder(tmp_path / "flat", count=2, shape=(1, 1, 1)), val_pick="slabs").split("train")
+    assert str(info.value) == (
+        f"{(tmp_path / 'flat' / 'images').resolve()} holds 2 labelled volumes and data.val_pick=slabs; vol0 (1, 1, 1) "
+        "(z, y, x), too small to hold out a validation slab: of its 1 z plane(s), 1 would validate "
+        "(data.val_fraction=0.2) and 0 train; set data.val_pick=typical, or lower data.val_fraction."
+    )

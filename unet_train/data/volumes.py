@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 VOLUME_SUFFIXES = (*NIFTI_SUFFIXES, *ZARR_SUFFIXES, *TIFF_SUFFIXES, *HDF5_SUFFIXES)  # longest first matters below
 CHANNELS = {"auto": None, "first": "czyx", "last": "zyxc"}
-VAL_PICKS = ("auto", "typical", "random")
+VAL_PICKS = ("auto", "typical", "random", "slabs")
 TYPICAL_BELOW = 20  # data.val_pick=auto: the typical volumes validate in a folder of fewer labelled volumes
 
 
@@ -280,9 +280,9 @@ class VolumeFolder(VolumeData):
         if split == "test":
             return self._open_cases(self._pairs(self.root / "test", masks_required=False), self.in_channels)
         pairs = self._pairs(self.root, masks_required=True)
-        if split != "all" and len(pairs) == 1 and self.val_fraction > 0:  # one volume: a slab of it validates
-            (case,) = self._open_cases(pairs, self.in_channels)
-            return [self._slab_case(case, split)]
+        if split != "all" and self.val_fraction > 0 and (len(pairs) == 1 or self.val_pick == "slabs"):
+            # one volume, or data.val_pick=slabs: a slab of each validates
+            return [self._slab_case(case, split, len(pairs)) for case in self._open_cases(pairs, self.in_channels)]
         if split != "all":
             train, val = self._split(pairs)
             pairs = [pairs[i] for i in (train if split == "train" else val)]
@@ -323,7 +323,7 @@ class VolumeFolder(VolumeData):
         total = sum(counts.values()) or 1
         return {value: count / total for value, count in counts.items()}
 
-    def _slab_case(self, case: VolumeCase, split: str) -> VolumeCase:
+    def _slab_case(self, case: VolumeCase, split: str, count: int = 1) -> VolumeCase:
         """The train or val part of the one labelled volume: the last ``val_fraction`` of its planes along its longest
         axis (z first where sides tie) validate, at least one crop deep where that leaves the other half to train
         (a training part shorter than the crop is padded, as any small volume); the planes before them train. As
@@ -333,16 +333,28 @@ class VolumeFolder(VolumeData):
         patch = (1, *self.patch[1:]) if self.from_sections else self.patch  # a section crop is one plane deep
         axis = max(range(3), key=lambda a: (case.shape[a], -a))
         planes, crop = case.shape[axis], patch[axis]
-        held = max(round(planes * self.val_fraction), min(crop, planes // 2))
+        # A lone volume's slab is at least one crop deep (up to half of it); of several, each gives its share.
+        held = max(round(planes * self.val_fraction), min(crop, planes // 2) if count == 1 else 1)
         name, letter, folder = case.name, "zyx"[axis], self.root.resolve() / self.images_dir
         if not 0 < held < planes:
+            what, fix = (
+                ("one labelled volume, ", "add a second labelled volume there (it then validates)")
+                if count == 1
+                else (f"{count} labelled volumes and data.val_pick=slabs; ", "set data.val_pick=typical")
+            )
             raise DataError(
-                f"{folder} holds one labelled volume, {name} {case.shape[:3]} (z, y, x), too small to hold out a "
+                f"{folder} holds {what}{name} {case.shape[:3]} (z, y, x), too small to hold out a "
                 f"validation slab: of its {planes} {letter} plane(s), {held} would validate (data.val_fraction="
-                f"{self.val_fraction}) and {planes - held} train; add a second labelled volume there (it then "
-                "validates), or lower data.val_fraction."
+                f"{self.val_fraction}) and {planes - held} train; {fix}, or lower data.val_fraction."
             )
         start, stop = (0, planes - held) if split == "train" else (planes - held, planes)
+        if not self._slab_said and count > 1:
+            log.info(
+                "data.val_pick=slabs: each of the %d labelled volumes in %s validates on its last data.val_fraction=%g "
+                "of planes along its longest axis (%s: %s %d-%d) and "
+                "trains on the rest", count, folder, self.val_fraction, name, letter, planes - held, planes - 1,
+            )  # fmt: skip
+            self._slab_said = True
         if not self._slab_said:
             log.info(
                 "%s holds one labelled volume, %s %s (z, y, x): its last %d of %d %s planes (%s %d-%d) validate, the "
