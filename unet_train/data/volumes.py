@@ -107,7 +107,8 @@ class VolumeFolder(VolumeData):
         root: dataset folder.
         val_fraction, split_seed: the train/val split (at least one volume validates when > 0).
         val_pick: which volumes validate: ``typical`` (those whose label shares lie nearest the folder's median,
-            :func:`~unet_train.data.splits.typical_split`), ``random`` (``split_seed``'s shuffle), or ``auto``:
+            :func:`~unet_train.data.splits.typical_split`), ``random`` (``split_seed``'s shuffle), ``slabs`` (each
+            volume's last ``val_fraction`` of planes along its longest axis, the rest of it trains), or ``auto``:
             typical in a folder of fewer than :data:`TYPICAL_BELOW` labelled volumes, where a random pick of one or
             two can hold out a volume unlike the rest, else random (no label pass over many volumes). The
             argument's default is ``random``, so a checkpoint's config from before this key resumes on its split;
