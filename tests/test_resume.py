@@ -140,3 +140,19 @@ def test_a_resume_that_moves_the_split_says_so(stored, caplog):
         "now validate, and best.pt's earlier scores came from other images; resume without these overrides to keep "
         "the split."
     ]
+
+
+def test_a_split_key_added_to_a_config_saved_before_it_warns_against_its_default(tmp_path, caplog):
+    """A checkpoint's config from before data.val_pick split at random (the argument's default): resuming with
+    +data.val_pick=typical moves the split, and said nothing because the stored config lacked the key."""
+    from unet_train.train import warn_if_the_split_moves
+
+    stored = OmegaConf.create(OmegaConf.to_container(compose_config(["data=volumes", f"data.root={tmp_path}"])))
+    del stored.data.val_pick  # saved before the key
+    with caplog.at_level("WARNING"):
+        warn_if_the_split_moves(stored, apply_overrides(stored, ["+data.val_pick=random"]))
+        assert not caplog.records  # the split it had
+        warn_if_the_split_moves(stored, apply_overrides(stored, ["+data.val_pick=typical"]))
+    assert [r.getMessage().partition(":")[0] for r in caplog.records] == [
+        "Resumed with data.val_pick=typical (was random)"
+    ]

@@ -12,15 +12,18 @@ Examples::
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
 from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import hydra
 import torch
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -109,10 +112,27 @@ def resume_config(cfg: DictConfig, overrides: list[str]) -> tuple[DictConfig, in
 SPLIT_KEYS = ("val_fraction", "split_seed", "val_pick", "fold", "num_folds", "num_val")
 
 
+def split_setting(data: Any, key: str) -> Any:
+    """``data``'s value of the split key ``key``; where its config lacks the key (saved before it existed, or
+    deleted), the default of its ``_target_``'s argument, which the run then splits by (None if unknown)."""
+    if key in data:
+        return data.get(key)
+    try:
+        parameter = inspect.signature(get_object(str(data.get("_target_")))).parameters.get(key)
+    except Exception:  # no or an unknown target: nothing to compare with
+        return None
+    return None if parameter is None or parameter.default is inspect.Parameter.empty else parameter.default
+
+
 def warn_if_the_split_moves(stored: DictConfig, merged: DictConfig) -> None:
-    """A resume that changes how the data are split validates on other images than the run so far did."""
+    """A resume that changes how the data are split validates on other images than the run so far did (a key the
+    stored config lacks, ``+data.val_pick=typical`` on a run from before the key, against its argument's default)."""
     old, new = stored.get("data") or {}, merged.get("data") or {}
-    changed = [f"data.{k}={new.get(k)} (was {old.get(k)})" for k in SPLIT_KEYS if k in old and old.get(k) != new.get(k)]
+    changed = [
+        f"data.{k}={split_setting(new, k)} (was {split_setting(old, k)})"
+        for k in SPLIT_KEYS
+        if (k in old or k in new) and split_setting(old, k) != split_setting(new, k)
+    ]
     if changed:
         log.warning(
             "Resumed with %s: the training/validation split moves, so images the run trained on may now validate, "

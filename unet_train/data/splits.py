@@ -39,7 +39,8 @@ def random_split(n: int, val_fraction: float, seed: int) -> tuple[list[int], lis
 def typical_split(shares: Sequence[Mapping[int, float]], val_fraction: float) -> tuple[list[int], list[int]]:
     """Train and val indices of items described by their label shares (value -> share of the labelled voxels): the
     ``val_fraction`` (at least one) whose shares lie nearest (L1) the items' median share of every value validate,
-    ties to the earlier item.
+    ties to the earlier item. An item without shares (nothing labelled: all ``ignore_index``) has no voxel to
+    score: it is left out of the median and validates last.
 
     A random pick of one or two of a handful of volumes can hold out one unlike the rest (a block of nearly only
     background), whose validation score swings from epoch to epoch and picks ``best.pt`` by chance; the most
@@ -49,8 +50,9 @@ def typical_split(shares: Sequence[Mapping[int, float]], val_fraction: float) ->
     n_val = val_count(n, val_fraction)
     values = sorted({v for share in shares for v in share})
     table = np.array([[share.get(v, 0.0) for v in values] for share in shares], dtype=np.float64).reshape(n, -1)
-    distance = np.abs(table - np.median(table, axis=0)).sum(axis=1)
-    order = sorted(range(n), key=lambda i: (distance[i], i))
+    labelled = [i for i in range(n) if shares[i]] or list(range(n))
+    distance = np.abs(table - np.median(table[labelled], axis=0)).sum(axis=1)
+    order = sorted(range(n), key=lambda i: (not shares[i], distance[i], i))
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 

@@ -172,7 +172,7 @@ class VolumeFolder(VolumeData):
             raise ConfigError(f"data.val_fraction={val_fraction} must be in [0, 1).")
         self.root = Path(root).expanduser()
         if val_pick not in VAL_PICKS:
-            raise ConfigError(f"data.val_pick={val_pick!r} must be auto, typical or random.")
+            raise ConfigError(f"data.val_pick={val_pick!r} must be auto, typical, random or slabs.")
         self.val_fraction, self.split_seed, self.val_pick = val_fraction, split_seed, val_pick
         self._typical: tuple[list[int], list[int]] | None = None  # val_pick's split, found once
         self.images_dir, self.masks_dir = images_dir, masks_dir
