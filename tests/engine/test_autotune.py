@@ -376,6 +376,35 @@ def test_a_deterministic_run_measures_nothing_and_says_what_it_takes(cpu, caplog
     assert (fixed.auto, fixed.channels_last, fixed.precision) == ((), False, "bf16")
 
 
+def test_a_timing_that_shared_the_cpu_chooses_by_the_cpu_seconds_of_each_call(cpu, cache, caplog):
+    """Waiting for the CPU lengthens whichever call it falls on: here channels-last waits 0.4 s a call and NCHW
+    none, so NCHW is faster on the wall clock (0.5 s against 0.6 s) while channels-last uses less CPU (0.2 s
+    against 0.5 s): the CPU seconds decide, and the wall seconds are still what the caller gets."""
+    clock, used = FakeClock(), [0.0]
+    own = {CL32: 0.2, NCHW32: 0.5}  # CPU seconds a call uses
+    make_wall = clock.steps({CL32: 0.5, NCHW32: 0.5})
+
+    def make_step(rt):
+        setting, wall_step = Setting(rt.channels_last, rt.precision), make_wall(rt)
+
+        def step() -> None:
+            wall_step()
+            used[0] += own[setting]
+            clock.now += 0.1 if setting == CL32 else 0.0  # channels-last: 0.6 s a call on the wall
+
+        return step
+
+    rt = make_runtime("cpu", "32", "auto")
+    with caplog.at_level("INFO", logger="unet_train.engine.autotune"):
+        tuned, seconds = tune(rt, "training", make_step, WHAT, SHAPE, cache, clock, cpu_clock=lambda: used[0])
+    assert tuned.channels_last is True and not cache.path.exists()
+    assert seconds == {"channels_last/32": pytest.approx(0.6), "nchw/32": pytest.approx(0.5)}
+    assert (
+        "channels_last on for training: 0.2 s vs 0.5 s per step with it off, in CPU seconds per call, measured now "
+        "(Test CPU 9000; the wall times shared the CPU)" in caplog.text
+    )
+
+
 def test_a_timing_that_shared_the_cpu_is_used_once_and_not_cached(cpu, cache, caplog):
     """Runs started together read a low load average, but each got only part of a core while timing: its figures
     decide this run and are measured again by the next; a timing with the whole core is cached."""
