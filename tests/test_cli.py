@@ -136,6 +136,9 @@ def test_ctrl_c_in_eval_is_one_info_line_and_exit_130(trained_run, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # As a terminal's foreground job: a suite started in the background (`bash .ci/run &`) passes SIGINT
+        # down ignored, and the command rightly keeps it ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stderr is not None
     seen = []

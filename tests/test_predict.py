@@ -169,7 +169,10 @@ def test_ctrl_c_leaves_no_partial_output_and_a_rerun_writes_it_whole(tiny_ckpt, 
     args = [f"ckpt={tiny_ckpt}", f"input={tmp_path / 'stack.tif'}", f"output={out}", "tile_size=32", "progress=never"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-c", SLOW_PREDICT, *args]
-    proc = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(  # SIGINT as a terminal's foreground job gets it (a background suite's is ignored)
+        command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     deadline = time.monotonic() + 120
     while not (out.is_dir() and any(out.iterdir())) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)  # the stack's files are open: the prediction is under way
