@@ -178,7 +178,7 @@ class VolumeFolder(VolumeData):
         self.images_dir, self.masks_dir = images_dir, masks_dir
         self.image_key, self.mask_key, self.channels = image_key, mask_key, channels
         self.ignore_index, self.foreground = ignore_index, foreground
-        self._slab_said = False  # the one-volume split is logged once
+        self._slab_said = False  # a slab split is logged once
 
     @staticmethod
     def _open_keyed(path: Path, key: str | None, channels: int, option: str) -> Volume:
@@ -355,8 +355,7 @@ class VolumeFolder(VolumeData):
                 "of planes along its longest axis (%s: %s %d-%d) and "
                 "trains on the rest", count, folder, self.val_fraction, name, letter, planes - held, planes - 1,
             )  # fmt: skip
-            self._slab_said = True
-        if not self._slab_said:
+        elif not self._slab_said:
             log.info(
                 "%s holds one labelled volume, %s %s (z, y, x): its last %d of %d %s planes (%s %d-%d) validate, the "
                 "rest train; data.val_fraction=%g sets the share (a slab is at least one crop deep, up to half the "
@@ -364,7 +363,7 @@ class VolumeFolder(VolumeData):
                 folder, name, case.shape[:3], held, planes, letter, letter,
                 planes - held, planes - 1, self.val_fraction,
             )  # fmt: skip
-            self._slab_said = True
+        self._slab_said = True
         if case.mask is not None and case.mask.shape[:3] != case.shape[:3]:  # the slabs could agree where these do not
             raise DataError(f"{case.mask.name} is {case.mask.shape[:3]} (z, y, x) but its image is {case.shape[:3]}.")
         assert case.opener is not None

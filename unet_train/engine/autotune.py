@@ -252,6 +252,7 @@ def tune(
     key = cache_key(phase, what, shape, settings)
     seconds = cache.get(key, load_now=load())
     fresh = seconds is None or any(s.name not in seconds for s in settings)
+    basis: dict[str, float] | None = None  # seconds the choice compares, where not the wall ``seconds``
     if fresh:
         log.info("Measuring %s on this CPU for %s (%s) ...", " and ".join(runtime.auto), phase,
                  ", ".join(s.name for s in settings))  # fmt: skip
@@ -274,19 +275,18 @@ def tune(
                 # not wait. Three runs started together timed a 2.5D step NCHW 0.634 s, channels-last 0.642 s (wall),
                 # where alone channels-last took 0.34-0.39 s and NCHW 0.40-0.47 s; CPU seconds keep that order.
                 basis = {s.name: statistics.median(calls[1:]) for s, calls in used.items()}
-                best = min(settings, key=lambda s: basis[s.name])
-                for line in choice_lines(phase, best, settings, basis, "in CPU seconds per call, measured now"):
-                    log.info("%s (%s; the wall times shared the CPU)", line, cpu_model())
-                return with_setting(runtime, best), seconds
         else:
             about = {"cpu": cpu_model(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                      "phase": phase, "shape": list(shape), "load": round(load(), 2)}  # fmt: skip
             cache.put(key, seconds, about)
     assert seconds is not None
-    best = min(settings, key=lambda s: seconds[s.name])
-    for line in choice_lines(phase, best, settings, seconds, "measured now" if fresh else "measured earlier"):
-        threads = torch.get_num_threads()
-        log.info("%s (%s, %d thread%s; cache %s)", line, cpu_model(), threads, "s" * (threads != 1), cache.path)
+    compared = basis or seconds
+    best = min(settings, key=lambda s: compared[s.name])
+    threads = torch.get_num_threads()
+    when = "in CPU seconds per call, measured now" if basis else "measured now" if fresh else "measured earlier"
+    where = "the wall times shared the CPU" if basis else f"{threads} thread{'s' * (threads != 1)}; cache {cache.path}"
+    for line in choice_lines(phase, best, settings, compared, when):
+        log.info("%s (%s%s %s)", line, cpu_model(), ";" if basis else ",", where)
     return with_setting(runtime, best), seconds
 
 
