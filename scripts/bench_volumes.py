@@ -35,12 +35,24 @@ Datasets (written under ``--out``, never in the repository):
   cut into 3 x 3 blocks along z and y; the two middle-height blocks at the front and the back are the test
   volumes, the other seven train.
 
+- ``abct``: real abdominal CT, from a package: ``tests/reference_files/example_ct.nii.gz`` of the
+  ``totalsegmentator`` 2.18.0 source archive (Apache-2.0; 122 x 101 x 112 voxels of 3 mm, abdomen and pelvis,
+  stored as int16 HU) with ``example_seg_fast_force_split.nii.gz`` beside it. Those labels are
+  TotalSegmentator's own predictions (its 3 mm model), kept by the package as test references, not drawn by
+  hand. Its 61 classes are grouped here into 9, left and right merged: liver, spleen, kidneys, stomach and
+  duodenum, bowel, bladder and prostate, bones, muscles, large vessels; the rest is background. The body's
+  bounding box is cut into 4 slabs of 28 planes along z (pelvis to lower chest) and 2 halves along x (left,
+  right); the test volumes are slab 1's left half and slab 2's right half, the other six train. Liver and
+  spleen lie only in the top slabs, so the test volumes hold 7 of the 9 classes. ``--totalseg FILE`` names the archive
+  (``totalsegmentator-2.18.0.tar.gz`` from PyPI's files; only those two members and its class names in
+  ``totalsegmentator/map_to_binary.py``, parsed as literals, are read).
+
 ``--side S`` cuts every volume to at most S x S in (y, x) (and the CT set to 20 planes) for a quick
 check. Results go to ``<out>/results.jsonl`` (one line per cell, appended: an interrupted run continues
 where it stopped; a cell whose three runs finished, ``<cell>/trained.json``, is only scored again) and a
 Markdown table is printed.
 
-    python scripts/bench_volumes.py --out /tmp/vols                               # vnc, isbi, ct, mni at 600 s
+    python scripts/bench_volumes.py --out /tmp/vols --totalseg ~/totalsegmentator-2.18.0.tar.gz  # all at 600 s
     python scripts/bench_volumes.py --out /tmp/vols-tiny --side 128 --cells isbi:40 ct:40 vnc:40
 """
 
@@ -66,8 +78,8 @@ from baseline_plain3d import read  # noqa: E402
 from bench_matrix import BIN, finish, start  # noqa: E402
 
 SHARED = HERE.parents[1] / "shared" / "data"
-DATASETS = ("vnc", "isbi", "ct", "mni")
-Volume = tuple[str, np.ndarray, np.ndarray]  # name, image (z, y, x) uint8, mask (z, y, x) uint8
+DATASETS = ("vnc", "isbi", "ct", "mni", "abct")
+Volume = tuple[str, np.ndarray, np.ndarray]  # name, image (z, y, x) uint8 (int16 HU for abct), mask (z, y, x) uint8
 
 
 def write_volume(folder: Path, name: str, image: np.ndarray, mask: np.ndarray, spacing: tuple, unit: str) -> None:
@@ -158,12 +170,80 @@ def mni() -> tuple[list[Volume], list[Volume], tuple, str]:
     return train, [(f"mni_test_z{i}y{j}", *blocks[i, j]) for i, j in test], (1.0, 1.0, 1.0), "mm"
 
 
+TOTALSEG = Path("totalsegmentator-2.18.0.tar.gz")  # --totalseg
+# TotalSegmentator's "total" class names, grouped (left and right merged); every other id is background.
+ABCT_GROUPS = {
+    "liver": ("liver", "gallbladder"),
+    "spleen": ("spleen",),
+    "kidneys": ("kidney_left", "kidney_right"),
+    "stomach": ("stomach", "duodenum"),
+    "bowel": ("small_bowel", "colon"),
+    "bladder": ("urinary_bladder", "prostate"),
+    "bones": ("sacrum", "vertebrae_", "femur_", "hip_", "rib_", "costal_cartilages", "sternum"),
+    "muscles": ("gluteus_", "autochthon_", "iliopsoas_"),
+    "vessels": ("aorta", "inferior_vena_cava", "portal_vein_and_splenic_vein", "iliac_artery_", "iliac_vena_"),
+}
+
+
+def abct() -> tuple[list[Volume], list[Volume], tuple, str]:
+    import gzip
+    import io
+    import tarfile
+
+    import nibabel
+
+    if not TOTALSEG.is_file():
+        raise SystemExit(f"the abct set reads {TOTALSEG} (--totalseg): the totalsegmentator 2.18.0 source archive "
+                         "from PyPI's files")  # fmt: skip
+    base = "totalsegmentator-2.18.0/"
+    with tarfile.open(TOTALSEG) as archive:
+        def member(name: str) -> bytes:
+            stream = archive.extractfile(base + name)
+            assert stream is not None, name
+            return gzip.decompress(stream.read())
+
+        ct_image, seg = (nibabel.Nifti1Image.from_bytes(member(f"tests/reference_files/{f}.nii.gz"))
+                         for f in ("example_ct", "example_seg_fast_force_split"))  # fmt: skip
+        source = archive.extractfile(base + "totalsegmentator/map_to_binary.py")
+        assert source is not None
+        text = source.read().decode()
+    classes = class_names(text)
+    lookup = np.zeros(256, np.uint8)
+    for index, (_, prefixes) in enumerate(ABCT_GROUPS.items(), start=1):
+        for label, name in classes.items():
+            if any(name == p or (p.endswith("_") and name.startswith(p)) for p in prefixes):
+                lookup[label] = index
+    hu = np.asarray(ct_image.dataobj).transpose(2, 1, 0)  # RAS (x, y, z) -> (z, y, x)
+    mask = lookup[np.asarray(seg.dataobj).transpose(2, 1, 0)]
+    image = np.clip(hu, -1024, 3071).astype(np.int16)
+    ys, xs = (np.flatnonzero((image > -500).any(axis=a)) for a in ((0, 2), (0, 1)))
+    image, mask = (a[:, ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1] for a in (image, mask))
+    z_cuts, half = np.linspace(0, image.shape[0], 5).astype(int), image.shape[2] // 2
+    sides = {"l": slice(0, half), "r": slice(half, None)}  # RAS: x grows towards the patient's right
+    blocks = {(i, side): (image[z_cuts[i] : z_cuts[i + 1], :, cut], mask[z_cuts[i] : z_cuts[i + 1], :, cut])
+              for i in range(4) for side, cut in sides.items()}  # fmt: skip
+    test = [(1, "l"), (2, "r")]
+    train = [(f"abct_z{i}{s}", *pair) for (i, s), pair in blocks.items() if (i, s) not in test]
+    return train, [(f"abct_test_z{i}{s}", *blocks[i, s]) for i, s in test], (3.0, 3.0, 3.0), "mm"
+
+
+def class_names(source: str) -> dict[int, str]:
+    """``class_map["total"]`` of TotalSegmentator's ``map_to_binary.py``, read as literals (nothing executed)."""
+    import ast
+
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "class_map":
+            maps = ast.literal_eval(node.value)
+            return {int(k): str(v) for k, v in maps["total"].items()}
+    raise SystemExit("map_to_binary.py has no class_map")
+
+
 def prepare(name: str, out: Path, side: int | None) -> Path:
     """Write ``out/name/vol`` (volumes) and ``out/name/planes`` (the same planes as 2D images) once."""
     folder = out / name
     if (folder / "done").exists():
         return folder
-    sets = {"vnc": vnc, "isbi": isbi, "mni": mni, "ct": lambda: ct(20 if side else 40)}
+    sets = {"vnc": vnc, "isbi": isbi, "mni": mni, "abct": abct, "ct": lambda: ct(20 if side else 40)}
     train, test, spacing, unit = sets[name]()
     for split, volumes in (("", train), ("test", test)):
         for vol_name, image, mask in volumes:
@@ -292,7 +372,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="datasets, runs and results.jsonl go here")
     parser.add_argument("--cells", nargs="+", default=[f"{n}:600" for n in DATASETS], help="dataset:budget")
     parser.add_argument("--side", type=int, default=None, help="cut volumes to S x S in (y, x): a quick check")
+    parser.add_argument("--totalseg", type=Path, default=TOTALSEG, help="totalsegmentator-2.18.0.tar.gz (abct)")
     args = parser.parse_args()
+    globals()["TOTALSEG"] = args.totalseg
     if args.out.resolve().is_relative_to(HERE.parent):
         raise SystemExit(f"--out {args.out} is inside the repository; choose a folder outside it (e.g. /tmp/vols).")
     args.out.mkdir(parents=True, exist_ok=True)
