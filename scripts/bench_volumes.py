@@ -187,7 +187,6 @@ ABCT_GROUPS = {
 
 def abct() -> tuple[list[Volume], list[Volume], tuple, str]:
     import gzip
-    import io
     import tarfile
 
     import nibabel
@@ -197,6 +196,7 @@ def abct() -> tuple[list[Volume], list[Volume], tuple, str]:
                          "from PyPI's files")  # fmt: skip
     base = "totalsegmentator-2.18.0/"
     with tarfile.open(TOTALSEG) as archive:
+
         def member(name: str) -> bytes:
             stream = archive.extractfile(base + name)
             assert stream is not None, name
