@@ -311,3 +311,30 @@ def test_max_pixels_is_the_commands_own_on_a_resume(monkeypatch):
     assert resume_overrides() == ["optim.lr=0.1"]
     for name in ("train", "eval", "plan", "predict"):  # every command that reads images has the key
         assert compose_config(["max_pixels=1e10"], config_name=name).max_pixels == 1e10
+
+
+def test_allow_nonfinite_reads_them_as_zeros_in_a_volume_predicted_whole_and_by_chunks(tmp_path, caplog):
+    """A float CT (HU) NIfTI with NaN voxels, predicted by a 3D model: whole and into OME-Zarr, as its zeroed copy."""
+    nibabel = pytest.importorskip("nibabel")
+    from .export.conftest import make_volume_checkpoint
+
+    ckpt = make_volume_checkpoint(tmp_path / "tiny3d.pt", tmp_path, ["data.normalize.gain=0.001"])  # HU to ~[-1, 1.5]
+    hu = np.random.default_rng(0).uniform(-1024, 1500, (8, 16, 16)).astype(np.float32)
+    hu[3, 4:6, 5] = np.nan
+    for name, volume in (("nan", hu), ("zero", np.nan_to_num(hu, nan=0.0))):
+        nibabel.save(nibabel.Nifti1Image(volume.transpose(2, 1, 0), np.eye(4)), tmp_path / f"{name}.nii.gz")
+    line = predict_fails(ckpt, tmp_path / "nan.nii.gz", tmp_path / "refused", caplog)
+    assert line == f"{tmp_path / 'nan.nii.gz'} has NaN or infinite pixels (the first, nan, at z=3, y=4, x=5); {FIX_NAN}"
+    settings = ("tile_size=[8,16,16]", "allow_nonfinite=true", "trainer.channels_last=false")
+    predict(ckpt, tmp_path / "zero.nii.gz", tmp_path / "zero", *settings)
+    expected = np.asarray(nibabel.load(tmp_path / "zero" / "zero_prob.nii.gz").dataobj)
+    assert np.isfinite(expected).all()
+    with caplog.at_level(logging.WARNING):
+        predict(ckpt, tmp_path / "nan.nii.gz", tmp_path / "nan", *settings)
+        predict(ckpt, tmp_path / "nan.nii.gz", tmp_path / "nan.zarr", *settings)
+    np.testing.assert_array_equal(np.asarray(nibabel.load(tmp_path / "nan" / "nan_prob.nii.gz").dataobj), expected)
+    chunked = np.asarray(zarr.open_group(str(tmp_path / "nan.zarr"), mode="r")["0"])
+    np.testing.assert_allclose(chunked, expected.transpose(2, 1, 0), atol=1e-5)
+    assert f"{tmp_path / 'nan.nii.gz'} has NaN or infinite pixels; they are read as 0 (allow_nonfinite=true)" in (
+        caplog.text
+    )

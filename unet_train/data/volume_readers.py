@@ -29,6 +29,7 @@ HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 AXES = "zyxc"  # the order Volume presents
+FIX_NONFINITE = "fix the file, or predict it with allow_nonfinite=true (they are then read as 0)"
 
 
 def require(module: str) -> ModuleType:
@@ -156,8 +157,10 @@ class Volume:
         block = block[..., None] if "c" not in kept else block[..., : self.shape[3]]
         block = block if "z" in kept else block[None]
         if not self.allow_nonfinite:
-            check_finite(block, self.name, "zyxc", "fix or remove the file", origin)
-        return block
+            grey = block.shape[3] == 1  # a grey block's position needs no c, as a window's
+            check_finite(block[..., 0] if grey else block, self.name, "zyx" if grey else "zyxc", FIX_NONFINITE, origin)
+            return block
+        return self._zeroed(block)
 
     def _finite(self, window: np.ndarray, z: int, y0: int, x0: int) -> np.ndarray:
         """``window`` (at ``z, y0, x0``) refused for NaN/inf pixels, or with them set to 0 (``allow_nonfinite``)."""
@@ -168,16 +171,20 @@ class Volume:
                 pixels[None] if self.has_z else pixels,
                 self.name,
                 axes,
-                "fix the file, or predict it with allow_nonfinite=true (they are then read as 0)",
+                FIX_NONFINITE,
                 origin,
             )
             return window
-        if first_nonfinite(window) is None:
-            return window
+        return self._zeroed(window)
+
+    def _zeroed(self, pixels: np.ndarray) -> np.ndarray:
+        """``pixels`` with NaN/inf set to 0 (``allow_nonfinite``), said once per volume."""
+        if first_nonfinite(pixels) is None:
+            return pixels
         if not self._warned:
             log.warning("%s has NaN or infinite pixels; they are read as 0 (allow_nonfinite=true)", self.name)
             self._warned = True
-        return np.nan_to_num(window, nan=0.0, posinf=0.0, neginf=0.0)
+        return np.nan_to_num(pixels, nan=0.0, posinf=0.0, neginf=0.0)
 
     def close(self) -> None:
         if self.handle is not None:
