@@ -197,6 +197,42 @@ def test_folder_of_nifti_hdf5_and_zarr_volumes_reads_crops_from_the_files(tmp_pa
         assert np.array_equal(case.read_mask((2, 3, 5), (4, 16, 16)), mask[2:6, 3:19, 5:21] // 255)
 
 
+def test_a_nifti_mask_on_other_voxels_than_its_image_is_refused_or_named(tmp_path, caplog):
+    """A CT (int16 HU) whose label volume states another voxel spacing is refused; another orientation is warned of."""
+    nibabel = pytest.importorskip("nibabel")
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    image, mask = ball_volume(0)
+    hu = image.astype(np.int16) * 8 - 1024
+    ct = np.diag([0.5, 0.5, 2.0, 1.0])
+    flipped = np.array([[-0.5, 0, 0, 15.5], [0, 0.5, 0, 0], [0, 0, 2.0, 0], [0, 0, 0, 1]])  # x runs the other way
+    for name, mask_affine in (("a", ct), ("b", ct), ("c", np.diag([0.5, 0.5, 4.0, 1.0]))):
+        nibabel.save(nibabel.Nifti1Image(hu.transpose(2, 1, 0), ct), tmp_path / "images" / f"{name}.nii.gz")
+        stored = mask.transpose(2, 1, 0)
+        nibabel.save(nibabel.Nifti1Image(stored, mask_affine), tmp_path / "masks" / f"{name}.nii.gz")
+    with pytest.raises(DataError) as info:
+        folder(tmp_path, val_fraction=0.0, num_classes=2).split("train")
+    assert str(info.value) == (
+        f"{tmp_path / 'masks' / 'c.nii.gz'} states the voxel spacing [4.0, 0.5, 0.5] (z, y, x) but its image "
+        f"{tmp_path / 'images' / 'c.nii.gz'} states [2.0, 0.5, 0.5]: its labels would not lie on the image's voxels; "
+        "resample the mask onto its image (the same shape, spacing and orientation), or set data.spacing=[z,y,x] "
+        "where a header is wrong."
+    )
+    data = folder(tmp_path, val_fraction=0.0, num_classes=2, spacing=[2.0, 0.5, 0.5])  # the headers overruled
+    assert len(data.split("train")) == 3
+    nibabel.save(nibabel.Nifti1Image(mask[:, :, ::-1].transpose(2, 1, 0), flipped), tmp_path / "masks" / "b.nii.gz")
+    (tmp_path / "masks" / "c.nii.gz").unlink()
+    (tmp_path / "images" / "c.nii.gz").unlink()
+    with caplog.at_level("WARNING", logger="unet_train.data.volumes"):
+        assert len(folder(tmp_path, val_fraction=0.0, num_classes=2).split("train")) == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        f"{tmp_path / 'masks' / 'b.nii.gz'} and its image {tmp_path / 'images' / 'b.nii.gz'} have different NIfTI "
+        "affines (orientation RAS and LAS, or their origins): their voxels are paired as stored, so check that "
+        "the labels lie on the image, and resample the mask onto its image where they do not."
+    ]
+
+
 def test_ignore_index_and_channels_last(tmp_path):
     root = tmp_path
     (root / "images").mkdir()

@@ -187,15 +187,16 @@ def open_nifti(path: Path, axes: str | None) -> Volume:
     zooms = image.header.get_zooms()
     scale = {a: float(z) for a, z in zip("xyz", zooms[:3])}
     unit = UNITS.get(image.header.get_xyzt_units()[0] or "", "millimeter")
-    return Volume(_NiftiArray(proxy, path), axes, str(path), scale, dict.fromkeys(scale, unit))
+    return Volume(_NiftiArray(proxy, path, image.affine), axes, str(path), scale, dict.fromkeys(scale, unit))
 
 
 class _NiftiArray:
     """nibabel's array proxy with the ``dtype`` that :class:`Volume` reads (the stored type, scaling applied
-    as nibabel does when the header has a slope)."""
+    as nibabel does when the header has a slope), and the file's ``affine`` (voxel to world)."""
 
-    def __init__(self, proxy: Any, path: Path) -> None:
+    def __init__(self, proxy: Any, path: Path, affine: Any = None) -> None:
         self.proxy, self.path = proxy, path
+        self.affine = None if affine is None else np.asarray(affine, dtype=np.float64)
         self.shape = tuple(int(s) for s in proxy.shape)
         scaled = getattr(proxy, "slope", 1.0) != 1.0 or getattr(proxy, "inter", 0.0) != 0.0
         self.dtype = np.dtype(np.float32) if scaled else np.dtype(proxy.dtype)
