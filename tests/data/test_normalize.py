@@ -180,6 +180,30 @@ def write_tiff_folder(root, n: int = 6, size=(24, 28)) -> list[np.ndarray]:
     return images
 
 
+def test_the_narrow_range_warning_gives_the_range_signed_ct_images_are_mapped_into(tmp_path, caplog):
+    """int16 HU planes under scale_linear with gain null: values -1024..1400 become -0.031..0.043, not 0..0.043."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for i in range(3):
+        hu = RNG.integers(-1024, 1401, (16, 16)).astype(np.int16)
+        hu[0, :2] = -1024, 1400
+        tifffile.imwrite(tmp_path / "images" / f"ct{i}.tif", hu)
+        tifffile.imwrite(tmp_path / "masks" / f"ct{i}.tif", (hu > 300).astype(np.uint8))
+    with caplog.at_level("WARNING", logger="unet_train.data.base"):
+        ImageFolder(root=str(tmp_path), num_workers=0, patch_size=16, val_fraction=0.0).split("train")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "The int16 training images span only -1024 to 1400 of -32768 to 32767: scale_linear with gain null maps "
+        "them into [-0.031, 0.043]; data/normalize=percentile (or a gain) spreads them over [0, 1]."
+    ]
+    hu[0, 0] = -30000  # a wide signed range is no narrow one
+    tifffile.imwrite(tmp_path / "images" / "ct0.tif", hu)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="unet_train.data.base"):
+        ImageFolder(root=str(tmp_path), num_workers=0, patch_size=16, val_fraction=0.0).split("train")
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 def test_training_data_and_predict_conversion_apply_the_same_numbers(tmp_path):
     """per=dataset statistics come from the training split only; every split, and unet-predict's to_input with
     the resolved spec, normalise with them exactly as NumPy does."""
