@@ -145,6 +145,40 @@ def test_read_stack_gives_slices_first(tmp_path):
         read_stack(tmp_path / "single.tif")
 
 
+def imagej_signed_ct(path: Path, hu: np.ndarray, c0: float = -32768.0) -> None:
+    """A CT in HU as ImageJ (Fiji) saves it: uint16 pixels ``HU - c0`` with a straight-line calibration (cf=0).
+
+    ImageJ's signed 16-bit is ``c0 = -32768, c1 = 1``; a DICOM's rescale intercept goes into c0 as well."""
+    stored = (hu.astype(np.int64) - int(c0)).astype(np.uint16)
+    metadata = {"axes": "ZYX" if hu.ndim == 3 else "YX", "cf": 0, "c0": c0, "c1": 1.0, "vunit": "Gray Value"}
+    tifffile.imwrite(path, stored, imagej=True, metadata=metadata)
+
+
+def test_imagej_signed_16_bit_tiffs_read_as_their_calibrated_values(tmp_path):
+    """Fiji's signed 16-bit (a CT in HU) reads as int16 HU on every TIFF path, not as uint16 shifted by 32768."""
+    from unet_train.inference.volumes import open_volume
+
+    hu = np.array([[-1024, -1000, 0], [40, 1000, 3071]], dtype=np.int16)
+    stack = np.stack([hu, hu + 1, hu - 1])
+    imagej_signed_ct(tmp_path / "plane.tif", hu)
+    imagej_signed_ct(tmp_path / "stack.tif", stack)
+    image = read_image(tmp_path / "plane.tif")
+    assert image.dtype == np.int16 and np.array_equal(image, hu)
+    assert read_stack(tmp_path / "stack.tif").dtype == np.int16
+    assert np.array_equal(read_stack(tmp_path / "stack.tif"), stack)
+    volume = open_volume(tmp_path / "stack.tif", None, None, 1)
+    assert volume.dtype == np.int16 and np.array_equal(volume.read_block((0, 0, 0), (3, 2, 3))[..., 0], stack)
+    assert np.array_equal(volume.read(1, 0, 2, 1, 3)[..., 0], stack[1, :, 1:])
+    # another straight line (a DICOM's rescale intercept in c0): float32 values, as a scaled NIfTI reads
+    imagej_signed_ct(tmp_path / "rescaled.tif", stack + 1, c0=-1024.0)  # stored from 0
+    volume = open_volume(tmp_path / "rescaled.tif", None, None, 1)
+    assert volume.dtype == np.float32 and np.array_equal(volume.read_block((0, 0, 0), (3, 2, 3))[..., 0], stack + 1)
+    assert read_stack(tmp_path / "rescaled.tif").dtype == np.float32
+    assert np.array_equal(read_stack(tmp_path / "rescaled.tif"), stack + 1)
+    imagej_signed_ct(tmp_path / "labels.tif", np.array([[0, 1], [2, 0]], dtype=np.int16))  # drawn in Fiji on a CT
+    assert read_mask(tmp_path / "labels.tif").tolist() == [[0, 1], [2, 0]]
+
+
 def test_masks_palette_indices_grey_alpha_and_colour_refused(tmp_path):
     indices = np.array([[0, 1, 2], [2, 2, 0]], np.uint8)
     palette = Image.fromarray(indices, mode="P")

@@ -10,6 +10,8 @@ indices they store: palette ("P" mode) PNGs as their indices, not their colours.
   singleton axes are dropped, a sample or channel axis (``S``, ``C``) becomes the last axis, so
   ``(1, H, W)`` is grey and planar ``(3, H, W)`` RGB is ``(H, W, 3)``. Several pages of an unnamed
   axis (``Q``, ``I``, ``Z``, ``T``...) could be slices or channels: refused with a message.
+  A TIFF's ImageJ straight-line calibration is applied (:func:`imagej_calibration`): Fiji's signed
+  16-bit (a CT in HU) is read as int16, not as the uint16 ``value + 32768`` it stores.
   An alpha sample is dropped (RGB + extra sample, or grey + an alpha-marked extra sample:
   :func:`tiff_alpha`, the rule ``unet-predict`` reads large TIFFs by as well).
 
@@ -90,14 +92,49 @@ def drop_alpha(array: np.ndarray, has_alpha: bool = True, dims: int = 2) -> np.n
     return array[..., 0] if array.shape[-1] == 2 else array[..., :3]
 
 
+def imagej_calibration(tif: tifffile.TiffFile) -> tuple[float, float] | None:
+    """ImageJ's straight-line calibration ``value = c0 + c1 * stored`` of an 8/16-bit TIFF, or None.
+
+    ImageJ keeps a signed 16-bit image (a CT in HU) as uint16 ``value + 32768`` with ``c0 = -32768, c1 = 1``
+    (function 0, a straight line, in the description's ``cf``, ``c0``, ``c1``); a DICOM's rescale joins c0, c1.
+    """
+    meta = tif.imagej_metadata or {}
+    if meta.get("cf") != 0 or not tif.series or tif.series[0].dtype not in (np.uint8, np.uint16):
+        return None
+    try:
+        c0, c1 = float(meta["c0"]), float(meta["c1"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (c0, c1) if np.isfinite([c0, c1]).all() and (c0, c1) != (0.0, 1.0) and c1 != 0 else None
+
+
+def calibrated_dtype(dtype: np.dtype, calibration: tuple[float, float] | None) -> np.dtype:
+    """The type of :func:`calibrate`'s values: int16 for ImageJ's signed 16-bit, float32 for another line."""
+    if calibration is None:
+        return np.dtype(dtype)
+    return np.dtype(np.int16) if np.dtype(dtype) == np.uint16 and calibration == (-32768.0, 1.0) else np.dtype("f4")
+
+
+def calibrate(array: np.ndarray, calibration: tuple[float, float] | None) -> np.ndarray:
+    """Stored TIFF pixels as the values ImageJ shows (:func:`imagej_calibration`); as they are without one."""
+    if calibration is None:
+        return array
+    if calibrated_dtype(array.dtype, calibration) == np.int16:  # exact: the top bit flipped is x - 32768
+        return (np.asarray(array) ^ np.uint16(0x8000)).view(np.int16)
+    c0, c1 = calibration
+    return (np.float32(c0) + np.float32(c1) * np.asarray(array, dtype=np.float32)).astype(np.float32)
+
+
 def _read_tiff(path: Path) -> np.ndarray:
-    """The first series of a TIFF as ``(H, W[, C])``, an alpha sample dropped (:func:`tiff_alpha`)."""
+    """The first series of a TIFF as ``(H, W[, C])``, an alpha sample dropped (:func:`tiff_alpha`), as the values
+    ImageJ shows (:func:`calibrate`: labels drawn in Fiji on a signed 16-bit image are its calibrated values)."""
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         check_pixels(path, series.shape)  # before decoding: a sparse or forged file may declare any size
         array, axes = series.asarray(), series.axes
         has_alpha = tiff_alpha(series.pages[0] if series.pages else None)
-    return drop_alpha(tiff_yxc(np.asarray(array), axes, str(path)), has_alpha)
+        calibration = imagej_calibration(tif)
+    return calibrate(drop_alpha(tiff_yxc(np.asarray(array), axes, str(path)), has_alpha), calibration)
 
 
 def _png_depth(path: Path) -> tuple[int, int]:
@@ -203,6 +240,7 @@ def read_stack(path: str | Path) -> np.ndarray:
             check_pixels(path, series.shape)
             array, axes = np.asarray(series.asarray()), series.axes
             has_alpha = tiff_alpha(series.pages[0] if series.pages else None)
+            calibration = imagej_calibration(tif)
     except DataError:
         raise
     except Exception as exc:
@@ -215,6 +253,7 @@ def read_stack(path: str | Path) -> np.ndarray:
     slices = np.moveaxis(array, first, 0)
     rest = axes[:first] + axes[first + 1 :]
     stack = drop_alpha(np.stack([tiff_yxc(s, rest, f"{path}") for s in slices]), has_alpha, dims=3)
+    stack = calibrate(stack, calibration)
     check_finite(stack, path, "zyxc")
     return stack
 

@@ -13,7 +13,7 @@ import numpy as np
 import tifffile
 
 from unet_train.data.limits import reason
-from unet_train.data.reading import tiff_alpha
+from unet_train.data.reading import calibrate, calibrated_dtype, imagej_calibration, tiff_alpha
 from unet_train.data.tiff_volumes import UNITS, TiffPages, tiff_spacing
 from unet_train.data.volume_readers import Volume, guess_axes, require
 from unet_train.errors import DataError
@@ -162,10 +162,24 @@ def open_tiff(path: Path, axes: str | None, in_channels: int) -> Volume:
         array: Any = zarr.open(series.aszarr(), mode="r")
     except ImportError:
         array = TiffPages(tif, series, path)
+    calibration = imagej_calibration(tif)
+    if calibration is not None:  # ImageJ's signed 16-bit (a CT in HU) and other straight lines: their values
+        array = _Calibrated(array, calibration)
     scale, units = tiff_spacing(tif)
     samples = series.shape[axes.index("c")] if "c" in axes and len(axes) == len(series.shape) else 1
     alpha = samples in (2, 4) and tiff_alpha(series.pages[0] if series.pages else None)  # grey + alpha, RGBA
     return Volume(array, axes, str(path), scale, units, handle=tif, channels=samples - 1 if alpha else None)
+
+
+class _Calibrated:
+    """A TIFF's pixels as the values ImageJ shows (:func:`~unet_train.data.reading.calibrate`), window by window."""
+
+    def __init__(self, array: Any, calibration: tuple[float, float]) -> None:
+        self.array, self.calibration, self.shape = array, calibration, tuple(array.shape)
+        self.dtype = calibrated_dtype(array.dtype, calibration)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return calibrate(np.asarray(self.array[index]), self.calibration)
 
 
 def open_nifti(path: Path, axes: str | None) -> Volume:
