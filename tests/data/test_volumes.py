@@ -225,12 +225,36 @@ def test_a_nifti_mask_on_other_voxels_than_its_image_is_refused_or_named(tmp_pat
     (tmp_path / "images" / "c.nii.gz").unlink()
     with caplog.at_level("WARNING", logger="unet_train.data.volumes"):
         assert len(folder(tmp_path, val_fraction=0.0, num_classes=2).split("train")) == 2
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name.endswith("volumes")]
     assert warnings == [
         f"{tmp_path / 'masks' / 'b.nii.gz'} and its image {tmp_path / 'images' / 'b.nii.gz'} have different NIfTI "
         "affines (orientation RAS and LAS, or their origins): their voxels are paired as stored, so check that "
         "the labels lie on the image, and resample the mask onto its image where they do not."
     ]
+
+
+def test_int16_ct_volumes_under_scale_linear_with_gain_null_are_warned_of_as_2d_images_are(tmp_path, caplog):
+    """A CT in HU (-1024..1400 of int16) under data=volumes' default scaling becomes -0.031..0.043: said once."""
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    for i in range(2):
+        image, mask = ball_volume(i)
+        hu = (image.astype(np.int16) - 40) * 8 - 704  # -1024 .. 1336
+        hu[0, 0, :2] = -1024, 1400
+        write_tiff(tmp_path / "images" / f"ct{i}.tif", hu)
+        write_tiff(tmp_path / "masks" / f"ct{i}.tif", mask)
+    with caplog.at_level("WARNING"):
+        folder(tmp_path, val_fraction=0.0, num_classes=2).split("train")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        "The int16 training images span only -1024 to 1400 of -32768 to 32767: scale_linear with gain null maps "
+        "them into [-0.031, 0.043]; data/normalize=percentile (or a gain) spreads them over [0, 1]."
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        window = {"scheme": "scale_linear", "gain": 1 / 400, "offset": 0.4}  # a CT window: nothing to say
+        folder(tmp_path, val_fraction=0.0, num_classes=2, normalize=window).split("train")
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
 def test_ignore_index_and_channels_last(tmp_path):

@@ -29,6 +29,7 @@ from unet_train.data.normalize import (
     describe,
     fill_dataset_stats,
     keeps_uint8,
+    narrow_range,
     needs_dataset_stats,
     normalize_image,
     resolve_spec,
@@ -228,22 +229,10 @@ class SegmentationData:
                  describe(spec), megabytes)  # fmt: skip
         if name == "train" and spec["scheme"] == "scale_linear" and spec["gain"] is None:
             for dtype in {im.dtype for im in split.images if im.dtype.kind in "ui" and im.dtype.itemsize > 1}:
-                top = max(int(im.max()) for im in split.images if im.dtype == dtype)
-                most = np.iinfo(dtype).max
-                if dtype.kind == "i":  # signed (CT in HU): the values below 0 are mapped below 0
-                    low = min(int(im.min()) for im in split.images if im.dtype == dtype)
-                    if max(top, -low) < most // 8:
-                        log.warning(
-                            "The %s training images span only %d to %d of %d to %d: scale_linear with gain null maps "
-                            "them into [%.3f, %.3f]; data/normalize=percentile (or a gain) spreads them over [0, 1].",
-                            dtype, low, top, np.iinfo(dtype).min, most, low / most, top / most,
-                        )  # fmt: skip
-                elif top < most // 8:
-                    log.warning(
-                        "The %s training images reach only %d of %d: scale_linear with gain null maps them into "
-                        "[0, %.3f]; data/normalize=percentile (or a gain) spreads them over [0, 1].",
-                        dtype, top, most, top / most,
-                    )  # fmt: skip
+                same = [im for im in split.images if im.dtype == dtype]
+                text = narrow_range(dtype, min(int(im.min()) for im in same), max(int(im.max()) for im in same))
+                if text:
+                    log.warning(text)
         return Split(images, split.masks, split.names)
 
     def _check(self, split: Split, name: str) -> None:

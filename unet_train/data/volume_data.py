@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from unet_train.data.base import SegmentationData, array_to_tensor
 from unet_train.data.instances import InstanceTarget
 from unet_train.data.limits import check_pixels
-from unet_train.data.normalize import fill_dataset_stats, needs_dataset_stats, resolve_spec
+from unet_train.data.normalize import fill_dataset_stats, narrow_range, needs_dataset_stats, resolve_spec
 from unet_train.data.sections import SectionDataset, check_context_slices
 from unet_train.data.volume_case import Shape3, VolumeCase, crop_origin, item_seed
 from unet_train.data.volume_readers import Volume, sample_pixels
@@ -209,6 +209,8 @@ class VolumeData(SegmentationData):
                 self._check_case(case)
             if needs_dataset_stats(self.normalize):  # only the training split gets here
                 self.normalize = fill_dataset_stats(self.normalize, [_pixels(c.image) for c in cases])
+            if name == "train" and self.normalize["scheme"] == "scale_linear" and self.normalize["gain"] is None:
+                _say_narrow_range(cases)
             for case in cases:
                 case.spec = volume_spec(case.image, self.normalize)
             if name == "train":
@@ -301,6 +303,21 @@ def _pixels(volume: Volume) -> np.ndarray:
     planes = None if volume.depth > 64 else list(range(volume.depth))  # small volumes: every plane
     pixels = sample_pixels(volume, 1_000_000, planes)
     return pixels[:, None, :]
+
+
+def _say_narrow_range(cases: Sequence[VolumeCase]) -> None:
+    """Warn, as the 2D data do, of 16/32-bit integer volumes that scale_linear with gain null maps near 0 (a CT in
+    HU), from up to 8 planes of each (:func:`~unet_train.data.volume_readers.sample_pixels`)."""
+    ranges: dict[np.dtype, tuple[int, int]] = {}
+    for case in cases:
+        if case.image.dtype.kind in "ui" and case.image.dtype.itemsize > 1:
+            pixels = sample_pixels(case.image, 1 << 18)
+            low, high = ranges.get(case.image.dtype, (int(pixels.min()), int(pixels.max())))
+            ranges[case.image.dtype] = (min(low, int(pixels.min())), max(high, int(pixels.max())))
+    for dtype, (low, high) in ranges.items():
+        text = narrow_range(dtype, low, high)
+        if text:
+            log.warning(text)
 
 
 def volume_spec(volume: Volume, spec: Mapping[str, Any]) -> dict[str, Any]:
