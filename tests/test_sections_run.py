@@ -91,6 +91,7 @@ def test_unet_eval_scores_each_validation_section_with_its_neighbours(ckpt, tmp_
     details = json.loads((tmp_path / "eval" / "metrics.json").read_text())["details"]
     names = [row["name"] for row in details["per_image"]]
     assert len(names) == 8 and names[0].endswith("-z000") and names[-1].endswith("-z007")  # one val volume of 8
+    assert details["units"] == {"hd95": "pixel"} and details["per_image"][0]["hd95_unit"] == "pixel"  # sections
     assert 0 <= metrics["val/dice"] <= 1
 
 

@@ -99,6 +99,16 @@ def test_volume_spacing_names_the_unit_hd95_is_in():
     )
 
 
+def test_sections_of_volumes_are_scored_in_pixels_and_say_so():
+    """2.5D scoring (each section a 2D image, named ``<volume>-z<index>``) measures HD95 in pixels: its unit is
+    ``pixel``, not the volumes' millimetres (a CT's 0.8 mm pixels gave pixel figures labelled millimeter)."""
+    from unet_train.data.sections import SectionDataset
+
+    ct = _Case("ct0", (2.5, 0.8, 0.8), "millimeter")
+    ct.shape = (4, 8, 8, 1)
+    assert volume_spacing(SectionDataset([ct], context=1)) == ({}, "pixel")
+
+
 def test_the_eval_report_scores_a_volume_per_section_in_3d_and_with_its_spacing():
     truth = np.zeros((3, 6, 6), dtype=np.int64)
     truth[1] = 1  # the positive (membrane) class fills the middle section

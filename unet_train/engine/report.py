@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from unet_train.data.sections import SectionDataset
 from unet_train.data.volume_data import spacing_label
 from unet_train.engine.evaluate import EvalResult, probabilities
 from unet_train.engine.tensorboard import display_grey
@@ -58,7 +59,8 @@ METRES = {"angstrom": 1e-10, "picometer": 1e-12, "nanometer": 1e-9, "micrometer"
 
 def volume_spacing(dataset: Any) -> tuple[dict[str, tuple[float, ...]], str]:
     """The voxel size of each volume a dataset serves, by name, and the unit HD95 is then in (the cases' unit,
-    :func:`~unet_train.data.volume_data.spacing_label`); ``({}, "pixel")`` for a dataset of 2D images.
+    :func:`~unet_train.data.volume_data.spacing_label`); ``({}, "pixel")`` for a dataset of 2D images, the
+    sections of volumes (2.5D) included.
 
     Volumes in different length units (a TIFF stack in micrometres, a NIfTI in millimetres) have their spacing
     converted to the unit most of them state, so that their HD95 figures, and the mean of them, are in one
@@ -66,7 +68,7 @@ def volume_spacing(dataset: Any) -> tuple[dict[str, tuple[float, ...]], str]:
     (:func:`volume_units` then names each volume's own).
     """
     cases = getattr(dataset, "cases", None)
-    if not cases:
+    if not cases or isinstance(dataset, SectionDataset):  # sections of volumes (2.5D) are scored as 2D images
         return {}, "pixel"
     spacing = {case.name: tuple(case.spacing) for case in cases}
     labels = [spacing_label(case.spacing, case.unit) for case in cases]
