@@ -257,6 +257,31 @@ def test_int16_ct_volumes_under_scale_linear_with_gain_null_are_warned_of_as_2d_
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
+def test_a_float_label_volume_with_fractions_is_refused_not_truncated(tmp_path):
+    """A float NIfTI label volume resampled with linear interpolation (0.5 at a border) is refused, as a 2D mask of
+    non-integer values is; whole-number floats are class indices."""
+    nibabel = pytest.importorskip("nibabel")
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    for i in range(2):
+        image, mask = ball_volume(i)
+        labels = (mask // 255).astype(np.float32)
+        if i == 1:
+            labels[3, 5, 7] = 0.5
+        for sub, array in (("images", image), ("masks", labels)):
+            nibabel.save(nibabel.Nifti1Image(array.transpose(2, 1, 0), np.eye(4)), tmp_path / sub / f"v{i}.nii.gz")
+    with pytest.raises(DataError) as info:
+        folder(tmp_path, val_fraction=0.0).split("train")
+    assert str(info.value) == (
+        f"Mask {tmp_path / 'masks' / 'v1.nii.gz'} has non-integer values (the first, 0.5, at z=3, y=5, x=7); label "
+        "volumes store class indices: round them, or resample labels with nearest-neighbour interpolation."
+    )
+    (tmp_path / "masks" / "v1.nii.gz").unlink()
+    (tmp_path / "images" / "v1.nii.gz").unlink()
+    case = folder(tmp_path, val_fraction=0.0).split("train").images[0]
+    assert np.array_equal(case.read_mask((0, 0, 0), case.shape[:3]), ball_volume(0)[1] // 255)
+
+
 def test_ignore_index_and_channels_last(tmp_path):
     root = tmp_path
     (root / "images").mkdir()

@@ -18,7 +18,7 @@ import torch
 
 from unet_train.data.folder import encode_mask
 from unet_train.data.instances import check_ids, encode_instances
-from unet_train.data.limits import check_pixels
+from unet_train.data.limits import check_pixels, describe_position
 from unet_train.data.normalize import normalize_image
 from unet_train.data.volume_readers import Volume
 from unet_train.errors import DataError
@@ -90,6 +90,8 @@ class VolumeCase:
         per_plane = max(1, MAX_FOREGROUND // self.mask.depth)
         for z in range(self.mask.depth):
             plane = self.mask.read(z, 0, self.mask.shape[1], 0, self.mask.shape[2])[..., 0]
+            if plane.dtype.kind == "f" and not self.instances:  # classes become uint8: a fraction would be cut off
+                check_whole(plane, self.mask.name, z)
             present = np.unique(plane)
             if self.instances:  # ids: whole numbers 0 or more, refused here rather than in a crop read mid-training
                 check_ids(present, self.mask.name, self.ignore_index)
@@ -142,6 +144,19 @@ class VolumeCase:
         else:
             labels = encode_mask(block, self.num_classes, Path(self.mask.name), self.ignore_index)
         return np.pad(labels, pads, constant_values=IGNORE_INDEX) if any(sum(p) for p in pads) else labels
+
+
+def check_whole(plane: np.ndarray, name: str, z: int) -> None:
+    """Refuse a float label plane with a fraction (a label volume resampled with linear interpolation), naming the
+    first; whole-number floats are class indices."""
+    fractions = np.argwhere(plane != np.round(plane))
+    if fractions.size:
+        y, x = (int(i) for i in fractions[0])
+        where = describe_position((z, y, x), "zyx")
+        raise DataError(
+            f"Mask {name} has non-integer values (the first, {plane[y, x]:g}, at {where}); "
+            "label volumes store class indices: round them, or resample labels with nearest-neighbour interpolation."
+        )
 
 
 def crop_origin(case: VolumeCase, size: Shape3, rng: np.random.Generator, foreground_p: float) -> Shape3:
