@@ -202,6 +202,16 @@ def test_the_narrow_range_warning_gives_the_range_signed_ct_images_are_mapped_in
     with caplog.at_level("WARNING", logger="unet_train.data.base"):
         ImageFolder(root=str(tmp_path), num_workers=0, patch_size=16, val_fraction=0.0).split("train")
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    tifffile.imwrite(tmp_path / "images" / "ct1.tif", hu.astype(np.float32))  # HU as floats beside int16 HU
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="unet_train.data.base"):
+        ImageFolder(root=str(tmp_path), num_workers=0, patch_size=16, val_fraction=0.0).split("train")
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "The training images mix integer (int16) and float (float32) values: scale_linear with gain null divides "
+        "each by its type's maximum (32767 for int16, 1 for floats), so equal values reach the model scaled apart; "
+        "give a gain for all (e.g. a CT window: data.normalize.gain=0.0025 data.normalize.offset=0.4) or "
+        "data/normalize=percentile."
+    ]
 
 
 def test_training_data_and_predict_conversion_apply_the_same_numbers(tmp_path):

@@ -282,6 +282,30 @@ def test_a_float_label_volume_with_fractions_is_refused_not_truncated(tmp_path):
     assert np.array_equal(case.read_mask((0, 0, 0), case.shape[:3]), ball_volume(0)[1] // 255)
 
 
+def test_int16_and_scaled_float_ct_volumes_under_gain_null_are_warned_of(tmp_path, caplog):
+    """Two CTs in HU, one int16, one with a NIfTI scl_slope (read as float32): gain null divides one by 32767 and the
+    other by 1, so the same HU reach the model 32767 times apart; the warning says so."""
+    nibabel = pytest.importorskip("nibabel")
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    for i in range(2):
+        image, mask = ball_volume(i)
+        hu = image.astype(np.int16) * 8 - 1024
+        stored = nibabel.Nifti1Image(hu.transpose(2, 1, 0), np.eye(4))
+        if i == 1:
+            stored.header.set_slope_inter(1.0, -0.5)  # a scaled file: float32 values
+        nibabel.save(stored, tmp_path / "images" / f"ct{i}.nii.gz")
+        nibabel.save(nibabel.Nifti1Image(mask.transpose(2, 1, 0), np.eye(4)), tmp_path / "masks" / f"ct{i}.nii.gz")
+    with caplog.at_level("WARNING"):
+        folder(tmp_path, val_fraction=0.0, num_classes=2).split("train")
+    assert (
+        "The training images mix integer (int16) and float (float32) values: scale_linear with gain null divides "
+        "each by its type's maximum (32767 for int16, 1 for floats), so equal values reach the model scaled apart; "
+        "give a gain for all (e.g. a CT window: data.normalize.gain=0.0025 data.normalize.offset=0.4) or "
+        "data/normalize=percentile." in [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    )
+
+
 def test_ignore_index_and_channels_last(tmp_path):
     root = tmp_path
     (root / "images").mkdir()

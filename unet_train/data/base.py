@@ -29,6 +29,7 @@ from unet_train.data.normalize import (
     describe,
     fill_dataset_stats,
     keeps_uint8,
+    mixed_scaling,
     narrow_range,
     needs_dataset_stats,
     normalize_image,
@@ -228,6 +229,9 @@ class SegmentationData:
         log.info("%s split: %d %s image(s), %s (%.0f MB in memory)", name, len(images), "/".join(dtypes),
                  describe(spec), megabytes)  # fmt: skip
         if name == "train" and spec["scheme"] == "scale_linear" and spec["gain"] is None:
+            mixed = mixed_scaling([im.dtype for im in split.images])
+            if mixed:
+                log.warning(mixed)
             for dtype in {im.dtype for im in split.images if im.dtype.kind in "ui" and im.dtype.itemsize > 1}:
                 same = [im for im in split.images if im.dtype == dtype]
                 text = narrow_range(dtype, min(int(im.min()) for im in same), max(int(im.max()) for im in same))

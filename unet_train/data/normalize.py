@@ -184,6 +184,24 @@ def narrow_range(dtype: np.dtype, low: int, high: int) -> str | None:
     )
 
 
+def mixed_scaling(dtypes: Sequence[np.dtype]) -> str | None:
+    """What to say of training images of integer and float types together under ``scale_linear`` with gain null:
+    the integers are divided by their type's maximum and the floats by 1 (a CT stored as int16 beside one whose
+    NIfTI ``scl_slope`` makes it float32: the same HU 32767 times apart); None for one kind of type."""
+    kinds = {np.dtype(d) for d in dtypes}
+    integers = sorted(str(d) for d in kinds if d.kind in "ui")
+    floats = sorted(str(d) for d in kinds if d.kind == "f")
+    if not integers or not floats:
+        return None
+    maxima = ", ".join(f"{int(dtype_max(np.dtype(d)))} for {d}" for d in integers)
+    return (
+        f"The training images mix integer ({'/'.join(integers)}) and float ({'/'.join(floats)}) values: scale_linear "
+        f"with gain null divides each by its type's maximum ({maxima}, 1 for floats), so equal values reach the "
+        "model scaled apart; give a gain for all (e.g. a CT window: data.normalize.gain=0.0025 "
+        "data.normalize.offset=0.4) or data/normalize=percentile."
+    )
+
+
 def _channel_view(x: np.ndarray) -> np.ndarray:
     return x[..., None] if x.ndim == 2 else x
 

@@ -25,7 +25,13 @@ from torch.utils.data import Dataset
 from unet_train.data.base import SegmentationData, array_to_tensor
 from unet_train.data.instances import InstanceTarget
 from unet_train.data.limits import check_pixels
-from unet_train.data.normalize import fill_dataset_stats, narrow_range, needs_dataset_stats, resolve_spec
+from unet_train.data.normalize import (
+    fill_dataset_stats,
+    mixed_scaling,
+    narrow_range,
+    needs_dataset_stats,
+    resolve_spec,
+)
 from unet_train.data.sections import SectionDataset, check_context_slices
 from unet_train.data.volume_case import Shape3, VolumeCase, crop_origin, item_seed
 from unet_train.data.volume_readers import Volume, sample_pixels
@@ -306,8 +312,12 @@ def _pixels(volume: Volume) -> np.ndarray:
 
 
 def _say_narrow_range(cases: Sequence[VolumeCase]) -> None:
-    """Warn, as the 2D data do, of 16/32-bit integer volumes that scale_linear with gain null maps near 0 (a CT in
-    HU), from up to 8 planes of each (:func:`~unet_train.data.volume_readers.sample_pixels`)."""
+    """Warn, as the 2D data do, of integer and float volumes together (:func:`mixed_scaling`) and of 16/32-bit
+    integer volumes that scale_linear with gain null maps near 0 (a CT in HU), from up to 8 planes of each
+    (:func:`~unet_train.data.volume_readers.sample_pixels`)."""
+    mixed = mixed_scaling([case.image.dtype for case in cases])
+    if mixed:
+        log.warning(mixed)
     ranges: dict[np.dtype, tuple[int, int]] = {}
     for case in cases:
         if case.image.dtype.kind in "ui" and case.image.dtype.itemsize > 1:
