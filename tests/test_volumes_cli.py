@@ -103,7 +103,10 @@ def test_unet_eval_scores_the_validation_volume(reference, tmp_path):
     header = (out / "per_image.csv").read_text().splitlines()[0].split(",")
     assert {"vrand", "vrand_3d", "hd95", "hd95_unit"} <= set(header)
     (prediction,) = (out / "predictions").iterdir()
-    labels = tifffile.imread(prediction)
+    with tifffile.TiffFile(prediction) as tiff:  # an ImageJ stack with the volume's voxel size: 2 x 0.5 x 0.5 um
+        labels = tiff.asarray()
+        assert tiff.imagej_metadata["spacing"] == 2.0 and tiff.imagej_metadata["unit"] == "micron"
+        assert tiff.pages[0].tags["XResolution"].value == (2, 1) and tiff.pages[0].tags["YResolution"].value == (2, 1)
     assert labels.shape == SHAPE and set(np.unique(labels).tolist()) <= {0, 255}
 
 

@@ -36,7 +36,7 @@ from unet_train.engine.autotune import forward_step, tune
 from unet_train.engine.checkpoint import check_model_size, load_checkpoint
 from unet_train.engine.evaluate import evaluate
 from unet_train.engine.objects import EVAL_METRICS, ObjectReport, instance_target, params_for, stored_postprocess
-from unet_train.engine.report import EvalReport, volume_spacing, volume_units
+from unet_train.engine.report import METRES, EvalReport, volume_spacing, volume_units
 from unet_train.engine.runtime import make_runtime, to_channels_last
 from unet_train.engine.signals import ignore_stop_signals
 from unet_train.errors import CheckpointError, ConfigError
@@ -49,6 +49,7 @@ from unet_train.objects.params import smallest_dtype
 from unet_train.overrides import apply_overrides, eval_data_overrides, hold_eval_data_overrides
 from unet_train.safe_io import confined, make_folder, write_atomic, write_csv, write_png
 from unet_train.trust import check_download_root
+from unet_train.volume_predict import IMAGEJ_UNITS
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +92,22 @@ def eval_data_config(cfg: DictConfig, stored: DictConfig) -> DictConfig:
     return data
 
 
-def save_prediction(folder: Path, name: str, logits: torch.Tensor) -> None:
-    """Write the label image of one prediction as PNG, of a volume as a TIFF stack (binary: 0/255)."""
+def save_prediction(
+    folder: Path, name: str, logits: torch.Tensor, spacing: tuple[float, ...] | None = None, unit: str = ""
+) -> None:
+    """Write the label image of one prediction as PNG, of a volume as a TIFF stack (binary: 0/255); a volume's
+    stack is an ImageJ one with its voxel ``spacing`` (z, y, x) and ``unit`` when they are known."""
     labels = predict_labels(logits.unsqueeze(0))[0].numpy()
     image = (labels * 255).astype(np.uint8) if logits.shape[0] == 1 else labels.astype(np.uint8)
     if image.ndim == 3:  # (z, y, x)
         buffer = io.BytesIO()  # tifffile wants a named file or a buffer, not the atomic writer's descriptor
-        tifffile.imwrite(buffer, image, photometric="minisblack")
+        if spacing is None:
+            tifffile.imwrite(buffer, image, photometric="minisblack")
+        else:
+            metadata: dict[str, Any] = {"axes": "ZYX", "spacing": float(spacing[0])}
+            if unit in METRES:  # a length unit, not "voxel" or "spacing unit"
+                metadata["unit"] = IMAGEJ_UNITS.get(unit, unit)
+            tifffile.imwrite(buffer, image, imagej=True, resolution=(1 / spacing[2], 1 / spacing[1]), metadata=metadata)
         write_atomic(folder / f"{name}.tif", buffer.getvalue(), root=folder.parent)
         return
     write_png(folder / f"{name}.png", image, root=folder.parent)
@@ -194,7 +204,7 @@ def run_eval(cfg: DictConfig) -> dict[str, float]:
         class_logits = logits if classes is None else logits[:, :classes]
         if cfg.save_predictions:
             for name, item in zip(batch["name"], class_logits):
-                save_prediction(pred_dir, name, item)
+                save_prediction(pred_dir, name, item, spacing.get(name), unit)
         report.on_batch(batch, class_logits)
         if objects is not None:
             objects.on_batch(batch, logits)

@@ -197,6 +197,17 @@ def test_folder_of_nifti_hdf5_and_zarr_volumes_reads_crops_from_the_files(tmp_pa
         assert np.array_equal(case.read_mask((2, 3, 5), (4, 16, 16)), mask[2:6, 3:19, 5:21] // 255)
 
 
+def test_a_nifti_voxel_size_reads_as_the_decimal_that_was_written(tmp_path):
+    """The header stores float32: 0.8 mm comes back as 0.8, not 0.800000011920929 (logs, plans, outputs)."""
+    nibabel = pytest.importorskip("nibabel")
+    from unet_train.data.volume_formats import open_nifti
+
+    path = tmp_path / "scan.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(np.zeros((4, 5, 6), np.int16), np.diag([0.8, 0.7, 2.5, 1.0])), path)
+    assert float(nibabel.load(path).header.get_zooms()[0]) == 0.800000011920929  # what a plain float() gives
+    assert open_nifti(path, None).scale == {"x": 0.8, "y": 0.7, "z": 2.5}
+
+
 def test_a_nifti_mask_on_other_voxels_than_its_image_is_refused_or_named(tmp_path, caplog):
     """A CT (int16 HU) whose label volume states another voxel spacing is refused; another orientation is warned of."""
     nibabel = pytest.importorskip("nibabel")

@@ -199,7 +199,8 @@ def open_nifti(path: Path, axes: str | None) -> Volume:
         raise DataError(f"{path}: a NIfTI of shape {shape}; a volume is (x, y, z) or (x, y, z, channels).")
     axes = axes or ("xyz" if len(shape) == 3 else "xyzc")
     zooms = image.header.get_zooms()
-    scale = {a: float(z) for a, z in zip("xyz", zooms[:3])}
+    # The header holds float32: its shortest decimal (0.8, not 0.800000011920929) is the size that was written.
+    scale = {a: float(str(np.float32(z))) for a, z in zip("xyz", zooms[:3])}
     unit = UNITS.get(image.header.get_xyzt_units()[0] or "", "millimeter")
     return Volume(_NiftiArray(proxy, path, image.affine), axes, str(path), scale, dict.fromkeys(scale, unit))
 
