@@ -231,6 +231,32 @@ def test_the_data_configs_dimensions_win_over_the_rule():
     assert (choose_dims(em, spatial_dims=2).dims, choose_dims(em, spatial_dims=2).context) == (2, 0)
 
 
+def test_on_a_cpu_every_volume_is_planned_2_5d_unless_3d_is_asked_for(tmp_path):
+    """In a CPU's budget a 3D net sees too few voxels (the mni and abct cells): isotropic and many-plane
+    anisotropic volumes get the 2.5D plan there, and the 3D one on a GPU; data.spatial_dims=3 still plans 3D."""
+    iso = fingerprint((1.0, 1.0, 1.0), (64, 64, 64))
+    tall = fingerprint((4.0, 1.0, 1.0), (200, 256, 256))  # anisotropic, but 64+ planes: 3D on a GPU
+    for fp in (iso, tall):
+        cpu, gpu = choose_dims(fp, kind="cpu"), choose_dims(fp, kind="cuda")
+        assert (cpu.dims, cpu.context, gpu.dims, gpu.context) == (2, 1, 3, 0)
+        assert "on a CPU 2D (2.5D: neighbouring planes as channels) is preferred" in cpu.reason
+    forced = choose_dims(iso, spatial_dims=3, kind="cpu")
+    assert forced.dims == 3 and forced.reason.endswith(
+        "; data.spatial_dims=3 asks for 3D (data.spatial_dims=2 plans 2D)"
+    )
+    objects = choose_dims({**iso, "labels": "instances"}, kind="cpu")  # object ids are linked along z: 3D
+    assert objects.dims == 3 and objects.reason.endswith("; object ids train 3D models only")
+    for i in range(3):  # isotropic 1 um voxels
+        image, mask = ball_volume(i, (16, 16, 16))
+        for sub, array in (("images", image), ("masks", mask)):
+            (tmp_path / "data" / sub).mkdir(parents=True, exist_ok=True)
+            write_tiff(tmp_path / "data" / sub / f"vol{i}.tif", array, spacing=(1.0, 1.0, 1.0))
+    cfg = compose_config(["data=volumes", f"data.root={tmp_path / 'data'}", "data.num_workers=0"])
+    make_plan(cfg.data, 60.0, "cpu", tmp_path / "plan.yaml", measure=False)
+    planned = yaml.safe_load((tmp_path / "plan.yaml").read_text())
+    assert (planned["data"]["context_slices"], planned["model"]["spatial_dims"]) == (1, 2)
+
+
 def test_object_ids_of_a_short_anisotropic_stack_get_a_3d_plan():
     """The rule would plan 2.5D; sections' objects are not linked along z, so object ids train a 3D net."""
     em = {**fingerprint((50.0, 4.0, 4.0), (25, 512, 512)), "labels": "instances"}

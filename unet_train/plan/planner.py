@@ -127,7 +127,7 @@ def make_plan(
     if is_volume_data(data) or getattr(data, "from_sections", False):  # volumes, also served as sections
         fingerprint = volume_fingerprint(data, asked)
         # The dims the data config asks for (data.spatial_dims, data.context_slices), else the rule's.
-        dims = choose_dims(fingerprint, data_cfg.get("spatial_dims"), int(getattr(data, "context_slices", 0)))
+        dims = choose_dims(fingerprint, data_cfg.get("spatial_dims"), int(getattr(data, "context_slices", 0)), kind)
         if dims.dims == 2:  # sections as images: the image planner's geometry on the in-plane shapes
             patch, depth, batch = geometry(section_fingerprint(fingerprint), kind)
             shape: dict[str, Any] = {"patch": patch, "depth": depth, "batch": batch}
