@@ -234,9 +234,11 @@ def test_a_nifti_mask_on_other_voxels_than_its_image_is_refused_or_named(tmp_pat
     nibabel.save(nibabel.Nifti1Image(mask[:, :, ::-1].transpose(2, 1, 0), flipped), tmp_path / "masks" / "b.nii.gz")
     (tmp_path / "masks" / "c.nii.gz").unlink()
     (tmp_path / "images" / "c.nii.gz").unlink()
-    with caplog.at_level("WARNING", logger="unet_train.data.volumes"):
+    with caplog.at_level("WARNING", logger="unet_train.data.volume_geometry"):
         assert len(folder(tmp_path, val_fraction=0.0, num_classes=2).split("train")) == 2
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name.endswith("volumes")]
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name.endswith("volume_geometry")
+    ]
     assert warnings == [
         f"{tmp_path / 'masks' / 'b.nii.gz'} and its image {tmp_path / 'images' / 'b.nii.gz'} have different NIfTI "
         "affines (orientation RAS and LAS, or their origins): their voxels are paired as stored, so check that "

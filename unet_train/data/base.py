@@ -29,13 +29,12 @@ from unet_train.data.normalize import (
     describe,
     fill_dataset_stats,
     keeps_uint8,
-    mixed_scaling,
-    narrow_range,
     needs_dataset_stats,
     normalize_image,
     resolve_spec,
 )
 from unet_train.data.sampling import EpochSampler, check_oversample_classes
+from unet_train.data.scale_warnings import is_wide_integer, warn_default_scaling
 from unet_train.data.splits import check_shared_images, kfold_indices
 from unet_train.data.transforms import padded_size
 from unet_train.errors import ConfigError, DataError
@@ -229,14 +228,12 @@ class SegmentationData:
         log.info("%s split: %d %s image(s), %s (%.0f MB in memory)", name, len(images), "/".join(dtypes),
                  describe(spec), megabytes)  # fmt: skip
         if name == "train" and spec["scheme"] == "scale_linear" and spec["gain"] is None:
-            mixed = mixed_scaling([im.dtype for im in split.images])
-            if mixed:
-                log.warning(mixed)
-            for dtype in {im.dtype for im in split.images if im.dtype.kind in "ui" and im.dtype.itemsize > 1}:
-                same = [im for im in split.images if im.dtype == dtype]
-                text = narrow_range(dtype, min(int(im.min()) for im in same), max(int(im.max()) for im in same))
-                if text:
-                    log.warning(text)
+            ranges: dict[np.dtype, tuple[int, int]] = {}
+            for im in (im for im in split.images if is_wide_integer(im.dtype)):
+                low, high = int(im.min()), int(im.max())
+                seen = ranges.get(im.dtype, (low, high))
+                ranges[im.dtype] = (min(seen[0], low), max(seen[1], high))
+            warn_default_scaling([im.dtype for im in split.images], ranges)
         return Split(images, split.masks, split.names)
 
     def _check(self, split: Split, name: str) -> None:

@@ -160,48 +160,6 @@ def dtype_max(dtype: np.dtype) -> float:
     return float(np.iinfo(dtype).max) if dtype.kind in "ui" else 1.0
 
 
-def narrow_range(dtype: np.dtype, low: int, high: int) -> str | None:
-    """What to say of 16/32-bit integer training images whose values ``low..high`` use under an eighth of their
-    type's range, which ``scale_linear`` with gain null maps near 0 (a CT's int16 HU to about -0.03..0.1); None
-    for other types and ranges."""
-    dtype = np.dtype(dtype)
-    if dtype.kind not in "ui" or dtype.itemsize == 1:
-        return None
-    most = np.iinfo(dtype).max
-    if dtype.kind == "i":  # signed (CT in HU): the values below 0 are mapped below 0
-        if max(high, -low) >= most // 8:
-            return None
-        return (
-            f"The {dtype} training images span only {low} to {high} of {np.iinfo(dtype).min} to {most}: scale_linear "
-            f"with gain null maps them into [{low / most:.3f}, {high / most:.3f}]; data/normalize=percentile (or a "
-            "gain) spreads them over [0, 1]."
-        )
-    if high >= most // 8:
-        return None
-    return (
-        f"The {dtype} training images reach only {high} of {most}: scale_linear with gain null maps them into "
-        f"[0, {high / most:.3f}]; data/normalize=percentile (or a gain) spreads them over [0, 1]."
-    )
-
-
-def mixed_scaling(dtypes: Sequence[np.dtype]) -> str | None:
-    """What to say of training images of integer and float types together under ``scale_linear`` with gain null:
-    the integers are divided by their type's maximum and the floats by 1 (a CT stored as int16 beside one whose
-    NIfTI ``scl_slope`` makes it float32: the same HU 32767 times apart); None for one kind of type."""
-    kinds = {np.dtype(d) for d in dtypes}
-    integers = sorted(str(d) for d in kinds if d.kind in "ui")
-    floats = sorted(str(d) for d in kinds if d.kind == "f")
-    if not integers or not floats:
-        return None
-    maxima = ", ".join(f"{int(dtype_max(np.dtype(d)))} for {d}" for d in integers)
-    return (
-        f"The training images mix integer ({'/'.join(integers)}) and float ({'/'.join(floats)}) values: scale_linear "
-        f"with gain null divides each by its type's maximum ({maxima}, 1 for floats), so equal values reach the "
-        "model scaled apart; give a gain for all (e.g. a CT window: data.normalize.gain=0.0025 "
-        "data.normalize.offset=0.4) or data/normalize=percentile."
-    )
-
-
 def _channel_view(x: np.ndarray) -> np.ndarray:
     return x[..., None] if x.ndim == 2 else x
 

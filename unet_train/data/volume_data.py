@@ -27,11 +27,10 @@ from unet_train.data.instances import InstanceTarget
 from unet_train.data.limits import check_pixels
 from unet_train.data.normalize import (
     fill_dataset_stats,
-    mixed_scaling,
-    narrow_range,
     needs_dataset_stats,
     resolve_spec,
 )
+from unet_train.data.scale_warnings import is_wide_integer, warn_default_scaling
 from unet_train.data.sections import SectionDataset, check_context_slices
 from unet_train.data.volume_case import Shape3, VolumeCase, crop_origin, item_seed
 from unet_train.data.volume_readers import Volume, sample_pixels
@@ -312,22 +311,17 @@ def _pixels(volume: Volume) -> np.ndarray:
 
 
 def _say_narrow_range(cases: Sequence[VolumeCase]) -> None:
-    """Warn, as the 2D data do, of integer and float volumes together (:func:`mixed_scaling`) and of 16/32-bit
-    integer volumes that scale_linear with gain null maps near 0 (a CT in HU), from up to 8 planes of each
-    (:func:`~unet_train.data.volume_readers.sample_pixels`)."""
-    mixed = mixed_scaling([case.image.dtype for case in cases])
-    if mixed:
-        log.warning(mixed)
+    """Warn, as the 2D data do (:func:`~unet_train.data.scale_warnings.warn_default_scaling`), of integer and float
+    volumes together and of 16/32-bit integer volumes that scale_linear with gain null maps near 0 (a CT in HU),
+    from up to 8 planes of each (:func:`~unet_train.data.volume_readers.sample_pixels`)."""
     ranges: dict[np.dtype, tuple[int, int]] = {}
     for case in cases:
-        if case.image.dtype.kind in "ui" and case.image.dtype.itemsize > 1:
+        if is_wide_integer(case.image.dtype):
             pixels = sample_pixels(case.image, 1 << 18)
-            low, high = ranges.get(case.image.dtype, (int(pixels.min()), int(pixels.max())))
-            ranges[case.image.dtype] = (min(low, int(pixels.min())), max(high, int(pixels.max())))
-    for dtype, (low, high) in ranges.items():
-        text = narrow_range(dtype, low, high)
-        if text:
-            log.warning(text)
+            low, high = int(pixels.min()), int(pixels.max())
+            seen = ranges.get(case.image.dtype, (low, high))
+            ranges[case.image.dtype] = (min(seen[0], low), max(seen[1], high))
+    warn_default_scaling([case.image.dtype for case in cases], ranges)
 
 
 def volume_spec(volume: Volume, spec: Mapping[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from unet_train.data.limits import check_pixels
 from unet_train.data.sections import check_context_slices
 from unet_train.data.splits import random_split, typical_split
 from unet_train.data.volume_data import VolumeCase, VolumeData, stated_unit
+from unet_train.data.volume_geometry import check_pair_geometry
 from unet_train.data.volume_readers import HDF5_SUFFIXES, NIFTI_SUFFIXES, TIFF_SUFFIXES, ZARR_SUFFIXES, Volume
 from unet_train.data.volume_readers import open_volume as _open
 from unet_train.errors import ConfigError, DataError
@@ -213,7 +214,7 @@ class VolumeFolder(VolumeData):
             opener = functools.partial(self._open_pair, image_path, mask_path, channels)
             image, mask = opener()
             if mask is not None and not self.spacing_override:
-                self._check_geometry(image, mask)
+                check_pair_geometry(image, mask, self._geometry_warned)
             stated = tuple(float(image.scale.get(axis, 1.0)) for axis in "zyx")
             spacing = self.spacing_override or stated
             if not all(math.isfinite(side) and side > 0 for side in spacing):  # a forged or broken header
@@ -226,32 +227,6 @@ class VolumeFolder(VolumeData):
             unit = None if self.spacing_override else stated_unit(image)
             cases.append(VolumeCase(image, mask, stem, spacing, unit, opener=opener))
         return cases
-
-    def _check_geometry(self, image: Volume, mask: Volume) -> None:
-        """Refuse a label volume that states another voxel spacing than its image (on an axis both state), and warn
-        once of NIfTI pairs whose affines differ otherwise (orientation, origin): voxels are paired as stored, as
-        nnU-Net's dataset check refuses the first and warns of the second."""
-        both = [axis for axis in "zyx" if axis in image.scale and axis in mask.scale]
-        if not all(math.isclose(image.scale[a], mask.scale[a], rel_tol=1e-4) for a in both):
-            sides = [[round(float(v.scale.get(a, 1.0)), 6) for a in "zyx"] for v in (mask, image)]
-            raise DataError(
-                f"{mask.name} states the voxel spacing {sides[0]} (z, y, x) but its image {image.name} states "
-                f"{sides[1]}: its labels would not lie on the image's voxels; resample the mask onto its image (the "
-                "same shape, spacing and orientation), or set data.spacing=[z,y,x] where a header is wrong."
-            )
-        affines = [getattr(v.array, "affine", None) for v in (image, mask)]
-        if affines[0] is None or affines[1] is None or mask.name in self._geometry_warned:
-            return
-        if not np.allclose(affines[0], affines[1], rtol=1e-4, atol=1e-3):
-            import nibabel  # read a NIfTI, so installed
-
-            codes = ["".join(nibabel.aff2axcodes(affine)) for affine in affines]
-            log.warning(
-                "%s and its image %s have different NIfTI affines (orientation %s and %s, or their origins): their "
-                "voxels are paired as stored, so check that the labels lie on the image, and resample the mask onto "
-                "its image where they do not.", mask.name, image.name, codes[0], codes[1],
-            )  # fmt: skip
-            self._geometry_warned.add(mask.name)
 
     def _use_instances(self, given: int | None = None) -> None:
         """The label volumes hold object ids: a 3D model learns ``data.target``'s classes from them."""
